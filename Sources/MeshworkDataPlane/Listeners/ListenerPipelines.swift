@@ -1,0 +1,156 @@
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// Builds the pipelines of accepted connections. All functions run on the channel's loop.
+enum ListenerPipelines {
+    /// HTTP/1.1 server side followed by the proxy.
+    static func addHTTP1(
+        to channel: any Channel,
+        settings: ProxySettings,
+        contexts: LoopContexts
+    ) throws {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = settings.maxHeaderBytes
+        limits.maxHeaderFieldSize = settings.maxHeaderBytes
+        let sync = channel.pipeline.syncOperations
+        try sync.configureHTTPServerPipeline(
+            withPipeliningAssistance: true,
+            withErrorHandling: false,
+            withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: limits
+        )
+        try sync.addHandler(
+            ProxyHandler(settings: settings, loop: contexts.context(for: channel.eventLoop), isStream: false)
+        )
+    }
+
+    /// HTTP/2 server side: every stream gets its own proxy, speaking HTTP/1-style parts.
+    static func addHTTP2(
+        to channel: any Channel,
+        settings: ProxySettings,
+        contexts: LoopContexts,
+        secure: Bool
+    ) throws {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
+            HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderBytes),
+        ]
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        stream.targetWindowSize = 1 << 20
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server,
+            connectionConfiguration: connection,
+            streamConfiguration: stream
+        ) { streamChannel in
+            streamChannel.eventLoop.makeCompletedFuture {
+                try streamChannel.pipeline.syncOperations.addHandlers(
+                    HTTP2FramePayloadToHTTP1ServerCodec(),
+                    ProxyHandler(
+                        settings: settings,
+                        loop: contexts.context(for: streamChannel.eventLoop),
+                        isStream: true
+                    )
+                )
+            }
+        }
+        try channel.pipeline.syncOperations.addHandler(HTTP2DrainHandler())
+    }
+
+    /// Cleartext HTTP: h2c with prior knowledge or HTTP/1.x, told apart by the first bytes.
+    static func addCleartextHTTP(
+        to channel: any Channel,
+        settings: ProxySettings,
+        contexts: LoopContexts
+    ) throws {
+        try channel.pipeline.syncOperations.addHandler(
+            HTTPVersionSniffer { isHTTP2, channel in
+                if isHTTP2 {
+                    try addHTTP2(to: channel, settings: settings, contexts: contexts, secure: false)
+                } else {
+                    try addHTTP1(to: channel, settings: settings, contexts: contexts)
+                }
+            }
+        )
+    }
+
+    /// TLS (mTLS against the mesh CA), then HTTP/2 or HTTP/1.1 as ALPN decided.
+    static func addTLSHTTP(
+        to channel: any Channel,
+        tls: NIOSSLContext,
+        settings: ProxySettings,
+        contexts: LoopContexts
+    ) throws {
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(
+            ApplicationProtocolNegotiationHandler { result, channel in
+                channel.eventLoop.makeCompletedFuture {
+                    switch result {
+                    case .negotiated("h2"):
+                        try addHTTP2(to: channel, settings: settings, contexts: contexts, secure: true)
+                    default:
+                        try addHTTP1(to: channel, settings: settings, contexts: contexts)
+                    }
+                }
+            }
+        )
+    }
+
+    /// Opaque TCP: splice the connection to an endpoint picked by `pick`, optionally
+    /// wrapping the upstream side in TLS.
+    static func addTCPProxy(
+        to channel: any Channel,
+        metrics: ListenerMetrics,
+        connectTimeout: TimeAmount,
+        upstreamTLS: NIOSSLContext?,
+        pick: @escaping () -> SocketAddress?
+    ) throws {
+        let downstream = GlueHandler { downstream, channel in
+            guard let address = pick() else {
+                metrics.countError(.noHealthyEndpoint)
+                channel.close(promise: nil)
+                return
+            }
+            let upstream = GlueHandler()
+            ClientBootstrap(group: channel.eventLoop)
+                .connectTimeout(connectTimeout)
+                .channelInitializer { upstreamChannel in
+                    upstreamChannel.eventLoop.makeCompletedFuture {
+                        if let upstreamTLS {
+                            try upstreamChannel.pipeline.syncOperations.addHandler(
+                                NIOSSLClientHandler(context: upstreamTLS, serverHostname: nil)
+                            )
+                        }
+                    }
+                }
+                .connect(to: address)
+                .assumeIsolated()
+                .whenComplete { result in
+                    switch result {
+                    case .success(let upstreamChannel):
+                        guard channel.isActive else {
+                            upstreamChannel.close(promise: nil)
+                            return
+                        }
+                        do {
+                            try upstreamChannel.pipeline.syncOperations.addHandler(upstream)
+                            GlueHandler.pair(downstream, upstream)
+                        } catch {
+                            upstreamChannel.close(promise: nil)
+                            channel.close(promise: nil)
+                        }
+                    case .failure(let error):
+                        metrics.countError(MeshError(connectError: error))
+                        channel.close(promise: nil)
+                    }
+                }
+        }
+        try channel.pipeline.syncOperations.addHandler(downstream)
+    }
+}

@@ -1,0 +1,45 @@
+import NIOCore
+
+/// Everything one event loop owns: its copy of every cluster (balancer and pools) and of
+/// the app cluster. Touched only from its own loop, so nothing in it is locked.
+final class LoopContext {
+    let loop: any EventLoop
+    let index: Int
+    var clusters: [String: LoopCluster] = [:]
+    var app: LoopCluster?
+
+    init(loop: any EventLoop, index: Int) {
+        self.loop = loop
+        self.index = index
+    }
+
+    func closeIdle() {
+        for cluster in clusters.values { cluster.closeIdle() }
+        app?.closeIdle()
+    }
+}
+
+/// The per-loop contexts, found by the loop a channel runs on. Built once before any
+/// listener starts and never mutated afterwards; each context is only used on its loop.
+final class LoopContexts: @unchecked Sendable {
+    private let contexts: [ObjectIdentifier: LoopContext]
+    let all: [LoopContext]
+
+    init(_ contexts: [LoopContext]) {
+        self.all = contexts
+        var byLoop: [ObjectIdentifier: LoopContext] = [:]
+        for context in contexts {
+            byLoop[ObjectIdentifier(context.loop)] = context
+        }
+        self.contexts = byLoop
+    }
+
+    /// The context of `loop`; must be called on that loop.
+    func context(for loop: any EventLoop) -> LoopContext {
+        loop.preconditionInEventLoop()
+        guard let context = contexts[ObjectIdentifier(loop)] else {
+            preconditionFailure("event loop \(loop) is not one of the sidecar's loops")
+        }
+        return context
+    }
+}

@@ -1,0 +1,74 @@
+import NIOHTTP1
+
+/// An error the mesh made itself (as opposed to the app's own answer), with the status it
+/// is answered with and the reason carried in `x-meshwork-error`, so a 503 from the mesh
+/// can always be told from the app's.
+public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
+    private enum Code: String, Hashable, Sendable {
+        case noRoute = "no_route"
+        case noHealthyEndpoint = "no_healthy_endpoint"
+        case connectFailed = "connect_failed"
+        case connectTimeout = "connect_timeout"
+        case upstreamTimeout = "upstream_timeout"
+        case upstreamReset = "upstream_reset"
+        case badRequest = "bad_request"
+        case headerTooLarge = "header_too_large"
+        case headerTimeout = "header_timeout"
+        case protocolError = "upstream_protocol_error"
+        case draining = "draining"
+    }
+
+    private let code: Code
+
+    private init(_ code: Code) {
+        self.code = code
+    }
+
+    /// No route or cluster matches the request (unknown Host on the http-proxy listener).
+    public static let noRoute = MeshError(.noRoute)
+    /// The cluster has no endpoint to send to.
+    public static let noHealthyEndpoint = MeshError(.noHealthyEndpoint)
+    /// The endpoint refused or dropped the connection attempt.
+    public static let connectFailed = MeshError(.connectFailed)
+    /// The endpoint did not accept the connection within the connect timeout.
+    public static let connectTimeout = MeshError(.connectTimeout)
+    /// The response did not complete within the request timeout.
+    public static let upstreamTimeout = MeshError(.upstreamTimeout)
+    /// The upstream connection closed or reset before the response began.
+    public static let upstreamReset = MeshError(.upstreamReset)
+    /// The request was malformed (bad framing, conflicting lengths, invalid header).
+    public static let badRequest = MeshError(.badRequest)
+    /// The request head was larger than `limits.maxHeaderBytes`.
+    public static let headerTooLarge = MeshError(.headerTooLarge)
+    /// The client did not send a complete request head in time.
+    public static let headerTimeout = MeshError(.headerTimeout)
+    /// The upstream answered with something that is not valid HTTP.
+    public static let protocolError = MeshError(.protocolError)
+    /// The proxy is shutting down and takes no new requests.
+    public static let draining = MeshError(.draining)
+
+    /// Every reason, for pre-creating metrics.
+    public static let all: [MeshError] = [
+        .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
+        .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .draining,
+    ]
+
+    /// The value of `x-meshwork-error` and the `reason` metric label.
+    public var reason: String { code.rawValue }
+
+    public var status: HTTPResponseStatus {
+        switch code {
+        case .noRoute: return .notFound
+        case .noHealthyEndpoint, .draining: return .serviceUnavailable
+        case .connectFailed, .upstreamReset, .protocolError: return .badGateway
+        case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
+        case .badRequest: return .badRequest
+        case .headerTooLarge: return .requestHeaderFieldsTooLarge
+        case .headerTimeout: return .requestTimeout
+        }
+    }
+
+    public var description: String { reason }
+
+    public static let headerName = "x-meshwork-error"
+}

@@ -1,0 +1,173 @@
+import NIOHTTP1
+import Prometheus
+
+/// Latency buckets from 0.5 ms to 30 s: a sidecar hop is sub-millisecond, a slow app is seconds.
+let latencyBuckets: [Duration] = [
+    .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+    .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+    .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30),
+]
+
+private func descriptor(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+    MetricNameDescriptor(namespace: "meshwork", metricName: name, unitName: unit, helpText: help)
+}
+
+/// Response status classes used as a metric label; the label set stays bounded.
+enum StatusClass: Int, CaseIterable {
+    case informational = 1, success, redirection, clientError, serverError
+
+    var label: String { "\(rawValue)xx" }
+
+    init(_ status: HTTPResponseStatus) {
+        self = StatusClass(rawValue: min(5, max(1, Int(status.code) / 100))) ?? .serverError
+    }
+}
+
+/// The metrics of one listener, created once when the listener starts.
+final class ListenerMetrics: Sendable {
+    let name: String
+    private let requests: [Counter]
+    let latency: DurationHistogram
+    let connectionsActive: Gauge
+    let connectionsTotal: Counter
+    let bytesReceived: Counter
+    let bytesSent: Counter
+    private let errors: [String: Counter]
+
+    init(name: String, kind: String, registry: PrometheusCollectorRegistry) {
+        self.name = name
+        let labels = [("listener", name), ("kind", kind)]
+        requests = StatusClass.allCases.map {
+            registry.makeCounter(
+                descriptor: descriptor("listener_requests", "total", "Requests answered by the listener, by status class."),
+                labels: labels + [("class", $0.label)]
+            )
+        }
+        latency = registry.makeDurationHistogram(
+            descriptor: descriptor(
+                "listener_request_duration",
+                "seconds",
+                "Time from request head to the end of the response, as seen by the listener."
+            ),
+            labels: labels,
+            buckets: latencyBuckets
+        )
+        connectionsActive = registry.makeGauge(
+            descriptor: descriptor("listener_connections_active", "", "Downstream connections now open."),
+            labels: labels
+        )
+        connectionsTotal = registry.makeCounter(
+            descriptor: descriptor("listener_connections", "total", "Downstream connections accepted."),
+            labels: labels
+        )
+        bytesReceived = registry.makeCounter(
+            descriptor: descriptor("listener_received_bytes", "total", "Bytes read from downstream connections."),
+            labels: labels
+        )
+        bytesSent = registry.makeCounter(
+            descriptor: descriptor("listener_sent_bytes", "total", "Bytes written to downstream connections."),
+            labels: labels
+        )
+        var errors: [String: Counter] = [:]
+        for error in MeshError.all {
+            errors[error.reason] = registry.makeCounter(
+                descriptor: descriptor(
+                    "listener_mesh_errors",
+                    "total",
+                    "Requests or connections the mesh itself refused or failed, by reason."
+                ),
+                labels: labels + [("reason", error.reason)]
+            )
+        }
+        self.errors = errors
+    }
+
+    func countRequest(status: HTTPResponseStatus, nanoseconds: Int64) {
+        requests[StatusClass(status).rawValue - 1].increment()
+        latency.recordNanoseconds(nanoseconds)
+    }
+
+    func countError(_ error: MeshError) {
+        errors[error.reason]?.increment()
+    }
+}
+
+/// The metrics of one cluster and its endpoints, created once per cluster.
+final class ClusterMetrics: Sendable {
+    let name: String
+    private let requests: [Counter]
+    let latency: DurationHistogram
+    private let errors: [String: Counter]
+    let connectionsActive: Gauge
+    let connectionsTotal: Counter
+    let endpoints: [EndpointMetrics]
+
+    init(name: String, endpoints: [String], registry: PrometheusCollectorRegistry) {
+        self.name = name
+        let labels = [("cluster", name)]
+        requests = StatusClass.allCases.map {
+            registry.makeCounter(
+                descriptor: descriptor("cluster_requests", "total", "Requests sent to the cluster, by status class."),
+                labels: labels + [("class", $0.label)]
+            )
+        }
+        latency = registry.makeDurationHistogram(
+            descriptor: descriptor(
+                "cluster_request_duration",
+                "seconds",
+                "Time from sending the request head upstream to the end of the response."
+            ),
+            labels: labels,
+            buckets: latencyBuckets
+        )
+        var errors: [String: Counter] = [:]
+        for error in MeshError.all {
+            errors[error.reason] = registry.makeCounter(
+                descriptor: descriptor("cluster_errors", "total", "Upstream failures of the cluster, by reason."),
+                labels: labels + [("reason", error.reason)]
+            )
+        }
+        self.errors = errors
+        connectionsActive = registry.makeGauge(
+            descriptor: descriptor("cluster_connections_active", "", "Upstream connections now open."),
+            labels: labels
+        )
+        connectionsTotal = registry.makeCounter(
+            descriptor: descriptor("cluster_connections", "total", "Upstream connections opened."),
+            labels: labels
+        )
+        self.endpoints = endpoints.map { EndpointMetrics(cluster: name, endpoint: $0, registry: registry) }
+    }
+
+    func countRequest(status: HTTPResponseStatus, nanoseconds: Int64) {
+        requests[StatusClass(status).rawValue - 1].increment()
+        latency.recordNanoseconds(nanoseconds)
+    }
+
+    func countError(_ error: MeshError) {
+        errors[error.reason]?.increment()
+    }
+}
+
+final class EndpointMetrics: Sendable {
+    private let requests: [Counter]
+    let connectionsActive: Gauge
+
+    init(cluster: String, endpoint: String, registry: PrometheusCollectorRegistry) {
+        let labels = [("cluster", cluster), ("endpoint", endpoint)]
+        requests = StatusClass.allCases.map {
+            registry.makeCounter(
+                descriptor: descriptor("endpoint_requests", "total", "Requests sent to one endpoint, by status class."),
+                labels: labels + [("class", $0.label)]
+            )
+        }
+        connectionsActive = registry.makeGauge(
+            descriptor: descriptor("endpoint_connections_active", "", "Connections now open to one endpoint."),
+            labels: labels
+        )
+    }
+
+    func countRequest(status: HTTPResponseStatus) {
+        requests[StatusClass(status).rawValue - 1].increment()
+    }
+}

@@ -1,0 +1,145 @@
+import NIOCore
+import Prometheus
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// Keep-alive HTTP/1.1 connections to one endpoint, owned by one event loop.
+///
+/// Each event loop has its own pool, so a request and the connection that carries it stay
+/// on the loop that accepted the request, and the pool needs no lock.
+final class HTTP1Pool {
+    private let loop: any EventLoop
+    private let address: SocketAddress
+    private let tls: NIOSSLContext?
+    private let connectTimeout: TimeAmount
+    private let idleTimeout: TimeAmount
+    private let maxIdle: Int
+    private let metrics: EndpointMetrics
+    private let clusterMetrics: ClusterMetrics
+    /// Most recently used last: reuse the warmest connection, let the coldest time out.
+    private var idle: [(handler: UpstreamHandler, timer: Scheduled<Void>)] = []
+
+    init(
+        loop: any EventLoop,
+        address: SocketAddress,
+        tls: NIOSSLContext?,
+        connectTimeout: TimeAmount,
+        idleTimeout: TimeAmount,
+        maxIdle: Int,
+        metrics: EndpointMetrics,
+        clusterMetrics: ClusterMetrics
+    ) {
+        self.loop = loop
+        self.address = address
+        self.tls = tls
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.maxIdle = maxIdle
+        self.metrics = metrics
+        self.clusterMetrics = clusterMetrics
+    }
+
+    var idleCount: Int { idle.count }
+
+    func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+        loop.preconditionInEventLoop()
+        while let (handler, timer) = idle.popLast() {
+            timer.cancel()
+            if handler.isActive {
+                callback(.success(handler))
+                return
+            }
+        }
+        connect(callback)
+    }
+
+    private func connect(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+        let tls = self.tls
+        let endpointMetrics = metrics
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls {
+                        try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
+                    }
+                    try sync.addHandler(HTTPRequestEncoder())
+                    try sync.addHandler(
+                        ByteToMessageHandler(
+                            HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                        )
+                    )
+                    try sync.addHandler(UpstreamHandler(reusable: true, endpoint: endpointMetrics))
+                }
+            }
+        bootstrap.connect(to: address).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                do {
+                    let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
+                    self.track(channel: channel, handler: handler)
+                    callback(.success(handler))
+                } catch {
+                    channel.close(promise: nil)
+                    callback(.failure(.connectFailed))
+                }
+            case .failure(let error):
+                callback(.failure(MeshError(connectError: error)))
+            }
+        }
+    }
+
+    private func track(channel: any Channel, handler: UpstreamHandler) {
+        metrics.connectionsActive.increment()
+        clusterMetrics.connectionsActive.increment()
+        clusterMetrics.connectionsTotal.increment()
+        handler.release = { [weak self] handler in self?.putBack(handler) }
+        channel.closeFuture.assumeIsolated().whenComplete { _ in
+            self.metrics.connectionsActive.decrement()
+            self.clusterMetrics.connectionsActive.decrement()
+            self.remove(handler)
+        }
+    }
+
+    private func putBack(_ handler: UpstreamHandler) {
+        guard idle.count < maxIdle else {
+            handler.close()
+            return
+        }
+        let timer = loop.assumeIsolated().scheduleTask(in: idleTimeout) { [weak self, weak handler] in
+            guard let handler else { return }
+            self?.remove(handler)
+            handler.close()
+        }
+        idle.append((handler, timer))
+    }
+
+    private func remove(_ handler: UpstreamHandler) {
+        if let index = idle.firstIndex(where: { $0.handler === handler }) {
+            idle[index].timer.cancel()
+            idle.remove(at: index)
+        }
+    }
+
+    /// Closes every idle connection (drain).
+    func closeIdle() {
+        let all = idle
+        idle.removeAll()
+        for (handler, timer) in all {
+            timer.cancel()
+            handler.close()
+        }
+    }
+}
+
+extension MeshError {
+    init(connectError error: any Error) {
+        if let error = error as? ChannelError, case .connectTimeout = error {
+            self = .connectTimeout
+        } else {
+            self = .connectFailed
+        }
+    }
+}

@@ -1,0 +1,211 @@
+import NIOCore
+import Prometheus
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+
+/// HTTP/2 connections to one endpoint (a peer sidecar over mTLS, or an h2c server), owned by
+/// one event loop. Requests become streams, multiplexed over as few connections as the
+/// stream limit allows; HTTP/1.1 from the app travels this way between sidecars.
+final class HTTP2Pool {
+    private final class Connection {
+        let channel: any Channel
+        let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+        var openStreams = 0
+        var usable = true
+
+        init(channel: any Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
+            self.channel = channel
+            self.multiplexer = multiplexer
+        }
+    }
+
+    typealias Callback = (Result<UpstreamHandler, MeshError>) -> Void
+
+    private let loop: any EventLoop
+    private let address: SocketAddress
+    private let tls: NIOSSLContext?
+    private let connectTimeout: TimeAmount
+    private let idleTimeout: TimeAmount
+    private let maxStreams: Int
+    private let metrics: EndpointMetrics
+    private let clusterMetrics: ClusterMetrics
+    private var connections: [Connection] = []
+    private var connecting = false
+    private var waiters: [Callback] = []
+
+    init(
+        loop: any EventLoop,
+        address: SocketAddress,
+        tls: NIOSSLContext?,
+        connectTimeout: TimeAmount,
+        idleTimeout: TimeAmount,
+        maxStreams: Int,
+        metrics: EndpointMetrics,
+        clusterMetrics: ClusterMetrics
+    ) {
+        self.loop = loop
+        self.address = address
+        self.tls = tls
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.maxStreams = maxStreams
+        self.metrics = metrics
+        self.clusterMetrics = clusterMetrics
+    }
+
+    var connectionCount: Int { connections.count }
+
+    func acquire(_ callback: @escaping Callback) {
+        loop.preconditionInEventLoop()
+        if let connection = connections.first(where: { $0.usable && $0.openStreams < maxStreams }) {
+            openStream(on: connection, callback)
+        } else {
+            waiters.append(callback)
+            if !connecting { connect() }
+        }
+    }
+
+    private func connect() {
+        connecting = true
+        let tls = self.tls
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls {
+                        try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
+                    }
+                    var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
+                    connectionConfiguration.initialSettings = [
+                        HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
+                        HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
+                        HTTP2Setting(parameter: .maxHeaderListSize, value: 1 << 17),
+                    ]
+                    var streamConfiguration = NIOHTTP2Handler.StreamConfiguration()
+                    streamConfiguration.targetWindowSize = 1 << 20
+                    _ = try sync.configureHTTP2Pipeline(
+                        mode: .client,
+                        connectionConfiguration: connectionConfiguration,
+                        streamConfiguration: streamConfiguration
+                    ) { stream in
+                        // Peers do not open streams towards a client.
+                        stream.close()
+                    }
+                    try sync.addHandler(GoAwayWatcher())
+                }
+            }
+        bootstrap.connect(to: address).assumeIsolated().whenComplete { result in
+            self.connecting = false
+            switch result {
+            case .success(let channel):
+                do {
+                    let multiplexer = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
+                        .syncMultiplexer()
+                    let connection = Connection(channel: channel, multiplexer: multiplexer)
+                    try channel.pipeline.syncOperations.handler(type: GoAwayWatcher.self).onGoAway = {
+                        [weak self] in self?.peerSentGoAway(connection)
+                    }
+                    self.track(connection)
+                    let waiting = self.waiters
+                    self.waiters.removeAll()
+                    for waiter in waiting {
+                        self.acquire(waiter)
+                    }
+                } catch {
+                    channel.close(promise: nil)
+                    self.failWaiters(.connectFailed)
+                }
+            case .failure(let error):
+                self.failWaiters(MeshError(connectError: error))
+            }
+        }
+    }
+
+    private func failWaiters(_ error: MeshError) {
+        let waiting = waiters
+        waiters.removeAll()
+        for waiter in waiting { waiter(.failure(error)) }
+    }
+
+    private func track(_ connection: Connection) {
+        connections.append(connection)
+        metrics.connectionsActive.increment()
+        clusterMetrics.connectionsActive.increment()
+        clusterMetrics.connectionsTotal.increment()
+        connection.channel.closeFuture.assumeIsolated().whenComplete { _ in
+            connection.usable = false
+            self.metrics.connectionsActive.decrement()
+            self.clusterMetrics.connectionsActive.decrement()
+            self.connections.removeAll { $0 === connection }
+        }
+    }
+
+    private func openStream(on connection: Connection, _ callback: @escaping Callback) {
+        connection.openStreams += 1
+        let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = tls == nil ? .http : .https
+        let endpointMetrics = metrics
+        let promise = loop.makePromise(of: (any Channel).self)
+        connection.multiplexer.createStreamChannel(promise: promise) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandlers(
+                    HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: scheme),
+                    UpstreamHandler(reusable: false, endpoint: endpointMetrics)
+                )
+            }
+        }
+        promise.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let stream):
+                stream.closeFuture.assumeIsolated().whenComplete { _ in
+                    connection.openStreams -= 1
+                    if !connection.usable, connection.openStreams == 0 {
+                        connection.channel.close(promise: nil)
+                    }
+                }
+                do {
+                    callback(.success(try stream.pipeline.syncOperations.handler(type: UpstreamHandler.self)))
+                } catch {
+                    stream.close(promise: nil)
+                    callback(.failure(.upstreamReset))
+                }
+            case .failure:
+                connection.openStreams -= 1
+                connection.usable = false
+                callback(.failure(.upstreamReset))
+            }
+        }
+    }
+
+    /// The peer is draining: open no new streams on this connection, close it once idle.
+    private func peerSentGoAway(_ connection: Connection) {
+        connection.usable = false
+        if connection.openStreams == 0 { connection.channel.close(promise: nil) }
+    }
+
+    /// Closes every connection (drain): in-flight streams finish on their own first
+    /// because we send GOAWAY by closing gracefully.
+    func closeAll() {
+        for connection in connections {
+            connection.usable = false
+            connection.channel.close(mode: .all, promise: nil)
+        }
+    }
+}
+
+/// Watches an HTTP/2 client connection for GOAWAY from the peer.
+final class GoAwayWatcher: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias InboundOut = HTTP2Frame
+
+    var onGoAway: (() -> Void)?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway = unwrapInboundIn(data).payload {
+            onGoAway?()
+        }
+        context.fireChannelRead(data)
+    }
+}

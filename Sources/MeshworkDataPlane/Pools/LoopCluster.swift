@@ -1,0 +1,102 @@
+import MeshworkModel
+import MeshworkTraffic
+import NIOCore
+import NIOSSL
+
+/// One cluster as one event loop sees it: its endpoints, a balancer, and a connection pool
+/// per endpoint. Every loop has its own copy, so picking and pooling take no lock.
+final class LoopCluster {
+    enum Pool {
+        case http1(HTTP1Pool)
+        case http2(HTTP2Pool)
+    }
+
+    let name: String
+    let metrics: ClusterMetrics
+    let requestTimeout: TimeAmount
+    /// True when the endpoints are peer sidecars: the original HTTP version travels in
+    /// `x-meshwork-proto` so the far side restores it.
+    let isMesh: Bool
+    let endpoints: [SocketAddress]
+    private let pools: [Pool]
+    private var balancer: RoundRobinBalancer
+
+    init(
+        name: String,
+        endpoints: [SocketAddress],
+        protocol: EndpointProtocol,
+        tls: NIOSSLContext?,
+        connectTimeout: TimeAmount,
+        requestTimeout: TimeAmount,
+        idleTimeout: TimeAmount,
+        maxIdleConnections: Int,
+        maxConcurrentStreams: Int,
+        loop: any EventLoop,
+        loopIndex: Int,
+        metrics: ClusterMetrics
+    ) {
+        self.name = name
+        self.metrics = metrics
+        self.requestTimeout = requestTimeout
+        self.isMesh = `protocol` == .mesh
+        self.endpoints = endpoints
+        self.balancer = RoundRobinBalancer(start: loopIndex)
+        self.pools = endpoints.enumerated().map { index, address in
+            switch `protocol` {
+            case .http1:
+                return .http1(
+                    HTTP1Pool(
+                        loop: loop,
+                        address: address,
+                        tls: nil,
+                        connectTimeout: connectTimeout,
+                        idleTimeout: idleTimeout,
+                        maxIdle: maxIdleConnections,
+                        metrics: metrics.endpoints[index],
+                        clusterMetrics: metrics
+                    )
+                )
+            case .h2c, .mesh:
+                return .http2(
+                    HTTP2Pool(
+                        loop: loop,
+                        address: address,
+                        tls: `protocol` == .mesh ? tls : nil,
+                        connectTimeout: connectTimeout,
+                        idleTimeout: idleTimeout,
+                        maxStreams: maxConcurrentStreams,
+                        metrics: metrics.endpoints[index],
+                        clusterMetrics: metrics
+                    )
+                )
+            }
+        }
+    }
+
+    /// Picks an endpoint and hands back a ready upstream exchange (a pooled HTTP/1.1
+    /// connection or a fresh HTTP/2 stream). The callback runs on this loop.
+    func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+        guard let index = balancer.pick(count: pools.count) else {
+            callback(.failure(.noHealthyEndpoint))
+            return
+        }
+        switch pools[index] {
+        case .http1(let pool): pool.acquire(callback)
+        case .http2(let pool): pool.acquire(callback)
+        }
+    }
+
+    /// Picks an endpoint for a raw TCP connection.
+    func pickEndpoint() -> SocketAddress? {
+        balancer.pick(count: endpoints.count).map { endpoints[$0] }
+    }
+
+    func closeIdle() {
+        for pool in pools {
+            switch pool {
+            case .http1(let pool): pool.closeIdle()
+            case .http2(let pool): pool.closeAll()
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+import NIOCore
+import Prometheus
+import NIOHTTP1
+
+/// Settings of a proxying listener that every connection's `ProxyHandler` shares.
+struct ProxySettings: Sendable {
+    var route: ProxyRoute
+    var metrics: ListenerMetrics
+    /// Time a client has to send a whole request head (HTTP/1.1 connections only).
+    var headerReadTimeout: TimeAmount
+    /// A connection with no request in flight is closed after this long.
+    var idleTimeout: TimeAmount
+    var maxHeaderBytes: Int
+    /// Inbound listeners restore the HTTP version the calling app used.
+    var restoresProtocol: Bool
+}
+
+/// The downstream half of an HTTP exchange: receives a request from a client (an HTTP/1.1
+/// connection or one HTTP/2 stream), picks the cluster and an upstream connection, streams
+/// the request there and the response back, with backpressure both ways and without
+/// buffering bodies. Every error the proxy makes itself is answered with its status and
+/// `x-meshwork-error`.
+final class ProxyHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        /// Waiting for a request head.
+        case idle
+        /// The upstream is being acquired; request parts wait here (reads are held, so at
+        /// most one read's worth).
+        case connecting(cluster: LoopCluster, pending: [HTTPClientRequestPart])
+        /// Request and response flow through `upstream`.
+        case proxying(cluster: LoopCluster, upstream: UpstreamHandler)
+        /// The proxy answered itself; the rest of the request body is discarded.
+        case answered
+    }
+
+    private let settings: ProxySettings
+    private let loop: LoopContext
+    /// HTTP/2 streams carry one exchange each and have no connection timers.
+    private let isStream: Bool
+    private var context: ChannelHandlerContext?
+    private var state = State.idle
+    private var requestEnded = false
+    private var responseStarted = false
+    private var responseEnded = false
+    private var keepAlive = true
+    private var pendingRead = false
+    private var requestStart: NIODeadline = .distantPast
+    private var responseStatus: HTTPResponseStatus = .ok
+    private var requestIsHead = false
+    /// Whether the request announced a body; a mesh answer given before a body is read
+    /// closes the connection rather than read and discard an upload of unknown size.
+    private var requestHasBody = false
+    private var timer: Scheduled<Void>?
+
+    init(settings: ProxySettings, loop: LoopContext, isStream: Bool) {
+        self.settings = settings
+        self.loop = loop
+        self.isStream = isStream
+    }
+
+    // MARK: lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { connectionStarted(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        connectionStarted(context: context)
+        context.fireChannelActive()
+    }
+
+    private var started = false
+
+    private func connectionStarted(context: ChannelHandlerContext) {
+        guard !started else { return }
+        started = true
+        if !isStream {
+            armTimer(settings.headerReadTimeout, error: .headerTimeout)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        switch state {
+        case .proxying(_, let upstream):
+            upstream.finish()
+        case .idle, .connecting, .answered:
+            break
+        }
+        state = .answered
+        responseEnded = true
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: downstream -> upstream
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            receivedHead(head, context: context)
+        case .body(let body):
+            forward(.body(.byteBuffer(body)))
+        case .end(let trailers):
+            requestEnded = true
+            forward(.end(trailers))
+            if case .answered = state, responseEnded { exchangeFinished(context: context) }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .proxying(_, let upstream) = state { upstream.flush() }
+        context.fireChannelReadComplete()
+    }
+
+    private func receivedHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        requestStart = .now()
+        requestEnded = false
+        responseStarted = false
+        responseEnded = false
+        requestIsHead = head.method == .HEAD
+        keepAlive = head.isKeepAlive
+        requestHasBody = head.headers.contains(name: "transfer-encoding")
+            || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
+
+        if Self.headBytes(head) > settings.maxHeaderBytes {
+            keepAlive = false
+            answer(.headerTooLarge, context: context)
+            return
+        }
+        switch settings.route.resolve(head, in: loop) {
+        case .failure(let error):
+            answer(error, context: context)
+        case .success(let cluster):
+            let upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh)
+            state = .connecting(cluster: cluster, pending: [.head(upstreamHead)])
+            armTimer(cluster.requestTimeout, error: .upstreamTimeout)
+            cluster.acquire { [weak self] result in
+                self?.upstreamAcquired(result, cluster: cluster)
+            }
+        }
+    }
+
+    private func forward(_ part: HTTPClientRequestPart) {
+        switch state {
+        case .connecting(let cluster, var pending):
+            pending.append(part)
+            state = .connecting(cluster: cluster, pending: pending)
+        case .proxying(_, let upstream):
+            upstream.write(part)
+        case .idle, .answered:
+            break
+        }
+    }
+
+    private func upstreamAcquired(_ result: Result<UpstreamHandler, MeshError>, cluster: LoopCluster) {
+        guard let context, case .connecting(let current, let pending) = state, current === cluster else {
+            // The exchange ended (timeout, client gone) while we waited: give the
+            // connection back untouched.
+            if case .success(let upstream) = result { upstream.finish() }
+            return
+        }
+        switch result {
+        case .failure(let error):
+            cluster.metrics.countError(error)
+            answer(error, context: context)
+        case .success(let upstream):
+            upstream.begin(delegate: self)
+            state = .proxying(cluster: cluster, upstream: upstream)
+            for part in pending { upstream.write(part) }
+            upstream.flush()
+            if pendingRead, upstream.isWritable {
+                pendingRead = false
+                context.read()
+            }
+        }
+    }
+
+    // MARK: backpressure
+
+    func read(context: ChannelHandlerContext) {
+        switch state {
+        case .connecting:
+            pendingRead = true
+        case .proxying(_, let upstream) where !upstream.isWritable:
+            pendingRead = true
+        case .idle, .answered, .proxying:
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .proxying(_, let upstream) = state {
+            upstream.resumeReading()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: errors and timers
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let parserError = error as? HTTPParserError {
+            keepAlive = false
+            answer(parserError == .headerOverflow ? .headerTooLarge : .badRequest, context: context)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    private func armTimer(_ timeout: TimeAmount, error: MeshError) {
+        timer?.cancel()
+        guard let context else { return }
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
+            self?.timerFired(error)
+        }
+    }
+
+    private func timerFired(_ error: MeshError) {
+        timer = nil
+        guard let context else { return }
+        switch state {
+        case .idle:
+            // Idle keep-alive connection, or a client too slow to send its head.
+            if error == .headerTimeout, !isStream {
+                keepAlive = false
+                answer(error, context: context)
+            } else {
+                context.close(promise: nil)
+            }
+        case .connecting(let cluster, _), .proxying(let cluster, _):
+            cluster.metrics.countError(error)
+            if case .proxying(_, let upstream) = state { upstream.finish() }
+            state = .answered
+            if responseStarted {
+                settings.metrics.countError(error)
+                context.close(promise: nil)
+            } else {
+                keepAlive = false
+                answer(error, context: context)
+            }
+        case .answered:
+            break
+        }
+    }
+
+    /// Answers the current request with a mesh error.
+    private func answer(_ error: MeshError, context: ChannelHandlerContext) {
+        settings.metrics.countError(error)
+        if case .proxying(_, let upstream) = state { upstream.finish() }
+        state = .answered
+        guard !responseStarted else {
+            context.close(promise: nil)
+            return
+        }
+        if !requestEnded, requestHasBody { keepAlive = false }
+        let body = "\(error.reason)\n"
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(4)
+        headers.add(name: MeshError.headerName, value: error.reason)
+        headers.add(name: "content-type", value: "text/plain")
+        headers.add(name: "content-length", value: String(body.utf8.count))
+        if !keepAlive, !isStream { headers.add(name: "connection", value: "close") }
+        responseStarted = true
+        responseStatus = error.status
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: error.status, headers: headers))), promise: nil)
+        if !requestIsHead {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        }
+        responseEnded = true
+        let closing = !keepAlive && !isStream
+        let promise: EventLoopPromise<Void>? = closing ? context.eventLoop.makePromise() : nil
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: promise)
+        if let promise {
+            promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+        settings.metrics.countRequest(status: error.status, nanoseconds: elapsed())
+        if requestEnded || closing {
+            exchangeFinished(context: context, alreadyClosing: closing)
+        }
+        // Otherwise the exchange finishes when the request's end arrives (channelRead).
+    }
+
+    private func elapsed() -> Int64 {
+        (NIODeadline.now() - requestStart).nanoseconds
+    }
+
+    /// Both directions are done: reset for the next request on this connection.
+    private func exchangeFinished(context: ChannelHandlerContext, alreadyClosing: Bool = false) {
+        timer?.cancel()
+        timer = nil
+        if case .proxying(_, let upstream) = state { upstream.finish() }
+        state = .idle
+        if isStream || alreadyClosing { return }
+        if keepAlive {
+            armTimer(settings.idleTimeout, error: .upstreamTimeout)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    /// Size of the request line and headers as they came over the wire.
+    static func headBytes(_ head: HTTPRequestHead) -> Int {
+        var total = head.uri.utf8.count + 16
+        for (name, value) in head.headers {
+            total += name.utf8.count + value.utf8.count + 4
+        }
+        return total
+    }
+}
+
+// MARK: upstream -> downstream
+
+extension ProxyHandler: UpstreamDelegate {
+    var downstreamIsWritable: Bool { context?.channel.isWritable ?? false }
+
+    func upstreamReceived(_ part: HTTPClientResponsePart) {
+        guard let context, case .proxying(let cluster, let upstream) = state else { return }
+        switch part {
+        case .head(var head):
+            if head.status.code < 200, head.status != .switchingProtocols {
+                // 100 Continue and other interim answers pass straight through.
+                context.write(wrapOutboundOut(.head(head)), promise: nil)
+                return
+            }
+            responseStarted = true
+            responseStatus = head.status
+            Self.removeHopByHop(&head.headers)
+            head.version = .http1_1
+            if !keepAlive, !isStream { head.headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let body):
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        case .end(let trailers):
+            responseEnded = true
+            // Flush now: the upstream is released below and will not report its read
+            // completion to us.
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            let nanos = elapsed()
+            settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
+            cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
+            upstream.endpoint?.countRequest(status: responseStatus)
+            if !requestEnded {
+                // The upstream answered before the request finished (an early 413, say):
+                // the rest of the request cannot be resynchronised, so this connection ends.
+                upstream.finish()
+                state = .answered
+                keepAlive = false
+                timer?.cancel()
+                timer = nil
+                if !isStream {
+                    context.flush()
+                    context.close(promise: nil)
+                }
+                return
+            }
+            exchangeFinished(context: context)
+        }
+    }
+
+    func upstreamReadComplete() {
+        context?.flush()
+    }
+
+    func upstreamFailed(_ error: MeshError) {
+        guard let context, case .proxying(let cluster, _) = state else { return }
+        cluster.metrics.countError(error)
+        state = .answered
+        if responseStarted {
+            settings.metrics.countError(error)
+            context.close(promise: nil)
+        } else {
+            answer(error, context: context)
+        }
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        guard isWritable, pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+}
+
+extension ProxyHandler {
+    /// Connection-specific headers (RFC 9110 section 7.6.1) are not forwarded.
+    static func removeHopByHop(_ headers: inout HTTPHeaders) {
+        for token in headers[canonicalForm: "connection"] {
+            headers.remove(name: String(token))
+        }
+        for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]
+        where headers.contains(name: name) {
+            headers.remove(name: name)
+        }
+    }
+
+    /// The head sent upstream: hop-by-hop headers removed, origin-form target, and for mesh
+    /// hops the caller's HTTP version in `x-meshwork-proto`.
+    func upstreamHead(_ head: HTTPRequestHead, mesh: Bool) -> HTTPRequestHead {
+        var out = head
+        let te = head.headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" }
+        Self.removeHopByHop(&out.headers)
+        if te { out.headers.add(name: "te", value: "trailers") }
+        if let authority = ProxyRoute.absoluteURIAuthority(head.uri) {
+            out.uri = ProxyRoute.originForm(head.uri)
+            out.headers.replaceOrAdd(name: "host", value: String(authority))
+        }
+        if settings.restoresProtocol {
+            if let proto = out.headers.first(name: ProxyHandler.protoHeader) {
+                out.headers.remove(name: ProxyHandler.protoHeader)
+                if proto == "HTTP/1.0" { out.version = .http1_0 }
+            }
+            if out.version.major == 2 { out.version = .http1_1 }
+        } else if mesh {
+            out.headers.replaceOrAdd(name: ProxyHandler.protoHeader, value: "HTTP/\(head.version.major).\(head.version.minor)")
+        }
+        if out.version.major == 2 { out.version = .http1_1 }
+        // A body whose length is unknown travels chunked on HTTP/1.1.
+        if !mesh, head.headers.contains(name: "transfer-encoding"), !out.headers.contains(name: "content-length") {
+            out.headers.add(name: "transfer-encoding", value: "chunked")
+        }
+        return out
+    }
+
+    static let protoHeader = "x-meshwork-proto"
+}

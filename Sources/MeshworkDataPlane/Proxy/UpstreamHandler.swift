@@ -1,0 +1,156 @@
+import NIOCore
+import NIOHTTP1
+
+/// What the downstream side of an exchange hears from the upstream side. Everything runs on
+/// the one event loop that owns both channels.
+protocol UpstreamDelegate: AnyObject {
+    /// A response part arrived from upstream.
+    func upstreamReceived(_ part: HTTPClientResponsePart)
+    /// The upstream finished a batch of reads: time to flush downstream.
+    func upstreamReadComplete()
+    /// The upstream failed; `responseStarted` says whether any response was seen.
+    func upstreamFailed(_ error: MeshError)
+    /// The upstream channel's writability changed (request-body backpressure).
+    func upstreamWritabilityChanged(isWritable: Bool)
+    /// Whether the downstream can take more response bytes now (response-body backpressure).
+    var downstreamIsWritable: Bool { get }
+}
+
+/// The last handler of an upstream pipeline: a pooled HTTP/1.1 connection or one HTTP/2
+/// stream, both speaking `HTTPClientRequestPart`/`HTTPClientResponsePart`. It is the
+/// upstream half of the glue between two channels: the downstream `ProxyHandler` writes
+/// request parts through it, and it hands response parts back.
+final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    /// Called when an exchange finished cleanly and the connection can serve another.
+    typealias Release = (UpstreamHandler) -> Void
+
+    private var context: ChannelHandlerContext?
+    private(set) weak var delegate: (any UpstreamDelegate)?
+    private var pendingRead = false
+    private var requestEnded = false
+    private var responseEnded = false
+    private var responseKeepAlive = true
+    /// HTTP/1.1 pooled connections are reused; HTTP/2 streams are not.
+    private let reusable: Bool
+    var release: Release?
+    /// The endpoint this connection goes to, for per-endpoint metrics.
+    let endpoint: EndpointMetrics?
+
+    init(reusable: Bool, endpoint: EndpointMetrics?) {
+        self.reusable = reusable
+        self.endpoint = endpoint
+    }
+
+    var isActive: Bool { context?.channel.isActive ?? false }
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var eventLoop: (any EventLoop)? { context?.eventLoop }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// Starts an exchange for `delegate` on this connection.
+    func begin(delegate: any UpstreamDelegate) {
+        self.delegate = delegate
+        requestEnded = false
+        responseEnded = false
+        responseKeepAlive = true
+    }
+
+    func write(_ part: HTTPClientRequestPart) {
+        if case .end = part { requestEnded = true }
+        context?.write(wrapOutboundOut(part), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    func close() {
+        context?.close(promise: nil)
+    }
+
+    func resumeReading() {
+        guard pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    /// The downstream is done with this exchange, whether or not it completed. A connection
+    /// is reused only when both directions ended cleanly and the upstream allows keep-alive.
+    func finish() {
+        let clean = requestEnded && responseEnded && responseKeepAlive && reusable
+        delegate = nil
+        if clean, let release, isActive {
+            resumeReading()
+            release(self)
+        } else if let context {
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: inbound events
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        switch part {
+        case .head(let head):
+            if head.status.code >= 200 || head.status.code == 101 {
+                responseKeepAlive = head.isKeepAlive
+            }
+        case .body:
+            break
+        case .end:
+            responseEnded = true
+        }
+        guard let delegate else {
+            // No exchange: an unsolicited response. The connection is not trustworthy.
+            context.close(promise: nil)
+            return
+        }
+        delegate.upstreamReceived(part)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        delegate?.upstreamReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let delegate, !responseEnded {
+            self.delegate = nil
+            delegate.upstreamFailed(.upstreamReset)
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let delegate, !responseEnded {
+            self.delegate = nil
+            delegate.upstreamFailed(error is HTTPParserError ? .protocolError : .upstreamReset)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        delegate?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: outbound events
+
+    func read(context: ChannelHandlerContext) {
+        if let delegate, !delegate.downstreamIsWritable {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+}

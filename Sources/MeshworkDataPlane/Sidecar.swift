@@ -1,0 +1,331 @@
+import Foundation
+import Logging
+import MeshworkModel
+import NIOCore
+import NIOExtras
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// The sidecar proxy: its listeners, clusters and admin endpoint, run as a ServiceLifecycle
+/// service. On graceful shutdown (SIGTERM) it stops accepting, lets in-flight requests
+/// finish for up to `timeouts.drain`, then closes what is left.
+public actor Sidecar: Service {
+    public let config: SidecarConfig
+    private let group: any EventLoopGroup
+    private let registry: PrometheusCollectorRegistry
+    private let logger: Logger
+    private let tls: MeshTLS?
+    private let contexts: LoopContexts
+    private let flags = Flags()
+    private var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
+
+    /// Builds everything that can be checked before binding: TLS files, endpoint addresses,
+    /// metrics and the per-loop clusters. Throws `ConfigErrors` naming the bad field.
+    public init(
+        config: SidecarConfig,
+        group: any EventLoopGroup,
+        registry: PrometheusCollectorRegistry,
+        logger: Logger
+    ) throws(ConfigErrors) {
+        self.config = config
+        self.group = group
+        self.registry = registry
+        self.logger = logger
+        self.tls = try config.tls.map { files throws(ConfigErrors) in try MeshTLS(files: files) }
+
+        var errors: [ConfigError] = []
+        var resolved: [String: [SocketAddress]] = [:]
+        for (index, cluster) in config.clusters.enumerated() {
+            resolved[cluster.name] = cluster.endpoints.enumerated().compactMap { e, endpoint in
+                do {
+                    return try SocketAddress.makeAddressResolvingHost(endpoint.host, port: endpoint.port)
+                } catch {
+                    errors.append(
+                        ConfigError(path: "clusters[\(index)].endpoints[\(e)]", reason: "cannot resolve \(endpoint): \(error)")
+                    )
+                    return nil
+                }
+            }
+        }
+        var appAddress: SocketAddress?
+        if let inbound = config.inbound {
+            do {
+                appAddress = try SocketAddress.makeAddressResolvingHost(inbound.app.host, port: inbound.app.port)
+            } catch {
+                errors.append(ConfigError(path: "inbound.app", reason: "cannot resolve \(inbound.app): \(error)"))
+            }
+        }
+        guard errors.isEmpty else { throw ConfigErrors(errors) }
+
+        let clusterMetrics = Dictionary(
+            uniqueKeysWithValues: config.clusters.map {
+                ($0.name, ClusterMetrics(name: $0.name, endpoints: $0.endpoints.map(\.description), registry: registry))
+            }
+        )
+        let appMetrics = config.inbound.map {
+            ClusterMetrics(name: "app", endpoints: [$0.app.description], registry: registry)
+        }
+        let tls = self.tls
+        var loopContexts: [LoopContext] = []
+        for (index, loop) in group.makeIterator().enumerated() {
+            let context = LoopContext(loop: loop, index: index)
+            for cluster in config.clusters {
+                context.clusters[cluster.name] = LoopCluster(
+                    name: cluster.name,
+                    endpoints: resolved[cluster.name] ?? [],
+                    protocol: cluster.protocol,
+                    tls: tls?.clientHTTP2,
+                    connectTimeout: .nanoseconds(cluster.connectTimeout.nanoseconds),
+                    requestTimeout: .nanoseconds(cluster.requestTimeout.nanoseconds),
+                    idleTimeout: .nanoseconds(cluster.idleTimeout.nanoseconds),
+                    maxIdleConnections: cluster.maxIdleConnections,
+                    maxConcurrentStreams: cluster.maxConcurrentStreams,
+                    loop: loop,
+                    loopIndex: index,
+                    metrics: clusterMetrics[cluster.name]!
+                )
+            }
+            if let inbound = config.inbound, let appAddress, let appMetrics, inbound.protocol != .tcp {
+                context.app = LoopCluster(
+                    name: "app",
+                    endpoints: [appAddress],
+                    protocol: inbound.protocol == .h2c ? .h2c : .http1,
+                    tls: nil,
+                    connectTimeout: .nanoseconds(inbound.connectTimeout.nanoseconds),
+                    requestTimeout: .nanoseconds(inbound.requestTimeout.nanoseconds),
+                    idleTimeout: .seconds(60),
+                    maxIdleConnections: inbound.maxIdleConnections,
+                    maxConcurrentStreams: 100,
+                    loop: loop,
+                    loopIndex: index,
+                    metrics: appMetrics
+                )
+            }
+            loopContexts.append(context)
+        }
+        self.contexts = LoopContexts(loopContexts)
+        self.appAddress = appAddress
+    }
+
+    private let appAddress: SocketAddress?
+
+    /// Where each listener is bound, by name (`admin`, `inbound`, `http_proxy`,
+    /// `upstream:<cluster>`), with the real port when the config said 0.
+    public var boundAddresses: [String: SocketAddress] {
+        var result: [String: SocketAddress] = [:]
+        for listener in listeners {
+            if let address = listener.channel.localAddress { result[listener.name] = address }
+        }
+        return result
+    }
+
+    public nonisolated var isReady: Bool { flags.isReady }
+
+    /// Binds every listener. Throws if a port cannot be bound (the error names the listener).
+    public func start() async throws {
+        let timeouts = config.timeouts
+        func settings(_ name: String, kind: String, route: ProxyRoute, restores: Bool) -> ProxySettings {
+            ProxySettings(
+                route: route,
+                metrics: ListenerMetrics(name: name, kind: kind, registry: registry),
+                headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
+                idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
+                maxHeaderBytes: config.limits.maxHeaderBytes,
+                restoresProtocol: restores
+            )
+        }
+        let contexts = self.contexts
+        do {
+            if let inbound = config.inbound {
+                let proxy = settings("inbound", kind: "inbound", route: .app, restores: true)
+                let tls = self.tls?.server
+                let appAddress = self.appAddress
+                let connectTimeout = TimeAmount.nanoseconds(inbound.connectTimeout.nanoseconds)
+                try await bind("inbound", inbound.listen) { channel in
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
+                    switch (inbound.protocol, tls) {
+                    case (.tcp, let tls):
+                        if let tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
+                        try ListenerPipelines.addTCPProxy(
+                            to: channel,
+                            metrics: proxy.metrics,
+                            connectTimeout: connectTimeout,
+                            upstreamTLS: nil,
+                            pick: { appAddress }
+                        )
+                    case (_, .some(let tls)):
+                        try ListenerPipelines.addTLSHTTP(to: channel, tls: tls, settings: proxy, contexts: contexts)
+                    case (_, .none):
+                        try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
+                    }
+                }
+            }
+            if let httpProxy = config.httpProxy {
+                let proxy = settings("http_proxy", kind: "http_proxy", route: .host(domain: httpProxy.domain), restores: false)
+                try await bind("http_proxy", httpProxy.listen) { channel in
+                    try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
+                    try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
+                }
+            }
+            var usedNames: Set<String> = []
+            for upstream in config.upstreams {
+                var name = "upstream:\(upstream.cluster)"
+                if usedNames.contains(name) { name += ":\(upstream.listen.port)" }
+                usedNames.insert(name)
+                let proxy = settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false)
+                let cluster = config.cluster(named: upstream.cluster)!
+                let upstreamTLS = cluster.protocol == .mesh ? tls?.clientTCP : nil
+                let connectTimeout = TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds)
+                let clusterName = upstream.cluster
+                try await bind(name, upstream.listen) { channel in
+                    try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
+                    switch upstream.protocol {
+                    case .http:
+                        try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
+                    case .tcp:
+                        let loopCluster = contexts.context(for: channel.eventLoop).clusters[clusterName]
+                        try ListenerPipelines.addTCPProxy(
+                            to: channel,
+                            metrics: proxy.metrics,
+                            connectTimeout: connectTimeout,
+                            upstreamTLS: upstreamTLS,
+                            pick: { loopCluster?.pickEndpoint() }
+                        )
+                    }
+                }
+            }
+            if let admin = config.admin {
+                let endpoints = adminEndpoints()
+                try await bind("admin", admin, quiesce: false) { channel in
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(endpoints: endpoints))
+                }
+            }
+        } catch {
+            await closeListeners()
+            throw error
+        }
+        flags.started.store(true, ordering: .relaxed)
+        for listener in listeners {
+            logger.info(
+                "listening",
+                metadata: ["listener": "\(listener.name)", "address": "\(listener.channel.localAddress.map { "\($0)" } ?? "?")"]
+            )
+        }
+    }
+
+    private func adminEndpoints() -> AdminEndpoints {
+        let registry = self.registry
+        let configJSON: [UInt8]
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            configJSON = Array(try encoder.encode(config)) + [0x0A]
+        } catch {
+            configJSON = Array("{\"error\": \"cannot encode config\"}\n".utf8)
+        }
+        let flags = self.flags
+        return AdminEndpoints(
+            metrics: { registry.emitToBuffer() },
+            config: { configJSON },
+            isReady: { flags.isReady }
+        )
+    }
+
+    private func bind(
+        _ name: String,
+        _ address: HostPort,
+        quiesce: Bool = true,
+        initializer: @escaping @Sendable (any Channel) throws -> Void
+    ) async throws {
+        let helper = quiesce ? ServerQuiescingHelper(group: group) : nil
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let helper {
+                        try channel.pipeline.syncOperations.addHandler(helper.makeServerChannelHandler(channel: channel))
+                    }
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try initializer(channel) }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
+            listeners.append((name, channel, helper))
+        } catch {
+            throw ListenerBindError(listener: name, address: address, underlying: error)
+        }
+    }
+
+    private func closeListeners() async {
+        for listener in listeners {
+            try? await listener.channel.close()
+        }
+        listeners.removeAll()
+    }
+
+    /// Stops accepting, lets in-flight exchanges finish for up to `timeouts.drain`, then
+    /// closes whatever is left.
+    public func drain() async {
+        guard !flags.draining.exchange(true, ordering: .relaxed) else { return }
+        logger.info("draining", metadata: ["timeout": "\(config.timeouts.drain)"])
+        let loop = group.next()
+        let quiesced = listeners.compactMap { listener -> EventLoopFuture<Void>? in
+            guard let helper = listener.quiesce else { return nil }
+            let promise = loop.makePromise(of: Void.self)
+            helper.initiateShutdown(promise: promise)
+            return promise.futureResult
+        }
+        let all = EventLoopFuture.andAllComplete(quiesced, on: loop)
+        // Done when every connection has finished, or when the drain timeout fires.
+        let timeout = TimeAmount.nanoseconds(config.timeouts.drain.nanoseconds)
+        let deadline = loop.scheduleTask(in: timeout) {}
+        all.whenComplete { _ in deadline.cancel() }
+        _ = try? await deadline.futureResult.get()
+        let contexts = self.contexts
+        for index in contexts.all.indices {
+            try? await contexts.all[index].loop.submit { contexts.all[index].closeIdle() }.get()
+        }
+        await closeListeners()
+        logger.info("drained")
+    }
+
+    /// ServiceLifecycle entry point: start, serve until graceful shutdown, drain.
+    public func run() async throws {
+        if !flags.started.load(ordering: .relaxed) {
+            try await start()
+        }
+        try? await gracefulShutdown()
+        await drain()
+    }
+}
+
+/// Lifecycle flags read from any thread (admin /ready, drain).
+private final class Flags: Sendable {
+    let started = Atomic<Bool>(false)
+    let draining = Atomic<Bool>(false)
+
+    var isReady: Bool { started.load(ordering: .relaxed) && !draining.load(ordering: .relaxed) }
+}
+
+/// A listener's port could not be bound.
+public struct ListenerBindError: Error, CustomStringConvertible {
+    public var listener: String
+    public var address: HostPort
+    public var underlying: any Error
+
+    public var description: String {
+        "cannot listen on \(address) for \(listener): \(underlying)"
+    }
+}

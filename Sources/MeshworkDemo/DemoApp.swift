@@ -1,0 +1,187 @@
+import MeshworkDataPlane
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+
+/// The project's own small app: a fast HTTP/1.1 + h2c server used by the tests, the
+/// benchmark and the demo. It can be told to be slow or to fail, per request by path.
+///
+/// Paths: `/` hello; `/echo` streams the request body back; `/status/<code>`;
+/// `/delay/<ms>`; `/bytes/<n>`; `/headers` the request head as text; `/trailers` a
+/// response with trailers; `/close` answers then closes the connection.
+public final class DemoApp: Sendable {
+    public let name: String
+    private let channel: any Channel
+
+    private init(name: String, channel: any Channel) {
+        self.name = name
+        self.channel = channel
+    }
+
+    public var port: Int { channel.localAddress?.port ?? 0 }
+    public var address: SocketAddress? { channel.localAddress }
+
+    public static func start(
+        name: String,
+        host: String = "127.0.0.1",
+        port: Int = 0,
+        group: any EventLoopGroup
+    ) async throws -> DemoApp {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPVersionSniffer { isHTTP2, channel in
+                            let sync = channel.pipeline.syncOperations
+                            if isHTTP2 {
+                                _ = try sync.configureHTTP2Pipeline(
+                                    mode: .server,
+                                    connectionConfiguration: .init(),
+                                    streamConfiguration: .init()
+                                ) { stream in
+                                    stream.eventLoop.makeCompletedFuture {
+                                        try stream.pipeline.syncOperations.addHandlers(
+                                            HTTP2FramePayloadToHTTP1ServerCodec(),
+                                            DemoAppHandler(name: name)
+                                        )
+                                    }
+                                }
+                            } else {
+                                try sync.configureHTTPServerPipeline(withErrorHandling: true)
+                                try sync.addHandler(DemoAppHandler(name: name))
+                            }
+                        }
+                    )
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return DemoApp(name: name, channel: channel)
+    }
+
+    public func stop() async {
+        try? await channel.close()
+    }
+}
+
+final class DemoAppHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let name: String
+    private var head: HTTPRequestHead?
+    private var echoing = false
+    private var received = 0
+
+    init(name: String) {
+        self.name = name
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            received = 0
+            if head.uri.hasPrefix("/echo") {
+                echoing = true
+                var headers = baseHeaders()
+                if let type = head.headers.first(name: "content-type") { headers.add(name: "content-type", value: type) }
+                if let length = head.headers.first(name: "content-length") {
+                    headers.add(name: "content-length", value: length)
+                }
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            }
+        case .body(let body):
+            received += body.readableBytes
+            if echoing { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        case .end(let trailers):
+            guard let head else { return }
+            self.head = nil
+            if echoing {
+                echoing = false
+                context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+                return
+            }
+            respond(head, context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    private func baseHeaders() -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.add(name: "x-served-by", value: name)
+        return headers
+    }
+
+    private func respond(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let parts = head.uri.split(separator: "?", maxSplits: 1)[0].split(separator: "/")
+        let first = parts.first.map(String.init) ?? ""
+        let argument = parts.count > 1 ? Int(parts[1]) : nil
+        switch first {
+        case "status":
+            send(status: HTTPResponseStatus(statusCode: argument ?? 500), body: "status \(argument ?? 500)\n", head, context)
+        case "delay":
+            let ms = argument ?? 100
+            context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(ms))) {
+                self.send(status: .ok, body: "slept \(ms)ms\n", head, context)
+            }
+        case "bytes":
+            let count = min(argument ?? 1024, 64 << 20)
+            var headers = baseHeaders()
+            headers.add(name: "content-length", value: String(count))
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            var remaining = count
+            while remaining > 0 {
+                let n = min(remaining, 64 * 1024)
+                var buffer = context.channel.allocator.buffer(capacity: n)
+                buffer.writeRepeatingByte(UInt8(ascii: "x"), count: n)
+                context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+                remaining -= n
+            }
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        case "headers":
+            var text = "\(head.method) \(head.uri) HTTP/\(head.version.major).\(head.version.minor)\n"
+            for (name, value) in head.headers { text += "\(name.lowercased()): \(value)\n" }
+            text += "body-bytes: \(received)\n"
+            send(status: .ok, body: text, head, context)
+        case "trailers":
+            var headers = baseHeaders()
+            headers.add(name: "trailer", value: "x-checksum")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: "with trailers\n")))), promise: nil)
+            var trailers = HTTPHeaders()
+            trailers.add(name: "x-checksum", value: "abc123")
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        case "close":
+            send(status: .ok, body: "bye\n", head, context, close: true)
+        default:
+            send(status: .ok, body: "hello from \(name)\n", head, context)
+        }
+    }
+
+    private func send(
+        status: HTTPResponseStatus,
+        body: String,
+        _ request: HTTPRequestHead,
+        _ context: ChannelHandlerContext,
+        close: Bool = false
+    ) {
+        var headers = baseHeaders()
+        headers.add(name: "content-type", value: "text/plain")
+        headers.add(name: "content-length", value: String(body.utf8.count))
+        if close { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if close || !request.isKeepAlive {
+            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Yams
+
+extension SidecarConfig {
+    /// Parses and validates a sidecar config file. Throws `ConfigErrors` listing every bad
+    /// field with its path and the reason.
+    public static func load(yaml text: String) throws(ConfigErrors) -> SidecarConfig {
+        let reader = ConfigReader()
+        var config = SidecarConfig()
+        if let root = reader.parse(text) {
+            config.read(root, reader)
+            if reader.errors.isEmpty {
+                config.validate(reader)
+            }
+        }
+        guard reader.errors.isEmpty else { throw ConfigErrors(reader.errors) }
+        return config
+    }
+
+    private mutating func read(_ root: Node, _ reader: ConfigReader) {
+        let known: Set = [
+            "service", "threads", "admin", "tls", "inbound", "upstreams", "httpProxy", "clusters", "timeouts", "limits",
+        ]
+        guard let fields = reader.mapping(root, "", known: known) else { return }
+        if let value = fields.string("service") { service = value }
+        if let value = fields.int("threads", range: 0...1024) { threads = value }
+        if let node = fields.node("admin") {
+            if case .scalar(let scalar) = node, ["", "~", "null", "off", "false"].contains(scalar.string) {
+                admin = nil
+            } else {
+                admin = reader.address(node, "admin")
+            }
+        }
+        if let tlsFields = reader.mapping(fields.node("tls"), "tls", known: ["ca", "cert", "key"]) {
+            let ca = tlsFields.required("ca", tlsFields.string("ca"))
+            let cert = tlsFields.required("cert", tlsFields.string("cert"))
+            let key = tlsFields.required("key", tlsFields.string("key"))
+            if let ca, let cert, let key { tls = TLSFiles(ca: ca, cert: cert, key: key) }
+        }
+        if let f = reader.mapping(
+            fields.node("inbound"),
+            "inbound",
+            known: ["listen", "app", "protocol", "maxIdleConnections", "connectTimeout", "requestTimeout"]
+        ) {
+            let listen = f.required("listen", f.address("listen"))
+            let app = f.required("app", f.address("app"))
+            if let listen, let app {
+                var value = InboundConfig(listen: listen, app: app)
+                if let p = f.choice("protocol", as: AppProtocol.self) { value.protocol = p }
+                if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
+                if let d = f.duration("connectTimeout") { value.connectTimeout = d }
+                if let d = f.duration("requestTimeout") { value.requestTimeout = d }
+                inbound = value
+            }
+        }
+        for (path, node) in reader.sequence(fields.node("upstreams"), "upstreams") {
+            guard let f = reader.mapping(node, path, known: ["listen", "cluster", "protocol"]) else { continue }
+            let listen = f.required("listen", f.address("listen"))
+            let cluster = f.required("cluster", f.string("cluster"))
+            if let listen, let cluster {
+                var value = UpstreamConfig(listen: listen, cluster: cluster)
+                if let p = f.choice("protocol", as: ListenerProtocol.self) { value.protocol = p }
+                upstreams.append(value)
+            }
+        }
+        if let f = reader.mapping(fields.node("httpProxy"), "httpProxy", known: ["listen", "domain"]) {
+            if let listen = f.required("listen", f.address("listen")) {
+                var value = HTTPProxyConfig(listen: listen)
+                if let d = f.string("domain") { value.domain = d }
+                httpProxy = value
+            }
+        }
+        for (path, node) in reader.sequence(fields.node("clusters"), "clusters") {
+            let known: Set = [
+                "name", "endpoints", "protocol", "connectTimeout", "requestTimeout", "idleTimeout",
+                "maxIdleConnections", "maxConcurrentStreams",
+            ]
+            guard let f = reader.mapping(node, path, known: known) else { continue }
+            guard let name = f.required("name", f.string("name")) else { continue }
+            var value = ClusterConfig(name: name)
+            for (endpointPath, endpoint) in reader.sequence(f.node("endpoints"), f.path("endpoints")) {
+                if let address = reader.address(endpoint, endpointPath) { value.endpoints.append(address) }
+            }
+            if let p = f.choice("protocol", as: EndpointProtocol.self) { value.protocol = p }
+            if let d = f.duration("connectTimeout") { value.connectTimeout = d }
+            if let d = f.duration("requestTimeout") { value.requestTimeout = d }
+            if let d = f.duration("idleTimeout") { value.idleTimeout = d }
+            if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
+            if let n = f.int("maxConcurrentStreams", range: 1...10_000) { value.maxConcurrentStreams = n }
+            clusters.append(value)
+        }
+        if let f = reader.mapping(fields.node("timeouts"), "timeouts", known: ["headerRead", "idle", "drain"]) {
+            if let d = f.duration("headerRead") { timeouts.headerRead = d }
+            if let d = f.duration("idle") { timeouts.idle = d }
+            if let d = f.duration("drain") { timeouts.drain = d }
+        }
+        if let f = reader.mapping(fields.node("limits"), "limits", known: ["maxHeaderBytes"]) {
+            if let n = f.int("maxHeaderBytes", range: 1024...(1 << 20)) { limits.maxHeaderBytes = n }
+        }
+    }
+
+    /// Checks that hold across fields: references resolve, ports do not collide, TLS is
+    /// present where a `mesh` cluster needs it.
+    private func validate(_ reader: ConfigReader) {
+        var names: [String: Int] = [:]
+        for (index, cluster) in clusters.enumerated() {
+            let path = "clusters[\(index)]"
+            if cluster.name.isEmpty || cluster.name.contains(where: { $0.isWhitespace || $0 == "/" }) {
+                reader.fail("\(path).name", "must be a non-empty name without spaces or slashes")
+            }
+            if let first = names[cluster.name] {
+                reader.fail("\(path).name", "duplicate cluster \"\(cluster.name)\" (also clusters[\(first)])")
+            } else {
+                names[cluster.name] = index
+            }
+            if cluster.protocol == .mesh, tls == nil {
+                reader.fail("\(path).protocol", "\"mesh\" needs the tls section (ca, cert, key)")
+            }
+            for (e, endpoint) in cluster.endpoints.enumerated() where endpoint.port == 0 {
+                reader.fail("\(path).endpoints[\(e)]", "an endpoint needs a real port, not 0")
+            }
+        }
+        for (index, upstream) in upstreams.enumerated() where names[upstream.cluster] == nil {
+            reader.fail("upstreams[\(index)].cluster", "no cluster named \"\(upstream.cluster)\"")
+        }
+        if let app = inbound?.app, app.port == 0 {
+            reader.fail("inbound.app", "the app needs a real port, not 0")
+        }
+        var listeners: [(String, HostPort)] = []
+        if let admin { listeners.append(("admin", admin)) }
+        if let inbound { listeners.append(("inbound.listen", inbound.listen)) }
+        if let httpProxy { listeners.append(("httpProxy.listen", httpProxy.listen)) }
+        for (index, upstream) in upstreams.enumerated() {
+            listeners.append(("upstreams[\(index)].listen", upstream.listen))
+        }
+        var seen: [HostPort: String] = [:]
+        for (path, address) in listeners where address.port != 0 {
+            if let other = seen[address] {
+                reader.fail(path, "\(address) is already used by \(other)")
+            } else {
+                seen[address] = path
+            }
+        }
+    }
+}

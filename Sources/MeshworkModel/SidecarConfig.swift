@@ -1,0 +1,166 @@
+/// The sidecar's whole configuration. Every field has a default; see docs/configuration.md.
+///
+/// It is a plain value: the YAML loader builds it today, the controller will feed the same
+/// model later.
+public struct SidecarConfig: Sendable, Hashable, Encodable {
+    /// This instance's service name (used in logs and metrics; identity later).
+    public var service: String = "app"
+    /// Event loops; 0 means one per core.
+    public var threads: Int = 0
+    /// Admin listener: /metrics, /ready, /live, /config.
+    public var admin: HostPort? = HostPort(host: "127.0.0.1", port: 9901)
+    /// Static mTLS material shared by the inbound listener and `mesh` clusters.
+    public var tls: TLSFiles?
+    public var inbound: InboundConfig?
+    public var upstreams: [UpstreamConfig] = []
+    public var httpProxy: HTTPProxyConfig?
+    public var clusters: [ClusterConfig] = []
+    public var timeouts: ListenerTimeouts = .init()
+    public var limits: Limits = .init()
+
+    public init() {}
+
+    public func cluster(named name: String) -> ClusterConfig? {
+        clusters.first { $0.name == name }
+    }
+}
+
+public struct TLSFiles: Sendable, Hashable, Encodable {
+    /// PEM bundle of the CA(s) that peers' certificates must chain to.
+    public var ca: String
+    /// PEM certificate chain this sidecar presents.
+    public var cert: String
+    /// PEM private key for `cert`.
+    public var key: String
+
+    public init(ca: String, cert: String, key: String) {
+        self.ca = ca
+        self.cert = cert
+        self.key = key
+    }
+}
+
+/// How the inbound side speaks to the local app.
+public enum AppProtocol: String, Sendable, Hashable, Encodable, CaseIterable {
+    case http1
+    case h2c
+    case tcp
+}
+
+public struct InboundConfig: Sendable, Hashable, Encodable {
+    /// Where peer sidecars connect (mTLS when `tls` is set, plaintext otherwise).
+    public var listen: HostPort
+    /// The local app.
+    public var app: HostPort
+    public var `protocol`: AppProtocol = .http1
+    /// Idle keep-alive connections kept per event loop to the app.
+    public var maxIdleConnections: Int = 64
+    public var connectTimeout: TimeSpan = .seconds(1)
+    public var requestTimeout: TimeSpan = .seconds(15)
+
+    public init(listen: HostPort, app: HostPort) {
+        self.listen = listen
+        self.app = app
+    }
+}
+
+/// What an upstream port carries.
+public enum ListenerProtocol: String, Sendable, Hashable, Encodable, CaseIterable {
+    case http
+    case tcp
+}
+
+/// One local port per upstream service: `127.0.0.1:9001 -> orders`.
+public struct UpstreamConfig: Sendable, Hashable, Encodable {
+    public var listen: HostPort
+    public var cluster: String
+    public var `protocol`: ListenerProtocol = .http
+
+    public init(listen: HostPort, cluster: String) {
+        self.listen = listen
+        self.cluster = cluster
+    }
+}
+
+/// `HTTP_PROXY` target: routes `http://orders/...` (or `orders.mesh`, `orders:80`) by Host.
+public struct HTTPProxyConfig: Sendable, Hashable, Encodable {
+    public var listen: HostPort
+    /// Suffix stripped from Host before looking up the cluster.
+    public var domain: String = "mesh"
+
+    public init(listen: HostPort) {
+        self.listen = listen
+    }
+}
+
+/// How a cluster reaches its endpoints.
+public enum EndpointProtocol: String, Sendable, Hashable, Encodable, CaseIterable {
+    /// A peer sidecar's inbound listener: mTLS, and HTTP/2 for HTTP traffic.
+    case mesh
+    /// Plain HTTP/1.1 with keep-alive (or raw TCP for tcp listeners).
+    case http1
+    /// HTTP/2 over cleartext with prior knowledge.
+    case h2c
+}
+
+public struct ClusterConfig: Sendable, Hashable, Encodable {
+    public var name: String
+    public var endpoints: [HostPort] = []
+    public var `protocol`: EndpointProtocol = .mesh
+    public var connectTimeout: TimeSpan = .seconds(1)
+    /// Whole-request deadline, from the request head to the end of the response.
+    public var requestTimeout: TimeSpan = .seconds(15)
+    /// Pooled connections idle this long are closed.
+    public var idleTimeout: TimeSpan = .seconds(60)
+    /// HTTP/1.1: idle keep-alive connections kept per endpoint per event loop.
+    public var maxIdleConnections: Int = 64
+    /// HTTP/2: streams per connection before another connection is opened.
+    public var maxConcurrentStreams: Int = 100
+
+    public init(name: String) {
+        self.name = name
+    }
+}
+
+public struct ListenerTimeouts: Sendable, Hashable, Encodable {
+    /// A client has this long to send a complete request head.
+    public var headerRead: TimeSpan = .seconds(10)
+    /// A downstream connection with no request in flight is closed after this long.
+    public var idle: TimeSpan = .seconds(300)
+    /// On SIGTERM, in-flight requests get this long to finish.
+    public var drain: TimeSpan = .seconds(15)
+
+    public init() {}
+}
+
+public struct Limits: Sendable, Hashable, Encodable {
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    public var maxHeaderBytes: Int = 64 * 1024
+
+    public init() {}
+}
+
+/// A config duration: a `Duration` that reads and prints as `250ms`, `5s`, `2m`, `1h`.
+public struct TimeSpan: Sendable, Hashable, Encodable, CustomStringConvertible {
+    public var duration: Duration
+
+    public init(_ duration: Duration) {
+        self.duration = duration
+    }
+
+    public static func seconds(_ value: Int) -> TimeSpan { TimeSpan(.seconds(value)) }
+    public static func milliseconds(_ value: Int) -> TimeSpan { TimeSpan(.milliseconds(value)) }
+
+    /// Whole nanoseconds, for event-loop timers.
+    public var nanoseconds: Int64 {
+        let (seconds, attos) = duration.components
+        return seconds * 1_000_000_000 + attos / 1_000_000_000
+    }
+
+    public var description: String { DurationText.format(duration) }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}

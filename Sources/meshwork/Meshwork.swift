@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Meshwork: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshwork",
+        abstract: "A service mesh: sidecar proxy, controller, gateway and CLI in one binary.",
+        subcommands: [SidecarCommand.self, DemoAppCommand.self]
+    )
+}

@@ -1,0 +1,118 @@
+import MeshworkModel
+import Testing
+
+@Suite("Sidecar config")
+struct SidecarConfigTests {
+    let full = """
+        service: web
+        threads: 2
+        admin: 127.0.0.1:9901
+        tls: {ca: ca.pem, cert: web.pem, key: web.key}
+        inbound:
+          listen: 127.0.0.1:15001
+          app: 127.0.0.1:8080
+          protocol: h2c
+        upstreams:
+          - listen: 127.0.0.1:9001
+            cluster: orders
+          - listen: "[::1]:9002"
+            cluster: orders
+            protocol: tcp
+        httpProxy:
+          listen: 127.0.0.1:9000
+        clusters:
+          - name: orders
+            endpoints: [127.0.0.1:15002, "localhost:15003"]
+            connectTimeout: 250ms
+            requestTimeout: 2m
+        timeouts: {headerRead: 5s, idle: 1h, drain: 30s}
+        limits: {maxHeaderBytes: 8192}
+        """
+
+    @Test func readsEveryField() throws {
+        let config = try SidecarConfig.load(yaml: full)
+        #expect(config.service == "web")
+        #expect(config.threads == 2)
+        #expect(config.admin == HostPort(host: "127.0.0.1", port: 9901))
+        #expect(config.tls == TLSFiles(ca: "ca.pem", cert: "web.pem", key: "web.key"))
+        #expect(config.inbound?.protocol == .h2c)
+        #expect(config.inbound?.app == HostPort(host: "127.0.0.1", port: 8080))
+        #expect(config.upstreams.count == 2)
+        #expect(config.upstreams[1].listen == HostPort(host: "::1", port: 9002))
+        #expect(config.upstreams[1].protocol == .tcp)
+        #expect(config.httpProxy?.domain == "mesh")
+        let orders = try #require(config.cluster(named: "orders"))
+        #expect(orders.protocol == .mesh)
+        #expect(orders.endpoints == [HostPort(host: "127.0.0.1", port: 15002), HostPort(host: "localhost", port: 15003)])
+        #expect(orders.connectTimeout.duration == .milliseconds(250))
+        #expect(orders.requestTimeout.duration == .seconds(120))
+        #expect(config.timeouts.idle.duration == .seconds(3600))
+        #expect(config.limits.maxHeaderBytes == 8192)
+    }
+
+    @Test func emptyFileGivesDefaults() throws {
+        let config = try SidecarConfig.load(yaml: "")
+        #expect(config == SidecarConfig())
+        #expect(config.admin?.port == 9901)
+        #expect(config.timeouts.headerRead.duration == .seconds(10))
+    }
+
+    private func errors(_ yaml: String) -> [ConfigError] {
+        do {
+            _ = try SidecarConfig.load(yaml: yaml)
+            return []
+        } catch {
+            return error.errors
+        }
+    }
+
+    @Test(arguments: [
+        ("servce: x", "servce", "unknown field"),
+        ("threads: many", "threads", "expected an integer"),
+        ("threads: -1", "threads", "between 0 and 1024"),
+        ("admin: 127.0.0.1", "admin", "expected host:port"),
+        ("admin: 127.0.0.1:70000", "admin", "port must be a number"),
+        ("admin: ::1:80", "admin", "IPv6 addresses need brackets"),
+        ("clusters: [{name: a, endpoints: [1.2.3.4:80], connectTimeout: soon}]", "clusters[0].connectTimeout", "expected a duration"),
+        ("clusters: [{name: a, protocol: http3}]", "clusters[0].protocol", "must be one of mesh, http1, h2c"),
+        ("clusters: [{endpoints: []}]", "clusters[0].name", "required field is missing"),
+        ("clusters: [{name: a, protocol: http1, endpoints: [1.2.3.4:0]}]", "clusters[0].endpoints[0]", "real port"),
+        ("clusters: [{name: a}]", "clusters[0].protocol", "needs the tls section"),
+        ("clusters: {name: a}", "clusters", "expected a list"),
+        ("upstreams: [{listen: 127.0.0.1:1, cluster: nope}]", "upstreams[0].cluster", "no cluster named \"nope\""),
+        ("inbound: {listen: 127.0.0.1:1}", "inbound.app", "required field is missing"),
+        ("inbound: {listen: 127.0.0.1:9901, app: 127.0.0.1:80}", "inbound.listen", "already used by admin"),
+        ("tls: {ca: a.pem, cert: b.pem}", "tls.key", "required field is missing"),
+        ("limits: {maxHeaderBytes: 10}", "limits.maxHeaderBytes", "between 1024"),
+        ("timeouts: {drain: -1s}", "timeouts.drain", "expected a duration"),
+        ("service: [a, b]", "service", "expected a string"),
+        ("{unclosed", "", "not valid YAML"),
+    ])
+    func refusesBadFieldsWithPathAndReason(yaml: String, path: String, reason: String) {
+        let found = errors(yaml)
+        #expect(found.contains { $0.path == path && $0.reason.contains(reason) }, "got \(found)")
+    }
+
+    @Test func reportsEveryProblemAtOnce() {
+        let found = errors("threads: x\nadmin: nope\nclusters: [{name: a, protocol: bad}]")
+        #expect(Set(found.map(\.path)) == ["threads", "admin", "clusters[0].protocol"])
+    }
+
+    @Test func errorDescriptionNamesPath() {
+        let error = ConfigErrors([ConfigError(path: "clusters[0].name", reason: "required field is missing")])
+        #expect(error.description.contains("clusters[0].name: required field is missing"))
+    }
+
+    @Test(arguments: [("250ms", 250), ("5s", 5000), ("2m", 120_000), ("1h", 3_600_000), ("1.5s", 1500)])
+    func durations(text: String, milliseconds: Int) throws {
+        let parsed = try #require(DurationText.parse(text))
+        #expect(parsed == .milliseconds(milliseconds))
+    }
+
+    @Test func durationsPrintBack() {
+        #expect(DurationText.format(.milliseconds(250)) == "250ms")
+        #expect(DurationText.format(.seconds(90)) == "90s")
+        #expect(DurationText.format(.seconds(120)) == "2m")
+        #expect(DurationText.format(.seconds(7200)) == "2h")
+    }
+}
