@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
+import Synchronization
 
 /// The project's own small app: a fast HTTP/1.1 + h2c server used by the tests, the
 /// benchmark and the demo. It can be told to be slow or to fail, per request by path.
@@ -13,11 +14,17 @@ import NIOPosix
 public final class DemoApp: Sendable {
     public let name: String
     private let channel: any Channel
+    private let counter: RequestCounter
 
-    private init(name: String, channel: any Channel) {
+    private init(name: String, channel: any Channel, counter: RequestCounter) {
         self.name = name
         self.channel = channel
+        self.counter = counter
     }
+
+    /// Requests this app has seen (heads received), so tests can prove a request never
+    /// reached it.
+    public var requestCount: Int { counter.value.load(ordering: .relaxed) }
 
     public var port: Int { channel.localAddress?.port ?? 0 }
     public var address: SocketAddress? { channel.localAddress }
@@ -28,6 +35,7 @@ public final class DemoApp: Sendable {
         port: Int = 0,
         group: any EventLoopGroup
     ) async throws -> DemoApp {
+        let counter = RequestCounter()
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -46,13 +54,13 @@ public final class DemoApp: Sendable {
                                     stream.eventLoop.makeCompletedFuture {
                                         try stream.pipeline.syncOperations.addHandlers(
                                             HTTP2FramePayloadToHTTP1ServerCodec(),
-                                            DemoAppHandler(name: name)
+                                            DemoAppHandler(name: name, counter: counter)
                                         )
                                     }
                                 }
                             } else {
                                 try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                                try sync.addHandler(DemoAppHandler(name: name))
+                                try sync.addHandler(DemoAppHandler(name: name, counter: counter))
                             }
                         }
                     )
@@ -60,7 +68,7 @@ public final class DemoApp: Sendable {
             }
             .bind(host: host, port: port)
             .get()
-        return DemoApp(name: name, channel: channel)
+        return DemoApp(name: name, channel: channel, counter: counter)
     }
 
     public func stop() async {
@@ -68,17 +76,23 @@ public final class DemoApp: Sendable {
     }
 }
 
+final class RequestCounter: Sendable {
+    let value = Atomic<Int>(0)
+}
+
 final class DemoAppHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let name: String
+    private let counter: RequestCounter
     private var head: HTTPRequestHead?
     private var echoing = false
     private var received = 0
 
-    init(name: String) {
+    init(name: String, counter: RequestCounter) {
         self.name = name
+        self.counter = counter
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -86,6 +100,13 @@ final class DemoAppHandler: ChannelInboundHandler {
         case .head(let head):
             self.head = head
             received = 0
+            counter.value.add(1, ordering: .relaxed)
+            if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                context.writeAndFlush(
+                    wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))),
+                    promise: nil
+                )
+            }
             if head.uri.hasPrefix("/echo") {
                 echoing = true
                 var headers = baseHeaders()

@@ -232,8 +232,10 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .idle:
             // Idle keep-alive connection, or a client too slow to send its head.
             if error == .headerTimeout, !isStream {
-                keepAlive = false
-                answer(error, context: context)
+                // No request head is being answered, so the HTTP pipeline would refuse a
+                // response: the 408 goes out as raw bytes below the HTTP encoder.
+                settings.metrics.countError(error)
+                sendRawAndClose(error, context: context)
             } else {
                 context.close(promise: nil)
             }
@@ -288,6 +290,20 @@ final class ProxyHandler: ChannelDuplexHandler {
             exchangeFinished(context: context, alreadyClosing: closing)
         }
         // Otherwise the exchange finishes when the request's end arrives (channelRead).
+    }
+
+    private func sendRawAndClose(_ error: MeshError, context: ChannelHandlerContext) {
+        state = .answered
+        let body = "\(error.reason)\n"
+        let text =
+            "HTTP/1.1 \(error.status.code) \(error.status.reasonPhrase)\r\n\(MeshError.headerName): \(error.reason)\r\n"
+            + "content-type: text/plain\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n\(body)"
+        guard let encoder = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self) else {
+            context.close(promise: nil)
+            return
+        }
+        encoder.writeAndFlush(NIOAny(IOData.byteBuffer(context.channel.allocator.buffer(string: text))))
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     private func elapsed() -> Int64 {

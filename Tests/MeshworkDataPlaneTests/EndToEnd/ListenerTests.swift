@@ -1,0 +1,128 @@
+import Foundation
+import MeshworkModel
+import MeshworkDemo
+import Testing
+
+/// Upstream ports and the HTTP proxy port, against the demo app over plain HTTP/1.1 and
+/// h2c, driven by curl.
+@Suite("Listeners end to end", .serialized)
+struct ListenerTests {
+    @Test func upstreamPortForwardsAndStripsHopByHopHeaders() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+
+        let result = try await Curl.get(
+            sidecar.url("upstream:orders", "/headers"),
+            ["-H", "Connection: keep-alive, x-drop-me", "-H", "x-drop-me: secret", "-H", "x-keep-me: yes"]
+        )
+        #expect(result.status == 200)
+        #expect(result.header("x-served-by") == "orders-1")
+        #expect(result.text.contains("x-keep-me: yes"))
+        #expect(!result.text.contains("x-drop-me"))
+        #expect(!result.text.lowercased().contains("connection:"))
+        #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
+        #expect(sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="2xx"}"#) == 1)
+        #expect(sidecar.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 1)
+    }
+
+    @Test func keepAliveReusesOneUpstreamConnection() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(
+            cluster: TestMesh.cluster("orders", .http1, [app.address])
+        )
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        // One curl, five requests on one downstream connection (and one loop).
+        let url = sidecar.url("upstream:orders", "/")
+        let result = try await Curl.run([url, url, url, url, url])
+        #expect(result.exitCode == 0)
+        #expect(app.requestCount == 5)
+        #expect(sidecar.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
+        #expect(sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#) == 1)
+    }
+
+    @Test func httpProxyRoutesByHost() async throws {
+        let orders = try await TestMesh.startApp("orders-1")
+        let inventory = try await TestMesh.startApp("inventory-1")
+        var config = TestMesh.baseConfig("web")
+        config.httpProxy = HTTPProxyConfig(listen: TestMesh.any())
+        config.clusters = [
+            TestMesh.cluster("orders", .http1, [orders.address]),
+            TestMesh.cluster("inventory", .http1, [inventory.address]),
+        ]
+        let sidecar = try await TestMesh.startSidecar(config)
+        defer { Task { await sidecar.stop(); await orders.stop(); await inventory.stop() } }
+        let proxy = "http://127.0.0.1:\(sidecar.port("http_proxy"))"
+
+        for (url, served) in [
+            ("http://orders/", "orders-1"), ("http://orders.mesh:8080/", "orders-1"),
+            ("http://inventory.mesh/", "inventory-1"), ("http://INVENTORY/", "inventory-1"),
+        ] {
+            let result = try await Curl.get(url, ["-x", proxy])
+            #expect(result.status == 200, "\(url)")
+            #expect(result.header("x-served-by") == served, "\(url)")
+        }
+        // The absolute-form target becomes origin-form for the app.
+        let head = try await Curl.get("http://orders.mesh/headers?x=1", ["-x", proxy])
+        #expect(head.text.hasPrefix("GET /headers?x=1 HTTP/1.1"))
+        #expect(head.text.contains("host: orders.mesh"))
+
+        let unknown = try await Curl.get("http://billing/", ["-x", proxy])
+        #expect(unknown.status == 404)
+        #expect(unknown.header("x-meshwork-error") == "no_route")
+        #expect(sidecar.metric(#"meshwork_listener_mesh_errors_total{listener="http_proxy",kind="http_proxy",reason="no_route"}"#) == 1)
+    }
+
+    @Test func h2cClientToHTTP1App() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let result = try await Curl.get(sidecar.url("upstream:orders", "/headers"), ["--http2-prior-knowledge"])
+        #expect(result.status == 200)
+        #expect(result.statusLines.first?.hasPrefix("HTTP/2") == true)
+        #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
+    }
+
+    @Test func h2cToH2cAppKeepsTrailers() async throws {
+        let app = try await TestMesh.startApp("grpc-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("grpc", .h2c, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let result = try await Curl.get(sidecar.url("upstream:grpc", "/trailers"), ["--http2-prior-knowledge"])
+        #expect(result.status == 200)
+        #expect(result.text == "with trailers\n")
+        #expect(result.header("x-checksum") == "abc123")
+    }
+
+    @Test func streamsLargeBodiesBothWays() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-upload-\(UUID().uuidString)")
+        var bytes = [UInt8](repeating: 0, count: 4 << 20)
+        for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 2_654_435_761 >> 13) }
+        try Data(bytes).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+
+        for framing in [[String](), ["-H", "Transfer-Encoding: chunked"]] {
+            let result = try await Curl.run(
+                framing + ["--data-binary", "@\(file.path)", sidecar.url("upstream:orders", "/echo")]
+            )
+            #expect(result.status == 200)
+            #expect(result.body == Data(bytes), "echo differs with \(framing)")
+        }
+        let download = try await Curl.get(sidecar.url("upstream:orders", "/bytes/\(8 << 20)"))
+        #expect(download.body.count == 8 << 20)
+    }
+
+    @Test func expectContinuePassesThrough() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let result = try await Curl.run(
+            ["-H", "Expect: 100-continue", "--data-binary", "payload", sidecar.url("upstream:orders", "/echo")]
+        )
+        #expect(result.statusLines.first?.contains("100") == true, "\(result.statusLines)")
+        #expect(result.status == 200)
+        #expect(result.text == "payload")
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import MeshworkDataPlane
+import MeshworkModel
+import Logging
+import Prometheus
+import MeshworkDemo
+import Testing
+
+/// The inbound listener's mTLS refuses anything not from the mesh CA; the admin listener;
+/// graceful drain; config errors at start.
+@Suite("mTLS, admin and lifecycle", .serialized)
+struct TLSAndAdminTests {
+    @Test(arguments: [
+        ("rogue", "a certificate from another CA"),
+        ("expired", "an expired certificate"),
+        ("", "no client certificate"),
+    ])
+    func inboundRefusesBadClientCertificates(name: String, why: String) async throws {
+        let server = try await TestMesh.startServerSide()
+        defer { Task { await server.sidecar.stop(); await server.app.stop() } }
+        var arguments = ["-k", "--http2", "https://127.0.0.1:\(server.sidecar.port("inbound"))/"]
+        if !name.isEmpty { arguments = ["--cert", TestMesh.cert(name), "--key", TestMesh.key(name)] + arguments }
+        let result = try await Curl.run(arguments)
+        #expect(result.exitCode != 0, "\(why) must be refused")
+        #expect(result.status == 0)
+        #expect(server.app.requestCount == 0)
+        // A good client is still served.
+        let good = try await Curl.run(
+            ["-k", "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
+             "https://127.0.0.1:\(server.sidecar.port("inbound"))/"]
+        )
+        #expect(good.status == 200)
+    }
+
+    @Test func inboundRefusesPlaintext() async throws {
+        let server = try await TestMesh.startServerSide()
+        defer { Task { await server.sidecar.stop(); await server.app.stop() } }
+        let result = try await Curl.get(server.sidecar.url("inbound"))
+        #expect(result.status == 0)
+        #expect(server.app.requestCount == 0)
+    }
+
+    @Test func clientSidecarRefusesServerFromAnotherCA() async throws {
+        let server = try await TestMesh.startServerSide(tlsName: "rogue") { config in
+            config.tls?.ca = TestMesh.cert("other-ca")
+        }
+        let client = try await TestMesh.startClientSide(
+            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
+        )
+        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        let result = try await Curl.get(client.url("upstream:orders"))
+        #expect(result.status == 502)
+        #expect(result.header("x-meshwork-error") != nil)
+        #expect(server.app.requestCount == 0)
+    }
+
+    @Test func adminEndpoints() async throws {
+        var config = TestMesh.baseConfig("web")
+        config.clusters = [TestMesh.cluster("orders", .http1, [])]
+        config.upstreams = [UpstreamConfig(listen: TestMesh.any(), cluster: "orders")]
+        let sidecar = try await TestMesh.startSidecar(config)
+        defer { Task { await sidecar.stop() } }
+        _ = try await Curl.get(sidecar.url("upstream:orders"))
+
+        let ready = try await Curl.get(sidecar.url("admin", "/ready"))
+        #expect(ready.status == 200)
+        #expect(try await Curl.get(sidecar.url("admin", "/live")).status == 200)
+        let metrics = try await Curl.get(sidecar.url("admin", "/metrics"))
+        #expect(metrics.status == 200)
+        #expect(metrics.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true)
+        #expect(metrics.text.contains(#"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"} 1"#))
+        #expect(metrics.text.contains("# TYPE meshwork_listener_request_duration_seconds histogram"))
+
+        let configJSON = try await Curl.get(sidecar.url("admin", "/config"))
+        #expect(configJSON.status == 200)
+        let object = try JSONSerialization.jsonObject(with: configJSON.body) as? [String: Any]
+        let clusters = object?["clusters"] as? [[String: Any]]
+        #expect(clusters?.first?["name"] as? String == "orders")
+        #expect(clusters?.first?["requestTimeout"] as? String == "15s")
+
+        #expect(try await Curl.get(sidecar.url("admin", "/nope")).status == 404)
+        #expect(try await Curl.run(["-X", "POST", sidecar.url("admin", "/metrics")]).status == 405)
+    }
+
+    @Test func drainFinishesInFlightThenStopsAccepting() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await app.stop() } }
+        let url = sidecar.url("upstream:orders", "/delay/600")
+        async let inFlight = Curl.get(url)
+        // Let the request reach the app before draining.
+        for _ in 0..<100 where app.requestCount == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(app.requestCount == 1)
+        await sidecar.sidecar.drain()
+        let finished = try await inFlight
+        #expect(finished.status == 200)
+        #expect(finished.text == "slept 600ms\n")
+        #expect(await sidecar.sidecar.isReady == false)
+        let after = try await Curl.get(sidecar.url("upstream:orders", "/"))
+        #expect(after.status == 0, "a drained sidecar accepts no new connections")
+    }
+
+    @Test func badTLSFilesAreRefusedWithTheField() async throws {
+        var config = TestMesh.baseConfig("web")
+        config.tls = TLSFiles(ca: TestMesh.cert("mesh-ca"), cert: "/nonexistent/web.pem", key: TestMesh.key("web"))
+        #expect {
+            _ = try Sidecar(config: config, group: TestMesh.group, registry: .init(), logger: .init(label: "t"))
+        } throws: { error in
+            (error as? ConfigErrors)?.errors.first?.path == "tls.cert"
+        }
+    }
+
+    @Test func portInUseNamesTheListener() async throws {
+        let first = try await TestMesh.startSidecar(TestMesh.baseConfig("a"))
+        defer { Task { await first.stop() } }
+        var config = TestMesh.baseConfig("b")
+        config.admin = HostPort(host: "127.0.0.1", port: first.port("admin"))
+        let sidecar = try Sidecar(config: config, group: TestMesh.group, registry: .init(), logger: .init(label: "t"))
+        await #expect {
+            try await sidecar.start()
+        } throws: { error in
+            (error as? ListenerBindError)?.listener == "admin"
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import Logging
+import MeshworkDataPlane
+import MeshworkDemo
+import MeshworkModel
+import NIOCore
+import NIOPosix
+import Prometheus
+
+/// Shared fixtures for the end-to-end tests: one event loop group, certificates, and
+/// helpers to start demo apps and sidecars on 127.0.0.1 with kernel-chosen ports.
+enum TestMesh {
+    static let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+
+    static let certs = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/certs").path
+
+    static func cert(_ name: String) -> String { "\(certs)/\(name).pem" }
+    static func key(_ name: String) -> String { "\(certs)/\(name).key" }
+
+    static func tls(_ name: String) -> TLSFiles {
+        TLSFiles(ca: cert("mesh-ca"), cert: cert(name), key: key(name))
+    }
+
+    static let loopback = "127.0.0.1"
+
+    static func any() -> HostPort { HostPort(host: loopback, port: 0) }
+
+    static func hostPort(_ address: SocketAddress?) -> HostPort {
+        HostPort(host: loopback, port: address?.port ?? 0)
+    }
+
+    static func startApp(_ name: String) async throws -> DemoApp {
+        try await DemoApp.start(name: name, host: loopback, port: 0, group: group)
+    }
+
+    /// A config with only an admin listener on a free port; tests add what they need.
+    static func baseConfig(_ service: String) -> SidecarConfig {
+        var config = SidecarConfig()
+        config.service = service
+        config.admin = any()
+        return config
+    }
+
+    static func startSidecar(_ config: SidecarConfig) async throws -> RunningSidecar {
+        var logger = Logger(label: "test.sidecar.\(config.service)")
+        logger.logLevel = .warning
+        let registry = PrometheusCollectorRegistry()
+        let sidecar = try Sidecar(config: config, group: group, registry: registry, logger: logger)
+        try await sidecar.start()
+        return RunningSidecar(sidecar: sidecar, addresses: await sidecar.boundAddresses, registry: registry)
+    }
+
+    /// An app behind a server sidecar whose inbound takes mTLS from peers.
+    static func startServerSide(
+        service: String = "orders",
+        appProtocol: AppProtocol = .http1,
+        tlsName: String = "orders",
+        configure: (inout SidecarConfig) -> Void = { _ in }
+    ) async throws -> (app: DemoApp, sidecar: RunningSidecar) {
+        let app = try await startApp("\(service)-1")
+        var config = baseConfig(service)
+        config.tls = tls(tlsName)
+        var inbound = InboundConfig(listen: any(), app: hostPort(app.address))
+        inbound.protocol = appProtocol
+        config.inbound = inbound
+        configure(&config)
+        return (app, try await startSidecar(config))
+    }
+
+    /// A client sidecar with an upstream port for `cluster`.
+    static func startClientSide(
+        cluster: ClusterConfig,
+        listenerProtocol: ListenerProtocol = .http,
+        configure: (inout SidecarConfig) -> Void = { _ in }
+    ) async throws -> RunningSidecar {
+        var config = baseConfig("web")
+        config.tls = tls("web")
+        var upstream = UpstreamConfig(listen: any(), cluster: cluster.name)
+        upstream.protocol = listenerProtocol
+        config.upstreams = [upstream]
+        config.clusters = [cluster]
+        configure(&config)
+        return try await startSidecar(config)
+    }
+
+    static func cluster(
+        _ name: String,
+        _ protocol: EndpointProtocol,
+        _ endpoints: [SocketAddress?]
+    ) -> ClusterConfig {
+        var cluster = ClusterConfig(name: name)
+        cluster.protocol = `protocol`
+        cluster.endpoints = endpoints.map(hostPort)
+        return cluster
+    }
+}
+
+struct RunningSidecar {
+    let sidecar: Sidecar
+    let addresses: [String: SocketAddress]
+    let registry: PrometheusCollectorRegistry
+
+    func port(_ listener: String) -> Int { addresses[listener]?.port ?? 0 }
+
+    func url(_ listener: String, _ path: String = "/") -> String {
+        "http://127.0.0.1:\(port(listener))\(path)"
+    }
+
+    var metricsText: String { String(decoding: registry.emitToBuffer(), as: UTF8.self) }
+
+    /// The value of one Prometheus sample line (exact name and labels as exposed).
+    func metric(_ series: String) -> Double? {
+        for line in metricsText.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
+    }
+
+    func stop() async {
+        await sidecar.drain()
+    }
+}
