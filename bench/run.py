@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark on 127.0.0.1 (see docs/benchmarks.md).
+
+Every proxy under test is pinned to core 1; the load generators and the upstream (nginx
+returning a fixed 200) share core 0. For each scenario and each round it measures:
+
+- throughput: wrk, 1 thread, C connections, D seconds (requests/s);
+- proxy CPU per request: (utime + stime of the proxy processes during the wrk run) / requests;
+- latency at a fixed moderate rate: h2load --h1 with --rps, per-request log -> p50/p99/p99.9;
+- peak RSS: VmHWM of the proxy processes (summed for pairs) at the end of the scenario.
+
+Scenarios run round-robin (all scenarios in round 1, then round 2, ...) so slow drifts of a
+shared machine hit every scenario alike; the table reports medians over rounds.
+"""
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "bench", "config")
+CERTS = os.path.join(ROOT, "Tests", "MeshworkDataPlaneTests", "Fixtures", "certs")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+UPSTREAM, PORT, PEER, ADMIN, ADMIN2 = 18800, 18801, 18802, 18803, 18804
+
+
+def render(template, out, **values):
+    text = open(os.path.join(CONFIG, template)).read()
+    for key, value in values.items():
+        text = text.replace("@" + key + "@", str(value))
+    path = os.path.join(out, template)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def wait_port(port, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / CLK_TCK
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total
+
+
+def start(cmd, core, out, name):
+    log = open(os.path.join(out, name + ".log"), "w")
+    return subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(procs):
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        p.wait()
+
+
+def scenarios(args, out):
+    mw = args.meshwork
+    envoy = args.envoy
+    return {
+        "direct": lambda: ([], UPSTREAM),
+        "nginx": lambda: ([start(["nginx", "-c", render("nginx-proxy.conf", out, OUT=out, PORT=PORT, UPSTREAM=UPSTREAM)], 1, out, "nginx-proxy")], PORT),
+        "envoy": lambda: ([start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart",
+                                  "-c", render("envoy-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "envoy")], PORT),
+        "meshwork": lambda: ([start([mw, "sidecar", "--log-level", "error",
+                                     "--config", render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "meshwork")], PORT),
+        "envoy pair (mTLS+h2)": lambda: ([
+            start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "2",
+                   "-c", render("envoy-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "envoy-server"),
+            start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "3",
+                   "-c", render("envoy-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "envoy-client"),
+        ], PORT),
+        "meshwork pair (mTLS+h2)": lambda: ([
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "mw-server"),
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "mw-client"),
+        ], PORT),
+    }
+
+
+def run_wrk(port, args):
+    text = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s",
+                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: (.*)", text)
+    return requests, (int(errors.group(1)) if errors else 0), (socket_errors.group(1) if socket_errors else "")
+
+
+def run_latency(port, args, out):
+    log = os.path.join(out, "h2load.log")
+    if os.path.exists(log):
+        os.remove(log)
+    clients = 8
+    subprocess.run(["taskset", "-c", "0", "h2load", "--h1", "-c", str(clients), "--rps", str(max(1, args.rate // clients)),
+                    "-D", str(args.duration), "--log-file", log, f"http://127.0.0.1:{port}/"],
+                   capture_output=True, text=True, check=True)
+    latencies = sorted(int(line.split("\t")[2]) for line in open(log) if line.strip())
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] / 1000.0
+    return {"p50_ms": pct(50), "p99_ms": pct(99), "p999_ms": pct(99.9), "latency_samples": len(latencies)}
+
+
+def measure(name, factory, args, out):
+    procs, port = factory()
+    try:
+        wait_port(port)
+        if name.endswith("pair (mTLS+h2)"):
+            wait_port(PEER)
+        time.sleep(0.3)
+        pids = [p.pid for p in procs]
+        # Warm-up: connections, pools, JIT-free but caches and allocators settle.
+        subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"],
+                       capture_output=True, check=True)
+        cpu_before = cpu_seconds(pids) if pids else 0
+        requests, non2xx, socket_errors = run_wrk(port, args)
+        cpu_after = cpu_seconds(pids) if pids else 0
+        latency = run_latency(port, args, out)
+        result = {
+            "rps": requests / args.duration,
+            "cpu_us_per_req": ((cpu_after - cpu_before) / requests * 1e6) if pids and requests else None,
+            "peak_rss_mib": (peak_rss_kib(pids) / 1024.0) if pids else None,
+            "non_2xx": non2xx,
+            "socket_errors": socket_errors,
+        }
+        result.update(latency)
+        return result
+    finally:
+        stop(procs)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meshwork", default=os.path.join(ROOT, ".build", "release", "meshwork"))
+    parser.add_argument("--envoy", default=shutil.which("envoy") or "envoy")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections for throughput")
+    parser.add_argument("--rate", type=int, default=2000, help="requests/s for the latency run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "results.json"))
+    args = parser.parse_args()
+
+    out = tempfile.mkdtemp(prefix="meshwork-bench-")
+    all_scenarios = scenarios(args, out)
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(all_scenarios)
+    upstream = start(["nginx", "-c", render("nginx-upstream.conf", out, OUT=out, UPSTREAM=UPSTREAM)], 0, out, "nginx-upstream")
+    rounds = {name: [] for name in names}
+    try:
+        wait_port(UPSTREAM)
+        for r in range(args.rounds):
+            for name in names:
+                result = measure(name, all_scenarios[name], args, out)
+                rounds[name].append(result)
+                print(f"round {r + 1} {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    finally:
+        stop([upstream])
+
+    summary = {}
+    for name in names:
+        summary[name] = {key: median([run[key] for run in rounds[name]])
+                         for key in ("rps", "cpu_us_per_req", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib", "non_2xx")}
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"args": vars(args), "rounds": rounds, "median": summary}, f, indent=2)
+
+    def fmt(value, digits=1):
+        return "-" if value is None else f"{value:,.{digits}f}"
+    print(f"\nMedians of {args.rounds} rounds; throughput with {args.connections} connections for {args.duration}s, "
+          f"latency at {args.rate} req/s. Proxies on core 1, load and upstream on core 0.\n")
+    print("| scenario | req/s | proxy CPU µs/req | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        s = summary[name]
+        print(f"| {name} | {fmt(s['rps'], 0)} | {fmt(s['cpu_us_per_req'])} | {fmt(s['p50_ms'], 3)} | {fmt(s['p99_ms'], 3)} "
+              f"| {fmt(s['p999_ms'], 3)} | {fmt(s['peak_rss_mib'])} | {fmt(s['non_2xx'], 0)} |")
+    for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)")):
+        if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
+            sa, sb = summary[a], summary[b]
+            print(f"\n{a} / {b}: CPU per request x{sa['cpu_us_per_req'] / sb['cpu_us_per_req']:.2f}, "
+                  f"p99 x{sa['p99_ms'] / sb['p99_ms']:.2f}, peak RSS x{sa['peak_rss_mib'] / sb['peak_rss_mib']:.2f}, "
+                  f"throughput x{sa['rps'] / sb['rps']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
