@@ -43,9 +43,23 @@ def wait_port(port, timeout=15.0):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def group_members(pgids):
+    """Every process in the given process groups (nginx's workers are its master's children)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in pgids:
+                members.append(int(entry))
+    return members
+
+
 def cpu_seconds(pids):
     total = 0
-    for pid in pids:
+    for pid in group_members(set(pids)):
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
     return total / CLK_TCK
@@ -53,7 +67,7 @@ def cpu_seconds(pids):
 
 def peak_rss_kib(pids):
     total = 0
-    for pid in pids:
+    for pid in group_members(set(pids)):
         for line in open(f"/proc/{pid}/status"):
             if line.startswith("VmHWM:"):
                 total += int(line.split()[1])

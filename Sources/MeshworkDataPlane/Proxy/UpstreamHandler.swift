@@ -87,9 +87,14 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The downstream is done with this exchange, whether or not it completed. A connection
     /// is reused only when both directions ended cleanly and the upstream allows keep-alive.
     func finish() {
-        let clean = requestEnded && responseEnded && responseKeepAlive && reusable
+        let complete = requestEnded && responseEnded
         delegate = nil
-        if clean, let release, isActive {
+        if !reusable, complete {
+            // An HTTP/2 stream that ended both ways closes by itself; closing it here
+            // would send RST_STREAM, which peers count as abuse.
+            return
+        }
+        if complete, responseKeepAlive, let release, isActive {
             resumeReading()
             release(self)
         } else if let context {
@@ -154,3 +159,4 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 }
+

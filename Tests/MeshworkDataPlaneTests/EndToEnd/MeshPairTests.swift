@@ -129,3 +129,21 @@ struct MeshPairTests {
         #expect(h1.statusLines.first?.hasPrefix("HTTP/1.1") == true)
     }
 }
+
+extension MeshPairTests {
+    /// Hundreds of streams on one pooled connection: finished streams must close cleanly
+    /// (no RST_STREAM), or the peer's abuse protection closes the connection mid-flight.
+    @Test func hundredsOfSequentialRequestsShareOneConnectionWithoutResets() async throws {
+        let server = try await TestMesh.startServerSide()
+        let client = try await TestMesh.startClientSide(
+            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
+        )
+        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        let result = try await Curl.run([client.url("upstream:orders", "/[1-400]")], timeout: 60)
+        #expect(result.exitCode == 0)
+        #expect(client.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="upstream_reset"}"#) == 0)
+        #expect(client.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 400)
+        #expect(client.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
+        #expect(server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#) == 1)
+    }
+}
