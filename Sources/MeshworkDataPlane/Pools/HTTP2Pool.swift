@@ -78,6 +78,7 @@ final class HTTP2Pool {
                     if let tls {
                         try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
                     }
+                    try sync.addHandler(FlushCoalescingHandler())
                     var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
                     connectionConfiguration.initialSettings = [
                         HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),

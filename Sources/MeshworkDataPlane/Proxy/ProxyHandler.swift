@@ -190,11 +190,13 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     func read(context: ChannelHandlerContext) {
         switch state {
-        case .connecting:
+        case .connecting(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts:
+            // Bound what waits for the upstream; a request that has ended reads on (the
+            // next pipelined request is held by the HTTP pipeline handler).
             pendingRead = true
         case .proxying(_, let upstream) where !upstream.isWritable:
             pendingRead = true
-        case .idle, .answered, .proxying:
+        case .idle, .answered, .proxying, .connecting:
             context.read()
         }
     }
@@ -447,4 +449,8 @@ extension ProxyHandler {
     }
 
     static let protoHeader = "x-meshwork-proto"
+
+    /// Request parts (head and body chunks) held while the upstream is acquired before
+    /// reading stops.
+    static let maxPendingParts = 16
 }
