@@ -147,13 +147,16 @@ final class HTTP2Pool {
     private func openStream(on connection: Connection, _ callback: @escaping Callback) {
         connection.openStreams += 1
         let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = tls == nil ? .http : .https
-        let endpointMetrics = metrics
+        // Created here and handed to the stream's initializer, so no pipeline search is
+        // needed to find it afterwards.
+        let handler = UpstreamHandler(reusable: false, endpoint: metrics)
+        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
         let promise = loop.makePromise(of: (any Channel).self)
         connection.multiplexer.createStreamChannel(promise: promise) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandlers(
                     HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: scheme),
-                    UpstreamHandler(reusable: false, endpoint: endpointMetrics)
+                    boundHandler.value
                 )
             }
         }
@@ -166,12 +169,7 @@ final class HTTP2Pool {
                         connection.channel.close(promise: nil)
                     }
                 }
-                do {
-                    callback(.success(try stream.pipeline.syncOperations.handler(type: UpstreamHandler.self)))
-                } catch {
-                    stream.close(promise: nil)
-                    callback(.failure(.upstreamReset))
-                }
+                callback(.success(handler))
             case .failure:
                 connection.openStreams -= 1
                 connection.usable = false

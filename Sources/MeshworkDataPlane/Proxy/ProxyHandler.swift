@@ -49,12 +49,20 @@ final class ProxyHandler: ChannelDuplexHandler {
     private var keepAlive = true
     private var pendingRead = false
     private var requestStart: NIODeadline = .distantPast
+    /// The cluster of a listener that always routes to the same one, looked up once.
+    private var fixedCluster: LoopCluster?
     private var responseStatus: HTTPResponseStatus = .ok
     private var requestIsHead = false
     /// Whether the request announced a body; a mesh answer given before a body is read
     /// closes the connection rather than read and discard an upload of unknown size.
     private var requestHasBody = false
-    private var timer: Scheduled<Void>?
+    /// One lazily rescheduled timer per connection: arming only moves `timerDeadline`; the
+    /// scheduled task is replaced only when the new deadline is earlier. Keep-alive
+    /// connections serving many requests then touch the loop's timer heap rarely.
+    private var timerDeadline = NIODeadline.distantFuture
+    private var timerError = MeshError.headerTimeout
+    private var timerTask: Scheduled<Void>?
+    private var timerTaskDeadline = NIODeadline.distantFuture
 
     init(settings: ProxySettings, loop: LoopContext, isStream: Bool) {
         self.settings = settings
@@ -85,7 +93,9 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
+        timerTask?.cancel()
+        timerTask = nil
+        timerDeadline = .distantFuture
         switch state {
         case .proxying(_, let upstream):
             upstream.finish()
@@ -122,8 +132,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     private func receivedHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        cancelTimer()
         requestStart = .now()
         requestEnded = false
         responseStarted = false
@@ -138,7 +147,14 @@ final class ProxyHandler: ChannelDuplexHandler {
             answer(.headerTooLarge, context: context)
             return
         }
-        switch settings.route.resolve(head, in: loop) {
+        let route: Result<LoopCluster, MeshError>
+        if let fixedCluster {
+            route = .success(fixedCluster)
+        } else {
+            route = settings.route.resolve(head, in: loop)
+            if settings.route.isFixed, case .success(let cluster) = route { fixedCluster = cluster }
+        }
+        switch route {
         case .failure(let error):
             answer(error, context: context)
         case .success(let cluster):
@@ -220,15 +236,39 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     private func armTimer(_ timeout: TimeAmount, error: MeshError) {
-        timer?.cancel()
+        timerDeadline = .now() + timeout
+        timerError = error
+        if timerTask == nil || timerTaskDeadline > timerDeadline {
+            scheduleTimerTask(at: timerDeadline)
+        }
+    }
+
+    private func cancelTimer() {
+        timerDeadline = .distantFuture
+    }
+
+    private func scheduleTimerTask(at deadline: NIODeadline) {
         guard let context else { return }
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
-            self?.timerFired(error)
+        timerTask?.cancel()
+        timerTaskDeadline = deadline
+        timerTask = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            self?.timerTick()
+        }
+    }
+
+    private func timerTick() {
+        timerTask = nil
+        timerTaskDeadline = .distantFuture
+        guard timerDeadline != .distantFuture else { return }
+        if NIODeadline.now() < timerDeadline {
+            scheduleTimerTask(at: timerDeadline)
+        } else {
+            timerDeadline = .distantFuture
+            timerFired(timerError)
         }
     }
 
     private func timerFired(_ error: MeshError) {
-        timer = nil
         guard let context else { return }
         switch state {
         case .idle:
@@ -314,8 +354,7 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Both directions are done: reset for the next request on this connection.
     private func exchangeFinished(context: ChannelHandlerContext, alreadyClosing: Bool = false) {
-        timer?.cancel()
-        timer = nil
+        cancelTimer()
         if case .proxying(_, let upstream) = state { upstream.finish() }
         state = .idle
         if isStream || alreadyClosing { return }
@@ -373,8 +412,7 @@ extension ProxyHandler: UpstreamDelegate {
                 upstream.finish()
                 state = .answered
                 keepAlive = false
-                timer?.cancel()
-                timer = nil
+                cancelTimer()
                 if !isStream {
                     context.flush()
                     context.close(promise: nil)

@@ -10,6 +10,14 @@ enum ProxyRoute: Sendable {
     /// The inbound listener: the local app.
     case app
 
+    /// Whether every request of a connection goes to the same cluster.
+    var isFixed: Bool {
+        switch self {
+        case .cluster, .app: return true
+        case .host: return false
+        }
+    }
+
     func resolve(_ head: HTTPRequestHead, in loop: LoopContext) -> Result<LoopCluster, MeshError> {
         let cluster: LoopCluster?
         switch self {
