@@ -16,6 +16,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case headerTimeout = "header_timeout"
         case protocolError = "upstream_protocol_error"
         case draining = "draining"
+        case upgradeUnsupported = "upgrade_unsupported"
     }
 
     private let code: Code
@@ -47,10 +48,13 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The proxy is shutting down and takes no new requests.
     public static let draining = MeshError(.draining)
 
+    /// An `Upgrade` request to a cluster that cannot carry one (h2c endpoints).
+    public static let upgradeUnsupported = MeshError(.upgradeUnsupported)
+
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
-        .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .draining,
+        .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .draining, .upgradeUnsupported,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -60,7 +64,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         switch code {
         case .noRoute: return .notFound
         case .noHealthyEndpoint, .draining: return .serviceUnavailable
-        case .connectFailed, .upstreamReset, .protocolError: return .badGateway
+        case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported: return .badGateway
         case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .badRequest: return .badRequest
         case .headerTooLarge: return .requestHeaderFieldsTooLarge

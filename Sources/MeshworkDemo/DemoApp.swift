@@ -59,8 +59,17 @@ public final class DemoApp: Sendable {
                                     }
                                 }
                             } else {
-                                try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                                try sync.addHandler(DemoAppHandler(name: name, counter: counter))
+                                let handler = DemoAppHandler(name: name, counter: counter)
+                                try sync.configureHTTPServerPipeline(
+                                    withServerUpgrade: (
+                                        upgraders: [EchoUpgrader()],
+                                        completionHandler: { context in
+                                            context.pipeline.syncOperations.removeHandler(handler, promise: nil)
+                                        }
+                                    ),
+                                    withErrorHandling: true
+                                )
+                                try sync.addHandler(handler)
                             }
                         }
                     )
@@ -76,11 +85,45 @@ public final class DemoApp: Sendable {
     }
 }
 
+/// `Upgrade: echo`: after `101 Switching Protocols` every byte is sent back (a stand-in for
+/// WebSocket that any raw client can check).
+struct EchoUpgrader: HTTPServerProtocolUpgrader {
+    let supportedProtocol = "echo"
+    let requiredUpgradeHeaders: [String] = []
+
+    func buildUpgradeResponse(
+        channel: any Channel,
+        upgradeRequest: HTTPRequestHead,
+        initialResponseHeaders: HTTPHeaders
+    ) -> EventLoopFuture<HTTPHeaders> {
+        channel.eventLoop.makeSucceededFuture(initialResponseHeaders)
+    }
+
+    func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
+        context.eventLoop.makeCompletedFuture {
+            try context.pipeline.syncOperations.addHandler(EchoHandler())
+        }
+    }
+}
+
+final class EchoHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.write(data, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+}
+
 final class RequestCounter: Sendable {
     let value = Atomic<Int>(0)
 }
 
-final class DemoAppHandler: ChannelInboundHandler {
+final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 

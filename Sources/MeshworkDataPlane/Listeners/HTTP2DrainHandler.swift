@@ -11,6 +11,15 @@ final class HTTP2DrainHandler: ChannelDuplexHandler {
     typealias OutboundOut = HTTP2Frame
 
     private var openStreams = 0
+
+    /// After a connection error NIO has sent GOAWAY and ignores the peer: close, so the
+    /// peer reconnects instead of waiting on a connection that no longer answers.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if isFatalHTTP2ConnectionError(error) {
+            context.close(promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
     private var draining = false
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -19,6 +19,9 @@ enum ListenerPipelines {
         let sync = channel.pipeline.syncOperations
         try sync.configureHTTPServerPipeline(
             withPipeliningAssistance: true,
+            // No upgrader: this only makes the request decoder keep the bytes that follow
+            // an Upgrade request, so a WebSocket tunnel loses none (see ProxyHandler).
+            withServerUpgrade: (upgraders: [], completionHandler: { _ in }),
             withErrorHandling: false,
             withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: limits
@@ -41,8 +44,13 @@ enum ListenerPipelines {
             HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
             HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderBytes),
         ]
+        // Peers are authenticated sidecars whose apps hang up mid-request all the time:
+        // their resets are normal traffic, not an attack; keep generous bounds.
+        connection.maximumConnectionGlitches = 100_000
+        connection.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
+        stream.streamResetFrameRateLimit.maximumCount = 10_000
         try channel.pipeline.syncOperations.addHandler(FlushCoalescingHandler())
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,

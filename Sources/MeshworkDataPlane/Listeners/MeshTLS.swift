@@ -10,6 +10,8 @@ struct MeshTLS: Sendable {
     let server: NIOSSLContext
     /// Outbound HTTP to peer sidecars: ALPN h2.
     let clientHTTP2: NIOSSLContext
+    /// Outbound HTTP/1.1 upgrade requests (WebSocket) to peer sidecars: ALPN http/1.1.
+    let clientHTTP1: NIOSSLContext
     /// Outbound opaque TCP to peer sidecars: no ALPN.
     let clientTCP: NIOSSLContext
 
@@ -52,9 +54,12 @@ struct MeshTLS: Sendable {
         client.minimumTLSVersion = .tlsv12
         var clientHTTP2 = client
         clientHTTP2.applicationProtocols = ["h2"]
+        var clientHTTP1 = client
+        clientHTTP1.applicationProtocols = ["http/1.1"]
         do {
             self.server = try NIOSSLContext(configuration: server)
             self.clientHTTP2 = try NIOSSLContext(configuration: clientHTTP2)
+            self.clientHTTP1 = try NIOSSLContext(configuration: clientHTTP1)
             self.clientTCP = try NIOSSLContext(configuration: client)
         } catch {
             throw ConfigErrors([ConfigError(path: "tls", reason: "certificate and key do not make a TLS context: \(error)")])

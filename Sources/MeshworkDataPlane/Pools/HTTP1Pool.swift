@@ -55,9 +55,38 @@ final class HTTP1Pool {
     }
 
     private func connect(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
-        let tls = self.tls
-        let endpointMetrics = metrics
-        let bootstrap = ClientBootstrap(group: loop)
+        Self.connect(
+            loop: loop,
+            address: address,
+            tls: tls,
+            connectTimeout: connectTimeout,
+            kind: .pooled,
+            metrics: metrics
+        ) { result in
+            switch result {
+            case .success(let (channel, handler)):
+                self.track(channel: channel, handler: handler)
+                callback(.success(handler))
+            case .failure(let error):
+                callback(.failure(error))
+            }
+        }
+    }
+
+    /// Opens one HTTP/1.1 connection ending in an `UpstreamHandler`. Bytes the response
+    /// decoder read past an upgrade's `101` are forwarded when it is removed (tunnels).
+    static func connect(
+        loop: any EventLoop,
+        address: SocketAddress,
+        tls: NIOSSLContext?,
+        connectTimeout: TimeAmount,
+        kind: UpstreamHandler.Kind,
+        metrics: EndpointMetrics,
+        _ callback: @escaping (Result<(any Channel, UpstreamHandler), MeshError>) -> Void
+    ) {
+        let handler = UpstreamHandler(kind: kind, endpoint: metrics)
+        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
+        ClientBootstrap(group: loop)
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -68,27 +97,22 @@ final class HTTP1Pool {
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(
                         ByteToMessageHandler(
-                            HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                            HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)
                         )
                     )
-                    try sync.addHandler(UpstreamHandler(reusable: true, endpoint: endpointMetrics))
+                    try sync.addHandler(boundHandler.value)
                 }
             }
-        bootstrap.connect(to: address).assumeIsolated().whenComplete { result in
-            switch result {
-            case .success(let channel):
-                do {
-                    let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
-                    self.track(channel: channel, handler: handler)
-                    callback(.success(handler))
-                } catch {
-                    channel.close(promise: nil)
-                    callback(.failure(.connectFailed))
+            .connect(to: address)
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    callback(.success((channel, handler)))
+                case .failure(let error):
+                    callback(.failure(MeshError(connectError: error)))
                 }
-            case .failure(let error):
-                callback(.failure(MeshError(connectError: error)))
             }
-        }
     }
 
     private func track(channel: any Channel, handler: UpstreamHandler) {

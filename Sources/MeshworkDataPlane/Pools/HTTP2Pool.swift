@@ -80,6 +80,11 @@ final class HTTP2Pool {
                     }
                     try sync.addHandler(FlushCoalescingHandler())
                     var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
+                    // Frames that arrive for streams we reset (the app hung up mid-request)
+                    // count as "glitches"; NIO's lifetime default of 200 would end a busy
+                    // pooled connection within minutes.
+                    connectionConfiguration.maximumConnectionGlitches = 100_000
+                    connectionConfiguration.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
                     connectionConfiguration.initialSettings = [
                         HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
                         HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
@@ -106,9 +111,9 @@ final class HTTP2Pool {
                     let multiplexer = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
                         .syncMultiplexer()
                     let connection = Connection(channel: channel, multiplexer: multiplexer)
-                    try channel.pipeline.syncOperations.handler(type: GoAwayWatcher.self).onGoAway = {
-                        [weak self] in self?.peerSentGoAway(connection)
-                    }
+                    let watcher = try channel.pipeline.syncOperations.handler(type: GoAwayWatcher.self)
+                    watcher.onGoAway = { [weak self] in self?.peerSentGoAway(connection) }
+                    watcher.onConnectionError = { connection.usable = false }
                     self.track(connection)
                     let waiting = self.waiters
                     self.waiters.removeAll()
@@ -149,7 +154,7 @@ final class HTTP2Pool {
         let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = tls == nil ? .http : .https
         // Created here and handed to the stream's initializer, so no pipeline search is
         // needed to find it afterwards.
-        let handler = UpstreamHandler(reusable: false, endpoint: metrics)
+        let handler = UpstreamHandler(kind: .stream, endpoint: metrics)
         let boundHandler = NIOLoopBound(handler, eventLoop: loop)
         let promise = loop.makePromise(of: (any Channel).self)
         connection.multiplexer.createStreamChannel(promise: promise) { stream in
@@ -194,12 +199,23 @@ final class HTTP2Pool {
     }
 }
 
-/// Watches an HTTP/2 client connection for GOAWAY from the peer.
+/// Watches an HTTP/2 client connection for GOAWAY from the peer, and for connection
+/// errors: after one, NIO sends GOAWAY itself and ignores further frames, so the
+/// connection must leave the pool and close (its streams fail fast instead of hanging).
 final class GoAwayWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame
     typealias InboundOut = HTTP2Frame
 
     var onGoAway: (() -> Void)?
+    var onConnectionError: (() -> Void)?
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if isFatalHTTP2ConnectionError(error) {
+            onConnectionError?()
+            context.close(promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .goAway = unwrapInboundIn(data).payload {
@@ -208,3 +224,4 @@ final class GoAwayWatcher: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 }
+

@@ -1,4 +1,5 @@
 import MeshworkModel
+import Prometheus
 import MeshworkTraffic
 import NIOCore
 import NIOSSL
@@ -19,6 +20,10 @@ final class LoopCluster {
     let isMesh: Bool
     let endpoints: [SocketAddress]
     private let pools: [Pool]
+    private let loop: any EventLoop
+    private let endpointProtocol: EndpointProtocol
+    private let upgradeTLS: NIOSSLContext?
+    private let connectTimeout: TimeAmount
     private var balancer: RoundRobinBalancer
 
     init(
@@ -26,6 +31,7 @@ final class LoopCluster {
         endpoints: [SocketAddress],
         protocol: EndpointProtocol,
         tls: NIOSSLContext?,
+        upgradeTLS: NIOSSLContext?,
         connectTimeout: TimeAmount,
         requestTimeout: TimeAmount,
         idleTimeout: TimeAmount,
@@ -40,6 +46,10 @@ final class LoopCluster {
         self.requestTimeout = requestTimeout
         self.isMesh = `protocol` == .mesh
         self.endpoints = endpoints
+        self.loop = loop
+        self.endpointProtocol = `protocol`
+        self.upgradeTLS = `protocol` == .mesh ? upgradeTLS : nil
+        self.connectTimeout = connectTimeout
         self.balancer = RoundRobinBalancer(start: loopIndex)
         self.pools = endpoints.enumerated().map { index, address in
             switch `protocol` {
@@ -83,6 +93,36 @@ final class LoopCluster {
         switch pools[index] {
         case .http1(let pool): pool.acquire(callback)
         case .http2(let pool): pool.acquire(callback)
+        }
+    }
+
+    /// A connection of its own for an HTTP/1.1 `Upgrade` request (WebSocket): plain to
+    /// HTTP/1.1 endpoints, TLS with ALPN http/1.1 to peer sidecars. HTTP/2 cannot carry
+    /// an Upgrade, so h2c clusters refuse it.
+    func acquireUpgrade(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+        guard endpointProtocol != .h2c else {
+            callback(.failure(.upgradeUnsupported))
+            return
+        }
+        guard let index = balancer.pick(count: endpoints.count) else {
+            callback(.failure(.noHealthyEndpoint))
+            return
+        }
+        let clusterMetrics = metrics
+        HTTP1Pool.connect(
+            loop: loop,
+            address: endpoints[index],
+            tls: upgradeTLS,
+            connectTimeout: connectTimeout,
+            kind: .dedicated,
+            metrics: metrics.endpoints[index]
+        ) { result in
+            if case .success(let (channel, _)) = result {
+                clusterMetrics.connectionsTotal.increment()
+                clusterMetrics.connectionsActive.increment()
+                channel.closeFuture.whenComplete { _ in clusterMetrics.connectionsActive.decrement() }
+            }
+            callback(result.map { $0.1 })
         }
     }
 

@@ -20,7 +20,7 @@ struct ProxySettings: Sendable {
 /// the request there and the response back, with backpressure both ways and without
 /// buffering bodies. Every error the proxy makes itself is answered with its status and
 /// `x-meshwork-error`.
-final class ProxyHandler: ChannelDuplexHandler {
+final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -53,6 +53,9 @@ final class ProxyHandler: ChannelDuplexHandler {
     private var fixedCluster: LoopCluster?
     private var responseStatus: HTTPResponseStatus = .ok
     private var requestIsHead = false
+    /// An HTTP/1.1 `Upgrade` request (WebSocket): it gets a connection of its own, and a
+    /// `101` turns both connections into a byte tunnel.
+    private var isUpgrade = false
     /// Whether the request announced a body; a mesh answer given before a body is read
     /// closes the connection rather than read and discard an upload of unknown size.
     private var requestHasBody = false
@@ -139,6 +142,10 @@ final class ProxyHandler: ChannelDuplexHandler {
         responseEnded = false
         requestIsHead = head.method == .HEAD
         keepAlive = head.isKeepAlive
+        isUpgrade = !isStream && Self.isUpgradeRequest(head)
+        // After an upgrade request the HTTP/1 decoder stops parsing, so the connection
+        // carries nothing else: it becomes a tunnel or closes after the answer.
+        if isUpgrade { keepAlive = false }
         requestHasBody = head.headers.contains(name: "transfer-encoding")
             || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
 
@@ -158,11 +165,16 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .failure(let error):
             answer(error, context: context)
         case .success(let cluster):
-            let upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh)
+            let upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
             state = .connecting(cluster: cluster, pending: [.head(upstreamHead)])
             armTimer(cluster.requestTimeout, error: .upstreamTimeout)
-            cluster.acquire { [weak self] result in
+            let acquired: (Result<UpstreamHandler, MeshError>) -> Void = { [weak self] result in
                 self?.upstreamAcquired(result, cluster: cluster)
+            }
+            if isUpgrade {
+                cluster.acquireUpgrade(acquired)
+            } else {
+                cluster.acquire(acquired)
             }
         }
     }
@@ -381,12 +393,23 @@ extension ProxyHandler: UpstreamDelegate {
     var downstreamIsWritable: Bool { context?.channel.isWritable ?? false }
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
-        guard let context, case .proxying(let cluster, let upstream) = state else { return }
+        guard let context, case .proxying(let cluster, let upstream) = state else {
+            return
+        }
         switch part {
         case .head(var head):
             if head.status.code < 200, head.status != .switchingProtocols {
                 // 100 Continue and other interim answers pass straight through.
                 context.write(wrapOutboundOut(.head(head)), promise: nil)
+                return
+            }
+            if head.status == .switchingProtocols {
+                guard isUpgrade else {
+                    // A 101 nobody asked for cannot be honoured.
+                    upstreamFailed(.protocolError)
+                    return
+                }
+                switchToTunnel(head, upstream: upstream, cluster: cluster, context: context)
                 return
             }
             responseStarted = true
@@ -420,6 +443,56 @@ extension ProxyHandler: UpstreamDelegate {
                 return
             }
             exchangeFinished(context: context)
+        }
+    }
+
+    /// Answers `101 Switching Protocols` and, once the codecs have finished with their
+    /// current bytes, replaces the HTTP handlers of both connections with a byte splice.
+    private func switchToTunnel(
+        _ head: HTTPResponseHead,
+        upstream: UpstreamHandler,
+        cluster: LoopCluster,
+        context: ChannelHandlerContext
+    ) {
+        var out = head
+        let protocols = head.headers[canonicalForm: "upgrade"].joined(separator: ", ")
+        Self.removeHopByHop(&out.headers)
+        out.headers.add(name: "connection", value: "upgrade")
+        out.headers.add(name: "upgrade", value: protocols)
+        responseStarted = true
+        responseEnded = true
+        responseStatus = head.status
+        cancelTimer()
+        state = .answered
+        context.writeAndFlush(wrapOutboundOut(.head(out)), promise: nil)
+        let nanos = elapsed()
+        settings.metrics.countRequest(status: head.status, nanoseconds: nanos)
+        cluster.metrics.countRequest(status: head.status, nanoseconds: nanos)
+        upstream.endpoint?.countRequest(status: head.status)
+        context.eventLoop.assumeIsolated().execute {
+            let downstreamGlue = GlueHandler()
+            let upstreamGlue = GlueHandler()
+            do {
+                try upstream.becomeTunnel(glue: upstreamGlue)
+                let pipeline = context.pipeline.syncOperations
+                try pipeline.addHandler(downstreamGlue)
+                func remove<Handler: RemovableChannelHandler>(_ type: Handler.Type) {
+                    if let handlerContext = try? pipeline.context(handlerType: type) {
+                        pipeline.removeHandler(context: handlerContext, promise: nil)
+                    }
+                }
+                remove(HTTPServerPipelineHandler.self)
+                remove(NIOHTTPResponseHeadersValidator.self)
+                remove(HTTPServerUpgradeHandler.self)
+                pipeline.removeHandler(context: context, promise: nil)
+                remove(HTTPResponseEncoder.self)
+                // Last: bytes the decoder read past the request head go on to the glue.
+                remove(ByteToMessageHandler<HTTPRequestDecoder>.self)
+                GlueHandler.pair(downstreamGlue, upstreamGlue)
+            } catch {
+                upstream.close()
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -460,11 +533,16 @@ extension ProxyHandler {
 
     /// The head sent upstream: hop-by-hop headers removed, origin-form target, and for mesh
     /// hops the caller's HTTP version in `x-meshwork-proto`.
-    func upstreamHead(_ head: HTTPRequestHead, mesh: Bool) -> HTTPRequestHead {
+    func upstreamHead(_ head: HTTPRequestHead, mesh: Bool, upgrade: Bool) -> HTTPRequestHead {
         var out = head
         let te = head.headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" }
+        let protocols = head.headers[canonicalForm: "upgrade"].joined(separator: ", ")
         Self.removeHopByHop(&out.headers)
         if te { out.headers.add(name: "te", value: "trailers") }
+        if upgrade {
+            out.headers.add(name: "connection", value: "upgrade")
+            out.headers.add(name: "upgrade", value: protocols)
+        }
         if let authority = ProxyRoute.absoluteURIAuthority(head.uri) {
             out.uri = ProxyRoute.originForm(head.uri)
             out.headers.replaceOrAdd(name: "host", value: String(authority))
@@ -475,7 +553,7 @@ extension ProxyHandler {
                 if proto == "HTTP/1.0" { out.version = .http1_0 }
             }
             if out.version.major == 2 { out.version = .http1_1 }
-        } else if mesh {
+        } else if mesh, !upgrade {
             out.headers.replaceOrAdd(name: ProxyHandler.protoHeader, value: "HTTP/\(head.version.major).\(head.version.minor)")
         }
         if out.version.major == 2 { out.version = .http1_1 }
@@ -487,6 +565,12 @@ extension ProxyHandler {
     }
 
     static let protoHeader = "x-meshwork-proto"
+
+    /// `Upgrade` with `Connection: upgrade` (RFC 9110 section 7.8).
+    static func isUpgradeRequest(_ head: HTTPRequestHead) -> Bool {
+        head.headers.contains(name: "upgrade")
+            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+    }
 
     /// Request parts (head and body chunks) held while the upstream is acquired before
     /// reading stops.

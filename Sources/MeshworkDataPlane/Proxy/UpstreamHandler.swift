@@ -34,14 +34,24 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestEnded = false
     private var responseEnded = false
     private var responseKeepAlive = true
-    /// HTTP/1.1 pooled connections are reused; HTTP/2 streams are not.
-    private let reusable: Bool
+    /// What the upstream channel is, which decides what happens when an exchange ends.
+    enum Kind {
+        /// A keep-alive HTTP/1.1 connection from a pool: given back when clean.
+        case pooled
+        /// One HTTP/2 stream: closes by itself when both directions ended.
+        case stream
+        /// A connection of its own (an `Upgrade` request): closed at the end, or turned
+        /// into a byte tunnel on `101 Switching Protocols`.
+        case dedicated
+    }
+
+    private let kind: Kind
     var release: Release?
     /// The endpoint this connection goes to, for per-endpoint metrics.
     let endpoint: EndpointMetrics?
 
-    init(reusable: Bool, endpoint: EndpointMetrics?) {
-        self.reusable = reusable
+    init(kind: Kind, endpoint: EndpointMetrics?) {
+        self.kind = kind
         self.endpoint = endpoint
     }
 
@@ -89,17 +99,32 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func finish() {
         let complete = requestEnded && responseEnded
         delegate = nil
-        if !reusable, complete {
+        if kind == .stream, complete {
             // An HTTP/2 stream that ended both ways closes by itself; closing it here
             // would send RST_STREAM, which peers count as abuse.
             return
         }
-        if complete, responseKeepAlive, let release, isActive {
+        if kind == .pooled, complete, responseKeepAlive, let release, isActive {
             resumeReading()
             release(self)
         } else if let context {
             context.close(promise: nil)
         }
+    }
+
+    /// Turns this HTTP/1.1 connection into a raw byte tunnel after `101 Switching
+    /// Protocols`: the HTTP codec leaves (bytes it already read past the response head go
+    /// to `glue`), and `glue` carries everything from now on.
+    func becomeTunnel(glue: GlueHandler) throws {
+        guard let context else { throw ChannelError.ioOnClosedChannel }
+        let pipeline = context.pipeline.syncOperations
+        delegate = nil
+        try pipeline.addHandler(glue)
+        let decoder = try pipeline.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self)
+        let encoder = try pipeline.context(handlerType: HTTPRequestEncoder.self)
+        pipeline.removeHandler(context: context, promise: nil)
+        pipeline.removeHandler(context: decoder, promise: nil)
+        pipeline.removeHandler(context: encoder, promise: nil)
     }
 
     // MARK: inbound events

@@ -1,6 +1,7 @@
 import Foundation
 import MeshworkModel
 import MeshworkDemo
+import NIOCore
 import Testing
 
 /// Upstream ports and the HTTP proxy port, against the demo app over plain HTTP/1.1 and
@@ -124,5 +125,49 @@ struct ListenerTests {
         #expect(result.statusLines.first?.contains("100") == true, "\(result.statusLines)")
         #expect(result.status == 200)
         #expect(result.text == "payload")
+    }
+}
+
+extension ListenerTests {
+    static let upgradeRequest = "GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+
+    @Test func upgradeBecomesAByteTunnel() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let answer = try await RawClient.exchange(
+            port: sidecar.port("upstream:orders"),
+            send: [Self.upgradeRequest, "ping-1", "ping-2"],
+            pauseBetween: .milliseconds(150),
+            timeout: .seconds(1)
+        )
+        #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
+        #expect(answer.lowercased().contains("upgrade: echo"))
+        #expect(answer.hasSuffix("\r\n\r\nping-1ping-2"), "\(answer)")
+        #expect(sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="1xx"}"#) == 1)
+    }
+
+    @Test func refusedUpgradeIsAnsweredAndTheConnectionCloses() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let request = "GET / HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: nonsense\r\n\r\n"
+        let answer = try await RawClient.exchange(port: sidecar.port("upstream:orders"), send: [request], timeout: .seconds(3))
+        #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(answer)")
+        #expect(answer.contains("connection: close"))
+        #expect(answer.hasSuffix("hello from orders-1\n"))
+    }
+
+    @Test func upgradeToAnH2cClusterIsRefusedClearly() async throws {
+        let app = try await TestMesh.startApp("orders-1")
+        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .h2c, [app.address]))
+        defer { Task { await sidecar.stop(); await app.stop() } }
+        let answer = try await RawClient.exchange(
+            port: sidecar.port("upstream:orders"),
+            send: [Self.upgradeRequest],
+            timeout: .seconds(3)
+        )
+        #expect(answer.hasPrefix("HTTP/1.1 502"), "\(answer)")
+        #expect(answer.contains("x-meshwork-error: upgrade_unsupported"))
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import MeshworkModel
 import MeshworkDemo
+import NIOCore
 import Testing
 
 /// Two sidecars: HTTP/1.1 from the app travels as HTTP/2 over mTLS between them and is
@@ -145,5 +146,62 @@ extension MeshPairTests {
         #expect(client.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 400)
         #expect(client.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
         #expect(server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#) == 1)
+    }
+}
+
+extension MeshPairTests {
+    /// WebSocket-style upgrades cross the mesh on a TLS connection of their own (HTTP/2
+    /// cannot carry Upgrade), then bytes flow both ways.
+    @Test func upgradeTunnelsAcrossTheMesh() async throws {
+        let server = try await TestMesh.startServerSide()
+        let client = try await TestMesh.startClientSide(
+            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
+        )
+        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        let answer = try await RawClient.exchange(
+            port: client.port("upstream:orders"),
+            send: [ListenerTests.upgradeRequest, "over-", "the-mesh"],
+            pauseBetween: .milliseconds(150),
+            timeout: .seconds(1)
+        )
+        #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
+        #expect(answer.hasSuffix("\r\n\r\nover-the-mesh"), "\(answer)")
+        #expect(server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="1xx"}"#) == 1)
+    }
+}
+
+extension MeshPairTests {
+    /// Many callers hanging up mid-request at once (a load generator stopping, a deploy):
+    /// the peer's late answers for those reset streams must not break the shared
+    /// connection for everyone else.
+    @Test func massHangUpDoesNotBreakTheSharedConnection() async throws {
+        let server = try await TestMesh.startServerSide()
+        let client = try await TestMesh.startClientSide(
+            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
+        )
+        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        // Warm the pooled connection.
+        #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+        let port = client.port("upstream:orders")
+        try await withThrowingTaskGroup(of: String.self) { group in
+            // Callers that hang up right after asking: their resets cross the far side's
+            // answers on the wire, which then arrive for streams already reset.
+            for index in 0..<300 {
+                group.addTask {
+                    try await RawClient.exchange(
+                        port: port,
+                        send: ["GET /bytes/\(index * 200) HTTP/1.1\r\nHost: orders\r\n\r\n"],
+                        timeout: .milliseconds(Int64(1 + index % 5))
+                    )
+                }
+            }
+            for try await _ in group {}
+        }
+        // Let the far side's answers for the abandoned streams arrive.
+        try await Task.sleep(for: .milliseconds(600))
+        for _ in 0..<10 {
+            let after = try await Curl.run([client.url("upstream:orders")], timeout: 5)
+            #expect(after.status == 200, "the shared connection must keep serving (\(after.stderr))")
+        }
     }
 }

@@ -4,6 +4,7 @@ import MeshworkModel
 import Logging
 import Prometheus
 import MeshworkDemo
+import NIOCore
 import Testing
 
 /// The inbound listener's mTLS refuses anything not from the mesh CA; the admin listener;
