@@ -205,3 +205,21 @@ extension MeshPairTests {
         }
     }
 }
+
+extension MeshPairTests {
+    /// gRPC-style bidirectional streaming (Python's h2 as the client): every message's echo
+    /// must come back before the next message is sent, through both sidecars, so neither
+    /// proxy may buffer a body until its end.
+    @Test func bidirectionalStreamingAcrossTheMesh() async throws {
+        let server = try await TestMesh.startServerSide(appProtocol: .h2c)
+        let client = try await TestMesh.startClientSide(
+            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
+        )
+        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        let result = try await Command.run(
+            ["python3", "\(TestMesh.clients)/h2_bidi.py", String(client.port("upstream:orders")), "/echo", "50"]
+        )
+        #expect(result.exitCode == 0, "\(result.output)")
+        #expect(result.output.contains("ok 50"))
+    }
+}

@@ -16,6 +16,10 @@ enum TestMesh {
         .deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/certs").path
 
+    static let clients = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/clients").path
+
     static func cert(_ name: String) -> String { "\(certs)/\(name).pem" }
     static func key(_ name: String) -> String { "\(certs)/\(name).key" }
 
