@@ -9,10 +9,7 @@ import Testing
 @Suite("Sidecar pair over mTLS", .serialized)
 struct MeshPairTests {
     @Test func http1TravelsAsHTTP2AndIsRestored() async throws {
-        let server = try await TestMesh.startServerSide()
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair()
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
 
         let result = try await Curl.get(client.url("upstream:orders", "/headers"))
@@ -35,10 +32,7 @@ struct MeshPairTests {
     }
 
     @Test func manyRequestsMultiplexOverFewConnections() async throws {
-        let server = try await TestMesh.startServerSide()
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair()
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         let url = client.url("upstream:orders", "/delay/50")
         try await withThrowingTaskGroup(of: Int.self) { group in
@@ -55,10 +49,7 @@ struct MeshPairTests {
     }
 
     @Test func streamingAndTrailersAcrossTheMesh() async throws {
-        let server = try await TestMesh.startServerSide()
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair()
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
 
         let payload = Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 * 31) })
@@ -77,10 +68,7 @@ struct MeshPairTests {
     }
 
     @Test func grpcStyleH2cAppBehindTheMesh() async throws {
-        let server = try await TestMesh.startServerSide(appProtocol: .h2c)
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair(appProtocol: .h2c)
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         let result = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--http2-prior-knowledge"])
         #expect(result.status == 200)
@@ -92,11 +80,7 @@ struct MeshPairTests {
     }
 
     @Test func opaqueTCPOverMTLS() async throws {
-        let server = try await TestMesh.startServerSide(appProtocol: .tcp)
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]]),
-            listenerProtocol: .tcp
-        )
+        let (server, client) = try await TestMesh.startPair(appProtocol: .tcp, listenerProtocol: .tcp)
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         // HTTP is just bytes here: the Host header curl sends arrives untouched.
         let result = try await Curl.get(client.url("upstream:orders", "/headers"))
@@ -135,10 +119,7 @@ extension MeshPairTests {
     /// Hundreds of streams on one pooled connection: finished streams must close cleanly
     /// (no RST_STREAM), or the peer's abuse protection closes the connection mid-flight.
     @Test func hundredsOfSequentialRequestsShareOneConnectionWithoutResets() async throws {
-        let server = try await TestMesh.startServerSide()
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair()
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         let result = try await Curl.run([client.url("upstream:orders", "/[1-400]")], timeout: 60)
         #expect(result.exitCode == 0)
@@ -153,10 +134,7 @@ extension MeshPairTests {
     /// WebSocket-style upgrades cross the mesh on a TLS connection of their own (HTTP/2
     /// cannot carry Upgrade), then bytes flow both ways.
     @Test func upgradeTunnelsAcrossTheMesh() async throws {
-        let server = try await TestMesh.startServerSide()
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair()
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         let answer = try await RawClient.exchange(
             port: client.port("upstream:orders"),
@@ -175,10 +153,7 @@ extension MeshPairTests {
     /// the peer's late answers for those reset streams must not break the shared
     /// connection for everyone else.
     @Test func massHangUpDoesNotBreakTheSharedConnection() async throws {
-        let server = try await TestMesh.startServerSide()
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair()
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         // Warm the pooled connection.
         #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
@@ -211,10 +186,7 @@ extension MeshPairTests {
     /// must come back before the next message is sent, through both sidecars, so neither
     /// proxy may buffer a body until its end.
     @Test func bidirectionalStreamingAcrossTheMesh() async throws {
-        let server = try await TestMesh.startServerSide(appProtocol: .h2c)
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
+        let (server, client) = try await TestMesh.startPair(appProtocol: .h2c)
         defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
         let result = try await Command.run(
             ["python3", "\(TestMesh.clients)/h2_bidi.py", String(client.port("upstream:orders")), "/echo", "50"]

@@ -37,15 +37,7 @@ enum Curl {
             ["curl", "-sS", "--max-time", String(timeout), "-D", headerFile, "-o", bodyFile] + arguments
         process.standardError = FileHandle(forWritingAtPath: stderrFile)
         process.standardOutput = FileHandle.nullDevice
-        let exitCode: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: error)
-            }
-        }
+        let exitCode = try await Command.wait(for: process)
         let headerText = (try? String(contentsOfFile: headerFile, encoding: .utf8)) ?? ""
         var statusLines: [String] = []
         var headers: [(String, String)] = []
@@ -121,14 +113,9 @@ enum RawClient {
 
 /// Runs a helper program (a Python peer, say) and returns its exit code and output.
 enum Command {
-    static func run(_ arguments: [String]) async throws -> (exitCode: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let exitCode: Int32 = try await withCheckedThrowingContinuation { continuation in
+    /// Starts `process` and waits for it without blocking a thread.
+    static func wait(for process: Process) async throws -> Int32 {
+        try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
             do {
                 try process.run()
@@ -137,6 +124,16 @@ enum Command {
                 continuation.resume(throwing: error)
             }
         }
+    }
+
+    static func run(_ arguments: [String]) async throws -> (exitCode: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let exitCode = try await wait(for: process)
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         return (exitCode, output)
     }

@@ -73,6 +73,20 @@ enum TestMesh {
         return (app, try await startSidecar(config))
     }
 
+    /// A server side (app + sidecar with mTLS inbound) and a client sidecar whose upstream
+    /// port reaches it over the mesh.
+    static func startPair(
+        appProtocol: AppProtocol = .http1,
+        listenerProtocol: ListenerProtocol = .http
+    ) async throws -> (server: (app: DemoApp, sidecar: RunningSidecar), client: RunningSidecar) {
+        let server = try await startServerSide(appProtocol: appProtocol)
+        let client = try await startClientSide(
+            cluster: cluster("orders", .mesh, [server.sidecar.addresses["inbound"]]),
+            listenerProtocol: listenerProtocol
+        )
+        return (server, client)
+    }
+
     /// A client sidecar with an upstream port for `cluster`.
     static func startClientSide(
         cluster: ClusterConfig,
