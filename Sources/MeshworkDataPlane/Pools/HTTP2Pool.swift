@@ -14,6 +14,8 @@ final class HTTP2Pool {
         let multiplexer: NIOHTTP2Handler.StreamMultiplexer
         var openStreams = 0
         var usable = true
+        /// Closes the connection once it has carried no stream for the idle timeout.
+        var idleTimer: Scheduled<Void>?
 
         init(channel: any Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
             self.channel = channel
@@ -151,6 +153,8 @@ final class HTTP2Pool {
 
     private func openStream(on connection: Connection, _ callback: @escaping Callback) {
         connection.openStreams += 1
+        connection.idleTimer?.cancel()
+        connection.idleTimer = nil
         let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = tls == nil ? .http : .https
         // Created here and handed to the stream's initializer, so no pipeline search is
         // needed to find it afterwards.
@@ -170,7 +174,10 @@ final class HTTP2Pool {
             case .success(let stream):
                 stream.closeFuture.assumeIsolated().whenComplete { _ in
                     connection.openStreams -= 1
-                    if !connection.usable, connection.openStreams == 0 {
+                    guard connection.openStreams == 0 else { return }
+                    if connection.usable {
+                        self.armIdleTimer(connection)
+                    } else {
                         connection.channel.close(promise: nil)
                     }
                 }
@@ -180,6 +187,15 @@ final class HTTP2Pool {
                 connection.usable = false
                 callback(.failure(.upstreamReset))
             }
+        }
+    }
+
+    private func armIdleTimer(_ connection: Connection) {
+        connection.idleTimer?.cancel()
+        connection.idleTimer = loop.assumeIsolated().scheduleTask(in: idleTimeout) {
+            guard connection.openStreams == 0 else { return }
+            connection.usable = false
+            connection.channel.close(promise: nil)
         }
     }
 

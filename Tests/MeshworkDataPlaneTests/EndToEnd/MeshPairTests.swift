@@ -195,3 +195,24 @@ extension MeshPairTests {
         #expect(result.output.contains("ok 50"))
     }
 }
+
+extension MeshPairTests {
+    @Test(arguments: [EndpointProtocol.mesh, .http1])
+    func idlePooledConnectionsAreClosed(protocol: EndpointProtocol) async throws {
+        let server = try await TestMesh.startServerSide()
+        var cluster = TestMesh.cluster(
+            "orders",
+            `protocol`,
+            [`protocol` == .mesh ? server.sidecar.addresses["inbound"] : server.app.address]
+        )
+        cluster.idleTimeout = .milliseconds(200)
+        let client = try await TestMesh.startClientSide(cluster: cluster)
+        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+        #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 1)
+        try await Task.sleep(for: .milliseconds(700))
+        #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 0)
+        // And the next request simply opens a new one.
+        #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+    }
+}
