@@ -18,7 +18,10 @@ final class HTTP1Pool {
     private let metrics: EndpointMetrics
     private let clusterMetrics: ClusterMetrics
     /// Most recently used last: reuse the warmest connection, let the coldest time out.
-    private var idle: [(handler: UpstreamHandler, timer: Scheduled<Void>)] = []
+    private var idle: [(handler: UpstreamHandler, since: NIODeadline)] = []
+    /// One timer per pool closes connections idle longer than `idleTimeout`; returning a
+    /// connection to the pool schedules nothing when the timer is already pending.
+    private var sweeper: Scheduled<Void>?
 
     init(
         loop: any EventLoop,
@@ -44,8 +47,7 @@ final class HTTP1Pool {
 
     func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
         loop.preconditionInEventLoop()
-        while let (handler, timer) = idle.popLast() {
-            timer.cancel()
+        while let (handler, _) = idle.popLast() {
             if handler.isActive {
                 callback(.success(handler))
                 return
@@ -132,17 +134,29 @@ final class HTTP1Pool {
             handler.close()
             return
         }
-        let timer = loop.assumeIsolated().scheduleTask(in: idleTimeout) { [weak self, weak handler] in
-            guard let handler else { return }
-            self?.remove(handler)
-            handler.close()
+        let now = NIODeadline.now()
+        idle.append((handler, now))
+        if sweeper == nil { scheduleSweep(at: now + idleTimeout) }
+    }
+
+    private func scheduleSweep(at deadline: NIODeadline) {
+        sweeper = loop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            self?.sweep()
         }
-        idle.append((handler, timer))
+    }
+
+    private func sweep() {
+        sweeper = nil
+        let cutoff = NIODeadline.now() - idleTimeout
+        while let oldest = idle.first, oldest.since <= cutoff {
+            idle.removeFirst()
+            oldest.handler.close()
+        }
+        if let oldest = idle.first { scheduleSweep(at: oldest.since + idleTimeout) }
     }
 
     private func remove(_ handler: UpstreamHandler) {
         if let index = idle.firstIndex(where: { $0.handler === handler }) {
-            idle[index].timer.cancel()
             idle.remove(at: index)
         }
     }
@@ -151,8 +165,9 @@ final class HTTP1Pool {
     func closeIdle() {
         let all = idle
         idle.removeAll()
-        for (handler, timer) in all {
-            timer.cancel()
+        sweeper?.cancel()
+        sweeper = nil
+        for (handler, _) in all {
             handler.close()
         }
     }

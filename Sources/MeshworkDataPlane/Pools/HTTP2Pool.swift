@@ -14,8 +14,10 @@ final class HTTP2Pool {
         let multiplexer: NIOHTTP2Handler.StreamMultiplexer
         var openStreams = 0
         var usable = true
-        /// Closes the connection once it has carried no stream for the idle timeout.
+        /// Closes the connection once it has carried no stream for the idle timeout. The
+        /// timer is rescheduled lazily: going idle only moves `idleDeadline`.
         var idleTimer: Scheduled<Void>?
+        var idleDeadline = NIODeadline.distantFuture
 
         init(channel: any Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
             self.channel = channel
@@ -145,6 +147,7 @@ final class HTTP2Pool {
         clusterMetrics.connectionsTotal.increment()
         connection.channel.closeFuture.assumeIsolated().whenComplete { _ in
             connection.usable = false
+            connection.idleTimer?.cancel()
             self.metrics.connectionsActive.decrement()
             self.clusterMetrics.connectionsActive.decrement()
             self.connections.removeAll { $0 === connection }
@@ -153,8 +156,6 @@ final class HTTP2Pool {
 
     private func openStream(on connection: Connection, _ callback: @escaping Callback) {
         connection.openStreams += 1
-        connection.idleTimer?.cancel()
-        connection.idleTimer = nil
         let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = tls == nil ? .http : .https
         // Created here and handed to the stream's initializer, so no pipeline search is
         // needed to find it afterwards.
@@ -191,11 +192,20 @@ final class HTTP2Pool {
     }
 
     private func armIdleTimer(_ connection: Connection) {
-        connection.idleTimer?.cancel()
-        connection.idleTimer = loop.assumeIsolated().scheduleTask(in: idleTimeout) {
-            guard connection.openStreams == 0 else { return }
-            connection.usable = false
-            connection.channel.close(promise: nil)
+        connection.idleDeadline = .now() + idleTimeout
+        if connection.idleTimer == nil { scheduleIdleCheck(connection) }
+    }
+
+    private func scheduleIdleCheck(_ connection: Connection) {
+        connection.idleTimer = loop.assumeIsolated().scheduleTask(deadline: connection.idleDeadline) {
+            connection.idleTimer = nil
+            guard connection.openStreams == 0, connection.usable else { return }
+            if NIODeadline.now() >= connection.idleDeadline {
+                connection.usable = false
+                connection.channel.close(promise: nil)
+            } else {
+                self.scheduleIdleCheck(connection)
+            }
         }
     }
 
