@@ -45,7 +45,10 @@ public actor Sidecar: Service {
                     return try SocketAddress.makeAddressResolvingHost(endpoint.host, port: endpoint.port)
                 } catch {
                     errors.append(
-                        ConfigError(path: "clusters[\(index)].endpoints[\(e)]", reason: "cannot resolve \(endpoint): \(error)")
+                        ConfigError(
+                            path: "clusters[\(index)].endpoints[\(e)]",
+                            reason: "cannot resolve \(endpoint): \(error)"
+                        )
                     )
                     return nil
                 }
@@ -168,7 +171,12 @@ public actor Sidecar: Service {
                 }
             }
             if let httpProxy = config.httpProxy {
-                let proxy = settings("http_proxy", kind: "http_proxy", route: .host(domain: httpProxy.domain), restores: false)
+                let proxy = settings(
+                    "http_proxy",
+                    kind: "http_proxy",
+                    route: .host(domain: httpProxy.domain),
+                    restores: false
+                )
                 try await bind("http_proxy", httpProxy.listen) { channel in
                     try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
                     try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
@@ -216,7 +224,10 @@ public actor Sidecar: Service {
         for listener in listeners {
             logger.info(
                 "listening",
-                metadata: ["listener": "\(listener.name)", "address": "\(listener.channel.localAddress.map { "\($0)" } ?? "?")"]
+                metadata: [
+                    "listener": "\(listener.name)",
+                    "address": "\(listener.channel.localAddress.map { "\($0)" } ?? "?")",
+                ]
             )
         }
     }
@@ -252,7 +263,9 @@ public actor Sidecar: Service {
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let helper {
-                        try channel.pipeline.syncOperations.addHandler(helper.makeServerChannelHandler(channel: channel))
+                        try channel.pipeline.syncOperations.addHandler(
+                            helper.makeServerChannelHandler(channel: channel)
+                        )
                     }
                 }
             }

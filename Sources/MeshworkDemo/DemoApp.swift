@@ -153,11 +153,16 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
             if head.uri.hasPrefix("/echo") {
                 echoing = true
                 var headers = baseHeaders()
-                if let type = head.headers.first(name: "content-type") { headers.add(name: "content-type", value: type) }
+                if let type = head.headers.first(name: "content-type") {
+                    headers.add(name: "content-type", value: type)
+                }
                 if let length = head.headers.first(name: "content-length") {
                     headers.add(name: "content-length", value: length)
                 }
-                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+                context.writeAndFlush(
+                    wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))),
+                    promise: nil
+                )
             }
         case .body(let body):
             received += body.readableBytes
@@ -190,7 +195,12 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
         let argument = parts.count > 1 ? Int(parts[1]) : nil
         switch first {
         case "status":
-            send(status: HTTPResponseStatus(statusCode: argument ?? 500), body: "status \(argument ?? 500)\n", head, context)
+            send(
+                status: HTTPResponseStatus(statusCode: argument ?? 500),
+                body: "status \(argument ?? 500)\n",
+                head,
+                context
+            )
         case "delay":
             let ms = argument ?? 100
             context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(ms))) {
@@ -200,7 +210,10 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
             let count = min(argument ?? 1024, 64 << 20)
             var headers = baseHeaders()
             headers.add(name: "content-length", value: String(count))
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))),
+                promise: nil
+            )
             var remaining = count
             while remaining > 0 {
                 let n = min(remaining, 64 * 1024)
@@ -218,8 +231,14 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
         case "trailers":
             var headers = baseHeaders()
             headers.add(name: "trailer", value: "x-checksum")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: "with trailers\n")))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))),
+                promise: nil
+            )
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: "with trailers\n")))),
+                promise: nil
+            )
             var trailers = HTTPHeaders()
             trailers.add(name: "x-checksum", value: "abc123")
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
@@ -241,7 +260,10 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "content-type", value: "text/plain")
         headers.add(name: "content-length", value: String(body.utf8.count))
         if close { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
+            promise: nil
+        )
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if close || !request.isKeepAlive {

@@ -66,7 +66,9 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible, Codable {
 /// Durations in config are written with a unit: `250ms`, `5s`, `2m`, `1h`.
 public enum DurationText {
     public static func parse(_ text: String) -> Duration? {
-        let units: [(String, Int64)] = [("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        let units: [(String, Int64)] = [
+            ("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
+        ]
         for (suffix, nanos) in units where text.hasSuffix(suffix) {
             let number = text.dropLast(suffix.count)
             // "ms" must win over "s": skip "s" when the text ends in "ms"/"us".

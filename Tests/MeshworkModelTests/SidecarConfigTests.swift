@@ -43,7 +43,9 @@ struct SidecarConfigTests {
         #expect(config.httpProxy?.domain == "mesh")
         let orders = try #require(config.cluster(named: "orders"))
         #expect(orders.protocol == .mesh)
-        #expect(orders.endpoints == [HostPort(host: "127.0.0.1", port: 15002), HostPort(host: "localhost", port: 15003)])
+        #expect(
+            orders.endpoints == [HostPort(host: "127.0.0.1", port: 15002), HostPort(host: "localhost", port: 15003)]
+        )
         #expect(orders.connectTimeout.duration == .milliseconds(250))
         #expect(orders.requestTimeout.duration == .seconds(120))
         #expect(config.timeouts.idle.duration == .seconds(3600))
@@ -73,7 +75,10 @@ struct SidecarConfigTests {
         ("admin: 127.0.0.1", "admin", "expected host:port"),
         ("admin: 127.0.0.1:70000", "admin", "port must be a number"),
         ("admin: ::1:80", "admin", "IPv6 addresses need brackets"),
-        ("clusters: [{name: a, endpoints: [1.2.3.4:80], connectTimeout: soon}]", "clusters[0].connectTimeout", "expected a duration"),
+        (
+            "clusters: [{name: a, endpoints: [1.2.3.4:80], connectTimeout: soon}]", "clusters[0].connectTimeout",
+            "expected a duration"
+        ),
         ("clusters: [{name: a, protocol: http3}]", "clusters[0].protocol", "must be one of mesh, http1, h2c"),
         ("clusters: [{endpoints: []}]", "clusters[0].name", "required field is missing"),
         ("clusters: [{name: a, protocol: http1, endpoints: [1.2.3.4:0]}]", "clusters[0].endpoints[0]", "real port"),

@@ -21,7 +21,9 @@ struct MeshTLS: Sendable {
         do {
             chain = try NIOSSLCertificate.fromPEMFile(files.cert)
         } catch {
-            throw ConfigErrors([ConfigError(path: "tls.cert", reason: "cannot read certificate \(files.cert): \(error)")])
+            throw ConfigErrors([
+                ConfigError(path: "tls.cert", reason: "cannot read certificate \(files.cert): \(error)")
+            ])
         }
         if chain.isEmpty {
             throw ConfigErrors([ConfigError(path: "tls.cert", reason: "no certificate in \(files.cert)")])
@@ -62,7 +64,9 @@ struct MeshTLS: Sendable {
             self.clientHTTP1 = try NIOSSLContext(configuration: clientHTTP1)
             self.clientTCP = try NIOSSLContext(configuration: client)
         } catch {
-            throw ConfigErrors([ConfigError(path: "tls", reason: "certificate and key do not make a TLS context: \(error)")])
+            throw ConfigErrors([
+                ConfigError(path: "tls", reason: "certificate and key do not make a TLS context: \(error)")
+            ])
         }
     }
 }

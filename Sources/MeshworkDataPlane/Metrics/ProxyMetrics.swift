@@ -14,7 +14,8 @@ private func descriptor(_ name: String, _ unit: String, _ help: String) -> Metri
 
 /// Response status classes used as a metric label; the label set stays bounded.
 enum StatusClass: Int, CaseIterable {
-    case informational = 1, success, redirection, clientError, serverError
+    case informational = 1
+    case success, redirection, clientError, serverError
 
     var label: String { "\(rawValue)xx" }
 
@@ -39,7 +40,11 @@ final class ListenerMetrics: Sendable {
         let labels = [("listener", name), ("kind", kind)]
         requests = StatusClass.allCases.map {
             registry.makeCounter(
-                descriptor: descriptor("listener_requests", "total", "Requests answered by the listener, by status class."),
+                descriptor: descriptor(
+                    "listener_requests",
+                    "total",
+                    "Requests answered by the listener, by status class."
+                ),
                 labels: labels + [("class", $0.label)]
             )
         }

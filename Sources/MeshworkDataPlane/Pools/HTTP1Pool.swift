@@ -1,8 +1,8 @@
 import NIOCore
-import Prometheus
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import Prometheus
 
 /// Keep-alive HTTP/1.1 connections to one endpoint, owned by one event loop.
 ///
@@ -99,7 +99,10 @@ final class HTTP1Pool {
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(
                         ByteToMessageHandler(
-                            HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)
+                            HTTPResponseDecoder(
+                                leftOverBytesStrategy: .forwardBytes,
+                                informationalResponseStrategy: .forward
+                            )
                         )
                     )
                     try sync.addHandler(boundHandler.value)

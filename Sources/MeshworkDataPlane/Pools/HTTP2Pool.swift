@@ -1,9 +1,9 @@
 import NIOCore
-import Prometheus
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
+import Prometheus
 
 /// HTTP/2 connections to one endpoint (a peer sidecar over mTLS, or an h2c server), owned by
 /// one event loop. Requests become streams, multiplexed over as few connections as the
@@ -250,4 +250,3 @@ final class GoAwayWatcher: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 }
-

@@ -1,8 +1,8 @@
 import MeshworkModel
-import Prometheus
 import MeshworkTraffic
 import NIOCore
 import NIOSSL
+import Prometheus
 
 /// One cluster as one event loop sees it: its endpoints, a balancer, and a connection pool
 /// per endpoint. Every loop has its own copy, so picking and pooling take no lock.

@@ -1,6 +1,6 @@
 import NIOCore
-import Prometheus
 import NIOHTTP1
+import Prometheus
 
 /// Settings of a proxying listener that every connection's `ProxyHandler` shares.
 struct ProxySettings: Sendable {
@@ -146,7 +146,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // After an upgrade request the HTTP/1 decoder stops parsing, so the connection
         // carries nothing else: it becomes a tunnel or closes after the answer.
         if isUpgrade { keepAlive = false }
-        requestHasBody = head.headers.contains(name: "transfer-encoding")
+        requestHasBody =
+            head.headers.contains(name: "transfer-encoding")
             || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
 
         if Self.headBytes(head) > settings.maxHeaderBytes {
@@ -328,9 +329,15 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if !keepAlive, !isStream { headers.add(name: "connection", value: "close") }
         responseStarted = true
         responseStatus = error.status
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: error.status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: error.status, headers: headers))),
+            promise: nil
+        )
         if !requestIsHead {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))),
+                promise: nil
+            )
         }
         responseEnded = true
         let closing = !keepAlive && !isStream
@@ -554,7 +561,10 @@ extension ProxyHandler {
             }
             if out.version.major == 2 { out.version = .http1_1 }
         } else if mesh, !upgrade {
-            out.headers.replaceOrAdd(name: ProxyHandler.protoHeader, value: "HTTP/\(head.version.major).\(head.version.minor)")
+            out.headers.replaceOrAdd(
+                name: ProxyHandler.protoHeader,
+                value: "HTTP/\(head.version.major).\(head.version.minor)"
+            )
         }
         if out.version.major == 2 { out.version = .http1_1 }
         // A body whose length is unknown travels chunked on HTTP/1.1.

@@ -5,9 +5,9 @@ import MeshworkDataPlane
 import MeshworkModel
 import NIOCore
 import NIOPosix
-import UnixSignals
 import Prometheus
 import ServiceLifecycle
+import UnixSignals
 
 struct SidecarCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,6 @@
 import Foundation
-import MeshworkModel
 import MeshworkDemo
+import MeshworkModel
 import NIOCore
 import Testing
 
@@ -11,7 +11,12 @@ struct ListenerTests {
     @Test func upstreamPortForwardsAndStripsHopByHopHeaders() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
 
         let result = try await Curl.get(
             sidecar.url("upstream:orders", "/headers"),
@@ -23,7 +28,10 @@ struct ListenerTests {
         #expect(!result.text.contains("x-drop-me"))
         #expect(!result.text.lowercased().contains("connection:"))
         #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
-        #expect(sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="2xx"}"#) == 1)
+        #expect(
+            sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="2xx"}"#)
+                == 1
+        )
         #expect(sidecar.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 1)
     }
 
@@ -32,14 +40,21 @@ struct ListenerTests {
         let sidecar = try await TestMesh.startClientSide(
             cluster: TestMesh.cluster("orders", .http1, [app.address])
         )
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         // One curl, five requests on one downstream connection (and one loop).
         let url = sidecar.url("upstream:orders", "/")
         let result = try await Curl.run([url, url, url, url, url])
         #expect(result.exitCode == 0)
         #expect(app.requestCount == 5)
         #expect(sidecar.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
-        #expect(sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#) == 1)
+        #expect(
+            sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#) == 1
+        )
     }
 
     @Test func httpProxyRoutesByHost() async throws {
@@ -52,7 +67,13 @@ struct ListenerTests {
             TestMesh.cluster("inventory", .http1, [inventory.address]),
         ]
         let sidecar = try await TestMesh.startSidecar(config)
-        defer { Task { await sidecar.stop(); await orders.stop(); await inventory.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await orders.stop()
+                await inventory.stop()
+            }
+        }
         let proxy = "http://127.0.0.1:\(sidecar.port("http_proxy"))"
 
         for (url, served) in [
@@ -71,13 +92,22 @@ struct ListenerTests {
         let unknown = try await Curl.get("http://billing/", ["-x", proxy])
         #expect(unknown.status == 404)
         #expect(unknown.header("x-meshwork-error") == "no_route")
-        #expect(sidecar.metric(#"meshwork_listener_mesh_errors_total{listener="http_proxy",kind="http_proxy",reason="no_route"}"#) == 1)
+        #expect(
+            sidecar.metric(
+                #"meshwork_listener_mesh_errors_total{listener="http_proxy",kind="http_proxy",reason="no_route"}"#
+            ) == 1
+        )
     }
 
     @Test func h2cClientToHTTP1App() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let result = try await Curl.get(sidecar.url("upstream:orders", "/headers"), ["--http2-prior-knowledge"])
         #expect(result.status == 200)
         #expect(result.statusLines.first?.hasPrefix("HTTP/2") == true)
@@ -87,7 +117,12 @@ struct ListenerTests {
     @Test func h2cToH2cAppKeepsTrailers() async throws {
         let app = try await TestMesh.startApp("grpc-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("grpc", .h2c, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let result = try await Curl.get(sidecar.url("upstream:grpc", "/trailers"), ["--http2-prior-knowledge"])
         #expect(result.status == 200)
         #expect(result.text == "with trailers\n")
@@ -97,7 +132,12 @@ struct ListenerTests {
     @Test func streamsLargeBodiesBothWays() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-upload-\(UUID().uuidString)")
         var bytes = [UInt8](repeating: 0, count: 4 << 20)
         for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 2_654_435_761 >> 13) }
@@ -118,7 +158,12 @@ struct ListenerTests {
     @Test func expectContinuePassesThrough() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let result = try await Curl.run(
             ["-H", "Expect: 100-continue", "--data-binary", "payload", sidecar.url("upstream:orders", "/echo")]
         )
@@ -134,7 +179,12 @@ extension ListenerTests {
     @Test func upgradeBecomesAByteTunnel() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let answer = try await RawClient.exchange(
             port: sidecar.port("upstream:orders"),
             send: [Self.upgradeRequest, "ping-1", "ping-2"],
@@ -144,15 +194,27 @@ extension ListenerTests {
         #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
         #expect(answer.lowercased().contains("upgrade: echo"))
         #expect(answer.hasSuffix("\r\n\r\nping-1ping-2"), "\(answer)")
-        #expect(sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="1xx"}"#) == 1)
+        #expect(
+            sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="1xx"}"#)
+                == 1
+        )
     }
 
     @Test func refusedUpgradeIsAnsweredAndTheConnectionCloses() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let request = "GET / HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: nonsense\r\n\r\n"
-        let answer = try await RawClient.exchange(port: sidecar.port("upstream:orders"), send: [request], timeout: .seconds(3))
+        let answer = try await RawClient.exchange(
+            port: sidecar.port("upstream:orders"),
+            send: [request],
+            timeout: .seconds(3)
+        )
         #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(answer)")
         #expect(answer.contains("connection: close"))
         #expect(answer.hasSuffix("hello from orders-1\n"))
@@ -161,7 +223,12 @@ extension ListenerTests {
     @Test func upgradeToAnH2cClusterIsRefusedClearly() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .h2c, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let answer = try await RawClient.exchange(
             port: sidecar.port("upstream:orders"),
             send: [Self.upgradeRequest],

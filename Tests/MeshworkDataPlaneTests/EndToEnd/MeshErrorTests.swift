@@ -1,8 +1,8 @@
 import Foundation
+import MeshworkDemo
 import MeshworkModel
 import NIOCore
 import NIOPosix
-import MeshworkDemo
 import Testing
 
 /// Errors the proxy makes itself: the right status, `x-meshwork-error`, a metric, and the
@@ -47,7 +47,12 @@ struct MeshErrorTests {
         var cluster = TestMesh.cluster("orders", .http1, [app.address])
         cluster.requestTimeout = .milliseconds(200)
         let sidecar = try await TestMesh.startClientSide(cluster: cluster)
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let result = try await Curl.get(sidecar.url("upstream:orders", "/delay/3000"))
         #expect(result.status == 504)
         #expect(result.header("x-meshwork-error") == "upstream_timeout")
@@ -62,7 +67,13 @@ struct MeshErrorTests {
         let client = try await TestMesh.startClientSide(
             cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
         )
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let result = try await Curl.get(client.url("upstream:orders", "/delay/3000"))
         #expect(result.status == 504)
         #expect(result.header("x-meshwork-error") == "upstream_timeout")
@@ -81,13 +92,20 @@ struct MeshErrorTests {
     func malformedRequestIs400AndNeverReachesTheApp(request: String) async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let answer = try await RawClient.exchange(port: sidecar.port("upstream:orders"), send: [request])
         #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
         #expect(answer.contains("x-meshwork-error: bad_request"))
         #expect(app.requestCount == 0)
         #expect(
-            sidecar.metric(#"meshwork_listener_mesh_errors_total{listener="upstream:orders",kind="upstream",reason="bad_request"}"#) == 1
+            sidecar.metric(
+                #"meshwork_listener_mesh_errors_total{listener="upstream:orders",kind="upstream",reason="bad_request"}"#
+            ) == 1
         )
         // Everyone else is still served.
         #expect(try await Curl.get(sidecar.url("upstream:orders")).status == 200)
@@ -98,7 +116,12 @@ struct MeshErrorTests {
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address])) {
             $0.limits.maxHeaderBytes = 4096
         }
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let big = String(repeating: "a", count: 8000)
         let result = try await Curl.get(sidecar.url("upstream:orders"), ["-H", "x-big: \(big)"])
         #expect(result.status == 431)
@@ -111,7 +134,12 @@ struct MeshErrorTests {
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address])) {
             $0.timeouts.headerRead = .milliseconds(300)
         }
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         // Half a request head, then silence (slowloris).
         let answer = try await RawClient.exchange(
             port: sidecar.port("upstream:orders"),

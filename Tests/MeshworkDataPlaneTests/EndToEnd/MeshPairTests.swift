@@ -1,6 +1,6 @@
 import Foundation
-import MeshworkModel
 import MeshworkDemo
+import MeshworkModel
 import NIOCore
 import Testing
 
@@ -10,7 +10,13 @@ import Testing
 struct MeshPairTests {
     @Test func http1TravelsAsHTTP2AndIsRestored() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
 
         let result = try await Curl.get(client.url("upstream:orders", "/headers"))
         #expect(result.status == 200)
@@ -24,7 +30,10 @@ struct MeshPairTests {
 
         // The server side saw these on its inbound listener, over HTTP/2 (one pooled
         // connection per client event loop at most).
-        #expect(server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="2xx"}"#) == 2)
+        #expect(
+            server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="2xx"}"#)
+                == 2
+        )
         let connections = try #require(
             server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#)
         )
@@ -33,7 +42,13 @@ struct MeshPairTests {
 
     @Test func manyRequestsMultiplexOverFewConnections() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let url = client.url("upstream:orders", "/delay/50")
         try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<20 {
@@ -50,14 +65,23 @@ struct MeshPairTests {
 
     @Test func streamingAndTrailersAcrossTheMesh() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
 
         let payload = Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 * 31) })
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-mesh-\(UUID().uuidString)")
         try payload.write(to: file)
         defer { try? FileManager.default.removeItem(at: file) }
         let echo = try await Curl.run(
-            ["-H", "Transfer-Encoding: chunked", "--data-binary", "@\(file.path)", client.url("upstream:orders", "/echo")]
+            [
+                "-H", "Transfer-Encoding: chunked", "--data-binary", "@\(file.path)",
+                client.url("upstream:orders", "/echo"),
+            ]
         )
         #expect(echo.status == 200)
         #expect(echo.body == payload)
@@ -69,7 +93,13 @@ struct MeshPairTests {
 
     @Test func grpcStyleH2cAppBehindTheMesh() async throws {
         let (server, client) = try await TestMesh.startPair(appProtocol: .h2c)
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let result = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--http2-prior-knowledge"])
         #expect(result.status == 200)
         #expect(result.header("x-checksum") == "abc123")
@@ -81,7 +111,13 @@ struct MeshPairTests {
 
     @Test func opaqueTCPOverMTLS() async throws {
         let (server, client) = try await TestMesh.startPair(appProtocol: .tcp, listenerProtocol: .tcp)
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         // HTTP is just bytes here: the Host header curl sends arrives untouched.
         let result = try await Curl.get(client.url("upstream:orders", "/headers"))
         #expect(result.status == 200)
@@ -96,16 +132,28 @@ struct MeshPairTests {
             cluster: TestMesh.cluster("orders", .http1, [app.address]),
             listenerProtocol: .tcp
         )
-        defer { Task { await sidecar.stop(); await app.stop() } }
+        defer {
+            Task {
+                await sidecar.stop()
+                await app.stop()
+            }
+        }
         let result = try await Curl.get(sidecar.url("upstream:orders", "/"))
         #expect(result.text == "hello from orders-1\n")
     }
 
     @Test func directHTTP2ClientWithMeshCertificate() async throws {
         let server = try await TestMesh.startServerSide()
-        defer { Task { await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let url = "https://127.0.0.1:\(server.sidecar.port("inbound"))/headers"
-        let tls = ["--cacert", TestMesh.cert("mesh-ca"), "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"), "-k"]
+        let tls = [
+            "--cacert", TestMesh.cert("mesh-ca"), "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"), "-k",
+        ]
         let h2 = try await Curl.get(url, tls + ["--http2"])
         #expect(h2.status == 200)
         #expect(h2.statusLines.first?.hasPrefix("HTTP/2") == true)
@@ -120,7 +168,13 @@ extension MeshPairTests {
     /// (no RST_STREAM), or the peer's abuse protection closes the connection mid-flight.
     @Test func hundredsOfSequentialRequestsShareOneConnectionWithoutResets() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let result = try await Curl.run([client.url("upstream:orders", "/[1-400]")], timeout: 60)
         #expect(result.exitCode == 0)
         #expect(client.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="upstream_reset"}"#) == 0)
@@ -135,7 +189,13 @@ extension MeshPairTests {
     /// cannot carry Upgrade), then bytes flow both ways.
     @Test func upgradeTunnelsAcrossTheMesh() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let answer = try await RawClient.exchange(
             port: client.port("upstream:orders"),
             send: [ListenerTests.upgradeRequest, "over-", "the-mesh"],
@@ -144,7 +204,10 @@ extension MeshPairTests {
         )
         #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
         #expect(answer.hasSuffix("\r\n\r\nover-the-mesh"), "\(answer)")
-        #expect(server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="1xx"}"#) == 1)
+        #expect(
+            server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="1xx"}"#)
+                == 1
+        )
     }
 }
 
@@ -154,7 +217,13 @@ extension MeshPairTests {
     /// connection for everyone else.
     @Test func massHangUpDoesNotBreakTheSharedConnection() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         // Warm the pooled connection.
         #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
         let port = client.port("upstream:orders")
@@ -187,7 +256,13 @@ extension MeshPairTests {
     /// proxy may buffer a body until its end.
     @Test func bidirectionalStreamingAcrossTheMesh() async throws {
         let (server, client) = try await TestMesh.startPair(appProtocol: .h2c)
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let result = try await Command.run(
             ["python3", "\(TestMesh.clients)/h2_bidi.py", String(client.port("upstream:orders")), "/echo", "50"]
         )
@@ -207,7 +282,13 @@ extension MeshPairTests {
         )
         cluster.idleTimeout = .milliseconds(200)
         let client = try await TestMesh.startClientSide(cluster: cluster)
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
         #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 1)
         try await Task.sleep(for: .milliseconds(700))

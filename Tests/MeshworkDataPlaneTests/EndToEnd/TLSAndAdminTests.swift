@@ -1,10 +1,10 @@
 import Foundation
-import MeshworkDataPlane
-import MeshworkModel
 import Logging
-import Prometheus
+import MeshworkDataPlane
 import MeshworkDemo
+import MeshworkModel
 import NIOCore
+import Prometheus
 import Testing
 
 /// The inbound listener's mTLS refuses anything not from the mesh CA; the admin listener;
@@ -18,7 +18,12 @@ struct TLSAndAdminTests {
     ])
     func inboundRefusesBadClientCertificates(name: String, why: String) async throws {
         let server = try await TestMesh.startServerSide()
-        defer { Task { await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         var arguments = ["-k", "--http2", "https://127.0.0.1:\(server.sidecar.port("inbound"))/"]
         if !name.isEmpty { arguments = ["--cert", TestMesh.cert(name), "--key", TestMesh.key(name)] + arguments }
         let result = try await Curl.run(arguments)
@@ -27,15 +32,22 @@ struct TLSAndAdminTests {
         #expect(server.app.requestCount == 0)
         // A good client is still served.
         let good = try await Curl.run(
-            ["-k", "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
-             "https://127.0.0.1:\(server.sidecar.port("inbound"))/"]
+            [
+                "-k", "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
+                "https://127.0.0.1:\(server.sidecar.port("inbound"))/",
+            ]
         )
         #expect(good.status == 200)
     }
 
     @Test func inboundRefusesPlaintext() async throws {
         let server = try await TestMesh.startServerSide()
-        defer { Task { await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let result = try await Curl.get(server.sidecar.url("inbound"))
         #expect(result.status == 0)
         #expect(server.app.requestCount == 0)
@@ -48,7 +60,13 @@ struct TLSAndAdminTests {
         let client = try await TestMesh.startClientSide(
             cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
         )
-        defer { Task { await client.stop(); await server.sidecar.stop(); await server.app.stop() } }
+        defer {
+            Task {
+                await client.stop()
+                await server.sidecar.stop()
+                await server.app.stop()
+            }
+        }
         let result = try await Curl.get(client.url("upstream:orders"))
         #expect(result.status == 502)
         #expect(result.header("x-meshwork-error") != nil)
@@ -69,7 +87,9 @@ struct TLSAndAdminTests {
         let metrics = try await Curl.get(sidecar.url("admin", "/metrics"))
         #expect(metrics.status == 200)
         #expect(metrics.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true)
-        #expect(metrics.text.contains(#"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"} 1"#))
+        #expect(
+            metrics.text.contains(#"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"} 1"#)
+        )
         #expect(metrics.text.contains("# TYPE meshwork_listener_request_duration_seconds histogram"))
 
         let configJSON = try await Curl.get(sidecar.url("admin", "/config"))
