@@ -33,13 +33,13 @@ struct SidecarCommand: AsyncParsableCommand {
         do {
             text = try String(contentsOfFile: config, encoding: .utf8)
         } catch {
-            throw ValidationError("cannot read config file \(config): \(error.localizedDescription)")
+            throw CommandFailure("cannot read config file \(config): \(error.localizedDescription)")
         }
         var sidecarConfig: SidecarConfig
         do {
             sidecarConfig = try SidecarConfig.load(yaml: text)
         } catch {
-            throw ValidationError("\(config): \(error)")
+            throw CommandFailure("\(config): \(error)")
         }
         if let threads {
             guard threads >= 0 else { throw ValidationError("--threads must be 0 or more") }
@@ -63,7 +63,7 @@ struct SidecarCommand: AsyncParsableCommand {
         do {
             sidecar = try Sidecar(config: sidecarConfig, group: group, registry: registry, logger: logger)
         } catch {
-            throw ValidationError("\(config): \(error)")
+            throw CommandFailure("\(config): \(error)")
         }
         try await sidecar.start()
         let serviceGroup = ServiceGroup(
