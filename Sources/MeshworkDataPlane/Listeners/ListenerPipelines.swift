@@ -52,10 +52,12 @@ enum ListenerPipelines {
         stream.targetWindowSize = 1 << 20
         stream.streamResetFrameRateLimit.maximumCount = 10_000
         try channel.pipeline.syncOperations.addHandler(FlushCoalescingHandler())
+        let drain = HTTP2DrainHandler()
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: connection,
-            streamConfiguration: stream
+            streamConfiguration: stream,
+            streamDelegate: drain
         ) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 try streamChannel.pipeline.syncOperations.addHandlers(
@@ -68,7 +70,7 @@ enum ListenerPipelines {
                 )
             }
         }
-        try channel.pipeline.syncOperations.addHandler(HTTP2DrainHandler())
+        try channel.pipeline.syncOperations.addHandler(drain)
     }
 
     /// Cleartext HTTP: h2c with prior knowledge or HTTP/1.x, told apart by the first bytes.

@@ -14,8 +14,19 @@ final class FlushCoalescingHandler: ChannelOutboundHandler, RemovableChannelHand
         guard !flushScheduled else { return }
         flushScheduled = true
         context.eventLoop.assumeIsolated().execute {
+            guard self.flushScheduled else { return }
             self.flushScheduled = false
             context.flush()
         }
+    }
+
+    /// A close must not overtake a deferred flush: what was written before it (the end
+    /// of the last response on a draining connection, a GOAWAY) goes out first.
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if flushScheduled {
+            flushScheduled = false
+            context.flush()
+        }
+        context.close(mode: mode, promise: promise)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import MeshworkDataPlane
 import MeshworkDemo
 import MeshworkModel
 import NIOCore
@@ -295,5 +296,33 @@ extension MeshPairTests {
         #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 0)
         // And the next request simply opens a new one.
         #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+    }
+}
+
+extension MeshPairTests {
+    /// Draining the server side: the request in flight on the pooled HTTP/2 connection
+    /// finishes, the connection gets GOAWAY and closes, and the client side's next request
+    /// gets a clear 502 instead of hanging.
+    @Test func drainingServerSideFinishesStreamsThenCloses() async throws {
+        let (server, client) = try await TestMesh.startPair()
+        defer {
+            Task {
+                await client.stop()
+                await server.app.stop()
+            }
+        }
+        async let inFlight = Curl.get(client.url("upstream:orders", "/delay/500"))
+        for _ in 0..<100 where server.app.requestCount == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(server.app.requestCount == 1)
+        await server.sidecar.sidecar.drain()
+        let finished = try await inFlight
+        #expect(finished.status == 200)
+        #expect(finished.text == "slept 500ms\n")
+        #expect(server.sidecar.metric(#"meshwork_listener_connections_active{listener="inbound",kind="inbound"}"#) == 0)
+        let after = try await Curl.get(client.url("upstream:orders"))
+        #expect(after.status == 502)
+        #expect(after.header("x-meshwork-error") == "connect_failed")
     }
 }
