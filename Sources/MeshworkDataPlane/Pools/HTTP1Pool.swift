@@ -137,7 +137,7 @@ final class HTTP1Pool {
             handler.close()
             return
         }
-        let now = NIODeadline.now()
+        let now = loop.now
         idle.append((handler, now))
         if sweeper == nil { scheduleSweep(at: now + idleTimeout) }
     }
@@ -150,7 +150,7 @@ final class HTTP1Pool {
 
     private func sweep() {
         sweeper = nil
-        let cutoff = NIODeadline.now() - idleTimeout
+        let cutoff = loop.now - idleTimeout
         while let oldest = idle.first, oldest.since <= cutoff {
             idle.removeFirst()
             oldest.handler.close()

@@ -192,7 +192,7 @@ final class HTTP2Pool {
     }
 
     private func armIdleTimer(_ connection: Connection) {
-        connection.idleDeadline = .now() + idleTimeout
+        connection.idleDeadline = loop.now + idleTimeout
         if connection.idleTimer == nil { scheduleIdleCheck(connection) }
     }
 
@@ -200,7 +200,7 @@ final class HTTP2Pool {
         connection.idleTimer = loop.assumeIsolated().scheduleTask(deadline: connection.idleDeadline) {
             connection.idleTimer = nil
             guard connection.openStreams == 0, connection.usable else { return }
-            if NIODeadline.now() >= connection.idleDeadline {
+            if self.loop.now >= connection.idleDeadline {
                 connection.usable = false
                 connection.channel.close(promise: nil)
             } else {

@@ -136,7 +136,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func receivedHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         cancelTimer()
-        requestStart = .now()
+        requestStart = loop.loop.now
         requestEnded = false
         responseStarted = false
         responseEnded = false
@@ -249,7 +249,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func armTimer(_ timeout: TimeAmount, error: MeshError) {
-        timerDeadline = .now() + timeout
+        timerDeadline = loop.loop.now + timeout
         timerError = error
         if timerTask == nil || timerTaskDeadline > timerDeadline {
             scheduleTimerTask(at: timerDeadline)
@@ -273,7 +273,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timerTask = nil
         timerTaskDeadline = .distantFuture
         guard timerDeadline != .distantFuture else { return }
-        if NIODeadline.now() < timerDeadline {
+        if loop.loop.now < timerDeadline {
             scheduleTimerTask(at: timerDeadline)
         } else {
             timerDeadline = .distantFuture
@@ -368,7 +368,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func elapsed() -> Int64 {
-        (NIODeadline.now() - requestStart).nanoseconds
+        (loop.loop.now - requestStart).nanoseconds
     }
 
     /// Both directions are done: reset for the next request on this connection.
