@@ -89,6 +89,10 @@ final class HTTP2Pool {
                     // pooled connection within minutes.
                     connectionConfiguration.maximumConnectionGlitches = 100_000
                     connectionConfiguration.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
+                    // Requests were already validated by the HTTP/1 parser that read them,
+                    // and responses are validated again by the HTTP/1 encoder towards the
+                    // app: a second HPACK-level check on this hop only costs CPU.
+                    connectionConfiguration.headerBlockValidation = .disabled
                     connectionConfiguration.initialSettings = [
                         HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
                         HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
