@@ -53,6 +53,8 @@ enum ListenerPipelines {
         stream.streamResetFrameRateLimit.maximumCount = 10_000
         try channel.pipeline.syncOperations.addHandler(FlushCoalescingHandler())
         let drain = HTTP2DrainHandler()
+        // Streams run on their connection's loop: look its context up once, not per stream.
+        let loopContext = NIOLoopBound(contexts.context(for: channel.eventLoop), eventLoop: channel.eventLoop)
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: connection,
@@ -62,11 +64,7 @@ enum ListenerPipelines {
             streamChannel.eventLoop.makeCompletedFuture {
                 try streamChannel.pipeline.syncOperations.addHandlers(
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(
-                        settings: settings,
-                        loop: contexts.context(for: streamChannel.eventLoop),
-                        isStream: true
-                    )
+                    ProxyHandler(settings: settings, loop: loopContext.value, isStream: true)
                 )
             }
         }
