@@ -19,14 +19,6 @@ struct CLITests {
         return path
     }
 
-    /// A port nothing listens on right now (bind 0, read it, close).
-    private func freePort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: TestMesh.group).bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress!.port!
-        try await channel.close()
-        return port
-    }
-
     @Test func badConfigIsRefusedWithEveryFieldPath() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary))
         let path = try writeConfig("threads: many\nclusters:\n  - name: a\n    connectTimeout: soon\n")
@@ -51,8 +43,8 @@ struct CLITests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary))
         let app = try await TestMesh.startApp("orders-1")
         defer { Task { await app.stop() } }
-        let port = try await freePort()
-        let admin = try await freePort()
+        let port = try await TestMesh.freePort()
+        let admin = try await TestMesh.freePort()
         let path = try writeConfig(
             """
             admin: 127.0.0.1:\(admin)

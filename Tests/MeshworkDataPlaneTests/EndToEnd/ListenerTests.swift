@@ -9,52 +9,39 @@ import Testing
 @Suite("Listeners end to end", .serialized)
 struct ListenerTests {
     @Test func upstreamPortForwardsAndStripsHopByHopHeaders() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let result = try await Curl.get(
+                sidecar.url("upstream:orders", "/headers"),
+                ["-H", "Connection: keep-alive, x-drop-me", "-H", "x-drop-me: secret", "-H", "x-keep-me: yes"]
+            )
+            #expect(result.status == 200)
+            #expect(result.header("x-served-by") == "orders-1")
+            #expect(result.text.contains("x-keep-me: yes"))
+            #expect(!result.text.contains("x-drop-me"))
+            #expect(!result.text.lowercased().contains("connection:"))
+            #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
+            #expect(
+                sidecar.metric(
+                    #"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="2xx"}"#
+                )
+                    == 1
+            )
+            #expect(sidecar.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 1)
         }
-
-        let result = try await Curl.get(
-            sidecar.url("upstream:orders", "/headers"),
-            ["-H", "Connection: keep-alive, x-drop-me", "-H", "x-drop-me: secret", "-H", "x-keep-me: yes"]
-        )
-        #expect(result.status == 200)
-        #expect(result.header("x-served-by") == "orders-1")
-        #expect(result.text.contains("x-keep-me: yes"))
-        #expect(!result.text.contains("x-drop-me"))
-        #expect(!result.text.lowercased().contains("connection:"))
-        #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
-        #expect(
-            sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="2xx"}"#)
-                == 1
-        )
-        #expect(sidecar.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 1)
     }
 
     @Test func keepAliveReusesOneUpstreamConnection() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .http1, [app.address])
-        )
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            // One curl, five requests on one downstream connection (and one loop).
+            let url = sidecar.url("upstream:orders", "/")
+            let result = try await Curl.run([url, url, url, url, url])
+            #expect(result.exitCode == 0)
+            #expect(app.requestCount == 5)
+            #expect(sidecar.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
+            #expect(
+                sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#) == 1
+            )
         }
-        // One curl, five requests on one downstream connection (and one loop).
-        let url = sidecar.url("upstream:orders", "/")
-        let result = try await Curl.run([url, url, url, url, url])
-        #expect(result.exitCode == 0)
-        #expect(app.requestCount == 5)
-        #expect(sidecar.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
-        #expect(
-            sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#) == 1
-        )
     }
 
     @Test func httpProxyRoutesByHost() async throws {
@@ -100,18 +87,12 @@ struct ListenerTests {
     }
 
     @Test func h2cClientToHTTP1App() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let result = try await Curl.get(sidecar.url("upstream:orders", "/headers"), ["--http2-prior-knowledge"])
+            #expect(result.status == 200)
+            #expect(result.statusLines.first?.hasPrefix("HTTP/2") == true)
+            #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
         }
-        let result = try await Curl.get(sidecar.url("upstream:orders", "/headers"), ["--http2-prior-knowledge"])
-        #expect(result.status == 200)
-        #expect(result.statusLines.first?.hasPrefix("HTTP/2") == true)
-        #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
     }
 
     @Test func h2cToH2cAppKeepsTrailers() async throws {
@@ -130,46 +111,34 @@ struct ListenerTests {
     }
 
     @Test func streamsLargeBodiesBothWays() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
-        }
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-upload-\(UUID().uuidString)")
-        var bytes = [UInt8](repeating: 0, count: 4 << 20)
-        for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 2_654_435_761 >> 13) }
-        try Data(bytes).write(to: file)
-        defer { try? FileManager.default.removeItem(at: file) }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-upload-\(UUID().uuidString)")
+            var bytes = [UInt8](repeating: 0, count: 4 << 20)
+            for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 2_654_435_761 >> 13) }
+            try Data(bytes).write(to: file)
+            defer { try? FileManager.default.removeItem(at: file) }
 
-        for framing in [[String](), ["-H", "Transfer-Encoding: chunked"]] {
-            let result = try await Curl.run(
-                framing + ["--data-binary", "@\(file.path)", sidecar.url("upstream:orders", "/echo")]
-            )
-            #expect(result.status == 200)
-            #expect(result.body == Data(bytes), "echo differs with \(framing)")
+            for framing in [[String](), ["-H", "Transfer-Encoding: chunked"]] {
+                let result = try await Curl.run(
+                    framing + ["--data-binary", "@\(file.path)", sidecar.url("upstream:orders", "/echo")]
+                )
+                #expect(result.status == 200)
+                #expect(result.body == Data(bytes), "echo differs with \(framing)")
+            }
+            let download = try await Curl.get(sidecar.url("upstream:orders", "/bytes/\(8 << 20)"))
+            #expect(download.body.count == 8 << 20)
         }
-        let download = try await Curl.get(sidecar.url("upstream:orders", "/bytes/\(8 << 20)"))
-        #expect(download.body.count == 8 << 20)
     }
 
     @Test func expectContinuePassesThrough() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let result = try await Curl.run(
+                ["-H", "Expect: 100-continue", "--data-binary", "payload", sidecar.url("upstream:orders", "/echo")]
+            )
+            #expect(result.statusLines.first?.contains("100") == true, "\(result.statusLines)")
+            #expect(result.status == 200)
+            #expect(result.text == "payload")
         }
-        let result = try await Curl.run(
-            ["-H", "Expect: 100-continue", "--data-binary", "payload", sidecar.url("upstream:orders", "/echo")]
-        )
-        #expect(result.statusLines.first?.contains("100") == true, "\(result.statusLines)")
-        #expect(result.status == 200)
-        #expect(result.text == "payload")
     }
 }
 
@@ -177,64 +146,48 @@ extension ListenerTests {
     static let upgradeRequest = "GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
 
     @Test func upgradeBecomesAByteTunnel() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let answer = try await RawClient.exchange(
+                port: sidecar.port("upstream:orders"),
+                send: [Self.upgradeRequest, "ping-1", "ping-2"],
+                pauseBetween: .milliseconds(150),
+                timeout: .seconds(1)
+            )
+            #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
+            #expect(answer.lowercased().contains("upgrade: echo"))
+            #expect(answer.hasSuffix("\r\n\r\nping-1ping-2"), "\(answer)")
+            #expect(
+                sidecar.metric(
+                    #"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="1xx"}"#
+                )
+                    == 1
+            )
         }
-        let answer = try await RawClient.exchange(
-            port: sidecar.port("upstream:orders"),
-            send: [Self.upgradeRequest, "ping-1", "ping-2"],
-            pauseBetween: .milliseconds(150),
-            timeout: .seconds(1)
-        )
-        #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
-        #expect(answer.lowercased().contains("upgrade: echo"))
-        #expect(answer.hasSuffix("\r\n\r\nping-1ping-2"), "\(answer)")
-        #expect(
-            sidecar.metric(#"meshwork_listener_requests_total{listener="upstream:orders",kind="upstream",class="1xx"}"#)
-                == 1
-        )
     }
 
     @Test func refusedUpgradeIsAnsweredAndTheConnectionCloses() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let request = "GET / HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: nonsense\r\n\r\n"
+            let answer = try await RawClient.exchange(
+                port: sidecar.port("upstream:orders"),
+                send: [request],
+                timeout: .seconds(3)
+            )
+            #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(answer)")
+            #expect(answer.contains("connection: close"))
+            #expect(answer.hasSuffix("hello from orders-1\n"))
         }
-        let request = "GET / HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: nonsense\r\n\r\n"
-        let answer = try await RawClient.exchange(
-            port: sidecar.port("upstream:orders"),
-            send: [request],
-            timeout: .seconds(3)
-        )
-        #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(answer)")
-        #expect(answer.contains("connection: close"))
-        #expect(answer.hasSuffix("hello from orders-1\n"))
     }
 
     @Test func upgradeToAnH2cClusterIsRefusedClearly() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .h2c, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar(.h2c) { app, sidecar in
+            let answer = try await RawClient.exchange(
+                port: sidecar.port("upstream:orders"),
+                send: [Self.upgradeRequest],
+                timeout: .seconds(3)
+            )
+            #expect(answer.hasPrefix("HTTP/1.1 502"), "\(answer)")
+            #expect(answer.contains("x-meshwork-error: upgrade_unsupported"))
         }
-        let answer = try await RawClient.exchange(
-            port: sidecar.port("upstream:orders"),
-            send: [Self.upgradeRequest],
-            timeout: .seconds(3)
-        )
-        #expect(answer.hasPrefix("HTTP/1.1 502"), "\(answer)")
-        #expect(answer.contains("x-meshwork-error: upgrade_unsupported"))
     }
 }

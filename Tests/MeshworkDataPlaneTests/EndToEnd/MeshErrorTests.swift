@@ -9,14 +9,6 @@ import Testing
 /// app never sees a bad request.
 @Suite("Mesh errors", .serialized)
 struct MeshErrorTests {
-    /// A port that nothing listens on: bind, read the port, close.
-    private func closedPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: TestMesh.group).bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress!.port!
-        try await channel.close()
-        return port
-    }
-
     @Test func noEndpointIs503() async throws {
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, []))
         defer { Task { await sidecar.stop() } }
@@ -28,7 +20,7 @@ struct MeshErrorTests {
 
     @Test(arguments: [EndpointProtocol.http1, .mesh])
     func connectRefusedIs502(protocol: EndpointProtocol) async throws {
-        let port = try await closedPort()
+        let port = try await TestMesh.freePort()
         var cluster = ClusterConfig(name: "orders")
         cluster.protocol = `protocol`
         cluster.endpoints = [HostPort(host: "127.0.0.1", port: port)]
@@ -90,25 +82,19 @@ struct MeshErrorTests {
         "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     ])
     func malformedRequestIs400AndNeverReachesTheApp(request: String) async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let answer = try await RawClient.exchange(port: sidecar.port("upstream:orders"), send: [request])
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+            #expect(answer.contains("x-meshwork-error: bad_request"))
+            #expect(app.requestCount == 0)
+            #expect(
+                sidecar.metric(
+                    #"meshwork_listener_mesh_errors_total{listener="upstream:orders",kind="upstream",reason="bad_request"}"#
+                ) == 1
+            )
+            // Everyone else is still served.
+            #expect(try await Curl.get(sidecar.url("upstream:orders")).status == 200)
         }
-        let answer = try await RawClient.exchange(port: sidecar.port("upstream:orders"), send: [request])
-        #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
-        #expect(answer.contains("x-meshwork-error: bad_request"))
-        #expect(app.requestCount == 0)
-        #expect(
-            sidecar.metric(
-                #"meshwork_listener_mesh_errors_total{listener="upstream:orders",kind="upstream",reason="bad_request"}"#
-            ) == 1
-        )
-        // Everyone else is still served.
-        #expect(try await Curl.get(sidecar.url("upstream:orders")).status == 200)
     }
 
     @Test func oversizedHeadersAre431() async throws {

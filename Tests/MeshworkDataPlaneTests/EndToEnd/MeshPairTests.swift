@@ -128,19 +128,10 @@ struct MeshPairTests {
     }
 
     @Test func plainTCPUpstream() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .http1, [app.address]),
-            listenerProtocol: .tcp
-        )
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        try await TestMesh.withAppBehindSidecar(listenerProtocol: .tcp) { app, sidecar in
+            let result = try await Curl.get(sidecar.url("upstream:orders", "/"))
+            #expect(result.text == "hello from orders-1\n")
         }
-        let result = try await Curl.get(sidecar.url("upstream:orders", "/"))
-        #expect(result.text == "hello from orders-1\n")
     }
 
     @Test func directHTTP2ClientWithMeshCertificate() async throws {

@@ -87,6 +87,45 @@ enum TestMesh {
         return (server, client)
     }
 
+    /// A demo app behind a client sidecar whose upstream port reaches it directly (no
+    /// peer sidecar); both are stopped when `body` returns or throws.
+    static func withAppBehindSidecar(
+        _ protocol: EndpointProtocol = .http1,
+        listenerProtocol: ListenerProtocol = .http,
+        configure: (inout SidecarConfig) -> Void = { _ in },
+        _ body: (DemoApp, RunningSidecar) async throws -> Void
+    ) async throws {
+        let app = try await startApp("orders-1")
+        let sidecar: RunningSidecar
+        do {
+            sidecar = try await startClientSide(
+                cluster: cluster("orders", `protocol`, [app.address]),
+                listenerProtocol: listenerProtocol,
+                configure: configure
+            )
+        } catch {
+            await app.stop()
+            throw error
+        }
+        do {
+            try await body(app, sidecar)
+        } catch {
+            await sidecar.stop()
+            await app.stop()
+            throw error
+        }
+        await sidecar.stop()
+        await app.stop()
+    }
+
+    /// A port nothing listens on right now (bind 0, read it, close).
+    static func freePort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: group).bind(host: loopback, port: 0).get()
+        let port = channel.localAddress?.port ?? 0
+        try await channel.close()
+        return port
+    }
+
     /// A client sidecar with an upstream port for `cluster`.
     static func startClientSide(
         cluster: ClusterConfig,
