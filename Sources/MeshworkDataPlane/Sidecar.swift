@@ -88,6 +88,7 @@ public actor Sidecar: Service {
                     idleTimeout: .nanoseconds(cluster.idleTimeout.nanoseconds),
                     maxIdleConnections: cluster.maxIdleConnections,
                     maxConcurrentStreams: cluster.maxConcurrentStreams,
+                    balancer: cluster.balancer,
                     loop: loop,
                     loopIndex: index,
                     metrics: clusterMetrics[cluster.name]!
@@ -105,6 +106,7 @@ public actor Sidecar: Service {
                     idleTimeout: .seconds(60),
                     maxIdleConnections: inbound.maxIdleConnections,
                     maxConcurrentStreams: 100,
+                    balancer: .roundRobin,
                     loop: loop,
                     loopIndex: index,
                     metrics: appMetrics

@@ -33,6 +33,7 @@ public final class DemoApp: Sendable {
         name: String,
         host: String = "127.0.0.1",
         port: Int = 0,
+        responseDelay: TimeAmount = .zero,
         group: any EventLoopGroup
     ) async throws -> DemoApp {
         let counter = RequestCounter()
@@ -54,12 +55,12 @@ public final class DemoApp: Sendable {
                                     stream.eventLoop.makeCompletedFuture {
                                         try stream.pipeline.syncOperations.addHandlers(
                                             HTTP2FramePayloadToHTTP1ServerCodec(),
-                                            DemoAppHandler(name: name, counter: counter)
+                                            DemoAppHandler(name: name, counter: counter, responseDelay: responseDelay)
                                         )
                                     }
                                 }
                             } else {
-                                let handler = DemoAppHandler(name: name, counter: counter)
+                                let handler = DemoAppHandler(name: name, counter: counter, responseDelay: responseDelay)
                                 try sync.configureHTTPServerPipeline(
                                     withServerUpgrade: (
                                         upgraders: [EchoUpgrader()],
@@ -129,13 +130,16 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private let name: String
     private let counter: RequestCounter
+    /// Added before every non-streaming answer: a slow instance, for balancer tests and the demo.
+    private let responseDelay: TimeAmount
     private var head: HTTPRequestHead?
     private var echoing = false
     private var received = 0
 
-    init(name: String, counter: RequestCounter) {
+    init(name: String, counter: RequestCounter, responseDelay: TimeAmount = .zero) {
         self.name = name
         self.counter = counter
+        self.responseDelay = responseDelay
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -175,7 +179,13 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
                 return
             }
-            respond(head, context: context)
+            if responseDelay > .zero {
+                context.eventLoop.assumeIsolated().scheduleTask(in: responseDelay) {
+                    self.respond(head, context: context)
+                }
+            } else {
+                respond(head, context: context)
+            }
         }
     }
 

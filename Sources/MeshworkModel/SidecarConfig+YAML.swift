@@ -72,7 +72,7 @@ extension SidecarConfig {
         for (path, node) in reader.sequence(fields.node("clusters"), "clusters") {
             let known: Set = [
                 "name", "endpoints", "protocol", "connectTimeout", "requestTimeout", "idleTimeout",
-                "maxIdleConnections", "maxConcurrentStreams",
+                "maxIdleConnections", "maxConcurrentStreams", "balancer",
             ]
             guard let f = reader.mapping(node, path, known: known) else { continue }
             guard let name = f.required("name", f.string("name")) else { continue }
@@ -86,6 +86,7 @@ extension SidecarConfig {
             if let d = f.duration("idleTimeout") { value.idleTimeout = d }
             if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
             if let n = f.int("maxConcurrentStreams", range: 1...10_000) { value.maxConcurrentStreams = n }
+            if let b = f.choice("balancer", as: BalancerKind.self) { value.balancer = b }
             clusters.append(value)
         }
         if let f = reader.mapping(fields.node("timeouts"), "timeouts", known: ["headerRead", "idle", "drain"]) {

@@ -116,10 +116,20 @@ public struct ClusterConfig: Sendable, Hashable, Encodable {
     public var maxIdleConnections: Int = 64
     /// HTTP/2: streams per connection before another connection is opened.
     public var maxConcurrentStreams: Int = 100
+    /// How an endpoint is picked for each request.
+    public var balancer: BalancerKind = .p2cPeakEWMA
 
     public init(name: String) {
         self.name = name
     }
+}
+
+/// Load balancing algorithms a cluster can use.
+public enum BalancerKind: String, Sendable, Hashable, Encodable, CaseIterable {
+    /// Power of two choices over peak-EWMA latency x outstanding requests, weighted.
+    case p2cPeakEWMA = "p2c-peak-ewma"
+    /// Each endpoint in turn.
+    case roundRobin = "round-robin"
 }
 
 public struct ListenerTimeouts: Sendable, Hashable, Encodable {

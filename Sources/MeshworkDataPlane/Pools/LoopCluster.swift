@@ -24,7 +24,7 @@ final class LoopCluster {
     private let endpointProtocol: EndpointProtocol
     private let upgradeTLS: NIOSSLContext?
     private let connectTimeout: TimeAmount
-    private var balancer: RoundRobinBalancer
+    private var balancer: Balancer
 
     init(
         name: String,
@@ -37,6 +37,7 @@ final class LoopCluster {
         idleTimeout: TimeAmount,
         maxIdleConnections: Int,
         maxConcurrentStreams: Int,
+        balancer: BalancerKind,
         loop: any EventLoop,
         loopIndex: Int,
         metrics: ClusterMetrics
@@ -50,7 +51,21 @@ final class LoopCluster {
         self.endpointProtocol = `protocol`
         self.upgradeTLS = `protocol` == .mesh ? upgradeTLS : nil
         self.connectTimeout = connectTimeout
-        self.balancer = RoundRobinBalancer(start: loopIndex)
+        switch balancer {
+        case .roundRobin:
+            self.balancer = .roundRobin(RoundRobinBalancer(start: loopIndex))
+        case .p2cPeakEWMA:
+            // Seeded per loop and cluster: reproducible, yet loops do not pick in lockstep.
+            var seed: UInt64 = 0xCBF2_9CE4_8422_2325
+            for byte in name.utf8 { seed = (seed ^ UInt64(byte)) &* 0x100_0000_01B3 }
+            self.balancer = .p2c(
+                P2CBalancer(
+                    count: endpoints.count,
+                    random: SplitMix64(seed: seed &+ UInt64(loopIndex)),
+                    now: loop.now.uptimeNanoseconds
+                )
+            )
+        }
         self.pools = endpoints.enumerated().map { index, address in
             switch `protocol` {
             case .http1:
@@ -83,16 +98,65 @@ final class LoopCluster {
         }
     }
 
+    /// The balancer of one cluster on one loop.
+    enum Balancer {
+        case roundRobin(RoundRobinBalancer)
+        case p2c(P2CBalancer<SplitMix64>)
+    }
+
+    private func pickIndex() -> Int? {
+        switch balancer {
+        case .roundRobin(var roundRobin):
+            let index = roundRobin.pick(count: endpoints.count)
+            balancer = .roundRobin(roundRobin)
+            return index
+        case .p2c(var p2c):
+            let index = p2c.pick(now: loop.now.uptimeNanoseconds)
+            balancer = .p2c(p2c)
+            return index
+        }
+    }
+
+    /// A request left for endpoint `index`.
+    private func requestStarted(_ index: Int) {
+        if case .p2c(var p2c) = balancer {
+            p2c.requestStarted(index)
+            balancer = .p2c(p2c)
+        }
+    }
+
+    /// The request to endpoint `index` that `requestStarted` counted got its answer (or
+    /// failed) after `nanoseconds`: the latency feedback of the balancer.
+    func requestFinished(_ index: Int, nanoseconds: Int64) {
+        if case .p2c(var p2c) = balancer {
+            p2c.requestFinished(index, rtt: .nanoseconds(max(0, nanoseconds)), now: loop.now.uptimeNanoseconds)
+            balancer = .p2c(p2c)
+        }
+    }
+
     /// Picks an endpoint and hands back a ready upstream exchange (a pooled HTTP/1.1
-    /// connection or a fresh HTTP/2 stream). The callback runs on this loop.
+    /// connection or a fresh HTTP/2 stream) tagged with the endpoint's index; the caller
+    /// reports the latency with `requestFinished`. The callback runs on this loop.
     func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
-        guard let index = balancer.pick(count: pools.count) else {
+        guard let index = pickIndex() else {
             callback(.failure(.noHealthyEndpoint))
             return
         }
+        requestStarted(index)
+        let started = loop.now
+        let tagged: (Result<UpstreamHandler, MeshError>) -> Void = { result in
+            switch result {
+            case .success(let handler):
+                handler.endpointIndex = index
+            case .failure:
+                // A failed connection is a slow answer: the balancer hears of it.
+                self.requestFinished(index, nanoseconds: (self.loop.now - started).nanoseconds)
+            }
+            callback(result)
+        }
         switch pools[index] {
-        case .http1(let pool): pool.acquire(callback)
-        case .http2(let pool): pool.acquire(callback)
+        case .http1(let pool): pool.acquire(tagged)
+        case .http2(let pool): pool.acquire(tagged)
         }
     }
 
@@ -104,7 +168,7 @@ final class LoopCluster {
             callback(.failure(.upgradeUnsupported))
             return
         }
-        guard let index = balancer.pick(count: endpoints.count) else {
+        guard let index = pickIndex() else {
             callback(.failure(.noHealthyEndpoint))
             return
         }
@@ -128,7 +192,7 @@ final class LoopCluster {
 
     /// Picks an endpoint for a raw TCP connection.
     func pickEndpoint() -> SocketAddress? {
-        balancer.pick(count: endpoints.count).map { endpoints[$0] }
+        pickIndex().map { endpoints[$0] }
     }
 
     func closeIdle() {

@@ -100,7 +100,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timerTask = nil
         timerDeadline = .distantFuture
         switch state {
-        case .proxying(_, let upstream):
+        case .proxying(let cluster, let upstream):
+            reportLatency(upstream, cluster)
             upstream.finish()
         case .idle, .connecting, .answered:
             break
@@ -196,7 +197,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context, case .connecting(let current, let pending) = state, current === cluster else {
             // The exchange ended (timeout, client gone) while we waited: give the
             // connection back untouched.
-            if case .success(let upstream) = result { upstream.finish() }
+            if case .success(let upstream) = result {
+                reportLatency(upstream, cluster)
+                upstream.finish()
+            }
             return
         }
         switch result {
@@ -296,7 +300,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case .connecting(let cluster, _), .proxying(let cluster, _):
             cluster.metrics.countError(error)
-            if case .proxying(_, let upstream) = state { upstream.finish() }
+            if case .proxying(_, let upstream) = state {
+                reportLatency(upstream, cluster)
+                upstream.finish()
+            }
             state = .answered
             if responseStarted {
                 settings.metrics.countError(error)
@@ -313,7 +320,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Answers the current request with a mesh error.
     private func answer(_ error: MeshError, context: ChannelHandlerContext) {
         settings.metrics.countError(error)
-        if case .proxying(_, let upstream) = state { upstream.finish() }
+        if case .proxying(let cluster, let upstream) = state {
+            reportLatency(upstream, cluster)
+            upstream.finish()
+        }
         state = .answered
         guard !responseStarted else {
             context.close(promise: nil)
@@ -367,6 +377,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
+    /// Reports the exchange's latency to the cluster's balancer, once.
+    private func reportLatency(_ upstream: UpstreamHandler, _ cluster: LoopCluster) {
+        guard let index = upstream.endpointIndex else { return }
+        upstream.endpointIndex = nil
+        cluster.requestFinished(index, nanoseconds: elapsed())
+    }
+
     private func elapsed() -> Int64 {
         (loop.loop.now - requestStart).nanoseconds
     }
@@ -410,6 +427,8 @@ extension ProxyHandler: UpstreamDelegate {
                 context.write(wrapOutboundOut(.head(head)), promise: nil)
                 return
             }
+            // Time to the answer's head is what the balancer learns from.
+            reportLatency(upstream, cluster)
             if head.status == .switchingProtocols {
                 guard isUpgrade else {
                     // A 101 nobody asked for cannot be honoured.
@@ -508,7 +527,8 @@ extension ProxyHandler: UpstreamDelegate {
     }
 
     func upstreamFailed(_ error: MeshError) {
-        guard let context, case .proxying(let cluster, _) = state else { return }
+        guard let context, case .proxying(let cluster, let upstream) = state else { return }
+        reportLatency(upstream, cluster)
         cluster.metrics.countError(error)
         state = .answered
         if responseStarted {

@@ -49,6 +49,9 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var release: Release?
     /// The endpoint this connection goes to, for per-endpoint metrics.
     let endpoint: EndpointMetrics?
+    /// The endpoint's index in its cluster when the balancer counted this exchange;
+    /// nil once its latency has been reported (or for exchanges it does not track).
+    var endpointIndex: Int?
 
     init(kind: Kind, endpoint: EndpointMetrics?) {
         self.kind = kind

@@ -1,6 +1,7 @@
 import ArgumentParser
 import MeshworkDemo
 import MeshworkModel
+import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
@@ -20,6 +21,9 @@ struct DemoAppCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Name the app answers with (x-served-by).")
     var name: String = "demo"
 
+    @Option(name: .long, help: "Milliseconds added before every answer (a slow instance).")
+    var delayMs: Int = 0
+
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
 
@@ -28,7 +32,13 @@ struct DemoAppCommand: AsyncParsableCommand {
             throw ValidationError("--listen: expected host:port, found \"\(listen)\"")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
-        let app = try await DemoApp.start(name: name, host: address.host, port: address.port, group: group)
+        let app = try await DemoApp.start(
+            name: name,
+            host: address.host,
+            port: address.port,
+            responseDelay: .milliseconds(Int64(max(0, delayMs))),
+            group: group
+        )
         print("demo app \(name) listening on \(address.host):\(app.port)")
         await withGracefulShutdownHandler {
             try? await Task.sleep(for: .seconds(365 * 24 * 3600))
