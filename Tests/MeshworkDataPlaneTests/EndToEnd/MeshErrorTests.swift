@@ -20,7 +20,7 @@ struct MeshErrorTests {
 
     @Test(arguments: [EndpointProtocol.http1, .mesh])
     func connectRefusedIs502(protocol: EndpointProtocol) async throws {
-        let port = try await TestMesh.freePort()
+        let port = TestMesh.refusingPort
         var cluster = ClusterConfig(name: "orders")
         cluster.protocol = `protocol`
         cluster.endpoints = [HostPort(host: "127.0.0.1", port: port)]

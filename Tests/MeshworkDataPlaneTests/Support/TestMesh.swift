@@ -118,13 +118,10 @@ enum TestMesh {
         await app.stop()
     }
 
-    /// A port nothing listens on right now (bind 0, read it, close).
-    static func freePort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: group).bind(host: loopback, port: 0).get()
-        let port = channel.localAddress?.port ?? 0
-        try await channel.close()
-        return port
-    }
+    /// A port that refuses connections: 1 (tcpmux) has no listener on these machines.
+    /// Borrowing a port from the kernel and closing it would race with other tests'
+    /// servers, which may be handed the same port a moment later.
+    static let refusingPort = 1
 
     /// A client sidecar with an upstream port for `cluster`.
     static func startClientSide(
