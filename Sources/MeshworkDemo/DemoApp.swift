@@ -65,7 +65,10 @@ public final class DemoApp: Sendable {
                                     withServerUpgrade: (
                                         upgraders: [EchoUpgrader()],
                                         completionHandler: { context in
-                                            context.pipeline.syncOperations.removeHandler(handler, promise: nil)
+                                            let pipeline = context.pipeline.syncOperations
+                                            if let app = try? pipeline.context(handlerType: DemoAppHandler.self) {
+                                                pipeline.removeHandler(context: app, promise: nil)
+                                            }
                                         }
                                     ),
                                     withErrorHandling: true
