@@ -28,8 +28,8 @@ enum Curl {
         let headerFile = directory.appendingPathComponent("headers").path
         let bodyFile = directory.appendingPathComponent("body").path
         let stderrFile = directory.appendingPathComponent("stderr").path
-        FileManager.default.createFile(atPath: bodyFile, contents: nil)
-        FileManager.default.createFile(atPath: stderrFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: bodyFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrFile, contents: nil)
 
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
