@@ -10,121 +10,93 @@ import Testing
 @Suite("Sidecar pair over mTLS", .serialized)
 struct MeshPairTests {
     @Test func http1TravelsAsHTTP2AndIsRestored() async throws {
-        let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair { server, client in
+
+            let result = try await Curl.get(client.url("upstream:orders", "/headers"))
+            #expect(result.status == 200)
+            #expect(result.header("x-served-by") == "orders-1")
+            #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
+            #expect(!result.text.contains("x-meshwork-proto"))
+
+            // An HTTP/1.0 caller reaches the far app as HTTP/1.0.
+            let old = try await Curl.get(client.url("upstream:orders", "/headers"), ["-0"])
+            #expect(old.text.hasPrefix("GET /headers HTTP/1.0"))
+
+            // The server side saw these on its inbound listener, over HTTP/2 (one pooled
+            // connection per client event loop at most).
+            #expect(
+                server.sidecar.metric(
+                    #"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="2xx"}"#
+                )
+                    == 2
+            )
+            let connections = try #require(
+                server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#)
+            )
+            #expect(connections >= 1 && connections <= 2)
         }
-
-        let result = try await Curl.get(client.url("upstream:orders", "/headers"))
-        #expect(result.status == 200)
-        #expect(result.header("x-served-by") == "orders-1")
-        #expect(result.text.hasPrefix("GET /headers HTTP/1.1"))
-        #expect(!result.text.contains("x-meshwork-proto"))
-
-        // An HTTP/1.0 caller reaches the far app as HTTP/1.0.
-        let old = try await Curl.get(client.url("upstream:orders", "/headers"), ["-0"])
-        #expect(old.text.hasPrefix("GET /headers HTTP/1.0"))
-
-        // The server side saw these on its inbound listener, over HTTP/2 (one pooled
-        // connection per client event loop at most).
-        #expect(
-            server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="2xx"}"#)
-                == 2
-        )
-        let connections = try #require(
-            server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#)
-        )
-        #expect(connections >= 1 && connections <= 2)
     }
 
     @Test func manyRequestsMultiplexOverFewConnections() async throws {
-        let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
+        try await TestMesh.withPair { server, client in
+            let url = client.url("upstream:orders", "/delay/50")
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<20 {
+                    group.addTask { try await Curl.get(url).status }
+                }
+                for try await status in group { #expect(status == 200) }
             }
+            #expect(server.app.requestCount == 20)
+            let connections = try #require(
+                client.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#)
+            )
+            #expect(connections <= 2, "20 concurrent requests should share the pooled HTTP/2 connections")
         }
-        let url = client.url("upstream:orders", "/delay/50")
-        try await withThrowingTaskGroup(of: Int.self) { group in
-            for _ in 0..<20 {
-                group.addTask { try await Curl.get(url).status }
-            }
-            for try await status in group { #expect(status == 200) }
-        }
-        #expect(server.app.requestCount == 20)
-        let connections = try #require(
-            client.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#)
-        )
-        #expect(connections <= 2, "20 concurrent requests should share the pooled HTTP/2 connections")
     }
 
     @Test func streamingAndTrailersAcrossTheMesh() async throws {
-        let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair { server, client in
+
+            let payload = Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 * 31) })
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-mesh-\(UUID().uuidString)")
+            try payload.write(to: file)
+            defer { try? FileManager.default.removeItem(at: file) }
+            let echo = try await Curl.run(
+                [
+                    "-H", "Transfer-Encoding: chunked", "--data-binary", "@\(file.path)",
+                    client.url("upstream:orders", "/echo"),
+                ]
+            )
+            #expect(echo.status == 200)
+            #expect(echo.body == payload)
+
+            let trailers = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--raw"])
+            #expect(trailers.status == 200)
+            #expect(trailers.text.contains("x-checksum: abc123"))
         }
-
-        let payload = Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 * 31) })
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("mw-mesh-\(UUID().uuidString)")
-        try payload.write(to: file)
-        defer { try? FileManager.default.removeItem(at: file) }
-        let echo = try await Curl.run(
-            [
-                "-H", "Transfer-Encoding: chunked", "--data-binary", "@\(file.path)",
-                client.url("upstream:orders", "/echo"),
-            ]
-        )
-        #expect(echo.status == 200)
-        #expect(echo.body == payload)
-
-        let trailers = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--raw"])
-        #expect(trailers.status == 200)
-        #expect(trailers.text.contains("x-checksum: abc123"))
     }
 
     @Test func grpcStyleH2cAppBehindTheMesh() async throws {
-        let (server, client) = try await TestMesh.startPair(appProtocol: .h2c)
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair(appProtocol: .h2c) { server, client in
+            let result = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--http2-prior-knowledge"])
+            #expect(result.status == 200)
+            #expect(result.header("x-checksum") == "abc123")
+            let echo = try await Curl.run(
+                ["--http2-prior-knowledge", "--data-binary", "ping", client.url("upstream:orders", "/echo")]
+            )
+            #expect(echo.text == "ping")
         }
-        let result = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--http2-prior-knowledge"])
-        #expect(result.status == 200)
-        #expect(result.header("x-checksum") == "abc123")
-        let echo = try await Curl.run(
-            ["--http2-prior-knowledge", "--data-binary", "ping", client.url("upstream:orders", "/echo")]
-        )
-        #expect(echo.text == "ping")
     }
 
     @Test func opaqueTCPOverMTLS() async throws {
-        let (server, client) = try await TestMesh.startPair(appProtocol: .tcp, listenerProtocol: .tcp)
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair(appProtocol: .tcp, listenerProtocol: .tcp) { server, client in
+            // HTTP is just bytes here: the Host header curl sends arrives untouched.
+            let result = try await Curl.get(client.url("upstream:orders", "/headers"))
+            #expect(result.status == 200)
+            #expect(result.text.contains("host: 127.0.0.1:\(client.port("upstream:orders"))"))
+            let big = try await Curl.get(client.url("upstream:orders", "/bytes/\(2 << 20)"))
+            #expect(big.body.count == 2 << 20)
         }
-        // HTTP is just bytes here: the Host header curl sends arrives untouched.
-        let result = try await Curl.get(client.url("upstream:orders", "/headers"))
-        #expect(result.status == 200)
-        #expect(result.text.contains("host: 127.0.0.1:\(client.port("upstream:orders"))"))
-        let big = try await Curl.get(client.url("upstream:orders", "/bytes/\(2 << 20)"))
-        #expect(big.body.count == 2 << 20)
     }
 
     @Test func plainTCPUpstream() async throws {
@@ -159,20 +131,16 @@ extension MeshPairTests {
     /// Hundreds of streams on one pooled connection: finished streams must close cleanly
     /// (no RST_STREAM), or the peer's abuse protection closes the connection mid-flight.
     @Test func hundredsOfSequentialRequestsShareOneConnectionWithoutResets() async throws {
-        let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair { server, client in
+            let result = try await Curl.run([client.url("upstream:orders", "/[1-400]")], timeout: 60)
+            #expect(result.exitCode == 0)
+            #expect(client.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="upstream_reset"}"#) == 0)
+            #expect(client.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 400)
+            #expect(client.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
+            #expect(
+                server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#) == 1
+            )
         }
-        let result = try await Curl.run([client.url("upstream:orders", "/[1-400]")], timeout: 60)
-        #expect(result.exitCode == 0)
-        #expect(client.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="upstream_reset"}"#) == 0)
-        #expect(client.metric(#"meshwork_cluster_requests_total{cluster="orders",class="2xx"}"#) == 400)
-        #expect(client.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 1)
-        #expect(server.sidecar.metric(#"meshwork_listener_connections_total{listener="inbound",kind="inbound"}"#) == 1)
     }
 }
 
@@ -180,26 +148,22 @@ extension MeshPairTests {
     /// WebSocket-style upgrades cross the mesh on a TLS connection of their own (HTTP/2
     /// cannot carry Upgrade), then bytes flow both ways.
     @Test func upgradeTunnelsAcrossTheMesh() async throws {
-        let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair { server, client in
+            let answer = try await RawClient.exchange(
+                port: client.port("upstream:orders"),
+                send: [ListenerTests.upgradeRequest, "over-", "the-mesh"],
+                pauseBetween: .milliseconds(150),
+                timeout: .seconds(1)
+            )
+            #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
+            #expect(answer.hasSuffix("\r\n\r\nover-the-mesh"), "\(answer)")
+            #expect(
+                server.sidecar.metric(
+                    #"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="1xx"}"#
+                )
+                    == 1
+            )
         }
-        let answer = try await RawClient.exchange(
-            port: client.port("upstream:orders"),
-            send: [ListenerTests.upgradeRequest, "over-", "the-mesh"],
-            pauseBetween: .milliseconds(150),
-            timeout: .seconds(1)
-        )
-        #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
-        #expect(answer.hasSuffix("\r\n\r\nover-the-mesh"), "\(answer)")
-        #expect(
-            server.sidecar.metric(#"meshwork_listener_requests_total{listener="inbound",kind="inbound",class="1xx"}"#)
-                == 1
-        )
     }
 }
 
@@ -208,36 +172,30 @@ extension MeshPairTests {
     /// the peer's late answers for those reset streams must not break the shared
     /// connection for everyone else.
     @Test func massHangUpDoesNotBreakTheSharedConnection() async throws {
-        let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
-        }
-        // Warm the pooled connection.
-        #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
-        let port = client.port("upstream:orders")
-        try await withThrowingTaskGroup(of: String.self) { group in
-            // Callers that hang up right after asking: their resets cross the far side's
-            // answers on the wire, which then arrive for streams already reset.
-            for index in 0..<300 {
-                group.addTask {
-                    try await RawClient.exchange(
-                        port: port,
-                        send: ["GET /bytes/\(index * 200) HTTP/1.1\r\nHost: orders\r\n\r\n"],
-                        timeout: .milliseconds(Int64(1 + index % 5))
-                    )
+        try await TestMesh.withPair { server, client in
+            // Warm the pooled connection.
+            #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+            let port = client.port("upstream:orders")
+            try await withThrowingTaskGroup(of: String.self) { group in
+                // Callers that hang up right after asking: their resets cross the far side's
+                // answers on the wire, which then arrive for streams already reset.
+                for index in 0..<300 {
+                    group.addTask {
+                        try await RawClient.exchange(
+                            port: port,
+                            send: ["GET /bytes/\(index * 200) HTTP/1.1\r\nHost: orders\r\n\r\n"],
+                            timeout: .milliseconds(Int64(1 + index % 5))
+                        )
+                    }
                 }
+                for try await _ in group {}
             }
-            for try await _ in group {}
-        }
-        // Let the far side's answers for the abandoned streams arrive.
-        try await Task.sleep(for: .milliseconds(600))
-        for _ in 0..<10 {
-            let after = try await Curl.run([client.url("upstream:orders")], timeout: 5)
-            #expect(after.status == 200, "the shared connection must keep serving (\(after.stderr))")
+            // Let the far side's answers for the abandoned streams arrive.
+            try await Task.sleep(for: .milliseconds(600))
+            for _ in 0..<10 {
+                let after = try await Curl.run([client.url("upstream:orders")], timeout: 5)
+                #expect(after.status == 200, "the shared connection must keep serving (\(after.stderr))")
+            }
         }
     }
 }
@@ -247,19 +205,13 @@ extension MeshPairTests {
     /// must come back before the next message is sent, through both sidecars, so neither
     /// proxy may buffer a body until its end.
     @Test func bidirectionalStreamingAcrossTheMesh() async throws {
-        let (server, client) = try await TestMesh.startPair(appProtocol: .h2c)
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair(appProtocol: .h2c) { server, client in
+            let result = try await Command.run(
+                ["python3", "\(TestMesh.clients)/h2_bidi.py", String(client.port("upstream:orders")), "/echo", "50"]
+            )
+            #expect(result.exitCode == 0, "\(result.output)")
+            #expect(result.output.contains("ok 50"))
         }
-        let result = try await Command.run(
-            ["python3", "\(TestMesh.clients)/h2_bidi.py", String(client.port("upstream:orders")), "/echo", "50"]
-        )
-        #expect(result.exitCode == 0, "\(result.output)")
-        #expect(result.output.contains("ok 50"))
     }
 }
 

@@ -123,6 +123,26 @@ enum TestMesh {
     /// servers, which may be handed the same port a moment later.
     static let refusingPort = 1
 
+    /// `startPair`, with everything stopped when `body` returns or throws.
+    static func withPair(
+        appProtocol: AppProtocol = .http1,
+        listenerProtocol: ListenerProtocol = .http,
+        _ body: ((app: DemoApp, sidecar: RunningSidecar), RunningSidecar) async throws -> Void
+    ) async throws {
+        let (server, client) = try await startPair(appProtocol: appProtocol, listenerProtocol: listenerProtocol)
+        do {
+            try await body(server, client)
+        } catch {
+            await client.stop()
+            await server.sidecar.stop()
+            await server.app.stop()
+            throw error
+        }
+        await client.stop()
+        await server.sidecar.stop()
+        await server.app.stop()
+    }
+
     /// A client sidecar with an upstream port for `cluster`.
     static func startClientSide(
         cluster: ClusterConfig,
