@@ -15,7 +15,6 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case headerTooLarge = "header_too_large"
         case headerTimeout = "header_timeout"
         case protocolError = "upstream_protocol_error"
-        case draining = "draining"
         case upgradeUnsupported = "upgrade_unsupported"
     }
 
@@ -45,8 +44,6 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let headerTimeout = MeshError(.headerTimeout)
     /// The upstream answered with something that is not valid HTTP.
     public static let protocolError = MeshError(.protocolError)
-    /// The proxy is shutting down and takes no new requests.
-    public static let draining = MeshError(.draining)
 
     /// An `Upgrade` request to a cluster that cannot carry one (h2c endpoints).
     public static let upgradeUnsupported = MeshError(.upgradeUnsupported)
@@ -54,7 +51,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
-        .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .draining, .upgradeUnsupported,
+        .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -63,7 +60,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     public var status: HTTPResponseStatus {
         switch code {
         case .noRoute: return .notFound
-        case .noHealthyEndpoint, .draining: return .serviceUnavailable
+        case .noHealthyEndpoint: return .serviceUnavailable
         case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported: return .badGateway
         case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .badRequest: return .badRequest

@@ -43,8 +43,6 @@ final class HTTP1Pool {
         self.clusterMetrics = clusterMetrics
     }
 
-    var idleCount: Int { idle.count }
-
     func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
         loop.preconditionInEventLoop()
         while let (handler, _) = idle.popLast() {

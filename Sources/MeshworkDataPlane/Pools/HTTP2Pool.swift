@@ -59,8 +59,6 @@ final class HTTP2Pool {
         self.clusterMetrics = clusterMetrics
     }
 
-    var connectionCount: Int { connections.count }
-
     func acquire(_ callback: @escaping Callback) {
         loop.preconditionInEventLoop()
         if let connection = connections.first(where: { $0.usable && $0.openStreams < maxStreams }) {

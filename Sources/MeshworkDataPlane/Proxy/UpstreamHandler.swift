@@ -60,7 +60,6 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     var isActive: Bool { context?.channel.isActive ?? false }
     var isWritable: Bool { context?.channel.isWritable ?? false }
-    var eventLoop: (any EventLoop)? { context?.eventLoop }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context

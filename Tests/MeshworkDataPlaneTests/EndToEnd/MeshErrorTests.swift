@@ -53,22 +53,14 @@ struct MeshErrorTests {
     }
 
     @Test func slowUpstreamAcrossTheMeshIs504() async throws {
-        let server = try await TestMesh.startServerSide { config in
+        let configureServer: (inout SidecarConfig) -> Void = { config in
             config.inbound?.requestTimeout = .milliseconds(200)
         }
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withPair(configureServer: configureServer) { server, client in
+            let result = try await Curl.get(client.url("upstream:orders", "/delay/3000"))
+            #expect(result.status == 504)
+            #expect(result.header("x-meshwork-error") == "upstream_timeout")
         }
-        let result = try await Curl.get(client.url("upstream:orders", "/delay/3000"))
-        #expect(result.status == 504)
-        #expect(result.header("x-meshwork-error") == "upstream_timeout")
     }
 
     @Test(arguments: [

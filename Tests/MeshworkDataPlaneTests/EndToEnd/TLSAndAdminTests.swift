@@ -54,23 +54,14 @@ struct TLSAndAdminTests {
     }
 
     @Test func clientSidecarRefusesServerFromAnotherCA() async throws {
-        let server = try await TestMesh.startServerSide(tlsName: "rogue") { config in
-            config.tls?.ca = TestMesh.cert("other-ca")
+        // The server side's certificate and CA both come from another mesh.
+        let otherMesh: (inout SidecarConfig) -> Void = { config in config.tls?.ca = TestMesh.cert("other-ca") }
+        try await TestMesh.withPair(serverTLS: "rogue", configureServer: otherMesh) { server, client in
+            let result = try await Curl.get(client.url("upstream:orders"))
+            #expect(result.status == 502)
+            #expect(result.header("x-meshwork-error") != nil)
+            #expect(server.app.requestCount == 0)
         }
-        let client = try await TestMesh.startClientSide(
-            cluster: TestMesh.cluster("orders", .mesh, [server.sidecar.addresses["inbound"]])
-        )
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
-        }
-        let result = try await Curl.get(client.url("upstream:orders"))
-        #expect(result.status == 502)
-        #expect(result.header("x-meshwork-error") != nil)
-        #expect(server.app.requestCount == 0)
     }
 
     @Test func adminEndpoints() async throws {

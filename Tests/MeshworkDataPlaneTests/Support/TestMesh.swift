@@ -77,9 +77,11 @@ enum TestMesh {
     /// port reaches it over the mesh.
     static func startPair(
         appProtocol: AppProtocol = .http1,
-        listenerProtocol: ListenerProtocol = .http
+        listenerProtocol: ListenerProtocol = .http,
+        serverTLS: String = "orders",
+        configureServer: (inout SidecarConfig) -> Void = { _ in }
     ) async throws -> (server: (app: DemoApp, sidecar: RunningSidecar), client: RunningSidecar) {
-        let server = try await startServerSide(appProtocol: appProtocol)
+        let server = try await startServerSide(appProtocol: appProtocol, tlsName: serverTLS, configure: configureServer)
         let client = try await startClientSide(
             cluster: cluster("orders", .mesh, [server.sidecar.addresses["inbound"]]),
             listenerProtocol: listenerProtocol
@@ -127,9 +129,16 @@ enum TestMesh {
     static func withPair(
         appProtocol: AppProtocol = .http1,
         listenerProtocol: ListenerProtocol = .http,
+        serverTLS: String = "orders",
+        configureServer: (inout SidecarConfig) -> Void = { _ in },
         _ body: ((app: DemoApp, sidecar: RunningSidecar), RunningSidecar) async throws -> Void
     ) async throws {
-        let (server, client) = try await startPair(appProtocol: appProtocol, listenerProtocol: listenerProtocol)
+        let (server, client) = try await startPair(
+            appProtocol: appProtocol,
+            listenerProtocol: listenerProtocol,
+            serverTLS: serverTLS,
+            configureServer: configureServer
+        )
         do {
             try await body(server, client)
         } catch {
