@@ -24,16 +24,16 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
-        // Pure value types and the config schema: no NIO.
-        .target(
-            name: "MeshworkModel",
-            dependencies: [.product(name: "Yams", package: "Yams")],
-            swiftSettings: swiftSettings
-        ),
-        // Pure traffic algorithms (balancers, ...): no NIO, injected clock and randomness.
+        // Pure traffic algorithms (balancers, subsetting, outlier detection, budgets and
+        // limiters): no NIO, injected clock and randomness.
         .target(
             name: "MeshworkTraffic",
-            dependencies: ["MeshworkModel"],
+            swiftSettings: swiftSettings
+        ),
+        // Pure value types and the config schema (which holds the traffic policies): no NIO.
+        .target(
+            name: "MeshworkModel",
+            dependencies: ["MeshworkTraffic", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         // The data plane: listeners, proxying, pools, TLS, admin.
@@ -98,6 +98,7 @@ let package = Package(
             dependencies: [
                 "MeshworkDataPlane",
                 "MeshworkModel",
+                "MeshworkTraffic",
                 "MeshworkDemo",
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -1,3 +1,4 @@
+import MeshworkTraffic
 import NIOCore
 
 /// Everything one event loop owns: its copy of every cluster (balancer and pools) and of
@@ -7,6 +8,9 @@ final class LoopContext {
     let index: Int
     var clusters: [String: LoopCluster] = [:]
     var app: LoopCluster?
+    /// Inbound protection in front of the app (this loop's share).
+    var inboundLimiter: GradientConcurrencyLimiter?
+    var inboundRateLimit: TokenBucket?
 
     init(loop: any EventLoop, index: Int) {
         self.loop = loop

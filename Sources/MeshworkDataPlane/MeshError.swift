@@ -16,6 +16,12 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case headerTimeout = "header_timeout"
         case protocolError = "upstream_protocol_error"
         case upgradeUnsupported = "upgrade_unsupported"
+        case overflowConnections = "overflow_connections"
+        case overflowPending = "overflow_pending"
+        case overflowRequests = "overflow_requests"
+        case throttled
+        case rateLimited = "rate_limited"
+        case concurrencyLimited = "concurrency_limited"
     }
 
     private let code: Code
@@ -48,10 +54,24 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// An `Upgrade` request to a cluster that cannot carry one (h2c endpoints).
     public static let upgradeUnsupported = MeshError(.upgradeUnsupported)
 
+    /// Circuit breaker: the cluster's connection limit is reached (per event loop share).
+    public static let overflowConnections = MeshError(.overflowConnections)
+    /// Circuit breaker: too many requests already wait for a connection.
+    public static let overflowPending = MeshError(.overflowPending)
+    /// Circuit breaker: too many requests are already in flight to the cluster.
+    public static let overflowRequests = MeshError(.overflowRequests)
+    /// Adaptive throttling refused the request locally: the cluster rejects most calls.
+    public static let throttled = MeshError(.throttled)
+    /// The inbound rate limit is exceeded.
+    public static let rateLimited = MeshError(.rateLimited)
+    /// The inbound adaptive concurrency limit is reached: the app is at capacity.
+    public static let concurrencyLimited = MeshError(.concurrencyLimited)
+
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
         .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
+        .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -60,7 +80,10 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     public var status: HTTPResponseStatus {
         switch code {
         case .noRoute: return .notFound
-        case .noHealthyEndpoint: return .serviceUnavailable
+        case .noHealthyEndpoint, .overflowConnections, .overflowPending, .overflowRequests, .throttled,
+            .concurrencyLimited:
+            return .serviceUnavailable
+        case .rateLimited: return .tooManyRequests
         case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported: return .badGateway
         case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .badRequest: return .badRequest

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MeshworkTraffic
 import MeshworkModel
 import NIOCore
 import NIOExtras
@@ -42,12 +43,12 @@ public actor Sidecar: Service {
         for (index, cluster) in config.clusters.enumerated() {
             resolved[cluster.name] = cluster.endpoints.enumerated().compactMap { e, endpoint in
                 do {
-                    return try SocketAddress.makeAddressResolvingHost(endpoint.host, port: endpoint.port)
+                    return try SocketAddress.makeAddressResolvingHost(endpoint.address.host, port: endpoint.address.port)
                 } catch {
                     errors.append(
                         ConfigError(
                             path: "clusters[\(index)].endpoints[\(e)]",
-                            reason: "cannot resolve \(endpoint): \(error)"
+                            reason: "cannot resolve \(endpoint.address): \(error)"
                         )
                     )
                     return nil
@@ -66,7 +67,11 @@ public actor Sidecar: Service {
 
         let clusterMetrics = Dictionary(
             uniqueKeysWithValues: config.clusters.map {
-                ($0.name, ClusterMetrics(name: $0.name, endpoints: $0.endpoints.map(\.description), registry: registry))
+                ($0.name, ClusterMetrics(
+                        name: $0.name,
+                        endpoints: $0.endpoints.map(\.address.description),
+                        registry: registry
+                    ))
             }
         )
         let appMetrics = config.inbound.map {
@@ -74,43 +79,50 @@ public actor Sidecar: Service {
         }
         let tls = self.tls
         var loopContexts: [LoopContext] = []
-        for (index, loop) in group.makeIterator().enumerated() {
+        let loops = Array(group.makeIterator())
+        let appCluster = config.inbound.map { Self.appClusterConfig($0) }
+        for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
             for cluster in config.clusters {
                 context.clusters[cluster.name] = LoopCluster(
-                    name: cluster.name,
-                    endpoints: resolved[cluster.name] ?? [],
-                    protocol: cluster.protocol,
+                    config: cluster,
+                    addresses: resolved[cluster.name] ?? [],
+                    zone: config.zone,
                     tls: tls?.clientHTTP2,
                     upgradeTLS: tls?.clientHTTP1,
-                    connectTimeout: .nanoseconds(cluster.connectTimeout.nanoseconds),
-                    requestTimeout: .nanoseconds(cluster.requestTimeout.nanoseconds),
-                    idleTimeout: .nanoseconds(cluster.idleTimeout.nanoseconds),
-                    maxIdleConnections: cluster.maxIdleConnections,
-                    maxConcurrentStreams: cluster.maxConcurrentStreams,
-                    balancer: cluster.balancer,
                     loop: loop,
                     loopIndex: index,
-                    metrics: clusterMetrics[cluster.name]!
+                    loopCount: loops.count,
+                    metrics: clusterMetrics[cluster.name]!,
+                    logger: logger
                 )
             }
-            if let inbound = config.inbound, let appAddress, let appMetrics, inbound.protocol != .tcp {
+            if let inbound = config.inbound, let appCluster, let appAddress, let appMetrics, inbound.protocol != .tcp {
                 context.app = LoopCluster(
-                    name: "app",
-                    endpoints: [appAddress],
-                    protocol: inbound.protocol == .h2c ? .h2c : .http1,
+                    config: appCluster,
+                    addresses: [appAddress],
+                    zone: nil,
                     tls: nil,
                     upgradeTLS: nil,
-                    connectTimeout: .nanoseconds(inbound.connectTimeout.nanoseconds),
-                    requestTimeout: .nanoseconds(inbound.requestTimeout.nanoseconds),
-                    idleTimeout: .seconds(60),
-                    maxIdleConnections: inbound.maxIdleConnections,
-                    maxConcurrentStreams: 100,
-                    balancer: .roundRobin,
                     loop: loop,
                     loopIndex: index,
-                    metrics: appMetrics
+                    loopCount: loops.count,
+                    metrics: appMetrics,
+                    logger: logger
                 )
+            }
+            if let inbound = config.inbound {
+                let now = loop.now.uptimeNanoseconds
+                context.inboundLimiter = inbound.concurrencyLimit.map {
+                    GradientConcurrencyLimiter(policy: $0, now: now)
+                }
+                context.inboundRateLimit = inbound.rateLimit.map {
+                    TokenBucket(
+                        rate: $0.requestsPerSecond / Double(loops.count),
+                        burst: max(1, Double($0.burst) / Double(loops.count)),
+                        now: now
+                    )
+                }
             }
             loopContexts.append(context)
         }
@@ -119,6 +131,21 @@ public actor Sidecar: Service {
     }
 
     private let appAddress: SocketAddress?
+
+    /// The local app as a cluster of one: no outlier ejection (there is nowhere else to
+    /// go) and retries only when the connection could not be made.
+    static func appClusterConfig(_ inbound: InboundConfig) -> ClusterConfig {
+        var cluster = ClusterConfig(name: "app")
+        cluster.endpoints = [EndpointConfig(address: inbound.app)]
+        cluster.protocol = inbound.protocol == .h2c ? .h2c : .http1
+        cluster.connectTimeout = inbound.connectTimeout
+        cluster.requestTimeout = inbound.requestTimeout
+        cluster.maxIdleConnections = inbound.maxIdleConnections
+        cluster.balancer = .roundRobin
+        cluster.outlierDetection = nil
+        cluster.retries.on = [.connectFailure]
+        return cluster
+    }
 
     /// Where each listener is bound, by name (`admin`, `inbound`, `http_proxy`,
     /// `upstream:<cluster>`), with the real port when the config said 0.

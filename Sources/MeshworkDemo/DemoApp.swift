@@ -26,6 +26,18 @@ public final class DemoApp: Sendable {
     /// reached it.
     public var requestCount: Int { counter.value.load(ordering: .relaxed) }
 
+    /// Makes every plain request (not /echo or upgrades) fail with `status` from now on;
+    /// nil heals it. For tests and the demo's "one instance starts failing".
+    public func setFailing(_ status: Int?) {
+        counter.failureStatus.store(status ?? 0, ordering: .relaxed)
+    }
+
+    /// Adds `delay` to every plain answer from now on (zero heals it).
+    public func setSlow(_ delay: Duration) {
+        let ms = delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000
+        counter.extraDelay.store(Int(ms), ordering: .relaxed)
+    }
+
     public var port: Int { channel.localAddress?.port ?? 0 }
     public var address: SocketAddress? { channel.localAddress }
 
@@ -125,6 +137,10 @@ final class EchoHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 final class RequestCounter: Sendable {
     let value = Atomic<Int>(0)
+    /// When not 0, every plain request is answered with this status (a failing instance).
+    let failureStatus = Atomic<Int>(0)
+    /// Milliseconds added to every plain answer from now on (an instance turning slow).
+    let extraDelay = Atomic<Int>(0)
 }
 
 final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -182,8 +198,9 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
                 return
             }
-            if responseDelay > .zero {
-                context.eventLoop.assumeIsolated().scheduleTask(in: responseDelay) {
+            let delay = responseDelay + .milliseconds(Int64(counter.extraDelay.load(ordering: .relaxed)))
+            if delay > .zero {
+                context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
                     self.respond(head, context: context)
                 }
             } else {
@@ -206,6 +223,12 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
         let parts = head.uri.split(separator: "?", maxSplits: 1)[0].split(separator: "/")
         let first = parts.first.map(String.init) ?? ""
         let argument = parts.count > 1 ? Int(parts[1]) : nil
+        let failure = counter.failureStatus.load(ordering: .relaxed)
+        if failure != 0 {
+            let status = HTTPResponseStatus(statusCode: failure)
+            send(status: status, body: "\(name) failing with \(failure)\n", head, context)
+            return
+        }
         switch first {
         case "status":
             send(

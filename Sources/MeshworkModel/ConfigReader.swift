@@ -86,6 +86,44 @@ package final class ConfigReader {
         return value
     }
 
+    package func double(_ node: Node, _ path: String, range: ClosedRange<Double>) -> Double? {
+        guard let text = string(node, path) else { return nil }
+        guard let value = Double(text), value.isFinite else {
+            fail(path, "expected a number, found \"\(text)\"")
+            return nil
+        }
+        guard range.contains(value) else {
+            fail(path, "must be between \(range.lowerBound) and \(range.upperBound), found \(text)")
+            return nil
+        }
+        return value
+    }
+
+    /// `off`/`false` (nil: the feature is disabled), `on`/`true` (the defaults), or a
+    /// mapping read by `read` on top of the defaults.
+    package func toggle<T>(
+        _ node: Node?,
+        _ path: String,
+        default value: T,
+        known: Set<String>,
+        read: (inout T, Fields) -> Void
+    ) -> T?? {
+        guard let node else { return .none }
+        if case .scalar(let scalar) = node {
+            switch scalar.string.lowercased() {
+            case "off", "false", "no", "", "~", "null": return .some(nil)
+            case "on", "true", "yes": return .some(value)
+            default:
+                fail(path, "expected on, off or a mapping, found \"\(scalar.string)\"")
+                return .none
+            }
+        }
+        guard let fields = mapping(node, path, known: known) else { return .none }
+        var result = value
+        read(&result, fields)
+        return .some(result)
+    }
+
     package func bool(_ node: Node, _ path: String) -> Bool? {
         guard let text = string(node, path) else { return nil }
         switch text.lowercased() {
@@ -154,6 +192,9 @@ package final class ConfigReader {
         }
         package func int(_ key: String, range: ClosedRange<Int>) -> Int? {
             values[key].flatMap { reader.int($0, path(key), range: range) }
+        }
+        package func double(_ key: String, range: ClosedRange<Double>) -> Double? {
+            values[key].flatMap { reader.double($0, path(key), range: range) }
         }
         package func bool(_ key: String) -> Bool? {
             values[key].flatMap { reader.bool($0, path(key)) }

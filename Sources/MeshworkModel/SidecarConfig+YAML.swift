@@ -1,3 +1,4 @@
+import MeshworkTraffic
 import Yams
 
 extension SidecarConfig {
@@ -18,10 +19,11 @@ extension SidecarConfig {
 
     private mutating func read(_ root: Node, _ reader: ConfigReader) {
         let known: Set = [
-            "service", "threads", "admin", "tls", "inbound", "upstreams", "httpProxy", "clusters", "timeouts", "limits",
+            "service", "zone", "threads", "admin", "tls", "inbound", "upstreams", "httpProxy", "clusters", "timeouts", "limits",
         ]
         guard let fields = reader.mapping(root, "", known: known) else { return }
         if let value = fields.string("service") { service = value }
+        if let value = fields.string("zone") { zone = value }
         if let value = fields.int("threads", range: 0...1024) { threads = value }
         if let node = fields.node("admin") {
             if case .scalar(let scalar) = node, ["", "~", "null", "off", "false"].contains(scalar.string) {
@@ -39,7 +41,10 @@ extension SidecarConfig {
         if let f = reader.mapping(
             fields.node("inbound"),
             "inbound",
-            known: ["listen", "app", "protocol", "maxIdleConnections", "connectTimeout", "requestTimeout"]
+            known: [
+                "listen", "app", "protocol", "maxIdleConnections", "connectTimeout", "requestTimeout",
+                "concurrencyLimit", "rateLimit",
+            ]
         ) {
             let listen = f.required("listen", f.address("listen"))
             let app = f.required("app", f.address("app"))
@@ -49,6 +54,12 @@ extension SidecarConfig {
                 if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
                 if let d = f.duration("connectTimeout") { value.connectTimeout = d }
                 if let d = f.duration("requestTimeout") { value.requestTimeout = d }
+                if let limit = Self.readConcurrencyLimit(f.node("concurrencyLimit"), f.path("concurrencyLimit"), reader) {
+                    value.concurrencyLimit = limit
+                }
+                if let limit = Self.readRateLimit(f.node("rateLimit"), f.path("rateLimit"), reader) {
+                    value.rateLimit = limit
+                }
                 inbound = value
             }
         }
@@ -72,13 +83,14 @@ extension SidecarConfig {
         for (path, node) in reader.sequence(fields.node("clusters"), "clusters") {
             let known: Set = [
                 "name", "endpoints", "protocol", "connectTimeout", "requestTimeout", "idleTimeout",
-                "maxIdleConnections", "maxConcurrentStreams", "balancer",
+                "maxIdleConnections", "maxConcurrentStreams", "balancer", "hashOn", "zoneAware", "subset",
+                "outlierDetection", "circuitBreakers", "retries", "adaptiveThrottling",
             ]
             guard let f = reader.mapping(node, path, known: known) else { continue }
             guard let name = f.required("name", f.string("name")) else { continue }
             var value = ClusterConfig(name: name)
             for (endpointPath, endpoint) in reader.sequence(f.node("endpoints"), f.path("endpoints")) {
-                if let address = reader.address(endpoint, endpointPath) { value.endpoints.append(address) }
+                if let endpoint = Self.readEndpoint(endpoint, endpointPath, reader) { value.endpoints.append(endpoint) }
             }
             if let p = f.choice("protocol", as: EndpointProtocol.self) { value.protocol = p }
             if let d = f.duration("connectTimeout") { value.connectTimeout = d }
@@ -86,7 +98,56 @@ extension SidecarConfig {
             if let d = f.duration("idleTimeout") { value.idleTimeout = d }
             if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
             if let n = f.int("maxConcurrentStreams", range: 1...10_000) { value.maxConcurrentStreams = n }
-            if let b = f.choice("balancer", as: BalancerKind.self) { value.balancer = b }
+            if let b = f.choice("balancer", as: BalancerAlgorithm.self) { value.balancer = b }
+            if let text = f.string("hashOn") {
+                if let key = HashKey(text) {
+                    value.hashOn = key
+                } else {
+                    reader.fail(f.path("hashOn"), "expected header:<name> or source-ip, found \"\(text)\"")
+                }
+            }
+            if let b = f.bool("zoneAware") { value.zoneAware = b }
+            if let s = reader.mapping(f.node("subset"), f.path("subset"), known: ["size", "clientIndex", "clientCount"]) {
+                let size = s.required("size", s.int("size", range: 1...100_000))
+                let index = s.required("clientIndex", s.int("clientIndex", range: 0...1_000_000))
+                let count = s.required("clientCount", s.int("clientCount", range: 1...1_000_000))
+                if let size, let index, let count {
+                    if index >= count {
+                        reader.fail(s.path("clientIndex"), "must be below clientCount (\(count)), found \(index)")
+                    }
+                    value.subset = SubsetConfig(size: size, clientIndex: index, clientCount: count)
+                }
+            }
+            if let policy = Self.readOutlierDetection(f.node("outlierDetection"), f.path("outlierDetection"), reader) {
+                value.outlierDetection = policy
+            }
+            if let b = reader.mapping(
+                f.node("circuitBreakers"),
+                f.path("circuitBreakers"),
+                known: ["maxConnections", "maxPendingRequests", "maxRequests", "maxRetries"]
+            ) {
+                if let n = b.int("maxConnections", range: 1...1_000_000) { value.circuitBreakers.maxConnections = n }
+                if let n = b.int("maxPendingRequests", range: 1...1_000_000) {
+                    value.circuitBreakers.maxPendingRequests = n
+                }
+                if let n = b.int("maxRequests", range: 1...1_000_000) { value.circuitBreakers.maxRequests = n }
+                if let n = b.int("maxRetries", range: 0...1_000_000) { value.circuitBreakers.maxRetries = n }
+            }
+            if let retries = Self.readRetries(f.node("retries"), f.path("retries"), reader) {
+                value.retries = retries
+            }
+            if let throttle = reader.toggle(
+                f.node("adaptiveThrottling"),
+                f.path("adaptiveThrottling"),
+                default: AdaptiveThrottlePolicy(),
+                known: ["k", "window"],
+                read: { policy, t in
+                    if let k = t.double("k", range: 1...100) { policy.k = k }
+                    if let d = t.duration("window") { policy.window = d.duration }
+                }
+            ) {
+                value.adaptiveThrottling = throttle
+            }
             clusters.append(value)
         }
         if let f = reader.mapping(fields.node("timeouts"), "timeouts", known: ["headerRead", "idle", "drain"]) {
@@ -116,7 +177,7 @@ extension SidecarConfig {
             if cluster.protocol == .mesh, tls == nil {
                 reader.fail("\(path).protocol", "\"mesh\" needs the tls section (ca, cert, key)")
             }
-            for (e, endpoint) in cluster.endpoints.enumerated() where endpoint.port == 0 {
+            for (e, endpoint) in cluster.endpoints.enumerated() where endpoint.address.port == 0 {
                 reader.fail("\(path).endpoints[\(e)]", "an endpoint needs a real port, not 0")
             }
         }

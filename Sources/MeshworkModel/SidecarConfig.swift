@@ -1,3 +1,5 @@
+import MeshworkTraffic
+
 /// The sidecar's whole configuration. Every field has a default; see docs/configuration.md.
 ///
 /// It is a plain value: the YAML loader builds it today, the controller will feed the same
@@ -5,6 +7,8 @@
 public struct SidecarConfig: Sendable, Hashable, Encodable {
     /// This instance's service name (used in logs and metrics; identity later).
     public var service: String = "app"
+    /// The zone this instance runs in; zone-aware balancing prefers endpoints in the same.
+    public var zone: String?
     /// Event loops; 0 means one per core.
     public var threads: Int = 0
     /// Admin listener: /metrics, /ready, /live, /config.
@@ -57,6 +61,10 @@ public struct InboundConfig: Sendable, Hashable, Encodable {
     public var maxIdleConnections: Int = 64
     public var connectTimeout: TimeSpan = .seconds(1)
     public var requestTimeout: TimeSpan = .seconds(15)
+    /// Adaptive concurrency limit in front of the app (off unless set).
+    public var concurrencyLimit: GradientLimiterPolicy?
+    /// Token-bucket rate limit in front of the app (off unless set).
+    public var rateLimit: RateLimitConfig?
 
     public init(listen: HostPort, app: HostPort) {
         self.listen = listen
@@ -103,9 +111,73 @@ public enum EndpointProtocol: String, Sendable, Hashable, Encodable, CaseIterabl
     case h2c
 }
 
+/// A token bucket: `requestsPerSecond` on average, bursts of up to `burst`.
+public struct RateLimitConfig: Sendable, Hashable {
+    public var requestsPerSecond: Double
+    public var burst: Int
+
+    public init(requestsPerSecond: Double, burst: Int? = nil) {
+        self.requestsPerSecond = requestsPerSecond
+        self.burst = burst ?? max(1, Int(requestsPerSecond.rounded(.up)))
+    }
+}
+
+/// One endpoint of a cluster.
+public struct EndpointConfig: Sendable, Hashable {
+    public var address: HostPort
+    /// Relative capacity (balancers send in proportion).
+    public var weight: Double = 1
+    public var zone: String?
+
+    public init(address: HostPort, weight: Double = 1, zone: String? = nil) {
+        self.address = address
+        self.weight = weight
+        self.zone = zone
+    }
+}
+
+/// What a hashing balancer (ring-hash, maglev) hashes to keep a caller on one endpoint.
+public enum HashKey: Sendable, Hashable, CustomStringConvertible {
+    /// The value of a request header (requests without it are spread at random).
+    case header(String)
+    /// The downstream client's IP address.
+    case sourceIP
+
+    public init?(_ text: String) {
+        if text == "source-ip" {
+            self = .sourceIP
+        } else if text.hasPrefix("header:"), text.count > 7 {
+            self = .header(String(text.dropFirst(7)).lowercased())
+        } else {
+            return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .header(let name): "header:\(name)"
+        case .sourceIP: "source-ip"
+        }
+    }
+}
+
+/// Deterministic subsetting: this sidecar is client `clientIndex` of `clientCount` and
+/// talks to about `size` of the cluster's endpoints (see `DeterministicAperture`).
+public struct SubsetConfig: Sendable, Hashable {
+    public var size: Int
+    public var clientIndex: Int
+    public var clientCount: Int
+
+    public init(size: Int, clientIndex: Int, clientCount: Int) {
+        self.size = size
+        self.clientIndex = clientIndex
+        self.clientCount = clientCount
+    }
+}
+
 public struct ClusterConfig: Sendable, Hashable, Encodable {
     public var name: String
-    public var endpoints: [HostPort] = []
+    public var endpoints: [EndpointConfig] = []
     public var `protocol`: EndpointProtocol = .mesh
     public var connectTimeout: TimeSpan = .seconds(1)
     /// Whole-request deadline, from the request head to the end of the response.
@@ -117,19 +189,23 @@ public struct ClusterConfig: Sendable, Hashable, Encodable {
     /// HTTP/2: streams per connection before another connection is opened.
     public var maxConcurrentStreams: Int = 100
     /// How an endpoint is picked for each request.
-    public var balancer: BalancerKind = .p2cPeakEWMA
+    public var balancer: BalancerAlgorithm = .peakEWMA
+    /// The request key of `ring-hash` and `maglev` (random when nil or absent).
+    public var hashOn: HashKey?
+    /// Prefer endpoints in this sidecar's zone (when `zone` is set) while enough are healthy.
+    public var zoneAware: Bool = true
+    /// Talk to a deterministic subset of the endpoints (all when nil).
+    public var subset: SubsetConfig?
+    /// Eject failing endpoints for a while (nil: off).
+    public var outlierDetection: OutlierDetectionPolicy? = OutlierDetectionPolicy()
+    public var circuitBreakers = CircuitBreakerLimits()
+    public var retries = RetryPolicy()
+    /// Reject locally when the cluster refuses most requests (nil: off).
+    public var adaptiveThrottling: AdaptiveThrottlePolicy?
 
     public init(name: String) {
         self.name = name
     }
-}
-
-/// Load balancing algorithms a cluster can use.
-public enum BalancerKind: String, Sendable, Hashable, Encodable, CaseIterable {
-    /// Power of two choices over peak-EWMA latency x outstanding requests, weighted.
-    case p2cPeakEWMA = "p2c-peak-ewma"
-    /// Each endpoint in turn.
-    case roundRobin = "round-robin"
 }
 
 public struct ListenerTimeouts: Sendable, Hashable, Encodable {

@@ -44,7 +44,9 @@ struct SidecarConfigTests {
         let orders = try #require(config.cluster(named: "orders"))
         #expect(orders.protocol == .mesh)
         #expect(
-            orders.endpoints == [HostPort(host: "127.0.0.1", port: 15002), HostPort(host: "localhost", port: 15003)]
+            orders.endpoints.map(\.address) == [
+                HostPort(host: "127.0.0.1", port: 15002), HostPort(host: "localhost", port: 15003),
+            ]
         )
         #expect(orders.connectTimeout.duration == .milliseconds(250))
         #expect(orders.requestTimeout.duration == .seconds(120))

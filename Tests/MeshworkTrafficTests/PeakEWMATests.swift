@@ -12,6 +12,16 @@ struct PeakEWMATests {
     let ms: Double = 1_000_000
     let second: UInt64 = 1_000_000_000
 
+    func peakEWMA(count: Int, weights: [Double]? = nil, seed: UInt64) -> LoadBalancer<SplitMix64> {
+        let weights = weights ?? Array(repeating: 1, count: count)
+        return LoadBalancer(
+            algorithm: .peakEWMA,
+            endpoints: (0..<count).map { BalancerEndpoint(key: "e\($0)", weight: weights[$0]) },
+            random: SplitMix64(seed: seed),
+            now: 0
+        )
+    }
+
     @Test func newEndpointsStartAtThePrior() {
         let ewma = PeakEWMA(now: 0)
         #expect(ewma.cost == 30 * ms)
@@ -54,7 +64,7 @@ struct PeakEWMATests {
     }
 
     @Test func p2cNeverPicksTheSlowestOfThree() {
-        var balancer = P2CBalancer(count: 3, random: SplitMix64(seed: 42), now: 0)
+        var balancer = peakEWMA(count: 3, seed: 42)
         for (index, rtt) in [5, 50, 500].enumerated() {
             balancer.requestStarted(index)
             balancer.requestFinished(index, rtt: .milliseconds(rtt), now: 0)
@@ -71,7 +81,7 @@ struct PeakEWMATests {
     @Test func p2cFollowsWeightsWhenLatencyIsEqual() {
         // Closed loop: each pick adds a pending request to the picked endpoint until it is
         // answered; the heavier endpoint carries proportionally more in flight.
-        var balancer = P2CBalancer(count: 2, weights: [3, 1], random: SplitMix64(seed: 7), now: 0)
+        var balancer = peakEWMA(count: 2, weights: [3, 1], seed: 7)
         var inFlight: [Int] = []
         var picks = [0, 0]
         for step in 0..<20_000 {
@@ -89,8 +99,8 @@ struct PeakEWMATests {
     }
 
     @Test func sameSeedSamePicks() {
-        var a = P2CBalancer(count: 5, random: SplitMix64(seed: 1), now: 0)
-        var b = P2CBalancer(count: 5, random: SplitMix64(seed: 1), now: 0)
+        var a = peakEWMA(count: 5, seed: 1)
+        var b = peakEWMA(count: 5, seed: 1)
         let first = (0..<100).map { _ in a.pick(now: 0)! }
         let second = (0..<100).map { _ in b.pick(now: 0)! }
         #expect(first == second)
@@ -98,9 +108,9 @@ struct PeakEWMATests {
     }
 
     @Test func emptyAndSingle() {
-        var none = P2CBalancer(count: 0, random: SplitMix64(seed: 1), now: 0)
+        var none = peakEWMA(count: 0, seed: 1)
         #expect(none.pick(now: 0) == nil)
-        var one = P2CBalancer(count: 1, random: SplitMix64(seed: 1), now: 0)
+        var one = peakEWMA(count: 1, seed: 1)
         #expect(one.pick(now: 0) == 0)
     }
 }

@@ -106,6 +106,12 @@ final class ClusterMetrics: Sendable {
     let connectionsActive: Gauge
     let connectionsTotal: Counter
     let endpoints: [EndpointMetrics]
+    /// Outlier ejections by reason (consecutive_5xx, consecutive_gateway_failures, success_rate).
+    let ejections: [String: Counter]
+    /// Endpoints ejected now, summed over event loops (each loop ejects on what it sees).
+    let ejectedEndpoints: Gauge
+    let retries: Counter
+    let retryBudgetExhausted: Counter
 
     init(name: String, endpoints: [String], registry: PrometheusCollectorRegistry) {
         self.name = name
@@ -142,6 +148,34 @@ final class ClusterMetrics: Sendable {
             labels: labels
         )
         self.endpoints = endpoints.map { EndpointMetrics(cluster: name, endpoint: $0, registry: registry) }
+        var ejections: [String: Counter] = [:]
+        for reason in ["consecutive_5xx", "consecutive_gateway_failures", "success_rate"] {
+            ejections[reason] = registry.makeCounter(
+                descriptor: descriptor("cluster_outlier_ejections", "total", "Endpoints ejected by outlier detection."),
+                labels: labels + [("reason", reason)]
+            )
+        }
+        self.ejections = ejections
+        ejectedEndpoints = registry.makeGauge(
+            descriptor: descriptor(
+                "cluster_outlier_ejected_endpoints",
+                "",
+                "Endpoints ejected now, summed over event loops."
+            ),
+            labels: labels
+        )
+        retries = registry.makeCounter(
+            descriptor: descriptor("cluster_retries", "total", "Requests tried again after a failure."),
+            labels: labels
+        )
+        retryBudgetExhausted = registry.makeCounter(
+            descriptor: descriptor(
+                "cluster_retry_budget_exhausted",
+                "total",
+                "Retries not made because the retry budget or breaker was spent."
+            ),
+            labels: labels
+        )
     }
 
     func countRequest(status: HTTPResponseStatus, nanoseconds: Int64) {

@@ -17,6 +17,7 @@ final class HTTP1Pool {
     private let maxIdle: Int
     private let metrics: EndpointMetrics
     private let clusterMetrics: ClusterMetrics
+    private let gate: ConnectionGate
     /// Most recently used last: reuse the warmest connection, let the coldest time out.
     private var idle: [(handler: UpstreamHandler, since: NIODeadline)] = []
     /// One timer per pool closes connections idle longer than `idleTimeout`; returning a
@@ -31,8 +32,10 @@ final class HTTP1Pool {
         idleTimeout: TimeAmount,
         maxIdle: Int,
         metrics: EndpointMetrics,
-        clusterMetrics: ClusterMetrics
+        clusterMetrics: ClusterMetrics,
+        gate: ConnectionGate
     ) {
+        self.gate = gate
         self.loop = loop
         self.address = address
         self.tls = tls
@@ -55,6 +58,11 @@ final class HTTP1Pool {
     }
 
     private func connect(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+        guard gate.tryOpen() else {
+            callback(.failure(.overflowConnections))
+            return
+        }
+        let gate = self.gate
         Self.connect(
             loop: loop,
             address: address,
@@ -68,6 +76,7 @@ final class HTTP1Pool {
                 self.track(channel: channel, handler: handler)
                 callback(.success(handler))
             case .failure(let error):
+                gate.closed()
                 callback(.failure(error))
             }
         }
@@ -126,6 +135,7 @@ final class HTTP1Pool {
         channel.closeFuture.assumeIsolated().whenComplete { _ in
             self.metrics.connectionsActive.decrement()
             self.clusterMetrics.connectionsActive.decrement()
+            self.gate.closed()
             self.remove(handler)
         }
     }

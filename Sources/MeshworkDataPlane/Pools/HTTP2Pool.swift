@@ -38,6 +38,7 @@ final class HTTP2Pool {
     private var connections: [Connection] = []
     private var connecting = false
     private var waiters: [Callback] = []
+    private let gate: ConnectionGate
 
     init(
         loop: any EventLoop,
@@ -47,8 +48,10 @@ final class HTTP2Pool {
         idleTimeout: TimeAmount,
         maxStreams: Int,
         metrics: EndpointMetrics,
-        clusterMetrics: ClusterMetrics
+        clusterMetrics: ClusterMetrics,
+        gate: ConnectionGate
     ) {
+        self.gate = gate
         self.loop = loop
         self.address = address
         self.tls = tls
@@ -70,6 +73,10 @@ final class HTTP2Pool {
     }
 
     private func connect() {
+        guard gate.tryOpen() else {
+            failWaiters(.overflowConnections)
+            return
+        }
         connecting = true
         let tls = self.tls
         let bootstrap = ClientBootstrap(group: loop)
@@ -128,9 +135,11 @@ final class HTTP2Pool {
                     }
                 } catch {
                     channel.close(promise: nil)
+                    self.gate.closed()
                     self.failWaiters(.connectFailed)
                 }
             case .failure(let error):
+                self.gate.closed()
                 self.failWaiters(MeshError(connectError: error))
             }
         }
@@ -152,6 +161,7 @@ final class HTTP2Pool {
             connection.idleTimer?.cancel()
             self.metrics.connectionsActive.decrement()
             self.clusterMetrics.connectionsActive.decrement()
+            self.gate.closed()
             self.connections.removeAll { $0 === connection }
         }
     }

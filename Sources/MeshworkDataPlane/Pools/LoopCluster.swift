@@ -1,11 +1,34 @@
+import Logging
 import MeshworkModel
 import MeshworkTraffic
 import NIOCore
 import NIOSSL
 import Prometheus
 
-/// One cluster as one event loop sees it: its endpoints, a balancer, and a connection pool
-/// per endpoint. Every loop has its own copy, so picking and pooling take no lock.
+/// Counts a cluster's open connections on one event loop against its share of the
+/// circuit breaker's `maxConnections`.
+final class ConnectionGate {
+    private let limit: Int
+    private(set) var open = 0
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func tryOpen() -> Bool {
+        guard open < limit else { return false }
+        open += 1
+        return true
+    }
+
+    func closed() {
+        open = max(0, open - 1)
+    }
+}
+
+/// One cluster as one event loop sees it: its endpoints, the balancer, outlier detection,
+/// circuit breaker, retry budget and throttle, and a connection pool per endpoint. Every
+/// loop has its own copy, so nothing here takes a lock; limits are split across loops.
 final class LoopCluster {
     enum Pool {
         case http1(HTTP1Pool)
@@ -19,66 +42,100 @@ final class LoopCluster {
     /// `x-meshwork-proto` so the far side restores it.
     let isMesh: Bool
     let endpoints: [SocketAddress]
+    let retryPolicy: RetryPolicy
+    let hashOn: HashKey?
     private let pools: [Pool]
     private let loop: any EventLoop
+    private let logger: Logger
     private let endpointProtocol: EndpointProtocol
     private let upgradeTLS: NIOSSLContext?
     private let connectTimeout: TimeAmount
-    private var balancer: Balancer
+    private var balancer: LoadBalancer<SplitMix64>
+    private var outliers: OutlierDetector?
+    private var breaker: CircuitBreaker
+    private var retryBudget: RetryBudget
+    private var throttle: AdaptiveThrottle?
+    private var random: SplitMix64
 
     init(
-        name: String,
-        endpoints: [SocketAddress],
-        protocol: EndpointProtocol,
+        config: ClusterConfig,
+        addresses: [SocketAddress],
+        zone: String?,
         tls: NIOSSLContext?,
         upgradeTLS: NIOSSLContext?,
-        connectTimeout: TimeAmount,
-        requestTimeout: TimeAmount,
-        idleTimeout: TimeAmount,
-        maxIdleConnections: Int,
-        maxConcurrentStreams: Int,
-        balancer: BalancerKind,
         loop: any EventLoop,
         loopIndex: Int,
-        metrics: ClusterMetrics
+        loopCount: Int,
+        metrics: ClusterMetrics,
+        logger: Logger
     ) {
-        self.name = name
+        self.name = config.name
         self.metrics = metrics
-        self.requestTimeout = requestTimeout
-        self.isMesh = `protocol` == .mesh
-        self.endpoints = endpoints
+        self.requestTimeout = .nanoseconds(config.requestTimeout.nanoseconds)
+        self.isMesh = config.protocol == .mesh
+        self.endpoints = addresses
         self.loop = loop
-        self.endpointProtocol = `protocol`
-        self.upgradeTLS = `protocol` == .mesh ? upgradeTLS : nil
-        self.connectTimeout = connectTimeout
-        switch balancer {
-        case .roundRobin:
-            self.balancer = .roundRobin(RoundRobinBalancer(start: loopIndex))
-        case .p2cPeakEWMA:
-            // Seeded per loop and cluster: reproducible, yet loops do not pick in lockstep.
-            var seed: UInt64 = 0xCBF2_9CE4_8422_2325
-            for byte in name.utf8 { seed = (seed ^ UInt64(byte)) &* 0x100_0000_01B3 }
-            self.balancer = .p2c(
-                P2CBalancer(
-                    count: endpoints.count,
-                    random: SplitMix64(seed: seed &+ UInt64(loopIndex)),
-                    now: loop.now.uptimeNanoseconds
-                )
+        self.logger = logger
+        self.endpointProtocol = config.protocol
+        self.upgradeTLS = config.protocol == .mesh ? upgradeTLS : nil
+        self.connectTimeout = .nanoseconds(config.connectTimeout.nanoseconds)
+        self.retryPolicy = config.retries
+        self.hashOn = config.hashOn
+        // Seeded per loop and cluster: reproducible, yet loops do not pick in lockstep.
+        let seed = StableHash.hash(config.name) &+ UInt64(loopIndex)
+        self.random = SplitMix64(seed: seed ^ 0x5DEE_CE66)
+
+        let subsetWeights = config.subset.map {
+            DeterministicAperture.weights(
+                backendCount: config.endpoints.count,
+                clientIndex: $0.clientIndex,
+                clientCount: $0.clientCount,
+                subsetSize: $0.size
             )
         }
-        self.pools = endpoints.enumerated().map { index, address in
-            switch `protocol` {
+        let balancerEndpoints = config.endpoints.enumerated().map { index, endpoint in
+            BalancerEndpoint(
+                key: endpoint.address.description,
+                weight: endpoint.weight * (subsetWeights?[index] ?? 1),
+                zone: endpoint.zone
+            )
+        }
+        let now = loop.now.uptimeNanoseconds
+        self.balancer = LoadBalancer(
+            algorithm: config.balancer,
+            endpoints: balancerEndpoints,
+            zones: ZonePolicy(localZone: config.zoneAware ? zone : nil),
+            random: SplitMix64(seed: seed),
+            now: now,
+            roundRobinStart: loopIndex
+        )
+        self.outliers = config.outlierDetection.map {
+            OutlierDetector(count: config.endpoints.count, policy: $0, now: now)
+        }
+        let limits = config.circuitBreakers.divided(by: loopCount)
+        self.breaker = CircuitBreaker(limits: limits)
+        self.retryBudget = RetryBudget(
+            ratio: config.retries.budgetRatio,
+            minRetriesPerSecond: config.retries.budgetMinPerSecond / Double(max(1, loopCount)),
+            window: config.retries.budgetWindow
+        )
+        self.throttle = config.adaptiveThrottling.map { AdaptiveThrottle(k: $0.k, window: $0.window) }
+
+        let gate = ConnectionGate(limit: limits.maxConnections)
+        self.pools = addresses.enumerated().map { index, address in
+            switch config.protocol {
             case .http1:
                 return .http1(
                     HTTP1Pool(
                         loop: loop,
                         address: address,
                         tls: nil,
-                        connectTimeout: connectTimeout,
-                        idleTimeout: idleTimeout,
-                        maxIdle: maxIdleConnections,
+                        connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
+                        idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
+                        maxIdle: config.maxIdleConnections,
                         metrics: metrics.endpoints[index],
-                        clusterMetrics: metrics
+                        clusterMetrics: metrics,
+                        gate: gate
                     )
                 )
             case .h2c, .mesh:
@@ -86,73 +143,145 @@ final class LoopCluster {
                     HTTP2Pool(
                         loop: loop,
                         address: address,
-                        tls: `protocol` == .mesh ? tls : nil,
-                        connectTimeout: connectTimeout,
-                        idleTimeout: idleTimeout,
-                        maxStreams: maxConcurrentStreams,
+                        tls: config.protocol == .mesh ? tls : nil,
+                        connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
+                        idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
+                        maxStreams: config.maxConcurrentStreams,
                         metrics: metrics.endpoints[index],
-                        clusterMetrics: metrics
+                        clusterMetrics: metrics,
+                        gate: gate
                     )
                 )
             }
         }
     }
 
-    /// The balancer of one cluster on one loop.
-    enum Balancer {
-        case roundRobin(RoundRobinBalancer)
-        case p2c(P2CBalancer<SplitMix64>)
+    private var now: UInt64 { loop.now.uptimeNanoseconds }
+
+    /// The result of an acquisition and the endpoint it went to (nil when none was picked).
+    typealias Acquired = (Result<UpstreamHandler, MeshError>, _ endpoint: Int?) -> Void
+
+    // MARK: admission (once per request, not per try)
+
+    /// Admits a request to the cluster: the active-requests breaker and adaptive throttling.
+    /// On success the caller must call `requestEnded()` once when the exchange is over.
+    func admit() -> MeshError? {
+        // Mutated in place (optional chaining), never copied out: no copy-on-write per request.
+        if throttle?.shouldReject(now: now, using: &random) == true { return .throttled }
+        guard breaker.tryAcquire(.requests) else { return .overflowRequests }
+        retryBudget.recordRequest(now: now)
+        return nil
     }
 
-    private func pickIndex() -> Int? {
-        switch balancer {
-        case .roundRobin(var roundRobin):
-            let index = roundRobin.pick(count: endpoints.count)
-            balancer = .roundRobin(roundRobin)
-            return index
-        case .p2c(var p2c):
-            let index = p2c.pick(now: loop.now.uptimeNanoseconds)
-            balancer = .p2c(p2c)
-            return index
+    func requestEnded() {
+        breaker.release(.requests)
+    }
+
+    // MARK: retries
+
+    /// Takes a retry from the budget and the retries breaker; false when either is spent.
+    /// On success the caller must call `retryEnded()` when the retry is over.
+    func tryRetry() -> Bool {
+        guard breaker.tryAcquire(.retries) else {
+            metrics.retryBudgetExhausted.increment()
+            return false
         }
-    }
-
-    /// A request left for endpoint `index`.
-    private func requestStarted(_ index: Int) {
-        if case .p2c(var p2c) = balancer {
-            p2c.requestStarted(index)
-            balancer = .p2c(p2c)
+        guard retryBudget.tryRetry(now: now) else {
+            breaker.release(.retries)
+            metrics.retryBudgetExhausted.increment()
+            logger.debug("retry budget exhausted", metadata: ["cluster": "\(name)"])
+            return false
         }
+        metrics.retries.increment()
+        return true
     }
 
-    /// The request to endpoint `index` that `requestStarted` counted got its answer (or
-    /// failed) after `nanoseconds`: the latency feedback of the balancer.
+    func retryEnded() {
+        breaker.release(.retries)
+    }
+
+    /// Full-jitter exponential backoff before retry number `attempt` (0-based).
+    func backoff(attempt: Int) -> TimeAmount {
+        .nanoseconds(retryPolicy.backoff.delay(attempt: attempt, using: &random).nanosecondsValue)
+    }
+
+    // MARK: picking and feedback
+
+    private func pickIndex(hash: UInt64?, avoiding: Int?) -> Int? {
+        if let events = outliers?.tick(now: now), !events.isEmpty { apply(events) }
+        guard var index = balancer.pick(now: now, hash: hash) else { return nil }
+        // A retry goes elsewhere when it can: a second look usually finds another endpoint.
+        if let avoiding, index == avoiding, balancer.availableCount > 1 {
+            for _ in 0..<3 {
+                guard let other = balancer.pick(now: now, hash: hash.map { StableHash.mix($0) }) else { break }
+                index = other
+                if other != avoiding { break }
+            }
+        }
+        return index
+    }
+
+    /// The request to endpoint `index` that `acquire` counted got its answer (or failed)
+    /// after `nanoseconds`: the latency feedback of the balancer.
     func requestFinished(_ index: Int, nanoseconds: Int64) {
-        if case .p2c(var p2c) = balancer {
-            p2c.requestFinished(index, rtt: .nanoseconds(max(0, nanoseconds)), now: loop.now.uptimeNanoseconds)
-            balancer = .p2c(p2c)
+        balancer.requestFinished(index, rtt: .nanoseconds(max(0, nanoseconds)), now: now)
+    }
+
+    /// What the exchange with endpoint `index` came to: outlier detection and throttling
+    /// learn from it.
+    func record(_ index: Int, _ outcome: ExchangeOutcome) {
+        if outcome != .gatewayFailure { throttle?.recordAccept(now: now) }
+        if let event = outliers?.record(index, outcome, now: now) { apply([event]) }
+    }
+
+    private func apply(_ events: [OutlierEvent]) {
+        for event in events {
+            switch event {
+            case .ejected(let index, let reason, let duration):
+                balancer.setAvailable(index, false)
+                metrics.ejections[reason.rawValue]?.increment()
+                metrics.ejectedEndpoints.increment()
+                logger.warning(
+                    "endpoint ejected",
+                    metadata: [
+                        "cluster": "\(name)", "endpoint": "\(endpoints[index])", "reason": "\(reason.rawValue)",
+                        "duration": "\(duration)",
+                    ]
+                )
+            case .returned(let index):
+                balancer.setAvailable(index, true)
+                metrics.ejectedEndpoints.decrement()
+                logger.info("endpoint returned", metadata: ["cluster": "\(name)", "endpoint": "\(endpoints[index])"])
+            }
         }
     }
 
     /// Picks an endpoint and hands back a ready upstream exchange (a pooled HTTP/1.1
     /// connection or a fresh HTTP/2 stream) tagged with the endpoint's index; the caller
-    /// reports the latency with `requestFinished`. The callback runs on this loop.
-    func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
-        guard let index = pickIndex() else {
-            callback(.failure(.noHealthyEndpoint))
+    /// reports the latency with `requestFinished` and the outcome with `record`. The
+    /// callback runs on this loop.
+    func acquire(hash: UInt64? = nil, avoiding: Int? = nil, _ callback: @escaping Acquired) {
+        guard let index = pickIndex(hash: hash, avoiding: avoiding) else {
+            callback(.failure(.noHealthyEndpoint), nil)
             return
         }
-        requestStarted(index)
+        guard breaker.tryAcquire(.pendingRequests) else {
+            callback(.failure(.overflowPending), nil)
+            return
+        }
+        balancer.requestStarted(index)
         let started = loop.now
         let tagged: (Result<UpstreamHandler, MeshError>) -> Void = { result in
+            self.breaker.release(.pendingRequests)
             switch result {
             case .success(let handler):
                 handler.endpointIndex = index
-            case .failure:
+            case .failure(let error):
                 // A failed connection is a slow answer: the balancer hears of it.
                 self.requestFinished(index, nanoseconds: (self.loop.now - started).nanoseconds)
+                if error != .overflowConnections { self.record(index, .gatewayFailure) }
             }
-            callback(result)
+            callback(result, index)
         }
         switch pools[index] {
         case .http1(let pool): pool.acquire(tagged)
@@ -163,13 +292,13 @@ final class LoopCluster {
     /// A connection of its own for an HTTP/1.1 `Upgrade` request (WebSocket): plain to
     /// HTTP/1.1 endpoints, TLS with ALPN http/1.1 to peer sidecars. HTTP/2 cannot carry
     /// an Upgrade, so h2c clusters refuse it.
-    func acquireUpgrade(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+    func acquireUpgrade(hash: UInt64? = nil, _ callback: @escaping Acquired) {
         guard endpointProtocol != .h2c else {
-            callback(.failure(.upgradeUnsupported))
+            callback(.failure(.upgradeUnsupported), nil)
             return
         }
-        guard let index = pickIndex() else {
-            callback(.failure(.noHealthyEndpoint))
+        guard let index = pickIndex(hash: hash, avoiding: nil) else {
+            callback(.failure(.noHealthyEndpoint), nil)
             return
         }
         let clusterMetrics = metrics
@@ -186,13 +315,13 @@ final class LoopCluster {
                 clusterMetrics.connectionsActive.increment()
                 channel.closeFuture.whenComplete { _ in clusterMetrics.connectionsActive.decrement() }
             }
-            callback(result.map { $0.1 })
+            callback(result.map { $0.1 }, index)
         }
     }
 
     /// Picks an endpoint for a raw TCP connection.
-    func pickEndpoint() -> SocketAddress? {
-        pickIndex().map { endpoints[$0] }
+    func pickEndpoint(hash: UInt64? = nil) -> SocketAddress? {
+        pickIndex(hash: hash, avoiding: nil).map { endpoints[$0] }
     }
 
     func closeIdle() {
@@ -202,5 +331,15 @@ final class LoopCluster {
             case .http2(let pool): pool.closeAll()
             }
         }
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating.
+    var nanosecondsValue: Int64 {
+        let (seconds, attoseconds) = components
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return seconds < 0 ? .min : .max }
+        return scaled + attoseconds / 1_000_000_000
     }
 }

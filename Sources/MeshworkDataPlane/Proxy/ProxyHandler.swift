@@ -1,3 +1,5 @@
+import MeshworkModel
+import MeshworkTraffic
 import NIOCore
 import NIOHTTP1
 import Prometheus
@@ -11,7 +13,8 @@ struct ProxySettings: Sendable {
     /// A connection with no request in flight is closed after this long.
     var idleTimeout: TimeAmount
     var maxHeaderBytes: Int
-    /// Inbound listeners restore the HTTP version the calling app used.
+    /// Inbound listeners restore the HTTP version the calling app used, honour the caller's
+    /// deadline, and protect the app (rate and concurrency limits).
     var restoresProtocol: Bool
 }
 
@@ -33,6 +36,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case connecting(cluster: LoopCluster, pending: [HTTPClientRequestPart])
         /// Request and response flow through `upstream`.
         case proxying(cluster: LoopCluster, upstream: UpstreamHandler)
+        /// A failed try waits out its backoff; request parts wait as in `connecting`.
+        case backingOff(cluster: LoopCluster, pending: [HTTPClientRequestPart])
         /// The proxy answered itself; the rest of the request body is discarded.
         case answered
     }
@@ -66,6 +71,24 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var timerError = MeshError.headerTimeout
     private var timerTask: Scheduled<Void>?
     private var timerTaskDeadline = NIODeadline.distantFuture
+
+    // Per-exchange traffic state: admission, retries, inbound protection.
+    /// The cluster whose active-requests breaker this exchange holds.
+    private var admittedCluster: LoopCluster?
+    /// Whether this exchange holds a slot of the inbound concurrency limit.
+    private var holdsInboundSlot = false
+    /// Whether a retry is in flight (the cluster's retries breaker is held).
+    private var holdsRetry = false
+    /// Tries made so far minus one.
+    private var attempt = 0
+    /// The request parts seen so far, kept (by reference, not copied) while the request is
+    /// small enough to send again; nil when it cannot be retried once sent.
+    private var replay: [HTTPClientRequestPart]?
+    private var replayBytes = 0
+    private var requestHash: UInt64?
+    private var isIdempotent = false
+    private var backoffTask: Scheduled<Void>?
+    private var tryTimer: Scheduled<Void>?
 
     init(settings: ProxySettings, loop: LoopContext, isStream: Bool) {
         self.settings = settings
@@ -103,11 +126,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .proxying(let cluster, let upstream):
             reportLatency(upstream, cluster)
             upstream.finish()
-        case .idle, .connecting, .answered:
+        case .idle, .connecting, .backingOff, .answered:
             break
         }
         state = .answered
         responseEnded = true
+        releaseExchange()
         context.fireChannelInactive()
     }
 
@@ -167,25 +191,138 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .failure(let error):
             answer(error, context: context)
         case .success(let cluster):
-            let upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
+            if settings.restoresProtocol, let refusal = admitToApp() {
+                answer(refusal, context: context)
+                return
+            }
+            if let refusal = cluster.admit() {
+                cluster.metrics.countError(refusal)
+                answer(refusal, context: context)
+                return
+            }
+            admittedCluster = cluster
+            attempt = 0
+            isIdempotent = Self.idempotentMethods.contains(head.method)
+            requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head, context: context) }
+            let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout, honoursCaller: settings.restoresProtocol)
+            var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
+            if cluster.isMesh { Deadlines.propagate(timeout, in: &upstreamHead.headers) }
+            replay = cluster.retryPolicy.attempts > 0 && !isUpgrade ? [.head(upstreamHead)] : nil
+            replayBytes = 0
             state = .connecting(cluster: cluster, pending: [.head(upstreamHead)])
-            armTimer(cluster.requestTimeout, error: .upstreamTimeout)
-            let acquired: (Result<UpstreamHandler, MeshError>) -> Void = { [weak self] result in
-                self?.upstreamAcquired(result, cluster: cluster)
-            }
-            if isUpgrade {
-                cluster.acquireUpgrade(acquired)
-            } else {
-                cluster.acquire(acquired)
-            }
+            armTimer(timeout, error: .upstreamTimeout)
+            startTry(cluster)
         }
     }
 
+    /// Inbound protection: the rate limit (429) and the adaptive concurrency limit (503),
+    /// checked before the request goes anywhere near the app.
+    private func admitToApp() -> MeshError? {
+        let now = loop.loop.now.uptimeNanoseconds
+        if loop.inboundRateLimit?.tryTake(now: now) == false { return .rateLimited }
+        switch loop.inboundLimiter?.tryAcquire(now: now) {
+        case .some(false): return .concurrencyLimited
+        case .some(true): holdsInboundSlot = true
+        case .none: break
+        }
+        return nil
+    }
+
+    private func requestHash(for key: HashKey, head: HTTPRequestHead, context: ChannelHandlerContext) -> UInt64? {
+        switch key {
+        case .header(let name):
+            return head.headers.first(name: name).map { StableHash.hash($0) }
+        case .sourceIP:
+            return context.channel.remoteAddress?.ipAddress.map { StableHash.hash($0) }
+        }
+    }
+
+    /// Sends the request (again) to an endpoint the cluster picks; a retry avoids the
+    /// endpoint that just failed when there is another.
+    private func startTry(_ cluster: LoopCluster, avoiding: Int? = nil) {
+        let acquired: LoopCluster.Acquired = { [weak self] result, endpoint in
+            self?.upstreamAcquired(result, endpoint: endpoint, cluster: cluster)
+        }
+        if isUpgrade {
+            cluster.acquireUpgrade(hash: requestHash, acquired)
+        } else {
+            cluster.acquire(hash: requestHash, avoiding: avoiding, acquired)
+        }
+    }
+
+    /// Tries again after a failure nothing of which reached the client, when the policy,
+    /// the attempts left, the retry budget and the retries breaker all allow it.
+    private func retry(_ cluster: LoopCluster, parts: [HTTPClientRequestPart], failedEndpoint: Int?) -> Bool {
+        guard takeRetry(cluster) else { return false }
+        scheduleRetry(cluster, parts: parts, failedEndpoint: failedEndpoint)
+        return true
+    }
+
+    private func takeRetry(_ cluster: LoopCluster) -> Bool {
+        guard attempt < cluster.retryPolicy.attempts, !responseStarted, cluster.tryRetry() else { return false }
+        if holdsRetry { cluster.retryEnded() }
+        holdsRetry = true
+        return true
+    }
+
+    private func scheduleRetry(_ cluster: LoopCluster, parts: [HTTPClientRequestPart], failedEndpoint: Int?) {
+        let delay = cluster.backoff(attempt: attempt)
+        attempt += 1
+        tryTimer?.cancel()
+        tryTimer = nil
+        state = .backingOff(cluster: cluster, pending: parts)
+        backoffTask = loop.loop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
+            guard let self, case .backingOff(let current, let pending) = self.state, current === cluster else { return }
+            self.backoffTask = nil
+            self.state = .connecting(cluster: cluster, pending: pending)
+            self.startTry(cluster, avoiding: failedEndpoint)
+        }
+    }
+
+    /// Gives back what the exchange held: the breaker slots and the inbound limit's slot
+    /// (with the latency sample the limit learns from). Safe to call more than once.
+    private func releaseExchange() {
+        backoffTask?.cancel()
+        backoffTask = nil
+        tryTimer?.cancel()
+        tryTimer = nil
+        replay = nil
+        if let cluster = admittedCluster {
+            admittedCluster = nil
+            if holdsRetry { cluster.retryEnded() }
+            cluster.requestEnded()
+        }
+        holdsRetry = false
+        if holdsInboundSlot {
+            holdsInboundSlot = false
+            let learnt = responseEnded && responseStatus.code < 500
+            loop.inboundLimiter?.release(
+                rtt: learnt ? .nanoseconds(elapsed()) : nil,
+                now: loop.loop.now.uptimeNanoseconds
+            )
+        }
+    }
+
+    static let idempotentMethods: [HTTPMethod] = [.GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE]
+    /// Request bodies up to this size are kept so the request can be sent again.
+    static let maxReplayBytes = 64 * 1024
+
     private func forward(_ part: HTTPClientRequestPart) {
+        if replay != nil {
+            if case .body(.byteBuffer(let buffer)) = part { replayBytes += buffer.readableBytes }
+            if replayBytes > Self.maxReplayBytes {
+                replay = nil
+            } else {
+                replay!.append(part)
+            }
+        }
         switch state {
         case .connecting(let cluster, var pending):
             pending.append(part)
             state = .connecting(cluster: cluster, pending: pending)
+        case .backingOff(let cluster, var pending):
+            pending.append(part)
+            state = .backingOff(cluster: cluster, pending: pending)
         case .proxying(_, let upstream):
             upstream.write(part)
         case .idle, .answered:
@@ -193,7 +330,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func upstreamAcquired(_ result: Result<UpstreamHandler, MeshError>, cluster: LoopCluster) {
+    private func upstreamAcquired(_ result: Result<UpstreamHandler, MeshError>, endpoint: Int?, cluster: LoopCluster) {
         guard let context, case .connecting(let current, let pending) = state, current === cluster else {
             // The exchange ended (timeout, client gone) while we waited: give the
             // connection back untouched.
@@ -206,10 +343,22 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch result {
         case .failure(let error):
             cluster.metrics.countError(error)
+            // Nothing was sent: every part is still here, whatever the request's size.
+            if error == .connectFailed || error == .connectTimeout, cluster.retryPolicy.on.contains(.connectFailure),
+                retry(cluster, parts: pending, failedEndpoint: endpoint)
+            {
+                return
+            }
             answer(error, context: context)
         case .success(let upstream):
             upstream.begin(delegate: self)
             state = .proxying(cluster: cluster, upstream: upstream)
+            if let perTry = cluster.retryPolicy.perTryTimeout, cluster.retryPolicy.attempts > 0 {
+                tryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanosecondsValue)) {
+                    [weak self] in
+                    self?.tryTimedOut(upstream)
+                }
+            }
             for part in pending { upstream.write(part) }
             upstream.flush()
             if pendingRead, upstream.isWritable {
@@ -223,13 +372,14 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func read(context: ChannelHandlerContext) {
         switch state {
-        case .connecting(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts:
+        case .connecting(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts,
+            .backingOff(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts:
             // Bound what waits for the upstream; a request that has ended reads on (the
             // next pipelined request is held by the HTTP pipeline handler).
             pendingRead = true
         case .proxying(_, let upstream) where !upstream.isWritable:
             pendingRead = true
-        case .idle, .answered, .proxying, .connecting:
+        case .idle, .answered, .proxying, .connecting, .backingOff:
             context.read()
         }
     }
@@ -298,15 +448,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             } else {
                 context.close(promise: nil)
             }
-        case .connecting(let cluster, _), .proxying(let cluster, _):
+        case .connecting(let cluster, _), .proxying(let cluster, _), .backingOff(let cluster, _):
             cluster.metrics.countError(error)
             if case .proxying(_, let upstream) = state {
+                if let index = upstream.endpointIndex { cluster.record(index, .gatewayFailure) }
                 reportLatency(upstream, cluster)
                 upstream.finish()
             }
             state = .answered
             if responseStarted {
                 settings.metrics.countError(error)
+                releaseExchange()
                 context.close(promise: nil)
             } else {
                 keepAlive = false
@@ -326,6 +478,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         state = .answered
         guard !responseStarted else {
+            releaseExchange()
             context.close(promise: nil)
             return
         }
@@ -357,6 +510,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
         settings.metrics.countRequest(status: error.status, nanoseconds: elapsed())
+        releaseExchange()
         if requestEnded || closing {
             exchangeFinished(context: context, alreadyClosing: closing)
         }
@@ -391,6 +545,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Both directions are done: reset for the next request on this connection.
     private func exchangeFinished(context: ChannelHandlerContext, alreadyClosing: Bool = false) {
         cancelTimer()
+        releaseExchange()
         if case .proxying(_, let upstream) = state { upstream.finish() }
         state = .idle
         if isStream || alreadyClosing { return }
@@ -427,6 +582,21 @@ extension ProxyHandler: UpstreamDelegate {
                 context.write(wrapOutboundOut(.head(head)), promise: nil)
                 return
             }
+            tryTimer?.cancel()
+            tryTimer = nil
+            if let index = upstream.endpointIndex {
+                cluster.record(index, ExchangeOutcome(status: Int(head.status.code)))
+                if head.status.code >= 500, let parts = replay,
+                    cluster.retryPolicy.allows(status: Int(head.status.code), idempotent: isIdempotent),
+                    takeRetry(cluster)
+                {
+                    // Not a byte of this answer has reached the client: try elsewhere.
+                    reportLatency(upstream, cluster)
+                    upstream.finish()
+                    scheduleRetry(cluster, parts: parts, failedEndpoint: index)
+                    return
+                }
+            }
             // Time to the answer's head is what the balancer learns from.
             reportLatency(upstream, cluster)
             if head.status == .switchingProtocols {
@@ -462,6 +632,7 @@ extension ProxyHandler: UpstreamDelegate {
                 state = .answered
                 keepAlive = false
                 cancelTimer()
+                releaseExchange()
                 if !isStream {
                     context.flush()
                     context.close(promise: nil)
@@ -490,6 +661,7 @@ extension ProxyHandler: UpstreamDelegate {
         responseStatus = head.status
         cancelTimer()
         state = .answered
+        releaseExchange()
         context.writeAndFlush(wrapOutboundOut(.head(out)), promise: nil)
         let nanos = elapsed()
         settings.metrics.countRequest(status: head.status, nanoseconds: nanos)
@@ -528,15 +700,39 @@ extension ProxyHandler: UpstreamDelegate {
 
     func upstreamFailed(_ error: MeshError) {
         guard let context, case .proxying(let cluster, let upstream) = state else { return }
+        let endpoint = upstream.endpointIndex
+        if let endpoint { cluster.record(endpoint, .gatewayFailure) }
         reportLatency(upstream, cluster)
         cluster.metrics.countError(error)
+        if !responseStarted, error == .upstreamReset, cluster.retryPolicy.on.contains(.reset), let parts = replay {
+            upstream.finish()
+            if retry(cluster, parts: parts, failedEndpoint: endpoint) { return }
+        }
         state = .answered
         if responseStarted {
             settings.metrics.countError(error)
+            releaseExchange()
             context.close(promise: nil)
         } else {
             answer(error, context: context)
         }
+    }
+
+    /// The per-try timeout fired before the answer's head: the try counts as a gateway
+    /// failure and is retried when allowed; otherwise the request times out.
+    private func tryTimedOut(_ upstream: UpstreamHandler) {
+        tryTimer = nil
+        guard let context, case .proxying(let cluster, let current) = state, current === upstream, !responseStarted
+        else { return }
+        let endpoint = upstream.endpointIndex
+        if let endpoint { cluster.record(endpoint, .gatewayFailure) }
+        reportLatency(upstream, cluster)
+        cluster.metrics.countError(.upstreamTimeout)
+        upstream.finish()
+        if let parts = replay, retry(cluster, parts: parts, failedEndpoint: endpoint) { return }
+        state = .answered
+        keepAlive = false
+        answer(.upstreamTimeout, context: context)
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {

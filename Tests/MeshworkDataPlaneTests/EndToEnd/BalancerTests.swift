@@ -1,5 +1,6 @@
 import MeshworkDemo
 import MeshworkModel
+import MeshworkTraffic
 import NIOCore
 import Testing
 
@@ -7,7 +8,7 @@ import Testing
 /// from a slow instance; round robin, when configured, does not.
 @Suite("Load balancing end to end", .serialized)
 struct BalancerTests {
-    private func run(_ balancer: BalancerKind) async throws -> (fast: Int, slow: Int) {
+    private func run(_ balancer: BalancerAlgorithm) async throws -> (fast: Int, slow: Int) {
         let fast = try await DemoApp.start(name: "fast", group: TestMesh.group)
         let slow = try await DemoApp.start(name: "slow", responseDelay: .milliseconds(40), group: TestMesh.group)
         var cluster = TestMesh.cluster("orders", .http1, [fast.address, slow.address])
@@ -24,7 +25,7 @@ struct BalancerTests {
     }
 
     @Test func peakEWMASteersAwayFromASlowInstance() async throws {
-        let (fast, slow) = try await run(.p2cPeakEWMA)
+        let (fast, slow) = try await run(.peakEWMA)
         #expect(fast + slow == 40)
         #expect(slow <= 4, "the slow instance got \(slow) of 40")
     }

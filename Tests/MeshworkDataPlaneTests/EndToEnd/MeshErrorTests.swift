@@ -23,13 +23,15 @@ struct MeshErrorTests {
         let port = TestMesh.refusingPort
         var cluster = ClusterConfig(name: "orders")
         cluster.protocol = `protocol`
-        cluster.endpoints = [HostPort(host: "127.0.0.1", port: port)]
+        cluster.endpoints = [EndpointConfig(address: HostPort(host: "127.0.0.1", port: port))]
         let sidecar = try await TestMesh.startClientSide(cluster: cluster)
         defer { Task { await sidecar.stop() } }
         let result = try await Curl.get(sidecar.url("upstream:orders"))
         #expect(result.status == 502)
         #expect(result.header("x-meshwork-error") == "connect_failed")
-        #expect(sidecar.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="connect_failed"}"#) == 1)
+        // The first try and two retries (the default) all failed to connect.
+        #expect(sidecar.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="connect_failed"}"#) == 3)
+        #expect(sidecar.metric(#"meshwork_cluster_retries_total{cluster="orders"}"#) == 2)
         // The sidecar keeps serving: a second call gets the same clear answer.
         #expect(try await Curl.get(sidecar.url("upstream:orders")).status == 502)
     }

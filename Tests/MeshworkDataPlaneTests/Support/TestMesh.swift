@@ -175,7 +175,7 @@ enum TestMesh {
     ) -> ClusterConfig {
         var cluster = ClusterConfig(name: name)
         cluster.protocol = `protocol`
-        cluster.endpoints = endpoints.map(hostPort)
+        cluster.endpoints = endpoints.map { EndpointConfig(address: hostPort($0)) }
         return cluster
     }
 }

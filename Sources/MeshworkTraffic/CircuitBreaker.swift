@@ -1,0 +1,78 @@
+/// The resources a cluster's circuit breaker counts.
+public enum BreakerResource: String, Sendable, Hashable, CaseIterable {
+    case connections
+    case pendingRequests = "pending_requests"
+    case requests
+    case retries
+}
+
+/// Limits of a circuit breaker (Envoy's defaults).
+public struct CircuitBreakerLimits: Sendable, Hashable {
+    public var maxConnections: Int = 1024
+    public var maxPendingRequests: Int = 1024
+    public var maxRequests: Int = 1024
+    public var maxRetries: Int = 3
+
+    public init() {}
+
+    public func limit(_ resource: BreakerResource) -> Int {
+        switch resource {
+        case .connections: maxConnections
+        case .pendingRequests: maxPendingRequests
+        case .requests: maxRequests
+        case .retries: maxRetries
+        }
+    }
+
+    /// This limit split across `shares` independent counters (one per event loop, so no
+    /// counter is shared between threads), rounding up so the total is never lower.
+    public func divided(by shares: Int) -> CircuitBreakerLimits {
+        let shares = max(1, shares)
+        func split(_ value: Int) -> Int { value <= 0 ? 0 : (value + shares - 1) / shares }
+        var limits = self
+        limits.maxConnections = split(maxConnections)
+        limits.maxPendingRequests = split(maxPendingRequests)
+        limits.maxRequests = split(maxRequests)
+        limits.maxRetries = split(maxRetries)
+        return limits
+    }
+}
+
+/// Envoy-style circuit breaking: counters of connections, requests waiting for a
+/// connection, requests in flight and retries in flight, each with a hard limit. Over a
+/// limit the request fails at once (503 with the resource as the reason) instead of
+/// queueing behind an upstream that cannot keep up.
+public struct CircuitBreaker: Sendable {
+    public let limits: CircuitBreakerLimits
+    private var counts: [Int] = Array(repeating: 0, count: BreakerResource.allCases.count)
+
+    public init(limits: CircuitBreakerLimits = CircuitBreakerLimits()) {
+        self.limits = limits
+    }
+
+    public func count(_ resource: BreakerResource) -> Int {
+        counts[Self.slot(resource)]
+    }
+
+    /// Takes one unit of `resource`, or returns false when it is at its limit.
+    public mutating func tryAcquire(_ resource: BreakerResource) -> Bool {
+        let slot = Self.slot(resource)
+        guard counts[slot] < limits.limit(resource) else { return false }
+        counts[slot] += 1
+        return true
+    }
+
+    public mutating func release(_ resource: BreakerResource) {
+        let slot = Self.slot(resource)
+        counts[slot] = max(0, counts[slot] - 1)
+    }
+
+    private static func slot(_ resource: BreakerResource) -> Int {
+        switch resource {
+        case .connections: 0
+        case .pendingRequests: 1
+        case .requests: 2
+        case .retries: 3
+        }
+    }
+}
