@@ -1,7 +1,7 @@
 import Foundation
 import Logging
-import MeshworkTraffic
 import MeshworkModel
+import MeshworkTraffic
 import NIOCore
 import NIOExtras
 import NIOHTTP1
@@ -43,7 +43,10 @@ public actor Sidecar: Service {
         for (index, cluster) in config.clusters.enumerated() {
             resolved[cluster.name] = cluster.endpoints.enumerated().compactMap { e, endpoint in
                 do {
-                    return try SocketAddress.makeAddressResolvingHost(endpoint.address.host, port: endpoint.address.port)
+                    return try SocketAddress.makeAddressResolvingHost(
+                        endpoint.address.host,
+                        port: endpoint.address.port
+                    )
                 } catch {
                     errors.append(
                         ConfigError(
@@ -67,11 +70,14 @@ public actor Sidecar: Service {
 
         let clusterMetrics = Dictionary(
             uniqueKeysWithValues: config.clusters.map {
-                ($0.name, ClusterMetrics(
+                (
+                    $0.name,
+                    ClusterMetrics(
                         name: $0.name,
                         endpoints: $0.endpoints.map(\.address.description),
                         registry: registry
-                    ))
+                    )
+                )
             }
         )
         let appMetrics = config.inbound.map {

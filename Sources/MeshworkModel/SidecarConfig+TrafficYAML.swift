@@ -59,28 +59,36 @@ extension SidecarConfig {
             "attempts", "on", "perTryTimeout", "backoffBase", "backoffMax", "budgetRatio", "budgetMinPerSecond",
             "budgetWindow",
         ]
-        guard let value = reader.toggle(node, path, default: RetryPolicy(), known: known, read: { policy, f in
-            if let n = f.int("attempts", range: 0...10) { policy.attempts = n }
-            if f.node("on") != nil {
-                var conditions: Set<RetryCondition> = []
-                for (p, item) in reader.sequence(f.node("on"), f.path("on")) {
-                    if let c = reader.choice(item, p, as: RetryCondition.self) { conditions.insert(c) }
+        guard
+            let value = reader.toggle(
+                node,
+                path,
+                default: RetryPolicy(),
+                known: known,
+                read: { policy, f in
+                    if let n = f.int("attempts", range: 0...10) { policy.attempts = n }
+                    if f.node("on") != nil {
+                        var conditions: Set<RetryCondition> = []
+                        for (p, item) in reader.sequence(f.node("on"), f.path("on")) {
+                            if let c = reader.choice(item, p, as: RetryCondition.self) { conditions.insert(c) }
+                        }
+                        policy.on = conditions
+                    }
+                    if let d = f.duration("perTryTimeout") { policy.perTryTimeout = d.duration }
+                    if let d = f.duration("backoffBase") { policy.backoff.base = d.duration }
+                    if let d = f.duration("backoffMax") { policy.backoff.cap = d.duration }
+                    if let r = f.double("budgetRatio", range: 0...10) { policy.budgetRatio = r }
+                    if let r = f.double("budgetMinPerSecond", range: 0...1_000_000) { policy.budgetMinPerSecond = r }
+                    if let d = f.duration("budgetWindow") {
+                        if d.duration >= .seconds(1) {
+                            policy.budgetWindow = d.duration
+                        } else {
+                            reader.fail(f.path("budgetWindow"), "must be at least 1s")
+                        }
+                    }
                 }
-                policy.on = conditions
-            }
-            if let d = f.duration("perTryTimeout") { policy.perTryTimeout = d.duration }
-            if let d = f.duration("backoffBase") { policy.backoff.base = d.duration }
-            if let d = f.duration("backoffMax") { policy.backoff.cap = d.duration }
-            if let r = f.double("budgetRatio", range: 0...10) { policy.budgetRatio = r }
-            if let r = f.double("budgetMinPerSecond", range: 0...1_000_000) { policy.budgetMinPerSecond = r }
-            if let d = f.duration("budgetWindow") {
-                if d.duration >= .seconds(1) {
-                    policy.budgetWindow = d.duration
-                } else {
-                    reader.fail(f.path("budgetWindow"), "must be at least 1s")
-                }
-            }
-        }) else { return nil }
+            )
+        else { return nil }
         guard var policy = value else {
             // `retries: off`
             var none = RetryPolicy()

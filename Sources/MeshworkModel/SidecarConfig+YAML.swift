@@ -19,7 +19,8 @@ extension SidecarConfig {
 
     private mutating func read(_ root: Node, _ reader: ConfigReader) {
         let known: Set = [
-            "service", "zone", "threads", "admin", "tls", "inbound", "upstreams", "httpProxy", "clusters", "timeouts", "limits",
+            "service", "zone", "threads", "admin", "tls", "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
+            "limits",
         ]
         guard let fields = reader.mapping(root, "", known: known) else { return }
         if let value = fields.string("service") { service = value }
@@ -54,7 +55,8 @@ extension SidecarConfig {
                 if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
                 if let d = f.duration("connectTimeout") { value.connectTimeout = d }
                 if let d = f.duration("requestTimeout") { value.requestTimeout = d }
-                if let limit = Self.readConcurrencyLimit(f.node("concurrencyLimit"), f.path("concurrencyLimit"), reader) {
+                if let limit = Self.readConcurrencyLimit(f.node("concurrencyLimit"), f.path("concurrencyLimit"), reader)
+                {
                     value.concurrencyLimit = limit
                 }
                 if let limit = Self.readRateLimit(f.node("rateLimit"), f.path("rateLimit"), reader) {
@@ -107,7 +109,11 @@ extension SidecarConfig {
                 }
             }
             if let b = f.bool("zoneAware") { value.zoneAware = b }
-            if let s = reader.mapping(f.node("subset"), f.path("subset"), known: ["size", "clientIndex", "clientCount"]) {
+            if let s = reader.mapping(
+                f.node("subset"),
+                f.path("subset"),
+                known: ["size", "clientIndex", "clientCount"]
+            ) {
                 let size = s.required("size", s.int("size", range: 1...100_000))
                 let index = s.required("clientIndex", s.int("clientIndex", range: 0...1_000_000))
                 let count = s.required("clientCount", s.int("clientCount", range: 1...1_000_000))

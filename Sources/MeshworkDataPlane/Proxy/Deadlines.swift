@@ -6,13 +6,14 @@ import NIOHTTP1
 ///
 /// Between sidecars it is `x-meshwork-timeout` (milliseconds left); gRPC requests also carry
 /// `grpc-timeout` (the gRPC over HTTP/2 spec's `<digits><unit>`), which gRPC servers honour
-/// themselves. The inbound sidecar takes the smaller of its own timeout and the caller's.
+/// themselves. Every listener takes the smaller of its own timeout and the caller's, so an
+/// app that passes `x-meshwork-timeout` (or a gRPC app its `grpc-timeout`) on to its own
+/// calls gets one deadline across the whole chain.
 enum Deadlines {
     static let header = "x-meshwork-timeout"
 
     /// The timeout of this request: the route's, or less when the caller said so.
-    static func timeout(for head: HTTPRequestHead, routeTimeout: TimeAmount, honoursCaller: Bool) -> TimeAmount {
-        guard honoursCaller else { return routeTimeout }
+    static func timeout(for head: HTTPRequestHead, routeTimeout: TimeAmount) -> TimeAmount {
         var timeout = routeTimeout
         if let text = head.headers.first(name: header), let ms = Int64(text), ms >= 0 {
             timeout = min(timeout, .milliseconds(ms))

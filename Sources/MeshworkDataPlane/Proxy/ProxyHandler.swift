@@ -204,7 +204,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             attempt = 0
             isIdempotent = Self.idempotentMethods.contains(head.method)
             requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head, context: context) }
-            let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout, honoursCaller: settings.restoresProtocol)
+            let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
             var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
             if cluster.isMesh { Deadlines.propagate(timeout, in: &upstreamHead.headers) }
             replay = cluster.retryPolicy.attempts > 0 && !isUpgrade ? [.head(upstreamHead)] : nil
