@@ -83,9 +83,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The traffic simulator benchmark: `swift run -c release meshwork-sim`.
+        .executableTarget(
+            name: "meshwork-sim",
+            dependencies: ["MeshworkTraffic"],
+            path: "bench/simulator",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "MeshworkModelTests",
-            dependencies: ["MeshworkModel"],
+            dependencies: ["MeshworkModel", "MeshworkTraffic"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import MeshworkModel
+import MeshworkTraffic
 import Testing
 
 @Suite("Sidecar config")
@@ -54,6 +55,59 @@ struct SidecarConfigTests {
         #expect(config.limits.maxHeaderBytes == 8192)
     }
 
+    @Test func readsTrafficPolicies() throws {
+        let config = try SidecarConfig.load(
+            yaml: """
+                zone: eu-1a
+                inbound:
+                  listen: 127.0.0.1:0
+                  app: 127.0.0.1:8080
+                  rateLimit: {requestsPerSecond: 100}
+                  concurrencyLimit: {minConcurrency: 5, maxConcurrency: 50}
+                clusters:
+                  - name: orders
+                    protocol: http1
+                    endpoints: [127.0.0.1:1, {address: 127.0.0.1:2, weight: 3, zone: eu-1b}]
+                    balancer: maglev
+                    hashOn: header:X-User
+                    subset: {size: 1, clientIndex: 0, clientCount: 4}
+                    outlierDetection: {consecutive5xx: 2, baseEjectionTime: 5s}
+                    circuitBreakers: {maxRequests: 10}
+                    retries: {attempts: 1, on: [5xx], perTryTimeout: 200ms}
+                    adaptiveThrottling: on
+                  - name: plain
+                    protocol: http1
+                    outlierDetection: off
+                    retries: off
+                """
+        )
+        #expect(config.zone == "eu-1a")
+        #expect(config.inbound?.rateLimit == RateLimitConfig(requestsPerSecond: 100, burst: 100))
+        #expect(config.inbound?.concurrencyLimit?.minConcurrency == 5)
+        #expect(config.inbound?.concurrencyLimit?.maxConcurrency == 50)
+        let orders = try #require(config.cluster(named: "orders"))
+        #expect(
+            orders.endpoints[1]
+                == EndpointConfig(address: HostPort(host: "127.0.0.1", port: 2), weight: 3, zone: "eu-1b")
+        )
+        #expect(orders.balancer == .maglev)
+        #expect(orders.hashOn == .header("x-user"))
+        #expect(orders.subset == SubsetConfig(size: 1, clientIndex: 0, clientCount: 4))
+        #expect(orders.outlierDetection?.consecutive5xx == 2)
+        #expect(orders.outlierDetection?.baseEjectionTime == .seconds(5))
+        #expect(orders.outlierDetection?.interval == .seconds(10))
+        #expect(orders.circuitBreakers.maxRequests == 10)
+        #expect(orders.circuitBreakers.maxConnections == 1024)
+        #expect(orders.retries.attempts == 1)
+        #expect(orders.retries.on == [.any5xx])
+        #expect(orders.retries.perTryTimeout == .milliseconds(200))
+        #expect(orders.adaptiveThrottling == AdaptiveThrottlePolicy())
+        let plain = try #require(config.cluster(named: "plain"))
+        #expect(plain.outlierDetection == nil)
+        #expect(plain.retries.attempts == 0)
+        #expect(plain.adaptiveThrottling == nil)
+    }
+
     @Test func emptyFileGivesDefaults() throws {
         let config = try SidecarConfig.load(yaml: "")
         #expect(config == SidecarConfig())
@@ -94,6 +148,30 @@ struct SidecarConfigTests {
         ("timeouts: {drain: -1s}", "timeouts.drain", "expected a duration"),
         ("service: [a, b]", "service", "expected a string"),
         ("{unclosed", "", "not valid YAML"),
+        ("clusters: [{name: a, protocol: http1, balancer: fastest}]", "clusters[0].balancer", "must be one of"),
+        ("clusters: [{name: a, protocol: http1, hashOn: cookie}]", "clusters[0].hashOn", "header:<name> or source-ip"),
+        (
+            "clusters: [{name: a, protocol: http1, retries: {on: [connect-failure, 418]}}]",
+            "clusters[0].retries.on[1]",
+            "must be one of"
+        ),
+        (
+            "clusters: [{name: a, protocol: http1, outlierDetection: {maxEjectionPercent: 150}}]",
+            "clusters[0].outlierDetection.maxEjectionPercent", "between 0.0 and 100.0"
+        ),
+        ("clusters: [{name: a, protocol: http1, outlierDetection: maybe}]", "clusters[0].outlierDetection", "on, off"),
+        (
+            "clusters: [{name: a, protocol: http1, subset: {size: 3, clientIndex: 5, clientCount: 5}}]",
+            "clusters[0].subset.clientIndex", "below clientCount"
+        ),
+        (
+            "clusters: [{name: a, protocol: http1, endpoints: [{address: 1.2.3.4:80, weight: heavy}]}]",
+            "clusters[0].endpoints[0].weight", "expected a number"
+        ),
+        (
+            "inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2, rateLimit: {burst: 3}}",
+            "inbound.rateLimit.requestsPerSecond", "required"
+        ),
     ])
     func refusesBadFieldsWithPathAndReason(yaml: String, path: String, reason: String) {
         let found = errors(yaml)
