@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // Pure traffic algorithms (balancers, subsetting, outlier detection, budgets and
@@ -55,6 +57,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The controller: registry, store, leases, watch streams and the HTTP API.
+        .target(
+            name: "MeshworkController",
+            dependencies: [
+                "MeshworkModel",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The project's own demo app: a fast upstream for tests, benchmarks and the demo.
         .target(
             name: "MeshworkDemo",
@@ -72,6 +87,7 @@ let package = Package(
             dependencies: [
                 "MeshworkModel",
                 "MeshworkDataPlane",
+                "MeshworkController",
                 "MeshworkDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -115,3 +115,28 @@ extension GradientLimiterPolicy: Encodable {
         try c.put(buffer, "buffer")
     }
 }
+
+extension TrafficPolicy: Encodable {
+    /// Disabled parts are written as `off` (not left out, which would read back as the
+    /// default), so a stored or served policy parses back to itself.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.put(connectTimeout, "connectTimeout")
+        try c.put(requestTimeout, "requestTimeout")
+        try c.put(balancer, "balancer")
+        if let hashOn { try c.put(hashOn, "hashOn") }
+        try c.put(zoneAware, "zoneAware")
+        if let outlierDetection {
+            try c.put(outlierDetection, "outlierDetection")
+        } else {
+            try c.put("off", "outlierDetection")
+        }
+        try c.put(circuitBreakers, "circuitBreakers")
+        try c.put(retries, "retries")
+        if let adaptiveThrottling {
+            try c.put(adaptiveThrottling, "adaptiveThrottling")
+        } else {
+            try c.put("off", "adaptiveThrottling")
+        }
+    }
+}

@@ -5,6 +5,57 @@ import Yams
 // the policy types, every bad value reported with its path.
 
 extension SidecarConfig {
+    /// The fields of a `TrafficPolicy`, shared by clusters in the sidecar config and
+    /// services in the controller's API.
+    static let policyKeys: Set<String> = [
+        "connectTimeout", "requestTimeout", "balancer", "hashOn", "zoneAware", "outlierDetection", "circuitBreakers",
+        "retries", "adaptiveThrottling",
+    ]
+
+    static func readPolicy(_ f: ConfigReader.Fields, _ reader: ConfigReader, into policy: inout TrafficPolicy) {
+        if let d = f.duration("connectTimeout") { policy.connectTimeout = d }
+        if let d = f.duration("requestTimeout") { policy.requestTimeout = d }
+        if let b = f.choice("balancer", as: BalancerAlgorithm.self) { policy.balancer = b }
+        if let text = f.string("hashOn") {
+            if let key = HashKey(text) {
+                policy.hashOn = key
+            } else {
+                reader.fail(f.path("hashOn"), "expected header:<name> or source-ip, found \"\(text)\"")
+            }
+        }
+        if let b = f.bool("zoneAware") { policy.zoneAware = b }
+        if let detection = Self.readOutlierDetection(f.node("outlierDetection"), f.path("outlierDetection"), reader) {
+            policy.outlierDetection = detection
+        }
+        if let b = reader.mapping(
+            f.node("circuitBreakers"),
+            f.path("circuitBreakers"),
+            known: ["maxConnections", "maxPendingRequests", "maxRequests", "maxRetries"]
+        ) {
+            if let n = b.int("maxConnections", range: 1...1_000_000) { policy.circuitBreakers.maxConnections = n }
+            if let n = b.int("maxPendingRequests", range: 1...1_000_000) {
+                policy.circuitBreakers.maxPendingRequests = n
+            }
+            if let n = b.int("maxRequests", range: 1...1_000_000) { policy.circuitBreakers.maxRequests = n }
+            if let n = b.int("maxRetries", range: 0...1_000_000) { policy.circuitBreakers.maxRetries = n }
+        }
+        if let retries = Self.readRetries(f.node("retries"), f.path("retries"), reader) {
+            policy.retries = retries
+        }
+        if let throttle = reader.toggle(
+            f.node("adaptiveThrottling"),
+            f.path("adaptiveThrottling"),
+            default: AdaptiveThrottlePolicy(),
+            known: ["k", "window"],
+            read: { throttle, t in
+                if let k = t.double("k", range: 1...100) { throttle.k = k }
+                if let d = t.duration("window") { throttle.window = d.duration }
+            }
+        ) {
+            policy.adaptiveThrottling = throttle
+        }
+    }
+
     /// `127.0.0.1:8080`, or `{address: 127.0.0.1:8080, weight: 2, zone: eu-1a}`.
     static func readEndpoint(_ node: Node, _ path: String, _ reader: ConfigReader) -> EndpointConfig? {
         if case .scalar = node {

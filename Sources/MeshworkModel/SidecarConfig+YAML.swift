@@ -95,20 +95,9 @@ extension SidecarConfig {
                 if let endpoint = Self.readEndpoint(endpoint, endpointPath, reader) { value.endpoints.append(endpoint) }
             }
             if let p = f.choice("protocol", as: EndpointProtocol.self) { value.protocol = p }
-            if let d = f.duration("connectTimeout") { value.connectTimeout = d }
-            if let d = f.duration("requestTimeout") { value.requestTimeout = d }
             if let d = f.duration("idleTimeout") { value.idleTimeout = d }
             if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
             if let n = f.int("maxConcurrentStreams", range: 1...10_000) { value.maxConcurrentStreams = n }
-            if let b = f.choice("balancer", as: BalancerAlgorithm.self) { value.balancer = b }
-            if let text = f.string("hashOn") {
-                if let key = HashKey(text) {
-                    value.hashOn = key
-                } else {
-                    reader.fail(f.path("hashOn"), "expected header:<name> or source-ip, found \"\(text)\"")
-                }
-            }
-            if let b = f.bool("zoneAware") { value.zoneAware = b }
             if let s = reader.mapping(
                 f.node("subset"),
                 f.path("subset"),
@@ -124,36 +113,7 @@ extension SidecarConfig {
                     value.subset = SubsetConfig(size: size, clientIndex: index, clientCount: count)
                 }
             }
-            if let policy = Self.readOutlierDetection(f.node("outlierDetection"), f.path("outlierDetection"), reader) {
-                value.outlierDetection = policy
-            }
-            if let b = reader.mapping(
-                f.node("circuitBreakers"),
-                f.path("circuitBreakers"),
-                known: ["maxConnections", "maxPendingRequests", "maxRequests", "maxRetries"]
-            ) {
-                if let n = b.int("maxConnections", range: 1...1_000_000) { value.circuitBreakers.maxConnections = n }
-                if let n = b.int("maxPendingRequests", range: 1...1_000_000) {
-                    value.circuitBreakers.maxPendingRequests = n
-                }
-                if let n = b.int("maxRequests", range: 1...1_000_000) { value.circuitBreakers.maxRequests = n }
-                if let n = b.int("maxRetries", range: 0...1_000_000) { value.circuitBreakers.maxRetries = n }
-            }
-            if let retries = Self.readRetries(f.node("retries"), f.path("retries"), reader) {
-                value.retries = retries
-            }
-            if let throttle = reader.toggle(
-                f.node("adaptiveThrottling"),
-                f.path("adaptiveThrottling"),
-                default: AdaptiveThrottlePolicy(),
-                known: ["k", "window"],
-                read: { policy, t in
-                    if let k = t.double("k", range: 1...100) { policy.k = k }
-                    if let d = t.duration("window") { policy.window = d.duration }
-                }
-            ) {
-                value.adaptiveThrottling = throttle
-            }
+            Self.readPolicy(f, reader, into: &value.policy)
             clusters.append(value)
         }
         if let f = reader.mapping(fields.node("timeouts"), "timeouts", known: ["headerRead", "idle", "drain"]) {

@@ -250,3 +250,49 @@ public struct TimeSpan: Sendable, Hashable, Encodable, CustomStringConvertible {
         try container.encode(description)
     }
 }
+
+/// How calls to one service are balanced and protected: the part of a cluster's config
+/// that the controller's service resources also carry.
+public struct TrafficPolicy: Sendable, Hashable {
+    public var connectTimeout: TimeSpan = .seconds(1)
+    public var requestTimeout: TimeSpan = .seconds(15)
+    public var balancer: BalancerAlgorithm = .peakEWMA
+    public var hashOn: HashKey?
+    public var zoneAware: Bool = true
+    public var outlierDetection: OutlierDetectionPolicy? = OutlierDetectionPolicy()
+    public var circuitBreakers = CircuitBreakerLimits()
+    public var retries = RetryPolicy()
+    public var adaptiveThrottling: AdaptiveThrottlePolicy?
+
+    public init() {}
+}
+
+extension ClusterConfig {
+    /// The cluster's traffic policy fields, read or written together.
+    public var policy: TrafficPolicy {
+        get {
+            var policy = TrafficPolicy()
+            policy.connectTimeout = connectTimeout
+            policy.requestTimeout = requestTimeout
+            policy.balancer = balancer
+            policy.hashOn = hashOn
+            policy.zoneAware = zoneAware
+            policy.outlierDetection = outlierDetection
+            policy.circuitBreakers = circuitBreakers
+            policy.retries = retries
+            policy.adaptiveThrottling = adaptiveThrottling
+            return policy
+        }
+        set {
+            connectTimeout = newValue.connectTimeout
+            requestTimeout = newValue.requestTimeout
+            balancer = newValue.balancer
+            hashOn = newValue.hashOn
+            zoneAware = newValue.zoneAware
+            outlierDetection = newValue.outlierDetection
+            circuitBreakers = newValue.circuitBreakers
+            retries = newValue.retries
+            adaptiveThrottling = newValue.adaptiveThrottling
+        }
+    }
+}

@@ -5,6 +5,6 @@ struct Meshwork: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshwork",
         abstract: "A service mesh: sidecar proxy, controller, gateway and CLI in one binary.",
-        subcommands: [SidecarCommand.self, DemoAppCommand.self]
+        subcommands: [SidecarCommand.self, ControllerCommand.self, DemoAppCommand.self]
     )
 }

@@ -1,0 +1,157 @@
+import Foundation
+import Logging
+import MeshworkModel
+import NIOCore
+
+/// What a watcher receives: first a snapshot (or the events it missed), then events.
+enum WatchMessage: Sendable {
+    case snapshot(revision: Int64, services: [ServiceResource], instances: [InstanceResource])
+    case event(RegistryEvent)
+}
+
+/// The controller's state: the registry, its store, and the watchers. An actor: mutations
+/// are applied one at a time, committed to the store, then fanned out to watchers, so a
+/// watcher never sees an event the store has not kept.
+actor Controller {
+    private var registry: Registry
+    private let store: RegistryStore
+    private let logger: Logger
+    private var watchers: [UUID: Watcher] = [:]
+    private let clock = ContinuousClock()
+    private let start: ContinuousClock.Instant
+
+    struct Watcher {
+        var services: Set<String>?
+        var continuation: AsyncStream<WatchMessage>.Continuation
+    }
+
+    /// Buffered messages per watcher; a watcher that falls further behind is cut off and
+    /// resumes from its last revision when it reconnects.
+    static let watcherBuffer = 4096
+
+    init(store: RegistryStore, logger: Logger) throws {
+        self.store = store
+        self.logger = logger
+        self.start = clock.now
+        let contents = try store.load()
+        self.registry = Registry(
+            services: contents.services,
+            instances: contents.instances,
+            revision: contents.revision,
+            now: 0
+        )
+    }
+
+    private var now: UInt64 {
+        let elapsed = clock.now - start
+        return UInt64(max(0, elapsed.components.seconds)) * 1_000_000_000
+            + UInt64(max(0, elapsed.components.attoseconds / 1_000_000_000))
+    }
+
+    var revision: Int64 { registry.revision }
+
+    // MARK: reads
+
+    func services() -> [ServiceResource] {
+        registry.services.values.sorted { $0.name < $1.name }
+    }
+
+    func service(_ name: String) -> ServiceResource? { registry.services[name] }
+
+    func instances(service: String?) -> [InstanceResource] {
+        if let service { return registry.instances(of: service) }
+        return registry.instances.values.sorted { $0.id < $1.id }
+    }
+
+    func instance(_ id: String) -> InstanceResource? { registry.instances[id] }
+
+    func leaseRemaining(_ id: String) -> Duration? { registry.leaseRemaining(id, now: now) }
+
+    // MARK: mutations
+
+    func putService(_ service: ServiceResource) throws -> Int64 {
+        try commit(registry.putService(service))
+    }
+
+    func deleteService(_ name: String) throws -> Int64 {
+        try commit(registry.deleteService(name))
+    }
+
+    func putInstance(_ instance: InstanceResource) throws -> Int64 {
+        try commit(registry.putInstance(instance, now: now))
+    }
+
+    func heartbeat(_ id: String, health: InstanceHealth?) throws -> Int64 {
+        try commit(registry.heartbeat(id, health: health, now: now))
+    }
+
+    func deleteInstance(_ id: String) throws -> Int64 {
+        try commit(registry.deleteInstance(id))
+    }
+
+    /// Removes instances whose lease ran out; called every second.
+    func expireLeases() {
+        let events = registry.expireLeases(now: now)
+        guard !events.isEmpty else { return }
+        for event in events {
+            logger.info("lease expired", metadata: ["instance": "\(event.instance?.id ?? "")"])
+        }
+        do {
+            _ = try commit(events)
+        } catch {
+            logger.error("could not store expired leases", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func commit(_ events: [RegistryEvent]) throws -> Int64 {
+        try store.apply(events)
+        for event in events { broadcast(event) }
+        return registry.revision
+    }
+
+    // MARK: watches
+
+    /// A stream that starts with what the watcher needs — the events after `revision`
+    /// when the history still has them, else a snapshot — and then every change, for the
+    /// given services (all when nil).
+    func watch(services: Set<String>?, after revision: Int64?) -> AsyncStream<WatchMessage> {
+        let (stream, continuation) = AsyncStream<WatchMessage>.makeStream(
+            bufferingPolicy: .bufferingOldest(Self.watcherBuffer)
+        )
+        if let revision, let missed = registry.events(after: revision) {
+            for event in missed where services?.contains(event.serviceName) ?? true {
+                continuation.yield(.event(event))
+            }
+        } else {
+            let snapshotServices = self.services().filter { services?.contains($0.name) ?? true }
+            let snapshotInstances = registry.instances.values
+                .filter { services?.contains($0.service) ?? true }
+                .sorted { $0.id < $1.id }
+            continuation.yield(
+                .snapshot(revision: registry.revision, services: snapshotServices, instances: snapshotInstances)
+            )
+        }
+        let id = UUID()
+        watchers[id] = Watcher(services: services, continuation: continuation)
+        continuation.onTermination = { _ in
+            Task { await self.removeWatcher(id) }
+        }
+        return stream
+    }
+
+    private func removeWatcher(_ id: UUID) {
+        watchers[id] = nil
+    }
+
+    var watcherCount: Int { watchers.count }
+
+    private func broadcast(_ event: RegistryEvent) {
+        for (id, watcher) in watchers where watcher.services?.contains(event.serviceName) ?? true {
+            if case .dropped = watcher.continuation.yield(.event(event)) {
+                logger.warning("watcher fell behind; closing it so it resumes from its revision")
+                watcher.continuation.finish()
+                watchers[id] = nil
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import MeshworkModel
+import NIOCore
+
+/// The controller's HTTP/JSON API under `/v1`. Reads are open (the API listens on loopback
+/// by default); mutations need `Authorization: Bearer <token>`. Bad bodies are answered 400
+/// with every problem's field path and reason.
+struct ControllerAPI {
+    let controller: Controller
+    let token: String
+    let logger: Logger
+
+    static let maxBody = 1 << 20
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        let v1 = router.group("v1")
+        v1.get("services") { _, _ in try await json(controller.services()) }
+        v1.get("services/:name") { _, context in
+            let name = try context.parameters.require("name")
+            guard let service = await controller.service(name) else { throw notFound("service \"\(name)\"") }
+            return try json(service)
+        }
+        v1.put("services/:name") { request, context in
+            try authorize(request)
+            let name = try context.parameters.require("name")
+            var request = request
+            let text = try await body(&request)
+            let service = try validated { () throws(ConfigErrors) in try ServiceResource.parse(text, name: name) }
+            let revision = try await controller.putService(service)
+            return try json(service, revision: revision)
+        }
+        v1.delete("services/:name") { request, context in
+            try authorize(request)
+            let name = try context.parameters.require("name")
+            return try await mutation { try await controller.deleteService(name) }
+        }
+        v1.get("instances") { request, _ in
+            let service = request.uri.queryParameters.get("service")
+            return try await json(controller.instances(service: service))
+        }
+        v1.get("instances/:id") { _, context in
+            let id = try context.parameters.require("id")
+            guard let instance = await controller.instance(id) else { throw notFound("instance \"\(id)\"") }
+            return try json(instance)
+        }
+        v1.put("instances/:id") { request, context in
+            try authorize(request)
+            let id = try context.parameters.require("id")
+            var request = request
+            let text = try await body(&request)
+            let instance = try validated { () throws(ConfigErrors) in try InstanceResource.parse(text, id: id) }
+            let revision = try await controller.putInstance(instance)
+            return try json(instance, revision: revision)
+        }
+        v1.post("instances/:id/heartbeat") { request, context in
+            try authorize(request)
+            let id = try context.parameters.require("id")
+            var request = request
+            let text = try await body(&request)
+            let health = try validated { () throws(ConfigErrors) in try Self.parseHeartbeat(text) }
+            return try await mutation { try await controller.heartbeat(id, health: health) }
+        }
+        v1.delete("instances/:id") { request, context in
+            try authorize(request)
+            let id = try context.parameters.require("id")
+            return try await mutation { try await controller.deleteInstance(id) }
+        }
+        v1.get("watch") { request, _ in
+            let services = request.uri.queryParameters.get("services").map {
+                Set($0.split(separator: ",").map(String.init))
+            }
+            let revision = request.uri.queryParameters.get("revision").flatMap { Int64($0) }
+            return await watch(services: services, after: revision)
+        }
+        v1.get("openapi.json") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: OpenAPIDocument.json))
+            )
+        }
+        router.get("healthz") { _, _ in "ok\n" }
+        return router
+    }
+
+    // MARK: watch
+
+    /// NDJSON: one JSON object per line — `snapshot`, then `event`s; a `ping` every 10 s
+    /// keeps idle connections (and proxies) alive and tells the client the revision.
+    private func watch(services: Set<String>?, after revision: Int64?) async -> Response {
+        let stream = await controller.watch(services: services, after: revision)
+        let controller = self.controller
+        let body = ResponseBody { writer in
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                let (pings, pingContinuation) = AsyncStream<Void>.makeStream()
+                group.addTask {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: .seconds(10))
+                        pingContinuation.yield()
+                    }
+                }
+                // One writer: messages and pings merged through a single loop.
+                let merged = AsyncStream<WatchLine> { continuation in
+                    let forward = Task {
+                        for await message in stream { continuation.yield(.message(message)) }
+                        continuation.finish()
+                    }
+                    let ping = Task {
+                        for await _ in pings { continuation.yield(.ping) }
+                    }
+                    continuation.onTermination = { _ in
+                        forward.cancel()
+                        ping.cancel()
+                    }
+                }
+                for await line in merged {
+                    var data: Data
+                    switch line {
+                    case .message(.snapshot(let revision, let services, let instances)):
+                        data = try encoder.encode(
+                            WatchSnapshot(revision: revision, services: services, instances: instances)
+                        )
+                    case .message(.event(let event)):
+                        data = try encoder.encode(WatchEventLine(event: event))
+                    case .ping:
+                        data = try encoder.encode(WatchPing(revision: await controller.revision))
+                    }
+                    data.append(0x0A)
+                    try await writer.write(ByteBuffer(bytes: data))
+                }
+                group.cancelAll()
+                try await writer.finish(nil)
+            }
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"],
+            body: body
+        )
+    }
+
+    enum WatchLine: Sendable {
+        case message(WatchMessage)
+        case ping
+    }
+
+    struct WatchSnapshot: Encodable {
+        let type = "snapshot"
+        let revision: Int64
+        let services: [ServiceResource]
+        let instances: [InstanceResource]
+    }
+
+    struct WatchEventLine: Encodable {
+        let event: RegistryEvent
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode("event", forKey: .type)
+            try container.encode(event.revision, forKey: .revision)
+            try container.encode(event.kind.rawValue, forKey: .kind)
+            try container.encodeIfPresent(event.service, forKey: .service)
+            try container.encodeIfPresent(event.instance, forKey: .instance)
+        }
+        enum Keys: String, CodingKey { case type, revision, kind, service, instance }
+    }
+
+    struct WatchPing: Encodable {
+        let type = "ping"
+        let revision: Int64
+    }
+
+    // MARK: helpers
+
+    static func parseHeartbeat(_ text: String) throws(ConfigErrors) -> InstanceHealth? {
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !trimmed.isEmpty else { return nil }
+        let reader = ConfigReader()
+        var health: InstanceHealth?
+        if let root = reader.parse(trimmed), let f = reader.mapping(root, "", known: ["health"]) {
+            health = f.choice("health", as: InstanceHealth.self)
+        }
+        guard reader.errors.isEmpty else { throw ConfigErrors(reader.errors) }
+        return health
+    }
+
+    private func authorize(_ request: Request) throws {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
+            Self.constantTimeEqual(String(header.dropFirst(7)), token)
+        else {
+            throw APIError(status: .unauthorized, message: "a bearer token is required for changes (--token-file)")
+        }
+    }
+
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8)
+        let y = Array(b.utf8)
+        guard x.count == y.count else { return false }
+        var difference: UInt8 = 0
+        for i in x.indices { difference |= x[i] ^ y[i] }
+        return difference == 0
+    }
+
+    private func body(_ request: inout Request) async throws -> String {
+        do {
+            let buffer = try await request.collectBody(upTo: Self.maxBody)
+            return String(buffer: buffer)
+        } catch {
+            throw APIError(status: .contentTooLarge, message: "request body over \(Self.maxBody) bytes")
+        }
+    }
+
+    private func validated<T>(_ parse: () throws(ConfigErrors) -> T) throws -> T {
+        do {
+            return try parse()
+        } catch {
+            throw APIError(status: .badRequest, message: "invalid resource", errors: error.errors)
+        }
+    }
+
+    private func mutation(_ body: () async throws -> Int64) async throws -> Response {
+        do {
+            let revision = try await body()
+            return try json(Revision(revision: revision))
+        } catch let error as RegistryError {
+            switch error {
+            case .notFound(let what): throw notFound(what)
+            }
+        }
+    }
+
+    private func notFound(_ what: String) -> APIError {
+        APIError(status: .notFound, message: "no \(what)")
+    }
+
+    struct Revision: Encodable {
+        let revision: Int64
+    }
+}
+
+/// An API error: its status and a JSON body `{"error": ..., "errors": [{"field", "reason"}]}`.
+struct APIError: Error, HTTPResponseError {
+    let status: HTTPResponse.Status
+    let message: String
+    var errors: [ConfigError] = []
+
+    var headers: HTTPFields { [.contentType: "application/json"] }
+
+    struct Body: Encodable {
+        struct Field: Encodable {
+            let field: String
+            let reason: String
+        }
+        let error: String
+        let errors: [Field]
+    }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        let body = Body(error: message, errors: errors.map { Body.Field(field: $0.path, reason: $0.reason) })
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        var data = try encoder.encode(body)
+        data.append(0x0A)
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// A JSON response, with the registry revision in `x-meshwork-revision` when given.
+func json(_ value: some Encodable, revision: Int64? = nil) throws -> Response {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+    var data = try encoder.encode(value)
+    data.append(0x0A)
+    var headers: HTTPFields = [.contentType: "application/json"]
+    if let revision { headers[HTTPField.Name("x-meshwork-revision")!] = String(revision) }
+    return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+}

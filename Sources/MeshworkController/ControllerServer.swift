@@ -1,0 +1,114 @@
+import Foundation
+import Hummingbird
+import Logging
+import MeshworkModel
+import NIOCore
+import ServiceLifecycle
+
+/// `meshwork controller`: the registry with its store, leases and watch streams, served
+/// over HTTP. A ServiceLifecycle service: on SIGTERM it stops accepting and ends watches.
+public final class ControllerServer: Service {
+    public struct Options: Sendable {
+        public var dataDirectory: String
+        public var listen: HostPort
+        public var token: String
+
+        public init(dataDirectory: String, listen: HostPort, token: String) {
+            self.dataDirectory = dataDirectory
+            self.listen = listen
+            self.token = token
+        }
+    }
+
+    private let options: Options
+    private let logger: Logger
+    private let controller: Controller
+    private let onListening: @Sendable (SocketAddress) -> Void
+
+    public init(
+        options: Options,
+        logger: Logger,
+        onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
+    ) throws {
+        self.options = options
+        self.logger = logger
+        self.onListening = onListening
+        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
+        let store = try RegistryStore(
+            path: (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
+        )
+        self.controller = try Controller(store: store, logger: logger)
+    }
+
+    public func run() async throws {
+        let api = ControllerAPI(controller: controller, token: options.token, logger: logger)
+        let logger = self.logger
+        let onListening = self.onListening
+        let app = Application(
+            router: api.router(),
+            configuration: ApplicationConfiguration(
+                address: .hostname(options.listen.host, port: options.listen.port),
+                serverName: "meshwork-controller"
+            ),
+            onServerRunning: { channel in
+                if let address = channel.localAddress {
+                    logger.info("listening", metadata: ["listener": "api", "address": "\(address)"])
+                    onListening(address)
+                }
+            },
+            logger: logger
+        )
+        let controller = self.controller
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask {
+                try await app.run()
+            }
+            group.addTask {
+                // Leases are checked every second; an instance is gone at most a second
+                // after its TTL.
+                while !Task.isCancelled, !Task.isShuttingDownGracefully {
+                    try? await Task.sleep(for: .seconds(1))
+                    await controller.expireLeases()
+                }
+            }
+        }
+    }
+
+    /// The default data directory: `$XDG_STATE_HOME/meshwork`, else `~/.local/state/meshwork`.
+    public static var defaultDataDirectory: String {
+        let environment = ProcessInfo.processInfo.environment
+        if let state = environment["XDG_STATE_HOME"], !state.isEmpty {
+            return (state as NSString).appendingPathComponent("meshwork")
+        }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        return (home as NSString).appendingPathComponent(".local/state/meshwork")
+    }
+
+    /// The token in `path`, or (when nil) the one in the data directory, created on first
+    /// start with 256 random bits and mode 0600.
+    public static func loadToken(path: String?, dataDirectory: String) throws -> (token: String, path: String) {
+        let file = path ?? (dataDirectory as NSString).appendingPathComponent("token")
+        if let text = try? String(contentsOfFile: file, encoding: .utf8) {
+            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !token.isEmpty else { throw ControllerError("token file \(file) is empty") }
+            return (token, file)
+        }
+        guard path == nil else { throw ControllerError("cannot read token file \(file)") }
+        try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        var generator = SystemRandomNumberGenerator()
+        let token = (0..<4).map { _ in String(generator.next(), radix: 16) }.joined()
+        guard
+            FileManager.default.createFile(
+                atPath: file,
+                contents: Data((token + "\n").utf8),
+                attributes: [.posixPermissions: 0o600]
+            )
+        else { throw ControllerError("cannot write token file \(file)") }
+        return (token, file)
+    }
+}
+
+public struct ControllerError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

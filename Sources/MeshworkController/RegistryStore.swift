@@ -1,0 +1,87 @@
+import Foundation
+import GRDB
+import MeshworkModel
+
+/// The registry on disk: SQLite through GRDB, one row per service and per instance (the
+/// resource as JSON) and the revision. Every acknowledged change is committed before the
+/// API answers, so a restart loses nothing acknowledged; heartbeats are not written
+/// (leases are soft state: a restarted controller gives every instance a fresh lease).
+final class RegistryStore: Sendable {
+    private let database: DatabaseQueue
+
+    init(path: String) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        database = try DatabaseQueue(path: path, configuration: configuration)
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE service (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL);
+                    CREATE TABLE instance (id TEXT PRIMARY KEY NOT NULL, service TEXT NOT NULL, body TEXT NOT NULL);
+                    CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+                    """
+            )
+        }
+        try migrator.migrate(database)
+    }
+
+    struct Contents {
+        var services: [ServiceResource]
+        var instances: [InstanceResource]
+        var revision: Int64
+    }
+
+    func load() throws -> Contents {
+        try database.read { db in
+            let services = try String.fetchAll(db, sql: "SELECT body FROM service ORDER BY name").map {
+                try ServiceResource.parse($0)
+            }
+            let decoder = JSONDecoder()
+            let instances = try String.fetchAll(db, sql: "SELECT body FROM instance ORDER BY id").map {
+                try decoder.decode(InstanceResource.self, from: Data($0.utf8))
+            }
+            let revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
+            return Contents(services: services, instances: instances, revision: revision)
+        }
+    }
+
+    /// Writes the effect of `events` in one transaction.
+    func apply(_ events: [RegistryEvent]) throws {
+        guard let last = events.last else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        try database.write { db in
+            for event in events {
+                switch event.kind {
+                case .servicePut:
+                    guard let service = event.service else { continue }
+                    let body = String(decoding: try encoder.encode(service), as: UTF8.self)
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO service (name, body) VALUES (?, ?)",
+                        arguments: [service.name, body]
+                    )
+                case .serviceDeleted:
+                    guard let service = event.service else { continue }
+                    try db.execute(sql: "DELETE FROM service WHERE name = ?", arguments: [service.name])
+                case .instancePut:
+                    guard let instance = event.instance else { continue }
+                    let body = String(decoding: try encoder.encode(instance), as: UTF8.self)
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO instance (id, service, body) VALUES (?, ?, ?)",
+                        arguments: [instance.id, instance.service, body]
+                    )
+                case .instanceDeleted:
+                    guard let instance = event.instance else { continue }
+                    try db.execute(sql: "DELETE FROM instance WHERE id = ?", arguments: [instance.id])
+                }
+            }
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
+                arguments: [last.revision]
+            )
+        }
+    }
+}

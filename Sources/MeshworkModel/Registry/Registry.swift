@@ -1,0 +1,179 @@
+/// A change to the registry, as watchers receive it: tagged with the registry's revision
+/// after the change. Deletions carry the resource as it was, so a watcher filtering by
+/// service can tell whose instance went away.
+public struct RegistryEvent: Sendable, Hashable, Encodable {
+    public enum Kind: String, Sendable, Hashable, Codable {
+        case servicePut = "service-put"
+        case serviceDeleted = "service-deleted"
+        case instancePut = "instance-put"
+        case instanceDeleted = "instance-deleted"
+    }
+
+    public var revision: Int64
+    public var kind: Kind
+    public var service: ServiceResource?
+    public var instance: InstanceResource?
+
+    /// The service this event concerns (for filtering watches).
+    public var serviceName: String {
+        service?.name ?? instance?.service ?? ""
+    }
+}
+
+/// Why a registry operation was refused.
+public enum RegistryError: Error, Hashable, Sendable {
+    case notFound(String)
+}
+
+/// The registry of services and instances with leases, as a value with an injected clock
+/// (`now` in nanoseconds): every mutation returns the events it caused, each with the next
+/// revision, and the last `historyLimit` events are kept so a watcher that reconnects with
+/// its last revision gets exactly what it missed.
+public struct Registry: Sendable {
+    public private(set) var services: [String: ServiceResource] = [:]
+    public private(set) var instances: [String: InstanceResource] = [:]
+    public private(set) var revision: Int64
+    /// Lease deadlines (nanoseconds) of instances that have a TTL.
+    private var leases: [String: UInt64] = [:]
+    private var history: [RegistryEvent] = []
+    public let historyLimit: Int
+
+    /// - Parameters:
+    ///   - services, instances, revision: state restored from the store; instances with a
+    ///     TTL get a fresh lease from `now` (their sidecars heartbeat again within it).
+    public init(
+        services: [ServiceResource] = [],
+        instances: [InstanceResource] = [],
+        revision: Int64 = 0,
+        now: UInt64,
+        historyLimit: Int = 10_000
+    ) {
+        self.revision = revision
+        self.historyLimit = max(1, historyLimit)
+        for service in services { self.services[service.name] = service }
+        for instance in instances {
+            self.instances[instance.id] = instance
+            if instance.ttlSeconds > 0 { leases[instance.id] = now &+ Self.nanos(instance.ttlSeconds) }
+        }
+    }
+
+    // MARK: services
+
+    /// Creates or replaces a service; no event when nothing changed.
+    public mutating func putService(_ service: ServiceResource) -> [RegistryEvent] {
+        guard services[service.name] != service else { return [] }
+        services[service.name] = service
+        return [record(.servicePut, service: service)]
+    }
+
+    /// Deletes a service and its instances.
+    public mutating func deleteService(_ name: String) throws(RegistryError) -> [RegistryEvent] {
+        guard let service = services.removeValue(forKey: name) else { throw .notFound("service \"\(name)\"") }
+        var events: [RegistryEvent] = []
+        for instance in instances.values.filter({ $0.service == name }).sorted(by: { $0.id < $1.id }) {
+            instances[instance.id] = nil
+            leases[instance.id] = nil
+            events.append(record(.instanceDeleted, instance: instance))
+        }
+        events.append(record(.serviceDeleted, service: service))
+        return events
+    }
+
+    // MARK: instances
+
+    /// Registers or updates an instance and renews its lease. A service that does not
+    /// exist yet is created with the defaults (a sidecar may register before an operator
+    /// has described its service).
+    public mutating func putInstance(_ instance: InstanceResource, now: UInt64) -> [RegistryEvent] {
+        var events: [RegistryEvent] = []
+        if services[instance.service] == nil {
+            events += putService(ServiceResource(name: instance.service))
+        }
+        if let old = instances[instance.id], old.service != instance.service {
+            // Moving an id to another service: watchers of the old one see it leave.
+            instances[instance.id] = nil
+            events.append(record(.instanceDeleted, instance: old))
+        }
+        if instance.ttlSeconds > 0 {
+            leases[instance.id] = now &+ Self.nanos(instance.ttlSeconds)
+        } else {
+            leases[instance.id] = nil
+        }
+        if instances[instance.id] != instance {
+            instances[instance.id] = instance
+            events.append(record(.instancePut, instance: instance))
+        }
+        return events
+    }
+
+    /// Renews an instance's lease and, when given, records the health its checks report.
+    public mutating func heartbeat(
+        _ id: String,
+        health: InstanceHealth?,
+        now: UInt64
+    ) throws(RegistryError) -> [RegistryEvent] {
+        guard var instance = instances[id] else { throw .notFound("instance \"\(id)\"") }
+        if instance.ttlSeconds > 0 { leases[id] = now &+ Self.nanos(instance.ttlSeconds) }
+        guard let health, health != instance.health else { return [] }
+        instance.health = health
+        instances[id] = instance
+        return [record(.instancePut, instance: instance)]
+    }
+
+    public mutating func deleteInstance(_ id: String) throws(RegistryError) -> [RegistryEvent] {
+        guard let instance = instances.removeValue(forKey: id) else { throw .notFound("instance \"\(id)\"") }
+        leases[id] = nil
+        return [record(.instanceDeleted, instance: instance)]
+    }
+
+    /// Removes every instance whose lease ran out by `now`.
+    public mutating func expireLeases(now: UInt64) -> [RegistryEvent] {
+        let expired = leases.filter { $0.value <= now }.keys.sorted()
+        var events: [RegistryEvent] = []
+        for id in expired {
+            leases[id] = nil
+            if let instance = instances.removeValue(forKey: id) {
+                events.append(record(.instanceDeleted, instance: instance))
+            }
+        }
+        return events
+    }
+
+    /// Time left on an instance's lease (nil: no lease or no such instance).
+    public func leaseRemaining(_ id: String, now: UInt64) -> Duration? {
+        guard let deadline = leases[id] else { return nil }
+        return .nanoseconds(Int64(deadline > now ? deadline - now : 0))
+    }
+
+    // MARK: reading
+
+    /// The events after `revision`, in order; nil when the history no longer reaches back
+    /// that far (or the revision is from the future): the watcher needs a fresh snapshot.
+    public func events(after revision: Int64) -> [RegistryEvent]? {
+        if revision == self.revision { return [] }
+        guard revision < self.revision, let oldest = history.first?.revision, revision + 1 >= oldest else {
+            return nil
+        }
+        return Array(history[Int(revision + 1 - oldest)...])
+    }
+
+    public func instances(of service: String) -> [InstanceResource] {
+        instances.values.filter { $0.service == service }.sorted { $0.id < $1.id }
+    }
+
+    // MARK: internals
+
+    private mutating func record(
+        _ kind: RegistryEvent.Kind,
+        service: ServiceResource? = nil,
+        instance: InstanceResource? = nil
+    ) -> RegistryEvent {
+        revision += 1
+        let event = RegistryEvent(revision: revision, kind: kind, service: service, instance: instance)
+        history.append(event)
+        if history.count >= historyLimit * 2 { history.removeFirst(history.count - historyLimit) }
+        return event
+    }
+
+    private static func nanos(_ seconds: Int) -> UInt64 { UInt64(seconds) * 1_000_000_000 }
+}
