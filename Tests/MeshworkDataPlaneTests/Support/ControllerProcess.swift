@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+
+/// A real `meshwork controller` process on 127.0.0.1 with its own data directory, for
+/// end-to-end tests. Its port is read from its log (it listens on port 0).
+final class ControllerProcess {
+    let dataDirectory: String
+    private(set) var process: Process
+    private(set) var port = 0
+    private let logFile: String
+
+    var url: String { "http://127.0.0.1:\(port)" }
+    var token: String {
+        (try? String(contentsOfFile: dataDirectory + "/token", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+    }
+    var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+
+    private init(dataDirectory: String) {
+        self.dataDirectory = dataDirectory
+        self.logFile = dataDirectory + ".log"
+        self.process = Process()
+    }
+
+    static func start(dataDirectory: String? = nil) async throws -> ControllerProcess {
+        let directory =
+            dataDirectory
+            ?? FileManager.default.temporaryDirectory.appendingPathComponent("mw-ctl-\(UUID().uuidString)").path
+        let controller = ControllerProcess(dataDirectory: directory)
+        try await controller.launch()
+        return controller
+    }
+
+    private func launch() async throws {
+        _ = FileManager.default.createFile(atPath: logFile, contents: nil)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.arguments = ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:0"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: logFile)
+        try process.run()
+        for _ in 0..<300 {
+            if let port = Self.port(in: log) {
+                self.port = port
+                return
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        process.terminate()
+        throw ControllerStartFailure(log: log)
+    }
+
+    static func port(in log: String) -> Int? {
+        for line in log.split(separator: "\n") where line.contains("listener=api") {
+            guard let range = line.range(of: #":(\d+) listener="#, options: .regularExpression) else { continue }
+            return Int(line[range].dropFirst().prefix { $0.isNumber })
+        }
+        return nil
+    }
+
+    /// Stops it (SIGTERM, or SIGKILL when `kill`), waiting for the process to end.
+    func stop(kill: Bool = false) async {
+        guard process.isRunning else { return }
+        if kill {
+            Foundation.kill(process.processIdentifier, SIGKILL)
+        } else {
+            process.terminate()
+        }
+        for _ in 0..<500 where process.isRunning {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Starts it again on the same data directory (a new port).
+    func restart() async throws {
+        try await launch()
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: dataDirectory)
+        try? FileManager.default.removeItem(atPath: logFile)
+    }
+
+    /// curl against the API, with the token unless `authorized` is false.
+    func call(
+        _ method: String,
+        _ path: String,
+        body: String? = nil,
+        authorized: Bool = true
+    ) async throws -> CurlResult {
+        var arguments = ["-X", method]
+        if authorized { arguments += ["-H", "Authorization: Bearer \(token)"] }
+        if let body { arguments += ["-H", "content-type: application/json", "--data-binary", body] }
+        return try await Curl.run(arguments + [url + path])
+    }
+}
+
+struct ControllerStartFailure: Error, CustomStringConvertible {
+    let log: String
+    var description: String { "controller did not start:\n\(log)" }
+}
