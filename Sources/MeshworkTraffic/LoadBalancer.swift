@@ -100,6 +100,20 @@ public struct LoadBalancer<R: RandomNumberGenerator> {
         rebuild()
     }
 
+    /// Takes over the latency estimates of endpoints that `old` also had (matched by key),
+    /// so a changed endpoint list does not send a burst to endpoints known to be slow.
+    /// Outstanding counts start at zero: completions of requests picked by `old` go unreported.
+    public mutating func carryOver(from old: LoadBalancer) {
+        var byKey: [String: PeakEWMA] = [:]
+        for (index, endpoint) in old.endpoints.enumerated() { byKey[endpoint.key] = old.loads[index] }
+        for (index, endpoint) in endpoints.enumerated() {
+            if var load = byKey[endpoint.key] {
+                load.resetPending()
+                loads[index] = load
+            }
+        }
+    }
+
     /// Endpoints that can take traffic now.
     public var availableCount: Int { available.lazy.filter { $0 }.count }
 

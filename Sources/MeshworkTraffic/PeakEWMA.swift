@@ -48,6 +48,12 @@ public struct PeakEWMA: Sendable, Hashable {
         cost(at: now) * Double(pending + 1) / max(weight, .leastNonzeroMagnitude)
     }
 
+    /// Forgets outstanding requests (their completions will not be reported to this
+    /// estimate: the balancer it belonged to was rebuilt).
+    public mutating func resetPending() {
+        pending = 0
+    }
+
     /// A request was sent to this endpoint.
     public mutating func requestStarted() {
         pending += 1

@@ -1,5 +1,6 @@
 import NIOHTTP1
 import Prometheus
+import Synchronization
 
 /// Latency buckets from 0.5 ms to 30 s: a sidecar hop is sub-millisecond, a slow app is seconds.
 let latencyBuckets: [Duration] = [
@@ -105,7 +106,8 @@ final class ClusterMetrics: Sendable {
     private let errors: [String: Counter]
     let connectionsActive: Gauge
     let connectionsTotal: Counter
-    let endpoints: [EndpointMetrics]
+    private let endpointMetrics: Mutex<[String: EndpointMetrics]>
+    private let registry: PrometheusCollectorRegistry
     /// Outlier ejections by reason (consecutive_5xx, consecutive_gateway_failures, success_rate).
     let ejections: [String: Counter]
     /// Endpoints ejected now, summed over event loops (each loop ejects on what it sees).
@@ -147,7 +149,12 @@ final class ClusterMetrics: Sendable {
             descriptor: descriptor("cluster_connections", "total", "Upstream connections opened."),
             labels: labels
         )
-        self.endpoints = endpoints.map { EndpointMetrics(cluster: name, endpoint: $0, registry: registry) }
+        self.registry = registry
+        var byName: [String: EndpointMetrics] = [:]
+        for endpoint in endpoints {
+            byName[endpoint] = EndpointMetrics(cluster: name, endpoint: endpoint, registry: registry)
+        }
+        self.endpointMetrics = Mutex(byName)
         var ejections: [String: Counter] = [:]
         for reason in ["consecutive_5xx", "consecutive_gateway_failures", "success_rate"] {
             ejections[reason] = registry.makeCounter(
@@ -185,6 +192,17 @@ final class ClusterMetrics: Sendable {
 
     func countError(_ error: MeshError) {
         errors[error.reason]?.increment()
+    }
+
+    /// The metrics of one endpoint, created on first use (endpoints come and go with
+    /// discovery; a pool looks its metrics up once, when it is created).
+    func endpoint(_ name: String) -> EndpointMetrics {
+        endpointMetrics.withLock { metrics in
+            if let existing = metrics[name] { return existing }
+            let created = EndpointMetrics(cluster: self.name, endpoint: name, registry: registry)
+            metrics[name] = created
+            return created
+        }
     }
 }
 

@@ -140,8 +140,17 @@ final class HTTP1Pool {
         }
     }
 
+    /// The endpoint left the cluster: idle connections close now, busy ones when their
+    /// exchange ends.
+    func retire() {
+        retired = true
+        closeIdle()
+    }
+
+    private var retired = false
+
     private func putBack(_ handler: UpstreamHandler) {
-        guard idle.count < maxIdle else {
+        guard idle.count < maxIdle, !retired else {
             handler.close()
             return
         }

@@ -227,6 +227,16 @@ final class HTTP2Pool {
         if connection.openStreams == 0 { connection.channel.close(promise: nil) }
     }
 
+    /// The endpoint left the cluster: no new streams; each connection closes when its last
+    /// stream ends (in-flight requests finish).
+    func retire() {
+        for connection in connections {
+            connection.usable = false
+            connection.idleTimer?.cancel()
+            if connection.openStreams == 0 { connection.channel.close(promise: nil) }
+        }
+    }
+
     /// Closes every connection (drain): in-flight streams finish on their own first
     /// because we send GOAWAY by closing gracefully.
     func closeAll() {

@@ -37,25 +37,35 @@ final class LoopCluster {
 
     let name: String
     let metrics: ClusterMetrics
-    let requestTimeout: TimeAmount
+    private(set) var requestTimeout: TimeAmount
     /// True when the endpoints are peer sidecars: the original HTTP version travels in
     /// `x-meshwork-proto` so the far side restores it.
     let isMesh: Bool
-    let endpoints: [SocketAddress]
-    let retryPolicy: RetryPolicy
-    let hashOn: HashKey?
-    private let pools: [Pool]
+    private(set) var endpoints: [SocketAddress]
+    private(set) var retryPolicy: RetryPolicy
+    private(set) var hashOn: HashKey?
+    private var pools: [Pool]
+    private var poolKeys: [String]
     private let loop: any EventLoop
     private let logger: Logger
     private let endpointProtocol: EndpointProtocol
+    private let tls: NIOSSLContext?
     private let upgradeTLS: NIOSSLContext?
-    private let connectTimeout: TimeAmount
+    private var connectTimeout: TimeAmount
+    private var config: ClusterConfig
+    private let zone: String?
+    private let loopIndex: Int
+    private let loopCount: Int
+    private let gate: ConnectionGate
     private var balancer: LoadBalancer<SplitMix64>
     private var outliers: OutlierDetector?
     private var breaker: CircuitBreaker
     private var retryBudget: RetryBudget
     private var throttle: AdaptiveThrottle?
     private var random: SplitMix64
+    /// Bumped when the endpoints change; the endpoint tokens handed out carry it, so
+    /// feedback about an endpoint of an older list is dropped rather than misattributed.
+    private var generation = 0
 
     init(
         config: ClusterConfig,
@@ -76,6 +86,11 @@ final class LoopCluster {
         self.endpoints = addresses
         self.loop = loop
         self.logger = logger
+        self.config = config
+        self.zone = zone
+        self.loopIndex = loopIndex
+        self.loopCount = loopCount
+        self.tls = tls
         self.endpointProtocol = config.protocol
         self.upgradeTLS = config.protocol == .mesh ? upgradeTLS : nil
         self.connectTimeout = .nanoseconds(config.connectTimeout.nanoseconds)
@@ -85,6 +100,34 @@ final class LoopCluster {
         let seed = StableHash.hash(config.name) &+ UInt64(loopIndex)
         self.random = SplitMix64(seed: seed ^ 0x5DEE_CE66)
 
+        let now = loop.now.uptimeNanoseconds
+        self.balancer = Self.makeBalancer(config, zone: zone, seed: seed, now: now, loopIndex: loopIndex)
+        self.outliers = config.outlierDetection.map {
+            OutlierDetector(count: config.endpoints.count, policy: $0, now: now)
+        }
+        let limits = config.circuitBreakers.divided(by: loopCount)
+        self.breaker = CircuitBreaker(limits: limits)
+        self.retryBudget = RetryBudget(
+            ratio: config.retries.budgetRatio,
+            minRetriesPerSecond: config.retries.budgetMinPerSecond / Double(max(1, loopCount)),
+            window: config.retries.budgetWindow
+        )
+        self.throttle = config.adaptiveThrottling.map { AdaptiveThrottle(k: $0.k, window: $0.window) }
+
+        self.gate = ConnectionGate(limit: limits.maxConnections)
+        self.pools = []
+        self.poolKeys = []
+        self.pools = addresses.indices.map { makePool($0, address: addresses[$0]) }
+        self.poolKeys = config.endpoints.map(\.address.description)
+    }
+
+    private static func makeBalancer(
+        _ config: ClusterConfig,
+        zone: String?,
+        seed: UInt64,
+        now: UInt64,
+        loopIndex: Int
+    ) -> LoadBalancer<SplitMix64> {
         let subsetWeights = config.subset.map {
             DeterministicAperture.weights(
                 backendCount: config.endpoints.count,
@@ -100,8 +143,7 @@ final class LoopCluster {
                 zone: endpoint.zone
             )
         }
-        let now = loop.now.uptimeNanoseconds
-        self.balancer = LoadBalancer(
+        return LoadBalancer(
             algorithm: config.balancer,
             endpoints: balancerEndpoints,
             zones: ZonePolicy(localZone: config.zoneAware ? zone : nil),
@@ -109,51 +151,99 @@ final class LoopCluster {
             now: now,
             roundRobinStart: loopIndex
         )
-        self.outliers = config.outlierDetection.map {
-            OutlierDetector(count: config.endpoints.count, policy: $0, now: now)
-        }
-        let limits = config.circuitBreakers.divided(by: loopCount)
-        self.breaker = CircuitBreaker(limits: limits)
-        self.retryBudget = RetryBudget(
-            ratio: config.retries.budgetRatio,
-            minRetriesPerSecond: config.retries.budgetMinPerSecond / Double(max(1, loopCount)),
-            window: config.retries.budgetWindow
-        )
-        self.throttle = config.adaptiveThrottling.map { AdaptiveThrottle(k: $0.k, window: $0.window) }
+    }
 
-        let gate = ConnectionGate(limit: limits.maxConnections)
-        self.pools = addresses.enumerated().map { index, address in
-            switch config.protocol {
-            case .http1:
-                return .http1(
-                    HTTP1Pool(
-                        loop: loop,
-                        address: address,
-                        tls: nil,
-                        connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
-                        idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
-                        maxIdle: config.maxIdleConnections,
-                        metrics: metrics.endpoints[index],
-                        clusterMetrics: metrics,
-                        gate: gate
-                    )
+    private func makePool(_ index: Int, address: SocketAddress) -> Pool {
+        let endpointMetrics = metrics.endpoint(config.endpoints[index].address.description)
+        switch config.protocol {
+        case .http1:
+            return .http1(
+                HTTP1Pool(
+                    loop: loop,
+                    address: address,
+                    tls: nil,
+                    connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
+                    idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
+                    maxIdle: config.maxIdleConnections,
+                    metrics: endpointMetrics,
+                    clusterMetrics: metrics,
+                    gate: gate
                 )
-            case .h2c, .mesh:
-                return .http2(
-                    HTTP2Pool(
-                        loop: loop,
-                        address: address,
-                        tls: config.protocol == .mesh ? tls : nil,
-                        connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
-                        idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
-                        maxStreams: config.maxConcurrentStreams,
-                        metrics: metrics.endpoints[index],
-                        clusterMetrics: metrics,
-                        gate: gate
-                    )
+            )
+        case .h2c, .mesh:
+            return .http2(
+                HTTP2Pool(
+                    loop: loop,
+                    address: address,
+                    tls: config.protocol == .mesh ? tls : nil,
+                    connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
+                    idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
+                    maxStreams: config.maxConcurrentStreams,
+                    metrics: endpointMetrics,
+                    clusterMetrics: metrics,
+                    gate: gate
                 )
+            )
+        }
+    }
+
+    /// Replaces the endpoints (and policy) without dropping anything: pools of endpoints
+    /// that stay are kept with their connections, pools of endpoints that left finish
+    /// their in-flight requests and close, and the balancer keeps what it learnt about
+    /// the endpoints that stay. Runs on this cluster's loop.
+    func update(_ newConfig: ClusterConfig, addresses: [SocketAddress]) {
+        loop.preconditionInEventLoop()
+        precondition(newConfig.endpoints.count == addresses.count, "one address per endpoint")
+        var oldPools: [String: Pool] = [:]
+        for (key, pool) in zip(poolKeys, pools) { oldPools[key] = pool }
+        config = newConfig
+        endpoints = addresses
+        requestTimeout = .nanoseconds(newConfig.requestTimeout.nanoseconds)
+        connectTimeout = .nanoseconds(newConfig.connectTimeout.nanoseconds)
+        retryPolicy = newConfig.retries
+        hashOn = newConfig.hashOn
+        var newPools: [Pool] = []
+        let newKeys = newConfig.endpoints.map(\.address.description)
+        for (index, key) in newKeys.enumerated() {
+            if let pool = oldPools.removeValue(forKey: key) {
+                newPools.append(pool)
+            } else {
+                newPools.append(makePool(index, address: addresses[index]))
             }
         }
+        for pool in oldPools.values {
+            switch pool {
+            case .http1(let pool): pool.retire()
+            case .http2(let pool): pool.retire()
+            }
+        }
+        pools = newPools
+        poolKeys = newKeys
+        let now = loop.now.uptimeNanoseconds
+        let old = balancer
+        balancer = Self.makeBalancer(
+            newConfig,
+            zone: zone,
+            seed: StableHash.hash(name) &+ UInt64(loopIndex) &+ UInt64(generation + 1),
+            now: now,
+            loopIndex: loopIndex
+        )
+        balancer.carryOver(from: old)
+        if outliers != nil {
+            metrics.ejectedEndpoints.decrement(by: Double(outliers?.ejectedCount ?? 0))
+        }
+        outliers = newConfig.outlierDetection.map { OutlierDetector(count: addresses.count, policy: $0, now: now) }
+        generation += 1
+    }
+
+    /// An endpoint token: the index in the current list, tagged with the generation.
+    private func token(_ index: Int) -> Int { generation << 32 | index }
+
+    /// The current index of a token, or nil when it belongs to an older endpoint list.
+    private func index(of token: Int) -> Int? {
+        guard token >> 32 == generation else { return nil }
+        let index = token & 0xFFFF_FFFF
+        return index < endpoints.count ? index : nil
     }
 
     private var now: UInt64 { loop.now.uptimeNanoseconds }
@@ -207,7 +297,8 @@ final class LoopCluster {
 
     // MARK: picking and feedback
 
-    private func pickIndex(hash: UInt64?, avoiding: Int?) -> Int? {
+    private func pickIndex(hash: UInt64?, avoiding avoidingToken: Int?) -> Int? {
+        let avoiding = avoidingToken.flatMap { index(of: $0) }
         if let events = outliers?.tick(now: now), !events.isEmpty { apply(events) }
         guard var index = balancer.pick(now: now, hash: hash) else { return nil }
         // A retry goes elsewhere when it can: a second look usually finds another endpoint.
@@ -223,14 +314,16 @@ final class LoopCluster {
 
     /// The request to endpoint `index` that `acquire` counted got its answer (or failed)
     /// after `nanoseconds`: the latency feedback of the balancer.
-    func requestFinished(_ index: Int, nanoseconds: Int64) {
+    func requestFinished(_ token: Int, nanoseconds: Int64) {
+        guard let index = index(of: token) else { return }
         balancer.requestFinished(index, rtt: .nanoseconds(max(0, nanoseconds)), now: now)
     }
 
     /// What the exchange with endpoint `index` came to: outlier detection and throttling
     /// learn from it.
-    func record(_ index: Int, _ outcome: ExchangeOutcome) {
+    func record(_ token: Int, _ outcome: ExchangeOutcome) {
         if outcome != .gatewayFailure { throttle?.recordAccept(now: now) }
+        guard let index = index(of: token) else { return }
         if let event = outliers?.record(index, outcome, now: now) { apply([event]) }
     }
 
@@ -271,17 +364,18 @@ final class LoopCluster {
         }
         balancer.requestStarted(index)
         let started = loop.now
+        let token = self.token(index)
         let tagged: (Result<UpstreamHandler, MeshError>) -> Void = { result in
             self.breaker.release(.pendingRequests)
             switch result {
             case .success(let handler):
-                handler.endpointIndex = index
+                handler.endpointIndex = token
             case .failure(let error):
                 // A failed connection is a slow answer: the balancer hears of it.
-                self.requestFinished(index, nanoseconds: (self.loop.now - started).nanoseconds)
-                if error != .overflowConnections { self.record(index, .gatewayFailure) }
+                self.requestFinished(token, nanoseconds: (self.loop.now - started).nanoseconds)
+                if error != .overflowConnections { self.record(token, .gatewayFailure) }
             }
-            callback(result, index)
+            callback(result, token)
         }
         switch pools[index] {
         case .http1(let pool): pool.acquire(tagged)
@@ -308,14 +402,14 @@ final class LoopCluster {
             tls: upgradeTLS,
             connectTimeout: connectTimeout,
             kind: .dedicated,
-            metrics: metrics.endpoints[index]
+            metrics: metrics.endpoint(poolKeys[index])
         ) { result in
             if case .success(let (channel, _)) = result {
                 clusterMetrics.connectionsTotal.increment()
                 clusterMetrics.connectionsActive.increment()
                 channel.closeFuture.whenComplete { _ in clusterMetrics.connectionsActive.decrement() }
             }
-            callback(result.map { $0.1 }, index)
+            callback(result.map { $0.1 }, self.token(index))
         }
     }
 
