@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // Pure traffic algorithms (balancers, subsetting, outlier detection, budgets and
@@ -70,6 +71,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The sidecar's link to the controller: watch, cache, registration, health checks.
+        .target(
+            name: "MeshworkDiscovery",
+            dependencies: [
+                "MeshworkModel",
+                "MeshworkDataPlane",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The project's own demo app: a fast upstream for tests, benchmarks and the demo.
         .target(
             name: "MeshworkDemo",
@@ -88,6 +104,7 @@ let package = Package(
                 "MeshworkModel",
                 "MeshworkDataPlane",
                 "MeshworkController",
+                "MeshworkDiscovery",
                 "MeshworkDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -145,6 +145,13 @@ actor Controller {
 
     var watcherCount: Int { watchers.count }
 
+    /// Ends every watch stream (shutdown): clients reconnect, to this controller once it is
+    /// back or to another.
+    func finishWatchers() {
+        for watcher in watchers.values { watcher.continuation.finish() }
+        watchers.removeAll()
+    }
+
     private func broadcast(_ event: RegistryEvent) {
         for (id, watcher) in watchers where watcher.services?.contains(event.serviceName) ?? true {
             if case .dropped = watcher.continuation.yield(.event(event)) {

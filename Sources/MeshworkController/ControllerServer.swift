@@ -64,6 +64,11 @@ public final class ControllerServer: Service {
                 try await app.run()
             }
             group.addTask {
+                // Watch streams never end by themselves: end them so the server can stop.
+                try? await gracefulShutdown()
+                await controller.finishWatchers()
+            }
+            group.addTask {
                 // Leases are checked every second; an instance is gone at most a second
                 // after its TTL.
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {

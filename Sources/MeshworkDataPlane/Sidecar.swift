@@ -69,7 +69,7 @@ public actor Sidecar: Service {
         guard errors.isEmpty else { throw ConfigErrors(errors) }
 
         let clusterMetrics = Dictionary(
-            uniqueKeysWithValues: config.clusters.map {
+            uniqueKeysWithValues: config.allClusters.map {
                 (
                     $0.name,
                     ClusterMetrics(
@@ -89,7 +89,7 @@ public actor Sidecar: Service {
         let appCluster = config.inbound.map { Self.appClusterConfig($0) }
         for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
-            for cluster in config.clusters {
+            for cluster in config.allClusters {
                 context.clusters[cluster.name] = LoopCluster(
                     config: cluster,
                     addresses: resolved[cluster.name] ?? [],
@@ -137,6 +137,54 @@ public actor Sidecar: Service {
     }
 
     private let appAddress: SocketAddress?
+
+    /// Applies what discovery knows to the clusters of `discover`: each gets the serving
+    /// instances of its service (healthy, weight above 0) and the service's traffic policy,
+    /// on every event loop, without dropping connections or in-flight requests. Instances
+    /// whose address does not resolve are left out (and logged).
+    public func apply(_ state: DiscoveryState) {
+        for name in config.discover {
+            var cluster = ClusterConfig.discovered(name)
+            if let service = state.services[name] { cluster.policy = service.policy }
+            var addresses: [SocketAddress] = []
+            for instance in state.servingInstances(of: name) {
+                do {
+                    let address = try SocketAddress.makeAddressResolvingHost(instance.address, port: instance.port)
+                    addresses.append(address)
+                    cluster.endpoints.append(
+                        EndpointConfig(
+                            address: HostPort(host: instance.address, port: instance.port),
+                            weight: Double(instance.weight),
+                            zone: instance.zone
+                        )
+                    )
+                } catch {
+                    logger.warning(
+                        "instance address does not resolve",
+                        metadata: ["instance": "\(instance.id)", "address": "\(instance.address)"]
+                    )
+                }
+            }
+            if appliedClusters[name] == cluster { continue }
+            appliedClusters[name] = cluster
+            logger.info(
+                "cluster updated",
+                metadata: [
+                    "cluster": "\(name)", "endpoints": "\(cluster.endpoints.count)", "revision": "\(state.revision)",
+                ]
+            )
+            let contexts = self.contexts
+            for (index, context) in contexts.all.enumerated() {
+                let update = cluster
+                let resolved = addresses
+                context.loop.execute {
+                    contexts.all[index].clusters[name]?.update(update, addresses: resolved)
+                }
+            }
+        }
+    }
+
+    private var appliedClusters: [String: ClusterConfig] = [:]
 
     /// The local app as a cluster of one: no outlier ejection (there is nowhere else to
     /// go) and retries only when the connection could not be made.
@@ -223,7 +271,8 @@ public actor Sidecar: Service {
                 if usedNames.contains(name) { name += ":\(upstream.listen.port)" }
                 usedNames.insert(name)
                 let proxy = settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false)
-                let cluster = config.cluster(named: upstream.cluster)!
+                let cluster =
+                    config.allClusters.first { $0.name == upstream.cluster } ?? ClusterConfig(name: upstream.cluster)
                 let upstreamTLS = cluster.protocol == .mesh ? tls?.clientTCP : nil
                 let connectTimeout = TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds)
                 let clusterName = upstream.cluster

@@ -19,7 +19,8 @@ extension SidecarConfig {
 
     private mutating func read(_ root: Node, _ reader: ConfigReader) {
         let known: Set = [
-            "service", "zone", "threads", "admin", "tls", "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
+            "service", "zone", "threads", "admin", "controller", "instance", "healthCheck", "discover", "tls",
+            "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
             "limits",
         ]
         guard let fields = reader.mapping(root, "", known: known) else { return }
@@ -116,6 +117,67 @@ extension SidecarConfig {
             Self.readPolicy(f, reader, into: &value.policy)
             clusters.append(value)
         }
+        if let f = reader.mapping(fields.node("controller"), "controller", known: ["url", "tokenFile", "cacheFile"]) {
+            if let url = f.required("url", f.string("url")) {
+                if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
+                    reader.fail(f.path("url"), "expected an http:// or https:// URL, found \"\(url)\"")
+                }
+                var link = ControllerLink(url: url.hasSuffix("/") ? String(url.dropLast()) : url)
+                link.tokenFile = f.string("tokenFile")
+                link.cacheFile = f.string("cacheFile")
+                controller = link
+            }
+        }
+        if let f = reader.mapping(
+            fields.node("instance"),
+            "instance",
+            known: ["id", "address", "zone", "weight", "version", "metadata", "ttl"]
+        ) {
+            if let v = f.string("id") {
+                if let reason = Names.invalidID(v) { reader.fail(f.path("id"), reason) }
+                instance.id = v
+            }
+            if let v = f.string("address") { instance.address = v }
+            if let v = f.string("zone") { instance.zone = v }
+            if let n = f.int("weight", range: 0...65535) { instance.weight = n }
+            if let v = f.string("version") { instance.version = v }
+            if let m = f.node("metadata")?.mapping {
+                for (key, value) in m {
+                    if let k = key.string, let v = value.scalar?.string { instance.metadata[k] = v }
+                }
+            }
+            if let d = f.duration("ttl") {
+                if d.duration >= .seconds(1) {
+                    instance.ttl = d
+                } else {
+                    reader.fail(f.path("ttl"), "must be at least 1s")
+                }
+            }
+        }
+        if let f = reader.mapping(
+            fields.node("healthCheck"),
+            "healthCheck",
+            known: ["kind", "path", "interval", "timeout", "healthyThreshold", "unhealthyThreshold"]
+        ) {
+            if let k = f.choice("kind", as: HealthCheckConfig.Kind.self) { healthCheck.kind = k }
+            if let p = f.string("path") {
+                if p.hasPrefix("/") {
+                    healthCheck.path = p
+                    if f.node("kind") == nil { healthCheck.kind = .http }
+                } else {
+                    reader.fail(f.path("path"), "must start with /")
+                }
+            }
+            if let d = f.duration("interval") { healthCheck.interval = d }
+            if let d = f.duration("timeout") { healthCheck.timeout = d }
+            if let n = f.int("healthyThreshold", range: 1...100) { healthCheck.healthyThreshold = n }
+            if let n = f.int("unhealthyThreshold", range: 1...100) { healthCheck.unhealthyThreshold = n }
+        }
+        for (path, node) in reader.sequence(fields.node("discover"), "discover") {
+            guard let name = reader.string(node, path) else { continue }
+            if let reason = Names.invalidServiceName(name) { reader.fail(path, reason) }
+            discover.append(name)
+        }
         if let f = reader.mapping(fields.node("timeouts"), "timeouts", known: ["headerRead", "idle", "drain"]) {
             if let d = f.duration("headerRead") { timeouts.headerRead = d }
             if let d = f.duration("idle") { timeouts.idle = d }
@@ -147,8 +209,18 @@ extension SidecarConfig {
                 reader.fail("\(path).endpoints[\(e)]", "an endpoint needs a real port, not 0")
             }
         }
-        for (index, upstream) in upstreams.enumerated() where names[upstream.cluster] == nil {
-            reader.fail("upstreams[\(index)].cluster", "no cluster named \"\(upstream.cluster)\"")
+        for (index, name) in discover.enumerated() where names[name] != nil {
+            reader.fail("discover[\(index)]", "\"\(name)\" is also a static cluster")
+        }
+        if !discover.isEmpty, controller == nil {
+            reader.fail("discover", "needs the controller section (url)")
+        }
+        for (index, upstream) in upstreams.enumerated()
+        where names[upstream.cluster] == nil && !discover.contains(upstream.cluster) {
+            reader.fail(
+                "upstreams[\(index)].cluster",
+                "no cluster named \"\(upstream.cluster)\" (static clusters or discover)"
+            )
         }
         if let app = inbound?.app, app.port == 0 {
             reader.fail("inbound.app", "the app needs a real port, not 0")

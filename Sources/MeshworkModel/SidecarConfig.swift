@@ -21,11 +21,25 @@ public struct SidecarConfig: Sendable, Hashable, Encodable {
     public var clusters: [ClusterConfig] = []
     public var timeouts: ListenerTimeouts = .init()
     public var limits: Limits = .init()
+    /// The controller this sidecar registers with and learns its upstreams from.
+    public var controller: ControllerLink?
+    /// How this instance is registered (needs `controller` and `inbound`).
+    public var instance: InstanceRegistration = .init()
+    /// How the local app is health-checked (its result is reported to the controller).
+    public var healthCheck: HealthCheckConfig = .init()
+    /// Services whose instances come from the controller: each becomes a cluster of the
+    /// same name (reachable by upstream ports and the HTTP proxy).
+    public var discover: [String] = []
 
     public init() {}
 
     public func cluster(named name: String) -> ClusterConfig? {
         clusters.first { $0.name == name }
+    }
+
+    /// The static clusters and, empty until discovery fills them, one per `discover` name.
+    public var allClusters: [ClusterConfig] {
+        clusters + discover.map { ClusterConfig.discovered($0) }
     }
 }
 
@@ -268,6 +282,14 @@ public struct TrafficPolicy: Sendable, Hashable {
 }
 
 extension ClusterConfig {
+    /// A cluster whose endpoints come from the controller: peer sidecars (mTLS when the
+    /// sidecar has `tls`, else h2c to their inbound listeners).
+    public static func discovered(_ name: String) -> ClusterConfig {
+        var cluster = ClusterConfig(name: name)
+        cluster.protocol = .mesh
+        return cluster
+    }
+
     /// The cluster's traffic policy fields, read or written together.
     public var policy: TrafficPolicy {
         get {
@@ -295,4 +317,56 @@ extension ClusterConfig {
             adaptiveThrottling = newValue.adaptiveThrottling
         }
     }
+}
+
+/// Where the controller is and how to talk to it.
+public struct ControllerLink: Sendable, Hashable, Encodable {
+    /// Base URL of the controller's API, e.g. `http://127.0.0.1:7070`.
+    public var url: String
+    /// File with the API token (for registration and heartbeats).
+    public var tokenFile: String?
+    /// The last snapshot is kept here, so the sidecar starts and serves while the controller
+    /// is down; none when nil.
+    public var cacheFile: String?
+
+    public init(url: String) {
+        self.url = url
+    }
+}
+
+public struct InstanceRegistration: Sendable, Hashable, Encodable {
+    /// Defaults to `<service>-<address>-<port>`.
+    public var id: String?
+    /// The address peers reach this sidecar's inbound listener at (default: its listen host).
+    public var address: String?
+    public var zone: String?
+    public var weight: Int = 1
+    public var version: String?
+    public var metadata: [String: String] = [:]
+    /// The lease: without a heartbeat for this long the controller drops the instance.
+    public var ttl: TimeSpan = .seconds(15)
+
+    public init() {}
+}
+
+public struct HealthCheckConfig: Sendable, Hashable, Encodable {
+    public enum Kind: String, Sendable, Hashable, Encodable, CaseIterable {
+        /// GET `path` on the app; 2xx and 3xx are healthy.
+        case http
+        /// A TCP connection to the app's port.
+        case tcp
+        /// No check: healthy once registered.
+        case none
+    }
+
+    public var kind: Kind = .tcp
+    public var path: String = "/"
+    public var interval: TimeSpan = .seconds(2)
+    public var timeout: TimeSpan = .seconds(1)
+    /// Consecutive passes before an instance is healthy again.
+    public var healthyThreshold: Int = 1
+    /// Consecutive failures before it is unhealthy.
+    public var unhealthyThreshold: Int = 2
+
+    public init() {}
 }

@@ -344,7 +344,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .failure(let error):
             cluster.metrics.countError(error)
             // Nothing was sent: every part is still here, whatever the request's size.
-            if error == .connectFailed || error == .connectTimeout, cluster.retryPolicy.on.contains(.connectFailure),
+            // (A reset here is a stream that could not be opened on a connection that just died.)
+            if error == .connectFailed || error == .connectTimeout || error == .upstreamReset,
+                cluster.retryPolicy.on.contains(.connectFailure),
                 retry(cluster, parts: pending, failedEndpoint: endpoint)
             {
                 return

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeshworkDataPlane
+import MeshworkDiscovery
 import MeshworkModel
 import NIOCore
 import NIOPosix
@@ -13,11 +14,67 @@ struct SidecarCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sidecar",
         abstract: "Run the sidecar proxy beside one service instance.",
-        discussion: "The config file is YAML; see docs/configuration.md. SIGTERM or SIGINT drains gracefully."
+        discussion: """
+            Configure it with a YAML file (see docs/configuration.md), with flags, or both (flags win). \
+            With --controller it registers the instance, health-checks the app and learns the instances \
+            of every --upstream from the controller:
+              meshwork sidecar --service orders --app-port 8080 --controller http://127.0.0.1:7070 \
+            --token-file ~/.local/state/meshwork/token --upstream inventory=127.0.0.1:9001
+            SIGTERM or SIGINT deregisters, then drains gracefully.
+            """
     )
 
     @Option(name: .long, help: "Path of the sidecar's YAML config.")
-    var config: String
+    var config: String?
+
+    @Option(name: .long, help: "This instance's service name.")
+    var service: String?
+
+    @Option(name: .long, help: "The local app's port on 127.0.0.1 (inbound traffic goes there).")
+    var appPort: Int?
+
+    @Option(name: .long, help: "How the app is spoken to: http1, h2c or tcp.")
+    var appProtocol: AppProtocol?
+
+    @Option(name: .long, help: "Inbound listener (peer sidecars connect here; port 0 picks one).")
+    var inbound: String?
+
+    @Option(name: .long, help: "The controller's API URL.")
+    var controller: String?
+
+    @Option(name: .long, help: "File holding the controller API token.")
+    var tokenFile: String?
+
+    @Option(
+        name: .long,
+        help: "Where to keep the last known registry state (serves from it when the controller is down)."
+    )
+    var cacheFile: String?
+
+    @Option(
+        name: .long,
+        help:
+            "A service this one calls, learnt from the controller; NAME=ADDRESS also opens a local port for it. Repeatable."
+    )
+    var upstream: [String] = []
+
+    @Option(name: .long, help: "HTTP_PROXY listener: apps call http://<service>/ through it.")
+    var httpProxy: String?
+
+    @Option(name: .long, help: "Admin listener (/metrics, /ready, /live, /config).")
+    var admin: String?
+
+    @Option(name: .long, help: "This instance's zone.")
+    var zone: String?
+
+    @Option(name: .long, help: "Health check: an HTTP path on the app (default: a TCP connect).")
+    var healthPath: String?
+
+    @Option(name: .long, help: "How often the app is health-checked, e.g. 2s.")
+    var healthInterval: String?
+
+    @Option(name: .long, help: "Lease TTL, e.g. 15s: without heartbeats the controller drops the instance after it.")
+    var ttl: String?
 
     @Option(name: .long, help: "Event loop threads (overrides the config; 0 = one per core).")
     var threads: Int?
@@ -28,25 +85,100 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
-    func run() async throws {
-        let text: String
-        do {
-            text = try String(contentsOfFile: config, encoding: .utf8)
-        } catch {
-            throw CommandFailure("cannot read config file \(config): \(error.localizedDescription)")
+    /// The config from the file (if any) with the flags applied on top.
+    func effectiveConfig() throws -> SidecarConfig {
+        var sidecarConfig = SidecarConfig()
+        let source = config ?? "flags"
+        if let config {
+            let text: String
+            do {
+                text = try String(contentsOfFile: config, encoding: .utf8)
+            } catch {
+                throw CommandFailure("cannot read config file \(config): \(error.localizedDescription)")
+            }
+            do {
+                sidecarConfig = try SidecarConfig.load(yaml: text)
+            } catch {
+                throw CommandFailure("\(config): \(error)")
+            }
+        } else {
+            // Flags only: listeners on free ports unless told otherwise.
+            sidecarConfig.admin = HostPort(host: "127.0.0.1", port: 0)
         }
-        var sidecarConfig: SidecarConfig
-        do {
-            sidecarConfig = try SidecarConfig.load(yaml: text)
-        } catch {
-            throw CommandFailure("\(config): \(error)")
+        func address(_ text: String, _ flag: String) throws -> HostPort {
+            switch HostPort.parse(text) {
+            case .success(let value): return value
+            case .failure(let error): throw CommandFailure("--\(flag): \(error.reason)")
+            }
         }
+        if let service { sidecarConfig.service = service }
+        if let zone { sidecarConfig.zone = zone }
+        if let admin { sidecarConfig.admin = try address(admin, "admin") }
+        if let appPort {
+            guard (1...65535).contains(appPort) else { throw CommandFailure("--app-port: must be between 1 and 65535") }
+            let listen = try inbound.map { try address($0, "inbound") } ?? HostPort(host: "127.0.0.1", port: 0)
+            var inboundConfig =
+                sidecarConfig.inbound ?? InboundConfig(listen: listen, app: HostPort(host: "127.0.0.1", port: appPort))
+            inboundConfig.app = HostPort(host: "127.0.0.1", port: appPort)
+            inboundConfig.listen = listen
+            if let appProtocol { inboundConfig.protocol = appProtocol }
+            sidecarConfig.inbound = inboundConfig
+        } else if inbound != nil {
+            throw CommandFailure("--inbound needs --app-port")
+        }
+        if let controller {
+            var link = sidecarConfig.controller ?? ControllerLink(url: controller)
+            link.url = controller.hasSuffix("/") ? String(controller.dropLast()) : controller
+            sidecarConfig.controller = link
+        }
+        if let tokenFile { sidecarConfig.controller?.tokenFile = tokenFile }
+        if let cacheFile { sidecarConfig.controller?.cacheFile = cacheFile }
+        if let healthPath {
+            sidecarConfig.healthCheck.kind = .http
+            sidecarConfig.healthCheck.path = healthPath
+        }
+        if let healthInterval {
+            guard let value = DurationText.parse(healthInterval), value > .zero else {
+                throw CommandFailure("--health-interval: expected a duration like 2s")
+            }
+            sidecarConfig.healthCheck.interval = TimeSpan(value)
+        }
+        if let ttl {
+            guard let value = DurationText.parse(ttl), value >= .seconds(1) else {
+                throw CommandFailure("--ttl: expected a duration of at least 1s, like 15s")
+            }
+            sidecarConfig.instance.ttl = TimeSpan(value)
+        }
+        for entry in upstream {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            let name = parts[0]
+            if let reason = Names.invalidServiceName(name) { throw CommandFailure("--upstream \(entry): \(reason)") }
+            if !sidecarConfig.discover.contains(name) { sidecarConfig.discover.append(name) }
+            if parts.count == 2 {
+                sidecarConfig.upstreams.append(UpstreamConfig(listen: try address(parts[1], "upstream"), cluster: name))
+            }
+        }
+        if let httpProxy { sidecarConfig.httpProxy = HTTPProxyConfig(listen: try address(httpProxy, "http-proxy")) }
         if let threads {
             guard threads >= 0 else { throw ValidationError("--threads must be 0 or more") }
             sidecarConfig.threads = threads
         }
+        if !sidecarConfig.discover.isEmpty || sidecarConfig.inbound != nil, config == nil,
+            sidecarConfig.controller == nil,
+            !upstream.isEmpty
+        {
+            throw CommandFailure("--upstream needs --controller")
+        }
+        if sidecarConfig.controller != nil, sidecarConfig.service == "app", service == nil {
+            throw CommandFailure("\(source): --service (or service:) names this instance's service for the controller")
+        }
+        return sidecarConfig
+    }
+
+    func run() async throws {
+        let sidecarConfig = try effectiveConfig()
         if check {
-            print("\(config): valid")
+            print("\(config ?? "flags"): valid")
             return
         }
         let level = logLevel
@@ -63,19 +195,27 @@ struct SidecarCommand: AsyncParsableCommand {
         do {
             sidecar = try Sidecar(config: sidecarConfig, group: group, registry: registry, logger: logger)
         } catch {
-            throw CommandFailure("\(config): \(error)")
+            throw CommandFailure("\(config ?? "flags"): \(error)")
         }
         try await sidecar.start()
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
+        if sidecarConfig.controller != nil {
+            let agent: DiscoveryAgent
+            do {
+                agent = try DiscoveryAgent(config: sidecarConfig, sidecar: sidecar, group: group, logger: logger)
+            } catch {
+                throw CommandFailure("\(error)")
+            }
+            // Shut down in reverse order: the agent deregisters before the sidecar drains.
+            services.append(.init(service: agent))
+        }
         let serviceGroup = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: sidecar)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await serviceGroup.run()
         try await group.shutdownGracefully()
     }
 }
 
+extension AppProtocol: ExpressibleByArgument {}
 extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -10,7 +10,10 @@ import Testing
 struct BalancerTests {
     private func run(_ balancer: BalancerAlgorithm) async throws -> (fast: Int, slow: Int) {
         let fast = try await DemoApp.start(name: "fast", group: TestMesh.group)
-        let slow = try await DemoApp.start(name: "slow", responseDelay: .milliseconds(40), group: TestMesh.group)
+        // Far slower than any scheduling hiccup of the fast one on a loaded machine: one
+        // 60 ms stall of the fast app would otherwise make it look the slower (peak-EWMA
+        // keeps a peak for seconds, by design).
+        let slow = try await DemoApp.start(name: "slow", responseDelay: .milliseconds(150), group: TestMesh.group)
         var cluster = TestMesh.cluster("orders", .http1, [fast.address, slow.address])
         cluster.balancer = balancer
         let sidecar = try await TestMesh.startClientSide(cluster: cluster)

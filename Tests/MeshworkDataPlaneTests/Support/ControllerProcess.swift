@@ -50,8 +50,11 @@ final class ControllerProcess {
         throw ControllerStartFailure(log: log)
     }
 
-    static func port(in log: String) -> Int? {
-        for line in log.split(separator: "\n") where line.contains("listener=api") {
+    static func port(in log: String, listener: String = "api") -> Int? {
+        for line in log.split(separator: "\n")
+        where line.contains("listener=\(listener) ") || line.hasSuffix("listener=\(listener)")
+            || line.contains("listener=\(listener) [")
+        {
             guard let range = line.range(of: #":(\d+) listener="#, options: .regularExpression) else { continue }
             return Int(line[range].dropFirst().prefix { $0.isNumber })
         }

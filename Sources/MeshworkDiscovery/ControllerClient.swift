@@ -1,0 +1,90 @@
+import AsyncHTTPClient
+import Foundation
+import MeshworkModel
+import NIOCore
+import NIOHTTP1
+
+/// The sidecar's side of the controller API: registration, heartbeats and the watch stream.
+struct ControllerClient: Sendable {
+    let baseURL: String
+    let token: String?
+    let http: HTTPClient
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private func request(_ method: HTTPMethod, _ path: String, body: String? = nil) -> HTTPClientRequest {
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = method
+        if let token { request.headers.add(name: "authorization", value: "Bearer \(token)") }
+        if let body {
+            request.headers.add(name: "content-type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        return request
+    }
+
+    private func send(
+        _ request: HTTPClientRequest,
+        timeout: TimeAmount = .seconds(5)
+    ) async throws -> (
+        status: HTTPResponseStatus, body: String
+    ) {
+        let response = try await http.execute(request, timeout: timeout)
+        let body = try await response.body.collect(upTo: 1 << 20)
+        return (response.status, String(buffer: body))
+    }
+
+    func register(_ instance: InstanceResource) async throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let body = String(decoding: try encoder.encode(instance), as: UTF8.self)
+        let (status, text) = try await send(request(.PUT, "/v1/instances/\(instance.id)", body: body))
+        guard status == .ok else { throw Failure(description: "registration refused (\(status.code)): \(text)") }
+    }
+
+    /// Renews the lease and reports health; false when the controller no longer knows the
+    /// instance (it expired while we were away: register again).
+    func heartbeat(_ id: String, health: InstanceHealth) async throws -> Bool {
+        let (status, text) = try await send(
+            request(.POST, "/v1/instances/\(id)/heartbeat", body: #"{"health": "\#(health.rawValue)"}"#)
+        )
+        if status == .notFound { return false }
+        guard status == .ok else { throw Failure(description: "heartbeat refused (\(status.code)): \(text)") }
+        return true
+    }
+
+    func deregister(_ id: String) async throws {
+        let (status, text) = try await send(request(.DELETE, "/v1/instances/\(id)"), timeout: .seconds(2))
+        guard status == .ok || status == .notFound else {
+            throw Failure(description: "deregistration refused (\(status.code)): \(text)")
+        }
+    }
+
+    /// Streams watch lines for `services`, resuming after `revision`; ends when the
+    /// connection does (the caller reconnects).
+    func watch(services: [String], after revision: Int64?, onLine: @Sendable (WatchLine) async -> Void) async throws {
+        var path = "/v1/watch?services=" + services.joined(separator: ",")
+        if let revision, revision > 0 { path += "&revision=\(revision)" }
+        // No overall deadline: the stream lives as long as the connection; pings every
+        // 10 s show it is alive, and the read timeout below ends a silent one.
+        let response = try await http.execute(request(.GET, path), timeout: .hours(24 * 365))
+        guard response.status == .ok else {
+            throw Failure(description: "watch refused (\(response.status.code))")
+        }
+        var pending = ByteBuffer()
+        for try await chunk in response.body {
+            var chunk = chunk
+            pending.writeBuffer(&chunk)
+            while let newline = pending.readableBytesView.firstIndex(of: 0x0A) {
+                let length = newline - pending.readerIndex
+                let line = pending.readString(length: length) ?? ""
+                pending.moveReaderIndex(forwardBy: 1)
+                guard !line.isEmpty else { continue }
+                await onLine(try WatchLine.parse(line))
+            }
+            pending.discardReadBytes()
+        }
+    }
+}

@@ -1,0 +1,265 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import MeshworkDataPlane
+import MeshworkModel
+import NIOCore
+import ServiceLifecycle
+
+/// The sidecar's link to the controller, run beside the `Sidecar` in one ServiceGroup:
+///
+/// - **Watch**: streams the services in `discover` and applies every change to the
+///   sidecar's clusters; on a broken stream it reconnects with backoff (0.2 s doubling to
+///   5 s) and resumes from its last revision. Meanwhile routing goes on with what it knew.
+/// - **Cache**: the last state is written to `controller.cacheFile` (at most once a second),
+///   and read at start, so a sidecar can start and serve while the controller is down.
+/// - **Registration**: registers this instance (`starting` until the app's health check
+///   passes), heartbeats at a third of the TTL with the current health, registers again
+///   when the controller has forgotten it, and deregisters first on shutdown.
+public actor DiscoveryAgent: Service {
+    private let config: SidecarConfig
+    private let sidecar: Sidecar
+    private let client: ControllerClient
+    private let http: HTTPClient
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private var state = DiscoveryState()
+    private var health: HealthState
+    private var instance: InstanceResource?
+    private var lastCacheWrite = ContinuousClock.now - .seconds(10)
+    private var cacheDirty = false
+    /// Whether the first state (from the cache or the controller) has been applied.
+    public private(set) var hasState = false
+
+    public init(config: SidecarConfig, sidecar: Sidecar, group: any EventLoopGroup, logger: Logger) throws {
+        guard let link = config.controller else {
+            throw ControllerClient.Failure(description: "no controller configured")
+        }
+        self.config = config
+        self.sidecar = sidecar
+        self.group = group
+        self.logger = logger
+        self.http = HTTPClient(eventLoopGroupProvider: .shared(group))
+        var token: String?
+        if let file = link.tokenFile {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw ControllerClient.Failure(description: "cannot read controller.tokenFile \(file)")
+            }
+            token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        self.client = ControllerClient(baseURL: link.url, token: token, http: http)
+        self.health = HealthState(
+            healthyThreshold: config.healthCheck.healthyThreshold,
+            unhealthyThreshold: config.healthCheck.unhealthyThreshold
+        )
+    }
+
+    public func run() async throws {
+        await loadCache()
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                if !config.discover.isEmpty {
+                    group.addTask { await self.watchLoop() }
+                }
+                if config.inbound != nil {
+                    group.addTask { await self.registrationLoop() }
+                }
+                // Lives until shutdown even with nothing else to do: a service that returns
+                // early would end the whole group.
+                group.addTask { await self.pause(.seconds(86_400 * 365 * 100)) }
+            }
+        } onGracefulShutdown: {
+            Task { await self.stopped() }
+        }
+        // Deregister first: the sidecar drains after this service has returned.
+        await deregister()
+        try? await http.shutdown()
+    }
+
+    private var stopping = false
+    private var wakeups: [CheckedContinuation<Void, Never>] = []
+
+    private var currentWatch: Task<Void, any Error>?
+
+    private func stopped() {
+        stopping = true
+        currentWatch?.cancel()
+        for wakeup in wakeups { wakeup.resume() }
+        wakeups.removeAll()
+    }
+
+    /// Sleeps for `duration`, or less when shutdown begins.
+    private func pause(_ duration: Duration) async {
+        guard !stopping else { return }
+        let task = Task {
+            try? await Task.sleep(for: duration)
+            self.wakeAll()
+        }
+        await withCheckedContinuation { continuation in
+            if stopping {
+                continuation.resume()
+            } else {
+                wakeups.append(continuation)
+            }
+        }
+        task.cancel()
+    }
+
+    private func wakeAll() {
+        for wakeup in wakeups { wakeup.resume() }
+        wakeups.removeAll()
+    }
+
+    // MARK: watch
+
+    private func watchLoop() async {
+        var backoff = Duration.milliseconds(200)
+        while !stopping {
+            let services = config.discover
+            let revision = state.revision
+            do {
+                let watch = Task {
+                    try await self.client.watch(services: services, after: revision) { line in
+                        await self.received(line)
+                    }
+                }
+                currentWatch = watch
+                if stopping { watch.cancel() }
+                // Shutdown ends the stream by cancelling it.
+                await withTaskCancellationHandler {
+                    _ = await watch.result
+                } onCancel: {
+                    watch.cancel()
+                }
+                if stopping { return }
+                try await watch.value
+                backoff = .milliseconds(200)
+                logger.info("watch ended; reconnecting", metadata: ["revision": "\(state.revision)"])
+            } catch {
+                if stopping { return }
+                logger.warning(
+                    "controller unreachable; routing on the last known state",
+                    metadata: ["error": "\(error)", "retry-in": "\(backoff)", "revision": "\(state.revision)"]
+                )
+            }
+            await pause(backoff)
+            backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+
+    private func received(_ line: WatchLine) async {
+        switch line {
+        case .snapshot(let snapshot):
+            state = snapshot
+        case .event(let event):
+            state.apply(event)
+        case .ping:
+            return
+        }
+        hasState = true
+        await sidecar.apply(state)
+        cacheDirty = true
+        writeCacheIfDue()
+    }
+
+    // MARK: cache
+
+    private func loadCache() async {
+        guard let file = config.controller?.cacheFile,
+            let text = try? String(contentsOfFile: file, encoding: .utf8),
+            case .snapshot(let cached)? = try? WatchLine.parse(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        else { return }
+        state = cached
+        hasState = true
+        logger.info("serving from the cached state", metadata: ["file": "\(file)", "revision": "\(cached.revision)"])
+        await sidecar.apply(state)
+    }
+
+    private func writeCacheIfDue(force: Bool = false) {
+        guard cacheDirty, let file = config.controller?.cacheFile else { return }
+        let now = ContinuousClock.now
+        guard force || now - lastCacheWrite >= .seconds(1) else {
+            // Written by the next change or the next heartbeat tick.
+            return
+        }
+        lastCacheWrite = now
+        cacheDirty = false
+        do {
+            var data = try WatchLine.snapshotLine(state)
+            data.append(0x0A)
+            // Written aside and renamed over the old one: a crash never leaves half a file.
+            let temporary = file + ".tmp"
+            try data.write(to: URL(fileURLWithPath: temporary))
+            guard rename(temporary, file) == 0 else {
+                throw ControllerClient.Failure(description: "rename failed: errno \(errno)")
+            }
+        } catch {
+            logger.warning("cannot write the discovery cache", metadata: ["file": "\(file)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: registration and health
+
+    private func makeInstance() async -> InstanceResource? {
+        guard let inbound = config.inbound else { return nil }
+        let bound = await sidecar.boundAddresses["inbound"]
+        let port = bound?.port ?? inbound.listen.port
+        let address = config.instance.address ?? inbound.listen.host
+        let id = config.instance.id ?? InstanceResource.defaultID(service: config.service, address: address, port: port)
+        var instance = InstanceResource(id: id, service: config.service, address: address, port: port)
+        instance.zone = config.instance.zone ?? config.zone
+        instance.weight = config.instance.weight
+        instance.version = config.instance.version
+        instance.metadata = config.instance.metadata
+        instance.ttlSeconds = max(1, Int(config.instance.ttl.nanoseconds / 1_000_000_000))
+        instance.health = health.health
+        return instance
+    }
+
+    private func registrationLoop() async {
+        guard var instance = await makeInstance(), let inbound = config.inbound else { return }
+        self.instance = instance
+        let checker = HealthChecker(config: config.healthCheck, app: inbound.app, http: http, group: group)
+        let heartbeatEvery = Duration.nanoseconds(config.instance.ttl.nanoseconds / 3)
+        var registered = false
+        var nextHeartbeat = ContinuousClock.now
+        while !stopping {
+            if let changed = health.record(await checker.check()) {
+                logger.info("app health changed", metadata: ["health": "\(changed.rawValue)"])
+                instance.health = changed
+                self.instance = instance
+                nextHeartbeat = .now
+            }
+            if ContinuousClock.now >= nextHeartbeat {
+                do {
+                    if !registered {
+                        try await client.register(instance)
+                        registered = true
+                        logger.info("registered", metadata: ["instance": "\(instance.id)"])
+                    } else if try await !client.heartbeat(instance.id, health: instance.health) {
+                        registered = false
+                        logger.warning("the controller forgot this instance; registering again")
+                        continue
+                    }
+                    nextHeartbeat = .now + heartbeatEvery
+                } catch {
+                    logger.warning("controller unreachable for registration", metadata: ["error": "\(error)"])
+                    nextHeartbeat = .now + .seconds(1)
+                }
+            }
+            writeCacheIfDue()
+            await pause(.nanoseconds(config.healthCheck.interval.nanoseconds))
+        }
+    }
+
+    private func deregister() async {
+        writeCacheIfDue(force: true)
+        guard let instance else { return }
+        do {
+            try await client.deregister(instance.id)
+            logger.info("deregistered", metadata: ["instance": "\(instance.id)"])
+        } catch {
+            logger.warning("could not deregister (the lease will expire)", metadata: ["error": "\(error)"])
+        }
+    }
+}

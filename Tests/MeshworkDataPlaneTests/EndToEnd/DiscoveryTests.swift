@@ -1,0 +1,173 @@
+import Foundation
+import MeshworkDemo
+import Testing
+
+/// The discovery loop with real processes: a controller, server sidecars that register
+/// their apps and heartbeat, and a client sidecar that learns the instances from the
+/// controller's watch stream.
+@Suite("Discovery end to end", .serialized)
+struct DiscoveryTests {
+    /// A controller, two `orders` apps each behind a registering sidecar, and a `web`
+    /// sidecar with an upstream port for orders.
+    struct Mesh {
+        let controller: ControllerProcess
+        let apps: [DemoApp]
+        var servers: [SidecarProcess]
+        let client: SidecarProcess
+        let cacheFile: String
+
+        var url: String { "http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/" }
+
+        func serverArguments(app: DemoApp) -> [String] {
+            [
+                "--service", "orders", "--app-port", String(app.port), "--controller", controller.url,
+                "--token-file", controller.dataDirectory + "/token", "--ttl", "2s", "--health-path", "/",
+                "--health-interval", "200ms",
+            ]
+        }
+
+        func stop() async {
+            await client.stop()
+            for server in servers { await server.stop() }
+            for app in apps { await app.stop() }
+            await controller.stop()
+            controller.remove()
+            try? FileManager.default.removeItem(atPath: cacheFile)
+        }
+    }
+
+    private func withMesh(_ body: (inout Mesh) async throws -> Void) async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let apps = [try await TestMesh.startApp("orders-1"), try await TestMesh.startApp("orders-2")]
+        let cacheFile = controller.dataDirectory + "-web.cache"
+        var servers: [SidecarProcess] = []
+        for app in apps {
+            servers.append(
+                try await SidecarProcess.start(
+                    [
+                        "--service", "orders", "--app-port", String(app.port), "--controller", controller.url,
+                        "--token-file", controller.dataDirectory + "/token", "--ttl", "2s", "--health-path", "/",
+                        "--health-interval", "200ms",
+                    ],
+                    waitFor: ["inbound", "admin"]
+                )
+            )
+        }
+        let client = try await SidecarProcess.start(
+            [
+                "--service", "web", "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
+                "--cache-file", cacheFile,
+            ],
+            waitFor: ["upstream:orders"]
+        )
+        var mesh = Mesh(controller: controller, apps: apps, servers: servers, client: client, cacheFile: cacheFile)
+        do {
+            try await body(&mesh)
+        } catch {
+            await mesh.stop()
+            throw error
+        }
+        await mesh.stop()
+    }
+
+    /// Sends requests until `condition` holds for the app counts (bounded: 200 tries, 10 s).
+    private func until(
+        _ mesh: Mesh,
+        _ what: String,
+        _ condition: ([Int]) -> Bool
+    ) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        for _ in 0..<200 where ContinuousClock.now < deadline {
+            if condition(mesh.apps.map(\.requestCount)) { return }
+            _ = try await Curl.get(mesh.url)
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("timed out waiting for \(what); app counts \(mesh.apps.map(\.requestCount))")
+    }
+
+    private func statuses(_ mesh: Mesh, count: Int) async throws -> [Int] {
+        let result = try await Curl.run([mesh.url + "?n=[1-\(count)]"], timeout: 20)
+        return result.statusLines.compactMap { Int($0.split(separator: " ")[1]) }
+    }
+
+    @Test func aKilledInstanceLeavesAfterItsTTLAndTrafficMoves() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            await mesh.servers[0].stop(kill: true)
+            // Within the TTL (2 s) and a watch event, the instance is gone for the client.
+            try await Task.sleep(for: .seconds(3.5))
+            let before = mesh.apps.map(\.requestCount)
+            let codes = try await statuses(mesh, count: 20)
+            #expect(codes == Array(repeating: 200, count: 20), "\(codes)")
+            // Its sidecar is dead: the first app hears nothing more (not even health checks).
+            #expect(mesh.apps[0].requestCount == before[0])
+            #expect(mesh.apps[1].requestCount - before[1] >= 20)
+            let listed = try await mesh.controller.call("GET", "/v1/instances?service=orders")
+            #expect(listed.text.components(separatedBy: "\"id\"").count == 2, "one instance left: \(listed.text)")
+        }
+    }
+
+    @Test func anUnhealthyInstanceStopsGettingTrafficAndComesBack() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            mesh.apps[0].setFailing(500)
+            // Two failed checks 200 ms apart, a heartbeat, a watch event.
+            try await Task.sleep(for: .seconds(1.5))
+            let listed = try await mesh.controller.call("GET", "/v1/instances?service=orders")
+            #expect(listed.text.contains("\"unhealthy\""))
+            let before = mesh.apps.map(\.requestCount)
+            let codes = try await statuses(mesh, count: 20)
+            #expect(codes == Array(repeating: 200, count: 20), "\(codes)")
+            // Every call went to the healthy app (the failing one only hears its own sidecar's
+            // health checks, about 5 a second, which the healthy one also gets).
+            let failingDelta = mesh.apps[0].requestCount - before[0]
+            let healthyDelta = mesh.apps[1].requestCount - before[1]
+            #expect(healthyDelta >= 20 && healthyDelta - 20 >= failingDelta - 3, "\(failingDelta) \(healthyDelta)")
+            mesh.apps[0].setFailing(nil)
+            let healed = mesh.apps[0].requestCount
+            try await until(mesh, "the healed instance to get traffic again") { $0[0] > healed + 10 }
+        }
+    }
+
+    @Test func sigtermDeregistersBeforeDraining() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            await mesh.servers[1].stop()
+            // Gone at once, not after the TTL.
+            let listed = try await mesh.controller.call("GET", "/v1/instances?service=orders")
+            #expect(listed.text.components(separatedBy: "\"id\"").count == 2, "\(listed.text)")
+            try await Task.sleep(for: .milliseconds(300))
+            let codes = try await statuses(mesh, count: 10)
+            #expect(codes == Array(repeating: 200, count: 10), "\(codes)")
+        }
+    }
+
+    @Test func trafficGoesOnWithoutTheControllerAndANewSidecarStartsFromTheCache() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            // Let the cache be written (at most once a second).
+            try await Task.sleep(for: .seconds(1.2))
+            await mesh.controller.stop()
+            let codes = try await statuses(mesh, count: 20)
+            #expect(codes == Array(repeating: 200, count: 20), "\(codes)")
+            // A second web sidecar, started while the controller is down, serves from the cache.
+            let late = try await SidecarProcess.start(
+                [
+                    "--service", "web", "--controller", mesh.controller.url, "--upstream", "orders=127.0.0.1:0",
+                    "--cache-file", mesh.cacheFile,
+                ],
+                waitFor: ["upstream:orders"]
+            )
+            let lateURL = "http://127.0.0.1:\(late.port("upstream:orders") ?? 0)/"
+            var ok = false
+            for _ in 0..<50 where !ok {
+                ok = try await Curl.get(lateURL).status == 200
+                if !ok { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(ok, "the late sidecar never served: \(late.log)")
+            #expect(late.log.contains("serving from the cached state"))
+            await late.stop()
+        }
+    }
+}

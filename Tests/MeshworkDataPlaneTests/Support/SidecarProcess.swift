@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+
+/// A real `meshwork sidecar` process started with flags; its listeners' ports are read
+/// from its log (everything listens on port 0).
+final class SidecarProcess {
+    let process = Process()
+    let logFile: String
+    var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+
+    private init(logFile: String) {
+        self.logFile = logFile
+    }
+
+    static func start(_ arguments: [String], waitFor listeners: [String]) async throws -> SidecarProcess {
+        let logFile = FileManager.default.temporaryDirectory.appendingPathComponent("mw-sc-\(UUID().uuidString).log")
+            .path
+        _ = FileManager.default.createFile(atPath: logFile, contents: nil)
+        let sidecar = SidecarProcess(logFile: logFile)
+        sidecar.process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        sidecar.process.arguments = ["sidecar", "--threads", "1"] + arguments
+        sidecar.process.standardOutput = FileHandle.nullDevice
+        sidecar.process.standardError = FileHandle(forWritingAtPath: logFile)
+        try sidecar.process.run()
+        for _ in 0..<300 {
+            if listeners.allSatisfy({ sidecar.port($0) != nil }) { return sidecar }
+            if !sidecar.process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        sidecar.process.terminate()
+        throw ControllerStartFailure(log: sidecar.log)
+    }
+
+    func port(_ listener: String) -> Int? {
+        ControllerProcess.port(in: log, listener: listener)
+    }
+
+    func stop(kill: Bool = false) async {
+        guard process.isRunning else { return }
+        if kill {
+            Foundation.kill(process.processIdentifier, SIGKILL)
+        } else {
+            process.terminate()
+        }
+        for _ in 0..<1000 where process.isRunning {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        try? FileManager.default.removeItem(atPath: logFile)
+    }
+}
