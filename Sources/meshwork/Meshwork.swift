@@ -5,6 +5,8 @@ struct Meshwork: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshwork",
         abstract: "A service mesh: sidecar proxy, controller, gateway and CLI in one binary.",
-        subcommands: [SidecarCommand.self, ControllerCommand.self, DemoAppCommand.self]
+        subcommands: [
+            SidecarCommand.self, RunCommand.self, ControllerCommand.self, CtlCommand.self, DemoAppCommand.self,
+        ]
     )
 }

@@ -24,6 +24,55 @@ struct SidecarCommand: AsyncParsableCommand {
             """
     )
 
+    @OptionGroup var flags: SidecarFlags
+
+    @Flag(name: .long, help: "Only check the config and exit (0 if valid).")
+    var check = false
+
+    func run() async throws {
+        let sidecarConfig = try flags.effectiveConfig()
+        if check {
+            print("\(flags.config ?? "flags"): valid")
+            return
+        }
+        let level = flags.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "meshwork.sidecar")
+        let threadCount = sidecarConfig.threads == 0 ? System.coreCount : sidecarConfig.threads
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
+        let registry = PrometheusCollectorRegistry()
+        let sidecar: Sidecar
+        do {
+            sidecar = try Sidecar(config: sidecarConfig, group: group, registry: registry, logger: logger)
+        } catch {
+            throw CommandFailure("\(flags.config ?? "flags"): \(error)")
+        }
+        try await sidecar.start()
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
+        if sidecarConfig.controller != nil {
+            let agent: DiscoveryAgent
+            do {
+                agent = try DiscoveryAgent(config: sidecarConfig, sidecar: sidecar, group: group, logger: logger)
+            } catch {
+                throw CommandFailure("\(error)")
+            }
+            // Shut down in reverse order: the agent deregisters before the sidecar drains.
+            services.append(.init(service: agent))
+        }
+        let serviceGroup = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await serviceGroup.run()
+        try await group.shutdownGracefully()
+    }
+}
+
+/// The sidecar's options, shared by `meshwork sidecar` and `meshwork run`.
+struct SidecarFlags: ParsableArguments {
     @Option(name: .long, help: "Path of the sidecar's YAML config.")
     var config: String?
 
@@ -78,9 +127,6 @@ struct SidecarCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Event loop threads (overrides the config; 0 = one per core).")
     var threads: Int?
-
-    @Flag(name: .long, help: "Only check the config and exit (0 if valid).")
-    var check = false
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
@@ -175,46 +221,6 @@ struct SidecarCommand: AsyncParsableCommand {
         return sidecarConfig
     }
 
-    func run() async throws {
-        let sidecarConfig = try effectiveConfig()
-        if check {
-            print("\(config ?? "flags"): valid")
-            return
-        }
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "meshwork.sidecar")
-        let threadCount = sidecarConfig.threads == 0 ? System.coreCount : sidecarConfig.threads
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
-        let registry = PrometheusCollectorRegistry()
-        let sidecar: Sidecar
-        do {
-            sidecar = try Sidecar(config: sidecarConfig, group: group, registry: registry, logger: logger)
-        } catch {
-            throw CommandFailure("\(config ?? "flags"): \(error)")
-        }
-        try await sidecar.start()
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
-        if sidecarConfig.controller != nil {
-            let agent: DiscoveryAgent
-            do {
-                agent = try DiscoveryAgent(config: sidecarConfig, sidecar: sidecar, group: group, logger: logger)
-            } catch {
-                throw CommandFailure("\(error)")
-            }
-            // Shut down in reverse order: the agent deregisters before the sidecar drains.
-            services.append(.init(service: agent))
-        }
-        let serviceGroup = ServiceGroup(
-            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        )
-        try await serviceGroup.run()
-        try await group.shutdownGracefully()
-    }
 }
 
 extension AppProtocol: ExpressibleByArgument {}

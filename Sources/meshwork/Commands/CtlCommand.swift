@@ -1,0 +1,324 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import MeshworkController
+import MeshworkModel
+import NIOCore
+import NIOHTTP1
+import Yams
+
+/// `meshwork ctl`: the operator's CLI over the controller API.
+struct CtlCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctl",
+        abstract: "Look at and change the registry: services, instances, apply, delete, watch.",
+        discussion: """
+            The controller is --controller, else $MESHWORK_CONTROLLER, else http://127.0.0.1:7070. The token \
+            (for changes) is --token-file, else $MESHWORK_TOKEN, else the local controller's token file.
+            """,
+        subcommands: [
+            CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
+        ]
+    )
+}
+
+struct CtlOptions: ParsableArguments {
+    @Option(name: .long, help: "The controller's API URL.")
+    var controller: String?
+
+    @Option(name: .long, help: "File holding the API token.")
+    var tokenFile: String?
+
+    @Option(name: .shortAndLong, help: "Output: table, json or yaml.")
+    var output: OutputFormat = .table
+
+    enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+        case table, json, yaml
+    }
+
+    var baseURL: String {
+        let url = controller ?? ProcessInfo.processInfo.environment["MESHWORK_CONTROLLER"] ?? "http://127.0.0.1:7070"
+        return url.hasSuffix("/") ? String(url.dropLast()) : url
+    }
+
+    func token() throws -> String? {
+        if let tokenFile {
+            guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
+                throw CommandFailure("cannot read --token-file \(tokenFile)")
+            }
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        if let token = ProcessInfo.processInfo.environment["MESHWORK_TOKEN"], !token.isEmpty { return token }
+        let local = (ControllerServer.defaultDataDirectory as NSString).appendingPathComponent("token")
+        return (try? String(contentsOfFile: local, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Calls the API; a refusal becomes a clear error with the controller's reasons.
+    func call(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> Data {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { _ = client.shutdown() }
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = method
+        if method != .GET, let token = try token() {
+            request.headers.add(name: "authorization", value: "Bearer \(token)")
+        }
+        if let body {
+            request.headers.add(name: "content-type", value: "application/yaml")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response: HTTPClientResponse
+        let data: Data
+        do {
+            response = try await client.execute(request, timeout: .seconds(10))
+            data = Data(try await response.body.collect(upTo: 64 << 20).readableBytesView)
+        } catch {
+            throw CommandFailure("cannot reach the controller at \(baseURL): \(error)")
+        }
+        guard response.status == .ok else {
+            throw CommandFailure(Self.describeRefusal(status: response.status, data: data))
+        }
+        return data
+    }
+
+    static func describeRefusal(status: HTTPResponseStatus, data: Data) -> String {
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            return "the controller answered \(status.code) \(status.reasonPhrase)"
+        }
+        var text = "\(status.code) \(object["error"] as? String ?? status.reasonPhrase)"
+        for error in object["errors"] as? [[String: String]] ?? [] {
+            text += "\n  - \(error["field"] ?? ""): \(error["reason"] ?? "")"
+        }
+        return text
+    }
+
+    /// Prints `data` (a JSON document) as asked; `table` renders `rows` from it.
+    func print(_ data: Data, table: (Any) -> [[String]]) throws {
+        switch output {
+        case .json:
+            Swift.print(String(decoding: data, as: UTF8.self), terminator: "")
+        case .yaml:
+            let object = try JSONSerialization.jsonObject(with: data)
+            Swift.print(try Yams.dump(object: object), terminator: "")
+        case .table:
+            let rows = table(try JSONSerialization.jsonObject(with: data))
+            Swift.print(Table.render(rows), terminator: "")
+        }
+    }
+}
+
+enum Table {
+    static func render(_ rows: [[String]]) -> String {
+        guard let header = rows.first else { return "" }
+        var widths = header.map(\.count)
+        for row in rows {
+            for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
+        }
+        return rows.map { row in
+            row.enumerated().map { i, cell in
+                i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n") + "\n"
+    }
+
+    static func string(_ value: Any?) -> String {
+        switch value {
+        case let text as String: return text
+        case let number as NSNumber: return number.stringValue
+        case nil: return "-"
+        default: return "\(value!)"
+        }
+    }
+}
+
+struct CtlServices: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "services", abstract: "List services.")
+    @OptionGroup var options: CtlOptions
+
+    func run() async throws {
+        let data = try await options.call(.GET, "/v1/services")
+        let instances = try JSONSerialization.jsonObject(with: try await options.call(.GET, "/v1/instances"))
+        let list = instances as? [[String: Any]] ?? []
+        try options.print(data) { object in
+            [["NAME", "PROTOCOL", "BALANCER", "INSTANCES", "HEALTHY"]]
+                + (object as? [[String: Any]] ?? []).map { service in
+                    let name = Table.string(service["name"])
+                    let mine = list.filter { $0["service"] as? String == name }
+                    let healthy = mine.filter { $0["health"] as? String == "healthy" }
+                    return [
+                        name, Table.string(service["protocol"]),
+                        Table.string((service["policy"] as? [String: Any])?["balancer"]), String(mine.count),
+                        String(healthy.count),
+                    ]
+                }
+        }
+    }
+}
+
+struct CtlInstances: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "instances", abstract: "List instances.")
+    @OptionGroup var options: CtlOptions
+    @Argument(help: "Only this service's instances.") var service: String?
+
+    func run() async throws {
+        let path = service.map { "/v1/instances?service=\($0)" } ?? "/v1/instances"
+        try options.print(try await options.call(.GET, path)) { object in
+            [["ID", "SERVICE", "ADDRESS", "ZONE", "WEIGHT", "VERSION", "HEALTH"]]
+                + (object as? [[String: Any]] ?? []).map { instance in
+                    [
+                        Table.string(instance["id"]), Table.string(instance["service"]),
+                        "\(Table.string(instance["address"])):\(Table.string(instance["port"]))",
+                        Table.string(instance["zone"]), Table.string(instance["weight"]),
+                        Table.string(instance["version"]), Table.string(instance["health"]),
+                    ]
+                }
+        }
+    }
+}
+
+enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
+    case service, instance
+
+    var collection: String { self == .service ? "services" : "instances" }
+}
+
+struct CtlDescribe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "describe", abstract: "Show one service or instance.")
+    @OptionGroup var options: CtlOptions
+    @Argument(help: "service or instance") var kind: ResourceKind
+    @Argument(help: "Its name or id.") var name: String
+
+    func run() async throws {
+        let data = try await options.call(.GET, "/v1/\(kind.collection)/\(name)")
+        if options.output == .table {
+            let object = try JSONSerialization.jsonObject(with: data)
+            Swift.print(try Yams.dump(object: object), terminator: "")
+        } else {
+            try options.print(data) { _ in [] }
+        }
+    }
+}
+
+struct CtlDelete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a service or instance.")
+    @OptionGroup var options: CtlOptions
+    @Argument(help: "service or instance") var kind: ResourceKind
+    @Argument(help: "Its name or id.") var name: String
+
+    func run() async throws {
+        _ = try await options.call(.DELETE, "/v1/\(kind.collection)/\(name)")
+        print("\(kind.rawValue) \(name) deleted")
+    }
+}
+
+struct CtlApply: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Create or update the resources in a YAML file (several per file, separated by ---).",
+        discussion: "Each document has kind: Service (with name) or kind: Instance (with service, address, port)."
+    )
+    @OptionGroup var options: CtlOptions
+    @Option(name: .shortAndLong, help: "The YAML file ('-' for standard input).") var file: String
+
+    func run() async throws {
+        let text: String
+        if file == "-" {
+            text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        } else {
+            guard let contents = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw CommandFailure("cannot read \(file)")
+            }
+            text = contents
+        }
+        let documents: [Node]
+        do {
+            documents = try Array(Yams.compose_all(yaml: text))
+        } catch {
+            throw CommandFailure("\(file): not valid YAML: \(error)")
+        }
+        var failures: [String] = []
+        for (index, document) in documents.enumerated() {
+            let label = "\(file) document \(index + 1)"
+            guard let mapping = document.mapping, let kind = mapping["kind"]?.string?.lowercased() else {
+                failures.append("\(label): kind: is required (Service or Instance)")
+                continue
+            }
+            let body = try Yams.serialize(node: document)
+            do {
+                switch kind {
+                case "service":
+                    guard let name = mapping["name"]?.string else {
+                        failures.append("\(label): name: required field is missing")
+                        continue
+                    }
+                    _ = try await options.call(.PUT, "/v1/services/\(name)", body: body)
+                    print("service \(name) applied")
+                case "instance":
+                    guard let service = mapping["service"]?.string, let address = mapping["address"]?.string,
+                        let port = mapping["port"]?.int
+                    else {
+                        failures.append("\(label): service, address and port are required")
+                        continue
+                    }
+                    let id =
+                        mapping["id"]?.string
+                        ?? InstanceResource.defaultID(service: service, address: address, port: port)
+                    _ = try await options.call(.PUT, "/v1/instances/\(id)", body: body)
+                    print("instance \(id) applied")
+                default:
+                    failures.append("\(label): kind: must be Service or Instance, found \"\(kind)\"")
+                }
+            } catch let failure as CommandFailure {
+                failures.append("\(label): \(failure)")
+            }
+        }
+        if !failures.isEmpty { throw CommandFailure(failures.joined(separator: "\n")) }
+    }
+}
+
+struct CtlWatch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Print registry changes as they happen."
+    )
+    @OptionGroup var options: CtlOptions
+    @Option(name: .long, help: "Comma-separated services (all when absent).") var services: String?
+
+    func run() async throws {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { _ = client.shutdown() }
+        var path = "/v1/watch"
+        if let services { path += "?services=\(services)" }
+        let response: HTTPClientResponse
+        do {
+            response = try await client.execute(
+                HTTPClientRequest(url: options.baseURL + path),
+                timeout: .hours(24 * 365)
+            )
+        } catch {
+            throw CommandFailure("cannot reach the controller at \(options.baseURL): \(error)")
+        }
+        for try await chunk in response.body {
+            let text = String(buffer: chunk)
+            for line in text.split(separator: "\n") {
+                guard options.output == .table else {
+                    print(line)
+                    continue
+                }
+                guard let parsed = try? WatchLine.parse(line) else { continue }
+                switch parsed {
+                case .snapshot(let state):
+                    print(
+                        "revision \(state.revision): \(state.services.count) services, \(state.instances.count) instances"
+                    )
+                case .event(let event):
+                    let subject =
+                        event.instance.map { "\($0.id) (\($0.service), \($0.health.rawValue))" }
+                        ?? event.service?.name ?? ""
+                    print("revision \(event.revision): \(event.kind.rawValue) \(subject)")
+                case .ping:
+                    break
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+
+/// `meshwork ctl` and `meshwork run` as an operator uses them, against a real controller.
+@Suite("ctl and run")
+struct CtlAndRunTests {
+    private func ctl(
+        _ controller: ControllerProcess,
+        _ arguments: [String]
+    ) async throws -> (
+        exitCode: Int32, output: String
+    ) {
+        try await Command.run(
+            [CLITests.binary, "ctl"] + [
+                arguments[0], "--controller", controller.url, "--token-file",
+                controller.dataDirectory + "/token",
+            ] + arguments.dropFirst()
+        )
+    }
+
+    @Test func applyListDescribeDeleteAndClearErrors() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        defer { controller.remove() }
+        let file = controller.dataDirectory + "-resources.yaml"
+        try """
+        kind: Service
+        name: orders
+        policy:
+          balancer: least-request
+        ---
+        kind: Instance
+        id: orders-a
+        service: orders
+        address: 127.0.0.1
+        port: 8081
+        zone: eu-1a
+        ttlSeconds: 0
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+
+        let applied = try await ctl(controller, ["apply", "-f", file])
+        #expect(applied.exitCode == 0, "\(applied.output)")
+        #expect(
+            applied.output.contains("service orders applied") && applied.output.contains("instance orders-a applied")
+        )
+
+        let services = try await ctl(controller, ["services"])
+        #expect(services.output.contains("NAME"))
+        #expect(
+            services.output.split(separator: "\n").contains { $0.hasPrefix("orders") && $0.contains("least-request") }
+        )
+        let instances = try await ctl(controller, ["instances", "orders", "-o", "json"])
+        let list = try JSONSerialization.jsonObject(with: Data(instances.output.utf8)) as? [[String: Any]]
+        #expect(list?.first?["zone"] as? String == "eu-1a")
+        let described = try await ctl(controller, ["describe", "instance", "orders-a"])
+        #expect(described.output.contains("address: 127.0.0.1"))
+
+        try "kind: Instance\nservice: orders\naddress: 127.0.0.1\nport: 99999\n".write(
+            toFile: file,
+            atomically: true,
+            encoding: .utf8
+        )
+        let refused = try await ctl(controller, ["apply", "-f", file])
+        #expect(refused.exitCode == 1)
+        #expect(refused.output.contains("port: must be between 1 and 65535, found 99999"), "\(refused.output)")
+
+        #expect(try await ctl(controller, ["delete", "instance", "orders-a"]).exitCode == 0)
+        let missing = try await ctl(controller, ["describe", "instance", "orders-a"])
+        #expect(missing.exitCode == 1 && missing.output.contains("404"))
+        await controller.stop()
+        let unreachable = try await ctl(controller, ["services"])
+        #expect(unreachable.exitCode == 1)
+        #expect(unreachable.output.contains("cannot reach the controller"), "\(unreachable.output)")
+    }
+
+    @Test func runStartsTheAppAfterTheSidecarAndExitsWithItsCode() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        defer { controller.remove() }
+        // The app proves the sidecar was ready before it started, then exits with 3.
+        let result = try await Command.run([
+            CLITests.binary, "run", "--service", "orders", "--app-port", String(TestMesh.refusingPort),
+            "--controller", controller.url, "--token-file", controller.dataDirectory + "/token", "--threads", "1",
+            "--", "/bin/sh", "-c", #"sleep 1; curl -sf "http://$MESHWORK_ADMIN/ready" >/dev/null && exit 3 || exit 4"#,
+        ])
+        #expect(result.exitCode == 3, "\(result.output)")
+        #expect(result.output.contains("registered"))
+        #expect(result.output.contains("deregistered"))
+        // Deregistered on the way out, not left to its lease.
+        let listed = try await controller.call("GET", "/v1/instances")
+        #expect(!listed.text.contains("\"id\""), "\(listed.text)")
+        await controller.stop()
+    }
+}
