@@ -82,6 +82,15 @@ public struct OutlierDetector: Sendable {
         self.nextTick = now &+ UInt64(policy.interval.nanoseconds)
     }
 
+    /// Takes over the state (streaks, ejections and their counts) of endpoints that `old`
+    /// also had: `previous[i]` is endpoint i's index in `old`, nil when it is new. An
+    /// endpoint list that changes (an instance joins) must not give an ejected one a pass.
+    public mutating func carryOver(from old: OutlierDetector, previous: [Int?]) {
+        for (index, oldIndex) in previous.enumerated() where index < state.count {
+            if let oldIndex, oldIndex < old.state.count { state[index] = old.state[oldIndex] }
+        }
+    }
+
     public func isEjected(_ index: Int) -> Bool {
         state[index].ejectedUntil != nil
     }

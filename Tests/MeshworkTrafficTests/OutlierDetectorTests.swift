@@ -109,6 +109,20 @@ struct OutlierDetectorTests {
         #expect(detector.tick(now: 10 * second).isEmpty)
     }
 
+    @Test func ejectionsSurviveAChangedEndpointList() {
+        var policy = OutlierDetectionPolicy()
+        policy.consecutive5xx = 1
+        var old = OutlierDetector(count: 3, policy: policy, now: 0)
+        _ = old.record(2, .serverError, now: 0)
+        #expect(old.isEjected(2))
+        // A new endpoint joins at the front: the old index 2 is now index 3.
+        var new = OutlierDetector(count: 4, policy: policy, now: 0)
+        new.carryOver(from: old, previous: [nil, 0, 1, 2])
+        #expect(new.isEjected(3))
+        #expect(!new.isEjected(0) && !new.isEjected(1) && !new.isEjected(2))
+        #expect(new.ejectionCount(3) == 1)
+    }
+
     @Test func outcomesFromStatus() {
         #expect(ExchangeOutcome(status: 200) == .success)
         #expect(ExchangeOutcome(status: 404) == .success)

@@ -196,6 +196,7 @@ final class LoopCluster {
         precondition(newConfig.endpoints.count == addresses.count, "one address per endpoint")
         var oldPools: [String: Pool] = [:]
         for (key, pool) in zip(poolKeys, pools) { oldPools[key] = pool }
+        let oldKeysList = poolKeys
         config = newConfig
         endpoints = addresses
         requestTimeout = .nanoseconds(newConfig.requestTimeout.nanoseconds)
@@ -229,10 +230,18 @@ final class LoopCluster {
             loopIndex: loopIndex
         )
         balancer.carryOver(from: old)
-        if outliers != nil {
-            metrics.ejectedEndpoints.decrement(by: Double(outliers?.ejectedCount ?? 0))
-        }
+        let oldOutliers = outliers
+        let oldKeys = Dictionary(oldKeysList.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
         outliers = newConfig.outlierDetection.map { OutlierDetector(count: addresses.count, policy: $0, now: now) }
+        if let oldOutliers, outliers != nil {
+            // Ejections survive the change: an ejected instance stays out for its time.
+            outliers?.carryOver(from: oldOutliers, previous: newKeys.map { oldKeys[$0] })
+        }
+        for index in newKeys.indices where outliers?.isEjected(index) == true {
+            balancer.setAvailable(index, false)
+        }
+        let ejectedChange = (outliers?.ejectedCount ?? 0) - (oldOutliers?.ejectedCount ?? 0)
+        if ejectedChange != 0 { metrics.ejectedEndpoints.increment(by: Double(ejectedChange)) }
         generation += 1
     }
 
