@@ -1,3 +1,4 @@
+import Logging
 import MeshworkTraffic
 import NIOCore
 
@@ -8,6 +9,7 @@ final class LoopContext {
     let index: Int
     var clusters: [String: LoopCluster] = [:]
     var app: LoopCluster?
+    var logger = Logger(label: "meshwork.sidecar")
     /// Inbound protection in front of the app (this loop's share).
     var inboundLimiter: GradientConcurrencyLimiter?
     var inboundRateLimit: TokenBucket?

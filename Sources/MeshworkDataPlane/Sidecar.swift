@@ -89,6 +89,7 @@ public actor Sidecar: Service {
         let appCluster = config.inbound.map { Self.appClusterConfig($0) }
         for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
+            context.logger = logger
             for cluster in config.allClusters {
                 context.clusters[cluster.name] = LoopCluster(
                     config: cluster,

@@ -266,8 +266,17 @@ final class LoopCluster {
     /// On success the caller must call `requestEnded()` once when the exchange is over.
     func admit() -> MeshError? {
         // Mutated in place (optional chaining), never copied out: no copy-on-write per request.
-        if throttle?.shouldReject(now: now, using: &random) == true { return .throttled }
-        guard breaker.tryAcquire(.requests) else { return .overflowRequests }
+        if throttle?.shouldReject(now: now, using: &random) == true {
+            logger.debug(
+                "request throttled locally",
+                metadata: ["cluster": "\(name)", "probability": "\(throttle?.rejectionProbability(now: now) ?? 0)"]
+            )
+            return .throttled
+        }
+        guard breaker.tryAcquire(.requests) else {
+            logger.debug("circuit breaker open", metadata: ["cluster": "\(name)", "resource": "requests"])
+            return .overflowRequests
+        }
         retryBudget.recordRequest(now: now)
         return nil
     }
@@ -283,6 +292,7 @@ final class LoopCluster {
     func tryRetry() -> Bool {
         guard breaker.tryAcquire(.retries) else {
             metrics.retryBudgetExhausted.increment()
+            logger.debug("circuit breaker open", metadata: ["cluster": "\(name)", "resource": "retries"])
             return false
         }
         guard retryBudget.tryRetry(now: now) else {
@@ -368,6 +378,7 @@ final class LoopCluster {
             return
         }
         guard breaker.tryAcquire(.pendingRequests) else {
+            logger.debug("circuit breaker open", metadata: ["cluster": "\(name)", "resource": "pending_requests"])
             callback(.failure(.overflowPending), nil)
             return
         }

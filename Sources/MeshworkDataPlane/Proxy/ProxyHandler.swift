@@ -1,3 +1,4 @@
+import Logging
 import MeshworkModel
 import MeshworkTraffic
 import NIOCore
@@ -219,9 +220,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// checked before the request goes anywhere near the app.
     private func admitToApp() -> MeshError? {
         let now = loop.loop.now.uptimeNanoseconds
-        if loop.inboundRateLimit?.tryTake(now: now) == false { return .rateLimited }
+        if loop.inboundRateLimit?.tryTake(now: now) == false {
+            loop.logger.debug("request shed: over the inbound rate limit")
+            return .rateLimited
+        }
         switch loop.inboundLimiter?.tryAcquire(now: now) {
-        case .some(false): return .concurrencyLimited
+        case .some(false):
+            loop.logger.debug(
+                "request shed: inbound concurrency limit reached",
+                metadata: ["limit": "\(loop.inboundLimiter?.limit ?? 0)"]
+            )
+            return .concurrencyLimited
         case .some(true): holdsInboundSlot = true
         case .none: break
         }
