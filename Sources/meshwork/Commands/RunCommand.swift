@@ -34,44 +34,7 @@ struct RunCommand: AsyncParsableCommand {
     func run() async throws {
         guard let executable = command.first else { throw CommandFailure("give the app's command after --") }
         let sidecarConfig = try flags.effectiveConfig()
-        let level = flags.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "meshwork.run")
-        let threadCount = sidecarConfig.threads == 0 ? System.coreCount : sidecarConfig.threads
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
-        let sidecar: Sidecar
-        do {
-            sidecar = try Sidecar(
-                config: sidecarConfig,
-                group: group,
-                registry: PrometheusCollectorRegistry(),
-                logger: logger
-            )
-        } catch {
-            throw CommandFailure("\(flags.config ?? "flags"): \(error)")
-        }
-        try await sidecar.start()
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
-        if sidecarConfig.controller != nil {
-            do {
-                services.append(
-                    .init(
-                        service: try DiscoveryAgent(
-                            config: sidecarConfig,
-                            sidecar: sidecar,
-                            group: group,
-                            logger: logger
-                        )
-                    )
-                )
-            } catch {
-                throw CommandFailure("\(error)")
-            }
-        }
+        let (sidecar, services, group, logger) = try await flags.startSidecar(sidecarConfig, label: "meshwork.run")
         let serviceGroup = ServiceGroup(configuration: .init(services: services, logger: logger))
 
         // The sidecar listens: now the app.

@@ -35,34 +35,7 @@ struct SidecarCommand: AsyncParsableCommand {
             print("\(flags.config ?? "flags"): valid")
             return
         }
-        let level = flags.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "meshwork.sidecar")
-        let threadCount = sidecarConfig.threads == 0 ? System.coreCount : sidecarConfig.threads
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
-        let registry = PrometheusCollectorRegistry()
-        let sidecar: Sidecar
-        do {
-            sidecar = try Sidecar(config: sidecarConfig, group: group, registry: registry, logger: logger)
-        } catch {
-            throw CommandFailure("\(flags.config ?? "flags"): \(error)")
-        }
-        try await sidecar.start()
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
-        if sidecarConfig.controller != nil {
-            let agent: DiscoveryAgent
-            do {
-                agent = try DiscoveryAgent(config: sidecarConfig, sidecar: sidecar, group: group, logger: logger)
-            } catch {
-                throw CommandFailure("\(error)")
-            }
-            // Shut down in reverse order: the agent deregisters before the sidecar drains.
-            services.append(.init(service: agent))
-        }
+        let (_, services, group, logger) = try await flags.startSidecar(sidecarConfig, label: "meshwork.sidecar")
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
@@ -221,6 +194,57 @@ struct SidecarFlags: ParsableArguments {
         return sidecarConfig
     }
 
+}
+
+extension SidecarFlags {
+    /// Bootstraps logging, builds the sidecar on its event loops and starts its listeners;
+    /// returns it with the services to run (the sidecar, then the discovery agent when a
+    /// controller is configured: a ServiceGroup stops them in reverse order, so the agent
+    /// deregisters before the sidecar drains).
+    func startSidecar(
+        _ sidecarConfig: SidecarConfig,
+        label: String
+    ) async throws -> (Sidecar, [ServiceGroupConfiguration.ServiceConfiguration], MultiThreadedEventLoopGroup, Logger) {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: label)
+        let threadCount = sidecarConfig.threads == 0 ? System.coreCount : sidecarConfig.threads
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
+        let sidecar: Sidecar
+        do {
+            sidecar = try Sidecar(
+                config: sidecarConfig,
+                group: group,
+                registry: PrometheusCollectorRegistry(),
+                logger: logger
+            )
+        } catch {
+            throw CommandFailure("\(config ?? "flags"): \(error)")
+        }
+        try await sidecar.start()
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
+        if sidecarConfig.controller != nil {
+            do {
+                services.append(
+                    .init(
+                        service: try DiscoveryAgent(
+                            config: sidecarConfig,
+                            sidecar: sidecar,
+                            group: group,
+                            logger: logger
+                        )
+                    )
+                )
+            } catch {
+                throw CommandFailure("\(error)")
+            }
+        }
+        return (sidecar, services, group, logger)
+    }
 }
 
 extension AppProtocol: ExpressibleByArgument {}

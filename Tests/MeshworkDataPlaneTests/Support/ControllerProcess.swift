@@ -63,13 +63,18 @@ final class ControllerProcess {
 
     /// Stops it (SIGTERM, or SIGKILL when `kill`), waiting for the process to end.
     func stop(kill: Bool = false) async {
+        await Self.stop(process, kill: kill, waitSteps: 500)
+    }
+
+    /// Signals `process` and waits up to `waitSteps` x 10 ms for it to end.
+    static func stop(_ process: Process, kill: Bool, waitSteps: Int) async {
         guard process.isRunning else { return }
         if kill {
             Foundation.kill(process.processIdentifier, SIGKILL)
         } else {
             process.terminate()
         }
-        for _ in 0..<500 where process.isRunning {
+        for _ in 0..<waitSteps where process.isRunning {
             try? await Task.sleep(for: .milliseconds(10))
         }
     }

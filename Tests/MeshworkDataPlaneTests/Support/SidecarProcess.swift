@@ -36,15 +36,7 @@ final class SidecarProcess {
     }
 
     func stop(kill: Bool = false) async {
-        guard process.isRunning else { return }
-        if kill {
-            Foundation.kill(process.processIdentifier, SIGKILL)
-        } else {
-            process.terminate()
-        }
-        for _ in 0..<1000 where process.isRunning {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
+        await ControllerProcess.stop(process, kill: kill, waitSteps: 1000)
         try? FileManager.default.removeItem(atPath: logFile)
     }
 }
