@@ -170,4 +170,30 @@ struct DiscoveryTests {
             await late.stop()
         }
     }
+
+    @Test func sidecarsReconnectToARestartedControllerAndFollowItAgain() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            await mesh.controller.stop()
+            try await mesh.controller.restart(samePort: true)
+            // One instance leaves (deregistering with the restarted controller); the client
+            // must hear of it from the restarted controller once its watch reconnects (with
+            // backoff): its last cluster update comes down to one endpoint — a dead peer
+            // alone would not do that. Bounded: 10 s.
+            await mesh.servers[0].stop()
+            var last = ""
+            for _ in 0..<100 {
+                last =
+                    mesh.client.log.split(separator: "\n").last { $0.contains("cluster updated") }.map(String.init)
+                    ?? ""
+                if last.contains("endpoints=1 ") { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(last.contains("endpoints=1 "), "\(mesh.client.log)")
+            let before = mesh.apps.map(\.requestCount)
+            let codes = try await statuses(mesh, count: 20)
+            #expect(codes == Array(repeating: 200, count: 20), "\(codes)")
+            #expect(mesh.apps[0].requestCount == before[0], "the departed instance still got calls")
+        }
+    }
 }

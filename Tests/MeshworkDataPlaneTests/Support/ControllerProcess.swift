@@ -31,16 +31,18 @@ final class ControllerProcess {
         return controller
     }
 
-    private func launch() async throws {
+    private func launch(port requested: Int = 0) async throws {
         _ = FileManager.default.createFile(atPath: logFile, contents: nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        process.arguments = ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:0"]
+        process.arguments = ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:\(requested)"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logFile)
         try process.run()
+        // A restarted process logs to the same file: only its own lines count.
+        let skip = log.count
         for _ in 0..<300 {
-            if let port = Self.port(in: log) {
+            if let port = Self.port(in: String(log.dropFirst(skip))) {
                 self.port = port
                 return
             }
@@ -79,9 +81,10 @@ final class ControllerProcess {
         }
     }
 
-    /// Starts it again on the same data directory (a new port).
-    func restart() async throws {
-        try await launch()
+    /// Starts it again on the same data directory: on a new port, or with `samePort` on the
+    /// one it had (its own port, just released, so sidecars that know it reconnect).
+    func restart(samePort: Bool = false) async throws {
+        try await launch(port: samePort ? port : 0)
     }
 
     func remove() {
