@@ -78,8 +78,9 @@ public struct PeakEWMA: Sendable, Hashable {
 }
 
 extension Duration {
-    /// Whole nanoseconds (saturating at Int64's range).
-    var nanoseconds: Int64 {
+    /// Whole nanoseconds (saturating at Int64's range). Shared with the data plane, which
+    /// turns policy durations into event-loop timer amounts.
+    package var nanoseconds: Int64 {
         let (seconds, attoseconds) = components
         let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if overflow { return seconds < 0 ? .min : .max }

@@ -311,7 +311,7 @@ final class LoopCluster {
 
     /// Full-jitter exponential backoff before retry number `attempt` (0-based).
     func backoff(attempt: Int) -> TimeAmount {
-        .nanoseconds(retryPolicy.backoff.delay(attempt: attempt, using: &random).nanosecondsValue)
+        .nanoseconds(retryPolicy.backoff.delay(attempt: attempt, using: &random).nanoseconds)
     }
 
     // MARK: picking and feedback
@@ -445,15 +445,5 @@ final class LoopCluster {
             case .http2(let pool): pool.closeAll()
             }
         }
-    }
-}
-
-extension Duration {
-    /// Whole nanoseconds, saturating.
-    var nanosecondsValue: Int64 {
-        let (seconds, attoseconds) = components
-        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return scaled + attoseconds / 1_000_000_000
     }
 }

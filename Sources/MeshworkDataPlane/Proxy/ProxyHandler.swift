@@ -365,7 +365,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upstream.begin(delegate: self)
             state = .proxying(cluster: cluster, upstream: upstream)
             if let perTry = cluster.retryPolicy.perTryTimeout, cluster.retryPolicy.attempts > 0 {
-                tryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanosecondsValue)) {
+                tryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanoseconds)) {
                     [weak self] in
                     self?.tryTimedOut(upstream)
                 }
