@@ -25,6 +25,9 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.19.4"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.3.0"),
     ],
     targets: [
         // Pure traffic algorithms (balancers, subsetting, outlier detection, budgets and
@@ -37,6 +40,17 @@ let package = Package(
         .target(
             name: "MeshworkModel",
             dependencies: ["MeshworkTraffic", .product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
+        // Workload identity: the mesh CA, X.509-SVIDs, CSRs and renewal proofs.
+        .target(
+            name: "MeshworkIdentity",
+            dependencies: [
+                "MeshworkModel",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
             swiftSettings: swiftSettings
         ),
         // The data plane: listeners, proxying, pools, TLS, admin.
@@ -129,6 +143,17 @@ let package = Package(
         .testTarget(
             name: "MeshworkModelTests",
             dependencies: ["MeshworkModel", "MeshworkTraffic"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "MeshworkIdentityTests",
+            dependencies: [
+                "MeshworkIdentity",
+                "MeshworkModel",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
