@@ -77,6 +77,11 @@ let package = Package(
             name: "MeshworkController",
             dependencies: [
                 "MeshworkModel",
+                "MeshworkIdentity",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -90,6 +95,7 @@ let package = Package(
             name: "MeshworkDiscovery",
             dependencies: [
                 "MeshworkModel",
+                "MeshworkIdentity",
                 "MeshworkDataPlane",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),

@@ -6,10 +6,13 @@ import MeshworkModel
 import NIOCore
 
 /// The controller's HTTP/JSON API under `/v1`. Reads are open (the API listens on loopback
-/// by default); mutations need `Authorization: Bearer <token>`. Bad bodies are answered 400
-/// with every problem's field path and reason.
+/// by default); mutations need `Authorization: Bearer <token>`: the operator token for
+/// everything, or a sidecar credential for its own instance only. Bad bodies are answered
+/// 400 with every problem's field path and reason.
 struct ControllerAPI {
     let controller: Controller
+    let identity: IdentityService
+    let metrics: ControllerMetrics
     let token: String
     let logger: Logger
 
@@ -25,7 +28,7 @@ struct ControllerAPI {
             return try json(service)
         }
         v1.put("services/:name") { request, context in
-            try authorize(request)
+            try await authorizeOperator(request)
             let name = try context.parameters.require("name")
             var request = request
             let text = try await body(&request)
@@ -34,7 +37,7 @@ struct ControllerAPI {
             return try json(service, revision: revision)
         }
         v1.delete("services/:name") { request, context in
-            try authorize(request)
+            try await authorizeOperator(request)
             let name = try context.parameters.require("name")
             return try await mutation { try await controller.deleteService(name) }
         }
@@ -48,25 +51,28 @@ struct ControllerAPI {
             return try json(instance)
         }
         v1.put("instances/:id") { request, context in
-            try authorize(request)
+            let caller = try await authenticate(request)
             let id = try context.parameters.require("id")
             var request = request
             let text = try await body(&request)
             let instance = try validated { () throws(ConfigErrors) in try InstanceResource.parse(text, id: id) }
+            try await authorize(caller, instance: id, service: instance.service)
             let revision = try await controller.putInstance(instance)
             return try json(instance, revision: revision)
         }
         v1.post("instances/:id/heartbeat") { request, context in
-            try authorize(request)
+            let caller = try await authenticate(request)
             let id = try context.parameters.require("id")
+            try await authorize(caller, instance: id, service: nil)
             var request = request
             let text = try await body(&request)
             let health = try validated { () throws(ConfigErrors) in try Self.parseHeartbeat(text) }
             return try await mutation { try await controller.heartbeat(id, health: health) }
         }
         v1.delete("instances/:id") { request, context in
-            try authorize(request)
+            let caller = try await authenticate(request)
             let id = try context.parameters.require("id")
+            try await authorize(caller, instance: id, service: nil)
             return try await mutation { try await controller.deleteInstance(id) }
         }
         v1.get("watch") { request, _ in
@@ -83,6 +89,14 @@ struct ControllerAPI {
                 body: ResponseBody(byteBuffer: ByteBuffer(string: OpenAPIDocument.json))
             )
         }
+        addIdentityRoutes(to: v1)
+        router.get("metrics") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.text()))
+            )
+        }
         router.get("healthz") { _, _ in "ok\n" }
         return router
     }
@@ -94,6 +108,7 @@ struct ControllerAPI {
     private func watch(services: Set<String>?, after revision: Int64?) async -> Response {
         let stream = await controller.watch(services: services, after: revision)
         let controller = self.controller
+        let trustBundle = await identity.trustBundlePEM
         let body = ResponseBody { writer in
             let encoder = JSONEncoder()
             encoder.outputFormatting = .sortedKeys
@@ -105,6 +120,10 @@ struct ControllerAPI {
                         pingContinuation.yield()
                     }
                 }
+                // The roots to verify peers with come first on every connection.
+                var bundle = try encoder.encode(WatchTrustBundle(trustBundle: trustBundle))
+                bundle.append(0x0A)
+                try await writer.write(ByteBuffer(bytes: bundle))
                 // One writer: messages and pings merged through a single loop.
                 let merged = AsyncStream<WatchLine> { continuation in
                     let forward = Task {
@@ -170,6 +189,11 @@ struct ControllerAPI {
         enum Keys: String, CodingKey { case type, revision, kind, service, instance }
     }
 
+    struct WatchTrustBundle: Encodable {
+        let type = "trust-bundle"
+        let trustBundle: String
+    }
+
     struct WatchPing: Encodable {
         let type = "ping"
         let revision: Int64
@@ -189,11 +213,50 @@ struct ControllerAPI {
         return health
     }
 
-    private func authorize(_ request: Request) throws {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-            Self.constantTimeEqual(String(header.dropFirst(7)), token)
-        else {
+    /// Who is calling: the operator (the controller's token) or a workload (a sidecar
+    /// credential issued with its certificate).
+    enum Caller {
+        case `operator`
+        case workload(IdentityService.Credential)
+    }
+
+    func authenticate(_ request: Request) async throws -> Caller {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            metrics.refused("unauthenticated")
             throw APIError(status: .unauthorized, message: "a bearer token is required for changes (--token-file)")
+        }
+        let bearer = String(header.dropFirst(7))
+        if Self.constantTimeEqual(bearer, token) { return .operator }
+        if let credential = await identity.credential(bearer) { return .workload(credential) }
+        metrics.refused("unauthenticated")
+        throw APIError(status: .unauthorized, message: "the bearer token is not recognised or has expired")
+    }
+
+    func authorizeOperator(_ request: Request) async throws {
+        if case .workload(let credential) = try await authenticate(request) {
+            metrics.refused("forbidden")
+            throw APIError(
+                status: .forbidden,
+                message: "a sidecar credential (service \(credential.service)) may only write its own instance"
+            )
+        }
+    }
+
+    /// A workload may write only its own instance: of its own service, and the instance id
+    /// its certificate request named (when it named one).
+    private func authorize(_ caller: Caller, instance id: String, service: String?) async throws {
+        guard case .workload(let credential) = caller else { return }
+        var target = service
+        if target == nil { target = await controller.instance(id)?.service }
+        var allowed = target == nil || target == credential.service
+        if let own = credential.instance, own != id { allowed = false }
+        guard allowed else {
+            metrics.refused("forbidden")
+            let whose = credential.instance.map { "instance \($0) of \(credential.service)" } ?? credential.service
+            throw APIError(
+                status: .forbidden,
+                message: "the credential of \(whose) may not write instance \(id)\(target.map { " of \($0)" } ?? "")"
+            )
         }
     }
 
@@ -206,7 +269,7 @@ struct ControllerAPI {
         return difference == 0
     }
 
-    private func body(_ request: inout Request) async throws -> String {
+    func body(_ request: inout Request) async throws -> String {
         do {
             let buffer = try await request.collectBody(upTo: Self.maxBody)
             return String(buffer: buffer)
@@ -215,10 +278,11 @@ struct ControllerAPI {
         }
     }
 
-    private func validated<T>(_ parse: () throws(ConfigErrors) -> T) throws -> T {
+    func validated<T>(_ parse: () throws(ConfigErrors) -> T) throws -> T {
         do {
             return try parse()
         } catch {
+            metrics.refused("invalid_resource")
             throw APIError(status: .badRequest, message: "invalid resource", errors: error.errors)
         }
     }
@@ -274,6 +338,7 @@ struct APIError: Error, HTTPResponseError {
 func json(_ value: some Encodable, revision: Int64? = nil) throws -> Response {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+    encoder.dateEncodingStrategy = .iso8601
     var data = try encoder.encode(value)
     data.append(0x0A)
     var headers: HTTPFields = [.contentType: "application/json"]

@@ -12,6 +12,13 @@ public final class ControllerServer: Service {
         public var dataDirectory: String
         public var listen: HostPort
         public var token: String
+        /// The SPIFFE trust domain of the mesh's identities.
+        public var trustDomain = "mesh.local"
+        /// An operator-supplied CA (PEM texts: the signing certificate then its issuers up
+        /// to the root, and its key); nil: the CA in the store, created on first start.
+        public var authority: (certificates: String, key: String)?
+        /// The longest workload certificate lifetime (and the default).
+        public var certificateLifetime: Duration = .seconds(86_400)
 
         public init(dataDirectory: String, listen: HostPort, token: String) {
             self.dataDirectory = dataDirectory
@@ -23,6 +30,8 @@ public final class ControllerServer: Service {
     private let options: Options
     private let logger: Logger
     private let controller: Controller
+    private let identity: IdentityService
+    private let metrics = ControllerMetrics()
     private let onListening: @Sendable (SocketAddress) -> Void
 
     public init(
@@ -38,10 +47,24 @@ public final class ControllerServer: Service {
             path: (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
         )
         self.controller = try Controller(store: store, logger: logger)
+        self.identity = try IdentityService(
+            store: store,
+            trustDomain: options.trustDomain,
+            supplied: options.authority,
+            maxLifetime: options.certificateLifetime,
+            metrics: metrics,
+            logger: logger
+        )
     }
 
     public func run() async throws {
-        let api = ControllerAPI(controller: controller, token: options.token, logger: logger)
+        let api = ControllerAPI(
+            controller: controller,
+            identity: identity,
+            metrics: metrics,
+            token: options.token,
+            logger: logger
+        )
         let logger = self.logger
         let onListening = self.onListening
         let app = Application(

@@ -30,7 +30,26 @@ enum OpenAPIDocument {
                 "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                 "health": {"enum": ["starting", "healthy", "unhealthy"], "default": "healthy"},
                 "ttlSeconds": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 15}}},
-              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: snapshot, revision, services, instances} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted, service?, instance?} | {type: ping, revision}"}
+              "TokenRequest": {"type": "object", "required": ["service"], "properties": {
+                "service": {"type": "string"},
+                "ttl": {"type": "string", "description": "how long the token can be used (1s to 30 days)", "default": "1h"},
+                "uses": {"type": "integer", "minimum": 1, "default": 1}}},
+              "CertificateRequest": {"type": "object", "required": ["csr"], "description": "with a join token (first certificate), or with the current certificate and a proof (renewal)", "properties": {
+                "csr": {"type": "string", "description": "PEM PKCS#10 request for an EC P-256 or P-384 key"},
+                "token": {"type": "string", "description": "join token"},
+                "certificate": {"type": "string", "description": "current certificate chain, PEM (renewal)"},
+                "proof": {"type": "string", "description": "base64 ECDSA-SHA256 signature over the CSR's DER by the current certificate's key (renewal)"},
+                "ttl": {"type": "string", "description": "requested lifetime, capped by the controller's --cert-ttl"},
+                "instance": {"type": "string", "description": "the only instance the returned credential may write"}}},
+              "IssuedCertificate": {"type": "object", "properties": {
+                "certificate": {"type": "string", "description": "leaf then chain, PEM"},
+                "trustBundle": {"type": "string", "description": "the mesh CA roots, PEM"},
+                "spiffeID": {"type": "string"},
+                "notBefore": {"type": "string", "format": "date-time"},
+                "notAfter": {"type": "string", "format": "date-time"},
+                "issuedAt": {"type": "string", "format": "date-time"},
+                "credential": {"type": "string", "description": "bearer credential for the workload's own instance"}}},
+              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle} (first on every connection) | {type: snapshot, revision, services, instances} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted, service?, instance?} | {type: ping, revision}"}
             }
           },
           "paths": {
@@ -56,6 +75,17 @@ enum OpenAPIDocument {
               {"name": "services", "in": "query", "description": "comma-separated service names (all when absent)", "schema": {"type": "string"}},
               {"name": "revision", "in": "query", "description": "resume after this revision: the missed events, or a snapshot when the history no longer has them", "schema": {"type": "integer"}}],
               "responses": {"200": {"description": "a stream of WatchLine", "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchLine"}}}}}}}
+            ,
+            "/v1/tokens": {
+              "get": {"summary": "List join tokens (without secrets)", "security": [{"bearer": []}], "responses": {"200": {"description": "tokens"}, "403": {"description": "not an operator"}}},
+              "post": {"summary": "Create a join token for one service", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}}}, "responses": {"200": {"description": "the token (shown once)"}, "400": {"description": "invalid", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an operator"}}}
+            },
+            "/v1/tokens/{id}": {
+              "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+              "delete": {"summary": "Revoke a join token", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
+            },
+            "/v1/certificates": {"post": {"summary": "Issue a workload certificate (X.509-SVID) and a sidecar credential", "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/CertificateRequest"}}}}, "responses": {"200": {"description": "issued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IssuedCertificate"}}}}, "400": {"description": "invalid CSR or request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "join token unknown, used up or expired; renewal proof invalid"}}}},
+            "/v1/trust-bundle": {"get": {"summary": "The mesh CA roots", "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}}}}
           }
         }
         """#

@@ -7,7 +7,7 @@ import MeshworkModel
 /// API answers, so a restart loses nothing acknowledged; heartbeats are not written
 /// (leases are soft state: a restarted controller gives every instance a fresh lease).
 final class RegistryStore: Sendable {
-    private let database: DatabaseQueue
+    let database: DatabaseQueue
 
     init(path: String) throws {
         var configuration = Configuration()
@@ -22,6 +22,15 @@ final class RegistryStore: Sendable {
                     CREATE TABLE service (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL);
                     CREATE TABLE instance (id TEXT PRIMARY KEY NOT NULL, service TEXT NOT NULL, body TEXT NOT NULL);
                     CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+                    """
+            )
+        }
+        migrator.registerMigration("v2-identity") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE authority (id INTEGER PRIMARY KEY AUTOINCREMENT, certificates TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL);
+                    CREATE TABLE join_token (id TEXT PRIMARY KEY NOT NULL, secret_hash TEXT NOT NULL, service TEXT NOT NULL, expires REAL NOT NULL, uses_left INTEGER NOT NULL, created REAL NOT NULL);
+                    CREATE TABLE credential (hash TEXT PRIMARY KEY NOT NULL, service TEXT NOT NULL, instance TEXT, expires REAL NOT NULL);
                     """
             )
         }

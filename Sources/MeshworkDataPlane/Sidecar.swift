@@ -19,7 +19,9 @@ public actor Sidecar: Service {
     private let group: any EventLoopGroup
     private let registry: PrometheusCollectorRegistry
     private let logger: Logger
-    private let tls: MeshTLS?
+    /// The mTLS material for mesh hops (nil: mesh hops are h2c/plain TCP): static files, or
+    /// the workload certificate the identity agent installs and renews.
+    public nonisolated let meshTLS: MeshTLSSource?
     private let contexts: LoopContexts
     private let flags = Flags()
     private var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
@@ -36,7 +38,13 @@ public actor Sidecar: Service {
         self.group = group
         self.registry = registry
         self.logger = logger
-        self.tls = try config.tls.map { files throws(ConfigErrors) in try MeshTLS(files: files) }
+        if let files = config.tls {
+            self.meshTLS = MeshTLSSource(try MeshTLS(files: files), logger: logger)
+        } else if config.controller?.usesWorkloadIdentity == true {
+            self.meshTLS = MeshTLSSource(nil, logger: logger)
+        } else {
+            self.meshTLS = nil
+        }
 
         var errors: [ConfigError] = []
         var resolved: [String: [SocketAddress]] = [:]
@@ -83,7 +91,7 @@ public actor Sidecar: Service {
         let appMetrics = config.inbound.map {
             ClusterMetrics(name: "app", endpoints: [$0.app.description], registry: registry)
         }
-        let tls = self.tls
+        let tls = self.meshTLS
         var loopContexts: [LoopContext] = []
         let loops = Array(group.makeIterator())
         let appCluster = config.inbound.map { Self.appClusterConfig($0) }
@@ -95,8 +103,7 @@ public actor Sidecar: Service {
                     config: cluster,
                     addresses: resolved[cluster.name] ?? [],
                     zone: config.zone,
-                    tls: tls?.clientHTTP2,
-                    upgradeTLS: tls?.clientHTTP1,
+                    tls: tls,
                     loop: loop,
                     loopIndex: index,
                     loopCount: loops.count,
@@ -110,7 +117,6 @@ public actor Sidecar: Service {
                     addresses: [appAddress],
                     zone: nil,
                     tls: nil,
-                    upgradeTLS: nil,
                     loop: loop,
                     loopIndex: index,
                     loopCount: loops.count,
@@ -231,15 +237,21 @@ public actor Sidecar: Service {
         do {
             if let inbound = config.inbound {
                 let proxy = settings("inbound", kind: "inbound", route: .app, restores: true)
-                let tls = self.tls?.server
+                let tls = self.meshTLS
                 let appAddress = self.appAddress
                 let connectTimeout = TimeAmount.nanoseconds(inbound.connectTimeout.nanoseconds)
                 try await bind("inbound", inbound.listen) { channel in
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                    switch (inbound.protocol, tls) {
-                    case (.tcp, let tls):
-                        if let tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
+                    // Strict mTLS when the sidecar has TLS: without a certificate yet, the
+                    // connection is refused rather than served in plaintext.
+                    let serverTLS = tls?.serverHandler()
+                    if tls != nil, serverTLS == nil {
+                        throw MeshTLSUnavailable()
+                    }
+                    switch (inbound.protocol, serverTLS) {
+                    case (.tcp, let serverTLS):
+                        if let serverTLS { try sync.addHandler(serverTLS) }
                         try ListenerPipelines.addTCPProxy(
                             to: channel,
                             metrics: proxy.metrics,
@@ -274,7 +286,9 @@ public actor Sidecar: Service {
                 let proxy = settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false)
                 let cluster =
                     config.allClusters.first { $0.name == upstream.cluster } ?? ClusterConfig(name: upstream.cluster)
-                let upstreamTLS = cluster.protocol == .mesh ? tls?.clientTCP : nil
+                let upstreamTLS =
+                    cluster.protocol == .mesh
+                    ? self.meshTLS.map { PeerTLS(source: $0, purpose: .tcp, peerService: cluster.name) } : nil
                 let connectTimeout = TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds)
                 let clusterName = upstream.cluster
                 try await bind(name, upstream.listen) { channel in

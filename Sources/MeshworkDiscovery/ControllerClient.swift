@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import MeshworkIdentity
 import MeshworkModel
 import NIOCore
 import NIOHTTP1
@@ -12,6 +13,24 @@ struct ControllerClient: Sendable {
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
+        /// The controller answered and said no (as opposed to being unreachable).
+        var refused = false
+    }
+
+    /// Asks for a workload certificate; `fields` are the request's JSON fields.
+    func requestCertificate(_ fields: [String: String]) async throws -> IssuedCertificate {
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: fields), as: UTF8.self)
+        var request = HTTPClientRequest(url: baseURL + "/v1/certificates")
+        request.method = .POST
+        request.headers.add(name: "content-type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: body))
+        let (status, text) = try await send(request)
+        guard status == .ok else {
+            throw Failure(description: "certificate refused (\(status.code)): \(text)", refused: true)
+        }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(IssuedCertificate.self, from: Data(text.utf8))
     }
 
     private func request(_ method: HTTPMethod, _ path: String, body: String? = nil) -> HTTPClientRequest {

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import MeshworkDataPlane
+import MeshworkIdentity
 import MeshworkModel
 import NIOCore
 import ServiceLifecycle
@@ -17,12 +18,12 @@ import ServiceLifecycle
 ///   passes), heartbeats at a third of the TTL with the current health, registers again
 ///   when the controller has forgotten it, and deregisters first on shutdown.
 public actor DiscoveryAgent: Service {
-    private let config: SidecarConfig
-    private let sidecar: Sidecar
-    private let client: ControllerClient
-    private let http: HTTPClient
+    let config: SidecarConfig
+    let sidecar: Sidecar
+    var client: ControllerClient
+    let http: HTTPClient
     private let group: any EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
     private var state = DiscoveryState()
     private var health: HealthState
     private var instance: InstanceResource?
@@ -30,6 +31,9 @@ public actor DiscoveryAgent: Service {
     private var cacheDirty = false
     /// Whether the first state (from the cache or the controller) has been applied.
     public private(set) var hasState = false
+    /// The workload key and certificate, when the sidecar gets its identity from the controller.
+    var workload: (key: WorkloadKey, issued: IssuedCertificate)?
+    var trustBundle: String?
 
     public init(config: SidecarConfig, sidecar: Sidecar, group: any EventLoopGroup, logger: Logger) throws {
         guard let link = config.controller else {
@@ -56,8 +60,17 @@ public actor DiscoveryAgent: Service {
 
     public func run() async throws {
         await loadCache()
-        await withGracefulShutdownHandler {
+        try await withGracefulShutdownHandler {
+            // A sidecar with a join token gets its certificate first: without it, it can
+            // neither serve nor call peers (its inbound refuses connections until then).
+            if config.controller?.usesWorkloadIdentity == true {
+                try await bootstrapIdentity()
+                if stopping { return }
+            }
             await withDiscardingTaskGroup { group in
+                if workload != nil {
+                    group.addTask { await self.renewalLoop() }
+                }
                 if !config.discover.isEmpty {
                     group.addTask { await self.watchLoop() }
                 }
@@ -76,7 +89,7 @@ public actor DiscoveryAgent: Service {
         try? await http.shutdown()
     }
 
-    private var stopping = false
+    var stopping = false
     private var wakeups: [CheckedContinuation<Void, Never>] = []
 
     private var currentWatch: Task<Void, any Error>?
@@ -89,7 +102,7 @@ public actor DiscoveryAgent: Service {
     }
 
     /// Sleeps for `duration`, or less when shutdown begins.
-    private func pause(_ duration: Duration) async {
+    func pause(_ duration: Duration) async {
         guard !stopping else { return }
         let task = Task {
             try? await Task.sleep(for: duration)
@@ -117,9 +130,10 @@ public actor DiscoveryAgent: Service {
         while !stopping {
             let services = config.discover
             let revision = state.revision
+            let client = self.client
             do {
                 let watch = Task {
-                    try await self.client.watch(services: services, after: revision) { line in
+                    try await client.watch(services: services, after: revision) { line in
                         await self.received(line)
                     }
                 }
@@ -154,6 +168,9 @@ public actor DiscoveryAgent: Service {
         case .event(let event):
             state.apply(event)
         case .ping:
+            return
+        case .trustBundle(let bundle):
+            trustBundleChanged(bundle)
             return
         }
         hasState = true
@@ -200,7 +217,7 @@ public actor DiscoveryAgent: Service {
 
     // MARK: registration and health
 
-    private func makeInstance() async -> InstanceResource? {
+    func makeInstance() async -> InstanceResource? {
         guard let inbound = config.inbound else { return nil }
         let bound = await sidecar.boundAddresses["inbound"]
         let port = bound?.port ?? inbound.listen.port

@@ -17,6 +17,19 @@ public struct WorkloadKey: Sendable {
 
     public var publicKey: Certificate.PublicKey { Certificate.PublicKey(key.publicKey) }
 
+    /// A CSR that leaves the identity to the controller (it takes it from the credential
+    /// the request comes with), in PEM.
+    public func csr(commonName: String) throws -> String {
+        let request = try CertificateSigningRequest(
+            version: .v1,
+            subject: try DistinguishedName { CommonName(commonName) },
+            privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(),
+            signatureAlgorithm: .ecdsaWithSHA256
+        )
+        return try request.serializeAsPEM().pemString + "\n"
+    }
+
     /// A CSR for `id`, asking for it as the only URI SAN, in PEM.
     public func csr(for id: SPIFFEID) throws -> String {
         let request = try CertificateSigningRequest(
@@ -57,6 +70,8 @@ public struct IssuedCertificate: Sendable, Hashable, Codable {
     public var spiffeID: String
     public var notBefore: Date
     public var notAfter: Date
+    /// When the controller signed it (`notBefore` is backdated for clock skew).
+    public var issuedAt: Date
     /// A bearer credential for this workload's own registry calls (its instance only).
     public var credential: String?
 
@@ -66,6 +81,7 @@ public struct IssuedCertificate: Sendable, Hashable, Codable {
         spiffeID: String,
         notBefore: Date,
         notAfter: Date,
+        issuedAt: Date,
         credential: String?
     ) {
         self.certificate = certificate
@@ -73,12 +89,13 @@ public struct IssuedCertificate: Sendable, Hashable, Codable {
         self.spiffeID = spiffeID
         self.notBefore = notBefore
         self.notAfter = notAfter
+        self.issuedAt = issuedAt
         self.credential = credential
     }
 
-    /// When to renew: two thirds into the lifetime.
+    /// When to renew: two thirds of the way from issuance to expiry.
     public var renewAt: Date {
-        notBefore.addingTimeInterval(notAfter.timeIntervalSince(notBefore) * 2 / 3)
+        issuedAt.addingTimeInterval(notAfter.timeIntervalSince(issuedAt) * 2 / 3)
     }
 }
 

@@ -117,7 +117,11 @@ extension SidecarConfig {
             Self.readPolicy(f, reader, into: &value.policy)
             clusters.append(value)
         }
-        if let f = reader.mapping(fields.node("controller"), "controller", known: ["url", "tokenFile", "cacheFile"]) {
+        if let f = reader.mapping(
+            fields.node("controller"),
+            "controller",
+            known: ["url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL"]
+        ) {
             if let url = f.required("url", f.string("url")) {
                 if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
                     reader.fail(f.path("url"), "expected an http:// or https:// URL, found \"\(url)\"")
@@ -125,6 +129,11 @@ extension SidecarConfig {
                 var link = ControllerLink(url: url.hasSuffix("/") ? String(url.dropLast()) : url)
                 link.tokenFile = f.string("tokenFile")
                 link.cacheFile = f.string("cacheFile")
+                link.joinTokenFile = f.string("joinTokenFile")
+                link.certificateTTL = f.duration("certificateTTL")
+                if let ttl = link.certificateTTL, ttl.duration < .seconds(3) {
+                    reader.fail(f.path("certificateTTL"), "must be at least 3s")
+                }
                 controller = link
             }
         }
@@ -202,8 +211,11 @@ extension SidecarConfig {
             } else {
                 names[cluster.name] = index
             }
-            if cluster.protocol == .mesh, tls == nil {
-                reader.fail("\(path).protocol", "\"mesh\" needs the tls section (ca, cert, key)")
+            if cluster.protocol == .mesh, tls == nil, controller?.joinTokenFile == nil {
+                reader.fail(
+                    "\(path).protocol",
+                    "\"mesh\" needs the tls section (ca, cert, key) or controller.joinTokenFile"
+                )
             }
             for (e, endpoint) in cluster.endpoints.enumerated() where endpoint.address.port == 0 {
                 reader.fail("\(path).endpoints[\(e)]", "an endpoint needs a real port, not 0")
@@ -211,6 +223,9 @@ extension SidecarConfig {
         }
         for (index, name) in discover.enumerated() where names[name] != nil {
             reader.fail("discover[\(index)]", "\"\(name)\" is also a static cluster")
+        }
+        if controller?.joinTokenFile != nil, tls != nil {
+            reader.fail("tls", "static TLS files and controller.joinTokenFile are exclusive: pick one identity")
         }
         if !discover.isEmpty, controller == nil {
             reader.fail("discover", "needs the controller section (url)")

@@ -328,6 +328,14 @@ public struct ControllerLink: Sendable, Hashable, Encodable {
     /// The last snapshot is kept here, so the sidecar starts and serves while the controller
     /// is down; none when nil.
     public var cacheFile: String?
+    /// File with a join token (`meshwork ctl token create`): the sidecar then gets its
+    /// workload certificate from the controller, and every mesh hop is mTLS with identities.
+    public var joinTokenFile: String?
+    /// Requested workload certificate lifetime (the controller caps it); renewed at 2/3.
+    public var certificateTTL: TimeSpan?
+
+    /// Whether this sidecar gets its identity from the controller.
+    public var usesWorkloadIdentity: Bool { joinTokenFile != nil }
 
     public init(url: String) {
         self.url = url

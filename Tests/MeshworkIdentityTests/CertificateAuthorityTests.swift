@@ -220,8 +220,9 @@ import X509
             certificate: "",
             trustBundle: "",
             spiffeID: orders.description,
-            notBefore: start,
+            notBefore: start.addingTimeInterval(-60),
             notAfter: start.addingTimeInterval(3000),
+            issuedAt: start,
             credential: nil
         )
         #expect(issued.renewAt == start.addingTimeInterval(2000))

@@ -91,12 +91,12 @@ enum ListenerPipelines {
     /// TLS (mTLS against the mesh CA), then HTTP/2 or HTTP/1.1 as ALPN decided.
     static func addTLSHTTP(
         to channel: any Channel,
-        tls: NIOSSLContext,
+        tls: NIOSSLServerHandler,
         settings: ProxySettings,
         contexts: LoopContexts
     ) throws {
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(tls)
         try sync.addHandler(
             ApplicationProtocolNegotiationHandler { result, channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -117,7 +117,7 @@ enum ListenerPipelines {
         to channel: any Channel,
         metrics: ListenerMetrics,
         connectTimeout: TimeAmount,
-        upstreamTLS: NIOSSLContext?,
+        upstreamTLS: PeerTLS?,
         pick: @escaping () -> SocketAddress?
     ) throws {
         let downstream = GlueHandler { downstream, channel in
@@ -133,7 +133,7 @@ enum ListenerPipelines {
                     upstreamChannel.eventLoop.makeCompletedFuture {
                         if let upstreamTLS {
                             try upstreamChannel.pipeline.syncOperations.addHandler(
-                                NIOSSLClientHandler(context: upstreamTLS, serverHostname: nil)
+                                try upstreamTLS.makeHandler()
                             )
                         }
                     }

@@ -11,7 +11,7 @@ import Prometheus
 final class HTTP1Pool {
     private let loop: any EventLoop
     private let address: SocketAddress
-    private let tls: NIOSSLContext?
+    private let tls: PeerTLS?
     private let connectTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private let maxIdle: Int
@@ -27,7 +27,7 @@ final class HTTP1Pool {
     init(
         loop: any EventLoop,
         address: SocketAddress,
-        tls: NIOSSLContext?,
+        tls: PeerTLS?,
         connectTimeout: TimeAmount,
         idleTimeout: TimeAmount,
         maxIdle: Int,
@@ -87,7 +87,7 @@ final class HTTP1Pool {
     static func connect(
         loop: any EventLoop,
         address: SocketAddress,
-        tls: NIOSSLContext?,
+        tls: PeerTLS?,
         connectTimeout: TimeAmount,
         kind: UpstreamHandler.Kind,
         metrics: EndpointMetrics,
@@ -101,7 +101,7 @@ final class HTTP1Pool {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tls {
-                        try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
+                        try sync.addHandler(tls.makeHandler())
                     }
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(

@@ -29,7 +29,7 @@ final class HTTP2Pool {
 
     private let loop: any EventLoop
     private let address: SocketAddress
-    private let tls: NIOSSLContext?
+    private let tls: PeerTLS?
     private let connectTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private let maxStreams: Int
@@ -43,7 +43,7 @@ final class HTTP2Pool {
     init(
         loop: any EventLoop,
         address: SocketAddress,
-        tls: NIOSSLContext?,
+        tls: PeerTLS?,
         connectTimeout: TimeAmount,
         idleTimeout: TimeAmount,
         maxStreams: Int,
@@ -85,7 +85,7 @@ final class HTTP2Pool {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tls {
-                        try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
+                        try sync.addHandler(tls.makeHandler())
                     }
                     try sync.addHandler(FlushCoalescingHandler())
                     var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()

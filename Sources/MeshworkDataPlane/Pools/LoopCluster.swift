@@ -49,8 +49,8 @@ final class LoopCluster {
     private let loop: any EventLoop
     private let logger: Logger
     private let endpointProtocol: EndpointProtocol
-    private let tls: NIOSSLContext?
-    private let upgradeTLS: NIOSSLContext?
+    private let tls: PeerTLS?
+    private let upgradeTLS: PeerTLS?
     private var connectTimeout: TimeAmount
     private var config: ClusterConfig
     private let zone: String?
@@ -71,8 +71,7 @@ final class LoopCluster {
         config: ClusterConfig,
         addresses: [SocketAddress],
         zone: String?,
-        tls: NIOSSLContext?,
-        upgradeTLS: NIOSSLContext?,
+        tls: MeshTLSSource?,
         loop: any EventLoop,
         loopIndex: Int,
         loopCount: Int,
@@ -90,9 +89,13 @@ final class LoopCluster {
         self.zone = zone
         self.loopIndex = loopIndex
         self.loopCount = loopCount
-        self.tls = tls
+        // Peer sidecars are reached over mTLS when the sidecar has it; with a workload
+        // identity, the peer must present the identity of the service the cluster is for.
+        let peerTLS =
+            config.protocol == .mesh ? tls.map { PeerTLS(source: $0, purpose: .http2, peerService: config.name) } : nil
+        self.tls = peerTLS
         self.endpointProtocol = config.protocol
-        self.upgradeTLS = config.protocol == .mesh ? upgradeTLS : nil
+        self.upgradeTLS = peerTLS?.with(.http1)
         self.connectTimeout = .nanoseconds(config.connectTimeout.nanoseconds)
         self.retryPolicy = config.retries
         self.hashOn = config.hashOn
@@ -175,7 +178,7 @@ final class LoopCluster {
                 HTTP2Pool(
                     loop: loop,
                     address: address,
-                    tls: config.protocol == .mesh ? tls : nil,
+                    tls: tls,
                     connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
                     idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
                     maxStreams: config.maxConcurrentStreams,

@@ -44,6 +44,8 @@ public enum WatchLine: Sendable, Hashable {
     case snapshot(DiscoveryState)
     case event(RegistryEvent)
     case ping(revision: Int64)
+    /// The mesh CA roots (PEM), sent first on every connection and again when they change.
+    case trustBundle(String)
 
     /// Parses one NDJSON line as the controller writes it.
     public static func parse(_ line: some StringProtocol) throws -> WatchLine {
@@ -71,6 +73,11 @@ public enum WatchLine: Sendable, Hashable {
             )
         case "ping":
             return .ping(revision: revision)
+        case "trust-bundle":
+            guard let bundle = object["trustBundle"] as? String else {
+                throw WatchLineError("trust-bundle line without trustBundle")
+            }
+            return .trustBundle(bundle)
         default:
             throw WatchLineError("unknown watch line type \"\(type)\"")
         }

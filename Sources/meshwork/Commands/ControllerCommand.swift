@@ -32,6 +32,22 @@ struct ControllerCommand: AsyncParsableCommand {
     )
     var tokenFile: String?
 
+    @Option(name: .long, help: "SPIFFE trust domain of the mesh's workload identities.")
+    var trustDomain: String = "mesh.local"
+
+    @Option(
+        name: .long,
+        help:
+            "PEM file with the CA certificate that signs workload certificates, then its issuers up to the root (default: a root created on first start and kept in the store)."
+    )
+    var caCert: String?
+
+    @Option(name: .long, help: "PEM file with the private key of --ca-cert.")
+    var caKey: String?
+
+    @Option(name: .long, help: "Longest (and default) workload certificate lifetime, e.g. 24h.")
+    var certTTL: String = "24h"
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -40,6 +56,26 @@ struct ControllerCommand: AsyncParsableCommand {
         switch HostPort.parse(listen) {
         case .success(let value): address = value
         case .failure(let error): throw CommandFailure("--listen: \(error.reason)")
+        }
+        guard SPIFFEID.isTrustDomain(trustDomain) else {
+            throw CommandFailure("--trust-domain: must be lowercase letters, digits, '.', '-' and '_'")
+        }
+        guard let lifetime = DurationText.parse(certTTL), lifetime >= .seconds(10) else {
+            throw CommandFailure("--cert-ttl: expected a duration of at least 10s like 24h, got \"\(certTTL)\"")
+        }
+        var authority: (certificates: String, key: String)?
+        switch (caCert, caKey) {
+        case (nil, nil): break
+        case (let cert?, let key?):
+            guard let certificates = try? String(contentsOfFile: cert, encoding: .utf8) else {
+                throw CommandFailure("--ca-cert: cannot read \(cert)")
+            }
+            guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else {
+                throw CommandFailure("--ca-key: cannot read \(key)")
+            }
+            authority = (certificates, keyText)
+        default:
+            throw CommandFailure("--ca-cert and --ca-key go together")
         }
         let dataDirectory = dataDir ?? ControllerServer.defaultDataDirectory
         let token: (token: String, path: String)
@@ -57,11 +93,12 @@ struct ControllerCommand: AsyncParsableCommand {
         let logger = Logger(label: "meshwork.controller")
         logger.info("starting", metadata: ["data-dir": "\(dataDirectory)", "token-file": "\(token.path)"])
         let server: ControllerServer
+        var options = ControllerServer.Options(dataDirectory: dataDirectory, listen: address, token: token.token)
+        options.trustDomain = trustDomain
+        options.authority = authority
+        options.certificateLifetime = lifetime
         do {
-            server = try ControllerServer(
-                options: .init(dataDirectory: dataDirectory, listen: address, token: token.token),
-                logger: logger
-            )
+            server = try ControllerServer(options: options, logger: logger)
         } catch {
             throw CommandFailure("cannot open the registry in \(dataDirectory): \(error)")
         }

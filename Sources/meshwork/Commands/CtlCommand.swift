@@ -11,13 +11,14 @@ import Yams
 struct CtlCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl",
-        abstract: "Look at and change the registry: services, instances, apply, delete, watch.",
+        abstract: "Look at and change the registry: services, instances, apply, delete, watch, join tokens.",
         discussion: """
             The controller is --controller, else $MESHWORK_CONTROLLER, else http://127.0.0.1:7070. The token \
             (for changes) is --token-file, else $MESHWORK_TOKEN, else the local controller's token file.
             """,
         subcommands: [
             CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
+            CtlToken.self,
         ]
     )
 }
@@ -59,7 +60,7 @@ struct CtlOptions: ParsableArguments {
         defer { _ = client.shutdown() }
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
-        if method != .GET, let token = try token() {
+        if let token = try token() {
             request.headers.add(name: "authorization", value: "Bearer \(token)")
         }
         if let body {
@@ -315,7 +316,7 @@ struct CtlWatch: AsyncParsableCommand {
                         event.instance.map { "\($0.id) (\($0.service), \($0.health.rawValue))" }
                         ?? event.service?.name ?? ""
                     print("revision \(event.revision): \(event.kind.rawValue) \(subject)")
-                case .ping:
+                case .ping, .trustBundle:
                     break
                 }
             }

@@ -76,6 +76,16 @@ struct SidecarFlags: ParsableArguments {
     @Option(
         name: .long,
         help:
+            "File with a join token (meshwork ctl token create): get a workload certificate from the controller; every mesh hop is then mTLS."
+    )
+    var joinTokenFile: String?
+
+    @Option(name: .long, help: "Requested workload certificate lifetime (the controller caps it), e.g. 1h.")
+    var certTTL: String?
+
+    @Option(
+        name: .long,
+        help:
             "A service this one calls, learnt from the controller; NAME=ADDRESS also opens a local port for it. Repeatable."
     )
     var upstream: [String] = []
@@ -152,6 +162,13 @@ struct SidecarFlags: ParsableArguments {
         }
         if let tokenFile { sidecarConfig.controller?.tokenFile = tokenFile }
         if let cacheFile { sidecarConfig.controller?.cacheFile = cacheFile }
+        if let joinTokenFile { sidecarConfig.controller?.joinTokenFile = joinTokenFile }
+        if let certTTL {
+            guard let value = DurationText.parse(certTTL), value >= .seconds(3) else {
+                throw CommandFailure("--cert-ttl: expected a duration of at least 3s, like 1h")
+            }
+            sidecarConfig.controller?.certificateTTL = TimeSpan(value)
+        }
         if let healthPath {
             sidecarConfig.healthCheck.kind = .http
             sidecarConfig.healthCheck.path = healthPath

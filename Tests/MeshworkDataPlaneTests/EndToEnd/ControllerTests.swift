@@ -23,10 +23,15 @@ struct ControllerTests {
         try #require(try JSONSerialization.jsonObject(with: result.body) as? [String: Any])
     }
 
+    /// The registry lines of a watch stream. Every connection starts with the trust bundle
+    /// (the mesh CA roots), checked here and left out.
     private func lines(_ text: String) throws -> [[String: Any]] {
-        try text.split(separator: "\n").map {
+        let all = try text.split(separator: "\n").map {
             try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
         }
+        #expect(all.first?["type"] as? String == "trust-bundle")
+        #expect((all.first?["trustBundle"] as? String)?.hasPrefix("-----BEGIN CERTIFICATE-----") == true)
+        return Array(all.dropFirst())
     }
 
     @Test func changesNeedTheTokenAndBadResourcesAreRefusedWithFieldPaths() async throws {

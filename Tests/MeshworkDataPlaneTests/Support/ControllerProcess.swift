@@ -16,17 +16,20 @@ final class ControllerProcess {
     }
     var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
 
-    private init(dataDirectory: String) {
+    private let extraArguments: [String]
+
+    private init(dataDirectory: String, extraArguments: [String]) {
         self.dataDirectory = dataDirectory
+        self.extraArguments = extraArguments
         self.logFile = dataDirectory + ".log"
         self.process = Process()
     }
 
-    static func start(dataDirectory: String? = nil) async throws -> ControllerProcess {
+    static func start(dataDirectory: String? = nil, _ extraArguments: [String] = []) async throws -> ControllerProcess {
         let directory =
             dataDirectory
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("mw-ctl-\(UUID().uuidString)").path
-        let controller = ControllerProcess(dataDirectory: directory)
+        let controller = ControllerProcess(dataDirectory: directory, extraArguments: extraArguments)
         try await controller.launch()
         return controller
     }
@@ -35,7 +38,8 @@ final class ControllerProcess {
         _ = FileManager.default.createFile(atPath: logFile, contents: nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        process.arguments = ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:\(requested)"]
+        process.arguments =
+            ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:\(requested)"] + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logFile)
         try process.run()
@@ -92,17 +96,52 @@ final class ControllerProcess {
         try? FileManager.default.removeItem(atPath: logFile)
     }
 
-    /// curl against the API, with the token unless `authorized` is false.
+    /// curl against the API, with the operator token unless `authorized` is false or
+    /// another `bearer` is given.
     func call(
         _ method: String,
         _ path: String,
         body: String? = nil,
-        authorized: Bool = true
+        authorized: Bool = true,
+        bearer: String? = nil
     ) async throws -> CurlResult {
         var arguments = ["-X", method]
-        if authorized { arguments += ["-H", "Authorization: Bearer \(token)"] }
+        if let bearer {
+            arguments += ["-H", "Authorization: Bearer \(bearer)"]
+        } else if authorized {
+            arguments += ["-H", "Authorization: Bearer \(token)"]
+        }
         if let body { arguments += ["-H", "content-type: application/json", "--data-binary", body] }
         return try await Curl.run(arguments + [url + path])
+    }
+}
+
+extension ControllerProcess {
+    /// A join token for `service` from the API.
+    func joinToken(_ service: String, ttl: String = "1h", uses: Int = 1) async throws -> String {
+        let result = try await call(
+            "POST",
+            "/v1/tokens",
+            body: #"{"service": "\#(service)", "ttl": "\#(ttl)", "uses": \#(uses)}"#
+        )
+        let object = try JSONSerialization.jsonObject(with: result.body) as? [String: Any]
+        return try #require(object?["token"] as? String, "no token in \(result.text)")
+    }
+
+    /// A join token written to a file next to the data directory (what sidecars read).
+    func joinTokenFile(_ service: String, uses: Int = 1) async throws -> String {
+        let file = dataDirectory + "-\(service)-\(UUID().uuidString.prefix(8)).token"
+        try (try await joinToken(service, uses: uses) + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        return file
+    }
+
+    /// The value of one sample of the controller's /metrics (0 when absent).
+    func metric(_ sample: String) async throws -> Double {
+        let text = try await call("GET", "/metrics", authorized: false).text
+        for line in text.split(separator: "\n") where line.hasPrefix(sample + " ") {
+            return Double(line.split(separator: " ").last ?? "") ?? 0
+        }
+        return 0
     }
 }
 

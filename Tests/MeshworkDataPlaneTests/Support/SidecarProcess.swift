@@ -31,6 +31,16 @@ final class SidecarProcess {
         throw ControllerStartFailure(log: sidecar.log)
     }
 
+    /// Waits (bounded: 10 s) until the log contains `text`; false when it never did.
+    func waitForLog(_ text: String, seconds: Int = 10) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            if log.contains(text) { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return log.contains(text)
+    }
+
     func port(_ listener: String) -> Int? {
         ControllerProcess.port(in: log, listener: listener)
     }

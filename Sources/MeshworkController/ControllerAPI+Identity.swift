@@ -1,0 +1,102 @@
+import Foundation
+import Hummingbird
+import MeshworkIdentity
+import MeshworkModel
+import NIOCore
+
+extension ControllerAPI {
+    /// Join tokens (operator), certificate requests (join token or renewal proof) and the
+    /// trust bundle (open: it is public).
+    func addIdentityRoutes(to v1: RouterGroup<BasicRequestContext>) {
+        v1.post("tokens") { request, _ in
+            try await authorizeOperator(request)
+            var request = request
+            let text = try await body(&request)
+            let spec = try validated { () throws(ConfigErrors) in try Self.parseTokenRequest(text) }
+            return try json(try await identity.createJoinToken(service: spec.service, ttl: spec.ttl, uses: spec.uses))
+        }
+        v1.get("tokens") { request, _ in
+            try await authorizeOperator(request)
+            return try json(await identity.listTokens())
+        }
+        v1.delete("tokens/:id") { request, context in
+            try await authorizeOperator(request)
+            let id = try context.parameters.require("id")
+            guard try await identity.deleteToken(id) else {
+                throw APIError(status: .notFound, message: "no join token \"\(id)\"")
+            }
+            return try json(["deleted": id])
+        }
+        v1.post("certificates") { request, _ in
+            var request = request
+            let text = try await body(&request)
+            let spec = try validated { () throws(ConfigErrors) in try Self.parseCertificateRequest(text) }
+            return try json(try await identity.issue(spec))
+        }
+        v1.get("trust-bundle") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "application/x-pem-file"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: await identity.trustBundlePEM))
+            )
+        }
+    }
+
+    struct TokenRequest {
+        var service: String
+        var ttl: Duration
+        var uses: Int
+    }
+
+    /// `{"service": "orders", "ttl": "1h", "uses": 1}`: ttl defaults to 1 h, uses to 1.
+    static func parseTokenRequest(_ text: String) throws(ConfigErrors) -> TokenRequest {
+        let reader = ConfigReader()
+        var result: TokenRequest?
+        if let root = reader.parse(text), let f = reader.mapping(root, "", known: ["service", "ttl", "uses"]) {
+            let service = f.required("service", f.string("service"))
+            if let service, let reason = Names.invalidServiceName(service) { reader.fail(f.path("service"), reason) }
+            let ttl = f.duration("ttl")?.duration ?? .seconds(3600)
+            if ttl < .seconds(1) || ttl > .seconds(30 * 86_400) {
+                reader.fail(f.path("ttl"), "must be between 1s and 30 days")
+            }
+            let uses = f.int("uses", range: 1...100_000) ?? 1
+            if let service { result = TokenRequest(service: service, ttl: ttl, uses: uses) }
+        }
+        guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
+        return result
+    }
+
+    /// `{"csr": PEM, "token": "..."}` or `{"csr": PEM, "certificate": PEM, "proof": base64}`,
+    /// with optional `ttl` (capped by the controller's) and `instance` (the only instance
+    /// the credential may then write).
+    static func parseCertificateRequest(_ text: String) throws(ConfigErrors) -> IdentityService.CertificateRequest {
+        let reader = ConfigReader()
+        var result: IdentityService.CertificateRequest?
+        let known: Set = ["csr", "token", "certificate", "proof", "ttl", "instance"]
+        if let root = reader.parse(text), let f = reader.mapping(root, "", known: known) {
+            let csr = f.required("csr", f.string("csr"))
+            var request = IdentityService.CertificateRequest(csr: csr ?? "")
+            request.token = f.string("token")
+            request.certificate = f.string("certificate")
+            request.proof = f.string("proof")
+            request.ttl = f.duration("ttl")?.duration
+            if let ttl = request.ttl, ttl < .seconds(1) { reader.fail(f.path("ttl"), "must be at least 1s") }
+            request.instance = f.string("instance")
+            if let instance = request.instance, let reason = Names.invalidID(instance) {
+                reader.fail(f.path("instance"), reason)
+            }
+            if request.token != nil, request.certificate != nil {
+                reader.fail(f.path("token"), "give a join token or a certificate to renew, not both")
+            }
+            if (request.certificate == nil) != (request.proof == nil) {
+                reader.fail(
+                    f.path(request.proof == nil ? "proof" : "certificate"),
+                    "a renewal needs both certificate and proof"
+                )
+            }
+            if csr != nil { result = request }
+        }
+        guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
+        return result
+    }
+}

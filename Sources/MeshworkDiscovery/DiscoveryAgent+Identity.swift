@@ -1,0 +1,110 @@
+import Foundation
+import Logging
+import MeshworkDataPlane
+import MeshworkIdentity
+import MeshworkModel
+
+/// The workload identity: a key made in memory, a CSR sent with the join token for the
+/// first certificate, renewal at two thirds of its lifetime with the current certificate
+/// (a fresh key each time), and the trust bundle from the watch stream. Each new
+/// certificate goes into the sidecar's `MeshTLSSource`: new connections use it, open ones
+/// carry on.
+extension DiscoveryAgent {
+    /// Gets the first certificate; retries while the controller is unreachable, gives up
+    /// (throws) when it refuses the join token: a used or expired token will not get better.
+    func bootstrapIdentity() async throws {
+        guard let link = config.controller, let file = link.joinTokenFile else { return }
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw ControllerClient.Failure(description: "cannot read controller.joinTokenFile \(file)")
+        }
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        var backoff = Duration.milliseconds(200)
+        while !stopping {
+            let key = WorkloadKey()
+            do {
+                let csr = try key.csr(commonName: config.service)
+                var fields = ["csr": csr, "token": token]
+                if let ttl = link.certificateTTL { fields["ttl"] = "\(ttl.duration.components.seconds)s" }
+                if let instance = await makeInstance() { fields["instance"] = instance.id }
+                let issued = try await client.requestCertificate(fields)
+                try install(key: key, issued: issued)
+                logger.info(
+                    "workload certificate issued",
+                    metadata: ["identity": "\(issued.spiffeID)", "not-after": "\(issued.notAfter)"]
+                )
+                return
+            } catch let error as ControllerClient.Failure where error.refused {
+                logger.error("the controller refused the join token", metadata: ["error": "\(error)"])
+                throw error
+            } catch {
+                logger.warning(
+                    "cannot reach the controller for a certificate",
+                    metadata: ["error": "\(error)", "retry-in": "\(backoff)"]
+                )
+            }
+            await pause(backoff)
+            backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+
+    /// Renews at two thirds of the lifetime; on failure retries every second (with the
+    /// current certificate, while it is still valid).
+    func renewalLoop() async {
+        while !stopping, let current = workload {
+            let wait = current.issued.renewAt.timeIntervalSinceNow
+            if wait > 0 { await pause(.milliseconds(Int64(wait * 1000))) }
+            if stopping { return }
+            let key = WorkloadKey()
+            do {
+                let csr = try key.csr(commonName: config.service)
+                var fields = [
+                    "csr": csr,
+                    "certificate": current.issued.certificate,
+                    "proof": try current.key.proof(forCSR: csr),
+                ]
+                if let ttl = config.controller?.certificateTTL { fields["ttl"] = "\(ttl.duration.components.seconds)s" }
+                if let instance = await makeInstance() { fields["instance"] = instance.id }
+                let issued = try await client.requestCertificate(fields)
+                try install(key: key, issued: issued)
+                logger.info(
+                    "workload certificate renewed",
+                    metadata: ["identity": "\(issued.spiffeID)", "not-after": "\(issued.notAfter)"]
+                )
+            } catch {
+                logger.warning("certificate renewal failed; retrying", metadata: ["error": "\(error)"])
+                await pause(.seconds(1))
+            }
+        }
+    }
+
+    /// A new trust bundle from the watch stream (a CA rotation): the current certificate
+    /// with the new roots.
+    func trustBundleChanged(_ bundle: String) {
+        guard let current = workload, bundle != trustBundle else { return }
+        var issued = current.issued
+        issued.trustBundle = bundle
+        do {
+            try install(key: current.key, issued: issued)
+            logger.info("trust bundle updated")
+        } catch {
+            logger.error("the new trust bundle is unusable; keeping the old one", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func install(key: WorkloadKey, issued: IssuedCertificate) throws {
+        guard let id = SPIFFEID(issued.spiffeID), let source = sidecar.meshTLS else {
+            throw ControllerClient.Failure(description: "the controller issued an unusable identity \(issued.spiffeID)")
+        }
+        try source.update(
+            certificateChain: issued.certificate,
+            privateKey: key.pem,
+            trustBundle: issued.trustBundle,
+            identity: id
+        )
+        workload = (key, issued)
+        trustBundle = issued.trustBundle
+        if let credential = issued.credential {
+            client = ControllerClient(baseURL: client.baseURL, token: credential, http: http)
+        }
+    }
+}

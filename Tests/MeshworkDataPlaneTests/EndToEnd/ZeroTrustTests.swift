@@ -1,0 +1,370 @@
+import Foundation
+import MeshworkDemo
+import Testing
+
+/// Workload identity end to end: join tokens, certificates from the controller's CA,
+/// sidecar credentials, and mTLS between sidecars that check who they talk to.
+@Suite("Zero trust end to end", .serialized)
+struct ZeroTrustTests {
+    /// A P-256 key and a CSR made by openssl (any standard CSR is accepted).
+    private func opensslCSR(in directory: String) async throws -> String {
+        let key = directory + "/workload.key"
+        let csr = directory + "/workload.csr"
+        let result = try await Command.run([
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", "/CN=workload",
+        ])
+        #expect(result.exitCode == 0, "\(result.output)")
+        return try String(contentsOfFile: csr, encoding: .utf8)
+    }
+
+    private func json(_ result: CurlResult) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: result.body) as? [String: Any]) ?? [:]
+    }
+
+    private func certificateRequest(_ fields: [String: String]) throws -> String {
+        String(decoding: try JSONSerialization.data(withJSONObject: fields), as: UTF8.self)
+    }
+
+    @Test func joinTokensCertificatesAndSidecarCredentialsAreScoped() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let directory = controller.dataDirectory + "-work"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            controller.remove()
+        }
+        do {
+            let csr = try await opensslCSR(in: directory)
+            let token = try await controller.joinToken("orders")
+            let issued = try await controller.call(
+                "POST",
+                "/v1/certificates",
+                body: try certificateRequest(["csr": csr, "token": token, "instance": "orders-a"]),
+                authorized: false
+            )
+            #expect(issued.status == 200, "\(issued.text)")
+            let fields = json(issued)
+            #expect(fields["spiffeID"] as? String == "spiffe://mesh.local/service/orders")
+            let credential = try #require(fields["credential"] as? String)
+
+            // The certificate is an X.509-SVID that openssl verifies against the bundle.
+            let certificate = directory + "/orders.pem"
+            let bundle = directory + "/bundle.pem"
+            try (fields["certificate"] as? String ?? "").write(toFile: certificate, atomically: true, encoding: .utf8)
+            try (fields["trustBundle"] as? String ?? "").write(toFile: bundle, atomically: true, encoding: .utf8)
+            let text = try await Command.run(["openssl", "x509", "-noout", "-text", "-in", certificate]).output
+            #expect(text.contains("URI:spiffe://mesh.local/service/orders"), "\(text)")
+            #expect(text.contains("CA:FALSE"))
+            #expect(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"))
+            let verify = try await Command.run(["openssl", "verify", "-CAfile", bundle, certificate])
+            #expect(verify.exitCode == 0, "\(verify.output)")
+            let served = try await controller.call("GET", "/v1/trust-bundle", authorized: false)
+            #expect(served.text == (try String(contentsOfFile: bundle, encoding: .utf8)))
+
+            // A used token, an unknown one and an expired one are refused, and counted.
+            let reused = try await controller.call(
+                "POST",
+                "/v1/certificates",
+                body: try certificateRequest(["csr": csr, "token": token]),
+                authorized: false
+            )
+            #expect(reused.status == 401)
+            #expect(reused.text.contains("no uses left"), "\(reused.text)")
+            let unknown = try await controller.call(
+                "POST",
+                "/v1/certificates",
+                body: try certificateRequest(["csr": csr, "token": "abc.def"]),
+                authorized: false
+            )
+            #expect(unknown.status == 401)
+            let shortLived = try await controller.joinToken("orders", ttl: "1s")
+            try await Task.sleep(for: .milliseconds(1200))
+            let expired = try await controller.call(
+                "POST",
+                "/v1/certificates",
+                body: try certificateRequest(["csr": csr, "token": shortLived]),
+                authorized: false
+            )
+            #expect(expired.status == 401)
+            #expect(expired.text.contains("expired"), "\(expired.text)")
+            let garbage = try await controller.call(
+                "POST",
+                "/v1/certificates",
+                body: try certificateRequest(["csr": "not a csr", "token": try await controller.joinToken("orders")]),
+                authorized: false
+            )
+            #expect(garbage.status == 400)
+            #expect(json(garbage)["errors"].map { "\($0)" }?.contains("csr") == true, "\(garbage.text)")
+
+            // The sidecar credential writes its own instance, and nothing else.
+            let own = #"{"service": "orders", "address": "127.0.0.1", "port": 1}"#
+            let put = try await controller.call("PUT", "/v1/instances/orders-a", body: own, bearer: credential)
+            #expect(put.status == 200, "\(put.text)")
+            let heartbeat = try await controller.call(
+                "POST",
+                "/v1/instances/orders-a/heartbeat",
+                body: #"{"health": "healthy"}"#,
+                bearer: credential
+            )
+            #expect(heartbeat.status == 200)
+            let otherInstance = try await controller.call(
+                "PUT",
+                "/v1/instances/orders-b",
+                body: own,
+                bearer: credential
+            )
+            #expect(otherInstance.status == 403, "\(otherInstance.text)")
+            let otherService = try await controller.call(
+                "PUT",
+                "/v1/instances/orders-a",
+                body: #"{"service": "payments", "address": "127.0.0.1", "port": 1}"#,
+                bearer: credential
+            )
+            #expect(otherService.status == 403, "\(otherService.text)")
+            let policy = try await controller.call(
+                "PUT",
+                "/v1/services/orders",
+                body: #"{"name": "orders"}"#,
+                bearer: credential
+            )
+            #expect(policy.status == 403)
+            let tokenMint = try await controller.call(
+                "POST",
+                "/v1/tokens",
+                body: #"{"service": "payments"}"#,
+                bearer: credential
+            )
+            #expect(tokenMint.status == 403, "a sidecar credential minted a join token")
+
+            // Nothing else was disturbed.
+            let listed = try await controller.call("GET", "/v1/instances", authorized: false)
+            #expect(listed.text.contains("orders-a") && !listed.text.contains("orders-b"))
+            #expect(
+                try await controller.metric(#"meshwork_controller_api_refusals_total{reason="join_token_used"}"#) == 1
+            )
+            #expect(
+                try await controller.metric(#"meshwork_controller_api_refusals_total{reason="join_token_invalid"}"#)
+                    == 1
+            )
+            #expect(
+                try await controller.metric(#"meshwork_controller_api_refusals_total{reason="join_token_expired"}"#)
+                    == 1
+            )
+            #expect(try await controller.metric(#"meshwork_controller_api_refusals_total{reason="forbidden"}"#) == 4)
+            #expect(
+                try await controller.metric(#"meshwork_controller_certificates_issued_total{via="join_token"}"#) == 1
+            )
+        } catch {
+            await controller.stop()
+            throw error
+        }
+        await controller.stop()
+    }
+
+    /// A controller with the operator's CA (the test fixtures' mesh CA), so the tests can
+    /// also present certificates from it that are expired or carry no identity.
+    private func startController() async throws -> ControllerProcess {
+        try await ControllerProcess.start(
+            dataDirectory: nil,
+            ["--ca-cert", TestMesh.certs + "/mesh-ca.pem", "--ca-key", TestMesh.certs + "/mesh-ca.key"]
+        )
+    }
+
+    private func startServer(
+        _ service: String,
+        app: DemoApp,
+        controller: ControllerProcess,
+        extra: [String] = []
+    ) async throws -> SidecarProcess {
+        let sidecar = try await SidecarProcess.start(
+            [
+                "--service", service, "--app-port", String(app.port), "--controller", controller.url,
+                "--join-token-file", try await controller.joinTokenFile(service), "--ttl", "3s",
+            ] + extra,
+            waitFor: ["inbound", "admin"]
+        )
+        #expect(try await sidecar.waitForLog("registered"), "\(sidecar.log)")
+        return sidecar
+    }
+
+    private func startClient(controller: ControllerProcess, extra: [String] = []) async throws -> SidecarProcess {
+        let sidecar = try await SidecarProcess.start(
+            [
+                "--service", "web", "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
+                "--join-token-file", try await controller.joinTokenFile("web"),
+            ] + extra,
+            waitFor: ["upstream:orders"]
+        )
+        #expect(try await sidecar.waitForLog("workload certificate issued"), "\(sidecar.log)")
+        return sidecar
+    }
+
+    /// GETs `url` until it answers 200 (bounded: 100 tries, 10 s).
+    private func until200(_ url: String) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(10)
+        for _ in 0..<100 where ContinuousClock.now < deadline {
+            if try await Curl.get(url).status == 200 { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
+    @Test func sidecarsOnJoinTokensTalkOverMTLSAndRefuseEveryOtherPeer() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await startController()
+        let orders = try await TestMesh.startApp("orders-1")
+        let payments = try await TestMesh.startApp("payments-1")
+        var sidecars: [SidecarProcess] = []
+        do {
+            let server = try await startServer("orders", app: orders, controller: controller)
+            sidecars.append(server)
+            let client = try await startClient(controller: controller)
+            sidecars.append(client)
+            let url = "http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/hello"
+            #expect(try await until200(url), "web never reached orders: \(client.log)")
+            #expect(orders.requestCount > 0)
+
+            // The inbound listener is strict: no plaintext, no TLS without a client
+            // certificate, none from another CA, none expired.
+            let inbound = "127.0.0.1:\(server.port("inbound") ?? 0)"
+            let before = orders.requestCount
+            let plaintext = try await Curl.get("http://\(inbound)/")
+            #expect(plaintext.status == 0, "plaintext got \(plaintext.status)")
+            let anonymous = try await Curl.get("https://\(inbound)/", ["-k"])
+            #expect(anonymous.status == 0)
+            for name in ["rogue", "expired"] {
+                let refused = try await Curl.get(
+                    "https://\(inbound)/",
+                    ["-k", "--cert", TestMesh.certs + "/\(name).pem", "--key", TestMesh.certs + "/\(name).key"]
+                )
+                #expect(refused.status == 0, "\(name) certificate got \(refused.status)")
+            }
+            #expect(orders.requestCount == before, "a refused peer reached the app")
+
+            // An impostor: a payments sidecar (with a real mesh certificate, for payments)
+            // registered as an orders instance. The client refuses its certificate.
+            let impostor = try await startServer("payments", app: payments, controller: controller)
+            sidecars.append(impostor)
+            await server.stop()
+            sidecars.removeFirst()
+            let fake =
+                #"{"service": "orders", "address": "127.0.0.1", "port": \#(impostor.port("inbound") ?? 0), "ttlSeconds": 0}"#
+            let put = try await controller.call("PUT", "/v1/instances/orders-impostor", body: fake)
+            #expect(put.status == 200, "\(put.text)")
+            #expect(try await client.waitForLog("endpoints=1 "))
+            let paymentsBefore = payments.requestCount
+            var statuses: [Int] = []
+            for _ in 0..<5 {
+                let result = try await Curl.get(url)
+                statuses.append(result.status)
+                #expect(result.header("x-meshwork-error") != nil, "\(result.status) without a mesh error")
+            }
+            #expect(statuses.allSatisfy { $0 >= 500 }, "\(statuses)")
+            #expect(payments.requestCount == paymentsBefore, "the impostor got calls")
+            #expect(client.log.contains("peer presented the wrong identity"), "\(client.log)")
+            #expect(client.log.contains("expected=spiffe://mesh.local/service/orders"))
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await payments.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await payments.stop()
+        await controller.stop()
+        controller.remove()
+    }
+
+    @Test func certificatesRenewUnderLoadWithoutAFailedRequest() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        var sidecars: [SidecarProcess] = []
+        do {
+            // Three-second certificates: renewed every two seconds on both sides.
+            let server = try await startServer(
+                "orders",
+                app: orders,
+                controller: controller,
+                extra: ["--cert-ttl", "3s"]
+            )
+            sidecars.append(server)
+            let client = try await startClient(controller: controller, extra: ["--cert-ttl", "3s"])
+            sidecars.append(client)
+            let url = "http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"
+            #expect(try await until200(url))
+            // Continuous requests for 5 s (bounded: 2000), each on a new client connection.
+            var failures: [Int] = []
+            var sent = 0
+            let deadline = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < deadline, sent < 2000 {
+                let result = try await Curl.run([url + "?n=[1-20]"], timeout: 10)
+                let codes = result.statusLines.compactMap { Int($0.split(separator: " ")[1]) }
+                sent += codes.count
+                failures += codes.filter { $0 != 200 }
+            }
+            #expect(sent >= 20)
+            #expect(failures.isEmpty, "\(failures.count) failed of \(sent): \(failures.prefix(5))")
+            #expect(server.log.contains("workload certificate renewed"), "\(server.log)")
+            #expect(client.log.contains("workload certificate renewed"), "\(client.log)")
+            #expect(try await controller.metric(#"meshwork_controller_certificates_issued_total{via="renewal"}"#) >= 2)
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
+
+    @Test func aReusedJoinTokenStopsTheSidecarWithAClearError() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        let tokenFile = try await controller.joinTokenFile("orders")
+        var first: SidecarProcess?
+        do {
+            first = try await SidecarProcess.start(
+                [
+                    "--service", "orders", "--app-port", String(orders.port), "--controller", controller.url,
+                    "--join-token-file", tokenFile,
+                ],
+                waitFor: ["inbound"]
+            )
+            #expect(try await first?.waitForLog("workload certificate issued") == true)
+            let second = try await SidecarProcess.start(
+                [
+                    "--service", "orders", "--app-port", String(orders.port), "--controller", controller.url,
+                    "--join-token-file", tokenFile,
+                ],
+                waitFor: ["inbound"]
+            )
+            for _ in 0..<500 where second.process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(!second.process.isRunning)
+            #expect(second.process.isRunning || second.process.terminationStatus != 0)
+            #expect(second.log.contains("no uses left"), "\(second.log)")
+            await second.stop()
+            // The first sidecar is unaffected.
+            #expect(first?.process.isRunning == true)
+        } catch {
+            await first?.stop()
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        await first?.stop()
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
+}
