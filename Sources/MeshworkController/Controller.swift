@@ -5,7 +5,13 @@ import NIOCore
 
 /// What a watcher receives: first a snapshot (or the events it missed), then events.
 enum WatchMessage: Sendable {
-    case snapshot(revision: Int64, services: [ServiceResource], instances: [InstanceResource])
+    case snapshot(
+        revision: Int64,
+        services: [ServiceResource],
+        instances: [InstanceResource],
+        policies: [AuthorizationPolicy],
+        mesh: MeshSettings
+    )
     case event(RegistryEvent)
 }
 
@@ -37,6 +43,8 @@ actor Controller {
         self.registry = Registry(
             services: contents.services,
             instances: contents.instances,
+            policies: contents.policies,
+            mesh: contents.mesh,
             revision: contents.revision,
             now: 0
         )
@@ -67,6 +75,14 @@ actor Controller {
 
     func leaseRemaining(_ id: String) -> Duration? { registry.leaseRemaining(id, now: now) }
 
+    func policies() -> [AuthorizationPolicy] {
+        registry.policies.values.sorted { $0.name < $1.name }
+    }
+
+    func policy(_ name: String) -> AuthorizationPolicy? { registry.policies[name] }
+
+    var mesh: MeshSettings { registry.mesh }
+
     // MARK: mutations
 
     func putService(_ service: ServiceResource) throws -> Int64 {
@@ -87,6 +103,18 @@ actor Controller {
 
     func deleteInstance(_ id: String) throws -> Int64 {
         try commit(registry.deleteInstance(id))
+    }
+
+    func putPolicy(_ policy: AuthorizationPolicy) throws -> Int64 {
+        try commit(registry.putPolicy(policy))
+    }
+
+    func deletePolicy(_ name: String) throws -> Int64 {
+        try commit(registry.deletePolicy(name))
+    }
+
+    func putMesh(_ settings: MeshSettings) throws -> Int64 {
+        try commit(registry.putMesh(settings))
     }
 
     /// Removes instances whose lease ran out; called every second.
@@ -119,7 +147,7 @@ actor Controller {
             bufferingPolicy: .bufferingOldest(Self.watcherBuffer)
         )
         if let revision, let missed = registry.events(after: revision) {
-            for event in missed where services?.contains(event.serviceName) ?? true {
+            for event in missed where event.concerns(services) {
                 continuation.yield(.event(event))
             }
         } else {
@@ -127,8 +155,17 @@ actor Controller {
             let snapshotInstances = registry.instances.values
                 .filter { services?.contains($0.service) ?? true }
                 .sorted { $0.id < $1.id }
+            let snapshotPolicies = registry.policies.values
+                .filter { services?.contains($0.target) ?? true }
+                .sorted { $0.name < $1.name }
             continuation.yield(
-                .snapshot(revision: registry.revision, services: snapshotServices, instances: snapshotInstances)
+                .snapshot(
+                    revision: registry.revision,
+                    services: snapshotServices,
+                    instances: snapshotInstances,
+                    policies: snapshotPolicies,
+                    mesh: registry.mesh
+                )
             )
         }
         let id = UUID()
@@ -153,7 +190,7 @@ actor Controller {
     }
 
     private func broadcast(_ event: RegistryEvent) {
-        for (id, watcher) in watchers where watcher.services?.contains(event.serviceName) ?? true {
+        for (id, watcher) in watchers where event.concerns(watcher.services) {
             if case .dropped = watcher.continuation.yield(.event(event)) {
                 logger.warning("watcher fell behind; closing it so it resumes from its revision")
                 watcher.continuation.finish()

@@ -90,6 +90,7 @@ struct ControllerAPI {
             )
         }
         addIdentityRoutes(to: v1)
+        addPolicyRoutes(to: v1)
         router.get("metrics") { _, _ in
             Response(
                 status: .ok,
@@ -141,9 +142,15 @@ struct ControllerAPI {
                 for await line in merged {
                     var data: Data
                     switch line {
-                    case .message(.snapshot(let revision, let services, let instances)):
+                    case .message(.snapshot(let revision, let services, let instances, let policies, let mesh)):
                         data = try encoder.encode(
-                            WatchSnapshot(revision: revision, services: services, instances: instances)
+                            WatchSnapshot(
+                                revision: revision,
+                                services: services,
+                                instances: instances,
+                                policies: policies,
+                                mesh: mesh
+                            )
                         )
                     case .message(.event(let event)):
                         data = try encoder.encode(WatchEventLine(event: event))
@@ -174,6 +181,8 @@ struct ControllerAPI {
         let revision: Int64
         let services: [ServiceResource]
         let instances: [InstanceResource]
+        let policies: [AuthorizationPolicy]
+        let mesh: MeshSettings
     }
 
     struct WatchEventLine: Encodable {
@@ -185,8 +194,10 @@ struct ControllerAPI {
             try container.encode(event.kind.rawValue, forKey: .kind)
             try container.encodeIfPresent(event.service, forKey: .service)
             try container.encodeIfPresent(event.instance, forKey: .instance)
+            try container.encodeIfPresent(event.policy, forKey: .policy)
+            try container.encodeIfPresent(event.mesh, forKey: .mesh)
         }
-        enum Keys: String, CodingKey { case type, revision, kind, service, instance }
+        enum Keys: String, CodingKey { case type, revision, kind, service, instance, policy, mesh }
     }
 
     struct WatchTrustBundle: Encodable {

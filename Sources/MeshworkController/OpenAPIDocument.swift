@@ -49,7 +49,16 @@ enum OpenAPIDocument {
                 "notAfter": {"type": "string", "format": "date-time"},
                 "issuedAt": {"type": "string", "format": "date-time"},
                 "credential": {"type": "string", "description": "bearer credential for the workload's own instance"}}},
-              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle} (first on every connection) | {type: snapshot, revision, services, instances} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted, service?, instance?} | {type: ping, revision}"}
+              "AuthorizationPolicy": {"type": "object", "required": ["name", "target"], "description": "a matching deny refuses; else, when the target has allow policies, one must match; else the mesh default decides", "properties": {
+                "name": {"type": "string"},
+                "target": {"type": "string", "description": "the service whose sidecars enforce it"},
+                "action": {"enum": ["allow", "deny"], "default": "allow"},
+                "from": {"type": "array", "items": {"type": "string"}, "description": "SPIFFE IDs, spiffe://<trust-domain>/* or * (any authenticated caller); empty: anyone"},
+                "ports": {"type": "array", "items": {"type": "integer"}},
+                "paths": {"type": "array", "items": {"type": "string"}, "description": "path prefixes"},
+                "methods": {"type": "array", "items": {"type": "string"}}}},
+              "Mesh": {"type": "object", "properties": {"defaultAuthorization": {"enum": ["allow", "deny"], "default": "allow"}}},
+              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle} (first on every connection) | {type: snapshot, revision, services, instances, policies, mesh} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted|policy-put|policy-deleted|mesh-put, service?, instance?, policy?, mesh?} | {type: ping, revision}"}
             }
           },
           "paths": {
@@ -85,6 +94,17 @@ enum OpenAPIDocument {
               "delete": {"summary": "Revoke a join token", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
             },
             "/v1/certificates": {"post": {"summary": "Issue a workload certificate (X.509-SVID) and a sidecar credential", "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/CertificateRequest"}}}}, "responses": {"200": {"description": "issued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IssuedCertificate"}}}}, "400": {"description": "invalid CSR or request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "join token unknown, used up or expired; renewal proof invalid"}}}},
+            "/v1/policies": {"get": {"summary": "List authorization policies", "responses": {"200": {"description": "policies", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/AuthorizationPolicy"}}}}}}}},
+            "/v1/policies/{name}": {
+              "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+              "get": {"summary": "One policy", "responses": {"200": {"description": "the policy"}, "404": {"description": "unknown"}}},
+              "put": {"summary": "Create or replace a policy", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuthorizationPolicy"}}}}, "responses": {"200": {"description": "stored"}, "400": {"description": "invalid", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an operator"}}},
+              "delete": {"summary": "Delete a policy", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
+            },
+            "/v1/mesh": {
+              "get": {"summary": "Mesh-wide settings", "responses": {"200": {"description": "settings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Mesh"}}}}}},
+              "put": {"summary": "Replace the mesh-wide settings", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Mesh"}}}}, "responses": {"200": {"description": "stored"}, "400": {"description": "invalid"}, "403": {"description": "not an operator"}}}
+            },
             "/v1/trust-bundle": {"get": {"summary": "The mesh CA roots", "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}}}}
           }
         }

@@ -34,12 +34,22 @@ final class RegistryStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v3-policy") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE policy (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL);
+                    CREATE TABLE setting (key TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL);
+                    """
+            )
+        }
         try migrator.migrate(database)
     }
 
     struct Contents {
         var services: [ServiceResource]
         var instances: [InstanceResource]
+        var policies: [AuthorizationPolicy]
+        var mesh: MeshSettings
         var revision: Int64
     }
 
@@ -52,8 +62,20 @@ final class RegistryStore: Sendable {
             let instances = try String.fetchAll(db, sql: "SELECT body FROM instance ORDER BY id").map {
                 try decoder.decode(InstanceResource.self, from: Data($0.utf8))
             }
+            let policies = try String.fetchAll(db, sql: "SELECT body FROM policy ORDER BY name").map {
+                try AuthorizationPolicy.parse($0)
+            }
+            let mesh = try String.fetchOne(db, sql: "SELECT body FROM setting WHERE key = 'mesh'").map {
+                try decoder.decode(MeshSettings.self, from: Data($0.utf8))
+            }
             let revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
-            return Contents(services: services, instances: instances, revision: revision)
+            return Contents(
+                services: services,
+                instances: instances,
+                policies: policies,
+                mesh: mesh ?? MeshSettings(),
+                revision: revision
+            )
         }
     }
 
@@ -85,6 +107,23 @@ final class RegistryStore: Sendable {
                 case .instanceDeleted:
                     guard let instance = event.instance else { continue }
                     try db.execute(sql: "DELETE FROM instance WHERE id = ?", arguments: [instance.id])
+                case .policyPut:
+                    guard let policy = event.policy else { continue }
+                    let body = String(decoding: try encoder.encode(policy), as: UTF8.self)
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO policy (name, body) VALUES (?, ?)",
+                        arguments: [policy.name, body]
+                    )
+                case .policyDeleted:
+                    guard let policy = event.policy else { continue }
+                    try db.execute(sql: "DELETE FROM policy WHERE name = ?", arguments: [policy.name])
+                case .meshPut:
+                    guard let mesh = event.mesh else { continue }
+                    let body = String(decoding: try encoder.encode(mesh), as: UTF8.self)
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO setting (key, body) VALUES ('mesh', ?)",
+                        arguments: [body]
+                    )
                 }
             }
             try db.execute(

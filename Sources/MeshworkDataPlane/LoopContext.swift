@@ -1,6 +1,8 @@
 import Logging
+import MeshworkModel
 import MeshworkTraffic
 import NIOCore
+import Prometheus
 
 /// Everything one event loop owns: its copy of every cluster (balancer and pools) and of
 /// the app cluster. Touched only from its own loop, so nothing in it is locked.
@@ -13,6 +15,28 @@ final class LoopContext {
     /// Inbound protection in front of the app (this loop's share).
     var inboundLimiter: GradientConcurrencyLimiter?
     var inboundRateLimit: TokenBucket?
+    /// Who may call this service (nil until the first policies arrive: everyone may).
+    var authorization: AuthorizationTable?
+    var authorizationMetrics: AuthorizationMetrics?
+    private var deniedCounters: [SPIFFEID?: Counter] = [:]
+
+    /// Decides a call to the app and counts a refusal (logged at debug: it can come at the
+    /// request rate).
+    func authorize(source: SPIFFEID?, port: Int, method: String?, path: String?) -> Bool {
+        guard let table = authorization else { return true }
+        let decision = table.decide(source: source, port: port, method: method, path: path)
+        guard case .denied(let reason) = decision else { return true }
+        if let metrics = authorizationMetrics {
+            let counter = deniedCounters[source] ?? metrics.deniedCounter(source: source)
+            deniedCounters[source] = counter
+            counter.increment()
+        }
+        logger.debug(
+            "call refused by authorization",
+            metadata: ["source": "\(source?.description ?? "unauthenticated")", "reason": "\(reason)"]
+        )
+        return false
+    }
 
     init(loop: any EventLoop, index: Int) {
         self.loop = loop

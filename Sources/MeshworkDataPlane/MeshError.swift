@@ -22,6 +22,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case throttled
         case rateLimited = "rate_limited"
         case concurrencyLimited = "concurrency_limited"
+        case unauthorized
     }
 
     private let code: Code
@@ -67,11 +68,15 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The inbound adaptive concurrency limit is reached: the app is at capacity.
     public static let concurrencyLimited = MeshError(.concurrencyLimited)
 
+    /// Authorization policy refuses the caller (its identity, or the path or method it asked for).
+    public static let unauthorized = MeshError(.unauthorized)
+
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
         .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
+        .unauthorized,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -84,6 +89,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
             .concurrencyLimited:
             return .serviceUnavailable
         case .rateLimited: return .tooManyRequests
+        case .unauthorized: return .forbidden
         case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported: return .badGateway
         case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .badRequest: return .badRequest

@@ -92,6 +92,7 @@ public actor Sidecar: Service {
             ClusterMetrics(name: "app", endpoints: [$0.app.description], registry: registry)
         }
         let tls = self.meshTLS
+        let authorizationMetrics = AuthorizationMetrics(target: config.service, registry: registry)
         var loopContexts: [LoopContext] = []
         let loops = Array(group.makeIterator())
         let appCluster = config.inbound.map { Self.appClusterConfig($0) }
@@ -125,6 +126,7 @@ public actor Sidecar: Service {
                 )
             }
             if let inbound = config.inbound {
+                context.authorizationMetrics = authorizationMetrics
                 let now = loop.now.uptimeNanoseconds
                 context.inboundLimiter = inbound.concurrencyLimit.map {
                     GradientConcurrencyLimiter(policy: $0, now: now)
@@ -150,6 +152,7 @@ public actor Sidecar: Service {
     /// on every event loop, without dropping connections or in-flight requests. Instances
     /// whose address does not resolve are left out (and logged).
     public func apply(_ state: DiscoveryState) {
+        applyAuthorization(state)
         for name in config.discover {
             var cluster = ClusterConfig.discovered(name)
             if let service = state.services[name] { cluster.policy = service.policy }
@@ -192,6 +195,27 @@ public actor Sidecar: Service {
     }
 
     private var appliedClusters: [String: ClusterConfig] = [:]
+    private var appliedAuthorization: AuthorizationTable?
+
+    /// The authorization policies that target this service, and the mesh default, onto
+    /// every loop.
+    private func applyAuthorization(_ state: DiscoveryState) {
+        guard config.inbound != nil else { return }
+        let table = AuthorizationTable(service: config.service, policies: state.policies.values, mesh: state.mesh)
+        guard table != appliedAuthorization else { return }
+        appliedAuthorization = table
+        logger.info(
+            "authorization updated",
+            metadata: [
+                "policies": "\(state.policies.values.filter { $0.target == config.service }.count)",
+                "default": "\(state.mesh.defaultAuthorization.rawValue)",
+            ]
+        )
+        let contexts = self.contexts
+        for (index, context) in contexts.all.enumerated() {
+            context.loop.execute { contexts.all[index].authorization = table }
+        }
+    }
 
     /// The local app as a cluster of one: no outlier ejection (there is nowhere else to
     /// go) and retries only when the connection could not be made.
@@ -251,7 +275,28 @@ public actor Sidecar: Service {
                     }
                     switch (inbound.protocol, serverTLS) {
                     case (.tcp, let serverTLS):
-                        if let serverTLS { try sync.addHandler(serverTLS) }
+                        // A TCP caller is authorized once, by identity and port, when its
+                        // handshake completes (or at once when there is no TLS).
+                        let loopContext = contexts.context(for: channel.eventLoop)
+                        let port = channel.localAddress?.port ?? 0
+                        if let serverTLS {
+                            try sync.addHandler(serverTLS)
+                            try sync.addHandler(
+                                PeerIdentityHandler(peer: ConnectionPeer()) { identity, _ in
+                                    let allowed = loopContext.authorize(
+                                        source: identity,
+                                        port: port,
+                                        method: nil,
+                                        path: nil
+                                    )
+                                    if !allowed { proxy.metrics.countError(.unauthorized) }
+                                    return allowed
+                                }
+                            )
+                        } else if !loopContext.authorize(source: nil, port: port, method: nil, path: nil) {
+                            proxy.metrics.countError(.unauthorized)
+                            throw MeshError.unauthorized
+                        }
                         try ListenerPipelines.addTCPProxy(
                             to: channel,
                             metrics: proxy.metrics,

@@ -71,7 +71,7 @@ public actor DiscoveryAgent: Service {
                 if workload != nil {
                     group.addTask { await self.renewalLoop() }
                 }
-                if !config.discover.isEmpty {
+                if !watchedServices.isEmpty {
                     group.addTask { await self.watchLoop() }
                 }
                 if config.inbound != nil {
@@ -125,10 +125,17 @@ public actor DiscoveryAgent: Service {
 
     // MARK: watch
 
+    /// The services it calls, and its own (for the authorization policies that target it).
+    private var watchedServices: [String] {
+        var services = config.discover
+        if config.inbound != nil, !services.contains(config.service) { services.append(config.service) }
+        return services
+    }
+
     private func watchLoop() async {
         var backoff = Duration.milliseconds(200)
         while !stopping {
-            let services = config.discover
+            let services = watchedServices
             let revision = state.revision
             let client = self.client
             do {

@@ -11,7 +11,8 @@ enum ListenerPipelines {
     static func addHTTP1(
         to channel: any Channel,
         settings: ProxySettings,
-        contexts: LoopContexts
+        contexts: LoopContexts,
+        peer: ConnectionPeer? = nil
     ) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = settings.maxHeaderBytes
@@ -27,7 +28,12 @@ enum ListenerPipelines {
             withDecoderLimitConfiguration: limits
         )
         try sync.addHandler(
-            ProxyHandler(settings: settings, loop: contexts.context(for: channel.eventLoop), isStream: false)
+            ProxyHandler(
+                settings: settings,
+                loop: contexts.context(for: channel.eventLoop),
+                isStream: false,
+                peer: peer
+            )
         )
     }
 
@@ -36,7 +42,8 @@ enum ListenerPipelines {
         to channel: any Channel,
         settings: ProxySettings,
         contexts: LoopContexts,
-        secure: Bool
+        secure: Bool,
+        peer: ConnectionPeer? = nil
     ) throws {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
@@ -55,6 +62,7 @@ enum ListenerPipelines {
         let drain = HTTP2DrainHandler()
         // Streams run on their connection's loop: look its context up once, not per stream.
         let loopContext = NIOLoopBound(contexts.context(for: channel.eventLoop), eventLoop: channel.eventLoop)
+        let boundPeer = NIOLoopBound(peer, eventLoop: channel.eventLoop)
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: connection,
@@ -64,7 +72,7 @@ enum ListenerPipelines {
             streamChannel.eventLoop.makeCompletedFuture {
                 try streamChannel.pipeline.syncOperations.addHandlers(
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(settings: settings, loop: loopContext.value, isStream: true)
+                    ProxyHandler(settings: settings, loop: loopContext.value, isStream: true, peer: boundPeer.value)
                 )
             }
         }
@@ -97,14 +105,18 @@ enum ListenerPipelines {
     ) throws {
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(tls)
+        // The caller's identity, read when the handshake completes, before ALPN builds the
+        // HTTP pipeline whose requests are authorized with it.
+        let peer = ConnectionPeer()
+        try sync.addHandler(PeerIdentityHandler(peer: peer))
         try sync.addHandler(
             ApplicationProtocolNegotiationHandler { result, channel in
                 channel.eventLoop.makeCompletedFuture {
                     switch result {
                     case .negotiated("h2"):
-                        try addHTTP2(to: channel, settings: settings, contexts: contexts, secure: true)
+                        try addHTTP2(to: channel, settings: settings, contexts: contexts, secure: true, peer: peer)
                     default:
-                        try addHTTP1(to: channel, settings: settings, contexts: contexts)
+                        try addHTTP1(to: channel, settings: settings, contexts: contexts, peer: peer)
                     }
                 }
             }

@@ -91,10 +91,14 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var backoffTask: Scheduled<Void>?
     private var tryTimer: Scheduled<Void>?
 
-    init(settings: ProxySettings, loop: LoopContext, isStream: Bool) {
+    /// The authenticated caller of the connection (inbound over mTLS); nil otherwise.
+    private let peer: ConnectionPeer?
+
+    init(settings: ProxySettings, loop: LoopContext, isStream: Bool, peer: ConnectionPeer? = nil) {
         self.settings = settings
         self.loop = loop
         self.isStream = isStream
+        self.peer = peer
     }
 
     // MARK: lifecycle
@@ -192,6 +196,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .failure(let error):
             answer(error, context: context)
         case .success(let cluster):
+            if settings.restoresProtocol, loop.authorization != nil,
+                !loop.authorize(
+                    source: peer?.identity,
+                    port: (context.channel.parent ?? context.channel).localAddress?.port ?? 0,
+                    method: head.method.rawValue,
+                    path: head.uri
+                )
+            {
+                answer(.unauthorized, context: context)
+                return
+            }
             if settings.restoresProtocol, let refusal = admitToApp() {
                 answer(refusal, context: context)
                 return

@@ -7,11 +7,22 @@ public struct DiscoveryState: Sendable, Hashable {
     public private(set) var revision: Int64 = 0
     public private(set) var services: [String: ServiceResource] = [:]
     public private(set) var instances: [String: InstanceResource] = [:]
+    /// The authorization policies that target the watched services.
+    public private(set) var policies: [String: AuthorizationPolicy] = [:]
+    public private(set) var mesh = MeshSettings()
 
     public init() {}
 
-    public init(revision: Int64, services: [ServiceResource], instances: [InstanceResource]) {
+    public init(
+        revision: Int64,
+        services: [ServiceResource],
+        instances: [InstanceResource],
+        policies: [AuthorizationPolicy] = [],
+        mesh: MeshSettings = MeshSettings()
+    ) {
         self.revision = revision
+        self.mesh = mesh
+        for policy in policies { self.policies[policy.name] = policy }
         for service in services { self.services[service.name] = service }
         for instance in instances { self.instances[instance.id] = instance }
     }
@@ -29,6 +40,12 @@ public struct DiscoveryState: Sendable, Hashable {
             if let instance = event.instance { instances[instance.id] = instance }
         case .instanceDeleted:
             if let instance = event.instance { instances[instance.id] = nil }
+        case .policyPut:
+            if let policy = event.policy { policies[policy.name] = policy }
+        case .policyDeleted:
+            if let policy = event.policy { policies[policy.name] = nil }
+        case .meshPut:
+            if let mesh = event.mesh { self.mesh = mesh }
         }
         return event.serviceName
     }
@@ -58,7 +75,17 @@ public enum WatchLine: Sendable, Hashable {
         case "snapshot":
             let services = try (object["services"] as? [Any] ?? []).map(parseService)
             let instances = try (object["instances"] as? [Any] ?? []).map(parseInstance)
-            return .snapshot(DiscoveryState(revision: revision, services: services, instances: instances))
+            let policies = try (object["policies"] as? [Any] ?? []).map(parsePolicy)
+            let mesh = try object["mesh"].map(parseMesh) ?? MeshSettings()
+            return .snapshot(
+                DiscoveryState(
+                    revision: revision,
+                    services: services,
+                    instances: instances,
+                    policies: policies,
+                    mesh: mesh
+                )
+            )
         case "event":
             guard let kindText = object["kind"] as? String, let kind = RegistryEvent.Kind(rawValue: kindText) else {
                 throw WatchLineError("event without a known kind")
@@ -68,7 +95,9 @@ public enum WatchLine: Sendable, Hashable {
                     revision: revision,
                     kind: kind,
                     service: try object["service"].map(parseService),
-                    instance: try object["instance"].map(parseInstance)
+                    instance: try object["instance"].map(parseInstance),
+                    policy: try object["policy"].map(parsePolicy),
+                    mesh: try object["mesh"].map(parseMesh)
                 )
             )
         case "ping":
@@ -88,6 +117,15 @@ public enum WatchLine: Sendable, Hashable {
         return try ServiceResource.parse(String(decoding: data, as: UTF8.self))
     }
 
+    private static func parsePolicy(_ value: Any) throws -> AuthorizationPolicy {
+        let data = try JSONSerialization.data(withJSONObject: value)
+        return try AuthorizationPolicy.parse(String(decoding: data, as: UTF8.self))
+    }
+
+    private static func parseMesh(_ value: Any) throws -> MeshSettings {
+        try JSONDecoder().decode(MeshSettings.self, from: JSONSerialization.data(withJSONObject: value))
+    }
+
     private static func parseInstance(_ value: Any) throws -> InstanceResource {
         try JSONDecoder().decode(InstanceResource.self, from: JSONSerialization.data(withJSONObject: value))
     }
@@ -99,6 +137,8 @@ public enum WatchLine: Sendable, Hashable {
             let revision: Int64
             let services: [ServiceResource]
             let instances: [InstanceResource]
+            let policies: [AuthorizationPolicy]
+            let mesh: MeshSettings
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
@@ -106,7 +146,9 @@ public enum WatchLine: Sendable, Hashable {
             Snapshot(
                 revision: state.revision,
                 services: state.services.values.sorted { $0.name < $1.name },
-                instances: state.instances.values.sorted { $0.id < $1.id }
+                instances: state.instances.values.sorted { $0.id < $1.id },
+                policies: state.policies.values.sorted { $0.name < $1.name },
+                mesh: state.mesh
             )
         )
     }

@@ -7,16 +7,45 @@ public struct RegistryEvent: Sendable, Hashable, Encodable {
         case serviceDeleted = "service-deleted"
         case instancePut = "instance-put"
         case instanceDeleted = "instance-deleted"
+        case policyPut = "policy-put"
+        case policyDeleted = "policy-deleted"
+        case meshPut = "mesh-put"
     }
 
     public var revision: Int64
     public var kind: Kind
     public var service: ServiceResource?
     public var instance: InstanceResource?
+    public var policy: AuthorizationPolicy?
+    public var mesh: MeshSettings?
 
-    /// The service this event concerns (for filtering watches).
+    public init(
+        revision: Int64,
+        kind: Kind,
+        service: ServiceResource? = nil,
+        instance: InstanceResource? = nil,
+        policy: AuthorizationPolicy? = nil,
+        mesh: MeshSettings? = nil
+    ) {
+        self.revision = revision
+        self.kind = kind
+        self.service = service
+        self.instance = instance
+        self.policy = policy
+        self.mesh = mesh
+    }
+
+    /// The service this event concerns (for filtering watches); empty for mesh-wide
+    /// events, which every watcher gets.
     public var serviceName: String {
-        service?.name ?? instance?.service ?? ""
+        service?.name ?? instance?.service ?? policy?.target ?? ""
+    }
+
+    /// Whether a watcher of `services` (all when nil) gets this event.
+    public func concerns(_ services: Set<String>?) -> Bool {
+        guard let services else { return true }
+        let name = serviceName
+        return name.isEmpty || services.contains(name)
     }
 }
 
@@ -32,6 +61,8 @@ public enum RegistryError: Error, Hashable, Sendable {
 public struct Registry: Sendable {
     public private(set) var services: [String: ServiceResource] = [:]
     public private(set) var instances: [String: InstanceResource] = [:]
+    public private(set) var policies: [String: AuthorizationPolicy] = [:]
+    public private(set) var mesh = MeshSettings()
     public private(set) var revision: Int64
     /// Lease deadlines (nanoseconds) of instances that have a TTL.
     private var leases: [String: UInt64] = [:]
@@ -44,11 +75,15 @@ public struct Registry: Sendable {
     public init(
         services: [ServiceResource] = [],
         instances: [InstanceResource] = [],
+        policies: [AuthorizationPolicy] = [],
+        mesh: MeshSettings = MeshSettings(),
         revision: Int64 = 0,
         now: UInt64,
         historyLimit: Int = 10_000
     ) {
         self.revision = revision
+        self.mesh = mesh
+        for policy in policies { self.policies[policy.name] = policy }
         self.historyLimit = max(1, historyLimit)
         for service in services { self.services[service.name] = service }
         for instance in instances {
@@ -145,6 +180,32 @@ public struct Registry: Sendable {
         return .nanoseconds(Int64(deadline > now ? deadline - now : 0))
     }
 
+    // MARK: policy
+
+    /// Creates or replaces an authorization policy; no event when nothing changed.
+    public mutating func putPolicy(_ policy: AuthorizationPolicy) -> [RegistryEvent] {
+        guard policies[policy.name] != policy else { return [] }
+        var events: [RegistryEvent] = []
+        if let old = policies[policy.name], old.target != policy.target {
+            // Retargeted: the old target's sidecars see it go.
+            events.append(record(.policyDeleted, policy: old))
+        }
+        policies[policy.name] = policy
+        events.append(record(.policyPut, policy: policy))
+        return events
+    }
+
+    public mutating func deletePolicy(_ name: String) throws(RegistryError) -> [RegistryEvent] {
+        guard let policy = policies.removeValue(forKey: name) else { throw .notFound("policy \"\(name)\"") }
+        return [record(.policyDeleted, policy: policy)]
+    }
+
+    public mutating func putMesh(_ settings: MeshSettings) -> [RegistryEvent] {
+        guard settings != mesh else { return [] }
+        mesh = settings
+        return [record(.meshPut, mesh: settings)]
+    }
+
     // MARK: reading
 
     /// The events after `revision`, in order; nil when the history no longer reaches back
@@ -166,10 +227,19 @@ public struct Registry: Sendable {
     private mutating func record(
         _ kind: RegistryEvent.Kind,
         service: ServiceResource? = nil,
-        instance: InstanceResource? = nil
+        instance: InstanceResource? = nil,
+        policy: AuthorizationPolicy? = nil,
+        mesh: MeshSettings? = nil
     ) -> RegistryEvent {
         revision += 1
-        let event = RegistryEvent(revision: revision, kind: kind, service: service, instance: instance)
+        let event = RegistryEvent(
+            revision: revision,
+            kind: kind,
+            service: service,
+            instance: instance,
+            policy: policy,
+            mesh: mesh
+        )
         history.append(event)
         if history.count >= historyLimit * 2 { history.removeFirst(history.count - historyLimit) }
         return event

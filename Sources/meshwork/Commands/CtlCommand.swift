@@ -18,7 +18,7 @@ struct CtlCommand: AsyncParsableCommand {
             """,
         subcommands: [
             CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
-            CtlToken.self,
+            CtlToken.self, CtlPolicies.self,
         ]
     )
 }
@@ -131,6 +131,35 @@ enum Table {
     }
 }
 
+struct CtlPolicies: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "policies",
+        abstract: "List authorization policies and the mesh default."
+    )
+    @OptionGroup var options: CtlOptions
+
+    func run() async throws {
+        let data = try await options.call(.GET, "/v1/policies")
+        if options.output == .table {
+            let mesh = try JSONSerialization.jsonObject(with: try await options.call(.GET, "/v1/mesh"))
+            Swift.print("mesh default: \(Table.string((mesh as? [String: Any])?["defaultAuthorization"]))")
+        }
+        try options.print(data) { object in
+            func list(_ value: Any?) -> String {
+                let items = (value as? [Any] ?? []).map { Table.string($0) }
+                return items.isEmpty ? "*" : items.joined(separator: ",")
+            }
+            return [["NAME", "TARGET", "ACTION", "FROM", "PATHS", "METHODS", "PORTS"]]
+                + (object as? [[String: Any]] ?? []).map { policy in
+                    [
+                        Table.string(policy["name"]), Table.string(policy["target"]), Table.string(policy["action"]),
+                        list(policy["from"]), list(policy["paths"]), list(policy["methods"]), list(policy["ports"]),
+                    ]
+                }
+        }
+    }
+}
+
 struct CtlServices: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "services", abstract: "List services.")
     @OptionGroup var options: CtlOptions
@@ -177,15 +206,24 @@ struct CtlInstances: AsyncParsableCommand {
 }
 
 enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
-    case service, instance
+    case service, instance, policy
 
-    var collection: String { self == .service ? "services" : "instances" }
+    var collection: String {
+        switch self {
+        case .service: return "services"
+        case .instance: return "instances"
+        case .policy: return "policies"
+        }
+    }
 }
 
 struct CtlDescribe: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "describe", abstract: "Show one service or instance.")
+    static let configuration = CommandConfiguration(
+        commandName: "describe",
+        abstract: "Show one service, instance or policy."
+    )
     @OptionGroup var options: CtlOptions
-    @Argument(help: "service or instance") var kind: ResourceKind
+    @Argument(help: "service, instance or policy") var kind: ResourceKind
     @Argument(help: "Its name or id.") var name: String
 
     func run() async throws {
@@ -200,9 +238,12 @@ struct CtlDescribe: AsyncParsableCommand {
 }
 
 struct CtlDelete: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a service or instance.")
+    static let configuration = CommandConfiguration(
+        commandName: "delete",
+        abstract: "Delete a service, instance or policy."
+    )
     @OptionGroup var options: CtlOptions
-    @Argument(help: "service or instance") var kind: ResourceKind
+    @Argument(help: "service, instance or policy") var kind: ResourceKind
     @Argument(help: "Its name or id.") var name: String
 
     func run() async throws {
@@ -215,7 +256,10 @@ struct CtlApply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
         abstract: "Create or update the resources in a YAML file (several per file, separated by ---).",
-        discussion: "Each document has kind: Service (with name) or kind: Instance (with service, address, port)."
+        discussion: """
+            Each document has kind: Service (with name), Instance (with service, address, port), \
+            AuthorizationPolicy (with name, target) or Mesh (mesh-wide settings).
+            """
     )
     @OptionGroup var options: CtlOptions
     @Option(name: .shortAndLong, help: "The YAML file ('-' for standard input).") var file: String
@@ -240,7 +284,7 @@ struct CtlApply: AsyncParsableCommand {
         for (index, document) in documents.enumerated() {
             let label = "\(file) document \(index + 1)"
             guard let mapping = document.mapping, let kind = mapping["kind"]?.string?.lowercased() else {
-                failures.append("\(label): kind: is required (Service or Instance)")
+                failures.append("\(label): kind: is required (Service, Instance, AuthorizationPolicy or Mesh)")
                 continue
             }
             let body = try Yams.serialize(node: document)
@@ -265,8 +309,20 @@ struct CtlApply: AsyncParsableCommand {
                         ?? InstanceResource.defaultID(service: service, address: address, port: port)
                     _ = try await options.call(.PUT, "/v1/instances/\(id)", body: body)
                     print("instance \(id) applied")
+                case "authorizationpolicy":
+                    guard let name = mapping["name"]?.string else {
+                        failures.append("\(label): name: required field is missing")
+                        continue
+                    }
+                    _ = try await options.call(.PUT, "/v1/policies/\(name)", body: body)
+                    print("policy \(name) applied")
+                case "mesh":
+                    _ = try await options.call(.PUT, "/v1/mesh", body: body)
+                    print("mesh settings applied")
                 default:
-                    failures.append("\(label): kind: must be Service or Instance, found \"\(kind)\"")
+                    failures.append(
+                        "\(label): kind: must be Service, Instance, AuthorizationPolicy or Mesh, found \"\(kind)\""
+                    )
                 }
             } catch let failure as CommandFailure {
                 failures.append("\(label): \(failure)")

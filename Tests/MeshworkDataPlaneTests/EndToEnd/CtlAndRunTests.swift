@@ -69,7 +69,11 @@ struct CtlAndRunTests {
         let missing = try await ctl(controller, ["describe", "instance", "orders-a"])
         #expect(missing.exitCode == 1 && missing.output.contains("404"))
         await controller.stop()
-        let unreachable = try await ctl(controller, ["services"])
+        // Not the stopped controller's port: another test's process may have it by now.
+        let refusing = try RefusingPort()
+        let unreachable = try await Command.run([
+            CLITests.binary, "ctl", "services", "--controller", "http://127.0.0.1:\(refusing.port)",
+        ])
         #expect(unreachable.exitCode == 1)
         #expect(unreachable.output.contains("cannot reach the controller"), "\(unreachable.output)")
     }

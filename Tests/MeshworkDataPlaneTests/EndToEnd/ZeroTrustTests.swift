@@ -189,11 +189,15 @@ struct ZeroTrustTests {
         return sidecar
     }
 
-    private func startClient(controller: ControllerProcess, extra: [String] = []) async throws -> SidecarProcess {
+    private func startClient(
+        _ service: String = "web",
+        controller: ControllerProcess,
+        extra: [String] = []
+    ) async throws -> SidecarProcess {
         let sidecar = try await SidecarProcess.start(
             [
-                "--service", "web", "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
-                "--join-token-file", try await controller.joinTokenFile("web"),
+                "--service", service, "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
+                "--join-token-file", try await controller.joinTokenFile(service),
             ] + extra,
             waitFor: ["upstream:orders"]
         )
@@ -363,6 +367,102 @@ struct ZeroTrustTests {
             throw error
         }
         await first?.stop()
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
+
+    /// GETs `url` until it answers `status` (bounded: 100 tries, 10 s); the last status.
+    private func until(_ url: String, answers status: Int) async throws -> Int {
+        var last = 0
+        let deadline = ContinuousClock.now + .seconds(10)
+        for _ in 0..<100 where ContinuousClock.now < deadline {
+            last = try await Curl.get(url).status
+            if last == status { return last }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return last
+    }
+
+    @Test func authorizationPoliciesDecideWhoMayCallAndRefusalsNeverReachTheApp() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        var sidecars: [SidecarProcess] = []
+        let policyFile = controller.dataDirectory + "-policy.yaml"
+        defer { try? FileManager.default.removeItem(atPath: policyFile) }
+        do {
+            let server = try await startServer("orders", app: orders, controller: controller)
+            sidecars.append(server)
+            let web = try await startClient("web", controller: controller)
+            sidecars.append(web)
+            let batch = try await startClient("batch", controller: controller)
+            sidecars.append(batch)
+            let webURL = "http://127.0.0.1:\(web.port("upstream:orders") ?? 0)"
+            let batchURL = "http://127.0.0.1:\(batch.port("upstream:orders") ?? 0)"
+            #expect(try await until200(webURL + "/"))
+            #expect(try await until200(batchURL + "/"))
+
+            // Only web may call orders; applied with ctl, as an operator would.
+            try """
+            kind: AuthorizationPolicy
+            name: orders-from-web
+            target: orders
+            from: ["spiffe://mesh.local/service/web"]
+            ---
+            kind: AuthorizationPolicy
+            name: orders-no-admin
+            target: orders
+            action: deny
+            paths: [/admin]
+            """.write(toFile: policyFile, atomically: true, encoding: .utf8)
+            let applied = try await Command.run([
+                CLITests.binary, "ctl", "apply", "--controller", controller.url, "--token-file",
+                controller.dataDirectory + "/token", "-f", policyFile,
+            ])
+            #expect(applied.exitCode == 0, "\(applied.output)")
+            #expect(try await until(batchURL + "/", answers: 403) == 403)
+            let before = orders.requestCount
+            let refused = try await Curl.get(batchURL + "/orders")
+            #expect(refused.status == 403)
+            #expect(refused.header("x-meshwork-error") == "unauthorized")
+            #expect(try await Curl.get(webURL + "/orders").status == 200)
+            #expect(try await Curl.get(webURL + "/admin/users").status == 403, "the deny rule did not win")
+            #expect(orders.requestCount == before + 1, "a refused call reached the app")
+
+            // Counted per source and target on the orders sidecar.
+            let metrics = try await Curl.get("http://127.0.0.1:\(server.port("admin") ?? 0)/metrics").text
+            #expect(
+                metrics.contains(
+                    #"meshwork_inbound_authz_denied_total{source="spiffe://mesh.local/service/batch",target="orders"}"#
+                ),
+                "\(metrics)"
+            )
+            let listed = try await Command.run([CLITests.binary, "ctl", "policies", "--controller", controller.url])
+            #expect(listed.output.contains("orders-from-web") && listed.output.contains("mesh default: allow"))
+
+            // Mesh default deny, and the allow policy gone: nobody gets in.
+            let mesh = try await controller.call("PUT", "/v1/mesh", body: #"{"defaultAuthorization": "deny"}"#)
+            #expect(mesh.status == 200, "\(mesh.text)")
+            #expect(try await controller.call("DELETE", "/v1/policies/orders-from-web").status == 200)
+            #expect(try await until(webURL + "/", answers: 403) == 403)
+            // A bad policy is refused with its field path, and changes nothing.
+            let bad = try await controller.call(
+                "PUT",
+                "/v1/policies/broken",
+                body: #"{"target": "orders", "from": ["web"]}"#
+            )
+            #expect(bad.status == 400)
+            #expect(bad.text.contains("from[0]"))
+            #expect(try await Curl.get(webURL + "/").status == 403)
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
         await orders.stop()
         await controller.stop()
         controller.remove()
