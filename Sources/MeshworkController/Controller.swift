@@ -13,6 +13,8 @@ enum WatchMessage: Sendable {
         mesh: MeshSettings
     )
     case event(RegistryEvent)
+    /// The roots changed (a CA rotation step): every watcher gets them.
+    case trustBundle(TrustBundle)
 }
 
 /// The controller's state: the registry, its store, and the watchers. An actor: mutations
@@ -187,6 +189,16 @@ actor Controller {
     func finishWatchers() {
         for watcher in watchers.values { watcher.continuation.finish() }
         watchers.removeAll()
+    }
+
+    /// Sends a new trust bundle to every watcher.
+    func broadcast(_ bundle: TrustBundle) {
+        for (id, watcher) in watchers {
+            if case .dropped = watcher.continuation.yield(.trustBundle(bundle)) {
+                watcher.continuation.finish()
+                watchers[id] = nil
+            }
+        }
     }
 
     private func broadcast(_ event: RegistryEvent) {

@@ -33,6 +33,21 @@ extension ControllerAPI {
             let spec = try validated { () throws(ConfigErrors) in try Self.parseCertificateRequest(text) }
             return try json(try await identity.issue(spec))
         }
+        v1.get("ca") { _, _ in try await json(identity.status) }
+        // CA rotation, one step per call: prepare (a new root joins the trust bundle),
+        // activate (it signs; sidecars renew), finish (the old root leaves).
+        v1.post("ca/rotate") { request, _ in
+            try await authorizeOperator(request)
+            var request = request
+            let text = try await body(&request)
+            let step = try validated { () throws(ConfigErrors) in try Self.parseRotation(text) }
+            switch step {
+            case .prepare(let supplied): try await identity.prepareRotation(supplied: supplied)
+            case .activate: try await identity.activateRotation()
+            case .finish(let force): try await identity.finishRotation(force: force)
+            }
+            return try json(await identity.status)
+        }
         v1.get("trust-bundle") { _, _ in
             Response(
                 status: .ok,
@@ -40,6 +55,38 @@ extension ControllerAPI {
                 body: ResponseBody(byteBuffer: ByteBuffer(string: await identity.trustBundlePEM))
             )
         }
+    }
+
+    enum RotationStep {
+        case prepare((certificates: String, key: String)?)
+        case activate
+        case finish(force: Bool)
+    }
+
+    /// `{"step": "prepare", "certificate": PEM?, "key": PEM?}`, `{"step": "activate"}` or
+    /// `{"step": "finish", "force": false}`.
+    static func parseRotation(_ text: String) throws(ConfigErrors) -> RotationStep {
+        enum Step: String, CaseIterable { case prepare, activate, finish }
+        let reader = ConfigReader()
+        var result: RotationStep?
+        if let root = reader.parse(text),
+            let f = reader.mapping(root, "", known: ["step", "certificate", "key", "force"])
+        {
+            let certificate = f.string("certificate")
+            let key = f.string("key")
+            if (certificate == nil) != (key == nil) {
+                reader.fail(f.path(key == nil ? "key" : "certificate"), "certificate and key go together")
+            }
+            switch f.required("step", f.choice("step", as: Step.self)) {
+            case .prepare?:
+                result = .prepare(certificate.flatMap { c in key.map { (c, $0) } })
+            case .activate?: result = .activate
+            case .finish?: result = .finish(force: f.bool("force") ?? false)
+            case nil: break
+            }
+        }
+        guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
+        return result
     }
 
     struct TokenRequest {

@@ -109,7 +109,7 @@ struct ControllerAPI {
     private func watch(services: Set<String>?, after revision: Int64?) async -> Response {
         let stream = await controller.watch(services: services, after: revision)
         let controller = self.controller
-        let trustBundle = await identity.trustBundlePEM
+        let trustBundle = await identity.trustBundle
         let body = ResponseBody { writer in
             let encoder = JSONEncoder()
             encoder.outputFormatting = .sortedKeys
@@ -122,7 +122,9 @@ struct ControllerAPI {
                     }
                 }
                 // The roots to verify peers with come first on every connection.
-                var bundle = try encoder.encode(WatchTrustBundle(trustBundle: trustBundle))
+                var bundle = try encoder.encode(
+                    WatchTrustBundle(trustBundle: trustBundle.pem, activeRoot: trustBundle.activeRoot)
+                )
                 bundle.append(0x0A)
                 try await writer.write(ByteBuffer(bytes: bundle))
                 // One writer: messages and pings merged through a single loop.
@@ -154,6 +156,10 @@ struct ControllerAPI {
                         )
                     case .message(.event(let event)):
                         data = try encoder.encode(WatchEventLine(event: event))
+                    case .message(.trustBundle(let bundle)):
+                        data = try encoder.encode(
+                            WatchTrustBundle(trustBundle: bundle.pem, activeRoot: bundle.activeRoot)
+                        )
                     case .ping:
                         data = try encoder.encode(WatchPing(revision: await controller.revision))
                     }
@@ -203,6 +209,7 @@ struct ControllerAPI {
     struct WatchTrustBundle: Encodable {
         let type = "trust-bundle"
         let trustBundle: String
+        let activeRoot: String
     }
 
     struct WatchPing: Encodable {

@@ -82,6 +82,7 @@ public final class ControllerServer: Service {
             logger: logger
         )
         let controller = self.controller
+        await identity.setTrustBundleListener { bundle in await controller.broadcast(bundle) }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
                 try await app.run()

@@ -21,9 +21,15 @@ import X509
 /// the controller's secret, like Consul's raft or etcd's data dir).
 actor IdentityService {
     let trustDomain: String
+    /// The CA that signs: the active one.
     private(set) var authority: CertificateAuthority
-    /// The roots sidecars trust (the active one, and a retiring one during a rotation).
-    private(set) var roots: [Certificate]
+    /// A rotation's new CA, trusted everywhere but not signing yet.
+    private var next: CertificateAuthority?
+    /// Roots replaced by a rotation, still trusted while certificates they signed may be
+    /// valid (until `after`).
+    private var retiring: [(root: Certificate, after: Date)] = []
+    /// Told of every trust bundle change, to push it down the watch streams.
+    private var onTrustBundleChange: (@Sendable (TrustBundle) async -> Void)?
     let maxLifetime: Duration
     private let store: RegistryStore
     private let logger: Logger
@@ -62,43 +68,44 @@ actor IdentityService {
         self.metrics = metrics
         self.logger = logger
         let stored = try store.database.read { db in
-            try Row.fetchAll(db, sql: "SELECT certificates, key, state FROM authority ORDER BY id")
+            try Row.fetchAll(db, sql: "SELECT certificates, key, state, retire_after FROM authority ORDER BY id")
         }
-        let authority: CertificateAuthority
+        func load(_ row: Row) throws -> CertificateAuthority {
+            try CertificateAuthority(certificatePEM: row["certificates"], keyPEM: row["key"], trustDomain: trustDomain)
+        }
+        var authority = try stored.last(where: { $0["state"] == "active" }).map(load)
         if let supplied {
-            authority = try CertificateAuthority(
+            let given = try CertificateAuthority(
                 certificatePEM: supplied.certificates,
                 keyPEM: supplied.key,
                 trustDomain: trustDomain
             )
-        } else if let active = stored.last(where: { $0["state"] == "active" }) {
-            authority = try CertificateAuthority(
-                certificatePEM: active["certificates"],
-                keyPEM: active["key"],
-                trustDomain: trustDomain
-            )
-        } else {
-            authority = try CertificateAuthority.generateRoot(trustDomain: trustDomain)
-            let pem = try authority.pem()
-            try store.database.write { db in
-                try db.execute(
-                    sql: "INSERT INTO authority (certificates, key, state) VALUES (?, ?, 'active')",
-                    arguments: [pem.certificates, pem.key]
+            if let authority, authority.certificate != given.certificate {
+                throw ControllerError(
+                    "--ca-cert is not the CA in the store (it was rotated?): start with the stored CA's files, or without --ca-cert/--ca-key"
                 )
             }
-            logger.info("created the mesh CA", metadata: ["trust-domain": "\(trustDomain)"])
-        }
-        self.authority = authority
-        var roots = [authority.root]
-        for row in stored where row["state"] == "retiring" {
-            let text: String = row["certificates"]
-            if let root = try? CertificateAuthority.certificates(fromPEM: text, field: "ca").last,
-                root != authority.root
-            {
-                roots.append(root)
+            if authority == nil {
+                try Self.insert(given, state: "active", into: store)
+                authority = given
+                logger.info("stored the operator's CA", metadata: ["trust-domain": "\(trustDomain)"])
             }
         }
-        self.roots = roots
+        if authority == nil {
+            let created = try CertificateAuthority.generateRoot(trustDomain: trustDomain)
+            try Self.insert(created, state: "active", into: store)
+            authority = created
+            logger.info("created the mesh CA", metadata: ["trust-domain": "\(trustDomain)"])
+        }
+        self.authority = authority!
+        self.next = try stored.last(where: { $0["state"] == "next" }).map(load)
+        for row in stored where row["state"] == "retiring" {
+            let text: String = row["certificates"]
+            if let root = try? CertificateAuthority.certificates(fromPEM: text, field: "ca").last {
+                let after: Double = row["retire_after"] ?? 0
+                retiring.append((root, Date(timeIntervalSince1970: after)))
+            }
+        }
         let now = Date()
         let (tokens, credentials) = try store.database.read { db in
             var tokens: [String: JoinToken] = [:]
@@ -129,8 +136,146 @@ actor IdentityService {
         self.credentials = credentials
     }
 
-    var trustBundlePEM: String {
-        (try? CertificateAuthority.pem(roots)) ?? ""
+    /// The roots sidecars trust, active first: during a rotation, the next or the retiring
+    /// one as well.
+    var roots: [Certificate] {
+        var roots = [authority.root]
+        for root in [next?.root].compactMap({ $0 }) + retiring.map(\.root) where !roots.contains(root) {
+            roots.append(root)
+        }
+        return roots
+    }
+
+    var trustBundle: TrustBundle {
+        TrustBundle(
+            pem: (try? CertificateAuthority.pem(roots)) ?? "",
+            activeRoot: CertificateAuthority.fingerprint(authority.root)
+        )
+    }
+
+    var trustBundlePEM: String { trustBundle.pem }
+
+    func setTrustBundleListener(_ listener: @escaping @Sendable (TrustBundle) async -> Void) {
+        onTrustBundleChange = listener
+    }
+
+    private static func insert(_ authority: CertificateAuthority, state: String, into store: RegistryStore) throws {
+        let pem = try authority.pem()
+        try store.database.write { db in
+            try db.execute(
+                sql: "INSERT INTO authority (certificates, key, state) VALUES (?, ?, ?)",
+                arguments: [pem.certificates, pem.key, state]
+            )
+        }
+    }
+
+    // MARK: rotation
+
+    /// Where a CA rotation stands, for `GET /v1/ca`.
+    struct AuthorityStatus: Encodable {
+        struct Root: Encodable {
+            let subject: String
+            let fingerprint: String
+            let notAfter: Date
+            var retireAfter: Date?
+        }
+        let trustDomain: String
+        let active: Root
+        let next: Root?
+        let retiring: [Root]
+    }
+
+    var status: AuthorityStatus {
+        func describe(_ root: Certificate) -> AuthorityStatus.Root {
+            .init(
+                subject: "\(root.subject)",
+                fingerprint: CertificateAuthority.fingerprint(root),
+                notAfter: root.notValidAfter
+            )
+        }
+        return AuthorityStatus(
+            trustDomain: trustDomain,
+            active: describe(authority.root),
+            next: next.map { describe($0.root) },
+            retiring: retiring.map {
+                var root = describe($0.root)
+                root.retireAfter = $0.after
+                return root
+            }
+        )
+    }
+
+    /// Step 1 of a rotation: a new root (generated, or the operator's) joins the trust
+    /// bundle everywhere; the old one still signs.
+    func prepareRotation(supplied: (certificates: String, key: String)?) async throws {
+        guard next == nil else {
+            throw APIError(status: .conflict, message: "a rotation is already prepared: activate it (ctl ca activate)")
+        }
+        guard retiring.isEmpty else {
+            throw APIError(status: .conflict, message: "the previous rotation is not finished (ctl ca finish)")
+        }
+        let created: CertificateAuthority
+        if let supplied {
+            do {
+                created = try CertificateAuthority(
+                    certificatePEM: supplied.certificates,
+                    keyPEM: supplied.key,
+                    trustDomain: trustDomain
+                )
+            } catch {
+                throw APIError(status: .badRequest, message: "invalid CA", errors: [error.configError])
+            }
+        } else {
+            created = try CertificateAuthority.generateRoot(trustDomain: trustDomain)
+        }
+        try Self.insert(created, state: "next", into: store)
+        next = created
+        logger.notice("CA rotation prepared: the new root is trusted, the old one still signs")
+        await onTrustBundleChange?(trustBundle)
+    }
+
+    /// Step 2: the new CA signs; the old root stays trusted until every certificate it
+    /// signed has expired (at most `maxLifetime` from now). Sidecars renew at once.
+    func activateRotation() async throws {
+        guard let next else {
+            throw APIError(status: .conflict, message: "no rotation prepared (ctl ca rotate)")
+        }
+        let after = Date().addingTimeInterval(Double(maxLifetime.components.seconds))
+        let old = CertificateAuthority.fingerprint(authority.root)
+        try await store.database.write { db in
+            try db.execute(
+                sql: "UPDATE authority SET state = 'retiring', retire_after = ? WHERE state = 'active'",
+                arguments: [after.timeIntervalSince1970]
+            )
+            try db.execute(sql: "UPDATE authority SET state = 'active' WHERE state = 'next'")
+        }
+        retiring.append((authority.root, after))
+        authority = next
+        self.next = nil
+        logger.notice("CA rotation activated: the new root signs", metadata: ["retiring": "\(old)"])
+        await onTrustBundleChange?(trustBundle)
+    }
+
+    /// Step 3: the old root leaves the trust bundle; refused while certificates it signed
+    /// may still be valid, unless forced.
+    func finishRotation(force: Bool) async throws {
+        guard !retiring.isEmpty else {
+            throw APIError(status: .conflict, message: "no retiring root (no rotation activated)")
+        }
+        let now = Date()
+        if !force, let latest = retiring.map(\.after).max(), latest > now {
+            throw APIError(
+                status: .conflict,
+                message:
+                    "certificates from the old root may be valid until \(ISO8601DateFormatter().string(from: latest)); finish then, or force"
+            )
+        }
+        try await store.database.write { db in
+            try db.execute(sql: "DELETE FROM authority WHERE state = 'retiring'")
+        }
+        retiring.removeAll()
+        logger.notice("CA rotation finished: only the new root is trusted")
+        await onTrustBundleChange?(trustBundle)
     }
 
     // MARK: join tokens
@@ -316,7 +461,8 @@ actor IdentityService {
             notBefore: chain[0].notValidBefore,
             notAfter: chain[0].notValidAfter,
             issuedAt: now,
-            credential: credential
+            credential: credential,
+            root: CertificateAuthority.fingerprint(authority.root)
         )
     }
 
@@ -336,6 +482,12 @@ actor IdentityService {
         var generator = SystemRandomNumberGenerator()
         return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
     }
+}
+
+/// The roots to trust (PEM, active first) and which one signs new certificates.
+struct TrustBundle: Sendable, Hashable {
+    let pem: String
+    let activeRoot: String
 }
 
 extension IdentityError {

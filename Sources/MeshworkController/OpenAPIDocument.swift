@@ -58,7 +58,7 @@ enum OpenAPIDocument {
                 "paths": {"type": "array", "items": {"type": "string"}, "description": "path prefixes"},
                 "methods": {"type": "array", "items": {"type": "string"}}}},
               "Mesh": {"type": "object", "properties": {"defaultAuthorization": {"enum": ["allow", "deny"], "default": "allow"}}},
-              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle} (first on every connection) | {type: snapshot, revision, services, instances, policies, mesh} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted|policy-put|policy-deleted|mesh-put, service?, instance?, policy?, mesh?} | {type: ping, revision}"}
+              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle, activeRoot} (first on every connection, and on every CA rotation step) | {type: snapshot, revision, services, instances, policies, mesh} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted|policy-put|policy-deleted|mesh-put, service?, instance?, policy?, mesh?} | {type: ping, revision}"}
             }
           },
           "paths": {
@@ -105,6 +105,8 @@ enum OpenAPIDocument {
               "get": {"summary": "Mesh-wide settings", "responses": {"200": {"description": "settings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Mesh"}}}}}},
               "put": {"summary": "Replace the mesh-wide settings", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Mesh"}}}}, "responses": {"200": {"description": "stored"}, "400": {"description": "invalid"}, "403": {"description": "not an operator"}}}
             },
+            "/v1/ca": {"get": {"summary": "The mesh CA: active root, and the next or retiring one during a rotation", "responses": {"200": {"description": "status"}}}},
+            "/v1/ca/rotate": {"post": {"summary": "One step of a CA rotation: prepare (a new root, generated or given, joins the trust bundle), activate (it signs; sidecars renew), finish (the old root leaves; 409 while its certificates may be valid unless force)", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["step"], "properties": {"step": {"enum": ["prepare", "activate", "finish"]}, "certificate": {"type": "string"}, "key": {"type": "string"}, "force": {"type": "boolean"}}}}}}, "responses": {"200": {"description": "the CA status after the step"}, "409": {"description": "the step does not follow the previous one"}, "403": {"description": "not an operator"}}}},
             "/v1/trust-bundle": {"get": {"summary": "The mesh CA roots", "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}}}}
           }
         }

@@ -42,6 +42,9 @@ final class RegistryStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v4-rotation") { db in
+            try db.execute(sql: "ALTER TABLE authority ADD COLUMN retire_after REAL")
+        }
         try migrator.migrate(database)
     }
 

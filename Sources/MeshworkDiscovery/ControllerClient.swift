@@ -87,7 +87,7 @@ struct ControllerClient: Sendable {
         var path = "/v1/watch?services=" + services.joined(separator: ",")
         if let revision, revision > 0 { path += "&revision=\(revision)" }
         // No overall deadline: the stream lives as long as the connection; pings every
-        // 10 s show it is alive, and the read timeout below ends a silent one.
+        // 10 s show it is alive, and the client's read timeout (25 s) ends a silent one.
         let response = try await http.execute(request(.GET, path), timeout: .hours(24 * 365))
         guard response.status == .ok else {
             throw Failure(description: "watch refused (\(response.status.code))")

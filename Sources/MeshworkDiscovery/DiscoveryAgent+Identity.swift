@@ -52,8 +52,11 @@ extension DiscoveryAgent {
     func renewalLoop() async {
         while !stopping, let current = workload {
             let wait = current.issued.renewAt.timeIntervalSinceNow
-            if wait > 0 { await pause(.milliseconds(Int64(wait * 1000))) }
+            if wait > 0, !renewSoon { await pause(.milliseconds(Int64(wait * 1000))) }
             if stopping { return }
+            // Woken early for something else (a shutdown, a health check): sleep again.
+            guard renewSoon || current.issued.renewAt.timeIntervalSinceNow <= 0 else { continue }
+            renewSoon = false
             let key = WorkloadKey()
             do {
                 let csr = try key.csr(commonName: config.service)
@@ -77,17 +80,28 @@ extension DiscoveryAgent {
         }
     }
 
-    /// A new trust bundle from the watch stream (a CA rotation): the current certificate
-    /// with the new roots.
-    func trustBundleChanged(_ bundle: String) {
-        guard let current = workload, bundle != trustBundle else { return }
-        var issued = current.issued
-        issued.trustBundle = bundle
-        do {
-            try install(key: current.key, issued: issued)
-            logger.info("trust bundle updated")
-        } catch {
-            logger.error("the new trust bundle is unusable; keeping the old one", metadata: ["error": "\(error)"])
+    /// A new trust bundle from the watch stream (a CA rotation step): the current
+    /// certificate with the new roots; and when another root now signs, a renewal at once,
+    /// so this workload's certificate comes from it before the old root is dropped.
+    func trustBundleChanged(_ bundle: String, activeRoot: String?) {
+        guard let current = workload else { return }
+        if bundle != trustBundle {
+            var issued = current.issued
+            issued.trustBundle = bundle
+            do {
+                try install(key: current.key, issued: issued)
+                logger.info("trust bundle updated", metadata: ["active-root": "\(activeRoot ?? "?")"])
+            } catch {
+                logger.error(
+                    "the new trust bundle is unusable; keeping the old one",
+                    metadata: ["error": "\(error)"]
+                )
+            }
+        }
+        if let activeRoot, let root = current.issued.root, root != activeRoot {
+            logger.info("the mesh CA changed; renewing now", metadata: ["active-root": "\(activeRoot)"])
+            renewSoon = true
+            wakeAll()
         }
     }
 

@@ -34,6 +34,8 @@ public actor DiscoveryAgent: Service {
     /// The workload key and certificate, when the sidecar gets its identity from the controller.
     var workload: (key: WorkloadKey, issued: IssuedCertificate)?
     var trustBundle: String?
+    /// Set when a CA rotation makes the current certificate's root inactive.
+    var renewSoon = false
 
     public init(config: SidecarConfig, sidecar: Sidecar, group: any EventLoopGroup, logger: Logger) throws {
         guard let link = config.controller else {
@@ -43,7 +45,11 @@ public actor DiscoveryAgent: Service {
         self.sidecar = sidecar
         self.group = group
         self.logger = logger
-        self.http = HTTPClient(eventLoopGroupProvider: .shared(group))
+        // The read timeout ends a watch stream that went silent (a controller host gone
+        // without closing its connections): the controller pings every 10 s.
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(3), read: .seconds(25))
+        self.http = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
         var token: String?
         if let file = link.tokenFile {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
@@ -59,6 +65,16 @@ public actor DiscoveryAgent: Service {
     }
 
     public func run() async throws {
+        do {
+            try await runUntilShutdown()
+        } catch {
+            // A refused join token: the sidecar stops, with the controller's reason.
+            try? await http.shutdown()
+            throw error
+        }
+    }
+
+    private func runUntilShutdown() async throws {
         await loadCache()
         try await withGracefulShutdownHandler {
             // A sidecar with a join token gets its certificate first: without it, it can
@@ -118,7 +134,7 @@ public actor DiscoveryAgent: Service {
         task.cancel()
     }
 
-    private func wakeAll() {
+    func wakeAll() {
         for wakeup in wakeups { wakeup.resume() }
         wakeups.removeAll()
     }
@@ -176,8 +192,8 @@ public actor DiscoveryAgent: Service {
             state.apply(event)
         case .ping:
             return
-        case .trustBundle(let bundle):
-            trustBundleChanged(bundle)
+        case .trustBundle(let bundle, let activeRoot):
+            trustBundleChanged(bundle, activeRoot: activeRoot)
             return
         }
         hasState = true

@@ -251,6 +251,13 @@ public struct CertificateAuthority: Sendable {
         return certificates
     }
 
+    /// SHA-256 of the certificate's DER, hex: how a root is named in the trust bundle.
+    public static func fingerprint(_ certificate: Certificate) -> String {
+        var serializer = DER.Serializer()
+        guard (try? serializer.serialize(certificate)) != nil else { return "" }
+        return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+    }
+
     public static func pem(_ certificates: [Certificate]) throws -> String {
         try certificates.map { try $0.serializeAsPEM().pemString + "\n" }.joined()
     }

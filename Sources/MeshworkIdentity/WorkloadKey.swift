@@ -74,6 +74,9 @@ public struct IssuedCertificate: Sendable, Hashable, Codable {
     public var issuedAt: Date
     /// A bearer credential for this workload's own registry calls (its instance only).
     public var credential: String?
+    /// Fingerprint (SHA-256 of the DER) of the root the certificate chains to: when the
+    /// trust bundle names another active root (a CA rotation), the sidecar renews at once.
+    public var root: String?
 
     public init(
         certificate: String,
@@ -82,7 +85,8 @@ public struct IssuedCertificate: Sendable, Hashable, Codable {
         notBefore: Date,
         notAfter: Date,
         issuedAt: Date,
-        credential: String?
+        credential: String?,
+        root: String? = nil
     ) {
         self.certificate = certificate
         self.trustBundle = trustBundle
@@ -91,6 +95,7 @@ public struct IssuedCertificate: Sendable, Hashable, Codable {
         self.notAfter = notAfter
         self.issuedAt = issuedAt
         self.credential = credential
+        self.root = root
     }
 
     /// When to renew: two thirds of the way from issuance to expiry.

@@ -61,8 +61,9 @@ public enum WatchLine: Sendable, Hashable {
     case snapshot(DiscoveryState)
     case event(RegistryEvent)
     case ping(revision: Int64)
-    /// The mesh CA roots (PEM), sent first on every connection and again when they change.
-    case trustBundle(String)
+    /// The mesh CA roots (PEM, active first) and the fingerprint of the one that signs,
+    /// sent first on every connection and again when they change.
+    case trustBundle(String, activeRoot: String?)
 
     /// Parses one NDJSON line as the controller writes it.
     public static func parse(_ line: some StringProtocol) throws -> WatchLine {
@@ -106,7 +107,7 @@ public enum WatchLine: Sendable, Hashable {
             guard let bundle = object["trustBundle"] as? String else {
                 throw WatchLineError("trust-bundle line without trustBundle")
             }
-            return .trustBundle(bundle)
+            return .trustBundle(bundle, activeRoot: object["activeRoot"] as? String)
         default:
             throw WatchLineError("unknown watch line type \"\(type)\"")
         }

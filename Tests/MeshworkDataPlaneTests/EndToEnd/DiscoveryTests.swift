@@ -175,14 +175,16 @@ struct DiscoveryTests {
         try await withMesh { mesh in
             try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
             await mesh.controller.stop()
+            #expect(!mesh.controller.process.isRunning, "the controller did not stop: \(mesh.controller.log)")
             try await mesh.controller.restart(samePort: true)
             // One instance leaves (deregistering with the restarted controller); the client
             // must hear of it from the restarted controller once its watch reconnects (with
-            // backoff): its last cluster update comes down to one endpoint — a dead peer
-            // alone would not do that. Bounded: 10 s.
+            // backoff, or after its read timeout of 25 s should the old stream hang): its last
+            // cluster update comes down to one endpoint — a dead peer alone would not do
+            // that. Bounded: 35 s.
             await mesh.servers[0].stop()
             var last = ""
-            for _ in 0..<100 {
+            for _ in 0..<350 {
                 last =
                     mesh.client.log.split(separator: "\n").last { $0.contains("cluster updated") }.map(String.init)
                     ?? ""

@@ -467,4 +467,109 @@ struct ZeroTrustTests {
         await controller.stop()
         controller.remove()
     }
+
+    /// Waits (bounded: 10 s) until `text` appears `count` times in the sidecar's log.
+    private func waitFor(_ sidecar: SidecarProcess, _ text: String, count: Int) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if sidecar.log.components(separatedBy: text).count - 1 >= count { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    @Test func caRotationUnderLoadLosesNoRequest() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        var sidecars: [SidecarProcess] = []
+        do {
+            let server = try await startServer("orders", app: orders, controller: controller)
+            sidecars.append(server)
+            let web = try await startClient("web", controller: controller)
+            sidecars.append(web)
+            let url = "http://127.0.0.1:\(web.port("upstream:orders") ?? 0)/"
+            #expect(try await until200(url))
+            let before = json(try await controller.call("GET", "/v1/ca", authorized: false))
+            let oldRoot = (before["active"] as? [String: Any])?["fingerprint"] as? String
+
+            // Continuous load while the three steps run (bounded: 3000 requests, 12 s).
+            let done = ManagedFlag()
+            let load = Task {
+                var sent = 0
+                var failures: [Int] = []
+                let deadline = ContinuousClock.now + .seconds(12)
+                while !done.isSet, ContinuousClock.now < deadline, sent < 3000 {
+                    let result = try await Curl.run([url + "?n=[1-10]"], timeout: 10)
+                    let codes = result.statusLines.compactMap { Int($0.split(separator: " ")[1]) }
+                    sent += codes.count
+                    failures += codes.filter { $0 != 200 } + Array(repeating: 0, count: max(0, 10 - codes.count))
+                }
+                return (sent, failures)
+            }
+            do {
+                try await Task.sleep(for: .milliseconds(300))
+                let prepared = try await controller.call("POST", "/v1/ca/rotate", body: #"{"step": "prepare"}"#)
+                #expect(prepared.status == 200, "\(prepared.text)")
+                #expect(try await waitFor(server, "trust bundle updated", count: 1), "\(server.log)")
+                #expect(try await waitFor(web, "trust bundle updated", count: 1))
+                try await Task.sleep(for: .milliseconds(300))
+                let activated = try await controller.call("POST", "/v1/ca/rotate", body: #"{"step": "activate"}"#)
+                #expect(activated.status == 200, "\(activated.text)")
+                #expect(try await waitFor(server, "workload certificate renewed", count: 1), "\(server.log)")
+                #expect(try await waitFor(web, "workload certificate renewed", count: 1), "\(web.log)")
+                try await Task.sleep(for: .milliseconds(300))
+                let early = try await controller.call("POST", "/v1/ca/rotate", body: #"{"step": "finish"}"#)
+                #expect(early.status == 409, "finishing before the old certificates expire needs force")
+                let finished = try await controller.call(
+                    "POST",
+                    "/v1/ca/rotate",
+                    body: #"{"step": "finish", "force": true}"#
+                )
+                #expect(finished.status == 200, "\(finished.text)")
+                #expect(try await waitFor(server, "trust bundle updated", count: 3), "\(server.log)")
+                #expect(try await waitFor(web, "trust bundle updated", count: 3))
+                try await Task.sleep(for: .milliseconds(500))
+            } catch {
+                done.set()
+                _ = try? await load.value
+                throw error
+            }
+            done.set()
+            let (sent, failures) = try await load.value
+            #expect(sent >= 50, "only \(sent) requests during the rotation")
+            #expect(failures.isEmpty, "\(failures.count) of \(sent) failed: \(failures.prefix(5))")
+
+            // Only the new root is trusted now, and the old one is gone from the status.
+            let after = json(try await controller.call("GET", "/v1/ca", authorized: false))
+            let newRoot = (after["active"] as? [String: Any])?["fingerprint"] as? String
+            #expect(newRoot != nil && newRoot != oldRoot)
+            #expect((after["retiring"] as? [Any])?.isEmpty == true)
+            let bundle = try await controller.call("GET", "/v1/trust-bundle", authorized: false).text
+            #expect(bundle.components(separatedBy: "BEGIN CERTIFICATE").count == 2)
+            // A sidecar that joins now trusts only the new root: orders' renewed
+            // certificate is what it gets.
+            let late = try await startClient("web", controller: controller)
+            sidecars.append(late)
+            #expect(try await until200("http://127.0.0.1:\(late.port("upstream:orders") ?? 0)/"), "\(late.log)")
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
+}
+
+/// A flag set by one task and read by another.
+final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.withLock { value } }
+    func set() { lock.withLock { value = true } }
 }

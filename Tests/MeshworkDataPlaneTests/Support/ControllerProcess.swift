@@ -69,7 +69,7 @@ final class ControllerProcess {
 
     /// Stops it (SIGTERM, or SIGKILL when `kill`), waiting for the process to end.
     func stop(kill: Bool = false) async {
-        await Self.stop(process, kill: kill, waitSteps: 500)
+        await Self.stop(process, kill: kill, waitSteps: 1500)
     }
 
     /// Signals `process` and waits up to `waitSteps` x 10 ms for it to end.
