@@ -106,6 +106,12 @@ def scenarios(args, out):
             start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "3",
                    "-c", render("envoy-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "envoy-client"),
         ], PORT),
+        "meshwork pair (h2c, no TLS)": lambda: ([
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-server-h2c.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2)], 1, out, "mw-server"),
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-client-h2c.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN)], 1, out, "mw-client"),
+        ], PORT),
         "meshwork pair (mTLS+h2)": lambda: ([
             start([mw, "sidecar", "--log-level", "error",
                    "--config", render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "mw-server"),
@@ -142,7 +148,7 @@ def measure(name, factory, args, out):
     procs, port = factory()
     try:
         wait_port(port)
-        if name.endswith("pair (mTLS+h2)"):
+        if " pair " in name:
             wait_port(PEER)
         time.sleep(0.3)
         pids = [p.pid for p in procs]
@@ -166,6 +172,23 @@ def measure(name, factory, args, out):
         stop(procs)
 
 
+def handshake_rate(name, factory, args, out):
+    """Full mutual-TLS handshakes per second against the server-side proxy of a pair: openssl
+    s_time (on core 0) opens a new connection per handshake, presenting the client
+    certificate; the proxy (core 1) verifies it against the mesh CA."""
+    procs, _ = factory()
+    try:
+        wait_port(PEER)
+        time.sleep(0.3)
+        text = subprocess.run(["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{PEER}", "-new",
+                               "-cert", f"{CERTS}/web.pem", "-key", f"{CERTS}/web.key", "-CAfile", f"{CERTS}/mesh-ca.pem",
+                               "-time", str(args.duration)], capture_output=True, text=True).stdout
+        match = re.search(r"(\d+) connections in (\d+) real seconds", text)
+        return int(match.group(1)) / max(1, int(match.group(2))) if match else None
+    finally:
+        stop(procs)
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -180,6 +203,8 @@ def main():
     parser.add_argument("--rate", type=int, default=2000, help="requests/s for the latency run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--handshakes", action="store_true",
+                        help="also measure mTLS handshakes per second on the server side of each mTLS pair")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "results.json"))
     args = parser.parse_args()
 
@@ -195,6 +220,11 @@ def main():
                 result = measure(name, all_scenarios[name], args, out)
                 rounds[name].append(result)
                 print(f"round {r + 1} {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+        handshakes = {}
+        if args.handshakes:
+            for name in [n for n in names if n.endswith("(mTLS+h2)")]:
+                handshakes[name] = median([handshake_rate(name, all_scenarios[name], args, out) for _ in range(args.rounds)])
+                print(f"{name}: {handshakes[name]} handshakes/s", file=sys.stderr, flush=True)
     finally:
         stop([upstream])
 
@@ -204,7 +234,7 @@ def main():
                          for key in ("rps", "cpu_us_per_req", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib", "non_2xx")}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"args": vars(args), "rounds": rounds, "median": summary}, f, indent=2)
+        json.dump({"args": vars(args), "rounds": rounds, "median": summary, "handshakes_per_s": handshakes}, f, indent=2)
 
     def fmt(value, digits=1):
         return "-" if value is None else f"{value:,.{digits}f}"
@@ -216,6 +246,12 @@ def main():
         s = summary[name]
         print(f"| {name} | {fmt(s['rps'], 0)} | {fmt(s['cpu_us_per_req'])} | {fmt(s['p50_ms'], 3)} | {fmt(s['p99_ms'], 3)} "
               f"| {fmt(s['p999_ms'], 3)} | {fmt(s['peak_rss_mib'])} | {fmt(s['non_2xx'], 0)} |")
+    for name, rate in handshakes.items():
+        print(f"\n{name}: {fmt(rate, 0)} full mTLS handshakes/s on the server-side proxy (openssl s_time -new)")
+    mtls, plain = summary.get("meshwork pair (mTLS+h2)"), summary.get("meshwork pair (h2c, no TLS)")
+    if mtls and plain and plain["cpu_us_per_req"]:
+        print(f"\nmeshwork pair, mTLS / h2c: CPU per request x{mtls['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f}, "
+              f"throughput x{mtls['rps'] / plain['rps']:.2f}, p99 x{mtls['p99_ms'] / plain['p99_ms']:.2f}")
     for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)")):
         if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
             sa, sb = summary[a], summary[b]

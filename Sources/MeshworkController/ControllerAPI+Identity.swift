@@ -13,6 +13,9 @@ extension ControllerAPI {
             var request = request
             let text = try await body(&request)
             let spec = try validated { () throws(ConfigErrors) in try Self.parseTokenRequest(text) }
+            if let scope = spec.scope {
+                return try json(try await identity.createOperatorToken(scope: scope, ttl: spec.ttl))
+            }
             return try json(try await identity.createJoinToken(service: spec.service, ttl: spec.ttl, uses: spec.uses))
         }
         v1.get("tokens") { request, _ in
@@ -93,21 +96,40 @@ extension ControllerAPI {
         var service: String
         var ttl: Duration
         var uses: Int
+        /// Set for an operator token.
+        var scope: OperatorScope?
     }
 
-    /// `{"service": "orders", "ttl": "1h", "uses": 1}`: ttl defaults to 1 h, uses to 1.
+    /// A join token: `{"service": "orders", "ttl": "1h", "uses": 1}` (ttl defaults to 1 h,
+    /// at most 30 days; uses to 1). An operator token: `{"kind": "operator", "scope":
+    /// "read"|"write", "ttl": "720h"}` (ttl defaults to 30 days, at most a year).
     static func parseTokenRequest(_ text: String) throws(ConfigErrors) -> TokenRequest {
+        enum Kind: String, CaseIterable { case join, `operator` }
         let reader = ConfigReader()
         var result: TokenRequest?
-        if let root = reader.parse(text), let f = reader.mapping(root, "", known: ["service", "ttl", "uses"]) {
-            let service = f.required("service", f.string("service"))
-            if let service, let reason = Names.invalidServiceName(service) { reader.fail(f.path("service"), reason) }
-            let ttl = f.duration("ttl")?.duration ?? .seconds(3600)
-            if ttl < .seconds(1) || ttl > .seconds(30 * 86_400) {
-                reader.fail(f.path("ttl"), "must be between 1s and 30 days")
+        let known: Set = ["kind", "service", "ttl", "uses", "scope"]
+        if let root = reader.parse(text), let f = reader.mapping(root, "", known: known) {
+            if f.choice("kind", as: Kind.self) == .operator {
+                let scope = f.required("scope", f.choice("scope", as: OperatorScope.self))
+                let ttl = f.duration("ttl")?.duration ?? .seconds(30 * 86_400)
+                if ttl < .seconds(1) || ttl > .seconds(365 * 86_400) {
+                    reader.fail(f.path("ttl"), "must be between 1s and 365 days")
+                }
+                if f.node("service") != nil { reader.fail(f.path("service"), "an operator token is for no service") }
+                if let scope { result = TokenRequest(service: "", ttl: ttl, uses: 0, scope: scope) }
+            } else {
+                let service = f.required("service", f.string("service"))
+                if let service, let reason = Names.invalidServiceName(service) {
+                    reader.fail(f.path("service"), reason)
+                }
+                let ttl = f.duration("ttl")?.duration ?? .seconds(3600)
+                if ttl < .seconds(1) || ttl > .seconds(30 * 86_400) {
+                    reader.fail(f.path("ttl"), "must be between 1s and 30 days")
+                }
+                let uses = f.int("uses", range: 1...100_000) ?? 1
+                if f.node("scope") != nil { reader.fail(f.path("scope"), "only operator tokens have a scope") }
+                if let service { result = TokenRequest(service: service, ttl: ttl, uses: uses) }
             }
-            let uses = f.int("uses", range: 1...100_000) ?? 1
-            if let service { result = TokenRequest(service: service, ttl: ttl, uses: uses) }
         }
         guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
         return result

@@ -14,12 +14,15 @@ struct ControllerAPI {
     let identity: IdentityService
     let metrics: ControllerMetrics
     let token: String
+    /// Reads need a token too (any scope, or a sidecar credential).
+    var protectReads = false
     let logger: Logger
 
     static let maxBody = 1 << 20
 
     func router() -> Router<BasicRequestContext> {
         let router = Router()
+        if protectReads { router.add(middleware: ReadAuthentication(api: self)) }
         let v1 = router.group("v1")
         v1.get("services") { _, _ in try await json(controller.services()) }
         v1.get("services/:name") { _, context in
@@ -234,7 +237,7 @@ struct ControllerAPI {
     /// Who is calling: the operator (the controller's token) or a workload (a sidecar
     /// credential issued with its certificate).
     enum Caller {
-        case `operator`
+        case `operator`(OperatorScope)
         case workload(IdentityService.Credential)
     }
 
@@ -244,14 +247,25 @@ struct ControllerAPI {
             throw APIError(status: .unauthorized, message: "a bearer token is required for changes (--token-file)")
         }
         let bearer = String(header.dropFirst(7))
-        if Self.constantTimeEqual(bearer, token) { return .operator }
+        if Self.constantTimeEqual(bearer, token) { return .operator(.write) }
+        if let scope = await identity.operatorScope(bearer) { return .operator(scope) }
         if let credential = await identity.credential(bearer) { return .workload(credential) }
         metrics.refused("unauthenticated")
         throw APIError(status: .unauthorized, message: "the bearer token is not recognised or has expired")
     }
 
     func authorizeOperator(_ request: Request) async throws {
-        if case .workload(let credential) = try await authenticate(request) {
+        try refuseReadOnly(try await authenticate(request))
+    }
+
+    /// Writes need the operator's write scope (or, for their own instance, a workload's credential).
+    private func refuseReadOnly(_ caller: Caller) throws {
+        switch caller {
+        case .operator(.write): return
+        case .operator(.read):
+            metrics.refused("forbidden")
+            throw APIError(status: .forbidden, message: "this operator token has read scope only")
+        case .workload(let credential):
             metrics.refused("forbidden")
             throw APIError(
                 status: .forbidden,
@@ -263,7 +277,7 @@ struct ControllerAPI {
     /// A workload may write only its own instance: of its own service, and the instance id
     /// its certificate request named (when it named one).
     private func authorize(_ caller: Caller, instance id: String, service: String?) async throws {
-        guard case .workload(let credential) = caller else { return }
+        guard case .workload(let credential) = caller else { return try refuseReadOnly(caller) }
         var target = service
         if target == nil { target = await controller.instance(id)?.service }
         var allowed = target == nil || target == credential.service
@@ -322,6 +336,25 @@ struct ControllerAPI {
 
     struct Revision: Encodable {
         let revision: Int64
+    }
+}
+
+/// With `--protect-reads`: every read under `/v1` needs a bearer token of any kind, except
+/// what is public by nature (the OpenAPI document and the trust bundle) and certificate
+/// requests (authenticated by their join token or proof).
+struct ReadAuthentication: RouterMiddleware {
+    let api: ControllerAPI
+    static let open: Set<String> = ["/v1/openapi.json", "/v1/trust-bundle", "/healthz", "/metrics"]
+
+    func handle(
+        _ request: Request,
+        context: BasicRequestContext,
+        next: (Request, BasicRequestContext) async throws -> Response
+    ) async throws -> Response {
+        if request.method == .get, !Self.open.contains(request.uri.path) {
+            _ = try await api.authenticate(request)
+        }
+        return try await next(request, context)
     }
 }
 

@@ -17,6 +17,8 @@ public final class ControllerServer: Service {
         /// An operator-supplied CA (PEM texts: the signing certificate then its issuers up
         /// to the root, and its key); nil: the CA in the store, created on first start.
         public var authority: (certificates: String, key: String)?
+        /// Reads need a token as well (for APIs reachable beyond a trusted network).
+        public var protectReads = false
         /// The longest workload certificate lifetime (and the default).
         public var certificateLifetime: Duration = .seconds(86_400)
 
@@ -58,13 +60,14 @@ public final class ControllerServer: Service {
     }
 
     public func run() async throws {
-        let api = ControllerAPI(
+        var api = ControllerAPI(
             controller: controller,
             identity: identity,
             metrics: metrics,
             token: options.token,
             logger: logger
         )
+        api.protectReads = options.protectReads
         let logger = self.logger
         let onListening = self.onListening
         let app = Application(

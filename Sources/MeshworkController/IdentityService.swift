@@ -31,11 +31,13 @@ actor IdentityService {
     /// Told of every trust bundle change, to push it down the watch streams.
     private var onTrustBundleChange: (@Sendable (TrustBundle) async -> Void)?
     let maxLifetime: Duration
-    private let store: RegistryStore
-    private let logger: Logger
+    let store: RegistryStore
+    let logger: Logger
     private let metrics: ControllerMetrics
     private var tokens: [String: JoinToken] = [:]
     private var credentials: [String: Credential] = [:]
+    /// Operator API tokens with a scope, by id.
+    var operatorTokens: [String: OperatorToken] = [:]
 
     struct JoinToken: Sendable {
         var id: String
@@ -134,6 +136,20 @@ actor IdentityService {
         }
         self.tokens = tokens
         self.credentials = credentials
+        self.operatorTokens = try store.database.read { db in
+            var result: [String: OperatorToken] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM operator_token") {
+                let token = OperatorToken(
+                    id: row["id"],
+                    secretHash: row["secret_hash"],
+                    scope: OperatorScope(rawValue: row["scope"]) ?? .read,
+                    expires: Date(timeIntervalSince1970: row["expires"]),
+                    created: Date(timeIntervalSince1970: row["created"])
+                )
+                result[token.id] = token
+            }
+            return result
+        }
     }
 
     /// The roots sidecars trust, active first: during a rotation, the next or the retiring
@@ -290,9 +306,12 @@ actor IdentityService {
 
     struct TokenInfo: Encodable {
         let id: String
-        let service: String
+        /// `join` (for one service's sidecars) or `operator`.
+        var kind = "join"
+        var service: String?
+        var scope: String?
         let expires: Date
-        let usesLeft: Int
+        var usesLeft: Int?
         let created: Date
     }
 
@@ -324,12 +343,22 @@ actor IdentityService {
     }
 
     func listTokens() -> [TokenInfo] {
-        tokens.values.sorted { $0.created < $1.created }.map {
+        let join = tokens.values.map {
             TokenInfo(id: $0.id, service: $0.service, expires: $0.expires, usesLeft: $0.usesLeft, created: $0.created)
         }
+        let operators = operatorTokens.values.map {
+            TokenInfo(id: $0.id, kind: "operator", scope: $0.scope.rawValue, expires: $0.expires, created: $0.created)
+        }
+        return (join + operators).sorted { $0.created < $1.created }
     }
 
     func deleteToken(_ id: String) throws -> Bool {
+        if operatorTokens.removeValue(forKey: id) != nil {
+            try store.database.write { db in
+                try db.execute(sql: "DELETE FROM operator_token WHERE id = ?", arguments: [id])
+            }
+            return true
+        }
         guard tokens.removeValue(forKey: id) != nil else { return false }
         try store.database.write { db in
             try db.execute(sql: "DELETE FROM join_token WHERE id = ?", arguments: [id])

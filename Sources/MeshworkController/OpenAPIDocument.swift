@@ -30,9 +30,11 @@ enum OpenAPIDocument {
                 "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                 "health": {"enum": ["starting", "healthy", "unhealthy"], "default": "healthy"},
                 "ttlSeconds": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 15}}},
-              "TokenRequest": {"type": "object", "required": ["service"], "properties": {
-                "service": {"type": "string"},
-                "ttl": {"type": "string", "description": "how long the token can be used (1s to 30 days)", "default": "1h"},
+              "TokenRequest": {"type": "object", "description": "a join token (service) or an operator token (kind: operator, scope)", "properties": {
+                "kind": {"enum": ["join", "operator"], "default": "join"},
+                "service": {"type": "string", "description": "join tokens: the service"},
+                "scope": {"enum": ["read", "write"], "description": "operator tokens"},
+                "ttl": {"type": "string", "description": "how long the token can be used (join: 1s to 30 days, default 1h; operator: up to 365 days, default 720h)"},
                 "uses": {"type": "integer", "minimum": 1, "default": 1}}},
               "CertificateRequest": {"type": "object", "required": ["csr"], "description": "with a join token (first certificate), or with the current certificate and a proof (renewal)", "properties": {
                 "csr": {"type": "string", "description": "PEM PKCS#10 request for an EC P-256 or P-384 key"},

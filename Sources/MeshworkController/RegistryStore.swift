@@ -45,6 +45,13 @@ final class RegistryStore: Sendable {
         migrator.registerMigration("v4-rotation") { db in
             try db.execute(sql: "ALTER TABLE authority ADD COLUMN retire_after REAL")
         }
+        migrator.registerMigration("v5-operator-tokens") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE operator_token (id TEXT PRIMARY KEY NOT NULL, secret_hash TEXT NOT NULL, scope TEXT NOT NULL, expires REAL NOT NULL, created REAL NOT NULL);
+                    """
+            )
+        }
         try migrator.migrate(database)
     }
 

@@ -45,6 +45,13 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "PEM file with the private key of --ca-cert.")
     var caKey: String?
 
+    @Flag(
+        name: .long,
+        help:
+            "Reads need a token too (operator token of any scope, or a sidecar credential); for APIs reachable beyond loopback."
+    )
+    var protectReads = false
+
     @Option(name: .long, help: "Longest (and default) workload certificate lifetime, e.g. 24h.")
     var certTTL: String = "24h"
 
@@ -97,6 +104,7 @@ struct ControllerCommand: AsyncParsableCommand {
         options.trustDomain = trustDomain
         options.authority = authority
         options.certificateLifetime = lifetime
+        options.protectReads = protectReads
         do {
             server = try ControllerServer(options: options, logger: logger)
         } catch {

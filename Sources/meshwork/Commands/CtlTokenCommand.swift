@@ -8,7 +8,7 @@ import NIOHTTP1
 struct CtlToken: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "token",
-        abstract: "Join tokens for sidecars: create, list, delete.",
+        abstract: "Join tokens for sidecars and scoped operator tokens: create, list, delete.",
         subcommands: [Create.self, List.self, Delete.self]
     )
 
@@ -21,15 +21,23 @@ struct CtlToken: AsyncParsableCommand {
                 """
         )
         @OptionGroup var options: CtlOptions
-        @Option(name: .long, help: "The service the token is for.") var service: String
-        @Option(name: .long, help: "How long the token can be used, e.g. 1h.") var ttl: String = "1h"
+        @Option(name: .long, help: "The service a join token is for.") var service: String?
+        @Option(name: .long, help: "How long the token can be used (default: 1h for join, 720h for operator).")
+        var ttl: String?
         @Option(name: .long, help: "How many sidecars may join with it.") var uses: Int = 1
+        @Option(name: .long, help: "Create an operator token with this scope instead: read or write.")
+        var `operator`: String?
 
         func run() async throws {
-            let body = try String(
-                decoding: JSONSerialization.data(withJSONObject: ["service": service, "ttl": ttl, "uses": uses]),
-                as: UTF8.self
-            )
+            var fields: [String: Any]
+            if let scope = `operator` {
+                fields = ["kind": "operator", "scope": scope]
+            } else {
+                guard let service else { throw CommandFailure("--service is required for a join token") }
+                fields = ["service": service, "uses": uses]
+            }
+            if let ttl { fields["ttl"] = ttl }
+            let body = try String(decoding: JSONSerialization.data(withJSONObject: fields), as: UTF8.self)
             let data = try await options.call(.POST, "/v1/tokens", body: body)
             if options.output == .table {
                 let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
@@ -47,11 +55,11 @@ struct CtlToken: AsyncParsableCommand {
         func run() async throws {
             let data = try await options.call(.GET, "/v1/tokens")
             try options.print(data) { object in
-                var rows = [["ID", "SERVICE", "USES LEFT", "EXPIRES"]]
+                var rows = [["ID", "KIND", "SERVICE", "SCOPE", "USES LEFT", "EXPIRES"]]
                 for token in object as? [[String: Any]] ?? [] {
                     rows.append([
-                        Table.string(token["id"]), Table.string(token["service"]), Table.string(token["usesLeft"]),
-                        Table.string(token["expires"]),
+                        Table.string(token["id"]), Table.string(token["kind"]), Table.string(token["service"]),
+                        Table.string(token["scope"]), Table.string(token["usesLeft"]), Table.string(token["expires"]),
                     ])
                 }
                 return rows

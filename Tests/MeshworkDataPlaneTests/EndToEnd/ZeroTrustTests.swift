@@ -564,6 +564,94 @@ struct ZeroTrustTests {
         await controller.stop()
         controller.remove()
     }
+
+    @Test func operatorTokensHaveScopesAndProtectedReadsNeedAToken() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start(dataDirectory: nil, ["--protect-reads"])
+        let orders = try await TestMesh.startApp("orders-1")
+        var sidecars: [SidecarProcess] = []
+        let readFile = controller.dataDirectory + "-read.token"
+        defer { try? FileManager.default.removeItem(atPath: readFile) }
+        do {
+            #expect(try await controller.call("GET", "/v1/services", authorized: false).status == 401)
+            #expect(try await controller.call("GET", "/v1/trust-bundle", authorized: false).status == 200)
+            #expect(try await controller.call("GET", "/v1/openapi.json", authorized: false).status == 200)
+
+            let created = try await controller.call(
+                "POST",
+                "/v1/tokens",
+                body: #"{"kind": "operator", "scope": "read"}"#
+            )
+            #expect(created.status == 200, "\(created.text)")
+            let read = try #require(json(created)["token"] as? String)
+            #expect(try await controller.call("GET", "/v1/services", bearer: read).status == 200)
+            let write = try await controller.call(
+                "PUT",
+                "/v1/services/orders",
+                body: #"{"name": "orders"}"#,
+                bearer: read
+            )
+            #expect(write.status == 403)
+            #expect(write.text.contains("read scope"), "\(write.text)")
+            let mint = try await controller.call("POST", "/v1/tokens", body: #"{"service": "orders"}"#, bearer: read)
+            #expect(mint.status == 403)
+            let badScope = try await controller.call(
+                "POST",
+                "/v1/tokens",
+                body: #"{"kind": "operator", "scope": "admin"}"#
+            )
+            #expect(badScope.status == 400 && badScope.text.contains("scope"), "\(badScope.text)")
+
+            let writer = try await controller.call(
+                "POST",
+                "/v1/tokens",
+                body: #"{"kind": "operator", "scope": "write"}"#
+            )
+            let writeToken = try #require(json(writer)["token"] as? String)
+            let put = try await controller.call(
+                "PUT",
+                "/v1/services/orders",
+                body: #"{"name": "orders"}"#,
+                bearer: writeToken
+            )
+            #expect(put.status == 200, "\(put.text)")
+
+            // ctl with the read token: lists, but cannot change anything.
+            try (read + "\n").write(toFile: readFile, atomically: true, encoding: .utf8)
+            let listed = try await Command.run([
+                CLITests.binary, "ctl", "services", "--controller", controller.url, "--token-file", readFile,
+            ])
+            #expect(listed.exitCode == 0 && listed.output.contains("orders"), "\(listed.output)")
+            let refused = try await Command.run([
+                CLITests.binary, "ctl", "delete", "service", "orders", "--controller", controller.url,
+                "--token-file", readFile,
+            ])
+            #expect(refused.exitCode == 1 && refused.output.contains("read scope"), "\(refused.output)")
+            let tokens = try await Command.run([
+                CLITests.binary, "ctl", "token", "list", "--controller", controller.url, "--token-file",
+                controller.dataDirectory + "/token",
+            ])
+            #expect(tokens.output.components(separatedBy: "operator").count - 1 == 2, "\(tokens.output)")
+
+            // Sidecars read with their own credentials: discovery works with reads protected.
+            let server = try await startServer("orders", app: orders, controller: controller)
+            sidecars.append(server)
+            let client = try await startClient("web", controller: controller)
+            sidecars.append(client)
+            #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"), "\(client.log)")
+            #expect(try await controller.metric(#"meshwork_controller_api_refusals_total{reason="forbidden"}"#) == 3)
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
 }
 
 /// A flag set by one task and read by another.
