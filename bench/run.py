@@ -106,7 +106,7 @@ def scenarios(args, out):
             start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "3",
                    "-c", render("envoy-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "envoy-client"),
         ], PORT),
-        "meshwork pair (h2c, no TLS)": lambda: ([
+        "meshwork pair (h2c)": lambda: ([
             start([mw, "sidecar", "--log-level", "error",
                    "--config", render("meshwork-pair-server-h2c.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2)], 1, out, "mw-server"),
             start([mw, "sidecar", "--log-level", "error",
@@ -180,11 +180,17 @@ def handshake_rate(name, factory, args, out):
     try:
         wait_port(PEER)
         time.sleep(0.3)
+        pids = [p.pid for p in procs]
+        cpu_before = cpu_seconds(pids)
         text = subprocess.run(["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{PEER}", "-new",
                                "-cert", f"{CERTS}/web.pem", "-key", f"{CERTS}/web.key", "-CAfile", f"{CERTS}/mesh-ca.pem",
                                "-time", str(args.duration)], capture_output=True, text=True).stdout
+        cpu = cpu_seconds(pids) - cpu_before
         match = re.search(r"(\d+) connections in (\d+) real seconds", text)
-        return int(match.group(1)) / max(1, int(match.group(2))) if match else None
+        if not match or int(match.group(1)) == 0:
+            return None, None
+        count = int(match.group(1))
+        return count / max(1, int(match.group(2))), cpu / count * 1e6
     finally:
         stop(procs)
 
@@ -223,8 +229,9 @@ def main():
         handshakes = {}
         if args.handshakes:
             for name in [n for n in names if n.endswith("(mTLS+h2)")]:
-                handshakes[name] = median([handshake_rate(name, all_scenarios[name], args, out) for _ in range(args.rounds)])
-                print(f"{name}: {handshakes[name]} handshakes/s", file=sys.stderr, flush=True)
+                runs = [handshake_rate(name, all_scenarios[name], args, out) for _ in range(args.rounds)]
+                handshakes[name] = {"per_s": median([r[0] for r in runs]), "proxy_cpu_us": median([r[1] for r in runs])}
+                print(f"{name}: {handshakes[name]}", file=sys.stderr, flush=True)
     finally:
         stop([upstream])
 
@@ -246,9 +253,12 @@ def main():
         s = summary[name]
         print(f"| {name} | {fmt(s['rps'], 0)} | {fmt(s['cpu_us_per_req'])} | {fmt(s['p50_ms'], 3)} | {fmt(s['p99_ms'], 3)} "
               f"| {fmt(s['p999_ms'], 3)} | {fmt(s['peak_rss_mib'])} | {fmt(s['non_2xx'], 0)} |")
-    for name, rate in handshakes.items():
-        print(f"\n{name}: {fmt(rate, 0)} full mTLS handshakes/s on the server-side proxy (openssl s_time -new)")
-    mtls, plain = summary.get("meshwork pair (mTLS+h2)"), summary.get("meshwork pair (h2c, no TLS)")
+    if handshakes:
+        print("\n| server side of | full mTLS handshakes/s (openssl s_time -new) | proxy CPU µs/handshake |")
+        print("|---|---:|---:|")
+        for name, h in handshakes.items():
+            print(f"| {name} | {fmt(h['per_s'], 0)} | {fmt(h['proxy_cpu_us'])} |")
+    mtls, plain = summary.get("meshwork pair (mTLS+h2)"), summary.get("meshwork pair (h2c)")
     if mtls and plain and plain["cpu_us_per_req"]:
         print(f"\nmeshwork pair, mTLS / h2c: CPU per request x{mtls['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f}, "
               f"throughput x{mtls['rps'] / plain['rps']:.2f}, p99 x{mtls['p99_ms'] / plain['p99_ms']:.2f}")

@@ -23,6 +23,8 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case rateLimited = "rate_limited"
         case concurrencyLimited = "concurrency_limited"
         case unauthorized
+        case tlsHandshakeFailed = "tls_handshake_failed"
+        case peerIdentityMismatch = "peer_identity_mismatch"
     }
 
     private let code: Code
@@ -71,12 +73,19 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Authorization policy refuses the caller (its identity, or the path or method it asked for).
     public static let unauthorized = MeshError(.unauthorized)
 
+    /// Inbound: a connection failed its mTLS handshake (plaintext, no client certificate,
+    /// another CA, expired). Counted; the connection is closed.
+    public static let tlsHandshakeFailed = MeshError(.tlsHandshakeFailed)
+    /// Outbound: the peer's certificate carries another identity than the cluster's service.
+    /// Counted; the request fails as `upstream_reset` (or is retried elsewhere).
+    public static let peerIdentityMismatch = MeshError(.peerIdentityMismatch)
+
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
         .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
-        .unauthorized,
+        .unauthorized, .tlsHandshakeFailed, .peerIdentityMismatch,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -90,7 +99,9 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
             return .serviceUnavailable
         case .rateLimited: return .tooManyRequests
         case .unauthorized: return .forbidden
-        case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported: return .badGateway
+        case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported, .tlsHandshakeFailed,
+            .peerIdentityMismatch:
+            return .badGateway
         case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
         case .badRequest: return .badRequest
         case .headerTooLarge: return .requestHeaderFieldsTooLarge

@@ -23,6 +23,7 @@ public actor Sidecar: Service {
     /// the workload certificate the identity agent installs and renews.
     public nonisolated let meshTLS: MeshTLSSource?
     private let contexts: LoopContexts
+    private let clusterMetricsByName: [String: ClusterMetrics]
     private let flags = Flags()
     private var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
 
@@ -88,6 +89,7 @@ public actor Sidecar: Service {
                 )
             }
         )
+        self.clusterMetricsByName = clusterMetrics
         let appMetrics = config.inbound.map {
             ClusterMetrics(name: "app", endpoints: [$0.app.description], registry: registry)
         }
@@ -282,7 +284,7 @@ public actor Sidecar: Service {
                         if let serverTLS {
                             try sync.addHandler(serverTLS)
                             try sync.addHandler(
-                                PeerIdentityHandler(peer: ConnectionPeer()) { identity, _ in
+                                PeerIdentityHandler(peer: ConnectionPeer(), metrics: proxy.metrics) { identity, _ in
                                     let allowed = loopContext.authorize(
                                         source: identity,
                                         port: port,
@@ -333,7 +335,14 @@ public actor Sidecar: Service {
                     config.allClusters.first { $0.name == upstream.cluster } ?? ClusterConfig(name: upstream.cluster)
                 let upstreamTLS =
                     cluster.protocol == .mesh
-                    ? self.meshTLS.map { PeerTLS(source: $0, purpose: .tcp, peerService: cluster.name) } : nil
+                    ? self.meshTLS.map {
+                        PeerTLS(
+                            source: $0,
+                            purpose: .tcp,
+                            peerService: cluster.name,
+                            metrics: clusterMetricsByName[cluster.name]
+                        )
+                    } : nil
                 let connectTimeout = TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds)
                 let clusterName = upstream.cluster
                 try await bind(name, upstream.listen) { channel in

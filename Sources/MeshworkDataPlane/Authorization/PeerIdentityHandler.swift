@@ -19,15 +19,33 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundIn = NIOAny
 
     let peer: ConnectionPeer
+    private let metrics: ListenerMetrics
     private let admit: ((SPIFFEID?, ChannelHandlerContext) -> Bool)?
+    private var handshakeDone = false
 
-    init(peer: ConnectionPeer, admit: ((SPIFFEID?, ChannelHandlerContext) -> Bool)? = nil) {
+    init(
+        peer: ConnectionPeer,
+        metrics: ListenerMetrics,
+        admit: ((SPIFFEID?, ChannelHandlerContext) -> Bool)? = nil
+    ) {
         self.peer = peer
+        self.metrics = metrics
         self.admit = admit
+    }
+
+    /// A failed handshake (plaintext, no or a foreign or expired client certificate) is
+    /// counted as `tls_handshake_failed`; the TLS handler closes the connection.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !handshakeDone, error is NIOSSLError || error is BoringSSLError {
+            handshakeDone = true
+            metrics.countError(.tlsHandshakeFailed)
+        }
+        context.fireErrorCaught(error)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
+            handshakeDone = true
             let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
                 .peerCertificate
             let ids = certificate.map(MeshTLSSource.spiffeIDs(of:)) ?? []

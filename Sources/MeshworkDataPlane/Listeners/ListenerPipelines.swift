@@ -108,7 +108,7 @@ enum ListenerPipelines {
         // The caller's identity, read when the handshake completes, before ALPN builds the
         // HTTP pipeline whose requests are authorized with it.
         let peer = ConnectionPeer()
-        try sync.addHandler(PeerIdentityHandler(peer: peer))
+        try sync.addHandler(PeerIdentityHandler(peer: peer, metrics: settings.metrics))
         try sync.addHandler(
             ApplicationProtocolNegotiationHandler { result, channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -50,7 +50,11 @@ public final class MeshTLSSource: Sendable {
     /// sidecar has a workload identity, the handshake fails unless the peer's certificate
     /// carries `spiffe://<our trust domain>/service/<peerService>`: a compromised instance
     /// of another service cannot pose as this one.
-    func clientHandler(_ purpose: Purpose, peerService: String?) throws -> NIOSSLClientHandler {
+    func clientHandler(
+        _ purpose: Purpose,
+        peerService: String?,
+        metrics: ClusterMetrics? = nil
+    ) throws -> NIOSSLClientHandler {
         guard let tls = current else { throw MeshTLSUnavailable() }
         let context: NIOSSLContext
         switch purpose {
@@ -69,6 +73,7 @@ public final class MeshTLSSource: Sendable {
             additionalPeerCertificateVerificationCallback: { certificate, channel in
                 let presented = Self.spiffeIDs(of: certificate)
                 guard presented == [expected] else {
+                    metrics?.countError(.peerIdentityMismatch)
                     logger.warning(
                         "peer presented the wrong identity; connection refused",
                         metadata: [
@@ -121,12 +126,14 @@ struct PeerTLS: Sendable {
     let source: MeshTLSSource
     let purpose: MeshTLSSource.Purpose
     let peerService: String?
+    /// Where identity mismatches are counted.
+    var metrics: ClusterMetrics? = nil
 
     func makeHandler() throws -> NIOSSLClientHandler {
-        try source.clientHandler(purpose, peerService: peerService)
+        try source.clientHandler(purpose, peerService: peerService, metrics: metrics)
     }
 
     func with(_ purpose: MeshTLSSource.Purpose) -> PeerTLS {
-        PeerTLS(source: source, purpose: purpose, peerService: peerService)
+        PeerTLS(source: source, purpose: purpose, peerService: peerService, metrics: metrics)
     }
 }

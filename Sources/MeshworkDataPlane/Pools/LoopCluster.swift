@@ -92,7 +92,8 @@ final class LoopCluster {
         // Peer sidecars are reached over mTLS when the sidecar has it; with a workload
         // identity, the peer must present the identity of the service the cluster is for.
         let peerTLS =
-            config.protocol == .mesh ? tls.map { PeerTLS(source: $0, purpose: .http2, peerService: config.name) } : nil
+            config.protocol == .mesh
+            ? tls.map { PeerTLS(source: $0, purpose: .http2, peerService: config.name, metrics: metrics) } : nil
         self.tls = peerTLS
         self.endpointProtocol = config.protocol
         self.upgradeTLS = peerTLS?.with(.http1)

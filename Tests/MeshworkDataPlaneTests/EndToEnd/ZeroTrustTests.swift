@@ -246,6 +246,15 @@ struct ZeroTrustTests {
                 #expect(refused.status == 0, "\(name) certificate got \(refused.status)")
             }
             #expect(orders.requestCount == before, "a refused peer reached the app")
+            let serverMetrics = try await Curl.get("http://127.0.0.1:\(server.port("admin") ?? 0)/metrics").text
+            let failedHandshakes = serverMetrics.split(separator: "\n").first {
+                $0.hasPrefix("meshwork_listener_mesh_errors_total{") && $0.contains("listener=\"inbound\"")
+                    && $0.contains("reason=\"tls_handshake_failed\"")
+            }
+            #expect(
+                failedHandshakes.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0 >= 4,
+                "\(serverMetrics)"
+            )
 
             // An impostor: a payments sidecar (with a real mesh certificate, for payments)
             // registered as an orders instance. The client refuses its certificate.
@@ -269,6 +278,12 @@ struct ZeroTrustTests {
             #expect(payments.requestCount == paymentsBefore, "the impostor got calls")
             #expect(client.log.contains("peer presented the wrong identity"), "\(client.log)")
             #expect(client.log.contains("expected=spiffe://mesh.local/service/orders"))
+            let clientMetrics = try await Curl.get("http://127.0.0.1:\(client.port("admin") ?? 0)/metrics").text
+            let mismatches = clientMetrics.split(separator: "\n").first {
+                $0.hasPrefix("meshwork_cluster_errors_total{") && $0.contains("cluster=\"orders\"")
+                    && $0.contains("reason=\"peer_identity_mismatch\"")
+            }
+            #expect(mismatches.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0 >= 1, "\(clientMetrics)")
         } catch {
             for sidecar in sidecars { await sidecar.stop() }
             await orders.stop()
