@@ -1,5 +1,7 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import MeshworkModel
 import NIOCore
@@ -17,6 +19,9 @@ public final class ControllerServer: Service {
         /// An operator-supplied CA (PEM texts: the signing certificate then its issuers up
         /// to the root, and its key); nil: the CA in the store, created on first start.
         public var authority: (certificates: String, key: String)?
+        /// Serve the API over TLS with a certificate from the mesh CA; the trust bundle is
+        /// written to `<data-dir>/ca.pem` for local clients.
+        public var tls = false
         /// Reads need a token as well (for APIs reachable beyond a trusted network).
         public var protectReads = false
         /// The longest workload certificate lifetime (and the default).
@@ -70,8 +75,28 @@ public final class ControllerServer: Service {
         api.protectReads = options.protectReads
         let logger = self.logger
         let onListening = self.onListening
+        let controller = self.controller
+        let identity = self.identity
+        let caFile = (options.dataDirectory as NSString).appendingPathComponent("ca.pem")
+        let tls = options.tls ? try ControllerTLS(authority: await identity.authority, listen: options.listen) : nil
+        if tls != nil { try Self.write(await identity.trustBundlePEM, to: caFile) }
+        await identity.setTrustBundleListener { bundle in
+            await controller.broadcast(bundle)
+            guard let tls else { return }
+            // A CA rotation step: clients get the new bundle, the API a certificate from the
+            // CA that now signs.
+            do {
+                try Self.write(bundle.pem, to: caFile)
+                try tls.reissue(authority: await identity.authority)
+            } catch {
+                logger.error("cannot renew the API certificate", metadata: ["error": "\(error)"])
+            }
+        }
+        let server: HTTPServerBuilder =
+            try tls.map { try .tls(.http1(), tlsConfiguration: $0.configuration()) } ?? .http1()
         let app = Application(
             router: api.router(),
+            server: server,
             configuration: ApplicationConfiguration(
                 address: .hostname(options.listen.host, port: options.listen.port),
                 serverName: "meshwork-controller"
@@ -84,8 +109,6 @@ public final class ControllerServer: Service {
             },
             logger: logger
         )
-        let controller = self.controller
-        await identity.setTrustBundleListener { bundle in await controller.broadcast(bundle) }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
                 try await app.run()
@@ -101,9 +124,19 @@ public final class ControllerServer: Service {
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
                     try? await Task.sleep(for: .seconds(1))
                     await controller.expireLeases()
+                    if let tls, tls.needsRenewal {
+                        try? tls.reissue(authority: await identity.authority)
+                    }
                 }
             }
         }
+    }
+
+    /// Writes `text` aside and renames it over `path` (readers never see half a file).
+    static func write(_ text: String, to path: String) throws {
+        let temporary = path + ".tmp"
+        try text.write(toFile: temporary, atomically: false, encoding: .utf8)
+        guard rename(temporary, path) == 0 else { throw ControllerError("cannot write \(path)") }
     }
 
     /// The default data directory: `$XDG_STATE_HOME/meshwork`, else `~/.local/state/meshwork`.

@@ -1,8 +1,10 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
 import MeshworkDataPlane
 import MeshworkIdentity
 import MeshworkModel
+import NIOSSL
 
 /// The workload identity: a key made in memory, a CSR sent with the join token for the
 /// first certificate, renewal at two thirds of its lifetime with the current certificate
@@ -116,9 +118,20 @@ extension DiscoveryAgent {
             identity: id
         )
         workload = (key, issued)
+        if controllerHTTP != nil, issued.trustBundle != trustBundle,
+            let roots = try? NIOSSLCertificate.fromPEMBytes(Array(issued.trustBundle.utf8)), !roots.isEmpty
+        {
+            // The controller's API certificate comes from the mesh CA: verify it with the
+            // bundle from now on (it follows CA rotations). A watch on the old client ends
+            // and resumes on the new one.
+            let old = controllerHTTP
+            controllerHTTP = Self.makeControllerHTTP(group: group, roots: .certificates(roots))
+            client = ControllerClient(baseURL: client.baseURL, token: client.token, http: controllerHTTP!)
+            Task { try? await old?.shutdown() }
+        }
         trustBundle = issued.trustBundle
         if let credential = issued.credential {
-            client = ControllerClient(baseURL: client.baseURL, token: credential, http: http)
+            client = ControllerClient(baseURL: client.baseURL, token: credential, http: client.http)
         }
     }
 }

@@ -5,6 +5,7 @@ import MeshworkDataPlane
 import MeshworkIdentity
 import MeshworkModel
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 
 /// The sidecar's link to the controller, run beside the `Sidecar` in one ServiceGroup:
@@ -21,8 +22,12 @@ public actor DiscoveryAgent: Service {
     let config: SidecarConfig
     let sidecar: Sidecar
     var client: ControllerClient
+    /// For the app's health checks (and the controller, over plain HTTP).
     let http: HTTPClient
-    private let group: any EventLoopGroup
+    /// For the controller over HTTPS: verifies its certificate with `controller.caFile`,
+    /// then with the trust bundle the controller hands out (rebuilt when it changes).
+    var controllerHTTP: HTTPClient?
+    let group: any EventLoopGroup
     let logger: Logger
     private var state = DiscoveryState()
     private var health: HealthState
@@ -49,7 +54,20 @@ public actor DiscoveryAgent: Service {
         // without closing its connections): the controller pings every 10 s.
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(3), read: .seconds(25))
-        self.http = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        let plainHTTP = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        self.http = plainHTTP
+        var apiHTTP: HTTPClient?
+        if link.url.hasPrefix("https://") {
+            var roots: NIOSSLTrustRoots = .default
+            if let caFile = link.caFile {
+                guard let certificates = try? NIOSSLCertificate.fromPEMFile(caFile), !certificates.isEmpty else {
+                    throw ControllerClient.Failure(description: "cannot read controller.caFile \(caFile)")
+                }
+                roots = .certificates(certificates)
+            }
+            apiHTTP = DiscoveryAgent.makeControllerHTTP(group: group, roots: roots)
+        }
+        self.controllerHTTP = apiHTTP
         var token: String?
         if let file = link.tokenFile {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
@@ -57,11 +75,21 @@ public actor DiscoveryAgent: Service {
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        self.client = ControllerClient(baseURL: link.url, token: token, http: http)
+        self.client = ControllerClient(baseURL: link.url, token: token, http: apiHTTP ?? plainHTTP)
         self.health = HealthState(
             healthyThreshold: config.healthCheck.healthyThreshold,
             unhealthyThreshold: config.healthCheck.unhealthyThreshold
         )
+    }
+
+    static func makeControllerHTTP(group: any EventLoopGroup, roots: NIOSSLTrustRoots) -> HTTPClient {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(3), read: .seconds(25))
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = roots
+        tls.minimumTLSVersion = .tlsv12
+        configuration.tlsConfiguration = tls
+        return HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
     }
 
     public func run() async throws {
@@ -70,6 +98,7 @@ public actor DiscoveryAgent: Service {
         } catch {
             // A refused join token: the sidecar stops, with the controller's reason.
             try? await http.shutdown()
+            try? await controllerHTTP?.shutdown()
             throw error
         }
     }
@@ -103,6 +132,7 @@ public actor DiscoveryAgent: Service {
         // Deregister first: the sidecar drains after this service has returned.
         await deregister()
         try? await http.shutdown()
+        try? await controllerHTTP?.shutdown()
     }
 
     var stopping = false

@@ -14,6 +14,11 @@ public struct SPIFFEID: Sendable, Hashable, CustomStringConvertible {
         SPIFFEID(trustDomain: trustDomain, path: "/service/" + name)
     }
 
+    /// The controller's own identity (its API certificate).
+    public static func controller(trustDomain: String) -> SPIFFEID {
+        SPIFFEID(trustDomain: trustDomain, path: "/controller")
+    }
+
     private init(trustDomain: String, path: String) {
         self.trustDomain = trustDomain
         self.path = path

@@ -120,7 +120,7 @@ extension SidecarConfig {
         if let f = reader.mapping(
             fields.node("controller"),
             "controller",
-            known: ["url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL"]
+            known: ["url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL", "caFile"]
         ) {
             if let url = f.required("url", f.string("url")) {
                 if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
@@ -130,6 +130,7 @@ extension SidecarConfig {
                 link.tokenFile = f.string("tokenFile")
                 link.cacheFile = f.string("cacheFile")
                 link.joinTokenFile = f.string("joinTokenFile")
+                link.caFile = f.string("caFile")
                 link.certificateTTL = f.duration("certificateTTL")
                 if let ttl = link.certificateTTL, ttl.duration < .seconds(3) {
                     reader.fail(f.path("certificateTTL"), "must be at least 3s")

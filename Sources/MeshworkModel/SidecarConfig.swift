@@ -328,6 +328,9 @@ public struct ControllerLink: Sendable, Hashable, Encodable {
     /// The last snapshot is kept here, so the sidecar starts and serves while the controller
     /// is down; none when nil.
     public var cacheFile: String?
+    /// PEM roots that verify an `https://` controller (its API certificate comes from the
+    /// mesh CA: `<data-dir>/ca.pem`); after joining, the trust bundle it hands out is used.
+    public var caFile: String?
     /// File with a join token (`meshwork ctl token create`): the sidecar then gets its
     /// workload certificate from the controller, and every mesh hop is mTLS with identities.
     public var joinTokenFile: String?

@@ -52,6 +52,12 @@ struct ControllerCommand: AsyncParsableCommand {
     )
     var protectReads = false
 
+    @Flag(
+        name: .long,
+        help: "Serve the API over TLS with a certificate from the mesh CA; clients verify it with <data-dir>/ca.pem."
+    )
+    var tls = false
+
     @Option(name: .long, help: "Longest (and default) workload certificate lifetime, e.g. 24h.")
     var certTTL: String = "24h"
 
@@ -105,6 +111,7 @@ struct ControllerCommand: AsyncParsableCommand {
         options.authority = authority
         options.certificateLifetime = lifetime
         options.protectReads = protectReads
+        options.tls = tls
         do {
             server = try ControllerServer(options: options, logger: logger)
         } catch {

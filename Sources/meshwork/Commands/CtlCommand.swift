@@ -5,6 +5,7 @@ import MeshworkController
 import MeshworkModel
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Yams
 
 /// `meshwork ctl`: the operator's CLI over the controller API.
@@ -30,6 +31,9 @@ struct CtlOptions: ParsableArguments {
     @Option(name: .long, help: "File holding the API token.")
     var tokenFile: String?
 
+    @Option(name: .long, help: "PEM roots that verify an https:// controller.")
+    var caFile: String?
+
     @Option(name: .shortAndLong, help: "Output: table, json or yaml.")
     var output: OutputFormat = .table
 
@@ -54,9 +58,27 @@ struct CtlOptions: ParsableArguments {
         return (try? String(contentsOfFile: local, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// The client: for an https:// controller it verifies the API certificate with
+    /// `--ca-file`, else `$MESHWORK_CA`, else the local controller's `<data-dir>/ca.pem`.
+    func makeClient() throws -> HTTPClient {
+        guard baseURL.hasPrefix("https://") else { return HTTPClient(eventLoopGroupProvider: .singleton) }
+        let local = (ControllerServer.defaultDataDirectory as NSString).appendingPathComponent("ca.pem")
+        let file = caFile ?? ProcessInfo.processInfo.environment["MESHWORK_CA"]
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let path = file ?? (FileManager.default.fileExists(atPath: local) ? local : nil) {
+            guard let roots = try? NIOSSLCertificate.fromPEMFile(path), !roots.isEmpty else {
+                throw CommandFailure("cannot read the CA file \(path)")
+            }
+            tls.trustRoots = .certificates(roots)
+        }
+        var configuration = HTTPClient.Configuration()
+        configuration.tlsConfiguration = tls
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
     /// Calls the API; a refusal becomes a clear error with the controller's reasons.
     func call(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> Data {
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = try makeClient()
         defer { _ = client.shutdown() }
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
@@ -341,7 +363,7 @@ struct CtlWatch: AsyncParsableCommand {
     @Option(name: .long, help: "Comma-separated services (all when absent).") var services: String?
 
     func run() async throws {
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = try options.makeClient()
         defer { _ = client.shutdown() }
         var path = "/v1/watch"
         if let services { path += "?services=\(services)" }

@@ -80,6 +80,9 @@ struct SidecarFlags: ParsableArguments {
     )
     var joinTokenFile: String?
 
+    @Option(name: .long, help: "PEM roots that verify an https:// controller (its <data-dir>/ca.pem).")
+    var controllerCA: String?
+
     @Option(name: .long, help: "Requested workload certificate lifetime (the controller caps it), e.g. 1h.")
     var certTTL: String?
 
@@ -163,6 +166,7 @@ struct SidecarFlags: ParsableArguments {
         if let tokenFile { sidecarConfig.controller?.tokenFile = tokenFile }
         if let cacheFile { sidecarConfig.controller?.cacheFile = cacheFile }
         if let joinTokenFile { sidecarConfig.controller?.joinTokenFile = joinTokenFile }
+        if let controllerCA { sidecarConfig.controller?.caFile = controllerCA }
         if let certTTL {
             guard let value = DurationText.parse(certTTL), value >= .seconds(3) else {
                 throw CommandFailure("--cert-ttl: expected a duration of at least 3s, like 1h")

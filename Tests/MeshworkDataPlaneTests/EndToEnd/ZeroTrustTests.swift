@@ -667,6 +667,59 @@ struct ZeroTrustTests {
         await controller.stop()
         controller.remove()
     }
+
+    @Test func theAPIOverTLSIsVerifiedByCurlCtlAndSidecarsAcrossACARotation() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start(dataDirectory: nil, ["--tls"])
+        let orders = try await TestMesh.startApp("orders-1")
+        var sidecars: [SidecarProcess] = []
+        do {
+            #expect(try await controller.call("GET", "/v1/services").status == 200)
+            let unverified = try await Curl.run([controller.url + "/v1/services"])
+            #expect(unverified.status == 0 && unverified.exitCode != 0, "a client without the CA got through")
+            let plaintext = try await Curl.get("http://127.0.0.1:\(controller.port)/v1/services")
+            #expect(plaintext.status != 200)
+            let handshake = try await Command.run([
+                "openssl", "s_client", "-connect", "127.0.0.1:\(controller.port)", "-CAfile", controller.caFile,
+                "-verify_return_error", "-brief",
+            ])
+            #expect(handshake.output.contains("Verification: OK"), "\(handshake.output)")
+            let ctl = try await Command.run([
+                CLITests.binary, "ctl", "services", "--controller", controller.url, "--ca-file", controller.caFile,
+            ])
+            #expect(ctl.exitCode == 0, "\(ctl.output)")
+
+            let extra = ["--controller-ca", controller.caFile]
+            let server = try await startServer("orders", app: orders, controller: controller, extra: extra)
+            sidecars.append(server)
+            let client = try await startClient("web", controller: controller, extra: extra)
+            sidecars.append(client)
+            #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"), "\(client.log)")
+
+            // A CA rotation: the API's certificate follows it, and so do its clients.
+            for step in [#"{"step": "prepare"}"#, #"{"step": "activate"}"#, #"{"step": "finish", "force": true}"#] {
+                let result = try await controller.call("POST", "/v1/ca/rotate", body: step)
+                #expect(result.status == 200, "\(step): \(result.text)")
+                try await Task.sleep(for: .milliseconds(500))
+            }
+            #expect(try await controller.call("GET", "/v1/services").status == 200, "ca.pem was not rewritten")
+            // Longer than the 3 s lease: the orders sidecar heartbeats through the new chain.
+            try await Task.sleep(for: .seconds(4))
+            let listed = try await controller.call("GET", "/v1/instances?service=orders")
+            #expect(listed.text.contains("\"orders\""), "the orders instance was lost: \(server.log)")
+            #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"))
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
 }
 
 /// A flag set by one task and read by another.

@@ -9,7 +9,10 @@ final class ControllerProcess {
     private(set) var port = 0
     private let logFile: String
 
-    var url: String { "http://127.0.0.1:\(port)" }
+    /// Whether the API is served over TLS (`--tls`); clients verify it with `caFile`.
+    var tls: Bool { extraArguments.contains("--tls") }
+    var url: String { "\(tls ? "https" : "http")://127.0.0.1:\(port)" }
+    var caFile: String { dataDirectory + "/ca.pem" }
     var token: String {
         (try? String(contentsOfFile: dataDirectory + "/token", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
@@ -106,6 +109,7 @@ final class ControllerProcess {
         bearer: String? = nil
     ) async throws -> CurlResult {
         var arguments = ["-X", method]
+        if tls { arguments += ["--cacert", caFile] }
         if let bearer {
             arguments += ["-H", "Authorization: Bearer \(bearer)"]
         } else if authorized {
