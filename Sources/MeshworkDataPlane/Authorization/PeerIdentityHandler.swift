@@ -22,6 +22,9 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let metrics: ListenerMetrics
     private let admit: ((SPIFFEID?, ChannelHandlerContext) -> Bool)?
     private var handshakeDone = false
+    /// Set when `admit` refused the caller: bytes that came with its last handshake flight
+    /// are dropped here, before anything can carry them to the app.
+    private var refused = false
 
     init(
         peer: ConnectionPeer,
@@ -43,6 +46,11 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
         context.fireErrorCaught(error)
     }
 
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
+        context.fireChannelRead(data)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
             handshakeDone = true
@@ -51,6 +59,7 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
             let ids = certificate.map(MeshTLSSource.spiffeIDs(of:)) ?? []
             peer.identity = ids.count == 1 ? ids[0] : nil
             if let admit, !admit(peer.identity, context) {
+                refused = true
                 context.close(promise: nil)
                 return
             }

@@ -7,9 +7,9 @@ import Testing
 @Suite("Zero trust end to end", .serialized)
 struct ZeroTrustTests {
     /// A P-256 key and a CSR made by openssl (any standard CSR is accepted).
-    private func opensslCSR(in directory: String) async throws -> String {
-        let key = directory + "/workload.key"
-        let csr = directory + "/workload.csr"
+    private func opensslCSR(in directory: String, name: String = "workload") async throws -> String {
+        let key = directory + "/\(name).key"
+        let csr = directory + "/\(name).csr"
         let result = try await Command.run([
             "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", key, "-out", csr, "-subj", "/CN=workload",
@@ -708,6 +708,74 @@ struct ZeroTrustTests {
             let listed = try await controller.call("GET", "/v1/instances?service=orders")
             #expect(listed.text.contains("\"orders\""), "the orders instance was lost: \(server.log)")
             #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"))
+        } catch {
+            for sidecar in sidecars { await sidecar.stop() }
+            await orders.stop()
+            await controller.stop()
+            controller.remove()
+            throw error
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await controller.stop()
+        controller.remove()
+    }
+
+    @Test func tcpInboundAdmitsOrRefusesConnectionsByIdentity() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        let directory = controller.dataDirectory + "-tcp"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var sidecars: [SidecarProcess] = []
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let server = try await startServer(
+                "orders",
+                app: orders,
+                controller: controller,
+                extra: ["--app-protocol", "tcp"]
+            )
+            sidecars.append(server)
+            // Client certificates for web and batch, from the controller, as a peer sidecar has.
+            var files: [String: (cert: String, key: String)] = [:]
+            for name in ["web", "batch"] {
+                let csr = try await opensslCSR(in: directory, name: name)
+                let issued = try await controller.call(
+                    "POST",
+                    "/v1/certificates",
+                    body: try certificateRequest(["csr": csr, "token": try await controller.joinToken(name)]),
+                    authorized: false
+                )
+                let certificate = directory + "/\(name).pem"
+                try (json(issued)["certificate"] as? String ?? "").write(
+                    toFile: certificate,
+                    atomically: true,
+                    encoding: .utf8
+                )
+                files[name] = (certificate, directory + "/\(name).key")
+            }
+            let url = "https://127.0.0.1:\(server.port("inbound") ?? 0)/"
+            func call(_ name: String) async throws -> CurlResult {
+                try await Curl.get(url, ["-k", "--cert", files[name]!.cert, "--key", files[name]!.key])
+            }
+            #expect(try await call("batch").status == 200, "before any policy, the mesh default allows")
+
+            let policy = #"{"target": "orders", "from": ["spiffe://mesh.local/service/web"]}"#
+            #expect(try await controller.call("PUT", "/v1/policies/orders-tcp", body: policy).status == 200)
+            #expect(try await server.waitForLog("policies=1"), "\(server.log)")
+            let before = orders.requestCount
+            let refused = try await call("batch")
+            #expect(refused.status == 0, "batch got \(refused.status) through a TCP inbound that refuses it")
+            #expect(orders.requestCount == before, "a refused connection reached the app")
+            #expect(try await call("web").status == 200)
+            let metrics = try await Curl.get("http://127.0.0.1:\(server.port("admin") ?? 0)/metrics").text
+            #expect(
+                metrics.contains(
+                    #"meshwork_inbound_authz_denied_total{source="spiffe://mesh.local/service/batch",target="orders"} 1"#
+                ),
+                "\(metrics)"
+            )
         } catch {
             for sidecar in sidecars { await sidecar.stop() }
             await orders.stop()
