@@ -60,6 +60,8 @@ import Testing
     @Test func portsNarrowARule() throws {
         let tcp = try policy(#"{"name": "db", "target": "orders", "from": ["*"], "ports": [5432]}"#)
         let table = AuthorizationTable(service: "orders", policies: [tcp], mesh: MeshSettings())
+        #expect(table.usesPorts)
+        #expect(!AuthorizationTable(service: "orders", policies: [], mesh: MeshSettings()).usesPorts)
         #expect(table.decide(source: web, port: 5432, method: nil, path: nil).isAllowed)
         #expect(!table.decide(source: web, port: 8080, method: nil, path: nil).isAllowed)
         #expect(!table.decide(source: nil, port: 5432, method: nil, path: nil).isAllowed)

@@ -199,7 +199,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if settings.restoresProtocol, loop.authorization != nil,
                 !loop.authorize(
                     source: peer?.identity,
-                    port: (context.channel.parent ?? context.channel).localAddress?.port ?? 0,
+                    port: loop.authorization?.usesPorts == true
+                        ? (context.channel.parent ?? context.channel).localAddress?.port ?? 0 : 0,
                     method: head.method.rawValue,
                     path: head.uri
                 )

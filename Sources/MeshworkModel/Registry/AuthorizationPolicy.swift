@@ -129,6 +129,8 @@ public struct AuthorizationTable: Sendable, Hashable {
     let denies: [Rule]
     let allows: [Rule]
     public let defaultAction: AuthorizationPolicy.Action
+    /// Whether any rule looks at the port (callers skip looking it up otherwise).
+    public let usesPorts: Bool
 
     /// The rules of `policies` that target `service`.
     public init(service: String, policies: some Sequence<AuthorizationPolicy>, mesh: MeshSettings) {
@@ -147,6 +149,7 @@ public struct AuthorizationTable: Sendable, Hashable {
         self.denies = denies.sorted { $0.name < $1.name }
         self.allows = allows.sorted { $0.name < $1.name }
         self.defaultAction = mesh.defaultAuthorization
+        self.usesPorts = (denies + allows).contains { !$0.ports.isEmpty }
     }
 
     public enum Decision: Sendable, Hashable {
