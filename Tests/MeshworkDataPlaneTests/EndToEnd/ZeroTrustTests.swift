@@ -285,18 +285,10 @@ struct ZeroTrustTests {
             }
             #expect(mismatches.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0 >= 1, "\(clientMetrics)")
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await payments.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders, payments], sidecars)
             throw error
         }
-        for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
-        await payments.stop()
-        await controller.stop()
-        controller.remove()
+        await stopAll(controller, [orders, payments], sidecars)
     }
 
     @Test func certificatesRenewUnderLoadWithoutAFailedRequest() async throws {
@@ -333,16 +325,10 @@ struct ZeroTrustTests {
             #expect(client.log.contains("workload certificate renewed"), "\(client.log)")
             #expect(try await controller.metric(#"meshwork_controller_certificates_issued_total{via="renewal"}"#) >= 2)
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders], sidecars)
             throw error
         }
-        for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
-        await controller.stop()
-        controller.remove()
+        await stopAll(controller, [orders], sidecars)
     }
 
     @Test func aReusedJoinTokenStopsTheSidecarWithAClearError() async throws {
@@ -471,14 +457,16 @@ struct ZeroTrustTests {
             #expect(bad.text.contains("from[0]"))
             #expect(try await Curl.get(webURL + "/").status == 403)
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders], sidecars)
             throw error
         }
+        await stopAll(controller, [orders], sidecars)
+    }
+
+    /// Stops what a test started (also when it failed): sidecars, apps, the controller.
+    private func stopAll(_ controller: ControllerProcess, _ apps: [DemoApp], _ sidecars: [SidecarProcess]) async {
         for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
+        for app in apps { await app.stop() }
         await controller.stop()
         controller.remove()
     }
@@ -568,16 +556,10 @@ struct ZeroTrustTests {
             sidecars.append(late)
             #expect(try await until200("http://127.0.0.1:\(late.port("upstream:orders") ?? 0)/"), "\(late.log)")
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders], sidecars)
             throw error
         }
-        for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
-        await controller.stop()
-        controller.remove()
+        await stopAll(controller, [orders], sidecars)
     }
 
     @Test func operatorTokensHaveScopesAndProtectedReadsNeedAToken() async throws {
@@ -656,16 +638,10 @@ struct ZeroTrustTests {
             #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"), "\(client.log)")
             #expect(try await controller.metric(#"meshwork_controller_api_refusals_total{reason="forbidden"}"#) == 3)
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders], sidecars)
             throw error
         }
-        for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
-        await controller.stop()
-        controller.remove()
+        await stopAll(controller, [orders], sidecars)
     }
 
     @Test func theAPIOverTLSIsVerifiedByCurlCtlAndSidecarsAcrossACARotation() async throws {
@@ -709,16 +685,10 @@ struct ZeroTrustTests {
             #expect(listed.text.contains("\"orders\""), "the orders instance was lost: \(server.log)")
             #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"))
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders], sidecars)
             throw error
         }
-        for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
-        await controller.stop()
-        controller.remove()
+        await stopAll(controller, [orders], sidecars)
     }
 
     @Test func tcpInboundAdmitsOrRefusesConnectionsByIdentity() async throws {
@@ -777,16 +747,10 @@ struct ZeroTrustTests {
                 "\(metrics)"
             )
         } catch {
-            for sidecar in sidecars { await sidecar.stop() }
-            await orders.stop()
-            await controller.stop()
-            controller.remove()
+            await stopAll(controller, [orders], sidecars)
             throw error
         }
-        for sidecar in sidecars { await sidecar.stop() }
-        await orders.stop()
-        await controller.stop()
-        controller.remove()
+        await stopAll(controller, [orders], sidecars)
     }
 }
 
