@@ -28,12 +28,11 @@ extension IdentityService {
 
     /// A token for people and automation, with a scope and a lifetime; only its SHA-256 is kept.
     func createOperatorToken(scope: OperatorScope, ttl: Duration) throws -> CreatedOperatorToken {
-        let id = Self.randomHex(bytes: 6)
-        let secret = Self.randomHex(bytes: 20)
+        let (id, secret, secretHash) = Self.newTokenSecret()
         let now = Date()
         let token = OperatorToken(
             id: id,
-            secretHash: Self.hash(secret),
+            secretHash: secretHash,
             scope: scope,
             expires: now.addingTimeInterval(Double(ttl.components.seconds)),
             created: now
@@ -54,9 +53,8 @@ extension IdentityService {
 
     /// The scope of an operator token, if `bearer` is one and has not expired.
     func operatorScope(_ bearer: String) -> OperatorScope? {
-        let parts = bearer.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, let token = operatorTokens[parts[0]], token.expires > Date(),
-            ControllerAPI.constantTimeEqual(Self.hash(parts[1]), token.secretHash)
+        guard let parts = Self.splitToken(bearer), let token = operatorTokens[parts.id], token.expires > Date(),
+            ControllerAPI.constantTimeEqual(Self.hash(parts.secret), token.secretHash)
         else { return nil }
         return token.scope
     }

@@ -316,12 +316,11 @@ actor IdentityService {
     }
 
     func createJoinToken(service: String, ttl: Duration, uses: Int) throws -> CreatedToken {
-        let id = Self.randomHex(bytes: 6)
-        let secret = Self.randomHex(bytes: 20)
+        let (id, secret, secretHash) = Self.newTokenSecret()
         let now = Date()
         let token = JoinToken(
             id: id,
-            secretHash: Self.hash(secret),
+            secretHash: secretHash,
             service: service,
             expires: now.addingTimeInterval(Double(ttl.components.seconds)),
             usesLeft: uses,
@@ -368,9 +367,8 @@ actor IdentityService {
 
     /// Spends one use of a join token; the service it is for, or why it is refused.
     private func redeem(_ text: String, now: Date) throws -> String {
-        let parts = text.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, var token = tokens[parts[0]],
-            ControllerAPI.constantTimeEqual(Self.hash(parts[1]), token.secretHash)
+        guard let parts = Self.splitToken(text), var token = tokens[parts.id],
+            ControllerAPI.constantTimeEqual(Self.hash(parts.secret), token.secretHash)
         else {
             metrics.refused("join_token_invalid")
             throw APIError(status: .unauthorized, message: "join token not recognised")
@@ -505,6 +503,19 @@ actor IdentityService {
 
     static func hash(_ secret: String) -> String {
         SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// A new token: a public id (to find it), a secret, and the secret's hash (what is kept).
+    /// The token handed out is `<id>.<secret>`.
+    static func newTokenSecret() -> (id: String, secret: String, hash: String) {
+        let secret = randomHex(bytes: 20)
+        return (randomHex(bytes: 6), secret, hash(secret))
+    }
+
+    /// `<id>.<secret>` split in two, or nil.
+    static func splitToken(_ text: String) -> (id: String, secret: String)? {
+        let parts = text.split(separator: ".", maxSplits: 1).map(String.init)
+        return parts.count == 2 ? (parts[0], parts[1]) : nil
     }
 
     static func randomHex(bytes: Int) -> String {

@@ -24,16 +24,7 @@ extension DiscoveryAgent {
         while !stopping {
             let key = WorkloadKey()
             do {
-                let csr = try key.csr(commonName: config.service)
-                var fields = ["csr": csr, "token": token]
-                if let ttl = link.certificateTTL { fields["ttl"] = "\(ttl.duration.components.seconds)s" }
-                if let instance = await makeInstance() { fields["instance"] = instance.id }
-                let issued = try await client.requestCertificate(fields)
-                try install(key: key, issued: issued)
-                logger.info(
-                    "workload certificate issued",
-                    metadata: ["identity": "\(issued.spiffeID)", "not-after": "\(issued.notAfter)"]
-                )
+                try await obtainCertificate(for: key, "issued") { _ in ["token": token] }
                 return
             } catch let error as ControllerClient.Failure where error.refused {
                 logger.error("the controller refused the join token", metadata: ["error": "\(error)"])
@@ -61,25 +52,35 @@ extension DiscoveryAgent {
             renewSoon = false
             let key = WorkloadKey()
             do {
-                let csr = try key.csr(commonName: config.service)
-                var fields = [
-                    "csr": csr,
-                    "certificate": current.issued.certificate,
-                    "proof": try current.key.proof(forCSR: csr),
-                ]
-                if let ttl = config.controller?.certificateTTL { fields["ttl"] = "\(ttl.duration.components.seconds)s" }
-                if let instance = await makeInstance() { fields["instance"] = instance.id }
-                let issued = try await client.requestCertificate(fields)
-                try install(key: key, issued: issued)
-                logger.info(
-                    "workload certificate renewed",
-                    metadata: ["identity": "\(issued.spiffeID)", "not-after": "\(issued.notAfter)"]
-                )
+                try await obtainCertificate(for: key, "renewed") { csr in
+                    ["certificate": current.issued.certificate, "proof": try current.key.proof(forCSR: csr)]
+                }
             } catch {
                 logger.warning("certificate renewal failed; retrying", metadata: ["error": "\(error)"])
                 await pause(.seconds(1))
             }
         }
+    }
+
+    /// Sends a CSR for `key` with the credential fields `authenticate` gives for it (a
+    /// join token, or the current certificate and a proof), plus the requested lifetime and
+    /// this instance's id; installs what comes back.
+    private func obtainCertificate(
+        for key: WorkloadKey,
+        _ verb: String,
+        authenticate: (String) throws -> [String: String]
+    ) async throws {
+        let csr = try key.csr(commonName: config.service)
+        var fields = try authenticate(csr)
+        fields["csr"] = csr
+        if let ttl = config.controller?.certificateTTL { fields["ttl"] = "\(ttl.duration.components.seconds)s" }
+        if let instance = await makeInstance() { fields["instance"] = instance.id }
+        let issued = try await client.requestCertificate(fields)
+        try install(key: key, issued: issued)
+        logger.info(
+            "workload certificate \(verb)",
+            metadata: ["identity": "\(issued.spiffeID)", "not-after": "\(issued.notAfter)"]
+        )
     }
 
     /// A new trust bundle from the watch stream (a CA rotation step): the current
