@@ -53,6 +53,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The DNS wire format and the mesh's names answered from a registry snapshot: no NIO.
+        .target(
+            name: "MeshworkDNS",
+            dependencies: ["MeshworkModel"],
+            swiftSettings: swiftSettings
+        ),
         // The data plane: listeners, proxying, pools, TLS, admin.
         .target(
             name: "MeshworkDataPlane",
@@ -78,6 +84,8 @@ let package = Package(
             dependencies: [
                 "MeshworkModel",
                 "MeshworkIdentity",
+                "MeshworkDNS",
+                "MeshworkTraffic",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -90,6 +98,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -128,6 +138,7 @@ let package = Package(
                 "MeshworkModel",
                 "MeshworkDataPlane",
                 "MeshworkController",
+                "MeshworkDNS",
                 "MeshworkDiscovery",
                 "MeshworkDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -165,6 +176,11 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "MeshworkDNSTests",
+            dependencies: ["MeshworkDNS", "MeshworkModel", "MeshworkTraffic"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

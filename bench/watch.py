@@ -85,7 +85,7 @@ async def main():
     data_dir = tempfile.mkdtemp(prefix="mw-watch-bench-")
     log = open(os.path.join(data_dir, "log"), "w+")
     controller = subprocess.Popen(
-        [args.binary, "controller", "--data-dir", os.path.join(data_dir, "d"), "--listen", "127.0.0.1:0",
+        [args.binary, "controller", "--data-dir", os.path.join(data_dir, "d"), "--listen", "127.0.0.1:0", "--dns", "off",
          "--log-level", "warning"], stderr=log)
     try:
         # Quiet logging (warning): the port comes from /proc (its only listening socket).

@@ -27,6 +27,8 @@ actor Controller {
     private var watchers: [UUID: Watcher] = [:]
     private let clock = ContinuousClock()
     private let start: ContinuousClock.Instant
+    /// Told the services and instances after every change (the DNS server's snapshot).
+    private var changeListener: (@Sendable ([ServiceResource], [InstanceResource], Int64) -> Void)?
 
     struct Watcher {
         var services: Set<String>?
@@ -136,7 +138,18 @@ actor Controller {
     private func commit(_ events: [RegistryEvent]) throws -> Int64 {
         try store.apply(events)
         for event in events { broadcast(event) }
+        if !events.isEmpty { publishChange() }
         return registry.revision
+    }
+
+    /// Calls `listener` now and after every change.
+    func setChangeListener(_ listener: @escaping @Sendable ([ServiceResource], [InstanceResource], Int64) -> Void) {
+        changeListener = listener
+        publishChange()
+    }
+
+    private func publishChange() {
+        changeListener?(Array(registry.services.values), Array(registry.instances.values), registry.revision)
     }
 
     // MARK: watches

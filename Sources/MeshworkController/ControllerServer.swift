@@ -3,8 +3,10 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
 import Logging
+import MeshworkDNS
 import MeshworkModel
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
 /// `meshwork controller`: the registry with its store, leases and watch streams, served
@@ -26,6 +28,10 @@ public final class ControllerServer: Service {
         public var protectReads = false
         /// The longest workload certificate lifetime (and the default).
         public var certificateLifetime: Duration = .seconds(86_400)
+        /// Where the DNS server listens (UDP and TCP); nil: no DNS server.
+        public var dns: HostPort? = HostPort(host: "127.0.0.1", port: 8600)
+        /// The DNS domain (`orders.service.<domain>.`) and the TTL of its answers.
+        public var dnsZone = DNSZone.Options()
 
         public init(dataDirectory: String, listen: HostPort, token: String) {
             self.dataDirectory = dataDirectory
@@ -92,6 +98,15 @@ public final class ControllerServer: Service {
                 logger.error("cannot renew the API certificate", metadata: ["error": "\(error)"])
             }
         }
+        let dns = options.dns.map {
+            DNSServer(options: DNSServer.Options(listen: $0, zone: options.dnsZone), registry: metrics, logger: logger)
+        }
+        if let dns {
+            _ = try await dns.start(group: MultiThreadedEventLoopGroup.singleton)
+            await controller.setChangeListener { services, instances, revision in
+                dns.update(services: services, instances: instances, revision: revision)
+            }
+        }
         let server: HTTPServerBuilder =
             try tls.map { try .tls(.http1(), tlsConfiguration: $0.configuration()) } ?? .http1()
         let app = Application(
@@ -117,6 +132,7 @@ public final class ControllerServer: Service {
                 // Watch streams never end by themselves: end them so the server can stop.
                 try? await gracefulShutdown()
                 await controller.finishWatchers()
+                await dns?.stop()
             }
             group.addTask {
                 // Leases are checked every second; an instance is gone at most a second

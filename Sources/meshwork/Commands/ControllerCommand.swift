@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeshworkController
+import MeshworkDNS
 import MeshworkModel
 import ServiceLifecycle
 import UnixSignals
@@ -61,6 +62,18 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Longest (and default) workload certificate lifetime, e.g. 24h.")
     var certTTL: String = "24h"
 
+    @Option(
+        name: .long,
+        help: "DNS server address, UDP and TCP (port 0 picks a free port); \"off\" runs none."
+    )
+    var dns: String = "127.0.0.1:8600"
+
+    @Option(name: .long, help: "DNS domain the server answers for: orders.service.<domain>.")
+    var dnsDomain: String = "mesh"
+
+    @Option(name: .long, help: "TTL of DNS answers (and of negative answers), e.g. 5s.")
+    var dnsTTL: String = "5s"
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -75,6 +88,29 @@ struct ControllerCommand: AsyncParsableCommand {
         }
         guard let lifetime = DurationText.parse(certTTL), lifetime >= .seconds(10) else {
             throw CommandFailure("--cert-ttl: expected a duration of at least 10s like 24h, got \"\(certTTL)\"")
+        }
+        let dnsAddress: HostPort?
+        if dns == "off" {
+            dnsAddress = nil
+        } else {
+            switch HostPort.parse(dns) {
+            case .success(let value): dnsAddress = value
+            case .failure(let error): throw CommandFailure("--dns: \(error.reason)")
+            }
+        }
+        let domainLabels = dnsDomain.lowercased().split(separator: ".", omittingEmptySubsequences: false)
+        guard !dnsDomain.isEmpty,
+            domainLabels.allSatisfy({ label in
+                (1...63).contains(label.count) && label.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" }
+                    && label.allSatisfy(\.isASCII)
+            })
+        else {
+            throw CommandFailure(
+                "--dns-domain: expected a domain name like mesh or mesh.internal, got \"\(dnsDomain)\""
+            )
+        }
+        guard let ttl = DurationText.parse(dnsTTL), ttl >= .zero, ttl <= .seconds(86_400) else {
+            throw CommandFailure("--dns-ttl: expected a duration between 0s and 24h like 5s, got \"\(dnsTTL)\"")
         }
         var authority: (certificates: String, key: String)?
         switch (caCert, caKey) {
@@ -112,6 +148,11 @@ struct ControllerCommand: AsyncParsableCommand {
         options.certificateLifetime = lifetime
         options.protectReads = protectReads
         options.tls = tls
+        options.dns = dnsAddress
+        options.dnsZone = DNSZone.Options(
+            domain: domainLabels.joined(separator: "."),
+            ttl: UInt32(ttl.components.seconds)
+        )
         do {
             server = try ControllerServer(options: options, logger: logger)
         } catch {

@@ -7,6 +7,8 @@ final class ControllerProcess {
     let dataDirectory: String
     private(set) var process: Process
     private(set) var port = 0
+    /// The DNS server's port (UDP and TCP); 0 when it runs none.
+    private(set) var dnsPort = 0
     private let logFile: String
 
     /// Whether the API is served over TLS (`--tls`); clients verify it with `caFile`.
@@ -42,15 +44,18 @@ final class ControllerProcess {
         process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
         process.arguments =
-            ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:\(requested)"] + extraArguments
+            ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:\(requested)"]
+            + (extraArguments.contains("--dns") ? [] : ["--dns", "127.0.0.1:0"]) + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logFile)
         try process.run()
         // A restarted process logs to the same file: only its own lines count.
         let skip = log.count
         for _ in 0..<300 {
-            if let port = Self.port(in: String(log.dropFirst(skip))) {
+            let own = String(log.dropFirst(skip))
+            if let port = Self.port(in: own) {
                 self.port = port
+                dnsPort = Self.port(in: own, listener: "dns") ?? 0
                 return
             }
             try await Task.sleep(for: .milliseconds(20))

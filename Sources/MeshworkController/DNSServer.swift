@@ -1,0 +1,214 @@
+import Logging
+import MeshworkDNS
+import MeshworkModel
+import MeshworkTraffic
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import Prometheus
+
+/// The controller's DNS server: UDP and TCP on one port, answering from a snapshot of the
+/// registry that the controller replaces on every change. A query is answered on the
+/// event loop that read it, with no lock held while answering (the snapshot is a value).
+final class DNSServer: Sendable {
+    struct Options: Sendable {
+        var listen: HostPort
+        var zone = DNSZone.Options()
+        /// A TCP connection with no query for this long is closed.
+        var tcpIdleTimeout: TimeAmount = .seconds(10)
+    }
+
+    private let options: Options
+    private let snapshot: NIOLockedValueBox<DNSZone>
+    private let metrics: DNSMetrics
+    private let logger: Logger
+    private let channels = NIOLockedValueBox<[any Channel]>([])
+
+    init(options: Options, registry: ControllerMetrics, logger: Logger) {
+        self.options = options
+        self.snapshot = NIOLockedValueBox(DNSZone(options: options.zone))
+        self.metrics = DNSMetrics(registry: registry)
+        self.logger = logger
+    }
+
+    /// Replaces the snapshot the server answers from.
+    func update(services: [ServiceResource], instances: [InstanceResource], revision: Int64) {
+        let zone = DNSZone(services: services, instances: instances, revision: revision, options: options.zone)
+        snapshot.withLockedValue { $0 = zone }
+    }
+
+    var zone: DNSZone { snapshot.withLockedValue { $0 } }
+
+    /// Binds UDP, then TCP on the same port (with port 0, UDP picks it); returns the address.
+    func start(group: any EventLoopGroup) async throws -> SocketAddress {
+        let udp = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.maxMessagesPerRead, value: 16)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 4096))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(DNSDatagramHandler(server: self))
+                }
+            }
+            .bind(host: options.listen.host, port: options.listen.port)
+            .get()
+        guard let address = udp.localAddress, let port = address.port else {
+            try? await udp.close()
+            throw ControllerError("--dns: cannot listen on \(options.listen)")
+        }
+        let tcp: any Channel
+        do {
+            tcp = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let sync = channel.pipeline.syncOperations
+                        try sync.addHandler(IdleStateHandler(readTimeout: self.options.tcpIdleTimeout))
+                        try sync.addHandler(
+                            ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes))
+                        )
+                        try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
+                        try sync.addHandler(DNSStreamHandler(server: self))
+                    }
+                }
+                .bind(host: options.listen.host, port: port)
+                .get()
+        } catch {
+            try? await udp.close()
+            throw ControllerError("--dns: cannot listen on TCP \(options.listen.host):\(port): \(error)")
+        }
+        channels.withLockedValue { $0 = [udp, tcp] }
+        logger.info("listening", metadata: ["listener": "dns", "address": "\(address)"])
+        logger.info("answering DNS", metadata: ["domain": "\(options.zone.domain).", "ttl": "\(options.zone.ttl)s"])
+        return address
+    }
+
+    func stop() async {
+        for channel in channels.withLockedValue({ $0 }) {
+            try? await channel.close()
+        }
+    }
+
+    /// The answer to one message, counted.
+    func respond(
+        to message: ByteBuffer,
+        transport: DNSResponder.Transport,
+        random: inout SplitMix64
+    ) -> ByteBuffer? {
+        let zone = self.zone
+        guard
+            let outcome = DNSResponder.respond(
+                to: message.readableBytesView,
+                transport: transport,
+                zone: zone,
+                random: &random
+            )
+        else {
+            metrics.ignored.increment()
+            return nil
+        }
+        metrics.answered(transport: transport, code: outcome.code, truncated: outcome.truncated)
+        return ByteBuffer(bytes: outcome.bytes)
+    }
+}
+
+/// One UDP socket: a datagram in, a datagram back to its sender.
+final class DNSDatagramHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    private let server: DNSServer
+    private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+
+    init(server: DNSServer) {
+        self.server = server
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard let answer = server.respond(to: envelope.data, transport: .udp, random: &random) else { return }
+        context.write(
+            wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: answer)),
+            promise: nil
+        )
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    /// A send that failed (the client went away) must not close the socket everyone uses.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {}
+}
+
+/// One TCP connection: length-prefixed messages (RFC 1035 4.2.2), several per connection.
+final class DNSStreamHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let server: DNSServer
+    private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+
+    init(server: DNSServer) {
+        self.server = server
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let answer = server.respond(to: unwrapInboundIn(data), transport: .tcp, random: &random) else {
+            // Not a query (a response, or no header): nothing sensible to say.
+            context.close(promise: nil)
+            return
+        }
+        context.write(wrapOutboundOut(answer), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// `meshwork_controller_dns_queries_total{transport,rcode}` and the truncations.
+struct DNSMetrics: Sendable {
+    private struct Key: Hashable {
+        var transport: DNSResponder.Transport
+        var code: DNSResponseCode
+    }
+
+    private let counters: [Key: Counter]
+    let ignored: Counter
+    private let truncated: Counter
+
+    init(registry: ControllerMetrics) {
+        var counters: [Key: Counter] = [:]
+        for transport in DNSResponder.Transport.allCases {
+            for code in DNSResponseCode.allCases {
+                counters[Key(transport: transport, code: code)] = registry.registry.makeCounter(
+                    name: "meshwork_controller_dns_queries_total",
+                    labels: [("transport", transport.rawValue), ("rcode", code.name)]
+                )
+            }
+        }
+        self.counters = counters
+        self.ignored = registry.registry.makeCounter(name: "meshwork_controller_dns_ignored_total")
+        self.truncated = registry.registry.makeCounter(name: "meshwork_controller_dns_truncated_total")
+    }
+
+    func answered(transport: DNSResponder.Transport, code: DNSResponseCode, truncated: Bool) {
+        counters[Key(transport: transport, code: code)]?.increment()
+        if truncated { self.truncated.increment() }
+    }
+}
