@@ -81,6 +81,7 @@ def start_nsd(work, port):
   xfrdir: "{work}"
   logfile: "{work}/nsd.log"
   verbosity: 0
+  rrl-ratelimit: 0
 remote-control:
   control-enable: no
 zone:
@@ -115,9 +116,28 @@ def dnsperf(port, queries, seconds, clients):
 
 
 def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process and its children (NSD answers in a forked server process)."""
+    total = 0
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    family = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for child, (parent, _) in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                changed = True
+    total = sum(parents[p][1] for p in family if p in parents)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def main():

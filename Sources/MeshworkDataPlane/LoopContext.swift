@@ -18,6 +18,8 @@ final class LoopContext {
     /// Who may call this service (nil until the first policies arrive: everyone may).
     var authorization: AuthorizationTable?
     var authorizationMetrics: AuthorizationMetrics?
+    /// Each gateway listener's routes, by listener name (replaced on reload).
+    var gatewayRoutes: [String: [GatewayRoute]] = [:]
     private var deniedCounters: [SPIFFEID?: Counter] = [:]
 
     /// Decides a call to the app and counts a refusal (logged at debug: it can come at the

@@ -23,7 +23,13 @@ public actor Sidecar: Service {
     /// the workload certificate the identity agent installs and renews.
     public nonisolated let meshTLS: MeshTLSSource?
     private let contexts: LoopContexts
-    private let clusterMetricsByName: [String: ClusterMetrics]
+    private var clusterMetricsByName: [String: ClusterMetrics]
+    /// The HTTPS gateway listeners' certificates, by listener name.
+    private let gatewayTLS: [String: GatewayTLS]
+    /// The gateway listeners as last applied (start, then every reload).
+    private var gatewayListeners: [GatewayListenerConfig]
+    /// Services whose clusters discovery fills: the config's, plus any a reload added.
+    public private(set) var discovered: [String]
     private let flags = Flags()
     private var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
 
@@ -75,7 +81,21 @@ public actor Sidecar: Service {
                 errors.append(ConfigError(path: "inbound.app", reason: "cannot resolve \(inbound.app): \(error)"))
             }
         }
+        var gatewayTLS: [String: GatewayTLS] = [:]
+        for (index, listener) in config.listeners.enumerated() where listener.protocol == .https {
+            do {
+                gatewayTLS[listener.name] = try GatewayTLS(
+                    certificates: listener.certificates,
+                    path: "listeners[\(index)]"
+                )
+            } catch {
+                errors += error.errors
+            }
+        }
         guard errors.isEmpty else { throw ConfigErrors(errors) }
+        self.gatewayTLS = gatewayTLS
+        self.gatewayListeners = config.listeners
+        self.discovered = config.discover
 
         let clusterMetrics = Dictionary(
             uniqueKeysWithValues: config.allClusters.map {
@@ -127,6 +147,9 @@ public actor Sidecar: Service {
                     logger: logger
                 )
             }
+            for listener in config.listeners {
+                context.gatewayRoutes[listener.name] = listener.routes
+            }
             if let inbound = config.inbound {
                 context.authorizationMetrics = authorizationMetrics
                 let now = loop.now.uptimeNanoseconds
@@ -155,7 +178,7 @@ public actor Sidecar: Service {
     /// whose address does not resolve are left out (and logged).
     public func apply(_ state: DiscoveryState) {
         applyAuthorization(state)
-        for name in config.discover {
+        for name in discovered {
             var cluster = ClusterConfig.discovered(name)
             if let service = state.services[name] { cluster.policy = service.policy }
             var addresses: [SocketAddress] = []
@@ -331,19 +354,7 @@ public actor Sidecar: Service {
                 if usedNames.contains(name) { name += ":\(upstream.listen.port)" }
                 usedNames.insert(name)
                 let proxy = settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false)
-                let cluster =
-                    config.allClusters.first { $0.name == upstream.cluster } ?? ClusterConfig(name: upstream.cluster)
-                let upstreamTLS =
-                    cluster.protocol == .mesh
-                    ? self.meshTLS.map {
-                        PeerTLS(
-                            source: $0,
-                            purpose: .tcp,
-                            peerService: cluster.name,
-                            metrics: clusterMetricsByName[cluster.name]
-                        )
-                    } : nil
-                let connectTimeout = TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds)
+                let (upstreamTLS, connectTimeout) = tcpUpstream(upstream.cluster)
                 let clusterName = upstream.cluster
                 try await bind(name, upstream.listen) { channel in
                     try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
@@ -361,6 +372,9 @@ public actor Sidecar: Service {
                         )
                     }
                 }
+            }
+            for listener in config.listeners {
+                try await bindGateway(listener, settings: settings)
             }
             if let admin = config.admin {
                 let endpoints = adminEndpoints()
@@ -382,6 +396,142 @@ public actor Sidecar: Service {
                     "address": "\(listener.channel.localAddress.map { "\($0)" } ?? "?")",
                 ]
             )
+        }
+    }
+
+    /// How a TCP listener reaches `cluster`: mTLS checking the peer's identity for `mesh`
+    /// clusters, and the cluster's connect timeout.
+    private func tcpUpstream(_ clusterName: String) -> (PeerTLS?, TimeAmount) {
+        let cluster = config.allClusters.first { $0.name == clusterName } ?? ClusterConfig.discovered(clusterName)
+        let upstreamTLS =
+            cluster.protocol == .mesh
+            ? self.meshTLS.map {
+                PeerTLS(
+                    source: $0,
+                    purpose: .tcp,
+                    peerService: cluster.name,
+                    metrics: clusterMetricsByName[cluster.name]
+                )
+            } : nil
+        return (upstreamTLS, TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds))
+    }
+
+    /// A gateway listener: HTTP or HTTPS routed per request by the loop's route table, or
+    /// TCP to one service.
+    private func bindGateway(
+        _ listener: GatewayListenerConfig,
+        settings: (String, String, ProxyRoute, Bool) -> ProxySettings
+    ) async throws {
+        let name = "gateway:\(listener.name)"
+        let proxy = settings(name, "gateway", .gateway(listener: listener.name), false)
+        let contexts = self.contexts
+        switch listener.protocol {
+        case .http:
+            try await bind(name, listener.listen) { channel in
+                try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
+                try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
+            }
+        case .https:
+            guard let tls = gatewayTLS[listener.name] else { return }
+            try await bind(name, listener.listen) { channel in
+                try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
+                guard let handler = tls.serverHandler() else { throw MeshTLSUnavailable() }
+                try ListenerPipelines.addTLSHTTP(to: channel, tls: handler, settings: proxy, contexts: contexts)
+            }
+        case .tcp:
+            guard let service = listener.service else { return }
+            let (upstreamTLS, connectTimeout) = tcpUpstream(service)
+            try await bind(name, listener.listen) { channel in
+                try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
+                let loopCluster = contexts.context(for: channel.eventLoop).clusters[service]
+                try ListenerPipelines.addTCPProxy(
+                    to: channel,
+                    metrics: proxy.metrics,
+                    connectTimeout: connectTimeout,
+                    upstreamTLS: upstreamTLS,
+                    pick: { loopCluster?.pickEndpoint() }
+                )
+            }
+        }
+    }
+
+    /// Applies changed gateway listeners without dropping a connection: new routes on
+    /// every loop, reloaded certificates for the next handshakes, and a cluster for each
+    /// service newly routed to (returned: discovery must start watching them). A listener
+    /// added, removed, moved or changed in protocol needs a restart and is refused here.
+    public func reload(listeners: [GatewayListenerConfig]) throws(ConfigErrors) -> [String] {
+        var errors: [ConfigError] = []
+        let current = Dictionary(uniqueKeysWithValues: gatewayListeners.map { ($0.name, $0) })
+        if Set(listeners.map(\.name)) != Set(current.keys) {
+            errors.append(ConfigError(path: "listeners", reason: "adding or removing a listener needs a restart"))
+        }
+        for (index, listener) in listeners.enumerated() {
+            guard let old = current[listener.name] else { continue }
+            if old.listen != listener.listen || old.protocol != listener.protocol {
+                errors.append(
+                    ConfigError(
+                        path: "listeners[\(index)]",
+                        reason: "changing a listener's address or protocol needs a restart"
+                    )
+                )
+            } else if listener.protocol == .tcp, old.service != listener.service {
+                errors.append(
+                    ConfigError(
+                        path: "listeners[\(index)].service",
+                        reason: "changing a tcp listener's service needs a restart"
+                    )
+                )
+            }
+        }
+        guard errors.isEmpty else { throw ConfigErrors(errors) }
+        for (index, listener) in listeners.enumerated() where listener.protocol == .https {
+            if listener.certificates != current[listener.name]?.certificates {
+                try gatewayTLS[listener.name]?.reload(certificates: listener.certificates, path: "listeners[\(index)]")
+            }
+        }
+        let known = Set(config.clusters.map(\.name)).union(discovered)
+        let added = Array(Set(listeners.flatMap(\.services)).subtracting(known)).sorted()
+        addDiscoveredClusters(added)
+        gatewayListeners = listeners
+        let contexts = self.contexts
+        for context in contexts.all {
+            context.loop.execute {
+                for listener in listeners { context.gatewayRoutes[listener.name] = listener.routes }
+            }
+        }
+        logger.info(
+            "gateway routes reloaded",
+            metadata: ["routes": "\(listeners.map(\.routes.count).reduce(0, +))", "new-services": "\(added)"]
+        )
+        return added
+    }
+
+    /// A cluster (empty until discovery fills it) for each new service, on every loop.
+    private func addDiscoveredClusters(_ names: [String]) {
+        let loops = contexts.all.count
+        for name in names where !discovered.contains(name) {
+            discovered.append(name)
+            let cluster = ClusterConfig.discovered(name)
+            let metrics = ClusterMetrics(name: name, endpoints: [], registry: registry)
+            clusterMetricsByName[name] = metrics
+            let tls = meshTLS
+            let zone = config.zone
+            let logger = logger
+            for context in contexts.all {
+                context.loop.execute {
+                    context.clusters[name] = LoopCluster(
+                        config: cluster,
+                        addresses: [],
+                        zone: zone,
+                        tls: tls,
+                        loop: context.loop,
+                        loopIndex: context.index,
+                        loopCount: loops,
+                        metrics: metrics,
+                        logger: logger
+                    )
+                }
+            }
         }
     }
 

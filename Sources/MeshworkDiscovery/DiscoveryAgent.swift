@@ -173,16 +173,31 @@ public actor DiscoveryAgent: Service {
 
     /// The services it calls, and its own (for the authorization policies that target it).
     private var watchedServices: [String] {
-        var services = config.discover
+        var services = config.discover + addedServices.filter { !config.discover.contains($0) }
         if config.inbound != nil, !services.contains(config.service) { services.append(config.service) }
         return services
+    }
+
+    /// Services added while running (a gateway reload routing to a new service).
+    private var addedServices: [String] = []
+    private var needsSnapshot = false
+
+    /// Watches `services` as well from now on: the current watch is replaced by one that
+    /// starts from a fresh snapshot (the events it resumed from would lack their instances).
+    public func watch(additional services: [String]) {
+        let new = services.filter { !config.discover.contains($0) && !addedServices.contains($0) }
+        guard !new.isEmpty else { return }
+        addedServices += new
+        needsSnapshot = true
+        currentWatch?.cancel()
     }
 
     private func watchLoop() async {
         var backoff = Duration.milliseconds(200)
         while !stopping {
             let services = watchedServices
-            let revision = state.revision
+            let revision: Int64? = needsSnapshot ? nil : state.revision
+            needsSnapshot = false
             let client = self.client
             do {
                 let watch = Task {
@@ -204,6 +219,8 @@ public actor DiscoveryAgent: Service {
                 logger.info("watch ended; reconnecting", metadata: ["revision": "\(state.revision)"])
             } catch {
                 if stopping { return }
+                // Cancelled to watch more services: reconnect at once.
+                if needsSnapshot { continue }
                 logger.warning(
                     "controller unreachable; routing on the last known state",
                     metadata: ["error": "\(error)", "retry-in": "\(backoff)", "revision": "\(state.revision)"]

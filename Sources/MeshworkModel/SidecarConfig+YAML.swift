@@ -21,7 +21,7 @@ extension SidecarConfig {
         let known: Set = [
             "service", "zone", "threads", "admin", "controller", "instance", "healthCheck", "discover", "tls",
             "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
-            "limits",
+            "limits", "listeners",
         ]
         guard let fields = reader.mapping(root, "", known: known) else { return }
         if let value = fields.string("service") { service = value }
@@ -196,6 +196,101 @@ extension SidecarConfig {
         if let f = reader.mapping(fields.node("limits"), "limits", known: ["maxHeaderBytes"]) {
             if let n = f.int("maxHeaderBytes", range: 1024...(1 << 20)) { limits.maxHeaderBytes = n }
         }
+        for (path, node) in reader.sequence(fields.node("listeners"), "listeners") {
+            if let listener = Self.readGatewayListener(node, path, reader) { listeners.append(listener) }
+        }
+        // Services the public listeners route to are discovered like any upstream.
+        if controller != nil {
+            for service in listeners.flatMap(\.services)
+            where !discover.contains(service) && !clusters.contains(where: { $0.name == service }) {
+                discover.append(service)
+            }
+        }
+    }
+
+    private static func readGatewayListener(
+        _ node: Node,
+        _ path: String,
+        _ reader: ConfigReader
+    )
+        -> GatewayListenerConfig?
+    {
+        let known: Set = ["name", "listen", "protocol", "certificates", "routes", "service"]
+        guard let f = reader.mapping(node, path, known: known) else { return nil }
+        let name = f.required("name", f.string("name"))
+        let listen = f.required("listen", f.address("listen"))
+        guard let name, let listen else { return nil }
+        var value = GatewayListenerConfig(name: name, listen: listen)
+        if let p = f.choice("protocol", as: GatewayProtocol.self) { value.protocol = p }
+        for (certificatePath, node) in reader.sequence(f.node("certificates"), f.path("certificates")) {
+            guard let c = reader.mapping(node, certificatePath, known: ["cert", "key", "serverNames"]) else { continue }
+            let cert = c.required("cert", c.string("cert"))
+            let key = c.required("key", c.string("key"))
+            guard let cert, let key else { continue }
+            var certificate = GatewayCertificate(cert: cert, key: key)
+            for (namePath, nameNode) in reader.sequence(c.node("serverNames"), c.path("serverNames")) {
+                if let serverName = reader.string(nameNode, namePath) { certificate.serverNames.append(serverName) }
+            }
+            value.certificates.append(certificate)
+        }
+        for (routePath, node) in reader.sequence(f.node("routes"), f.path("routes")) {
+            guard let r = reader.mapping(node, routePath, known: ["match", "service"]) else { continue }
+            guard let service = r.required("service", r.string("service")) else { continue }
+            if let reason = Names.invalidServiceName(service) { reader.fail(r.path("service"), reason) }
+            var route = GatewayRoute(service: service)
+            if let m = reader.mapping(
+                r.node("match"),
+                r.path("match"),
+                known: ["host", "hosts", "pathPrefix", "headers"]
+            ) {
+                if let host = m.string("host") { route.hosts.append(host) }
+                for (hostPath, hostNode) in reader.sequence(m.node("hosts"), m.path("hosts")) {
+                    if let host = reader.string(hostNode, hostPath) { route.hosts.append(host) }
+                }
+                if let prefix = m.string("pathPrefix") {
+                    if prefix.hasPrefix("/") {
+                        route.pathPrefix = prefix
+                    } else {
+                        reader.fail(m.path("pathPrefix"), "must start with /, found \"\(prefix)\"")
+                    }
+                }
+                if let headers = m.node("headers") {
+                    if let mapping = headers.mapping {
+                        for (key, value) in mapping {
+                            guard let name = key.string, let text = reader.string(value, m.path("headers") + "." + name)
+                            else { continue }
+                            route.headers[name.lowercased()] = text
+                        }
+                    } else {
+                        reader.fail(m.path("headers"), "expected a mapping of header names to values")
+                    }
+                }
+            }
+            value.routes.append(route)
+        }
+        if let service = f.string("service") {
+            if let reason = Names.invalidServiceName(service) { reader.fail(f.path("service"), reason) }
+            value.service = service
+        }
+        switch value.protocol {
+        case .tcp:
+            if value.service == nil { reader.fail(f.path("service"), "a tcp listener needs the service it sends to") }
+            if !value.routes.isEmpty { reader.fail(f.path("routes"), "a tcp listener has no routes (use service)") }
+        case .http, .https:
+            if value.routes.isEmpty {
+                reader.fail(f.path("routes"), "an \(value.protocol.rawValue) listener needs routes")
+            }
+            if value.service != nil {
+                reader.fail(f.path("service"), "only tcp listeners name one service; use routes")
+            }
+        }
+        if value.protocol == .https, value.certificates.isEmpty {
+            reader.fail(f.path("certificates"), "an https listener needs at least one certificate (cert, key)")
+        }
+        if value.protocol != .https, !value.certificates.isEmpty {
+            reader.fail(f.path("certificates"), "only https listeners have certificates")
+        }
+        return value
     }
 
     /// Checks that hold across fields: references resolve, ports do not collide, TLS is
@@ -238,6 +333,19 @@ extension SidecarConfig {
                 "no cluster named \"\(upstream.cluster)\" (static clusters or discover)"
             )
         }
+        var listenerNames: Set<String> = []
+        for (index, listener) in listeners.enumerated() {
+            let path = "listeners[\(index)]"
+            if !listenerNames.insert(listener.name).inserted {
+                reader.fail("\(path).name", "duplicate listener \"\(listener.name)\"")
+            }
+            for service in listener.services where names[service] == nil && !discover.contains(service) {
+                reader.fail(
+                    listener.protocol == .tcp ? "\(path).service" : "\(path).routes",
+                    "no cluster named \"\(service)\" (static clusters, or the controller section to discover it)"
+                )
+            }
+        }
         if let app = inbound?.app, app.port == 0 {
             reader.fail("inbound.app", "the app needs a real port, not 0")
         }
@@ -247,6 +355,9 @@ extension SidecarConfig {
         if let httpProxy { listeners.append(("httpProxy.listen", httpProxy.listen)) }
         for (index, upstream) in upstreams.enumerated() {
             listeners.append(("upstreams[\(index)].listen", upstream.listen))
+        }
+        for (index, listener) in self.listeners.enumerated() {
+            listeners.append(("listeners[\(index)].listen", listener.listen))
         }
         var seen: [HostPort: String] = [:]
         for (path, address) in listeners where address.port != 0 {

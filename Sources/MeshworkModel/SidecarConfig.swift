@@ -30,6 +30,8 @@ public struct SidecarConfig: Sendable, Hashable, Encodable {
     /// Services whose instances come from the controller: each becomes a cluster of the
     /// same name (reachable by upstream ports and the HTTP proxy).
     public var discover: [String] = []
+    /// Public listeners routed to mesh services (what `meshwork gateway` runs).
+    public var listeners: [GatewayListenerConfig] = []
 
     public init() {}
 

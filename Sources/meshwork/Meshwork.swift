@@ -6,7 +6,8 @@ struct Meshwork: AsyncParsableCommand {
         commandName: "meshwork",
         abstract: "A service mesh: sidecar proxy, controller, gateway and CLI in one binary.",
         subcommands: [
-            SidecarCommand.self, RunCommand.self, ControllerCommand.self, CtlCommand.self, DemoAppCommand.self,
+            SidecarCommand.self, GatewayCommand.self, RunCommand.self, ControllerCommand.self, CtlCommand.self,
+            DemoAppCommand.self,
         ]
     )
 }

@@ -1,3 +1,4 @@
+import MeshworkModel
 import NIOHTTP1
 
 /// How a proxying listener picks the cluster for a request.
@@ -9,12 +10,15 @@ enum ProxyRoute: Sendable {
     case host(domain: String)
     /// The inbound listener: the local app.
     case app
+    /// A gateway listener: the first of its routes (host, path prefix, headers) that
+    /// matches names the service; the routes live in the loop context (a reload swaps them).
+    case gateway(listener: String)
 
     /// Whether every request of a connection goes to the same cluster.
     var isFixed: Bool {
         switch self {
         case .cluster, .app: return true
-        case .host: return false
+        case .host, .gateway: return false
         }
     }
 
@@ -28,8 +32,22 @@ enum ProxyRoute: Sendable {
             cluster = loop.clusters[name]
         case .app:
             cluster = loop.app
+        case .gateway(let listener):
+            guard let routes = loop.gatewayRoutes[listener],
+                let service = Self.gatewayService(head: head, routes: routes)
+            else { return .failure(.noRoute) }
+            cluster = loop.clusters[service]
         }
         return cluster.map { .success($0) } ?? .failure(.noRoute)
+    }
+
+    static func gatewayService(head: HTTPRequestHead, routes: [GatewayRoute]) -> String? {
+        let authority = absoluteURIAuthority(head.uri) ?? head.headers.first(name: "host").map { Substring($0) }
+        return routes.service(
+            host: authority.map(GatewayRoute.hostName),
+            path: originForm(head.uri),
+            header: { head.headers.first(name: $0) }
+        )
     }
 
     /// `orders`, `orders:80`, `orders.mesh`, `orders.mesh.:8080` and

@@ -226,10 +226,37 @@ extension SidecarFlags {
         _ sidecarConfig: SidecarConfig,
         label: String
     ) async throws -> (Sidecar, [ServiceGroupConfiguration.ServiceConfiguration], MultiThreadedEventLoopGroup, Logger) {
-        let level = logLevel
+        let started = try await SidecarRuntime.start(
+            sidecarConfig,
+            source: config ?? "flags",
+            logLevel: logLevel,
+            label: label
+        )
+        return (started.sidecar, started.services, started.group, started.logger)
+    }
+}
+
+/// A sidecar (or gateway) built and started, with the services that run it.
+struct SidecarRuntime {
+    var sidecar: Sidecar
+    var agent: DiscoveryAgent?
+    var services: [ServiceGroupConfiguration.ServiceConfiguration]
+    var group: MultiThreadedEventLoopGroup
+    var logger: Logger
+
+    /// Bootstraps logging, builds the sidecar on its event loops and starts its listeners;
+    /// the services are the sidecar, then the discovery agent when a controller is
+    /// configured (a ServiceGroup stops them in reverse order, so the agent deregisters
+    /// before the sidecar drains).
+    static func start(
+        _ sidecarConfig: SidecarConfig,
+        source: String,
+        logLevel: Logger.Level,
+        label: String
+    ) async throws -> SidecarRuntime {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
+            handler.logLevel = logLevel
             return handler
         }
         let logger = Logger(label: label)
@@ -244,27 +271,26 @@ extension SidecarFlags {
                 logger: logger
             )
         } catch {
-            throw CommandFailure("\(config ?? "flags"): \(error)")
+            throw CommandFailure("\(source): \(error)")
         }
         try await sidecar.start()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
+        var agent: DiscoveryAgent?
         if sidecarConfig.controller != nil {
             do {
-                services.append(
-                    .init(
-                        service: try DiscoveryAgent(
-                            config: sidecarConfig,
-                            sidecar: sidecar,
-                            group: group,
-                            logger: logger
-                        )
-                    )
+                let discovery = try DiscoveryAgent(
+                    config: sidecarConfig,
+                    sidecar: sidecar,
+                    group: group,
+                    logger: logger
                 )
+                agent = discovery
+                services.append(.init(service: discovery))
             } catch {
                 throw CommandFailure("\(error)")
             }
         }
-        return (sidecar, services, group, logger)
+        return SidecarRuntime(sidecar: sidecar, agent: agent, services: services, group: group, logger: logger)
     }
 }
 

@@ -12,13 +12,17 @@ final class SidecarProcess {
         self.logFile = logFile
     }
 
-    static func start(_ arguments: [String], waitFor listeners: [String]) async throws -> SidecarProcess {
+    static func start(
+        _ arguments: [String],
+        waitFor listeners: [String],
+        command: String = "sidecar"
+    ) async throws -> SidecarProcess {
         let logFile = FileManager.default.temporaryDirectory.appendingPathComponent("mw-sc-\(UUID().uuidString).log")
             .path
         _ = FileManager.default.createFile(atPath: logFile, contents: nil)
         let sidecar = SidecarProcess(logFile: logFile)
         sidecar.process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        sidecar.process.arguments = ["sidecar", "--threads", "1"] + arguments
+        sidecar.process.arguments = [command, "--threads", "1"] + arguments
         sidecar.process.standardOutput = FileHandle.nullDevice
         sidecar.process.standardError = FileHandle(forWritingAtPath: logFile)
         try sidecar.process.run()
@@ -43,6 +47,11 @@ final class SidecarProcess {
 
     func port(_ listener: String) -> Int? {
         ControllerProcess.port(in: log, listener: listener)
+    }
+
+    /// Sends a signal (SIGHUP: the gateway reloads its config).
+    func signal(_ number: Int32) {
+        kill(process.processIdentifier, number)
     }
 
     func stop(kill: Bool = false) async {
