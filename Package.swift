@@ -125,6 +125,7 @@ let package = Package(
             name: "MeshworkDemo",
             dependencies: [
                 "MeshworkDataPlane",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -46,15 +46,19 @@ public final class ControllerServer: Service {
     private let identity: IdentityService
     private let metrics = ControllerMetrics()
     private let onListening: @Sendable (SocketAddress) -> Void
+    private let onDNSListening: @Sendable (SocketAddress) -> Void
 
+    /// `onListening` is told the API's address, `onDNSListening` the DNS server's.
     public init(
         options: Options,
         logger: Logger,
-        onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
+        onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in },
+        onDNSListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
     ) throws {
         self.options = options
         self.logger = logger
         self.onListening = onListening
+        self.onDNSListening = onDNSListening
         try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
         let store = try RegistryStore(
             path: (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
@@ -102,7 +106,7 @@ public final class ControllerServer: Service {
             DNSServer(options: DNSServer.Options(listen: $0, zone: options.dnsZone), registry: metrics, logger: logger)
         }
         if let dns {
-            _ = try await dns.start(group: MultiThreadedEventLoopGroup.singleton)
+            onDNSListening(try await dns.start(group: MultiThreadedEventLoopGroup.singleton))
             await controller.setChangeListener { services, instances, revision in
                 dns.update(services: services, instances: instances, revision: revision)
             }

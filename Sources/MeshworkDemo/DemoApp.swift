@@ -1,4 +1,6 @@
+import AsyncHTTPClient
 import MeshworkDataPlane
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -30,6 +32,13 @@ public final class DemoApp: Sendable {
     /// nil heals it. For tests and the demo's "one instance starts failing".
     public func setFailing(_ status: Int?) {
         counter.failureStatus.store(status ?? 0, ordering: .relaxed)
+    }
+
+    /// Makes `/` call the next service through `port` (its sidecar's upstream port) and
+    /// answer `<name> -> <what it said>`, with a 502 when that call fails.
+    public func setDownstream(port: Int, client: HTTPClient) {
+        counter.downstream.withLockedValue { $0 = client }
+        counter.downstreamPort.store(port, ordering: .relaxed)
     }
 
     /// Adds `delay` to every plain answer from now on (zero heals it).
@@ -137,6 +146,10 @@ final class EchoHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 final class RequestCounter: Sendable {
     let value = Atomic<Int>(0)
+    /// When not 0, `/` calls `http://127.0.0.1:<port>/` (the local sidecar's port for the
+    /// next service) and answers with what came back: the demo's call chain.
+    let downstreamPort = Atomic<Int>(0)
+    let downstream = NIOLockedValueBox<HTTPClient?>(nil)
     /// When not 0, every plain request is answered with this status (a failing instance).
     let failureStatus = Atomic<Int>(0)
     /// Milliseconds added to every plain answer from now on (an instance turning slow).
@@ -280,9 +293,35 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
         case "close":
             send(status: .ok, body: "bye\n", head, context, close: true)
+        case "" where counter.downstreamPort.load(ordering: .relaxed) != 0:
+            callDownstream(head, context: context)
         default:
             send(status: .ok, body: "hello from \(name)\n", head, context)
         }
+    }
+
+    private func callDownstream(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let port = counter.downstreamPort.load(ordering: .relaxed)
+        guard let client = counter.downstream.withLockedValue({ $0 }),
+            let request = try? HTTPClient.Request(url: "http://127.0.0.1:\(port)/", method: .GET)
+        else {
+            send(status: .badGateway, body: "\(name): no downstream\n", head, context)
+            return
+        }
+        let name = self.name
+        client.execute(request: request, eventLoop: .delegate(on: context.eventLoop))
+            .hop(to: context.eventLoop)
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success(let response):
+                    let text = response.body.map { String(buffer: $0) } ?? ""
+                    let status: HTTPResponseStatus = response.status.code >= 500 ? .badGateway : response.status
+                    self.send(status: status, body: "\(name) -> \(text)", head, context)
+                case .failure(let error):
+                    self.send(status: .badGateway, body: "\(name): downstream failed: \(error)\n", head, context)
+                }
+            }
     }
 
     private func send(

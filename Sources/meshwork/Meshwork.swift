@@ -7,7 +7,7 @@ struct Meshwork: AsyncParsableCommand {
         abstract: "A service mesh: sidecar proxy, controller, gateway and CLI in one binary.",
         subcommands: [
             SidecarCommand.self, GatewayCommand.self, RunCommand.self, ControllerCommand.self, CtlCommand.self,
-            DemoAppCommand.self,
+            DemoAppCommand.self, DemoCommand.self,
         ]
     )
 }

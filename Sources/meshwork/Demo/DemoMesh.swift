@@ -1,0 +1,370 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import MeshworkController
+import MeshworkDataPlane
+import MeshworkDemo
+import MeshworkDiscovery
+import MeshworkModel
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// Everything `meshwork demo` runs, in this process: the controller, the apps with their
+/// sidecars, the gateway and the load. Components talk over real sockets on 127.0.0.1,
+/// with join tokens, mTLS and the controller's watch streams, as separate processes would.
+actor DemoMesh {
+    struct Instance: Sendable {
+        var service: String
+        var name: String
+        var zone: String
+        var app: DemoApp
+        var sidecar: Sidecar
+        var config: SidecarConfig
+        var registry: PrometheusCollectorRegistry
+        var inbound: SocketAddress?
+    }
+
+    /// The application: each service, its instance count, and the service it calls.
+    static let services: [(name: String, count: Int, calls: String?)] = [
+        ("inventory", 2, nil), ("orders", 3, "inventory"), ("web", 2, "orders"),
+    ]
+
+    let directory: String
+    let gatewayPort: Int
+    let rate: Int
+    nonisolated let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+    nonisolated let http: HTTPClient
+    nonisolated let load = LoadStats()
+    private let logger = Logger(label: "meshwork.demo")
+    private let token: String
+    private var controllerGroup: ServiceGroup?
+    private var controllerTask: Task<Void, any Error>?
+    private var meshGroup: ServiceGroup?
+    private var meshTask: Task<Void, any Error>?
+    private(set) var apiURL = ""
+    private(set) var dnsAddress: SocketAddress?
+    private(set) var gatewayAddress: SocketAddress?
+    private(set) var gatewayAdmin: SocketAddress?
+    private(set) var instances: [Instance] = []
+
+    init(directory: String, gatewayPort: Int, rate: Int) {
+        self.directory = directory
+        self.gatewayPort = gatewayPort
+        self.rate = rate
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(2), read: .seconds(5))
+        self.http = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        var generator = SystemRandomNumberGenerator()
+        self.token = (0..<4).map { _ in String(generator.next(), radix: 16) }.joined()
+    }
+
+    // MARK: start
+
+    func start() async throws {
+        try await startController()
+        for service in Self.services {
+            for index in 1...service.count {
+                try await startInstance(service.name, index: index, calls: service.calls)
+            }
+        }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        for instance in instances {
+            services.append(.init(service: instance.sidecar))
+            services.append(.init(service: try agent(for: instance.sidecar, config: instance.config)))
+        }
+        let (gateway, gatewayConfig) = try await startGateway()
+        services.append(.init(service: gateway))
+        services.append(.init(service: try agent(for: gateway, config: gatewayConfig)))
+        // Stopped in reverse: each agent deregisters before its sidecar drains.
+        let meshGroup = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger)
+        )
+        self.meshGroup = meshGroup
+        meshTask = Task { try await meshGroup.run() }
+        try await waitUntilServing()
+    }
+
+    private func startController() async throws {
+        var options = ControllerServer.Options(
+            dataDirectory: (directory as NSString).appendingPathComponent("controller"),
+            listen: HostPort(host: "127.0.0.1", port: 0),
+            token: token
+        )
+        options.dns = HostPort(host: "127.0.0.1", port: 0)
+        let (api, apiContinuation) = AsyncStream<SocketAddress>.makeStream()
+        let (dns, dnsContinuation) = AsyncStream<SocketAddress>.makeStream()
+        let controller = try ControllerServer(
+            options: options,
+            logger: logger,
+            onListening: { apiContinuation.yield($0) },
+            onDNSListening: { dnsContinuation.yield($0) }
+        )
+        let controllerGroup = ServiceGroup(
+            configuration: .init(services: [.init(service: controller)], gracefulShutdownSignals: [], logger: logger)
+        )
+        self.controllerGroup = controllerGroup
+        controllerTask = Task { try await controllerGroup.run() }
+        dnsAddress = await first(of: dns)
+        guard let address = await first(of: api), let port = address.port else {
+            throw CommandFailure("the controller did not start (see the log)")
+        }
+        apiURL = "http://127.0.0.1:\(port)"
+    }
+
+    /// The first element of `stream`, or nil after 10 s.
+    private func first(of stream: AsyncStream<SocketAddress>) async -> SocketAddress? {
+        await withTaskGroup(of: SocketAddress?.self) { group in
+            group.addTask {
+                for await address in stream { return address }
+                return nil
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(10))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// A join token for `service`, written to a file the sidecar reads.
+    private func joinTokenFile(_ service: String, name: String) async throws -> String {
+        var request = HTTPClientRequest(url: apiURL + "/v1/tokens")
+        request.method = .POST
+        request.headers.add(name: "authorization", value: "Bearer \(token)")
+        request.headers.add(name: "content-type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: #"{"service": "\#(service)", "ttl": "1h", "uses": 1}"#))
+        let response = try await http.execute(request, timeout: .seconds(5))
+        let body = try await response.body.collect(upTo: 1 << 16)
+        guard response.status == .ok,
+            let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+            let joinToken = object["token"] as? String
+        else { throw CommandFailure("cannot create a join token for \(service): \(String(buffer: body))") }
+        let file = (directory as NSString).appendingPathComponent("\(name).token")
+        try (joinToken + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        return file
+    }
+
+    private func baseConfig(service: String, name: String) async throws -> SidecarConfig {
+        var config = SidecarConfig()
+        config.service = service
+        config.admin = HostPort(host: "127.0.0.1", port: 0)
+        var link = ControllerLink(url: apiURL)
+        link.joinTokenFile = try await joinTokenFile(service, name: name)
+        config.controller = link
+        config.timeouts.drain = .seconds(2)
+        return config
+    }
+
+    private func startInstance(_ service: String, index: Int, calls: String?) async throws {
+        let name = "\(service)-\(index)"
+        let zone = index % 2 == 1 ? "zone-a" : "zone-b"
+        let app = try await DemoApp.start(name: name, group: group)
+        var config = try await baseConfig(service: service, name: name)
+        config.zone = zone
+        config.inbound = InboundConfig(
+            listen: HostPort(host: "127.0.0.1", port: 0),
+            app: HostPort(host: "127.0.0.1", port: app.port)
+        )
+        config.instance.id = name
+        config.instance.zone = zone
+        config.instance.ttl = .seconds(5)
+        config.healthCheck.kind = .http
+        config.healthCheck.path = "/health"
+        config.healthCheck.interval = .seconds(1)
+        if let calls {
+            config.discover = [calls]
+            config.upstreams = [UpstreamConfig(listen: HostPort(host: "127.0.0.1", port: 0), cluster: calls)]
+        }
+        let registry = PrometheusCollectorRegistry()
+        let sidecar = try Sidecar(config: config, group: group, registry: registry, logger: logger)
+        try await sidecar.start()
+        let bound = await sidecar.boundAddresses
+        if let calls, let port = bound["upstream:\(calls)"]?.port {
+            app.setDownstream(port: port, client: http)
+        }
+        instances.append(
+            Instance(
+                service: service,
+                name: name,
+                zone: zone,
+                app: app,
+                sidecar: sidecar,
+                config: config,
+                registry: registry,
+                inbound: bound["inbound"]
+            )
+        )
+    }
+
+    private func startGateway() async throws -> (Sidecar, SidecarConfig) {
+        var config = try await baseConfig(service: "gateway", name: "gateway")
+        var listener = GatewayListenerConfig(name: "public", listen: HostPort(host: "127.0.0.1", port: gatewayPort))
+        listener.routes = [GatewayRoute(service: "web")]
+        config.listeners = [listener]
+        config.discover = ["web"]
+        let sidecar: Sidecar
+        do {
+            sidecar = try Sidecar(config: config, group: group, registry: PrometheusCollectorRegistry(), logger: logger)
+            try await sidecar.start()
+        } catch let error as ListenerBindError {
+            throw CommandFailure("\(error) (pick another with --port, or 0 for any free port)")
+        }
+        let bound = await sidecar.boundAddresses
+        gatewayAddress = bound["gateway:public"]
+        gatewayAdmin = bound["admin"]
+        return (sidecar, config)
+    }
+
+    private func agent(for sidecar: Sidecar, config: SidecarConfig) throws -> DiscoveryAgent {
+        try DiscoveryAgent(config: config, sidecar: sidecar, group: group, logger: logger)
+    }
+
+    /// Bounded (30 s): until a call through the gateway crosses all three services.
+    private func waitUntilServing() async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let text = try? await get("/"), text.contains("inventory-") { return }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw CommandFailure("the mesh did not start serving within 30 s (see the log)")
+    }
+
+    private func get(_ path: String) async throws -> String? {
+        guard let port = gatewayAddress?.port else { return nil }
+        let response = try await http.execute(
+            HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"),
+            timeout: .seconds(2)
+        )
+        let body = try await response.body.collect(upTo: 1 << 16)
+        return response.status == .ok ? String(buffer: body) : nil
+    }
+
+    func describe() -> String {
+        var lines = ["controller API  \(apiURL)   (meshwork ctl --controller \(apiURL) services)"]
+        if let port = dnsAddress?.port {
+            lines.append("DNS             127.0.0.1:\(port)   (dig @127.0.0.1 -p \(port) orders.service.mesh SRV)")
+        }
+        if let port = gatewayAddress?.port {
+            lines.append("gateway         http://127.0.0.1:\(port)/   (curl it: web -> orders -> inventory)")
+        }
+        for instance in instances {
+            let inbound = instance.inbound?.port.map { "127.0.0.1:\($0)" } ?? "?"
+            lines.append(
+                "\(instance.name.padding(toLength: 15, withPad: " ", startingAt: 0)) app 127.0.0.1:\(instance.app.port), sidecar inbound \(inbound) (mTLS), \(instance.zone)"
+            )
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    // MARK: load
+
+    /// A steady `rate` of GETs through the gateway until cancelled, paced per worker.
+    nonisolated func runLoad() async {
+        guard let port = await gatewayAddress?.port else { return }
+        let workers = min(16, max(1, rate / 5))
+        let interval = Duration.seconds(Double(workers) / Double(rate))
+        let url = "http://127.0.0.1:\(port)/"
+        await withDiscardingTaskGroup { group in
+            for worker in 0..<workers {
+                group.addTask {
+                    // Spread the workers over one interval.
+                    try? await Task.sleep(for: interval * (Double(worker) / Double(workers)))
+                    var next = ContinuousClock.now
+                    while !Task.isCancelled {
+                        let start = ContinuousClock.now
+                        var ok = false
+                        if let response = try? await self.http.execute(
+                            HTTPClientRequest(url: url),
+                            timeout: .seconds(5)
+                        ) {
+                            _ = try? await response.body.collect(upTo: 1 << 20)
+                            ok = response.status == .ok
+                        }
+                        self.load.record(ok: ok, latency: ContinuousClock.now - start)
+                        next += interval
+                        let now = ContinuousClock.now
+                        if next > now {
+                            try? await Task.sleep(for: next - now)
+                        } else {
+                            next = now
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The registry's view of every instance: id -> health.
+    func registryHealth() async -> [String: String] {
+        guard
+            let response = try? await http.execute(
+                HTTPClientRequest(url: apiURL + "/v1/instances"),
+                timeout: .seconds(2)
+            ),
+            let body = try? await response.body.collect(upTo: 1 << 20),
+            let list = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [[String: Any]]
+        else { return [:] }
+        var health: [String: String] = [:]
+        for item in list {
+            if let id = item["id"] as? String { health[id] = item["health"] as? String ?? "?" }
+        }
+        return health
+    }
+
+    // MARK: stop
+
+    func stop() async {
+        if let meshGroup {
+            await meshGroup.triggerGracefulShutdown()
+            _ = await meshTask?.result
+        }
+        for instance in instances { await instance.app.stop() }
+        if let controllerGroup {
+            await controllerGroup.triggerGracefulShutdown()
+            _ = await controllerTask?.result
+        }
+        try? await http.shutdown()
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// What the load generator saw, per second: requests, successes and latencies.
+final class LoadStats: Sendable {
+    struct Second: Sendable {
+        var requests = 0
+        var succeeded = 0
+        var latencies: [Duration] = []
+    }
+
+    private let state = Mutex<(current: Second, total: Second)>((Second(), Second()))
+
+    func record(ok: Bool, latency: Duration) {
+        state.withLock { state in
+            state.current.requests += 1
+            state.total.requests += 1
+            if ok {
+                state.current.succeeded += 1
+                state.total.succeeded += 1
+            }
+            state.current.latencies.append(latency)
+            // The summary's percentiles: the first 200,000 samples are plenty (bounded memory).
+            if state.total.latencies.count < 200_000 { state.total.latencies.append(latency) }
+        }
+    }
+
+    /// The second just ended (and a new one begins).
+    func takeSecond() -> Second {
+        state.withLock { state in
+            defer { state.current = Second() }
+            return state.current
+        }
+    }
+
+    var total: Second { state.withLock { $0.total } }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+
+/// `meshwork demo --duration 20`: the whole mesh in one command. Checked from its output
+/// and from its controller's API while it runs, and for what it leaves behind.
+@Suite(.serialized) struct DemoTests {
+    @Test func demoRunsTheMeshRoutesAroundFaultsAndLeavesNothingBehind() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let directory = NSTemporaryDirectory() + "mw-demo-\(UUID().uuidString)"
+        let outputFile = directory + ".out"
+        _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            try? FileManager.default.removeItem(atPath: outputFile)
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.arguments = [
+            "demo", "--duration", "20", "--port", "0", "--plain", "--faults-after", "6", "--data-dir", directory,
+        ]
+        process.standardOutput = FileHandle(forWritingAtPath: outputFile)
+        process.standardError = FileHandle(forWritingAtPath: outputFile)
+        try process.run()
+        var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }
+
+        // Where everything listens, printed once the mesh serves (bounded: 60 s).
+        var api: String?
+        var gateway: String?
+        for _ in 0..<600 where api == nil || gateway == nil {
+            api = Self.match(#"controller API  (http://127\.0\.0\.1:\d+)"#, in: output)
+            gateway = Self.match(#"gateway         (http://127\.0\.0\.1:\d+)/"#, in: output)
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let apiURL = try #require(api, "no controller address in:\n\(output)")
+        let gatewayURL = try #require(gateway, "no gateway address in:\n\(output)")
+        let call = try await Curl.get(gatewayURL + "/")
+        #expect(call.status == 200, "\(call.text)")
+        #expect(
+            call.text.hasPrefix("web-") && call.text.contains("-> orders-")
+                && call.text.contains("-> hello from inventory-")
+        )
+        let dns = Self.match(#"DNS             127\.0\.0\.1:(\d+)"#, in: output)
+        let srv = try await Command.run([
+            "dig", "@127.0.0.1", "-p", dns ?? "0", "+short", "_http._tcp.orders.service.mesh", "SRV",
+        ])
+        #expect(srv.output.split(separator: "\n").count == 3, "\(srv.output)")
+
+        // The failing instance leaves the registry's healthy set while the demo runs.
+        var ejected = false
+        for _ in 0..<200 where !ejected && process.isRunning {
+            let instances = try await Curl.get(apiURL + "/v1/instances?service=inventory")
+            let list = (try? JSONSerialization.jsonObject(with: instances.body) as? [[String: Any]]) ?? []
+            ejected = list.contains { $0["id"] as? String == "inventory-1" && $0["health"] as? String == "unhealthy" }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(ejected, "inventory-1 never became unhealthy:\n\(output)")
+
+        // It ends by itself, cleanly, within its duration (and the stop).
+        let deadline = ContinuousClock.now + .seconds(60)
+        while process.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(output)")
+        let text = output
+
+        // Traffic flowed, the faults happened, and the mesh routed around them.
+        let total = Int(Self.match(#"summary: (\d+) requests through the gateway"#, in: text) ?? "") ?? 0
+        #expect(total > 200, "\(text)")
+        let success = Double(Self.match(#"in \d+ s, ([\d.]+)% succeeded"#, in: text) ?? "") ?? 0
+        #expect(success >= 95, "\(text)")
+        #expect(text.contains("inventory-1: failing since") && text.contains("(ejected"), "\(text)")
+        #expect(text.contains("orders-2") && text.contains("faults since"), "\(text)")
+        // The view refreshed every second: about 20 frames.
+        let frames = text.components(separatedBy: "SERVICE    INSTANCE").count - 1
+        #expect((15...22).contains(frames), "\(frames) frames")
+        // The last frame shows inventory-1 getting nothing.
+        let lastFrame = text.components(separatedBy: "SERVICE    INSTANCE").last ?? ""
+        let failingRow = lastFrame.split(separator: "\n").first { $0.contains("inventory-1") } ?? ""
+        #expect(failingRow.contains("unhealthy") && failingRow.split(separator: " ").contains("0"), "\(failingRow)")
+
+        // Nothing left: no child process, no listener.
+        let children = try await Command.run(["pgrep", "-P", String(process.processIdentifier)])
+        #expect(children.output.isEmpty)
+        #expect(try await Curl.get(apiURL + "/v1/services").status == 0)
+        #expect(try await Curl.get(gatewayURL + "/").status == 0)
+        #expect(text.contains("meshwork demo: stopped; nothing left running"))
+    }
+
+    static func match(_ pattern: String, in text: String) -> String? {
+        guard let regex = try? NSRegularExpression(pattern: pattern),
+            let found = regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
+            found.numberOfRanges > 1, let range = Range(found.range(at: 1), in: text)
+        else { return nil }
+        return String(text[range])
+    }
+}
