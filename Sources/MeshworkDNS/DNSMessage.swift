@@ -307,7 +307,9 @@ public struct DNSResponse: Sendable, Hashable {
 /// additional records that do not fit are left out without it (RFC 2181 9).
 public struct DNSWriter {
     private var bytes: [UInt8] = []
-    private var names: [ArraySlice<String>: Int] = [:]
+    /// Names already written, for compression: a short list searched linearly (cheaper
+    /// than hashing labels for the handful of names in one message).
+    private var names: [(suffix: ArraySlice<String>, offset: Int)] = []
     public private(set) var truncated = false
 
     /// Bytes our OPT record takes (root name, type, class, TTL, empty data).
@@ -379,7 +381,7 @@ public struct DNSWriter {
         if question.wire.count <= 255 {
             var offset = DNSReader.headerSize
             for index in question.labels.indices {
-                names[question.labels[index...]] = offset
+                names.append((question.labels[index...], offset))
                 offset += 1 + question.labels[index].utf8.count
             }
         }
@@ -452,7 +454,7 @@ public struct DNSWriter {
     /// Appends one record; false (and nothing written) when it would pass `budget`.
     private mutating func append(_ record: DNSRecord, question: DNSQuestion, budget: Int) -> Bool {
         let mark = bytes.count
-        let savedNames = names
+        let savedNames = names.count
         if let name = record.name {
             putName(name)
         } else {
@@ -483,7 +485,7 @@ public struct DNSWriter {
         bytes[lengthOffset + 1] = UInt8(length & 0xFF)
         guard bytes.count <= budget else {
             bytes.removeSubrange(mark...)
-            names = savedNames
+            names.removeSubrange(savedNames...)
             return false
         }
         return true
@@ -494,11 +496,11 @@ public struct DNSWriter {
         var index = 0
         while index < labels.count {
             let suffix = labels[index...]
-            if let offset = names[suffix] {
-                put16(0xC000 | UInt16(offset))
+            if let known = names.first(where: { $0.suffix == suffix }) {
+                put16(0xC000 | UInt16(known.offset))
                 return
             }
-            if bytes.count < 0x3FFF { names[suffix] = bytes.count }
+            if bytes.count < 0x3FFF { names.append((suffix, bytes.count)) }
             let label = Array(labels[index].utf8.prefix(63))
             bytes.append(UInt8(label.count))
             bytes += label
