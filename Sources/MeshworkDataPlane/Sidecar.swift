@@ -362,13 +362,12 @@ public actor Sidecar: Service {
                     case .http:
                         try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
                     case .tcp:
-                        let loopCluster = contexts.context(for: channel.eventLoop).clusters[clusterName]
-                        try ListenerPipelines.addTCPProxy(
+                        try Self.addClusterTCPProxy(
                             to: channel,
+                            cluster: clusterName,
+                            contexts: contexts,
                             metrics: proxy.metrics,
-                            connectTimeout: connectTimeout,
-                            upstreamTLS: upstreamTLS,
-                            pick: { loopCluster?.pickEndpoint() }
+                            upstream: (upstreamTLS, connectTimeout)
                         )
                     }
                 }
@@ -416,6 +415,24 @@ public actor Sidecar: Service {
         return (upstreamTLS, TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds))
     }
 
+    /// Opaque TCP to an endpoint of `cluster` picked by this loop's balancer.
+    private static func addClusterTCPProxy(
+        to channel: any Channel,
+        cluster: String,
+        contexts: LoopContexts,
+        metrics: ListenerMetrics,
+        upstream: (tls: PeerTLS?, connectTimeout: TimeAmount)
+    ) throws {
+        let loopCluster = contexts.context(for: channel.eventLoop).clusters[cluster]
+        try ListenerPipelines.addTCPProxy(
+            to: channel,
+            metrics: metrics,
+            connectTimeout: upstream.connectTimeout,
+            upstreamTLS: upstream.tls,
+            pick: { loopCluster?.pickEndpoint() }
+        )
+    }
+
     /// A gateway listener: HTTP or HTTPS routed per request by the loop's route table, or
     /// TCP to one service.
     private func bindGateway(
@@ -443,13 +460,12 @@ public actor Sidecar: Service {
             let (upstreamTLS, connectTimeout) = tcpUpstream(service)
             try await bind(name, listener.listen) { channel in
                 try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                let loopCluster = contexts.context(for: channel.eventLoop).clusters[service]
-                try ListenerPipelines.addTCPProxy(
+                try Self.addClusterTCPProxy(
                     to: channel,
+                    cluster: service,
+                    contexts: contexts,
                     metrics: proxy.metrics,
-                    connectTimeout: connectTimeout,
-                    upstreamTLS: upstreamTLS,
-                    pick: { loopCluster?.pickEndpoint() }
+                    upstream: (upstreamTLS, connectTimeout)
                 )
             }
         }

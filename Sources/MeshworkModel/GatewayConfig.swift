@@ -46,7 +46,8 @@ public struct GatewayCertificate: Sendable, Hashable, Encodable {
 
 /// A match (host, path prefix, headers) and the service it sends to.
 public struct GatewayRoute: Sendable, Hashable, Encodable {
-    /// Hosts (`shop.example.com`, or `*.example.com` for any subdomain); empty: any host.
+    /// Hosts, lowercase (`shop.example.com`, or `*.example.com` for any subdomain); empty:
+    /// any host.
     public var hosts: [String] = []
     public var pathPrefix: String = "/"
     /// Headers that must be present with exactly these values (names lowercased).
@@ -73,17 +74,17 @@ public struct GatewayRoute: Sendable, Hashable, Encodable {
     /// plain prefix.
     static func pathMatches(prefix: String, path: String) -> Bool {
         guard path.hasPrefix(prefix) else { return false }
-        if prefix.hasSuffix("/") || path.count == prefix.count { return true }
-        let next = path[path.index(path.startIndex, offsetBy: prefix.count)]
-        return next == "/" || next == "?"
+        if prefix.hasSuffix("/") { return true }
+        guard let next = path.utf8.dropFirst(prefix.utf8.count).first else { return true }
+        return next == UInt8(ascii: "/") || next == UInt8(ascii: "?")
     }
 
-    /// Case-insensitive; `*.example.com` matches any name ending in `.example.com`.
+    /// `*.example.com` matches any name ending in `.example.com`. Both sides lowercase (the
+    /// config loader lowercases patterns, `hostName` the request's host): no allocation per
+    /// request.
     public static func hostMatches(pattern: String, host: String) -> Bool {
-        let host = host.lowercased()
-        let pattern = pattern.lowercased()
         if pattern.hasPrefix("*.") {
-            return host.hasSuffix(pattern.dropFirst()) && host.count > pattern.count - 1
+            return host.hasSuffix(pattern.dropFirst()) && host.utf8.count > pattern.utf8.count - 1
         }
         return host == pattern
     }

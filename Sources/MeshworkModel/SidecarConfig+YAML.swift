@@ -243,9 +243,9 @@ extension SidecarConfig {
                 r.path("match"),
                 known: ["host", "hosts", "pathPrefix", "headers"]
             ) {
-                if let host = m.string("host") { route.hosts.append(host) }
+                if let host = m.string("host") { route.hosts.append(host.lowercased()) }
                 for (hostPath, hostNode) in reader.sequence(m.node("hosts"), m.path("hosts")) {
-                    if let host = reader.string(hostNode, hostPath) { route.hosts.append(host) }
+                    if let host = reader.string(hostNode, hostPath) { route.hosts.append(host.lowercased()) }
                 }
                 if let prefix = m.string("pathPrefix") {
                     if prefix.hasPrefix("/") {

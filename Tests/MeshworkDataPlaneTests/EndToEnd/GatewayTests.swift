@@ -19,23 +19,6 @@ struct GatewayTests {
         return (cert, key)
     }
 
-    private func startServer(
-        _ service: String,
-        app: DemoApp,
-        controller: ControllerProcess,
-        extra: [String] = []
-    ) async throws -> SidecarProcess {
-        let sidecar = try await SidecarProcess.start(
-            [
-                "--service", service, "--app-port", String(app.port), "--controller", controller.url,
-                "--join-token-file", try await controller.joinTokenFile(service), "--ttl", "3s",
-            ] + extra,
-            waitFor: ["inbound", "admin"]
-        )
-        #expect(try await sidecar.waitForLog("registered"), "\(sidecar.log)")
-        return sidecar
-    }
-
     /// Bounded: GETs until `check` holds for an answer (100 tries, 10 s).
     private func until(_ arguments: [String], _ check: (CurlResult) -> Bool) async throws -> Bool {
         let deadline = ContinuousClock.now + .seconds(10)

@@ -172,23 +172,6 @@ struct ZeroTrustTests {
         )
     }
 
-    private func startServer(
-        _ service: String,
-        app: DemoApp,
-        controller: ControllerProcess,
-        extra: [String] = []
-    ) async throws -> SidecarProcess {
-        let sidecar = try await SidecarProcess.start(
-            [
-                "--service", service, "--app-port", String(app.port), "--controller", controller.url,
-                "--join-token-file", try await controller.joinTokenFile(service), "--ttl", "3s",
-            ] + extra,
-            waitFor: ["inbound", "admin"]
-        )
-        #expect(try await sidecar.waitForLog("registered"), "\(sidecar.log)")
-        return sidecar
-    }
-
     private func startClient(
         _ service: String = "web",
         controller: ControllerProcess,

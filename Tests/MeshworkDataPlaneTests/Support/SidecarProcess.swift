@@ -1,4 +1,5 @@
 import Foundation
+import MeshworkDemo
 import Testing
 
 /// A real `meshwork sidecar` process started with flags; its listeners' ports are read
@@ -58,4 +59,23 @@ final class SidecarProcess {
         await ControllerProcess.stop(process, kill: kill, waitSteps: 1000)
         try? FileManager.default.removeItem(atPath: logFile)
     }
+}
+
+/// A sidecar beside `app` for `service`, joined with a fresh join token (3 s lease), once
+/// it has registered.
+func startServer(
+    _ service: String,
+    app: DemoApp,
+    controller: ControllerProcess,
+    extra: [String] = []
+) async throws -> SidecarProcess {
+    let sidecar = try await SidecarProcess.start(
+        [
+            "--service", service, "--app-port", String(app.port), "--controller", controller.url,
+            "--join-token-file", try await controller.joinTokenFile(service), "--ttl", "3s",
+        ] + extra,
+        waitFor: ["inbound", "admin"]
+    )
+    #expect(try await sidecar.waitForLog("registered"), "\(sidecar.log)")
+    return sidecar
 }
