@@ -68,7 +68,8 @@ import Testing
 
         // Traffic flowed, the faults happened, and the mesh routed around them.
         let total = Int(Self.match(#"summary: (\d+) requests through the gateway"#, in: text) ?? "") ?? 0
-        #expect(total > 200, "\(text)")
+        // 40 req/s are offered; a loaded CI machine running a debug build gets fewer through.
+        #expect(total > 50, "\(text)")
         let success = Double(Self.match(#"in \d+ s, ([\d.]+)% succeeded"#, in: text) ?? "") ?? 0
         #expect(success >= 95, "\(text)")
         #expect(text.contains("inventory-1: failing since") && text.contains("(ejected"), "\(text)")
