@@ -40,8 +40,21 @@ final class DNSServer: Sendable {
 
     var zone: DNSZone { snapshot.withLockedValue { $0 } }
 
-    /// Binds UDP, then TCP on the same port (with port 0, UDP picks it); returns the address.
+    /// Binds UDP, then TCP on the same port (with port 0, UDP picks it, and another free
+    /// port is tried when that one is taken for TCP); returns the address.
     func start(group: any EventLoopGroup) async throws -> SocketAddress {
+        var attempt = 0
+        while true {
+            do {
+                return try await bind(group: group)
+            } catch {
+                attempt += 1
+                guard options.listen.port == 0, attempt < 20 else { throw error }
+            }
+        }
+    }
+
+    private func bind(group: any EventLoopGroup) async throws -> SocketAddress {
         let udp = try await DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.maxMessagesPerRead, value: 16)
