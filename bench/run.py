@@ -32,6 +32,14 @@ def render(template, out, **values):
     return path
 
 
+def without_edge_telemetry(path):
+    """The same config with per-edge telemetry off: what telemetry costs is the difference."""
+    off = path.replace(".yaml", "-no-telemetry.yaml")
+    with open(path) as src, open(off, "w") as dst:
+        dst.write(src.read() + "\nedgeTelemetry: false\n")
+    return off
+
+
 def wait_port(port, timeout=15.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -100,6 +108,14 @@ def scenarios(args, out):
                                   "-c", render("envoy-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "envoy")], PORT),
         "meshwork": lambda: ([start([mw, "sidecar", "--log-level", "error",
                                      "--config", render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "meshwork")], PORT),
+        "meshwork (no edge telemetry)": lambda: ([start([mw, "sidecar", "--log-level", "error",
+                                     "--config", without_edge_telemetry(render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN))], 1, out, "meshwork")], PORT),
+        "meshwork pair (mTLS+h2, no edge telemetry)": lambda: ([
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", without_edge_telemetry(render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS))], 1, out, "mw-server"),
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", without_edge_telemetry(render("meshwork-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS))], 1, out, "mw-client"),
+        ], PORT),
         "envoy pair (mTLS+h2)": lambda: ([
             start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "2",
                    "-c", render("envoy-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "envoy-server"),

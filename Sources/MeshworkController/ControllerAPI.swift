@@ -13,6 +13,8 @@ struct ControllerAPI {
     let controller: Controller
     let identity: IdentityService
     let metrics: ControllerMetrics
+    /// The sidecars' telemetry reports, as rolling windows.
+    let telemetry: TelemetryStore
     let token: String
     /// Reads need a token too (any scope, or a sidecar credential).
     var protectReads = false
@@ -72,6 +74,19 @@ struct ControllerAPI {
             let health = try validated { () throws(ConfigErrors) in try Self.parseHeartbeat(text) }
             return try await mutation { try await controller.heartbeat(id, health: health) }
         }
+        v1.post("instances/:id/telemetry") { request, context in
+            let caller = try await authenticate(request)
+            let id = try context.parameters.require("id")
+            try await authorize(caller, instance: id, service: nil)
+            guard let instance = await controller.instance(id) else { throw notFound("instance \"\(id)\"") }
+            var request = request
+            let text = try await body(&request)
+            let report = try validated { () throws(ConfigErrors) in
+                try Self.parseTelemetry(text, service: instance.service)
+            }
+            telemetry.add(report, instance: id)
+            return Response(status: .noContent)
+        }
         v1.delete("instances/:id") { request, context in
             let caller = try await authenticate(request)
             let id = try context.parameters.require("id")
@@ -94,6 +109,7 @@ struct ControllerAPI {
         }
         addIdentityRoutes(to: v1)
         addPolicyRoutes(to: v1)
+        addTelemetryRoutes(to: v1)
         router.get("metrics") { _, _ in
             Response(
                 status: .ok,
@@ -308,6 +324,42 @@ struct ControllerAPI {
         } catch {
             throw APIError(status: .contentTooLarge, message: "request body over \(Self.maxBody) bytes")
         }
+    }
+
+    /// A telemetry report, checked: its service is the instance's, and its sizes are bounded.
+    static func parseTelemetry(_ text: String, service: String) throws(ConfigErrors) -> TelemetryReport {
+        let report: TelemetryReport
+        do {
+            report = try JSONDecoder().decode(TelemetryReport.self, from: Data(text.utf8))
+        } catch {
+            throw ConfigErrors([ConfigError(path: "", reason: "not a telemetry report: \(error)")])
+        }
+        var errors: [ConfigError] = []
+        if report.service != service {
+            errors.append(ConfigError(path: "service", reason: "the instance belongs to \"\(service)\""))
+        }
+        if !(0...3600).contains(report.seconds) {
+            errors.append(ConfigError(path: "seconds", reason: "must be between 0 and 3600"))
+        }
+        if report.edges.count > 256 { errors.append(ConfigError(path: "edges", reason: "at most 256 edges")) }
+        for (index, edge) in report.edges.enumerated() {
+            if !["inbound", "outbound"].contains(edge.direction) {
+                errors.append(ConfigError(path: "edges[\(index)].direction", reason: "must be inbound or outbound"))
+            }
+            if edge.classes.count != 5 {
+                errors.append(ConfigError(path: "edges[\(index)].classes", reason: "expected 5 counts (1xx to 5xx)"))
+            }
+            if edge.latency.count > 10_000 || edge.latency.contains(where: { $0.count != 2 }) {
+                errors.append(
+                    ConfigError(path: "edges[\(index)].latency", reason: "expected at most 10000 [micros, count] pairs")
+                )
+            }
+            if edge.peer.isEmpty || edge.peer.utf8.count > 253 {
+                errors.append(ConfigError(path: "edges[\(index)].peer", reason: "must be 1 to 253 bytes"))
+            }
+        }
+        guard errors.isEmpty else { throw ConfigErrors(errors) }
+        return report
     }
 
     func validated<T>(_ parse: () throws(ConfigErrors) -> T) throws -> T {

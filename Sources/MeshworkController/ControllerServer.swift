@@ -75,10 +75,13 @@ public final class ControllerServer: Service {
     }
 
     public func run() async throws {
+        let clock = ContinuousClock()
+        let started = clock.now
         var api = ControllerAPI(
             controller: controller,
             identity: identity,
             metrics: metrics,
+            telemetry: TelemetryStore(now: { Int((clock.now - started).components.seconds) }),
             token: options.token,
             logger: logger
         )

@@ -60,6 +60,18 @@ enum OpenAPIDocument {
                 "paths": {"type": "array", "items": {"type": "string"}, "description": "path prefixes"},
                 "methods": {"type": "array", "items": {"type": "string"}}}},
               "Mesh": {"type": "object", "properties": {"defaultAuthorization": {"enum": ["allow", "deny"], "default": "allow"}}},
+              "TelemetryReport": {"type": "object", "required": ["service", "seconds", "edges"], "properties": {
+                "service": {"type": "string", "description": "the instance's service"},
+                "seconds": {"type": "number", "description": "the interval covered"},
+                "edges": {"type": "array", "maxItems": 256, "items": {"type": "object", "required": ["direction", "peer", "classes", "latency"], "properties": {
+                  "direction": {"enum": ["inbound", "outbound"]},
+                  "peer": {"type": "string", "description": "inbound: the calling service (unauthenticated without mTLS); outbound: the called service"},
+                  "classes": {"type": "array", "items": {"type": "integer"}, "minItems": 5, "maxItems": 5, "description": "responses 1xx to 5xx"},
+                  "latency": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}, "description": "HdrHistogram buckets: [microseconds, count]"}}}}}},
+              "GoldenMetrics": {"type": "object", "properties": {
+                "requests": {"type": "integer"}, "failures": {"type": "integer", "description": "5xx"},
+                "rps": {"type": "number"}, "successRate": {"type": "number"},
+                "p50Ms": {"type": "number"}, "p95Ms": {"type": "number"}, "p99Ms": {"type": "number"}}},
               "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle, activeRoot} (first on every connection, and on every CA rotation step) | {type: snapshot, revision, services, instances, policies, mesh} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted|policy-put|policy-deleted|mesh-put, service?, instance?, policy?, mesh?} | {type: ping, revision}"}
             }
           },
@@ -109,7 +121,18 @@ enum OpenAPIDocument {
             },
             "/v1/ca": {"get": {"summary": "The mesh CA: active root, and the next or retiring one during a rotation", "responses": {"200": {"description": "status"}}}},
             "/v1/ca/rotate": {"post": {"summary": "One step of a CA rotation: prepare (a new root, generated or given, joins the trust bundle), activate (it signs; sidecars renew), finish (the old root leaves; 409 while its certificates may be valid unless force)", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["step"], "properties": {"step": {"enum": ["prepare", "activate", "finish"]}, "certificate": {"type": "string"}, "key": {"type": "string"}, "force": {"type": "boolean"}}}}}}, "responses": {"200": {"description": "the CA status after the step"}, "409": {"description": "the step does not follow the previous one"}, "403": {"description": "not an operator"}}}},
-            "/v1/trust-bundle": {"get": {"summary": "The mesh CA roots", "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}}}}
+            "/v1/trust-bundle": {"get": {"summary": "The mesh CA roots", "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}}}},
+            "/v1/instances/{id}/telemetry": {
+              "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+              "post": {"summary": "A sidecar's per-edge report for the last interval", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/TelemetryReport"}}}}, "responses": {"204": {"description": "stored"}, "400": {"description": "invalid", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "unknown instance"}}}
+            },
+            "/v1/stats": {"get": {"summary": "Golden metrics per service and instance over a window (server side)", "parameters": [
+              {"name": "window", "in": "query", "description": "10s to 10m, default 1m", "schema": {"type": "string"}},
+              {"name": "service", "in": "query", "schema": {"type": "string"}}],
+              "responses": {"200": {"description": "stats", "content": {"application/json": {"schema": {"type": "object", "properties": {"windowSeconds": {"type": "integer"}, "services": {"type": "array", "items": {"type": "object", "properties": {"service": {"type": "string"}, "metrics": {"$ref": "#/components/schemas/GoldenMetrics"}, "instances": {"type": "array", "items": {"type": "object", "properties": {"instance": {"type": "string"}, "metrics": {"$ref": "#/components/schemas/GoldenMetrics"}}}}}}}}}}}}, "400": {"description": "bad window"}}}},
+            "/v1/edges": {"get": {"summary": "Golden metrics per caller -> callee edge over a window", "parameters": [
+              {"name": "window", "in": "query", "description": "10s to 10m, default 1m", "schema": {"type": "string"}}],
+              "responses": {"200": {"description": "edges", "content": {"application/json": {"schema": {"type": "object", "properties": {"windowSeconds": {"type": "integer"}, "edges": {"type": "array", "items": {"type": "object", "properties": {"source": {"type": "string"}, "target": {"type": "string"}, "mtls": {"type": "boolean"}, "metrics": {"$ref": "#/components/schemas/GoldenMetrics"}}}}}}}}}, "400": {"description": "bad window"}}}}
           }
         }
         """#

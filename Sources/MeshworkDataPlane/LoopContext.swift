@@ -18,6 +18,8 @@ final class LoopContext {
     /// Who may call this service (nil until the first policies arrive: everyone may).
     var authorization: AuthorizationTable?
     var authorizationMetrics: AuthorizationMetrics?
+    /// This loop's share of the edge telemetry.
+    var edges: EdgeTelemetry.Shard?
     /// Each gateway listener's routes, by listener name (replaced on reload).
     var gatewayRoutes: [String: [GatewayRoute]] = [:]
     private var deniedCounters: [SPIFFEID?: Counter] = [:]

@@ -23,6 +23,8 @@ public actor Sidecar: Service {
     /// the workload certificate the identity agent installs and renews.
     public nonisolated let meshTLS: MeshTLSSource?
     private let contexts: LoopContexts
+    /// Requests, status classes and latency per edge (caller or callee service).
+    public nonisolated let edges: EdgeTelemetry
     private var clusterMetricsByName: [String: ClusterMetrics]
     /// The HTTPS gateway listeners' certificates, by listener name.
     private let gatewayTLS: [String: GatewayTLS]
@@ -117,10 +119,13 @@ public actor Sidecar: Service {
         let authorizationMetrics = AuthorizationMetrics(target: config.service, registry: registry)
         var loopContexts: [LoopContext] = []
         let loops = Array(group.makeIterator())
+        let edges = EdgeTelemetry(loops: loops.count)
+        self.edges = edges
         let appCluster = config.inbound.map { Self.appClusterConfig($0) }
         for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
             context.logger = logger
+            context.edges = config.edgeTelemetry ? edges.shards[index] : nil
             for cluster in config.allClusters {
                 context.clusters[cluster.name] = LoopCluster(
                     config: cluster,
@@ -563,7 +568,7 @@ public actor Sidecar: Service {
         }
         let flags = self.flags
         return AdminEndpoints(
-            metrics: { registry.emitToBuffer() },
+            metrics: { [edges] in registry.emitToBuffer() + edges.prometheusText() },
             config: { configJSON },
             isReady: { flags.isReady }
         )

@@ -74,6 +74,15 @@ struct ControllerClient: Sendable {
         return true
     }
 
+    /// Sends what the sidecar carried since its last report.
+    func report(_ report: TelemetryReport, instance id: String) async throws {
+        let body = String(decoding: try JSONEncoder().encode(report), as: UTF8.self)
+        let (status, text) = try await send(request(.POST, "/v1/instances/\(id)/telemetry", body: body))
+        guard status == .noContent || status == .ok else {
+            throw Failure(description: "telemetry refused (\(status.code)): \(text)")
+        }
+    }
+
     func deregister(_ id: String) async throws {
         let (status, text) = try await send(request(.DELETE, "/v1/instances/\(id)"), timeout: .seconds(2))
         guard status == .ok || status == .notFound else {

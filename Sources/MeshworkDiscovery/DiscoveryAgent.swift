@@ -121,6 +121,7 @@ public actor DiscoveryAgent: Service {
                 }
                 if config.inbound != nil {
                     group.addTask { await self.registrationLoop() }
+                    group.addTask { await self.telemetryLoop() }
                 }
                 // Lives until shutdown even with nothing else to do: a service that returns
                 // early would end the whole group.
@@ -136,36 +137,43 @@ public actor DiscoveryAgent: Service {
     }
 
     var stopping = false
-    private var wakeups: [CheckedContinuation<Void, Never>] = []
+    private var wakeups: [UUID: CheckedContinuation<Void, Never>] = [:]
 
     private var currentWatch: Task<Void, any Error>?
 
     private func stopped() {
         stopping = true
         currentWatch?.cancel()
-        for wakeup in wakeups { wakeup.resume() }
-        wakeups.removeAll()
+        wakeAll()
     }
 
-    /// Sleeps for `duration`, or less when shutdown begins.
+    /// Sleeps for `duration`, or less when shutdown begins (or `wakeAll` is called). Each
+    /// pause ends on its own timer: one loop's timer does not wake the others.
     func pause(_ duration: Duration) async {
         guard !stopping else { return }
+        let id = UUID()
         let task = Task {
             try? await Task.sleep(for: duration)
-            self.wakeAll()
+            self.wake(id)
         }
+        // The continuation is stored before this actor can run the timer's `wake`.
         await withCheckedContinuation { continuation in
             if stopping {
                 continuation.resume()
             } else {
-                wakeups.append(continuation)
+                wakeups[id] = continuation
             }
         }
         task.cancel()
     }
 
+    private func wake(_ id: UUID) {
+        wakeups.removeValue(forKey: id)?.resume()
+    }
+
+    /// Ends every pause now (shutdown, or a trust bundle change that calls for a renewal).
     func wakeAll() {
-        for wakeup in wakeups { wakeup.resume() }
+        for wakeup in wakeups.values { wakeup.resume() }
         wakeups.removeAll()
     }
 
@@ -336,6 +344,30 @@ public actor DiscoveryAgent: Service {
             }
             writeCacheIfDue()
             await pause(.nanoseconds(config.healthCheck.interval.nanoseconds))
+        }
+    }
+
+    /// Every `telemetryInterval`, what the sidecar carried per edge goes to the controller
+    /// (a report that cannot be delivered is dropped: the sidecar's /metrics keeps totals).
+    private func telemetryLoop() async {
+        let interval = Duration.nanoseconds(config.controller?.telemetryInterval.nanoseconds ?? 5_000_000_000)
+        var last = ContinuousClock.now
+        while !stopping {
+            await pause(interval)
+            if stopping { return }
+            let now = ContinuousClock.now
+            let elapsed = now - last
+            last = now
+            let report = sidecar.edges.takeTelemetryReport(
+                service: config.service,
+                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            )
+            guard let instance, !report.edges.isEmpty else { continue }
+            do {
+                try await client.report(report, instance: instance.id)
+            } catch {
+                logger.debug("telemetry report not delivered", metadata: ["error": "\(error)"])
+            }
         }
     }
 

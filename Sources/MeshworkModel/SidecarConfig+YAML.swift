@@ -21,12 +21,13 @@ extension SidecarConfig {
         let known: Set = [
             "service", "zone", "threads", "admin", "controller", "instance", "healthCheck", "discover", "tls",
             "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
-            "limits", "listeners",
+            "limits", "listeners", "edgeTelemetry",
         ]
         guard let fields = reader.mapping(root, "", known: known) else { return }
         if let value = fields.string("service") { service = value }
         if let value = fields.string("zone") { zone = value }
         if let value = fields.int("threads", range: 0...1024) { threads = value }
+        if let value = fields.bool("edgeTelemetry") { edgeTelemetry = value }
         if let node = fields.node("admin") {
             if case .scalar(let scalar) = node, ["", "~", "null", "off", "false"].contains(scalar.string) {
                 admin = nil
@@ -120,7 +121,7 @@ extension SidecarConfig {
         if let f = reader.mapping(
             fields.node("controller"),
             "controller",
-            known: ["url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL", "caFile"]
+            known: ["url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL", "caFile", "telemetryInterval"]
         ) {
             if let url = f.required("url", f.string("url")) {
                 if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
@@ -132,6 +133,13 @@ extension SidecarConfig {
                 link.joinTokenFile = f.string("joinTokenFile")
                 link.caFile = f.string("caFile")
                 link.certificateTTL = f.duration("certificateTTL")
+                if let interval = f.duration("telemetryInterval") {
+                    if interval.duration >= .milliseconds(100), interval.duration <= .seconds(60) {
+                        link.telemetryInterval = interval
+                    } else {
+                        reader.fail(f.path("telemetryInterval"), "must be between 100ms and 60s")
+                    }
+                }
                 if let ttl = link.certificateTTL, ttl.duration < .seconds(3) {
                     reader.fail(f.path("certificateTTL"), "must be at least 3s")
                 }

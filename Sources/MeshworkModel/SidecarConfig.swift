@@ -32,6 +32,9 @@ public struct SidecarConfig: Sendable, Hashable, Encodable {
     public var discover: [String] = []
     /// Public listeners routed to mesh services (what `meshwork gateway` runs).
     public var listeners: [GatewayListenerConfig] = []
+    /// Per-edge telemetry (requests, status classes and latency per caller or callee
+    /// service, on /metrics and reported to the controller); off only to measure its cost.
+    public var edgeTelemetry = true
 
     public init() {}
 
@@ -338,6 +341,8 @@ public struct ControllerLink: Sendable, Hashable, Encodable {
     public var joinTokenFile: String?
     /// Requested workload certificate lifetime (the controller caps it); renewed at 2/3.
     public var certificateTTL: TimeSpan?
+    /// How often the per-edge telemetry goes to the controller.
+    public var telemetryInterval: TimeSpan = .seconds(5)
 
     /// Whether this sidecar gets its identity from the controller.
     public var usesWorkloadIdentity: Bool { joinTokenFile != nil }

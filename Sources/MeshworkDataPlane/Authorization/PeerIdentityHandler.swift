@@ -8,7 +8,12 @@ import NIOTLS
 final class ConnectionPeer {
     /// The peer certificate's SPIFFE ID; nil for a plaintext connection or a certificate
     /// without exactly one.
-    var identity: SPIFFEID?
+    var identity: SPIFFEID? {
+        didSet { serviceName = identity.map { $0.serviceName ?? $0.description } }
+    }
+    /// The service of `identity` (its full ID when it names no service), computed once per
+    /// connection for per-request telemetry.
+    private(set) var serviceName: String?
 }
 
 /// Sits right after the server TLS handler of the inbound listener: when the handshake

@@ -78,6 +78,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var admittedCluster: LoopCluster?
     /// Whether this exchange holds a slot of the inbound concurrency limit.
     private var holdsInboundSlot = false
+    /// The called service of an outbound exchange, for its edge telemetry.
+    private var edgePeer: String?
     /// Whether a retry is in flight (the cluster's retries breaker is held).
     private var holdsRetry = false
     /// Tries made so far minus one.
@@ -185,6 +187,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answer(.headerTooLarge, context: context)
             return
         }
+        edgePeer = nil
         let route: Result<LoopCluster, MeshError>
         if let fixedCluster {
             route = .success(fixedCluster)
@@ -196,6 +199,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .failure(let error):
             answer(error, context: context)
         case .success(let cluster):
+            edgePeer = cluster.name
             if settings.restoresProtocol, loop.authorization != nil,
                 !loop.authorize(
                     source: peer?.identity,
@@ -536,7 +540,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let promise {
             promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
-        settings.metrics.countRequest(status: error.status, nanoseconds: elapsed())
+        let nanos = elapsed()
+        settings.metrics.countRequest(status: error.status, nanoseconds: nanos)
+        recordEdge(status: error.status, nanoseconds: nanos)
         releaseExchange()
         if requestEnded || closing {
             exchangeFinished(context: context, alreadyClosing: closing)
@@ -556,6 +562,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         encoder.writeAndFlush(NIOAny(IOData.byteBuffer(context.channel.allocator.buffer(string: text))))
             .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
+    /// Counts the exchange on its edge: inbound by the caller's service (from its
+    /// certificate), outbound by the called service.
+    private func recordEdge(status: HTTPResponseStatus, nanoseconds: Int64) {
+        guard let shard = loop.edges else { return }
+        let key =
+            settings.restoresProtocol
+            ? EdgeKey(direction: .inbound, peer: peer?.serviceName ?? "unauthenticated")
+            : EdgeKey(direction: .outbound, peer: edgePeer ?? "unrouted")
+        shard.record(key, status: Int(status.code), micros: UInt64(max(0, nanoseconds / 1000)))
     }
 
     /// Reports the exchange's latency to the cluster's balancer, once.
@@ -651,6 +668,7 @@ extension ProxyHandler: UpstreamDelegate {
             let nanos = elapsed()
             settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
             cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
+            recordEdge(status: responseStatus, nanoseconds: nanos)
             upstream.endpoint?.countRequest(status: responseStatus)
             if !requestEnded {
                 // The upstream answered before the request finished (an early 413, say):
@@ -693,6 +711,7 @@ extension ProxyHandler: UpstreamDelegate {
         let nanos = elapsed()
         settings.metrics.countRequest(status: head.status, nanoseconds: nanos)
         cluster.metrics.countRequest(status: head.status, nanoseconds: nanos)
+        recordEdge(status: head.status, nanoseconds: nanos)
         upstream.endpoint?.countRequest(status: head.status)
         context.eventLoop.assumeIsolated().execute {
             let downstreamGlue = GlueHandler()

@@ -86,6 +86,9 @@ struct SidecarFlags: ParsableArguments {
     @Option(name: .long, help: "Requested workload certificate lifetime (the controller caps it), e.g. 1h.")
     var certTTL: String?
 
+    @Option(name: .long, help: "How often per-edge telemetry goes to the controller, e.g. 5s.")
+    var telemetryInterval: String?
+
     @Option(
         name: .long,
         help:
@@ -172,6 +175,14 @@ struct SidecarFlags: ParsableArguments {
                 throw CommandFailure("--cert-ttl: expected a duration of at least 3s, like 1h")
             }
             sidecarConfig.controller?.certificateTTL = TimeSpan(value)
+        }
+        if let telemetryInterval {
+            guard let value = DurationText.parse(telemetryInterval), value >= .milliseconds(100),
+                value <= .seconds(60)
+            else {
+                throw CommandFailure("--telemetry-interval: expected a duration between 100ms and 60s, like 5s")
+            }
+            sidecarConfig.controller?.telemetryInterval = TimeSpan(value)
         }
         if let healthPath {
             sidecarConfig.healthCheck.kind = .http

@@ -16,7 +16,9 @@ import Testing
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
         process.arguments = [
-            "demo", "--duration", "20", "--port", "0", "--plain", "--faults-after", "6", "--data-dir", directory,
+            // A modest rate: the other suites run beside it on the same cores.
+            "demo", "--duration", "20", "--port", "0", "--plain", "--faults-after", "6", "--rate", "20",
+            "--data-dir", directory,
         ]
         process.standardOutput = FileHandle(forWritingAtPath: outputFile)
         process.standardError = FileHandle(forWritingAtPath: outputFile)

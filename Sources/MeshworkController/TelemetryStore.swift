@@ -1,0 +1,163 @@
+import Histogram
+import MeshworkModel
+import NIOConcurrencyHelpers
+
+/// The sidecars' reports, kept as rolling windows: per instance and per edge (caller ->
+/// callee), 10-second slots for the last 10 minutes. Memory is bounded whatever the
+/// traffic: a fixed number of slots per series, each with five counters and a sparse
+/// histogram of at most a few hundred buckets; series with nothing in the last 10 minutes
+/// are dropped; peers per instance are capped by the sidecar.
+final class TelemetryStore: Sendable {
+    static let slotSeconds = 10
+    static let slots = 60
+    static let maxSeries = 50_000
+
+    private struct Slot {
+        var index: Int
+        var classes: [UInt64] = [0, 0, 0, 0, 0]
+        var latency: [UInt64: UInt64] = [:]
+
+        mutating func add(_ edge: EdgeReport) {
+            for (i, count) in edge.classes.prefix(5).enumerated() { classes[i] += count }
+            for pair in edge.latency where pair.count == 2 { latency[pair[0], default: 0] += pair[1] }
+        }
+    }
+
+    private struct Series {
+        var slots: [Slot] = []
+        /// When the first report began (seconds), for the rate of a young series.
+        var firstSecond: Int
+
+        mutating func add(_ edge: EdgeReport, at slot: Int) {
+            if slots.last?.index != slot { slots.append(Slot(index: slot)) }
+            slots[slots.count - 1].add(edge)
+            let oldest = slot - TelemetryStore.slots + 1
+            if let first = slots.first, first.index < oldest { slots.removeAll { $0.index < oldest } }
+        }
+    }
+
+    private enum Key: Hashable {
+        case instance(service: String, id: String)
+        case edge(source: String, target: String)
+    }
+
+    private let series = NIOLockedValueBox<[Key: Series]>([:])
+    private let now: @Sendable () -> Int
+
+    /// `now`: seconds on a monotonic clock.
+    init(now: @escaping @Sendable () -> Int) {
+        self.now = now
+    }
+
+    /// Adds one sidecar's report. The instance's own service is its callee for every
+    /// inbound edge (the server side's view, as `linkerd viz stat` shows).
+    func add(_ report: TelemetryReport, instance: String) {
+        let now = self.now()
+        let slot = now / Self.slotSeconds
+        let began = now - Int(report.seconds.rounded(.up))
+        series.withLockedValue { series in
+            for edge in report.edges where edge.direction == "inbound" {
+                let keys: [Key] = [
+                    .instance(service: report.service, id: instance),
+                    .edge(source: edge.peer, target: report.service),
+                ]
+                for key in keys {
+                    if series[key] == nil, series.count >= Self.maxSeries { continue }
+                    series[key, default: Series(firstSecond: began)].add(edge, at: slot)
+                }
+            }
+            // Forget what has nothing left in the window.
+            if series.count > 64, slot % 6 == 0 {
+                series = series.filter { ($0.value.slots.last?.index ?? 0) > slot - Self.slots }
+            }
+        }
+    }
+
+    /// Golden metrics per service (with its instances) over the last `window` seconds.
+    func stats(windowSeconds: Int, service: String?) -> [ServiceStats] {
+        let merged = merge(windowSeconds: windowSeconds)
+        var byService: [String: [(String, Merged)]] = [:]
+        for (key, value) in merged {
+            guard case .instance(let name, let id) = key, service == nil || service == name else { continue }
+            byService[name, default: []].append((id, value))
+        }
+        return byService.keys.sorted().map { name in
+            let instances = byService[name, default: []].sorted { $0.0 < $1.0 }
+            var total = Merged()
+            for (_, value) in instances { total.add(value) }
+            return ServiceStats(
+                service: name,
+                metrics: total.golden(),
+                instances: instances.map { InstanceStats(instance: $0.0, metrics: $0.1.golden()) }
+            )
+        }
+    }
+
+    /// Golden metrics per edge over the last `window` seconds.
+    func edges(windowSeconds: Int) -> [EdgeStats] {
+        merge(windowSeconds: windowSeconds).compactMap { key, value -> EdgeStats? in
+            guard case .edge(let source, let target) = key else { return nil }
+            return EdgeStats(
+                source: source,
+                target: target,
+                mtls: source != "unauthenticated",
+                metrics: value.golden()
+            )
+        }
+        .sorted { ($0.source, $0.target) < ($1.source, $1.target) }
+    }
+
+    private struct Merged {
+        var classes: [UInt64] = [0, 0, 0, 0, 0]
+        var latency = Histogram<UInt64>(
+            lowestDiscernibleValue: 1,
+            highestTrackableValue: 60_000_000,
+            numberOfSignificantValueDigits: .two
+        )
+        var seconds = 0
+
+        mutating func add(_ other: Merged) {
+            for i in classes.indices { classes[i] += other.classes[i] }
+            latency.add(other.latency)
+            seconds = max(seconds, other.seconds)
+        }
+
+        func golden() -> GoldenMetrics {
+            let requests = classes.reduce(0, +)
+            func ms(_ percentile: Double) -> Double? {
+                latency.totalCount == 0 ? nil : Double(latency.valueAtPercentile(percentile)) / 1000
+            }
+            return GoldenMetrics(
+                requests: requests,
+                failures: classes[4],
+                rps: seconds > 0 ? Double(requests) / Double(seconds) : 0,
+                successRate: requests == 0 ? 1 : 1 - Double(classes[4]) / Double(requests),
+                p50Ms: ms(50),
+                p95Ms: ms(95),
+                p99Ms: ms(99)
+            )
+        }
+    }
+
+    private func merge(windowSeconds: Int) -> [Key: Merged] {
+        let now = self.now()
+        let current = now / Self.slotSeconds
+        let slotCount = max(1, min(Self.slots, (windowSeconds + Self.slotSeconds - 1) / Self.slotSeconds))
+        let oldest = current - slotCount + 1
+        let all = series.withLockedValue { $0 }
+        var result: [Key: Merged] = [:]
+        for (key, value) in all {
+            var merged = Merged()
+            for slot in value.slots where slot.index >= oldest {
+                for i in merged.classes.indices { merged.classes[i] += slot.classes[i] }
+                for (micros, count) in slot.latency { _ = merged.latency.record(micros, count: count) }
+            }
+            guard merged.classes.reduce(0, +) > 0 else { continue }
+            // The rate's denominator: the window, or as much of it as the series has lived.
+            let windowStart = now - slotCount * Self.slotSeconds
+            merged.seconds = max(1, now - max(windowStart, value.firstSecond))
+            result[key] = merged
+        }
+        return result
+    }
+}
