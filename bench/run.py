@@ -110,7 +110,7 @@ def scenarios(args, out):
                                      "--config", render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "meshwork")], PORT),
         "meshwork (no edge telemetry)": lambda: ([start([mw, "sidecar", "--log-level", "error",
                                      "--config", without_edge_telemetry(render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN))], 1, out, "meshwork")], PORT),
-        "meshwork pair (mTLS+h2, no edge telemetry)": lambda: ([
+        "meshwork pair (mTLS+h2; no edge telemetry)": lambda: ([
             start([mw, "sidecar", "--log-level", "error",
                    "--config", without_edge_telemetry(render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS))], 1, out, "mw-server"),
             start([mw, "sidecar", "--log-level", "error",
@@ -278,6 +278,13 @@ def main():
     if mtls and plain and plain["cpu_us_per_req"]:
         print(f"\nmeshwork pair, mTLS / h2c: CPU per request x{mtls['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f}, "
               f"throughput x{mtls['rps'] / plain['rps']:.2f}, p99 x{mtls['p99_ms'] / plain['p99_ms']:.2f}")
+    for on, off in (("meshwork", "meshwork (no edge telemetry)"),
+                    ("meshwork pair (mTLS+h2)", "meshwork pair (mTLS+h2; no edge telemetry)")):
+        if on in summary and off in summary and summary[off]["cpu_us_per_req"]:
+            print(f"\n{on}, edge telemetry on / off: CPU per request "
+                  f"x{summary[on]['cpu_us_per_req'] / summary[off]['cpu_us_per_req']:.3f}, "
+                  f"p99 x{summary[on]['p99_ms'] / summary[off]['p99_ms']:.2f}, "
+                  f"throughput x{summary[on]['rps'] / summary[off]['rps']:.3f}")
     for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)")):
         if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
             sa, sb = summary[a], summary[b]
