@@ -20,6 +20,12 @@ final class LoopContext {
     var authorizationMetrics: AuthorizationMetrics?
     /// This loop's share of the edge telemetry.
     var edges: EdgeTelemetry.Shard?
+    /// W3C trace context and span recording (nil: tracing is off).
+    var tracer: LoopTracer?
+    /// This loop's access log (nil: off).
+    var accessLog: AccessLogWriter?
+    /// This sidecar's service, for access log lines.
+    var service = "app"
     /// Each gateway listener's routes, by listener name (replaced on reload).
     var gatewayRoutes: [String: [GatewayRoute]] = [:]
     private var deniedCounters: [SPIFFEID?: Counter] = [:]
@@ -50,6 +56,7 @@ final class LoopContext {
     func closeIdle() {
         for cluster in clusters.values { cluster.closeIdle() }
         app?.closeIdle()
+        accessLog?.stop()
     }
 }
 

@@ -25,6 +25,8 @@ public actor Sidecar: Service {
     private let contexts: LoopContexts
     /// Requests, status classes and latency per edge (caller or callee service).
     public nonisolated let edges: EdgeTelemetry
+    /// Finished spans waiting for the trace exporter (nil: tracing is off).
+    public nonisolated let spans: SpanCollector?
     private var clusterMetricsByName: [String: ClusterMetrics]
     /// The HTTPS gateway listeners' certificates, by listener name.
     private let gatewayTLS: [String: GatewayTLS]
@@ -94,6 +96,14 @@ public actor Sidecar: Service {
                 errors += error.errors
             }
         }
+        var accessLogFile: AccessLogFile?
+        if let target = config.accessLog {
+            do {
+                accessLogFile = try AccessLogFile(target)
+            } catch {
+                errors += error.errors
+            }
+        }
         guard errors.isEmpty else { throw ConfigErrors(errors) }
         self.gatewayTLS = gatewayTLS
         self.gatewayListeners = config.listeners
@@ -121,11 +131,25 @@ public actor Sidecar: Service {
         let loops = Array(group.makeIterator())
         let edges = EdgeTelemetry(loops: loops.count)
         self.edges = edges
+        let spans =
+            config.tracing.isEnabled
+            ? SpanCollector(loops: loops.count, capacity: config.tracing.maxBufferedSpans) : nil
+        self.spans = spans
+        var seeds = SystemRandomNumberGenerator()
         let appCluster = config.inbound.map { Self.appClusterConfig($0) }
         for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
             context.logger = logger
             context.edges = config.edgeTelemetry ? edges.shards[index] : nil
+            context.service = config.service
+            if let spans {
+                context.tracer = LoopTracer(
+                    sampleRate: config.tracing.sampleRate,
+                    shard: spans.shards[index],
+                    seed: seeds.next()
+                )
+            }
+            context.accessLog = accessLogFile.map { AccessLogWriter(file: $0, loop: loop) }
             for cluster in config.allClusters {
                 context.clusters[cluster.name] = LoopCluster(
                     config: cluster,

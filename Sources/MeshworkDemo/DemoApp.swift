@@ -303,10 +303,14 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func callDownstream(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         let port = counter.downstreamPort.load(ordering: .relaxed)
         guard let client = counter.downstream.withLockedValue({ $0 }),
-            let request = try? HTTPClient.Request(url: "http://127.0.0.1:\(port)/", method: .GET)
+            var request = try? HTTPClient.Request(url: "http://127.0.0.1:\(port)/", method: .GET)
         else {
             send(status: .badGateway, body: "\(name): no downstream\n", head, context)
             return
+        }
+        // Like any app in a mesh, it passes the trace context on to the calls it makes.
+        for header in ["traceparent", "tracestate"] {
+            if let value = head.headers.first(name: header) { request.headers.add(name: header, value: value) }
         }
         let name = self.name
         client.execute(request: request, eventLoop: .delegate(on: context.eventLoop))

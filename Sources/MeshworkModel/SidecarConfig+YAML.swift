@@ -21,13 +21,45 @@ extension SidecarConfig {
         let known: Set = [
             "service", "zone", "threads", "admin", "controller", "instance", "healthCheck", "discover", "tls",
             "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
-            "limits", "listeners", "edgeTelemetry",
+            "limits", "listeners", "edgeTelemetry", "tracing", "accessLog",
         ]
         guard let fields = reader.mapping(root, "", known: known) else { return }
         if let value = fields.string("service") { service = value }
         if let value = fields.string("zone") { zone = value }
         if let value = fields.int("threads", range: 0...1024) { threads = value }
         if let value = fields.bool("edgeTelemetry") { edgeTelemetry = value }
+        if let node = fields.node("accessLog") {
+            if case .scalar(let scalar) = node, ["", "~", "null", "off", "false"].contains(scalar.string) {
+                accessLog = nil
+            } else if let text = reader.string(node, "accessLog") {
+                accessLog = AccessLogTarget(text)
+            }
+        }
+        if let f = reader.mapping(
+            fields.node("tracing"),
+            "tracing",
+            known: ["endpoint", "sampleRate", "exportInterval", "maxBufferedSpans"]
+        ) {
+            if let endpoint = f.string("endpoint") {
+                if endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://") {
+                    tracing.endpoint = endpoint
+                } else {
+                    reader.fail(
+                        f.path("endpoint"),
+                        "expected an http:// or https:// OTLP/HTTP URL, found \"\(endpoint)\""
+                    )
+                }
+            }
+            if let rate = f.double("sampleRate", range: 0...1) { tracing.sampleRate = rate }
+            if let interval = f.duration("exportInterval") {
+                if interval.duration >= .milliseconds(100), interval.duration <= .seconds(60) {
+                    tracing.exportInterval = interval
+                } else {
+                    reader.fail(f.path("exportInterval"), "must be between 100ms and 60s")
+                }
+            }
+            if let n = f.int("maxBufferedSpans", range: 1...1_000_000) { tracing.maxBufferedSpans = n }
+        }
         if let node = fields.node("admin") {
             if case .scalar(let scalar) = node, ["", "~", "null", "off", "false"].contains(scalar.string) {
                 admin = nil

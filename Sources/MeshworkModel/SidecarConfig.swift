@@ -35,6 +35,10 @@ public struct SidecarConfig: Sendable, Hashable, Encodable {
     /// Per-edge telemetry (requests, status classes and latency per caller or callee
     /// service, on /metrics and reported to the controller); off only to measure its cost.
     public var edgeTelemetry = true
+    /// W3C trace context propagation and span export (off until an endpoint is set).
+    public var tracing = TracingConfig()
+    /// One JSON line per request (off by default).
+    public var accessLog: AccessLogTarget?
 
     public init() {}
 

@@ -108,6 +108,17 @@ struct SidecarConfigTests {
         #expect(plain.adaptiveThrottling == nil)
     }
 
+    @Test func readsTracingAndAccessLog() throws {
+        let config = try SidecarConfig.load(
+            yaml: "tracing: {endpoint: 'http://127.0.0.1:4318/v1/traces', sampleRate: 0.5}\naccessLog: stdout"
+        )
+        #expect(config.tracing.endpoint == "http://127.0.0.1:4318/v1/traces" && config.tracing.sampleRate == 0.5)
+        #expect(config.accessLog == .stdout)
+        #expect(try SidecarConfig.load(yaml: "accessLog: /var/log/mw.log").accessLog == .file("/var/log/mw.log"))
+        #expect(try SidecarConfig.load(yaml: "accessLog: off").accessLog == nil)
+        #expect(!SidecarConfig().tracing.isEnabled && SidecarConfig().accessLog == nil)
+    }
+
     @Test func emptyFileGivesDefaults() throws {
         let config = try SidecarConfig.load(yaml: "")
         #expect(config == SidecarConfig())
@@ -172,6 +183,11 @@ struct SidecarConfigTests {
             "inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2, rateLimit: {burst: 3}}",
             "inbound.rateLimit.requestsPerSecond", "required"
         ),
+        ("tracing: {endpoint: collector:4318}", "tracing.endpoint", "expected an http:// or https://"),
+        ("tracing: {sampleRate: 2}", "tracing.sampleRate", "between 0.0 and 1.0"),
+        ("tracing: {exportInterval: 10ms}", "tracing.exportInterval", "between 100ms and 60s"),
+        ("tracing: {sampler: always}", "tracing.sampler", "unknown field"),
+        ("accessLog: [a]", "accessLog", "expected a string"),
     ])
     func refusesBadFieldsWithPathAndReason(yaml: String, path: String, reason: String) {
         let found = errors(yaml)

@@ -96,6 +96,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The authenticated caller of the connection (inbound over mTLS); nil otherwise.
     private let peer: ConnectionPeer?
 
+    // What tracing and the access log need of the exchange (set only when either is on).
+    private var trace: ExchangeTrace?
+    private var requestMethod = ""
+    private var requestPath = ""
+    private var requestWallStart: UInt64 = 0
+
     init(settings: ProxySettings, loop: LoopContext, isStream: Bool, peer: ConnectionPeer? = nil) {
         self.settings = settings
         self.loop = loop
@@ -181,6 +187,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         requestHasBody =
             head.headers.contains(name: "transfer-encoding")
             || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
+        trace = nil
+        if loop.tracer != nil || loop.accessLog != nil { observe(head) }
 
         if Self.headBytes(head) > settings.maxHeaderBytes {
             keepAlive = false
@@ -228,6 +236,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
             var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
             if cluster.isMesh { Deadlines.propagate(timeout, in: &upstreamHead.headers) }
+            if let trace, let header = trace.header {
+                upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
+                if trace.dropsState { upstreamHead.headers.remove(name: LoopTracer.stateHeader) }
+            }
             replay = cluster.retryPolicy.attempts > 0 && !isUpgrade ? [.head(upstreamHead)] : nil
             replayBytes = 0
             state = .connecting(cluster: cluster, pending: [.head(upstreamHead)])
@@ -542,7 +554,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let nanos = elapsed()
         settings.metrics.countRequest(status: error.status, nanoseconds: nanos)
-        recordEdge(status: error.status, nanoseconds: nanos)
+        recordExchange(status: error.status, nanoseconds: nanos, error: error)
         releaseExchange()
         if requestEnded || closing {
             exchangeFinished(context: context, alreadyClosing: closing)
@@ -564,15 +576,63 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
-    /// Counts the exchange on its edge: inbound by the caller's service (from its
-    /// certificate), outbound by the called service.
-    private func recordEdge(status: HTTPResponseStatus, nanoseconds: Int64) {
-        guard let shard = loop.edges else { return }
-        let key =
-            settings.restoresProtocol
-            ? EdgeKey(direction: .inbound, peer: peer?.serviceName ?? "unauthenticated")
-            : EdgeKey(direction: .outbound, peer: edgePeer ?? "unrouted")
-        shard.record(key, status: Int(status.code), micros: UInt64(max(0, nanoseconds / 1000)))
+    /// Counts the exchange on its edge (inbound by the caller's service, from its
+    /// certificate; outbound by the called service), records its span when the trace is
+    /// sampled, and writes its access log line.
+    private func recordExchange(status: HTTPResponseStatus, nanoseconds: Int64, error: MeshError? = nil) {
+        let inbound = settings.restoresProtocol
+        let peerName = inbound ? (peer?.serviceName ?? "unauthenticated") : (edgePeer ?? "unrouted")
+        if let shard = loop.edges {
+            shard.record(
+                EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName),
+                status: Int(status.code),
+                micros: UInt64(max(0, nanoseconds / 1000))
+            )
+        }
+        if let trace, trace.sampled, let tracer = loop.tracer {
+            tracer.shard.record(
+                SpanRecord(
+                    traceID: trace.traceID,
+                    spanID: trace.spanID,
+                    parentSpanID: trace.parentSpanID,
+                    kind: inbound ? .server : .client,
+                    method: requestMethod,
+                    path: requestPath,
+                    peer: peerName,
+                    status: Int(status.code),
+                    meshError: error?.reason,
+                    startUnixNanos: trace.startUnixNanos,
+                    endUnixNanos: trace.startUnixNanos + UInt64(max(0, nanoseconds))
+                )
+            )
+        }
+        if let log = loop.accessLog {
+            log.log(
+                unixNanos: requestWallStart,
+                direction: inbound ? .inbound : .outbound,
+                source: inbound ? peerName : loop.service,
+                target: inbound ? loop.service : peerName,
+                method: requestMethod,
+                path: requestPath,
+                status: Int(status.code),
+                nanoseconds: nanoseconds,
+                meshError: error?.reason,
+                traceID: trace.map { "\($0.traceID)" },
+                spanID: trace.flatMap { $0.sampled ? "\($0.spanID)" : nil }
+            )
+        }
+    }
+
+    /// Keeps what tracing and the access log need of the request, and begins its trace.
+    private func observe(_ head: HTTPRequestHead) {
+        requestMethod = head.method.rawValue
+        let target = ProxyRoute.absoluteURIAuthority(head.uri) != nil ? ProxyRoute.originForm(head.uri) : head.uri
+        requestPath = target.firstIndex(of: "?").map { String(target[..<$0]) } ?? target
+        trace = loop.tracer?.begin(head.headers)
+        if loop.accessLog != nil {
+            requestWallStart = trace.map { $0.startUnixNanos } ?? 0
+            if requestWallStart == 0 { requestWallStart = LoopTracer.unixNanos() }
+        }
     }
 
     /// Reports the exchange's latency to the cluster's balancer, once.
@@ -668,7 +728,7 @@ extension ProxyHandler: UpstreamDelegate {
             let nanos = elapsed()
             settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
             cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
-            recordEdge(status: responseStatus, nanoseconds: nanos)
+            recordExchange(status: responseStatus, nanoseconds: nanos)
             upstream.endpoint?.countRequest(status: responseStatus)
             if !requestEnded {
                 // The upstream answered before the request finished (an early 413, say):
@@ -711,7 +771,7 @@ extension ProxyHandler: UpstreamDelegate {
         let nanos = elapsed()
         settings.metrics.countRequest(status: head.status, nanoseconds: nanos)
         cluster.metrics.countRequest(status: head.status, nanoseconds: nanos)
-        recordEdge(status: head.status, nanoseconds: nanos)
+        recordExchange(status: head.status, nanoseconds: nanos)
         upstream.endpoint?.countRequest(status: head.status)
         context.eventLoop.assumeIsolated().execute {
             let downstreamGlue = GlueHandler()

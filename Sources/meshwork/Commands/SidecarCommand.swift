@@ -89,6 +89,15 @@ struct SidecarFlags: ParsableArguments {
     @Option(name: .long, help: "How often per-edge telemetry goes to the controller, e.g. 5s.")
     var telemetryInterval: String?
 
+    @Option(name: .long, help: "OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces (turns tracing on).")
+    var traceEndpoint: String?
+
+    @Option(name: .long, help: "Share of requests without a trace context that start a sampled trace (0...1).")
+    var traceSampleRate: Double?
+
+    @Option(name: .long, help: "Access log: stdout, or a file appended to (one JSON line per request).")
+    var accessLog: String?
+
     @Option(
         name: .long,
         help:
@@ -184,6 +193,19 @@ struct SidecarFlags: ParsableArguments {
             }
             sidecarConfig.controller?.telemetryInterval = TimeSpan(value)
         }
+        if let traceEndpoint {
+            guard traceEndpoint.hasPrefix("http://") || traceEndpoint.hasPrefix("https://") else {
+                throw CommandFailure("--trace-endpoint: expected an http:// or https:// OTLP/HTTP URL")
+            }
+            sidecarConfig.tracing.endpoint = traceEndpoint
+        }
+        if let traceSampleRate {
+            guard (0...1).contains(traceSampleRate) else {
+                throw CommandFailure("--trace-sample-rate: expected a number between 0 and 1")
+            }
+            sidecarConfig.tracing.sampleRate = traceSampleRate
+        }
+        if let accessLog { sidecarConfig.accessLog = AccessLogTarget(accessLog) }
         if let healthPath {
             sidecarConfig.healthCheck.kind = .http
             sidecarConfig.healthCheck.path = healthPath
@@ -274,11 +296,12 @@ struct SidecarRuntime {
         let threadCount = sidecarConfig.threads == 0 ? System.coreCount : sidecarConfig.threads
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
         let sidecar: Sidecar
+        let registry = PrometheusCollectorRegistry()
         do {
             sidecar = try Sidecar(
                 config: sidecarConfig,
                 group: group,
-                registry: PrometheusCollectorRegistry(),
+                registry: registry,
                 logger: logger
             )
         } catch {
@@ -286,6 +309,18 @@ struct SidecarRuntime {
         }
         try await sidecar.start()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: sidecar)]
+        if let spans = sidecar.spans {
+            // First in the group, so it stops last: spans of the drain's requests go out too.
+            let exporter = TraceExporter(
+                config: sidecarConfig,
+                spans: spans,
+                instance: sidecarConfig.instance.id,
+                group: group,
+                registry: registry,
+                logger: logger
+            )
+            services.insert(.init(service: exporter), at: 0)
+        }
         var agent: DiscoveryAgent?
         if sidecarConfig.controller != nil {
             do {

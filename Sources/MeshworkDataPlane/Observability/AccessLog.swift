@@ -1,0 +1,190 @@
+import MeshworkModel
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+private let systemWrite = Glibc.write
+#elseif canImport(Darwin)
+import Darwin
+private let systemWrite = Darwin.write
+#endif
+
+/// The file access log lines go to, opened once and shared by every loop's writer.
+public final class AccessLogFile: Sendable {
+    let descriptor: Int32
+    private let owned: Bool
+
+    /// Opens (appends to) the target; throws the reason when the file cannot be opened.
+    public init(_ target: AccessLogTarget) throws(ConfigErrors) {
+        switch target {
+        case .stdout:
+            descriptor = 1
+            owned = false
+        case .file(let path):
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+            guard fd >= 0 else {
+                throw ConfigErrors([
+                    ConfigError(path: "accessLog", reason: "cannot open \(path): \(String(cString: strerror(errno)))")
+                ])
+            }
+            descriptor = fd
+            owned = true
+        }
+    }
+
+    deinit {
+        if owned { close(descriptor) }
+    }
+
+    /// Writes whole buffers of whole lines: with O_APPEND, lines from different loops never
+    /// interleave.
+    func write(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { raw in
+                systemWrite(descriptor, raw.baseAddress! + offset, raw.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            offset += written
+        }
+    }
+}
+
+/// One event loop's access log: lines collect in a buffer written out when it passes 32 KiB
+/// and every 200 ms, so a request costs a few appends, not a system call.
+final class AccessLogWriter {
+    private let file: AccessLogFile
+    private var buffer: [UInt8] = []
+    private let loop: any EventLoop
+    private var flushTask: Scheduled<Void>?
+
+    init(file: AccessLogFile, loop: any EventLoop) {
+        self.file = file
+        self.loop = loop
+    }
+
+    /// The flush timer starts with the first line, on the loop.
+    private func startFlushing() {
+        buffer.reserveCapacity(40 * 1024)
+        flushTask = loop.assumeIsolated().scheduleTask(in: .milliseconds(200)) { [weak self] in
+            guard let self, self.flushTask != nil else { return }
+            self.flush()
+            self.startFlushing()
+        }
+    }
+
+    func flush() {
+        guard !buffer.isEmpty else { return }
+        file.write(buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    func stop() {
+        flushTask?.cancel()
+        flushTask = nil
+        flush()
+    }
+
+    /// One exchange as a JSON line.
+    func log(
+        unixNanos: UInt64,
+        direction: EdgeDirection,
+        source: String,
+        target: String,
+        method: String,
+        path: String,
+        status: Int,
+        nanoseconds: Int64,
+        meshError: String?,
+        traceID: String?,
+        spanID: String?
+    ) {
+        if flushTask == nil { startFlushing() }
+        buffer.append(contentsOf: #"{"time":""#.utf8)
+        Self.appendTimestamp(unixNanos, to: &buffer)
+        buffer.append(contentsOf: #"","direction":""#.utf8)
+        buffer.append(contentsOf: direction.rawValue.utf8)
+        buffer.append(UInt8(ascii: "\""))
+        field("source", source)
+        field("target", target)
+        field("method", method)
+        field("path", path)
+        buffer.append(contentsOf: #","status":"#.utf8)
+        buffer.append(contentsOf: String(status).utf8)
+        buffer.append(contentsOf: #","duration_ms":"#.utf8)
+        let micros = max(0, nanoseconds / 1000)
+        buffer.append(contentsOf: "\(micros / 1000).\(Self.threeDigits(micros % 1000))".utf8)
+        if let meshError { field("mesh_error", meshError) }
+        if let traceID { field("trace_id", traceID) }
+        if let spanID { field("span_id", spanID) }
+        buffer.append(contentsOf: "}\n".utf8)
+        if buffer.count > 32 * 1024 { flush() }
+    }
+
+    private func field(_ name: String, _ value: String) {
+        buffer.append(contentsOf: #",""#.utf8)
+        buffer.append(contentsOf: name.utf8)
+        buffer.append(contentsOf: #"":""#.utf8)
+        Self.appendEscaped(value, to: &buffer)
+        buffer.append(UInt8(ascii: "\""))
+    }
+
+    private static func threeDigits(_ value: Int64) -> String {
+        value < 10 ? "00\(value)" : value < 100 ? "0\(value)" : "\(value)"
+    }
+
+    /// JSON string escaping (RFC 8259 section 7): quote, backslash and control characters.
+    static func appendEscaped(_ value: String, to out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out.append(contentsOf: #"\""#.utf8)
+            case UInt8(ascii: "\\"): out.append(contentsOf: #"\\"#.utf8)
+            case 0..<0x20:
+                out.append(contentsOf: #"\u00"#.utf8)
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 0xF)])
+            default: out.append(byte)
+            }
+        }
+    }
+
+    /// RFC 3339 UTC with milliseconds, from the civil-from-days algorithm (Howard Hinnant,
+    /// "chrono-Compatible Low-Level Date Algorithms"): integer arithmetic, no formatter.
+    static func appendTimestamp(_ unixNanos: UInt64, to out: inout [UInt8]) {
+        let seconds = Int64(unixNanos / 1_000_000_000)
+        let millis = Int64(unixNanos / 1_000_000 % 1000)
+        let days = seconds / 86_400
+        let secondOfDay = seconds % 86_400
+        let z = days + 719_468
+        let era = z / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func two(_ value: Int64) {
+            out.append(UInt8(48 + value / 10))
+            out.append(UInt8(48 + value % 10))
+        }
+        out.append(contentsOf: String(year).utf8)
+        out.append(UInt8(ascii: "-"))
+        two(month)
+        out.append(UInt8(ascii: "-"))
+        two(day)
+        out.append(UInt8(ascii: "T"))
+        two(secondOfDay / 3600)
+        out.append(UInt8(ascii: ":"))
+        two(secondOfDay / 60 % 60)
+        out.append(UInt8(ascii: ":"))
+        two(secondOfDay % 60)
+        out.append(UInt8(ascii: "."))
+        out.append(contentsOf: threeDigits(millis).utf8)
+        out.append(UInt8(ascii: "Z"))
+    }
+}

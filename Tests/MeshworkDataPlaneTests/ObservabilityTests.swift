@@ -1,0 +1,91 @@
+import NIOHTTP1
+import Testing
+import W3CTraceContext
+
+@testable import MeshworkDataPlane
+
+/// Trace context decisions and access log formatting, without sockets.
+@Suite struct ObservabilityTests {
+    private func tracer(rate: Double) -> LoopTracer {
+        LoopTracer(sampleRate: rate, shard: SpanCollector(loops: 1, capacity: 8).shards[0], seed: 42)
+    }
+
+    private func headers(_ pairs: [(String, String)]) -> HTTPHeaders { HTTPHeaders(pairs) }
+
+    @Test func sampledCallerGetsAChildSpanInItsTrace() {
+        let trace = tracer(rate: 0).begin(
+            headers([("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
+        )
+        #expect(trace.sampled)
+        #expect("\(trace.traceID)" == "4bf92f3577b34da6a3ce929d0e0e4736")
+        #expect(trace.parentSpanID.map { "\($0)" } == "00f067aa0ba902b7")
+        #expect("\(trace.spanID)" != "00f067aa0ba902b7")
+        #expect(trace.header == "00-4bf92f3577b34da6a3ce929d0e0e4736-\(trace.spanID)-01")
+        #expect(trace.startUnixNanos > 0 && !trace.dropsState)
+    }
+
+    @Test func unsampledCallerPassesThroughUntouched() {
+        let trace = tracer(rate: 1).begin(
+            headers([("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")])
+        )
+        #expect(!trace.sampled && trace.header == nil)
+    }
+
+    @Test func missingOrInvalidContextStartsATraceAtTheSampleRate() {
+        let always = tracer(rate: 1).begin(headers([]))
+        #expect(always.sampled && always.parentSpanID == nil)
+        #expect(always.header?.hasSuffix("-01") == true && always.header?.count == 55)
+        let never = tracer(rate: 0).begin(headers([]))
+        #expect(!never.sampled && never.header?.hasSuffix("-00") == true)
+        // All-zero trace ID, bad length, unknown version: invalid, so a new trace, and the
+        // caller's tracestate must not go on.
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-4bf92f-01",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let trace = tracer(rate: 1).begin(headers([("traceparent", bad)]))
+            #expect(trace.dropsState && trace.parentSpanID == nil && trace.header != bad)
+        }
+        // About a quarter sampled at 0.25 (seeded generator: deterministic).
+        let quarter = tracer(rate: 0.25)
+        let sampled = (0..<4000).filter { _ in quarter.begin(headers([])).sampled }.count
+        #expect(sampled > 850 && sampled < 1150, "\(sampled)")
+    }
+
+    @Test func spanShardsAreBoundedAndCountDrops() {
+        let collector = SpanCollector(loops: 2, capacity: 4)
+        let span = SpanRecord(
+            traceID: .random(),
+            spanID: .random(),
+            parentSpanID: nil,
+            kind: .client,
+            method: "GET",
+            path: "/",
+            peer: "orders",
+            status: 200,
+            meshError: nil,
+            startUnixNanos: 1,
+            endUnixNanos: 2
+        )
+        for _ in 0..<5 { collector.shards[0].record(span) }
+        collector.shards[1].record(span)
+        let taken = collector.take()
+        #expect(taken.spans.count == 3 && taken.dropped == 3)
+        #expect(collector.take().spans.isEmpty)
+    }
+
+    @Test func timestampsAndEscapingFollowRFC3339AndJSON() {
+        var out: [UInt8] = []
+        AccessLogWriter.appendTimestamp(0, to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == "1970-01-01T00:00:00.000Z")
+        out = []
+        AccessLogWriter.appendTimestamp(1_764_547_200_123_456_789, to: &out)  // 2025-12-01
+        #expect(String(decoding: out, as: UTF8.self) == "2025-12-01T00:00:00.123Z")
+        out = []
+        AccessLogWriter.appendTimestamp(951_827_696_007_000_000, to: &out)  // leap day
+        #expect(String(decoding: out, as: UTF8.self) == "2000-02-29T12:34:56.007Z")
+        out = []
+        AccessLogWriter.appendEscaped("a\"b\\c\n\u{1}", to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == #"a\"b\\c\u000a\u0001"#)
+    }
+}
