@@ -36,6 +36,9 @@ extension ControllerAPI {
             let spec = try validated { () throws(ConfigErrors) in try Self.parseCertificateRequest(text) }
             return try json(try await identity.issue(spec))
         }
+        v1.get("certificates") { _, _ in
+            try json(["certificates": await identity.certificateExpiries()])
+        }
         v1.get("ca") { _, _ in try await json(identity.status) }
         // CA rotation, one step per call: prepare (a new root joins the trust bundle),
         // activate (it signs; sidecars renew), finish (the old root leaves).

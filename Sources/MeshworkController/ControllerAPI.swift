@@ -118,6 +118,14 @@ struct ControllerAPI {
             )
         }
         router.get("healthz") { _, _ in "ok\n" }
+        // The dashboard: a page built into the binary that reads the API above.
+        router.get("ui") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-cache"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: DashboardPage.html))
+            )
+        }
         return router
     }
 

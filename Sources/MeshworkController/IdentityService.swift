@@ -493,6 +493,20 @@ actor IdentityService {
         )
     }
 
+    /// Per instance, when its newest workload certificate expires (from the credentials
+    /// issued with each certificate): what the dashboard shows beside each instance.
+    func certificateExpiries(now: Date = Date()) -> [CertificateExpiry] {
+        var newest: [String: Credential] = [:]
+        for credential in credentials.values where credential.expires > now {
+            guard let instance = credential.instance else { continue }
+            if let known = newest[instance], known.expires >= credential.expires { continue }
+            newest[instance] = credential
+        }
+        return newest.keys.sorted().map {
+            CertificateExpiry(instance: $0, service: newest[$0]!.service, notAfter: newest[$0]!.expires)
+        }
+    }
+
     /// The sidecar credential behind a bearer token, if it is one and has not expired.
     func credential(_ bearer: String) -> Credential? {
         guard let credential = credentials[Self.hash(bearer)], credential.expires > Date() else { return nil }
@@ -522,6 +536,13 @@ actor IdentityService {
         var generator = SystemRandomNumberGenerator()
         return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
     }
+}
+
+/// When an instance's current workload certificate expires.
+struct CertificateExpiry: Sendable, Hashable, Encodable {
+    var instance: String
+    var service: String
+    var notAfter: Date
 }
 
 /// The roots to trust (PEM, active first) and which one signs new certificates.

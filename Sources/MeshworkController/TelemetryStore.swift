@@ -107,6 +107,42 @@ final class TelemetryStore: Sendable {
         .sorted { ($0.source, $0.target) < ($1.source, $1.target) }
     }
 
+    /// Per service, each 10-second slot of the last `window` seconds (the servers' view),
+    /// oldest first: what the dashboard charts.
+    func series(windowSeconds: Int) -> [ServiceSeries] {
+        let now = self.now()
+        let current = now / Self.slotSeconds
+        let slotCount = max(1, min(Self.slots, (windowSeconds + Self.slotSeconds - 1) / Self.slotSeconds))
+        let oldest = current - slotCount + 1
+        let all = series.withLockedValue { $0 }
+        var byService: [String: [Merged]] = [:]
+        for (key, value) in all {
+            guard case .instance(let service, _) = key else { continue }
+            var slots = byService[service] ?? Array(repeating: Merged(), count: slotCount)
+            for slot in value.slots where slot.index >= oldest && slot.index <= current {
+                let i = slot.index - oldest
+                for c in slots[i].classes.indices { slots[i].classes[c] += slot.classes[c] }
+                for (micros, count) in slot.latency { _ = slots[i].latency.record(micros, count: count) }
+            }
+            byService[service] = slots
+        }
+        return byService.keys.sorted().map { service in
+            ServiceSeries(
+                service: service,
+                points: byService[service, default: []].enumerated().map { i, merged in
+                    let golden = merged.golden()
+                    return SeriesPoint(
+                        secondsAgo: now - (oldest + i) * Self.slotSeconds,
+                        requests: golden.requests,
+                        failures: golden.failures,
+                        p50Ms: golden.p50Ms,
+                        p99Ms: golden.p99Ms
+                    )
+                }
+            )
+        }
+    }
+
     private struct Merged {
         var classes: [UInt64] = [0, 0, 0, 0, 0]
         var latency = Histogram<UInt64>(

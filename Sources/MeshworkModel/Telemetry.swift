@@ -121,3 +121,44 @@ public struct EdgesResponse: Sendable, Hashable, Codable {
         self.edges = edges
     }
 }
+
+/// One 10-second slot of a service's traffic, for charts (`/v1/stats/series`).
+public struct SeriesPoint: Sendable, Hashable, Codable {
+    /// How long before now the slot began.
+    public var secondsAgo: Int
+    public var requests: UInt64
+    public var failures: UInt64
+    public var p50Ms: Double?
+    public var p99Ms: Double?
+
+    public init(secondsAgo: Int, requests: UInt64, failures: UInt64, p50Ms: Double?, p99Ms: Double?) {
+        self.secondsAgo = secondsAgo
+        self.requests = requests
+        self.failures = failures
+        self.p50Ms = p50Ms
+        self.p99Ms = p99Ms
+    }
+}
+
+public struct ServiceSeries: Sendable, Hashable, Codable {
+    public var service: String
+    /// Oldest first; slots without traffic are there with zero requests.
+    public var points: [SeriesPoint]
+
+    public init(service: String, points: [SeriesPoint]) {
+        self.service = service
+        self.points = points
+    }
+}
+
+public struct SeriesResponse: Sendable, Hashable, Codable {
+    public var windowSeconds: Int
+    public var slotSeconds: Int
+    public var services: [ServiceSeries]
+
+    public init(windowSeconds: Int, slotSeconds: Int, services: [ServiceSeries]) {
+        self.windowSeconds = windowSeconds
+        self.slotSeconds = slotSeconds
+        self.services = services
+    }
+}

@@ -247,6 +247,7 @@ actor DemoMesh {
 
     func describe() -> String {
         var lines = ["controller API  \(apiURL)   (meshwork ctl --controller \(apiURL) services)"]
+        lines.append("dashboard       \(apiURL)/ui")
         if let port = dnsAddress?.port {
             lines.append("DNS             127.0.0.1:\(port)   (dig @127.0.0.1 -p \(port) orders.service.mesh SRV)")
         }

@@ -1,0 +1,98 @@
+import Foundation
+import MeshworkDemo
+import Testing
+
+/// The controller's dashboard in a real browser: headless Chromium loads `/ui` from a
+/// controller of a running mesh (web -> orders over mTLS, with traffic), runs its script
+/// against the live API, and the rendered DOM shows the topology edge, the services with
+/// their golden metrics, and the instances with health and certificate expiry; the page
+/// logged no error.
+@Suite("Dashboard end to end", .serialized)
+struct DashboardTests {
+    static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
+        .first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    @Test func pageShowsTheRunningMeshWithoutConsoleErrors() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let browser = try #require(Self.chromium, "chromium is not installed (scripts/test installs it)")
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        var sidecars: [SidecarProcess] = []
+        defer { controller.remove() }
+        do {
+            sidecars.append(
+                try await startServer(
+                    "orders",
+                    app: orders,
+                    controller: controller,
+                    extra: ["--telemetry-interval", "300ms"]
+                )
+            )
+            let web = try await SidecarProcess.start(
+                [
+                    "--service", "web", "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
+                    "--join-token-file", try await controller.joinTokenFile("web"),
+                ],
+                waitFor: ["upstream:orders"]
+            )
+            sidecars.append(web)
+            let base = "http://127.0.0.1:\(web.port("upstream:orders") ?? 0)"
+            var ready = false
+            for _ in 0..<100 where !ready {
+                ready = try await Curl.get(base + "/").status == 200
+                if !ready { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            try #require(ready, "\(web.log)")
+            for _ in 0..<30 { _ = try await Curl.get(base + "/") }
+            // Bounded: until the controller's window has the traffic.
+            for _ in 0..<100 {
+                if try await controller.call("GET", "/v1/edges").text.contains("\"web\"") { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+
+            // The page itself: served from the binary, no external asset.
+            let page = try await Curl.get(controller.url + "/ui")
+            #expect(page.status == 200 && page.text.contains("<svg id=\"topology\""))
+            #expect(!page.text.contains("http://") || !page.text.contains("<script src"), "external assets")
+            #expect(try await controller.call("GET", "/v1/stats/series?window=10m").text.contains("\"points\""))
+            #expect(try await controller.call("GET", "/v1/certificates").text.contains("orders-127-0-0-1-"))
+
+            let profile = controller.dataDirectory + "-chromium"
+            let output = controller.dataDirectory + "-dom.html"
+            // Bounded (60 s); the output goes to a file (a DOM can outgrow a pipe's buffer).
+            let result = try await Command.run([
+                "sh", "-c",
+                "timeout 60 \(browser) --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run"
+                    + " --user-data-dir=\(profile) --enable-logging=stderr --v=0 --virtual-time-budget=6000"
+                    + " --dump-dom \(controller.url)/ui > \(output) 2> \(output).err",
+            ])
+            let dom = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            let log = (try? String(contentsOfFile: output + ".err", encoding: .utf8)) ?? ""
+            try? FileManager.default.removeItem(atPath: profile)
+            try? FileManager.default.removeItem(atPath: output)
+            try? FileManager.default.removeItem(atPath: output + ".err")
+            #expect(result.exitCode == 0, "chromium: \(log.suffix(2000))")
+            #expect(dom.contains("data-ready=\"1\""), "the page never rendered the API's data: \(dom.suffix(3000))")
+            #expect(!dom.contains("data-errors="), "page errors: \(dom)")
+            // Chromium logs what the page writes to its console as CONSOLE lines on stderr.
+            for line in log.split(separator: "\n") where line.contains("CONSOLE") {
+                Issue.record("console: \(line)")
+            }
+            // Topology: both services as nodes, the edge between them with its rate.
+            #expect(dom.contains(#"data-service="orders""#) && dom.contains(#"data-service="web""#))
+            #expect(dom.contains(#"class="edge" data-source="web" data-target="orders""#), "\(dom.suffix(3000))")
+            #expect(dom.contains("rps · 100%"), "\(dom.suffix(3000))")
+            // Services, edges and instances tables.
+            #expect(dom.contains("1 / 1 healthy"))
+            #expect(dom.contains(#"<td class="ok">yes</td>"#), "mTLS column")
+            #expect(dom.contains("data-instance=\"orders-127-0-0-1-"))
+            #expect(dom.contains("badge ok\">healthy"))
+            #expect(dom.contains(#"<td class="expiry">in "#), "certificate expiry: \(dom.suffix(2000))")
+        } catch {
+            Issue.record("\(error)")
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await controller.stop()
+    }
+}
