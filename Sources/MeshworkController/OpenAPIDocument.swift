@@ -133,6 +133,17 @@ enum OpenAPIDocument {
             "/v1/stats/series": {"get": {"summary": "Per service, each 10-second slot of a window (server side): requests, failures, p50 and p99, oldest first", "parameters": [
                 {"name": "window", "in": "query", "description": "10s to 10m, default 10m", "schema": {"type": "string"}}],
               "responses": {"200": {"description": "series", "content": {"application/json": {"schema": {"type": "object", "properties": {"windowSeconds": {"type": "integer"}, "slotSeconds": {"type": "integer"}, "services": {"type": "array", "items": {"type": "object", "properties": {"service": {"type": "string"}, "points": {"type": "array", "items": {"type": "object", "properties": {"secondsAgo": {"type": "integer"}, "requests": {"type": "integer"}, "failures": {"type": "integer"}, "p50Ms": {"type": "number"}, "p99Ms": {"type": "number"}}}}}}}}}}}}, "400": {"description": "bad window"}}}},
+            "/v1/tap": {"get": {"summary": "Live request metadata from every instance of a service (sampled and rate-limited in its sidecars), NDJSON: first {tapping, failed}, then one event per line", "parameters": [
+                {"name": "service", "in": "query", "required": true, "schema": {"type": "string"}},
+                {"name": "path", "in": "query", "description": "path prefix", "schema": {"type": "string"}},
+                {"name": "status", "in": "query", "description": "a class (5xx) or a code (503)", "schema": {"type": "string"}},
+                {"name": "method", "in": "query", "schema": {"type": "string"}},
+                {"name": "direction", "in": "query", "schema": {"enum": ["inbound", "outbound"]}},
+                {"name": "peer", "in": "query", "schema": {"type": "string"}},
+                {"name": "sample", "in": "query", "schema": {"type": "number"}},
+                {"name": "rate", "in": "query", "description": "events per second per sidecar, 1 to 1000 (default 100)", "schema": {"type": "number"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+              "responses": {"200": {"description": "the stream", "content": {"application/x-ndjson": {"schema": {"type": "object", "properties": {"time": {"type": "string"}, "direction": {"type": "string"}, "source": {"type": "string"}, "target": {"type": "string"}, "method": {"type": "string"}, "path": {"type": "string"}, "status": {"type": "integer"}, "latencyMs": {"type": "number"}, "meshError": {"type": "string"}, "traceId": {"type": "string"}}}}}}, "400": {"description": "bad filter", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "no instance of the service can be tapped"}}}},
             "/v1/edges": {"get": {"summary": "Golden metrics per caller -> callee edge over a window", "parameters": [
               {"name": "window", "in": "query", "description": "10s to 10m, default 1m", "schema": {"type": "string"}}],
               "responses": {"200": {"description": "edges", "content": {"application/json": {"schema": {"type": "object", "properties": {"windowSeconds": {"type": "integer"}, "edges": {"type": "array", "items": {"type": "object", "properties": {"source": {"type": "string"}, "target": {"type": "string"}, "mtls": {"type": "boolean"}, "metrics": {"$ref": "#/components/schemas/GoldenMetrics"}}}}}}}}}, "400": {"description": "bad window"}}}}

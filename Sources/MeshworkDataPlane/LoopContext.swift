@@ -22,6 +22,8 @@ final class LoopContext {
     var edges: EdgeTelemetry.Shard?
     /// W3C trace context and span recording (nil: tracing is off).
     var tracer: LoopTracer?
+    /// The taps watching this sidecar (nil: nobody taps, nothing to do per request).
+    var taps: LoopTaps?
     /// This loop's access log (nil: off).
     var accessLog: AccessLogWriter?
     /// This sidecar's service, for access log lines.

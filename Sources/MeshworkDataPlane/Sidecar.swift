@@ -25,6 +25,8 @@ public actor Sidecar: Service {
     private let contexts: LoopContexts
     /// Requests, status classes and latency per edge (caller or callee service).
     public nonisolated let edges: EdgeTelemetry
+    /// Who is tapping this sidecar's requests (admin `/tap`).
+    public nonisolated let taps: TapHub
     /// Finished spans waiting for the trace exporter (nil: tracing is off).
     public nonisolated let spans: SpanCollector?
     private var clusterMetricsByName: [String: ClusterMetrics]
@@ -196,6 +198,7 @@ public actor Sidecar: Service {
             loopContexts.append(context)
         }
         self.contexts = LoopContexts(loopContexts)
+        self.taps = TapHub(contexts: self.contexts)
         self.appAddress = appAddress
     }
 
@@ -594,7 +597,8 @@ public actor Sidecar: Service {
         return AdminEndpoints(
             metrics: { [edges] in registry.emitToBuffer() + edges.prometheusText() },
             config: { configJSON },
-            isReady: { flags.isReady }
+            isReady: { flags.isReady },
+            taps: taps
         )
     }
 

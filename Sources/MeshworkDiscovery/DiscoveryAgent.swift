@@ -306,6 +306,12 @@ public actor DiscoveryAgent: Service {
         instance.weight = config.instance.weight
         instance.version = config.instance.version
         instance.metadata = config.instance.metadata
+        // Where the controller reaches this sidecar's admin listener (taps).
+        if let admin = await sidecar.boundAddresses["admin"], let adminPort = admin.port, let ip = admin.ipAddress {
+            let host = ip == "0.0.0.0" || ip == "::" ? address : ip
+            instance.metadata[InstanceResource.adminMetadataKey] =
+                host.contains(":") ? "[\(host)]:\(adminPort)" : "\(host):\(adminPort)"
+        }
         instance.ttlSeconds = max(1, Int(config.instance.ttl.nanoseconds / 1_000_000_000))
         instance.health = health.health
         return instance

@@ -162,3 +162,10 @@ public struct SeriesResponse: Sendable, Hashable, Codable {
         self.services = services
     }
 }
+
+/// Which side of the sidecar an edge is: calls it received (`inbound`, the peer is the
+/// calling service) or made (`outbound`, the peer is the called service).
+public enum EdgeDirection: String, Sendable, Hashable, Codable {
+    case inbound
+    case outbound
+}

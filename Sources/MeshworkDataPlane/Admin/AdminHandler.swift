@@ -1,3 +1,5 @@
+import Foundation
+import MeshworkModel
 import NIOCore
 import NIOHTTP1
 
@@ -9,16 +11,21 @@ struct AdminEndpoints: Sendable {
     var config: @Sendable () -> [UInt8]
     /// Whether the sidecar takes traffic (false while starting or draining).
     var isReady: @Sendable () -> Bool
+    /// Live request metadata for `/tap`.
+    var taps: TapHub
 }
 
-/// The admin listener: `/metrics`, `/ready`, `/live`, `/config`. Small answers built whole;
-/// never on the data path.
+/// The admin listener: `/metrics`, `/ready`, `/live`, `/config`, and `/tap` (a stream of
+/// request metadata, NDJSON). Small answers built whole; never on the data path.
 final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let endpoints: AdminEndpoints
     private var head: HTTPRequestHead?
+    private var tap: (subscriber: TapSubscriber, remaining: Int?, timer: Scheduled<Void>?)?
+    /// How often a tap's queue is written out.
+    static let tapInterval = TimeAmount.milliseconds(100)
 
     init(endpoints: AdminEndpoints) {
         self.endpoints = endpoints
@@ -37,8 +44,125 @@ final class AdminHandler: ChannelInboundHandler {
         }
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        stopTap()
+        context.fireChannelInactive()
+    }
+
+    private func stopTap() {
+        guard let tap else { return }
+        tap.timer?.cancel()
+        endpoints.taps.unsubscribe(tap.subscriber)
+        self.tap = nil
+    }
+
+    /// `GET /tap?...`: the events the filter lets through, one JSON object per line, until
+    /// `limit` events were sent or the client goes away. First line: `{"tapping": true}`
+    /// once the tap is installed. A reader too slow for the events loses some (each batch
+    /// that lost any is followed by `{"dropped": N}`).
+    private func startTap(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let query = head.uri.split(separator: "?", maxSplits: 1).dropFirst().first
+        let filter: TapFilter
+        do {
+            filter = try TapFilter.parse(query: query)
+        } catch {
+            send(.badRequest, "text/plain", Array("bad tap: \(error)\n".utf8), head: head, context: context)
+            return
+        }
+        var limit: Int?
+        for pair in (query ?? "").split(separator: "&") where pair.hasPrefix("limit=") {
+            guard let value = Int(pair.dropFirst(6)), value > 0 else {
+                send(
+                    .badRequest,
+                    "text/plain",
+                    Array("bad tap: limit: expected a positive integer\n".utf8),
+                    head: head,
+                    context: context
+                )
+                return
+            }
+            limit = value
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/x-ndjson")
+        headers.add(name: "cache-control", value: "no-cache")
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+            promise: nil
+        )
+        let subscriber = endpoints.taps.subscribe(filter)
+        tap = (subscriber, limit, nil)
+        context.writeAndFlush(
+            wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: "{\"tapping\":true}\n")))),
+            promise: nil
+        )
+        scheduleTapDrain(context: context)
+    }
+
+    private func scheduleTapDrain(context: ChannelHandlerContext) {
+        tap?.timer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.tapInterval) { [weak self] in
+            self?.drainTap(context: context)
+        }
+    }
+
+    private func drainTap(context: ChannelHandlerContext) {
+        guard var tap else { return }
+        var (events, dropped) = tap.subscriber.drain()
+        if let remaining = tap.remaining, events.count > remaining { events.removeLast(events.count - remaining) }
+        if !events.isEmpty || dropped > 0 {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            var buffer = context.channel.allocator.buffer(capacity: events.count * 200)
+            for event in events {
+                if let line = try? encoder.encode(event) {
+                    buffer.writeBytes(line)
+                    buffer.writeInteger(UInt8(ascii: "\n"))
+                }
+            }
+            if dropped > 0 { buffer.writeString("{\"dropped\":\(dropped)}\n") }
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        if let remaining = tap.remaining {
+            tap.remaining = remaining - events.count
+            if tap.remaining! <= 0 {
+                stopTap()
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                    context.close(promise: nil)
+                }
+                return
+            }
+        }
+        self.tap = tap
+        scheduleTapDrain(context: context)
+    }
+
+    private func send(
+        _ status: HTTPResponseStatus,
+        _ contentType: String,
+        _ body: [UInt8],
+        head: HTTPRequestHead,
+        context: ChannelHandlerContext
+    ) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: contentType)
+        headers.add(name: "content-length", value: String(body.count))
+        headers.add(name: "connection", value: "close")
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+            promise: nil
+        )
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        if head.method == .GET, path == "/tap" {
+            startTap(head, context: context)
+            return
+        }
         let status: HTTPResponseStatus
         let contentType: String
         let body: [UInt8]
@@ -67,7 +191,7 @@ final class AdminHandler: ChannelInboundHandler {
         default:
             status = .notFound
             contentType = "text/plain"
-            body = Array("not found: try /metrics, /ready, /live, /config\n".utf8)
+            body = Array("not found: try /metrics, /ready, /live, /config, /tap\n".utf8)
         }
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: contentType)

@@ -2,13 +2,6 @@ import Histogram
 import MeshworkModel
 import NIOConcurrencyHelpers
 
-/// Which side of the sidecar an edge is: calls it received (`inbound`, the peer is the
-/// calling service) or made (`outbound`, the peer is the called service).
-public enum EdgeDirection: String, Sendable, Hashable, Codable {
-    case inbound
-    case outbound
-}
-
 /// One edge: a direction and the service on the other end.
 public struct EdgeKey: Sendable, Hashable {
     public var direction: EdgeDirection

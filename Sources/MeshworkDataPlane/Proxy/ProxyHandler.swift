@@ -188,7 +188,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             head.headers.contains(name: "transfer-encoding")
             || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
         trace = nil
-        if loop.tracer != nil || loop.accessLog != nil { observe(head) }
+        if loop.tracer != nil || loop.accessLog != nil || loop.taps != nil { observe(head) }
 
         if Self.headBytes(head) > settings.maxHeaderBytes {
             keepAlive = false
@@ -604,6 +604,20 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     startUnixNanos: trace.startUnixNanos,
                     endUnixNanos: trace.startUnixNanos + UInt64(max(0, nanoseconds))
                 )
+            )
+        }
+        if let taps = loop.taps {
+            taps.offer(
+                direction: inbound ? .inbound : .outbound,
+                source: inbound ? peerName : loop.service,
+                target: inbound ? loop.service : peerName,
+                method: requestMethod,
+                path: requestPath,
+                status: Int(status.code),
+                nanoseconds: nanoseconds,
+                meshError: error?.reason,
+                traceID: trace.map { "\($0.traceID)" },
+                now: loop.loop.now.uptimeNanoseconds
             )
         }
         if let log = loop.accessLog {

@@ -66,6 +66,10 @@ public struct InstanceResource: Sendable, Hashable, Codable {
         self.port = port
     }
 
+    /// The metadata key under which a sidecar registers its admin listener (`host:port`),
+    /// where the controller opens taps.
+    public static let adminMetadataKey = "meshwork.admin"
+
     /// Whether balancers may send to it.
     public var isServing: Bool { health == .healthy && weight > 0 }
 }

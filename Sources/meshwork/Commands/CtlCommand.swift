@@ -19,7 +19,7 @@ struct CtlCommand: AsyncParsableCommand {
             """,
         subcommands: [
             CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
-            CtlToken.self, CtlPolicies.self, CtlCA.self, CtlStat.self, CtlEdges.self,
+            CtlToken.self, CtlPolicies.self, CtlCA.self, CtlStat.self, CtlEdges.self, CtlTap.self, CtlTop.self,
         ]
     )
 }
