@@ -16,6 +16,9 @@ extension DiscoveryAgent {
     /// (throws) when it refuses the join token: a used or expired token will not get better.
     func bootstrapIdentity() async throws {
         guard let link = config.controller, let file = link.joinTokenFile else { return }
+        // A restarted sidecar serves with the identity it had (and renews it with a proof
+        // when the controller is back): its join token was used up on the first start.
+        if loadCachedIdentity() { return }
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
             throw ControllerClient.Failure(description: "cannot read controller.joinTokenFile \(file)")
         }
@@ -108,6 +111,76 @@ extension DiscoveryAgent {
         }
     }
 
+    /// `<controller.cacheFile>.identity`: the workload key and certificate, kept so a
+    /// restarted sidecar can serve while the controller is away.
+    var identityFile: String? { config.controller?.cacheFile.map { $0 + ".identity" } }
+
+    private struct CachedIdentity: Codable {
+        var key: String
+        var issued: IssuedCertificate
+    }
+
+    /// Installs the cached identity when it is this service's and valid for a while yet.
+    private func loadCachedIdentity() -> Bool {
+        guard let file = identityFile, let data = FileManager.default.contents(atPath: file) else { return false }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        guard let cached = try? decoder.decode(CachedIdentity.self, from: data),
+            let key = try? WorkloadKey(pem: cached.key)
+        else {
+            logger.warning("ignoring an unreadable identity cache", metadata: ["file": "\(file)"])
+            return false
+        }
+        guard SPIFFEID(cached.issued.spiffeID)?.serviceName == config.service else {
+            logger.warning(
+                "ignoring a cached identity of another service",
+                metadata: ["file": "\(file)", "identity": "\(cached.issued.spiffeID)"]
+            )
+            return false
+        }
+        guard cached.issued.notAfter.timeIntervalSinceNow > 5 else {
+            logger.info("the cached certificate has expired; joining again", metadata: ["file": "\(file)"])
+            return false
+        }
+        do {
+            try install(key: key, issued: cached.issued)
+        } catch {
+            logger.warning("the cached identity is unusable", metadata: ["file": "\(file)", "error": "\(error)"])
+            return false
+        }
+        logger.info(
+            "workload identity from the cache",
+            metadata: ["identity": "\(cached.issued.spiffeID)", "not-after": "\(cached.issued.notAfter)"]
+        )
+        return true
+    }
+
+    /// Written aside (mode 0600: it holds the private key) and renamed over the old one.
+    private func saveIdentity(key: WorkloadKey, issued: IssuedCertificate) {
+        guard let file = identityFile else { return }
+        do {
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            let data = try encoder.encode(CachedIdentity(key: key.pem, issued: issued))
+            let temporary = file + ".tmp"
+            unlink(temporary)
+            guard
+                FileManager.default.createFile(
+                    atPath: temporary,
+                    contents: data,
+                    attributes: [.posixPermissions: 0o600]
+                )
+            else {
+                throw ControllerClient.Failure(description: "cannot create \(temporary)")
+            }
+            guard rename(temporary, file) == 0 else {
+                throw ControllerClient.Failure(description: "rename failed: errno \(errno)")
+            }
+        } catch {
+            logger.warning("cannot write the identity cache", metadata: ["file": "\(file)", "error": "\(error)"])
+        }
+    }
+
     private func install(key: WorkloadKey, issued: IssuedCertificate) throws {
         guard let id = SPIFFEID(issued.spiffeID), let source = sidecar.meshTLS else {
             throw ControllerClient.Failure(description: "the controller issued an unusable identity \(issued.spiffeID)")
@@ -134,5 +207,6 @@ extension DiscoveryAgent {
         if let credential = issued.credential {
             client = ControllerClient(baseURL: client.baseURL, token: credential, http: client.http)
         }
+        saveIdentity(key: key, issued: issued)
     }
 }

@@ -5,12 +5,18 @@ import SwiftASN1
 import X509
 
 /// A sidecar's own key: generated in memory on start (and again on every renewal), never
-/// written to disk or sent anywhere; only CSRs for it leave the process.
+/// sent anywhere (only CSRs for it leave the process); written only to the sidecar's own
+/// identity cache (mode 0600) when a cache file is configured.
 public struct WorkloadKey: Sendable {
     private let key: P256.Signing.PrivateKey
 
     public init() {
         key = P256.Signing.PrivateKey()
+    }
+
+    /// The key `pem` holds (from the identity cache).
+    public init(pem: String) throws {
+        key = try P256.Signing.PrivateKey(pemRepresentation: pem)
     }
 
     public var pem: String { key.pemRepresentation + "\n" }
