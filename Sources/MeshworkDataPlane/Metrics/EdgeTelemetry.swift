@@ -20,6 +20,11 @@ public struct EdgeData: Sendable {
     /// Responses by class: index 0 is 1xx ... index 4 is 5xx.
     public var classes: [UInt64] = [0, 0, 0, 0, 0]
     public var latency = EdgeData.emptyHistogram()
+    /// Body bytes received from the client and sent back to it.
+    public var requestBytes: UInt64 = 0
+    public var responseBytes: UInt64 = 0
+    /// Answers the mesh made itself, by reason (`x-meshwork-error`); a handful of reasons.
+    public var meshErrors: [String: UInt64] = [:]
 
     public init() {}
 
@@ -30,15 +35,30 @@ public struct EdgeData: Sendable {
     public var requests: UInt64 { classes.reduce(0, +) }
     public var failures: UInt64 { classes[4] }
 
-    mutating func record(status: Int, micros: UInt64) {
-        classes[min(4, max(0, status / 100 - 1))] += 1
-        _ = latency.record(min(max(1, micros), 60_000_000))
+    mutating func record(_ exchange: EdgeExchange) {
+        classes[min(4, max(0, exchange.status / 100 - 1))] += 1
+        _ = latency.record(min(max(1, exchange.micros), 60_000_000))
+        requestBytes += exchange.requestBytes
+        responseBytes += exchange.responseBytes
+        if let reason = exchange.meshError { meshErrors[reason, default: 0] += 1 }
     }
 
     public mutating func add(_ other: EdgeData) {
         for index in classes.indices { classes[index] += other.classes[index] }
         latency.add(other.latency)
+        requestBytes += other.requestBytes
+        responseBytes += other.responseBytes
+        for (reason, count) in other.meshErrors { meshErrors[reason, default: 0] += count }
     }
+}
+
+/// What one finished exchange adds to its edge.
+struct EdgeExchange {
+    var status: Int
+    var micros: UInt64
+    var requestBytes: UInt64
+    var responseBytes: UInt64
+    var meshError: String?
 }
 
 /// The sidecar's per-edge telemetry. Each event loop records into its own shard (a lock
@@ -52,13 +72,12 @@ public final class EdgeTelemetry: Sendable {
     final class Shard: Sendable {
         let edges = NIOLockedValueBox<[EdgeKey: EdgeData]>([:])
 
-        func record(_ key: EdgeKey, status: Int, micros: UInt64) {
+        func record(_ key: EdgeKey, _ exchange: EdgeExchange) {
             edges.withLockedValue { edges in
                 if edges[key] == nil, edges.count >= EdgeTelemetry.maxPeers * 2 {
-                    edges[EdgeKey(direction: key.direction, peer: "other"), default: EdgeData()]
-                        .record(status: status, micros: micros)
+                    edges[EdgeKey(direction: key.direction, peer: "other"), default: EdgeData()].record(exchange)
                 } else {
-                    edges[key, default: EdgeData()].record(status: status, micros: micros)
+                    edges[key, default: EdgeData()].record(exchange)
                 }
             }
         }
@@ -150,6 +169,32 @@ public final class EdgeTelemetry: Sendable {
             let sum = data.latency.mean * Double(total) / 1_000_000
             text += "meshwork_edge_request_duration_seconds_sum{\(labels)} \(sum)\n"
             text += "meshwork_edge_request_duration_seconds_count{\(labels)} \(total)\n"
+        }
+        text += """
+            # HELP meshwork_edge_request_bytes_total Request body bytes received per edge.
+            # TYPE meshwork_edge_request_bytes_total counter
+
+            """
+        for (key, data) in edges {
+            text += "meshwork_edge_request_bytes_total{\(Self.labels(key))} \(data.requestBytes)\n"
+        }
+        text += """
+            # HELP meshwork_edge_response_bytes_total Response body bytes sent back per edge.
+            # TYPE meshwork_edge_response_bytes_total counter
+
+            """
+        for (key, data) in edges {
+            text += "meshwork_edge_response_bytes_total{\(Self.labels(key))} \(data.responseBytes)\n"
+        }
+        text += """
+            # HELP meshwork_edge_mesh_errors_total Answers the mesh made itself per edge, by x-meshwork-error reason.
+            # TYPE meshwork_edge_mesh_errors_total counter
+
+            """
+        for (key, data) in edges {
+            for (reason, count) in data.meshErrors.sorted(by: { $0.key < $1.key }) {
+                text += "meshwork_edge_mesh_errors_total{\(Self.labels(key)),reason=\"\(reason)\"} \(count)\n"
+            }
         }
         return Array(text.utf8)
     }

@@ -101,6 +101,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestMethod = ""
     private var requestPath = ""
     private var requestWallStart: UInt64 = 0
+    /// Body bytes of the current exchange, both ways, for its edge.
+    private var requestBytes = 0
+    private var responseBytes = 0
 
     init(settings: ProxySettings, loop: LoopContext, isStream: Bool, peer: ConnectionPeer? = nil) {
         self.settings = settings
@@ -159,6 +162,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let head):
             receivedHead(head, context: context)
         case .body(let body):
+            requestBytes &+= body.readableBytes
             forward(.body(.byteBuffer(body)))
         case .end(let trailers):
             requestEnded = true
@@ -184,6 +188,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // After an upgrade request the HTTP/1 decoder stops parsing, so the connection
         // carries nothing else: it becomes a tunnel or closes after the answer.
         if isUpgrade { keepAlive = false }
+        requestBytes = 0
+        responseBytes = 0
         requestHasBody =
             head.headers.contains(name: "transfer-encoding")
             || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
@@ -585,8 +591,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let shard = loop.edges {
             shard.record(
                 EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName),
-                status: Int(status.code),
-                micros: UInt64(max(0, nanoseconds / 1000))
+                EdgeExchange(
+                    status: Int(status.code),
+                    micros: UInt64(max(0, nanoseconds / 1000)),
+                    requestBytes: UInt64(requestBytes),
+                    responseBytes: UInt64(responseBytes),
+                    meshError: error?.reason
+                )
             )
         }
         if let trace, trace.sampled, let tracer = loop.tracer {
@@ -733,6 +744,7 @@ extension ProxyHandler: UpstreamDelegate {
             if !keepAlive, !isStream { head.headers.add(name: "connection", value: "close") }
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let body):
+            responseBytes &+= body.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(let trailers):
             responseEnded = true

@@ -58,6 +58,10 @@ struct TelemetryTests {
                 #expect(try await Curl.run(["-X", "POST", base + "/status/500"]).status == 500)
             }
 
+            // One the mesh answers itself: a head over the limit, refused by web's sidecar.
+            let big = try await Curl.run(["-H", "x-big: " + String(repeating: "a", count: 100_000), base + "/"])
+            #expect(big.status == 431)
+
             // The sidecars' own metrics, per edge, and promtool is happy with them.
             let serverMetrics = try await Curl.get("http://127.0.0.1:\(server.port("admin") ?? 0)/metrics").text
             #expect(
@@ -66,7 +70,18 @@ struct TelemetryTests {
             #expect(
                 serverMetrics.contains(#"meshwork_edge_requests_total{direction="inbound",peer="web",class="5xx"} 20"#)
             )
+            // Body bytes: "hello from orders-1\n", 100 x "slept 20ms\n", 20 x "status 500\n".
+            #expect(
+                serverMetrics.contains(#"meshwork_edge_response_bytes_total{direction="inbound",peer="web"} 1340"#),
+                "\(serverMetrics)"
+            )
             let clientMetrics = try await Curl.get("http://127.0.0.1:\(client.port("admin") ?? 0)/metrics").text
+            #expect(
+                clientMetrics.contains(
+                    #"meshwork_edge_mesh_errors_total{direction="outbound",peer="unrouted",reason="header_too_large"} 1"#
+                ),
+                "\(clientMetrics)"
+            )
             #expect(
                 clientMetrics.contains(
                     #"meshwork_edge_requests_total{direction="outbound",peer="orders",class="2xx"} 101"#
