@@ -32,12 +32,22 @@ def render(template, out, **values):
     return path
 
 
+def with_extra(path, suffix, extra):
+    """The same config with `extra` YAML appended (a telemetry feature on or off)."""
+    variant = path.replace(".yaml", "-" + suffix + ".yaml")
+    with open(path) as src, open(variant, "w") as dst:
+        dst.write(src.read() + "\n" + extra)
+    return variant
+
+
 def without_edge_telemetry(path):
     """The same config with per-edge telemetry off: what telemetry costs is the difference."""
-    off = path.replace(".yaml", "-no-telemetry.yaml")
-    with open(path) as src, open(off, "w") as dst:
-        dst.write(src.read() + "\nedgeTelemetry: false\n")
-    return off
+    return with_extra(path, "no-telemetry", "edgeTelemetry: false\n")
+
+
+# Tracing exports to a port nobody listens on: spans are recorded, encoded and sent; the
+# export fails and is counted (the data path's cost is the same as with a collector).
+TRACING = "tracing:\n  endpoint: http://127.0.0.1:9/v1/traces\n  sampleRate: %s\n"
 
 
 def wait_port(port, timeout=15.0):
@@ -110,6 +120,12 @@ def scenarios(args, out):
                                      "--config", render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "meshwork")], PORT),
         "meshwork (no edge telemetry)": lambda: ([start([mw, "sidecar", "--log-level", "error",
                                      "--config", without_edge_telemetry(render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN))], 1, out, "meshwork")], PORT),
+        "meshwork (tracing 1%)": lambda: ([start([mw, "sidecar", "--log-level", "error",
+                                     "--config", with_extra(render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN), "tracing-1", TRACING % "0.01")], 1, out, "meshwork")], PORT),
+        "meshwork (tracing 100%)": lambda: ([start([mw, "sidecar", "--log-level", "error",
+                                     "--config", with_extra(render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN), "tracing-100", TRACING % "1")], 1, out, "meshwork")], PORT),
+        "meshwork (access log)": lambda: ([start([mw, "sidecar", "--log-level", "error",
+                                     "--config", with_extra(render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN), "access-log", "accessLog: /dev/null\n")], 1, out, "meshwork")], PORT),
         "meshwork pair (mTLS+h2; no edge telemetry)": lambda: ([
             start([mw, "sidecar", "--log-level", "error",
                    "--config", without_edge_telemetry(render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS))], 1, out, "mw-server"),
@@ -285,6 +301,13 @@ def main():
                   f"x{summary[on]['cpu_us_per_req'] / summary[off]['cpu_us_per_req']:.3f}, "
                   f"p99 x{summary[on]['p99_ms'] / summary[off]['p99_ms']:.2f}, "
                   f"throughput x{summary[on]['rps'] / summary[off]['rps']:.3f}")
+    base = summary.get("meshwork (no edge telemetry)")
+    for variant in ("meshwork", "meshwork (tracing 1%)", "meshwork (tracing 100%)", "meshwork (access log)"):
+        if base and variant in summary and base["cpu_us_per_req"]:
+            print(f"\n{variant} / meshwork (no edge telemetry): CPU per request "
+                  f"x{summary[variant]['cpu_us_per_req'] / base['cpu_us_per_req']:.3f}, "
+                  f"p99 x{summary[variant]['p99_ms'] / base['p99_ms']:.2f}, "
+                  f"throughput x{summary[variant]['rps'] / base['rps']:.3f}")
     for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)")):
         if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
             sa, sb = summary[a], summary[b]

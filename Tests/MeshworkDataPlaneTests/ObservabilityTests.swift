@@ -24,6 +24,20 @@ import W3CTraceContext
         #expect(trace.startUnixNanos > 0 && !trace.dropsState)
     }
 
+    @Test func traceparentFormatsAndParsesInPlace() throws {
+        let trace = TraceID.random()
+        let span = SpanID.random()
+        let text = LoopTracer.format(trace, span, sampled: true)
+        #expect(text == "00-\(trace)-\(span)-01")
+        let parsed = try #require(LoopTracer.parse(text))
+        #expect(parsed.traceID == trace && parsed.spanID == span && parsed.sampled)
+        #expect(LoopTracer.parse(LoopTracer.format(trace, span, sampled: false))?.sampled == false)
+        // Uppercase hex, a zero span ID, a wrong delimiter: all invalid (W3C 3.2.2).
+        #expect(LoopTracer.parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01") == nil)
+        #expect(LoopTracer.parse("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01") == nil)
+        #expect(LoopTracer.parse("00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01") == nil)
+    }
+
     @Test func unsampledCallerPassesThroughUntouched() {
         let trace = tracer(rate: 1).begin(
             headers([("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")])
@@ -84,6 +98,11 @@ import W3CTraceContext
         out = []
         AccessLogWriter.appendTimestamp(951_827_696_007_000_000, to: &out)  // leap day
         #expect(String(decoding: out, as: UTF8.self) == "2000-02-29T12:34:56.007Z")
+        for (value, width, text) in [(0, 1, "0"), (7, 3, "007"), (1234, 3, "1234"), (Int64.max, 1, "\(Int64.max)")] {
+            out = []
+            AccessLogWriter.appendDecimal(Int64(value), to: &out, width: width)
+            #expect(String(decoding: out, as: UTF8.self) == text)
+        }
         out = []
         AccessLogWriter.appendEscaped("a\"b\\c\n\u{1}", to: &out)
         #expect(String(decoding: out, as: UTF8.self) == #"a\"b\\c\u000a\u0001"#)

@@ -1,5 +1,6 @@
 import MeshworkModel
 import NIOCore
+import W3CTraceContext
 
 #if canImport(Glibc)
 import Glibc
@@ -99,8 +100,8 @@ final class AccessLogWriter {
         status: Int,
         nanoseconds: Int64,
         meshError: String?,
-        traceID: String?,
-        spanID: String?
+        traceID: TraceID?,
+        spanID: SpanID?
     ) {
         if flushTask == nil { startFlushing() }
         buffer.append(contentsOf: #"{"time":""#.utf8)
@@ -113,13 +114,15 @@ final class AccessLogWriter {
         field("method", method)
         field("path", path)
         buffer.append(contentsOf: #","status":"#.utf8)
-        buffer.append(contentsOf: String(status).utf8)
+        Self.appendDecimal(Int64(status), to: &buffer)
         buffer.append(contentsOf: #","duration_ms":"#.utf8)
         let micros = max(0, nanoseconds / 1000)
-        buffer.append(contentsOf: "\(micros / 1000).\(Self.threeDigits(micros % 1000))".utf8)
+        Self.appendDecimal(micros / 1000, to: &buffer)
+        buffer.append(UInt8(ascii: "."))
+        Self.appendDecimal(micros % 1000, to: &buffer, width: 3)
         if let meshError { field("mesh_error", meshError) }
-        if let traceID { field("trace_id", traceID) }
-        if let spanID { field("span_id", spanID) }
+        if let traceID { withUnsafeBytes(of: traceID.bytes) { hexField("trace_id", $0) } }
+        if let spanID { withUnsafeBytes(of: spanID.bytes) { hexField("span_id", $0) } }
         buffer.append(contentsOf: "}\n".utf8)
         if buffer.count > 32 * 1024 { flush() }
     }
@@ -132,8 +135,41 @@ final class AccessLogWriter {
         buffer.append(UInt8(ascii: "\""))
     }
 
-    private static func threeDigits(_ value: Int64) -> String {
-        value < 10 ? "00\(value)" : value < 100 ? "0\(value)" : "\(value)"
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    private func hexField(_ name: String, _ bytes: UnsafeRawBufferPointer) {
+        buffer.append(contentsOf: #",""#.utf8)
+        buffer.append(contentsOf: name.utf8)
+        buffer.append(contentsOf: #"":""#.utf8)
+        for byte in bytes {
+            buffer.append(Self.hex[Int(byte >> 4)])
+            buffer.append(Self.hex[Int(byte & 0x0F)])
+        }
+        buffer.append(UInt8(ascii: "\""))
+    }
+
+    /// Decimal digits straight into the buffer (no String per number), zero-padded to `width`.
+    static func appendDecimal(_ value: Int64, to out: inout [UInt8], width: Int = 1) {
+        var digits:
+            (
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+            ) =
+                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var rest = value < 0 ? 0 : UInt64(value)
+        withUnsafeMutableBytes(of: &digits) { space in
+            repeat {
+                space[count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0 && count < space.count
+            while count < width && count < space.count {
+                space[count] = UInt8(ascii: "0")
+                count += 1
+            }
+            for index in stride(from: count - 1, through: 0, by: -1) { out.append(space[index]) }
+        }
     }
 
     /// JSON string escaping (RFC 8259 section 7): quote, backslash and control characters.
@@ -172,7 +208,7 @@ final class AccessLogWriter {
             out.append(UInt8(48 + value / 10))
             out.append(UInt8(48 + value % 10))
         }
-        out.append(contentsOf: String(year).utf8)
+        appendDecimal(year, to: &out, width: 4)
         out.append(UInt8(ascii: "-"))
         two(month)
         out.append(UInt8(ascii: "-"))
@@ -184,7 +220,7 @@ final class AccessLogWriter {
         out.append(UInt8(ascii: ":"))
         two(secondOfDay % 60)
         out.append(UInt8(ascii: "."))
-        out.append(contentsOf: threeDigits(millis).utf8)
+        appendDecimal(millis, to: &out, width: 3)
         out.append(UInt8(ascii: "Z"))
     }
 }

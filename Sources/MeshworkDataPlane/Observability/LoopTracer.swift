@@ -21,6 +21,8 @@ struct ExchangeTrace {
     /// The caller's `traceparent` could not be parsed: its `tracestate` must not be
     /// forwarded either (W3C trace context, section 3.3.1).
     var dropsState: Bool
+    /// The request carries a `traceparent` that `header` replaces (otherwise it is added).
+    var replaces: Bool { dropsState || parentSpanID != nil }
     var startUnixNanos: UInt64
 }
 
@@ -46,8 +48,8 @@ final class LoopTracer {
     func begin(_ headers: HTTPHeaders) -> ExchangeTrace {
         var dropsState = false
         if let value = headers.first(name: Self.parentHeader) {
-            if let incoming = try? TraceContext(traceParentHeaderValue: value) {
-                guard incoming.flags.contains(.sampled) else {
+            if let incoming = Self.parse(value) {
+                guard incoming.sampled else {
                     return ExchangeTrace(
                         traceID: incoming.traceID,
                         spanID: incoming.spanID,
@@ -85,8 +87,65 @@ final class LoopTracer {
         )
     }
 
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    /// `00-<trace>-<span>-<flags>` written straight into one string (the library's
+    /// `description`s build an array and a string per ID).
     static func format(_ trace: TraceID, _ span: SpanID, sampled: Bool) -> String {
-        "00-\(trace)-\(span)-\(sampled ? "01" : "00")"
+        String(unsafeUninitializedCapacity: 55) { out in
+            func put(_ bytes: UnsafeRawBufferPointer, at start: Int) {
+                for (i, byte) in bytes.enumerated() {
+                    out[start + 2 * i] = hex[Int(byte >> 4)]
+                    out[start + 2 * i + 1] = hex[Int(byte & 0x0F)]
+                }
+            }
+            out[0] = UInt8(ascii: "0")
+            out[1] = UInt8(ascii: "0")
+            out[2] = UInt8(ascii: "-")
+            withUnsafeBytes(of: trace.bytes) { put($0, at: 3) }
+            out[35] = UInt8(ascii: "-")
+            withUnsafeBytes(of: span.bytes) { put($0, at: 36) }
+            out[52] = UInt8(ascii: "-")
+            out[53] = UInt8(ascii: "0")
+            out[54] = sampled ? UInt8(ascii: "1") : UInt8(ascii: "0")
+            return 55
+        }
+    }
+
+    /// A version-00 `traceparent` (W3C trace context section 3.2), read in place: nil when
+    /// it is malformed, or its trace or parent ID is all zeros.
+    static func parse(_ value: String) -> (traceID: TraceID, spanID: SpanID, sampled: Bool)? {
+        var value = value
+        return value.withUTF8 { text -> (TraceID, SpanID, Bool)? in
+            guard text.count == 55, text[0] == UInt8(ascii: "0"), text[1] == UInt8(ascii: "0"),
+                text[2] == UInt8(ascii: "-"), text[35] == UInt8(ascii: "-"), text[52] == UInt8(ascii: "-")
+            else { return nil }
+            func nibble(_ c: UInt8) -> UInt8? {
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+                default: return nil  // the spec allows lowercase hex only
+                }
+            }
+            func read(_ start: Int, into bytes: UnsafeMutableRawBufferPointer) -> Bool {
+                var any: UInt8 = 0
+                for i in 0..<bytes.count {
+                    guard let high = nibble(text[start + 2 * i]), let low = nibble(text[start + 2 * i + 1]) else {
+                        return false
+                    }
+                    bytes[i] = high << 4 | low
+                    any |= bytes[i]
+                }
+                return any != 0
+            }
+            var trace = TraceID.null.bytes
+            var span = SpanID.null.bytes
+            guard withUnsafeMutableBytes(of: &trace, { read(3, into: $0) }),
+                withUnsafeMutableBytes(of: &span, { read(36, into: $0) }),
+                let high = nibble(text[53]), let low = nibble(text[54])
+            else { return nil }
+            return (TraceID(bytes: trace), SpanID(bytes: span), (high << 4 | low) & 1 == 1)
+        }
     }
 
     /// Wall-clock time for span timestamps (read only for sampled exchanges).

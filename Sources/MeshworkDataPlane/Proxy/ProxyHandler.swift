@@ -98,8 +98,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // What tracing and the access log need of the exchange (set only when either is on).
     private var trace: ExchangeTrace?
-    private var requestMethod = ""
-    private var requestPath = ""
+    private var requestMethod = HTTPMethod.GET
+    /// The request target as it came (kept by reference); its path is cut out only for
+    /// what records it.
+    private var requestURI = ""
     private var requestWallStart: UInt64 = 0
     /// Body bytes of the current exchange, both ways, for its edge.
     private var requestBytes = 0
@@ -243,7 +245,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
             if cluster.isMesh { Deadlines.propagate(timeout, in: &upstreamHead.headers) }
             if let trace, let header = trace.header {
-                upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
+                if trace.replaces {
+                    upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
+                } else {
+                    upstreamHead.headers.add(name: LoopTracer.parentHeader, value: header)
+                }
                 if trace.dropsState { upstreamHead.headers.remove(name: LoopTracer.stateHeader) }
             }
             replay = cluster.retryPolicy.attempts > 0 && !isUpgrade ? [.head(upstreamHead)] : nil
@@ -588,6 +594,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func recordExchange(status: HTTPResponseStatus, nanoseconds: Int64, error: MeshError? = nil) {
         let inbound = settings.restoresProtocol
         let peerName = inbound ? (peer?.serviceName ?? "unauthenticated") : (edgePeer ?? "unrouted")
+        let sampled = trace?.sampled == true && loop.tracer != nil
+        let path = sampled || loop.taps != nil || loop.accessLog != nil ? Self.path(of: requestURI) : ""
         if let shard = loop.edges {
             shard.record(
                 EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName),
@@ -600,15 +608,15 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 )
             )
         }
-        if let trace, trace.sampled, let tracer = loop.tracer {
+        if sampled, let trace, let tracer = loop.tracer {
             tracer.shard.record(
                 SpanRecord(
                     traceID: trace.traceID,
                     spanID: trace.spanID,
                     parentSpanID: trace.parentSpanID,
                     kind: inbound ? .server : .client,
-                    method: requestMethod,
-                    path: requestPath,
+                    method: requestMethod.rawValue,
+                    path: path,
                     peer: peerName,
                     status: Int(status.code),
                     meshError: error?.reason,
@@ -622,8 +630,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 direction: inbound ? .inbound : .outbound,
                 source: inbound ? peerName : loop.service,
                 target: inbound ? loop.service : peerName,
-                method: requestMethod,
-                path: requestPath,
+                method: requestMethod.rawValue,
+                path: path,
                 status: Int(status.code),
                 nanoseconds: nanoseconds,
                 meshError: error?.reason,
@@ -637,27 +645,34 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 direction: inbound ? .inbound : .outbound,
                 source: inbound ? peerName : loop.service,
                 target: inbound ? loop.service : peerName,
-                method: requestMethod,
-                path: requestPath,
+                method: requestMethod.rawValue,
+                path: path,
                 status: Int(status.code),
                 nanoseconds: nanoseconds,
                 meshError: error?.reason,
-                traceID: trace.map { "\($0.traceID)" },
-                spanID: trace.flatMap { $0.sampled ? "\($0.spanID)" : nil }
+                traceID: trace?.traceID,
+                spanID: trace.flatMap { $0.sampled ? $0.spanID : nil }
             )
         }
     }
 
     /// Keeps what tracing and the access log need of the request, and begins its trace.
     private func observe(_ head: HTTPRequestHead) {
-        requestMethod = head.method.rawValue
-        let target = ProxyRoute.absoluteURIAuthority(head.uri) != nil ? ProxyRoute.originForm(head.uri) : head.uri
-        requestPath = target.firstIndex(of: "?").map { String(target[..<$0]) } ?? target
+        requestMethod = head.method
+        requestURI = head.uri
         trace = loop.tracer?.begin(head.headers)
         if loop.accessLog != nil {
             requestWallStart = trace.map { $0.startUnixNanos } ?? 0
             if requestWallStart == 0 { requestWallStart = LoopTracer.unixNanos() }
         }
+    }
+
+    /// The path of a request target: origin form, without the query string (it may carry
+    /// secrets).
+    static func path(of uri: String) -> String {
+        let target = ProxyRoute.absoluteURIAuthority(uri) != nil ? ProxyRoute.originForm(uri) : uri
+        guard let query = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target }
+        return String(target[..<query])
     }
 
     /// Reports the exchange's latency to the cluster's balancer, once.
