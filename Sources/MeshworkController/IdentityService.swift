@@ -338,7 +338,16 @@ actor IdentityService {
         }
         tokens[id] = token
         logger.info("join token created", metadata: ["id": "\(id)", "service": "\(service)", "uses": "\(uses)"])
-        return CreatedToken(id: id, token: "\(id).\(secret)", service: service, expires: token.expires, uses: uses)
+        // The active root's SHA-256 rides along: a sidecar verifies an https:// controller
+        // with it before trusting anything the controller says (no CA file to hand out).
+        let pin = CertificateAuthority.fingerprint(authority.root)
+        return CreatedToken(
+            id: id,
+            token: "\(id).\(secret).\(pin)",
+            service: service,
+            expires: token.expires,
+            uses: uses
+        )
     }
 
     func listTokens() -> [TokenInfo] {
@@ -526,10 +535,11 @@ actor IdentityService {
         return (randomHex(bytes: 6), secret, hash(secret))
     }
 
-    /// `<id>.<secret>` split in two, or nil.
+    /// `<id>.<secret>` (or a join token's `<id>.<secret>.<ca-pin>`) split, or nil; the pin
+    /// is for the sidecar, the controller has no use for it.
     static func splitToken(_ text: String) -> (id: String, secret: String)? {
-        let parts = text.split(separator: ".", maxSplits: 1).map(String.init)
-        return parts.count == 2 ? (parts[0], parts[1]) : nil
+        let parts = text.split(separator: ".", maxSplits: 2).map(String.init)
+        return parts.count == 2 || parts.count == 3 ? (parts[0], parts[1]) : nil
     }
 
     static func randomHex(bytes: Int) -> String {

@@ -4,6 +4,8 @@ import Logging
 import MeshworkDataPlane
 import MeshworkIdentity
 import MeshworkModel
+import NIOCore
+import NIOHTTP1
 import NIOSSL
 
 /// The workload identity: a key made in memory, a CSR sent with the join token for the
@@ -25,6 +27,30 @@ extension DiscoveryAgent {
         let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         var backoff = Duration.milliseconds(200)
         while !stopping {
+            do {
+                // An https:// controller with no CA file: trust what the token's pin names.
+                if link.url.hasPrefix("https://"), link.caFile == nil, !pinnedTrust {
+                    guard let pin = Self.pin(inJoinToken: token) else {
+                        throw ControllerClient.Failure(
+                            description:
+                                "an https:// controller needs controller.caFile (--controller-ca) or a join token with the CA pin (id.secret.pin)",
+                            refused: true
+                        )
+                    }
+                    try await trustController(pinned: pin)
+                }
+            } catch let error as ControllerClient.Failure where error.refused {
+                logger.error("cannot verify the controller", metadata: ["error": "\(error)"])
+                throw error
+            } catch {
+                logger.warning(
+                    "cannot reach the controller for its trust bundle",
+                    metadata: ["error": "\(error)", "retry-in": "\(backoff)"]
+                )
+                await pause(backoff)
+                backoff = min(backoff * 2, .seconds(5))
+                continue
+            }
             let key = WorkloadKey()
             do {
                 try await obtainCertificate(for: key, "issued") { _ in ["token": token] }
@@ -109,6 +135,55 @@ extension DiscoveryAgent {
             renewSoon = true
             wakeAll()
         }
+    }
+
+    /// The CA pin of a join token `<id>.<secret>.<pin>`: the SHA-256 of the mesh root's DER.
+    static func pin(inJoinToken token: String) -> String? {
+        let parts = token.split(separator: ".")
+        guard parts.count == 3, parts[2].count == 64, parts[2].allSatisfy(\.isHexDigit) else { return nil }
+        return parts[2].lowercased()
+    }
+
+    /// Fetches the trust bundle over a connection that verifies nothing, keeps it only if
+    /// one of its roots hashes to `pin` (so a man in the middle cannot substitute his own),
+    /// and from then on verifies the controller with those roots (kubeadm's discovery-token
+    /// CA pinning, the same idea).
+    private func trustController(pinned pin: String) async throws {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(3), read: .seconds(10))
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        configuration.tlsConfiguration = tls
+        let unverified = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        defer { Task { try? await unverified.shutdown() } }
+        let response = try await unverified.execute(
+            HTTPClientRequest(url: client.baseURL + "/v1/trust-bundle"),
+            timeout: .seconds(10)
+        )
+        let body = try await response.body.collect(upTo: 1 << 20)
+        guard response.status == .ok else {
+            throw ControllerClient.Failure(description: "trust bundle: \(response.status.code)")
+        }
+        let pem = String(buffer: body)
+        guard let fingerprints = CertificateAuthority.fingerprints(ofPEMBundle: pem),
+            let roots = try? NIOSSLCertificate.fromPEMBytes(Array(pem.utf8)), !roots.isEmpty
+        else {
+            throw ControllerClient.Failure(description: "the controller's trust bundle does not parse")
+        }
+        guard fingerprints.contains(pin) else {
+            throw ControllerClient.Failure(
+                description:
+                    "the controller's CA (\(fingerprints.joined(separator: ", "))) is not the one the join token names (\(pin))",
+                refused: true
+            )
+        }
+        let old = controllerHTTP
+        controllerHTTP = Self.makeControllerHTTP(group: group, roots: .certificates(roots))
+        client = ControllerClient(baseURL: client.baseURL, token: client.token, http: controllerHTTP!)
+        trustBundle = pem
+        pinnedTrust = true
+        if let old { Task { try? await old.shutdown() } }
+        logger.info("controller verified by the join token's CA pin", metadata: ["pin": "\(pin)"])
     }
 
     /// `<controller.cacheFile>.identity`: the workload key and certificate, kept so a

@@ -41,6 +41,8 @@ public actor DiscoveryAgent: Service {
     var trustBundle: String?
     /// Set when a CA rotation makes the current certificate's root inactive.
     var renewSoon = false
+    /// Whether the controller's roots came from the join token's pin.
+    var pinnedTrust = false
 
     public init(config: SidecarConfig, sidecar: Sidecar, group: any EventLoopGroup, logger: Logger) throws {
         guard let link = config.controller else {

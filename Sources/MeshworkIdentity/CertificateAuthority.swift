@@ -252,6 +252,18 @@ public struct CertificateAuthority: Sendable {
     }
 
     /// SHA-256 of the certificate's DER, hex: how a root is named in the trust bundle.
+    /// The fingerprints of every certificate in a PEM bundle (the trust bundle a sidecar
+    /// checks against its join token's pin); nil when the bundle does not parse.
+    public static func fingerprints(ofPEMBundle pem: String) -> [String]? {
+        guard let documents = try? PEMDocument.parseMultiple(pemString: pem) else { return nil }
+        var result: [String] = []
+        for document in documents {
+            guard let certificate = try? Certificate(pemDocument: document) else { return nil }
+            result.append(fingerprint(certificate))
+        }
+        return result
+    }
+
     public static func fingerprint(_ certificate: Certificate) -> String {
         var serializer = DER.Serializer()
         guard (try? serializer.serialize(certificate)) != nil else { return "" }

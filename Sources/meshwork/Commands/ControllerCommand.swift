@@ -13,8 +13,9 @@ struct ControllerCommand: AsyncParsableCommand {
         abstract: "Run the controller: the registry, its API and watch streams.",
         discussion: """
             Starts with no arguments: the registry is kept in SQLite under the data directory, the API \
-            listens on 127.0.0.1:7070, and changes need the bearer token in <data-dir>/token (created on \
-            first start) or in --token-file. SIGTERM or SIGINT stops it.
+            listens on https://127.0.0.1:7070 with a certificate from the mesh CA (<data-dir>/ca.pem verifies \
+            it; join tokens carry the CA's pin), and changes need the bearer token in <data-dir>/token \
+            (created on first start) or in --token-file. --no-tls serves plain HTTP. SIGTERM or SIGINT stops it.
             """
     )
 
@@ -55,9 +56,11 @@ struct ControllerCommand: AsyncParsableCommand {
 
     @Flag(
         name: .long,
-        help: "Serve the API over TLS with a certificate from the mesh CA; clients verify it with <data-dir>/ca.pem."
+        inversion: .prefixedNo,
+        help:
+            "Serve the API over TLS with a certificate from the mesh CA (the default); clients verify it with <data-dir>/ca.pem or a join token's CA pin."
     )
-    var tls = false
+    var tls = true
 
     @Option(name: .long, help: "Longest (and default) workload certificate lifetime, e.g. 24h.")
     var certTTL: String = "24h"

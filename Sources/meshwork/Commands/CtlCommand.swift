@@ -14,7 +14,7 @@ struct CtlCommand: AsyncParsableCommand {
         commandName: "ctl",
         abstract: "Look at and change the registry: services, instances, apply, delete, watch, join tokens.",
         discussion: """
-            The controller is --controller, else $MESHWORK_CONTROLLER, else http://127.0.0.1:7070. The token \
+            The controller is --controller, else $MESHWORK_CONTROLLER, else https://127.0.0.1:7070. The token \
             (for changes) is --token-file, else $MESHWORK_TOKEN, else the local controller's token file.
             """,
         subcommands: [
@@ -42,7 +42,7 @@ struct CtlOptions: ParsableArguments {
     }
 
     var baseURL: String {
-        let url = controller ?? ProcessInfo.processInfo.environment["MESHWORK_CONTROLLER"] ?? "http://127.0.0.1:7070"
+        let url = controller ?? ProcessInfo.processInfo.environment["MESHWORK_CONTROLLER"] ?? "https://127.0.0.1:7070"
         return url.hasSuffix("/") ? String(url.dropLast()) : url
     }
 

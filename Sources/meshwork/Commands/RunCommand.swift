@@ -19,8 +19,8 @@ struct RunCommand: AsyncParsableCommand {
         commandName: "run",
         abstract: "Run an app with its sidecar: start in order, stop together, exit with the app's code.",
         discussion: """
-            meshwork run --service orders --app-port 8080 --controller http://127.0.0.1:7070 \
-            --token-file ~/.local/state/meshwork/token -- ./orders --port 8080
+            meshwork run --service orders --app-port 8080 --controller https://127.0.0.1:7070 \
+            --join-token-file orders.token -- ./orders --port 8080
             The app gets MESHWORK_UPSTREAM_<NAME>=host:port for each upstream port, HTTP_PROXY when \
             --http-proxy is set, and MESHWORK_ADMIN=host:port.
             """

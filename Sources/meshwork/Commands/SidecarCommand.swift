@@ -18,8 +18,10 @@ struct SidecarCommand: AsyncParsableCommand {
             Configure it with a YAML file (see docs/configuration.md), with flags, or both (flags win). \
             With --controller it registers the instance, health-checks the app and learns the instances \
             of every --upstream from the controller:
-              meshwork sidecar --service orders --app-port 8080 --controller http://127.0.0.1:7070 \
-            --token-file ~/.local/state/meshwork/token --upstream inventory=127.0.0.1:9001
+              meshwork sidecar --service orders --app-port 8080 --controller https://127.0.0.1:7070 \
+            --join-token-file orders.token --upstream inventory=127.0.0.1:9001
+            (a join token carries the controller CA's pin; with --token-file instead, verify the \
+            controller with --controller-ca <data-dir>/ca.pem)
             SIGTERM or SIGINT deregisters, then drains gracefully.
             """
     )

@@ -11,8 +11,9 @@ final class ControllerProcess {
     private(set) var dnsPort = 0
     private let logFile: String
 
-    /// Whether the API is served over TLS (`--tls`); clients verify it with `caFile`.
-    var tls: Bool { extraArguments.contains("--tls") }
+    /// Whether the API is served over TLS (the controller's default; tests ask for it with
+    /// `defaultTLS` or `--tls`, and get plain HTTP otherwise); clients verify it with `caFile`.
+    let tls: Bool
     var url: String { "\(tls ? "https" : "http")://127.0.0.1:\(port)" }
     var caFile: String { dataDirectory + "/ca.pem" }
     var token: String {
@@ -23,18 +24,25 @@ final class ControllerProcess {
 
     private let extraArguments: [String]
 
-    private init(dataDirectory: String, extraArguments: [String]) {
+    private init(dataDirectory: String, extraArguments: [String], tls: Bool) {
         self.dataDirectory = dataDirectory
         self.extraArguments = extraArguments
+        self.tls = tls || extraArguments.contains("--tls")
         self.logFile = dataDirectory + ".log"
         self.process = Process()
     }
 
-    static func start(dataDirectory: String? = nil, _ extraArguments: [String] = []) async throws -> ControllerProcess {
+    /// `defaultTLS`: start it without any TLS flag (its default, TLS); otherwise with
+    /// `--no-tls` unless the arguments say `--tls`.
+    static func start(
+        dataDirectory: String? = nil,
+        _ extraArguments: [String] = [],
+        defaultTLS: Bool = false
+    ) async throws -> ControllerProcess {
         let directory =
             dataDirectory
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("mw-ctl-\(UUID().uuidString)").path
-        let controller = ControllerProcess(dataDirectory: directory, extraArguments: extraArguments)
+        let controller = ControllerProcess(dataDirectory: directory, extraArguments: extraArguments, tls: defaultTLS)
         try await controller.launch()
         return controller
     }
@@ -45,7 +53,8 @@ final class ControllerProcess {
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
         process.arguments =
             ["controller", "--data-dir", dataDirectory, "--listen", "127.0.0.1:\(requested)"]
-            + (extraArguments.contains("--dns") ? [] : ["--dns", "127.0.0.1:0"]) + extraArguments
+            + (extraArguments.contains("--dns") ? [] : ["--dns", "127.0.0.1:0"]) + (tls ? [] : ["--no-tls"])
+            + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logFile)
         try process.run()
