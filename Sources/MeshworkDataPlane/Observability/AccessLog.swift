@@ -104,48 +104,80 @@ final class AccessLogWriter {
         spanID: SpanID?
     ) {
         if flushTask == nil { startFlushing() }
-        buffer.append(contentsOf: #"{"time":""#.utf8)
-        Self.appendTimestamp(unixNanos, to: &buffer)
-        buffer.append(contentsOf: #"","direction":""#.utf8)
-        buffer.append(contentsOf: direction.rawValue.utf8)
-        buffer.append(UInt8(ascii: "\""))
-        field("source", source)
-        field("target", target)
-        field("method", method)
-        field("path", path)
-        buffer.append(contentsOf: #","status":"#.utf8)
-        Self.appendDecimal(Int64(status), to: &buffer)
-        buffer.append(contentsOf: #","duration_ms":"#.utf8)
-        let micros = max(0, nanoseconds / 1000)
-        Self.appendDecimal(micros / 1000, to: &buffer)
-        buffer.append(UInt8(ascii: "."))
-        Self.appendDecimal(micros % 1000, to: &buffer, width: 3)
-        if let meshError { field("mesh_error", meshError) }
-        if let traceID { withUnsafeBytes(of: traceID.bytes) { hexField("trace_id", $0) } }
-        if let spanID { withUnsafeBytes(of: spanID.bytes) { hexField("span_id", $0) } }
-        buffer.append(contentsOf: "}\n".utf8)
+        // One exclusive access to the buffer for the whole line (a class property is
+        // checked at run time on every access: dozens of appends would each pay for it).
+        Self.line(
+            into: &buffer,
+            unixNanos: unixNanos,
+            direction: direction,
+            source: source,
+            target: target,
+            method: method,
+            path: path,
+            status: status,
+            nanoseconds: nanoseconds,
+            meshError: meshError,
+            traceID: traceID,
+            spanID: spanID
+        )
         if buffer.count > 32 * 1024 { flush() }
     }
 
-    private func field(_ name: String, _ value: String) {
-        buffer.append(contentsOf: #",""#.utf8)
-        buffer.append(contentsOf: name.utf8)
-        buffer.append(contentsOf: #"":""#.utf8)
-        Self.appendEscaped(value, to: &buffer)
-        buffer.append(UInt8(ascii: "\""))
+    static func line(
+        into out: inout [UInt8],
+        unixNanos: UInt64,
+        direction: EdgeDirection,
+        source: String,
+        target: String,
+        method: String,
+        path: String,
+        status: Int,
+        nanoseconds: Int64,
+        meshError: String?,
+        traceID: TraceID?,
+        spanID: SpanID?
+    ) {
+        out.append(contentsOf: #"{"time":""#.utf8)
+        appendTimestamp(unixNanos, to: &out)
+        out.append(contentsOf: #"","direction":""#.utf8)
+        out.append(contentsOf: direction.rawValue.utf8)
+        out.append(UInt8(ascii: "\""))
+        field("source", source, into: &out)
+        field("target", target, into: &out)
+        field("method", method, into: &out)
+        field("path", path, into: &out)
+        out.append(contentsOf: #","status":"#.utf8)
+        appendDecimal(Int64(status), to: &out)
+        out.append(contentsOf: #","duration_ms":"#.utf8)
+        let micros = max(0, nanoseconds / 1000)
+        appendDecimal(micros / 1000, to: &out)
+        out.append(UInt8(ascii: "."))
+        appendDecimal(micros % 1000, to: &out, width: 3)
+        if let meshError { field("mesh_error", meshError, into: &out) }
+        if let traceID { withUnsafeBytes(of: traceID.bytes) { hexField("trace_id", $0, into: &out) } }
+        if let spanID { withUnsafeBytes(of: spanID.bytes) { hexField("span_id", $0, into: &out) } }
+        out.append(contentsOf: "}\n".utf8)
+    }
+
+    private static func field(_ name: String, _ value: String, into out: inout [UInt8]) {
+        out.append(contentsOf: #",""#.utf8)
+        out.append(contentsOf: name.utf8)
+        out.append(contentsOf: #"":""#.utf8)
+        appendEscaped(value, to: &out)
+        out.append(UInt8(ascii: "\""))
     }
 
     private static let hex = Array("0123456789abcdef".utf8)
 
-    private func hexField(_ name: String, _ bytes: UnsafeRawBufferPointer) {
-        buffer.append(contentsOf: #",""#.utf8)
-        buffer.append(contentsOf: name.utf8)
-        buffer.append(contentsOf: #"":""#.utf8)
+    private static func hexField(_ name: String, _ bytes: UnsafeRawBufferPointer, into out: inout [UInt8]) {
+        out.append(contentsOf: #",""#.utf8)
+        out.append(contentsOf: name.utf8)
+        out.append(contentsOf: #"":""#.utf8)
         for byte in bytes {
-            buffer.append(Self.hex[Int(byte >> 4)])
-            buffer.append(Self.hex[Int(byte & 0x0F)])
+            out.append(hex[Int(byte >> 4)])
+            out.append(hex[Int(byte & 0x0F)])
         }
-        buffer.append(UInt8(ascii: "\""))
+        out.append(UInt8(ascii: "\""))
     }
 
     /// Decimal digits straight into the buffer (no String per number), zero-padded to `width`.
