@@ -9,6 +9,7 @@ import MeshworkModel
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Prometheus
 import ServiceLifecycle
 import Synchronization
@@ -46,6 +47,10 @@ actor DemoMesh {
     private var meshGroup: ServiceGroup?
     private var meshTask: Task<Void, any Error>?
     private(set) var apiURL = ""
+    /// The controller's trust bundle, which verifies its API (HTTPS, like any controller's).
+    private(set) var caFile = ""
+    /// For the API: verifies it with `caFile`.
+    private var api: HTTPClient?
     private(set) var dnsAddress: SocketAddress?
     private(set) var gatewayAddress: SocketAddress?
     private(set) var gatewayAdmin: SocketAddress?
@@ -95,6 +100,7 @@ actor DemoMesh {
             token: token
         )
         options.dns = HostPort(host: "127.0.0.1", port: 0)
+        options.tls = true
         let (api, apiContinuation) = AsyncStream<SocketAddress>.makeStream()
         let (dns, dnsContinuation) = AsyncStream<SocketAddress>.makeStream()
         let controller = try ControllerServer(
@@ -112,7 +118,17 @@ actor DemoMesh {
         guard let address = await first(of: api), let port = address.port else {
             throw CommandFailure("the controller did not start (see the log)")
         }
-        apiURL = "http://127.0.0.1:\(port)"
+        apiURL = "https://127.0.0.1:\(port)"
+        caFile = (options.dataDirectory as NSString).appendingPathComponent("ca.pem")
+        guard let roots = try? NIOSSLCertificate.fromPEMFile(caFile), !roots.isEmpty else {
+            throw CommandFailure("the controller wrote no CA file at \(caFile)")
+        }
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(2), read: .seconds(5))
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(roots)
+        configuration.tlsConfiguration = tls
+        self.api = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
     }
 
     /// The first element of `stream`, or nil after 10 s.
@@ -139,7 +155,8 @@ actor DemoMesh {
         request.headers.add(name: "authorization", value: "Bearer \(token)")
         request.headers.add(name: "content-type", value: "application/json")
         request.body = .bytes(ByteBuffer(string: #"{"service": "\#(service)", "ttl": "1h", "uses": 1}"#))
-        let response = try await http.execute(request, timeout: .seconds(5))
+        guard let api else { throw CommandFailure("the controller is not running") }
+        let response = try await api.execute(request, timeout: .seconds(5))
         let body = try await response.body.collect(upTo: 1 << 16)
         guard response.status == .ok,
             let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
@@ -246,7 +263,9 @@ actor DemoMesh {
     }
 
     func describe() -> String {
-        var lines = ["controller API  \(apiURL)   (meshwork ctl --controller \(apiURL) services)"]
+        var lines = [
+            "controller API  \(apiURL)   (meshwork ctl --controller \(apiURL) --ca-file \(caFile) services)"
+        ]
         lines.append("dashboard       \(apiURL)/ui")
         if let port = dnsAddress?.port {
             lines.append("DNS             127.0.0.1:\(port)   (dig @127.0.0.1 -p \(port) orders.service.mesh SRV)")
@@ -305,8 +324,8 @@ actor DemoMesh {
 
     /// The registry's view of every instance: id -> health.
     func registryHealth() async -> [String: String] {
-        guard
-            let response = try? await http.execute(
+        guard let api,
+            let response = try? await api.execute(
                 HTTPClientRequest(url: apiURL + "/v1/instances"),
                 timeout: .seconds(2)
             ),
@@ -333,6 +352,7 @@ actor DemoMesh {
             _ = await controllerTask?.result
         }
         try? await http.shutdown()
+        try? await api?.shutdown()
         try? await group.shutdownGracefully()
     }
 }

@@ -29,12 +29,14 @@ import Testing
         var api: String?
         var gateway: String?
         for _ in 0..<600 where api == nil || gateway == nil {
-            api = Self.match(#"controller API  (http://127\.0\.0\.1:\d+)"#, in: output)
+            // The API is HTTPS, as every controller's: the demo says which CA file verifies it.
+            api = Self.match(#"controller API  (https://127\.0\.0\.1:\d+)"#, in: output)
             gateway = Self.match(#"gateway         (http://127\.0\.0\.1:\d+)/"#, in: output)
             if !process.isRunning { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         let apiURL = try #require(api, "no controller address in:\n\(output)")
+        let caFile = try #require(Self.match(#"--ca-file (\S+) services"#, in: output), "\(output)")
         let gatewayURL = try #require(gateway, "no gateway address in:\n\(output)")
         let call = try await Curl.get(gatewayURL + "/")
         #expect(call.status == 200, "\(call.text)")
@@ -51,7 +53,7 @@ import Testing
         // The failing instance leaves the registry's healthy set while the demo runs.
         var ejected = false
         for _ in 0..<200 where !ejected && process.isRunning {
-            let instances = try await Curl.get(apiURL + "/v1/instances?service=inventory")
+            let instances = try await Curl.get(apiURL + "/v1/instances?service=inventory", ["--cacert", caFile])
             let list = (try? JSONSerialization.jsonObject(with: instances.body) as? [[String: Any]]) ?? []
             ejected = list.contains { $0["id"] as? String == "inventory-1" && $0["health"] as? String == "unhealthy" }
             try await Task.sleep(for: .milliseconds(100))
@@ -87,7 +89,7 @@ import Testing
         // Nothing left: no child process, no listener.
         let children = try await Command.run(["pgrep", "-P", String(process.processIdentifier)])
         #expect(children.output.isEmpty)
-        #expect(try await Curl.get(apiURL + "/v1/services").status == 0)
+        #expect(try await Curl.get(apiURL + "/v1/services", ["-k"]).status == 0)
         #expect(try await Curl.get(gatewayURL + "/").status == 0)
         #expect(text.contains("meshwork demo: stopped; nothing left running"))
     }
