@@ -1,4 +1,7 @@
+import Foundation
+import MeshworkModel
 import NIOHTTP1
+import Synchronization
 import Testing
 import W3CTraceContext
 
@@ -106,5 +109,33 @@ import W3CTraceContext
         out = []
         AccessLogWriter.appendEscaped("a\"b\\c\n\u{1}", to: &out)
         #expect(String(decoding: out, as: UTF8.self) == #"a\"b\\c\u000a\u0001"#)
+    }
+
+    /// A log whose reader stops reading: the writes wait on their own queue (enqueueing
+    /// never blocks the caller), at most 8 MiB of them, and the rest is dropped and counted.
+    @Test func aStalledLogReaderNeverBlocksTheWriterAndDropsPastTheBound() throws {
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("mw-fifo-\(UUID().uuidString)").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        try #require(reader >= 0)
+        defer { close(reader) }
+        let file = try AccessLogFile(.file(fifo))
+        let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 64 * 1024)
+        let started = ContinuousClock.now
+        for _ in 0..<(12 * 16) { file.enqueue(chunk) }  // 12 MiB into a pipe nobody reads
+        #expect(ContinuousClock.now - started < .seconds(5), "enqueue blocked")
+        let dropped = file.droppedBytes.load(ordering: .relaxed)
+        #expect(dropped >= 3 << 20 && dropped % chunk.count == 0, "dropped \(dropped)")
+        // The reader catches up: everything not dropped arrives, whole.
+        var received = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        let expected = 12 << 20 - dropped
+        let deadline = ContinuousClock.now + .seconds(20)
+        while received < expected, ContinuousClock.now < deadline {
+            let n = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+            if n > 0 { received += n } else { usleep(1000) }
+        }
+        #expect(received == expected)
     }
 }

@@ -1,5 +1,7 @@
+import Dispatch
 import MeshworkModel
 import NIOCore
+import Synchronization
 import W3CTraceContext
 
 #if canImport(Glibc)
@@ -10,10 +12,18 @@ import Darwin
 private let systemWrite = Darwin.write
 #endif
 
-/// The file access log lines go to, opened once and shared by every loop's writer.
+/// The file access log lines go to, opened once and shared by every loop's writer. Writes
+/// happen on a queue of their own, never on an event loop: a slow disk or a stdout pipe
+/// nobody reads cannot stall the proxy. What waits is bounded; past it, buffers are dropped
+/// and counted.
 public final class AccessLogFile: Sendable {
     let descriptor: Int32
     private let owned: Bool
+    private let queue = DispatchQueue(label: "meshwork.access-log")
+    private let pending = Atomic<Int>(0)
+    /// Bytes of lines dropped because the writes fell more than `maxPending` behind.
+    public let droppedBytes = Atomic<Int>(0)
+    static let maxPending = 8 << 20
 
     /// Opens (appends to) the target; throws the reason when the file cannot be opened.
     public init(_ target: AccessLogTarget) throws(ConfigErrors) {
@@ -37,9 +47,27 @@ public final class AccessLogFile: Sendable {
         if owned { close(descriptor) }
     }
 
-    /// Writes whole buffers of whole lines: with O_APPEND, lines from different loops never
-    /// interleave.
-    func write(_ bytes: [UInt8]) {
+    /// Hands a buffer of whole lines to the writing queue (one buffer, one write: with
+    /// O_APPEND, lines from different loops never interleave).
+    func enqueue(_ bytes: [UInt8]) {
+        let size = bytes.count
+        guard pending.add(size, ordering: .relaxed).newValue <= Self.maxPending else {
+            pending.subtract(size, ordering: .relaxed)
+            droppedBytes.add(size, ordering: .relaxed)
+            return
+        }
+        queue.async {
+            self.write(bytes)
+            self.pending.subtract(size, ordering: .relaxed)
+        }
+    }
+
+    /// Waits for every queued write (at shutdown).
+    func sync() {
+        queue.sync {}
+    }
+
+    private func write(_ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {
             let written = bytes.withUnsafeBytes { raw in
@@ -79,7 +107,7 @@ final class AccessLogWriter {
 
     func flush() {
         guard !buffer.isEmpty else { return }
-        file.write(buffer)
+        file.enqueue(buffer)
         buffer.removeAll(keepingCapacity: true)
     }
 
@@ -87,6 +115,7 @@ final class AccessLogWriter {
         flushTask?.cancel()
         flushTask = nil
         flush()
+        file.sync()
     }
 
     /// One exchange as a JSON line.
