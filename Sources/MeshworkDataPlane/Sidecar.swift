@@ -25,6 +25,8 @@ public actor Sidecar: Service {
     private let contexts: LoopContexts
     /// Requests, status classes and latency per edge (caller or callee service).
     public nonisolated let edges: EdgeTelemetry
+    /// Where access log lines go (nil: no access log).
+    private let accessLogFile: AccessLogFile?
     /// Who is tapping this sidecar's requests (admin `/tap`).
     public nonisolated let taps: TapHub
     /// Finished spans waiting for the trace exporter (nil: tracing is off).
@@ -107,6 +109,7 @@ public actor Sidecar: Service {
             }
         }
         guard errors.isEmpty else { throw ConfigErrors(errors) }
+        self.accessLogFile = accessLogFile
         self.gatewayTLS = gatewayTLS
         self.gatewayListeners = config.listeners
         self.discovered = config.discover
@@ -595,7 +598,20 @@ public actor Sidecar: Service {
         }
         let flags = self.flags
         return AdminEndpoints(
-            metrics: { [edges] in registry.emitToBuffer() + edges.prometheusText() },
+            metrics: { [edges, accessLogFile] in
+                var text = registry.emitToBuffer() + edges.prometheusText()
+                if let accessLogFile {
+                    text += Array(
+                        """
+                        # HELP meshwork_access_log_dropped_bytes_total Access log bytes dropped because the writes fell 8 MiB behind.
+                        # TYPE meshwork_access_log_dropped_bytes_total counter
+                        meshwork_access_log_dropped_bytes_total \(accessLogFile.droppedBytes.load(ordering: .relaxed))
+
+                        """.utf8
+                    )
+                }
+                return text
+            },
             config: { configJSON },
             isReady: { flags.isReady },
             taps: taps

@@ -202,6 +202,8 @@ struct TracingTests {
             )
             #expect(outbound["target"] as? String == "inventory")
             #expect(entries.contains { $0["status"] as? Int == 500 && $0["path"] as? String == "/status/500" })
+            let metrics = try await Curl.get("http://127.0.0.1:\(ordersSidecar.port("admin") ?? 0)/metrics").text
+            #expect(metrics.contains("meshwork_access_log_dropped_bytes_total 0"), "\(metrics)")
         } catch {
             Issue.record("\(error)")
         }
