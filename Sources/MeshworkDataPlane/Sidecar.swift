@@ -25,6 +25,8 @@ public actor Sidecar: Service {
     private let contexts: LoopContexts
     /// Requests, status classes and latency per edge (caller or callee service).
     public nonisolated let edges: EdgeTelemetry
+    /// The listeners' and clusters' latency histograms, sharded per event loop.
+    private let histograms: LatencyHistograms
     /// Where access log lines go (nil: no access log).
     private let accessLogFile: AccessLogFile?
     /// Who is tapping this sidecar's requests (admin `/tap`).
@@ -114,6 +116,9 @@ public actor Sidecar: Service {
         self.gatewayListeners = config.listeners
         self.discovered = config.discover
 
+        let loops = Array(group.makeIterator())
+        let histograms = LatencyHistograms(loops: loops.count)
+        self.histograms = histograms
         let clusterMetrics = Dictionary(
             uniqueKeysWithValues: config.allClusters.map {
                 (
@@ -121,19 +126,19 @@ public actor Sidecar: Service {
                     ClusterMetrics(
                         name: $0.name,
                         endpoints: $0.endpoints.map(\.address.description),
-                        registry: registry
+                        registry: registry,
+                        histograms: histograms
                     )
                 )
             }
         )
         self.clusterMetricsByName = clusterMetrics
         let appMetrics = config.inbound.map {
-            ClusterMetrics(name: "app", endpoints: [$0.app.description], registry: registry)
+            ClusterMetrics(name: "app", endpoints: [$0.app.description], registry: registry, histograms: histograms)
         }
         let tls = self.meshTLS
         let authorizationMetrics = AuthorizationMetrics(target: config.service, registry: registry)
         var loopContexts: [LoopContext] = []
-        let loops = Array(group.makeIterator())
         let edges = EdgeTelemetry(loops: loops.count)
         self.edges = edges
         let spans =
@@ -310,7 +315,7 @@ public actor Sidecar: Service {
         func settings(_ name: String, kind: String, route: ProxyRoute, restores: Bool) -> ProxySettings {
             ProxySettings(
                 route: route,
-                metrics: ListenerMetrics(name: name, kind: kind, registry: registry),
+                metrics: ListenerMetrics(name: name, kind: kind, registry: registry, histograms: histograms),
                 headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
                 idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
                 maxHeaderBytes: config.limits.maxHeaderBytes,
@@ -563,7 +568,7 @@ public actor Sidecar: Service {
         for name in names where !discovered.contains(name) {
             discovered.append(name)
             let cluster = ClusterConfig.discovered(name)
-            let metrics = ClusterMetrics(name: name, endpoints: [], registry: registry)
+            let metrics = ClusterMetrics(name: name, endpoints: [], registry: registry, histograms: histograms)
             clusterMetricsByName[name] = metrics
             let tls = meshTLS
             let zone = config.zone
@@ -598,8 +603,8 @@ public actor Sidecar: Service {
         }
         let flags = self.flags
         return AdminEndpoints(
-            metrics: { [edges, accessLogFile] in
-                var text = registry.emitToBuffer() + edges.prometheusText()
+            metrics: { [edges, accessLogFile, histograms] in
+                var text = registry.emitToBuffer() + histograms.prometheusText() + edges.prometheusText()
                 if let accessLogFile {
                     text += Array(
                         """

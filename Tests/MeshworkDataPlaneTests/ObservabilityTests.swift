@@ -139,3 +139,23 @@ import W3CTraceContext
         #expect(received == expected)
     }
 }
+
+/// Latency histograms sharded per event loop merge exactly, in the Prometheus layout.
+@Suite struct LoopShardedHistogramTests {
+    @Test func shardsMergeIntoCumulativeBuckets() {
+        let histograms = LatencyHistograms(loops: 2)
+        let a = histograms.make(family: "meshwork_test_duration_seconds", help: "t", labels: [("listener", "a")])
+        a.record(nanoseconds: 300_000, loop: 0)  // <= 0.5 ms
+        a.record(nanoseconds: 700_000, loop: 1)  // <= 1 ms
+        a.record(nanoseconds: 40_000_000_000, loop: 1)  // beyond 30 s
+        let counts = a.merged()
+        #expect(counts.count == 3 && counts.buckets[0] == 1 && counts.buckets[1] == 1 && counts.buckets.last == 1)
+        let text = String(decoding: histograms.prometheusText(), as: UTF8.self)
+        #expect(text.contains(#"meshwork_test_duration_seconds_bucket{listener="a",le="0.0005"} 1"#))
+        #expect(text.contains(#"meshwork_test_duration_seconds_bucket{listener="a",le="0.001"} 2"#))
+        #expect(text.contains(#"meshwork_test_duration_seconds_bucket{listener="a",le="30"} 2"#))
+        #expect(text.contains(#"meshwork_test_duration_seconds_bucket{listener="a",le="+Inf"} 3"#))
+        #expect(text.contains(#"meshwork_test_duration_seconds_count{listener="a"} 3"#))
+        #expect(text.components(separatedBy: "# TYPE meshwork_test_duration_seconds histogram").count == 2)
+    }
+}

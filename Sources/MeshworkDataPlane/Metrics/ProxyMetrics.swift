@@ -29,14 +29,19 @@ enum StatusClass: Int, CaseIterable {
 final class ListenerMetrics: Sendable {
     let name: String
     private let requests: [Counter]
-    let latency: DurationHistogram
+    let latency: LoopShardedHistogram
     let connectionsActive: Gauge
     let connectionsTotal: Counter
     let bytesReceived: Counter
     let bytesSent: Counter
     private let errors: [String: Counter]
 
-    init(name: String, kind: String, registry: PrometheusCollectorRegistry) {
+    init(
+        name: String,
+        kind: String,
+        registry: PrometheusCollectorRegistry,
+        histograms: LatencyHistograms = LatencyHistograms(loops: 1)
+    ) {
         self.name = name
         let labels = [("listener", name), ("kind", kind)]
         requests = StatusClass.allCases.map {
@@ -49,14 +54,10 @@ final class ListenerMetrics: Sendable {
                 labels: labels + [("class", $0.label)]
             )
         }
-        latency = registry.makeDurationHistogram(
-            descriptor: descriptor(
-                "listener_request_duration",
-                "seconds",
-                "Time from request head to the end of the response, as seen by the listener."
-            ),
-            labels: labels,
-            buckets: latencyBuckets
+        latency = histograms.make(
+            family: "meshwork_listener_request_duration_seconds",
+            help: "Time from request head to the end of the response, as seen by the listener.",
+            labels: labels
         )
         connectionsActive = registry.makeGauge(
             descriptor: descriptor("listener_connections_active", "", "Downstream connections now open."),
@@ -88,9 +89,9 @@ final class ListenerMetrics: Sendable {
         self.errors = errors
     }
 
-    func countRequest(status: HTTPResponseStatus, nanoseconds: Int64) {
+    func countRequest(status: HTTPResponseStatus, nanoseconds: Int64, loop: Int) {
         requests[StatusClass(status).rawValue - 1].increment()
-        latency.recordNanoseconds(nanoseconds)
+        latency.record(nanoseconds: nanoseconds, loop: loop)
     }
 
     func countError(_ error: MeshError) {
@@ -102,7 +103,7 @@ final class ListenerMetrics: Sendable {
 final class ClusterMetrics: Sendable {
     let name: String
     private let requests: [Counter]
-    let latency: DurationHistogram
+    let latency: LoopShardedHistogram
     private let errors: [String: Counter]
     let connectionsActive: Gauge
     let connectionsTotal: Counter
@@ -115,7 +116,12 @@ final class ClusterMetrics: Sendable {
     let retries: Counter
     let retryBudgetExhausted: Counter
 
-    init(name: String, endpoints: [String], registry: PrometheusCollectorRegistry) {
+    init(
+        name: String,
+        endpoints: [String],
+        registry: PrometheusCollectorRegistry,
+        histograms: LatencyHistograms = LatencyHistograms(loops: 1)
+    ) {
         self.name = name
         let labels = [("cluster", name)]
         requests = StatusClass.allCases.map {
@@ -124,14 +130,10 @@ final class ClusterMetrics: Sendable {
                 labels: labels + [("class", $0.label)]
             )
         }
-        latency = registry.makeDurationHistogram(
-            descriptor: descriptor(
-                "cluster_request_duration",
-                "seconds",
-                "Time from sending the request head upstream to the end of the response."
-            ),
-            labels: labels,
-            buckets: latencyBuckets
+        latency = histograms.make(
+            family: "meshwork_cluster_request_duration_seconds",
+            help: "Time from sending the request head upstream to the end of the response.",
+            labels: labels
         )
         var errors: [String: Counter] = [:]
         for error in MeshError.all {
@@ -185,9 +187,9 @@ final class ClusterMetrics: Sendable {
         )
     }
 
-    func countRequest(status: HTTPResponseStatus, nanoseconds: Int64) {
+    func countRequest(status: HTTPResponseStatus, nanoseconds: Int64, loop: Int) {
         requests[StatusClass(status).rawValue - 1].increment()
-        latency.recordNanoseconds(nanoseconds)
+        latency.record(nanoseconds: nanoseconds, loop: loop)
     }
 
     func countError(_ error: MeshError) {

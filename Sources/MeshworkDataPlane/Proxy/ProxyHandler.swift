@@ -565,7 +565,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
         let nanos = elapsed()
-        settings.metrics.countRequest(status: error.status, nanoseconds: nanos)
+        settings.metrics.countRequest(status: error.status, nanoseconds: nanos, loop: loop.index)
         recordExchange(status: error.status, nanoseconds: nanos, error: error)
         releaseExchange()
         if requestEnded || closing {
@@ -767,8 +767,8 @@ extension ProxyHandler: UpstreamDelegate {
             // completion to us.
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             let nanos = elapsed()
-            settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
-            cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos)
+            settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
+            cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
             recordExchange(status: responseStatus, nanoseconds: nanos)
             upstream.endpoint?.countRequest(status: responseStatus)
             if !requestEnded {
@@ -810,8 +810,8 @@ extension ProxyHandler: UpstreamDelegate {
         releaseExchange()
         context.writeAndFlush(wrapOutboundOut(.head(out)), promise: nil)
         let nanos = elapsed()
-        settings.metrics.countRequest(status: head.status, nanoseconds: nanos)
-        cluster.metrics.countRequest(status: head.status, nanoseconds: nanos)
+        settings.metrics.countRequest(status: head.status, nanoseconds: nanos, loop: loop.index)
+        cluster.metrics.countRequest(status: head.status, nanoseconds: nanos, loop: loop.index)
         recordExchange(status: head.status, nanoseconds: nanos)
         upstream.endpoint?.countRequest(status: head.status)
         context.eventLoop.assumeIsolated().execute {
