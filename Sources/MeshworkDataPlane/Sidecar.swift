@@ -367,6 +367,7 @@ public actor Sidecar: Service {
                             metrics: proxy.metrics,
                             connectTimeout: connectTimeout,
                             upstreamTLS: nil,
+                            afterHandshake: serverTLS != nil,
                             pick: { appAddress }
                         )
                     case (_, .some(let tls)):

@@ -28,6 +28,9 @@ public final class DemoApp: Sendable {
     /// reached it.
     public var requestCount: Int { counter.value.load(ordering: .relaxed) }
 
+    /// Connections accepted, so tests can prove a caller never got as far as connecting.
+    public var connectionCount: Int { counter.connections.load(ordering: .relaxed) }
+
     /// Makes every plain request (not /echo or upgrades) fail with `status` from now on;
     /// nil heals it. For tests and the demo's "one instance starts failing".
     public func setFailing(_ status: Int?) {
@@ -63,7 +66,8 @@ public final class DemoApp: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                counter.connections.add(1, ordering: .relaxed)
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         HTTPVersionSniffer { isHTTP2, channel in
                             let sync = channel.pipeline.syncOperations
@@ -146,6 +150,7 @@ final class EchoHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 final class RequestCounter: Sendable {
     let value = Atomic<Int>(0)
+    let connections = Atomic<Int>(0)
     /// When not 0, `/` calls `http://127.0.0.1:<port>/` (the local sidecar's port for the
     /// next service) and answers with what came back: the demo's call chain.
     let downstreamPort = Atomic<Int>(0)

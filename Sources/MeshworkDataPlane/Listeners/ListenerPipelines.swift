@@ -124,15 +124,17 @@ enum ListenerPipelines {
     }
 
     /// Opaque TCP: splice the connection to an endpoint picked by `pick`, optionally
-    /// wrapping the upstream side in TLS.
+    /// wrapping the upstream side in TLS; with `afterHandshake` (behind a TLS server handler
+    /// and the identity check) the upstream connection waits for the admitted handshake.
     static func addTCPProxy(
         to channel: any Channel,
         metrics: ListenerMetrics,
         connectTimeout: TimeAmount,
         upstreamTLS: PeerTLS?,
+        afterHandshake: Bool = false,
         pick: @escaping () -> SocketAddress?
     ) throws {
-        let downstream = GlueHandler { downstream, channel in
+        let downstream = GlueHandler(activatesOnHandshake: afterHandshake) { downstream, channel in
             guard let address = pick() else {
                 metrics.countError(.noHealthyEndpoint)
                 channel.close(promise: nil)

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOTLS
 
 /// One half of an opaque TCP splice between two channels on the same event loop: bytes read
 /// on one side are written to the other, and a side stops reading while its partner cannot
@@ -15,8 +16,13 @@ final class GlueHandler: ChannelDuplexHandler {
     private var early: [ByteBuffer] = []
     /// Called once when this side becomes active; the downstream side connects upstream.
     private let onActive: ((GlueHandler, any Channel) -> Void)?
+    /// Behind a TLS server handler: "active" is the completed (and admitted) handshake, not
+    /// the accepted connection, so a caller refused in its handshake never causes a
+    /// connection upstream.
+    private let activatesOnHandshake: Bool
 
-    init(onActive: ((GlueHandler, any Channel) -> Void)? = nil) {
+    init(activatesOnHandshake: Bool = false, onActive: ((GlueHandler, any Channel) -> Void)? = nil) {
+        self.activatesOnHandshake = activatesOnHandshake
         self.onActive = onActive
     }
 
@@ -37,7 +43,7 @@ final class GlueHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { activate(context) }
+        if context.channel.isActive, !activatesOnHandshake { activate(context) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -46,8 +52,14 @@ final class GlueHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        activate(context)
+        if !activatesOnHandshake { activate(context) }
         context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The identity check before this handler passes the event on only for admitted callers.
+        if activatesOnHandshake, case TLSUserEvent.handshakeCompleted = event { activate(context) }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func activate(_ context: ChannelHandlerContext) {
@@ -115,7 +127,10 @@ final class GlueHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if let partner, partner.partnerWritable {
+        if activatesOnHandshake, !activated {
+            // The handshake needs its bytes read; what it decrypts waits in `early`.
+            context.read()
+        } else if let partner, partner.partnerWritable {
             context.read()
         } else {
             pendingRead = true

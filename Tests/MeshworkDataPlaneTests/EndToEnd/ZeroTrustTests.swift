@@ -718,9 +718,12 @@ struct ZeroTrustTests {
             #expect(try await controller.call("PUT", "/v1/policies/orders-tcp", body: policy).status == 200)
             #expect(try await server.waitForLog("policies=1"), "\(server.log)")
             let before = orders.requestCount
+            let connectionsBefore = orders.connectionCount
             let refused = try await call("batch")
             #expect(refused.status == 0, "batch got \(refused.status) through a TCP inbound that refuses it")
             #expect(orders.requestCount == before, "a refused connection reached the app")
+            // The app is not even connected to for a caller refused in its handshake.
+            #expect(orders.connectionCount == connectionsBefore, "a refused caller made the sidecar connect to the app")
             #expect(try await call("web").status == 200)
             let metrics = try await Curl.get("http://127.0.0.1:\(server.port("admin") ?? 0)/metrics").text
             #expect(
