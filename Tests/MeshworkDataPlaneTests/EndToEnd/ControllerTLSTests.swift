@@ -42,20 +42,10 @@ struct ControllerTLSTests {
             sidecars.append(server)
             #expect(try await server.waitForLog("controller verified by the join token's CA pin"), "\(server.log)")
             #expect(try await server.waitForLog("registered"), "\(server.log)")
-            let web = try await SidecarProcess.start(
-                [
-                    "--service", "web", "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
-                    "--join-token-file", try await controller.joinTokenFile("web"),
-                ],
-                waitFor: ["upstream:orders"]
-            )
+            let web = try await startClient("web", calling: "orders", controller: controller)
             sidecars.append(web)
-            let base = "http://127.0.0.1:\(web.port("upstream:orders") ?? 0)"
-            var ready = false
-            for _ in 0..<100 where !ready {
-                ready = try await Curl.get(base + "/").status == 200
-                if !ready { try await Task.sleep(for: .milliseconds(100)) }
-            }
+            let base = web.upstreamURL("orders")
+            let ready = try await web.waitUntilServing("orders")
             #expect(ready, "web -> orders through a TLS controller: \(web.log)")
 
             // A pin of another CA: refused before any request, the sidecar stops and says why.

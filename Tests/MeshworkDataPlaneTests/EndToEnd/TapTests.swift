@@ -57,20 +57,10 @@ struct TapTests {
         do {
             let server = try await startServer("orders", app: orders, controller: controller)
             sidecars.append(server)
-            let web = try await SidecarProcess.start(
-                [
-                    "--service", "web", "--controller", controller.url, "--upstream", "orders=127.0.0.1:0",
-                    "--join-token-file", try await controller.joinTokenFile("web"),
-                ],
-                waitFor: ["upstream:orders"]
-            )
+            let web = try await startClient("web", calling: "orders", controller: controller)
             sidecars.append(web)
-            let base = "http://127.0.0.1:\(web.port("upstream:orders") ?? 0)"
-            var ready = false
-            for _ in 0..<100 where !ready {
-                ready = try await Curl.get(base + "/").status == 200
-                if !ready { try await Task.sleep(for: .milliseconds(100)) }
-            }
+            let base = web.upstreamURL("orders")
+            let ready = try await web.waitUntilServing("orders")
             try #require(ready, "\(web.log)")
             // The instance carries its sidecar's admin address.
             let instances = try await controller.call("GET", "/v1/instances?service=orders").text

@@ -79,3 +79,36 @@ func startServer(
     #expect(try await sidecar.waitForLog("registered"), "\(sidecar.log)")
     return sidecar
 }
+
+/// A client-only sidecar for `service` (no app behind it) joined with a fresh token, with an
+/// upstream port for `upstream`.
+func startClient(
+    _ service: String,
+    calling upstream: String,
+    controller: ControllerProcess,
+    extra: [String] = []
+) async throws -> SidecarProcess {
+    try await SidecarProcess.start(
+        [
+            "--service", service, "--controller", controller.url, "--upstream", "\(upstream)=127.0.0.1:0",
+            "--join-token-file", try await controller.joinTokenFile(service),
+        ] + extra,
+        waitFor: ["upstream:\(upstream)"]
+    )
+}
+
+extension SidecarProcess {
+    /// The local port that reaches `upstream`, as a URL.
+    func upstreamURL(_ upstream: String) -> String {
+        "http://127.0.0.1:\(port("upstream:\(upstream)") ?? 0)"
+    }
+
+    /// Bounded (10 s): until discovery and certificates let a GET through to `upstream`.
+    func waitUntilServing(_ upstream: String) async throws -> Bool {
+        for _ in 0..<100 {
+            if try await Curl.get(upstreamURL(upstream) + "/").status == 200 { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+}
