@@ -119,72 +119,36 @@ final class AccessLogWriter {
     }
 
     /// One exchange as a JSON line.
-    func log(
-        unixNanos: UInt64,
-        direction: EdgeDirection,
-        source: String,
-        target: String,
-        method: String,
-        path: String,
-        status: Int,
-        nanoseconds: Int64,
-        meshError: String?,
-        traceID: TraceID?,
-        spanID: SpanID?
-    ) {
+    func log(_ record: ExchangeRecord, unixNanos: UInt64) {
         if flushTask == nil { startFlushing() }
         // One exclusive access to the buffer for the whole line (a class property is
         // checked at run time on every access: dozens of appends would each pay for it).
-        Self.line(
-            into: &buffer,
-            unixNanos: unixNanos,
-            direction: direction,
-            source: source,
-            target: target,
-            method: method,
-            path: path,
-            status: status,
-            nanoseconds: nanoseconds,
-            meshError: meshError,
-            traceID: traceID,
-            spanID: spanID
-        )
+        Self.line(record, unixNanos: unixNanos, into: &buffer)
         if buffer.count > 32 * 1024 { flush() }
     }
 
-    static func line(
-        into out: inout [UInt8],
-        unixNanos: UInt64,
-        direction: EdgeDirection,
-        source: String,
-        target: String,
-        method: String,
-        path: String,
-        status: Int,
-        nanoseconds: Int64,
-        meshError: String?,
-        traceID: TraceID?,
-        spanID: SpanID?
-    ) {
+    static func line(_ record: ExchangeRecord, unixNanos: UInt64, into out: inout [UInt8]) {
         out.append(contentsOf: #"{"time":""#.utf8)
         appendTimestamp(unixNanos, to: &out)
         out.append(contentsOf: #"","direction":""#.utf8)
-        out.append(contentsOf: direction.rawValue.utf8)
+        out.append(contentsOf: record.direction.rawValue.utf8)
         out.append(UInt8(ascii: "\""))
-        field("source", source, into: &out)
-        field("target", target, into: &out)
-        field("method", method, into: &out)
-        field("path", path, into: &out)
+        field("source", record.source, into: &out)
+        field("target", record.target, into: &out)
+        field("method", record.method, into: &out)
+        field("path", record.path, into: &out)
         out.append(contentsOf: #","status":"#.utf8)
-        appendDecimal(Int64(status), to: &out)
+        appendDecimal(Int64(record.status), to: &out)
         out.append(contentsOf: #","duration_ms":"#.utf8)
-        let micros = max(0, nanoseconds / 1000)
+        let micros = max(0, record.nanoseconds / 1000)
         appendDecimal(micros / 1000, to: &out)
         out.append(UInt8(ascii: "."))
         appendDecimal(micros % 1000, to: &out, width: 3)
-        if let meshError { field("mesh_error", meshError, into: &out) }
-        if let traceID { withUnsafeBytes(of: traceID.bytes) { hexField("trace_id", $0, into: &out) } }
-        if let spanID { withUnsafeBytes(of: spanID.bytes) { hexField("span_id", $0, into: &out) } }
+        if let meshError = record.meshError { field("mesh_error", meshError, into: &out) }
+        if let traceID = record.traceID {
+            withUnsafeBytes(of: traceID.bytes) { hexField("trace_id", $0, into: &out) }
+        }
+        if let spanID = record.spanID { withUnsafeBytes(of: spanID.bytes) { hexField("span_id", $0, into: &out) } }
         out.append(contentsOf: "}\n".utf8)
     }
 

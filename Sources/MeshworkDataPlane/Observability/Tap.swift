@@ -58,40 +58,37 @@ final class LoopTaps {
         random = SplitMix64(seed: seed)
     }
 
-    func offer(
-        direction: EdgeDirection,
-        source: String,
-        target: String,
-        method: String,
-        path: String,
-        status: Int,
-        nanoseconds: Int64,
-        meshError: String?,
-        traceID: String?,
-        now: UInt64
-    ) {
+    func offer(_ record: ExchangeRecord, now: UInt64) {
         var event: TapEvent?
+        let peer = record.direction == .inbound ? record.source : record.target
         for index in entries.indices {
             let filter = entries[index].subscriber.filter
-            let peer = direction == .inbound ? source : target
-            guard filter.matches(direction: direction, peer: peer, method: method, path: path, status: status)
+            guard
+                filter.matches(
+                    direction: record.direction,
+                    peer: peer,
+                    method: record.method,
+                    path: record.path,
+                    status: record.status
+                )
             else { continue }
             if filter.sampleRate < 1, Double(random.next() >> 11) * 0x1p-53 >= filter.sampleRate { continue }
             guard entries[index].bucket.tryTake(now: now) else { continue }
             if event == nil {
+                // Built once, for the first tap that takes it, and only then.
                 var time: [UInt8] = []
                 AccessLogWriter.appendTimestamp(LoopTracer.unixNanos(), to: &time)
                 event = TapEvent(
                     time: String(decoding: time, as: UTF8.self),
-                    direction: direction.rawValue,
-                    source: source,
-                    target: target,
-                    method: method,
-                    path: path,
-                    status: status,
-                    latencyMs: Double(max(0, nanoseconds) / 1000) / 1000,
-                    meshError: meshError,
-                    traceId: traceID
+                    direction: record.direction.rawValue,
+                    source: record.source,
+                    target: record.target,
+                    method: record.method,
+                    path: record.path,
+                    status: record.status,
+                    latencyMs: Double(max(0, record.nanoseconds) / 1000) / 1000,
+                    meshError: record.meshError,
+                    traceId: record.traceID.map { "\($0)" }
                 )
             }
             entries[index].subscriber.push(event!)

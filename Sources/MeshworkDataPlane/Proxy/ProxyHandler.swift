@@ -625,35 +625,21 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 )
             )
         }
-        if let taps = loop.taps {
-            taps.offer(
-                direction: inbound ? .inbound : .outbound,
-                source: inbound ? peerName : loop.service,
-                target: inbound ? loop.service : peerName,
-                method: requestMethod.rawValue,
-                path: path,
-                status: Int(status.code),
-                nanoseconds: nanoseconds,
-                meshError: error?.reason,
-                traceID: trace.map { "\($0.traceID)" },
-                now: loop.loop.now.uptimeNanoseconds
-            )
-        }
-        if let log = loop.accessLog {
-            log.log(
-                unixNanos: requestWallStart,
-                direction: inbound ? .inbound : .outbound,
-                source: inbound ? peerName : loop.service,
-                target: inbound ? loop.service : peerName,
-                method: requestMethod.rawValue,
-                path: path,
-                status: Int(status.code),
-                nanoseconds: nanoseconds,
-                meshError: error?.reason,
-                traceID: trace?.traceID,
-                spanID: trace.flatMap { $0.sampled ? $0.spanID : nil }
-            )
-        }
+        guard loop.taps != nil || loop.accessLog != nil else { return }
+        let record = ExchangeRecord(
+            direction: inbound ? .inbound : .outbound,
+            source: inbound ? peerName : loop.service,
+            target: inbound ? loop.service : peerName,
+            method: requestMethod.rawValue,
+            path: path,
+            status: Int(status.code),
+            nanoseconds: nanoseconds,
+            meshError: error?.reason,
+            traceID: trace?.traceID,
+            spanID: trace.flatMap { $0.sampled ? $0.spanID : nil }
+        )
+        loop.taps?.offer(record, now: loop.loop.now.uptimeNanoseconds)
+        loop.accessLog?.log(record, unixNanos: requestWallStart)
     }
 
     /// Keeps what tracing and the access log need of the request, and begins its trace.
