@@ -46,7 +46,7 @@ final class HTTP1Pool {
         self.clusterMetrics = clusterMetrics
     }
 
-    func acquire(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+    func acquire(_ callback: @escaping (Result<any Upstream, MeshError>) -> Void) {
         loop.preconditionInEventLoop()
         while let (handler, _) = idle.popLast() {
             if handler.isActive {
@@ -57,7 +57,7 @@ final class HTTP1Pool {
         connect(callback)
     }
 
-    private func connect(_ callback: @escaping (Result<UpstreamHandler, MeshError>) -> Void) {
+    private func connect(_ callback: @escaping (Result<any Upstream, MeshError>) -> Void) {
         guard gate.tryOpen() else {
             callback(.failure(.overflowConnections))
             return

@@ -11,7 +11,7 @@ import Prometheus
 final class HTTP2Pool {
     private final class Connection {
         let channel: any Channel
-        let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+        let streams: HTTP2ClientStreams
         var openStreams = 0
         var usable = true
         /// Closes the connection once it has carried no stream for the idle timeout. The
@@ -19,13 +19,13 @@ final class HTTP2Pool {
         var idleTimer: Scheduled<Void>?
         var idleDeadline = NIODeadline.distantFuture
 
-        init(channel: any Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
+        init(channel: any Channel, streams: HTTP2ClientStreams) {
             self.channel = channel
-            self.multiplexer = multiplexer
+            self.streams = streams
         }
     }
 
-    typealias Callback = (Result<UpstreamHandler, MeshError>) -> Void
+    typealias Callback = (Result<any Upstream, MeshError>) -> Void
 
     private let loop: any EventLoop
     private let address: SocketAddress
@@ -79,6 +79,24 @@ final class HTTP2Pool {
         }
         connecting = true
         let tls = self.tls
+        let streams = HTTP2ClientStreams(scheme: tls == nil ? "http" : "https", streamWindow: Self.streamWindow)
+        let boundStreams = NIOLoopBound(streams, eventLoop: loop)
+        var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
+        // Frames that arrive for streams we reset (the app hung up mid-request) count as
+        // "glitches"; NIO's lifetime default of 200 would end a busy pooled connection
+        // within minutes.
+        connectionConfiguration.maximumConnectionGlitches = 100_000
+        connectionConfiguration.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
+        // Requests were already validated by the HTTP/1 parser that read them, and
+        // responses are validated again by the HTTP/1 encoder towards the app: a second
+        // HPACK-level check on this hop only costs CPU.
+        connectionConfiguration.headerBlockValidation = .disabled
+        connectionConfiguration.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
+            HTTP2Setting(parameter: .initialWindowSize, value: Self.streamWindow),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: 1 << 17),
+        ]
+        let configuration = connectionConfiguration
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
@@ -88,60 +106,32 @@ final class HTTP2Pool {
                         try sync.addHandler(tls.makeHandler())
                     }
                     try sync.addHandler(FlushCoalescingHandler())
-                    var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
-                    // Frames that arrive for streams we reset (the app hung up mid-request)
-                    // count as "glitches"; NIO's lifetime default of 200 would end a busy
-                    // pooled connection within minutes.
-                    connectionConfiguration.maximumConnectionGlitches = 100_000
-                    connectionConfiguration.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
-                    // Requests were already validated by the HTTP/1 parser that read them,
-                    // and responses are validated again by the HTTP/1 encoder towards the
-                    // app: a second HPACK-level check on this hop only costs CPU.
-                    connectionConfiguration.headerBlockValidation = .disabled
-                    connectionConfiguration.initialSettings = [
-                        HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
-                        HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
-                        HTTP2Setting(parameter: .maxHeaderListSize, value: 1 << 17),
-                    ]
-                    var streamConfiguration = NIOHTTP2Handler.StreamConfiguration()
-                    streamConfiguration.targetWindowSize = 1 << 20
-                    _ = try sync.configureHTTP2Pipeline(
-                        mode: .client,
-                        connectionConfiguration: connectionConfiguration,
-                        streamConfiguration: streamConfiguration
-                    ) { stream in
-                        // Peers do not open streams towards a client.
-                        stream.close()
-                    }
-                    try sync.addHandler(GoAwayWatcher())
+                    // No stream multiplexer: HTTP2ClientStreams carries every stream itself.
+                    try sync.addHandler(
+                        NIOHTTP2Handler(mode: .client, frameDelegate: nil, connectionConfiguration: configuration)
+                    )
+                    try sync.addHandler(boundStreams.value)
                 }
             }
-        bootstrap.connect(to: address).assumeIsolated().whenComplete { result in
+        let future = bootstrap.connect(to: address)
+        streams.onActive = {
             self.connecting = false
-            switch result {
-            case .success(let channel):
-                do {
-                    let multiplexer = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
-                        .syncMultiplexer()
-                    let connection = Connection(channel: channel, multiplexer: multiplexer)
-                    let watcher = try channel.pipeline.syncOperations.handler(type: GoAwayWatcher.self)
-                    watcher.onGoAway = { [weak self] in self?.peerSentGoAway(connection) }
-                    watcher.onConnectionError = { connection.usable = false }
-                    self.track(connection)
-                    let waiting = self.waiters
-                    self.waiters.removeAll()
-                    for waiter in waiting {
-                        self.acquire(waiter)
-                    }
-                } catch {
-                    channel.close(promise: nil)
-                    self.gate.closed()
-                    self.failWaiters(.connectFailed)
-                }
-            case .failure(let error):
-                self.gate.closed()
-                self.failWaiters(MeshError(connectError: error))
+            let connection = Connection(channel: streams.channel!, streams: streams)
+            streams.onGoAway = { [weak self] in self?.peerSentGoAway(connection) }
+            streams.onConnectionError = { connection.usable = false }
+            streams.onStreamClosed = { [weak self] in self?.streamEnded(on: connection) }
+            self.track(connection)
+            let waiting = self.waiters
+            self.waiters.removeAll()
+            for waiter in waiting {
+                self.acquire(waiter)
             }
+        }
+        future.assumeIsolated().whenFailure { error in
+            streams.onActive = nil
+            self.connecting = false
+            self.gate.closed()
+            self.failWaiters(MeshError(connectError: error))
         }
     }
 
@@ -166,40 +156,26 @@ final class HTTP2Pool {
         }
     }
 
+    /// The stream window announced to peers (and kept topped up).
+    static let streamWindow = 1 << 20
+
     private func openStream(on connection: Connection, _ callback: @escaping Callback) {
-        connection.openStreams += 1
-        let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = tls == nil ? .http : .https
-        // Created here and handed to the stream's initializer, so no pipeline search is
-        // needed to find it afterwards.
-        let handler = UpstreamHandler(kind: .stream, endpoint: metrics)
-        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
-        let promise = loop.makePromise(of: (any Channel).self)
-        connection.multiplexer.createStreamChannel(promise: promise) { stream in
-            stream.eventLoop.makeCompletedFuture {
-                try stream.pipeline.syncOperations.addHandlers(
-                    HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: scheme),
-                    boundHandler.value
-                )
-            }
+        guard connection.streams.isActive else {
+            connection.usable = false
+            callback(.failure(.upstreamReset))
+            return
         }
-        promise.futureResult.assumeIsolated().whenComplete { result in
-            switch result {
-            case .success(let stream):
-                stream.closeFuture.assumeIsolated().whenComplete { _ in
-                    connection.openStreams -= 1
-                    guard connection.openStreams == 0 else { return }
-                    if connection.usable {
-                        self.armIdleTimer(connection)
-                    } else {
-                        connection.channel.close(promise: nil)
-                    }
-                }
-                callback(.success(handler))
-            case .failure:
-                connection.openStreams -= 1
-                connection.usable = false
-                callback(.failure(.upstreamReset))
-            }
+        connection.openStreams += 1
+        callback(.success(connection.streams.makeStream(endpoint: metrics)))
+    }
+
+    private func streamEnded(on connection: Connection) {
+        connection.openStreams -= 1
+        guard connection.openStreams == 0 else { return }
+        if connection.usable {
+            armIdleTimer(connection)
+        } else {
+            connection.channel.close(promise: nil)
         }
     }
 
@@ -244,31 +220,5 @@ final class HTTP2Pool {
             connection.usable = false
             connection.channel.close(mode: .all, promise: nil)
         }
-    }
-}
-
-/// Watches an HTTP/2 client connection for GOAWAY from the peer, and for connection
-/// errors: after one, NIO sends GOAWAY itself and ignores further frames, so the
-/// connection must leave the pool and close (its streams fail fast instead of hanging).
-final class GoAwayWatcher: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTP2Frame
-    typealias InboundOut = HTTP2Frame
-
-    var onGoAway: (() -> Void)?
-    var onConnectionError: (() -> Void)?
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if isFatalHTTP2ConnectionError(error) {
-            onConnectionError?()
-            context.close(promise: nil)
-        }
-        context.fireErrorCaught(error)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .goAway = unwrapInboundIn(data).payload {
-            onGoAway?()
-        }
-        context.fireChannelRead(data)
     }
 }

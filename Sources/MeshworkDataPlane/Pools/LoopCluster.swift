@@ -262,7 +262,7 @@ final class LoopCluster {
     private var now: UInt64 { loop.now.uptimeNanoseconds }
 
     /// The result of an acquisition and the endpoint it went to (nil when none was picked).
-    typealias Acquired = (Result<UpstreamHandler, MeshError>, _ endpoint: Int?) -> Void
+    typealias Acquired = (Result<any Upstream, MeshError>, _ endpoint: Int?) -> Void
 
     // MARK: admission (once per request, not per try)
 
@@ -389,7 +389,7 @@ final class LoopCluster {
         balancer.requestStarted(index)
         let started = loop.now
         let token = self.token(index)
-        let tagged: (Result<UpstreamHandler, MeshError>) -> Void = { result in
+        let tagged: (Result<any Upstream, MeshError>) -> Void = { result in
             self.breaker.release(.pendingRequests)
             switch result {
             case .success(let handler):
@@ -433,7 +433,7 @@ final class LoopCluster {
                 clusterMetrics.connectionsActive.increment()
                 channel.closeFuture.whenComplete { _ in clusterMetrics.connectionsActive.decrement() }
             }
-            callback(result.map { $0.1 }, self.token(index))
+            callback(result.map { $0.1 as any Upstream }, self.token(index))
         }
     }
 

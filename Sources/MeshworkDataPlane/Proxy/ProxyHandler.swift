@@ -36,7 +36,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// few body parts wait, so little is ever queued).
         case connecting(cluster: LoopCluster, pending: [HTTPClientRequestPart])
         /// Request and response flow through `upstream`.
-        case proxying(cluster: LoopCluster, upstream: UpstreamHandler)
+        case proxying(cluster: LoopCluster, upstream: any Upstream)
         /// A failed try waits out its backoff; request parts wait as in `connecting`.
         case backingOff(cluster: LoopCluster, pending: [HTTPClientRequestPart])
         /// The proxy answered itself; the rest of the request body is discarded.
@@ -47,7 +47,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let loop: LoopContext
     /// HTTP/2 streams carry one exchange each and have no connection timers.
     private let isStream: Bool
+    /// Where responses go: this handler's own channel (an HTTP/1.1 connection), or one
+    /// stream of an HTTP/2 connection carried by `HTTP2ServerStreams` (no channel of its
+    /// own; the handler is then driven through its `stream...` entry points).
     private var context: ChannelHandlerContext?
+    private let stream: HTTP2ServerStream?
     private var state = State.idle
     private var requestEnded = false
     private var responseStarted = false
@@ -112,7 +116,54 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.loop = loop
         self.isStream = isStream
         self.peer = peer
+        self.stream = nil
     }
+
+    /// The exchange of one HTTP/2 stream, outside any pipeline.
+    init(settings: ProxySettings, loop: LoopContext, stream: HTTP2ServerStream, peer: ConnectionPeer?) {
+        self.settings = settings
+        self.loop = loop
+        self.isStream = true
+        self.peer = peer
+        self.stream = stream
+    }
+
+    // MARK: the downstream, whichever it is
+
+    private var hasDownstream: Bool { stream != nil || context != nil }
+
+    private func send(_ part: HTTPServerResponsePart, promise: EventLoopPromise<Void>? = nil) {
+        if let stream {
+            stream.write(part, promise: promise)
+        } else if let context {
+            context.write(wrapOutboundOut(part), promise: promise)
+        } else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+
+    private func flushDownstream() {
+        if let stream { stream.flush() } else { context?.flush() }
+    }
+
+    private func closeDownstream() {
+        if let stream { stream.close() } else { context?.close(promise: nil) }
+    }
+
+    private func readDownstream() {
+        if let stream { stream.read() } else { context?.read() }
+    }
+
+    private var downstreamWritable: Bool { stream?.isWritable ?? context?.channel.isWritable ?? false }
+
+    // MARK: entry points of a stream's exchange (what a channel's events are otherwise)
+
+    func streamReceived(_ part: HTTPServerRequestPart) { received(part) }
+    func streamReadComplete() { readComplete() }
+    func streamClosed() { downstreamInactive() }
+    func streamWritabilityChanged() { writabilityChanged() }
+    /// The stream may take more request bytes if the exchange wants them.
+    func streamWantsRead() { readRequested() }
 
     // MARK: lifecycle
 
@@ -137,6 +188,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        downstreamInactive()
+        context.fireChannelInactive()
+    }
+
+    private func downstreamInactive() {
         timerTask?.cancel()
         timerTask = nil
         timerDeadline = .distantFuture
@@ -150,7 +206,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         state = .answered
         responseEnded = true
         releaseExchange()
-        context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -160,25 +215,33 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: downstream -> upstream
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        received(unwrapInboundIn(data))
+    }
+
+    private func received(_ part: HTTPServerRequestPart) {
+        switch part {
         case .head(let head):
-            receivedHead(head, context: context)
+            receivedHead(head)
         case .body(let body):
             requestBytes &+= body.readableBytes
             forward(.body(.byteBuffer(body)))
         case .end(let trailers):
             requestEnded = true
             forward(.end(trailers))
-            if case .answered = state, responseEnded { exchangeFinished(context: context) }
+            if case .answered = state, responseEnded { exchangeFinished() }
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if case .proxying(_, let upstream) = state { upstream.flush() }
+        readComplete()
         context.fireChannelReadComplete()
     }
 
-    private func receivedHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func readComplete() {
+        if case .proxying(_, let upstream) = state { upstream.flush() }
+    }
+
+    private func receivedHead(_ head: HTTPRequestHead) {
         cancelTimer()
         requestStart = loop.loop.now
         requestEnded = false
@@ -200,7 +263,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
         if Self.headBytes(head) > settings.maxHeaderBytes {
             keepAlive = false
-            answer(.headerTooLarge, context: context)
+            answer(.headerTooLarge)
             return
         }
         edgePeer = nil
@@ -213,34 +276,34 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch route {
         case .failure(let error):
-            answer(error, context: context)
+            answer(error)
         case .success(let cluster):
             edgePeer = cluster.name
             if settings.restoresProtocol, loop.authorization != nil,
                 !loop.authorize(
                     source: peer?.identity,
                     port: loop.authorization?.usesPorts == true
-                        ? (context.channel.parent ?? context.channel).localAddress?.port ?? 0 : 0,
+                        ? localPort : 0,
                     method: head.method.rawValue,
                     path: head.uri
                 )
             {
-                answer(.unauthorized, context: context)
+                answer(.unauthorized)
                 return
             }
             if settings.restoresProtocol, let refusal = admitToApp() {
-                answer(refusal, context: context)
+                answer(refusal)
                 return
             }
             if let refusal = cluster.admit() {
                 cluster.metrics.countError(refusal)
-                answer(refusal, context: context)
+                answer(refusal)
                 return
             }
             admittedCluster = cluster
             attempt = 0
             isIdempotent = Self.idempotentMethods.contains(head.method)
-            requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head, context: context) }
+            requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head) }
             let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
             var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
             if cluster.isMesh { Deadlines.propagate(timeout, in: &upstreamHead.headers) }
@@ -281,12 +344,21 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return nil
     }
 
-    private func requestHash(for key: HashKey, head: HTTPRequestHead, context: ChannelHandlerContext) -> UInt64? {
+    /// The port the caller connected to (of the connection, for a stream).
+    private var localPort: Int {
+        if let stream { return stream.localAddress?.port ?? 0 }
+        guard let channel = context?.channel else { return 0 }
+        return (channel.parent ?? channel).localAddress?.port ?? 0
+    }
+
+    private var remoteAddress: SocketAddress? { stream?.remoteAddress ?? context?.channel.remoteAddress }
+
+    private func requestHash(for key: HashKey, head: HTTPRequestHead) -> UInt64? {
         switch key {
         case .header(let name):
             return head.headers.first(name: name).map { StableHash.hash($0) }
         case .sourceIP:
-            return context.channel.remoteAddress?.ipAddress.map { StableHash.hash($0) }
+            return remoteAddress?.ipAddress.map { StableHash.hash($0) }
         }
     }
 
@@ -383,8 +455,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func upstreamAcquired(_ result: Result<UpstreamHandler, MeshError>, endpoint: Int?, cluster: LoopCluster) {
-        guard let context, case .connecting(let current, let pending) = state, current === cluster else {
+    private func upstreamAcquired(_ result: Result<any Upstream, MeshError>, endpoint: Int?, cluster: LoopCluster) {
+        guard hasDownstream, case .connecting(let current, let pending) = state, current === cluster else {
             // The exchange ended (timeout, client gone) while we waited: give the
             // connection back untouched.
             if case .success(let upstream) = result {
@@ -404,12 +476,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             {
                 return
             }
-            answer(error, context: context)
+            answer(error)
         case .success(let upstream):
             upstream.begin(delegate: self)
             state = .proxying(cluster: cluster, upstream: upstream)
             if let perTry = cluster.retryPolicy.perTryTimeout, cluster.retryPolicy.attempts > 0 {
-                tryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanoseconds)) {
+                tryTimer = loop.loop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanoseconds)) {
                     [weak self] in
                     self?.tryTimedOut(upstream)
                 }
@@ -418,7 +490,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upstream.flush()
             if pendingRead, upstream.isWritable {
                 pendingRead = false
-                context.read()
+                readDownstream()
             }
         }
     }
@@ -426,6 +498,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: backpressure
 
     func read(context: ChannelHandlerContext) {
+        readRequested()
+    }
+
+    private func readRequested() {
         switch state {
         case .connecting(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts,
             .backingOff(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts:
@@ -435,15 +511,19 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .proxying(_, let upstream) where !upstream.isWritable:
             pendingRead = true
         case .idle, .answered, .proxying, .connecting, .backingOff:
-            context.read()
+            readDownstream()
         }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, case .proxying(_, let upstream) = state {
+        writabilityChanged()
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func writabilityChanged() {
+        if downstreamWritable, case .proxying(_, let upstream) = state {
             upstream.resumeReading()
         }
-        context.fireChannelWritabilityChanged()
     }
 
     // MARK: errors and timers
@@ -451,7 +531,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let parserError = error as? HTTPParserError {
             keepAlive = false
-            answer(parserError == .headerOverflow ? .headerTooLarge : .badRequest, context: context)
+            answer(parserError == .headerOverflow ? .headerTooLarge : .badRequest)
         } else {
             context.close(promise: nil)
         }
@@ -470,10 +550,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func scheduleTimerTask(at deadline: NIODeadline) {
-        guard let context else { return }
+        guard hasDownstream else { return }
         timerTask?.cancel()
         timerTaskDeadline = deadline
-        timerTask = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+        timerTask = loop.loop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
             self?.timerTick()
         }
     }
@@ -491,17 +571,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func timerFired(_ error: MeshError) {
-        guard let context else { return }
+        guard hasDownstream else { return }
         switch state {
         case .idle:
             // Idle keep-alive connection, or a client too slow to send its head.
-            if error == .headerTimeout, !isStream {
+            if error == .headerTimeout, !isStream, let context {
                 // No request head is being answered, so the HTTP pipeline would refuse a
                 // response: the 408 goes out as raw bytes below the HTTP encoder.
                 settings.metrics.countError(error)
                 sendRawAndClose(error, context: context)
             } else {
-                context.close(promise: nil)
+                closeDownstream()
             }
         case .connecting(let cluster, _), .proxying(let cluster, _), .backingOff(let cluster, _):
             cluster.metrics.countError(error)
@@ -514,10 +594,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if responseStarted {
                 settings.metrics.countError(error)
                 releaseExchange()
-                context.close(promise: nil)
+                closeDownstream()
             } else {
                 keepAlive = false
-                answer(error, context: context)
+                answer(error)
             }
         case .answered:
             break
@@ -525,7 +605,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Answers the current request with a mesh error.
-    private func answer(_ error: MeshError, context: ChannelHandlerContext) {
+    private func answer(_ error: MeshError) {
         settings.metrics.countError(error)
         if case .proxying(let cluster, let upstream) = state {
             reportLatency(upstream, cluster)
@@ -534,7 +614,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         state = .answered
         guard !responseStarted else {
             releaseExchange()
-            context.close(promise: nil)
+            closeDownstream()
             return
         }
         if !requestEnded, requestHasBody { keepAlive = false }
@@ -547,29 +627,24 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if !keepAlive, !isStream { headers.add(name: "connection", value: "close") }
         responseStarted = true
         responseStatus = error.status
-        context.write(
-            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: error.status, headers: headers))),
-            promise: nil
-        )
+        send(.head(HTTPResponseHead(version: .http1_1, status: error.status, headers: headers)))
         if !requestIsHead {
-            context.write(
-                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))),
-                promise: nil
-            )
+            send(.body(.byteBuffer(ByteBuffer(string: body))))
         }
         responseEnded = true
         let closing = !keepAlive && !isStream
-        let promise: EventLoopPromise<Void>? = closing ? context.eventLoop.makePromise() : nil
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: promise)
+        let promise: EventLoopPromise<Void>? = closing ? loop.loop.makePromise() : nil
+        send(.end(nil), promise: promise)
+        flushDownstream()
         if let promise {
-            promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            promise.futureResult.assumeIsolated().whenComplete { _ in self.closeDownstream() }
         }
         let nanos = elapsed()
         settings.metrics.countRequest(status: error.status, nanoseconds: nanos, loop: loop.index)
         recordExchange(status: error.status, nanoseconds: nanos, error: error)
         releaseExchange()
         if requestEnded || closing {
-            exchangeFinished(context: context, alreadyClosing: closing)
+            exchangeFinished(alreadyClosing: closing)
         }
         // Otherwise the exchange finishes when the request's end arrives (channelRead).
     }
@@ -662,7 +737,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Reports the exchange's latency to the cluster's balancer, once.
-    private func reportLatency(_ upstream: UpstreamHandler, _ cluster: LoopCluster) {
+    private func reportLatency(_ upstream: any Upstream, _ cluster: LoopCluster) {
         guard let index = upstream.endpointIndex else { return }
         upstream.endpointIndex = nil
         cluster.requestFinished(index, nanoseconds: elapsed())
@@ -673,7 +748,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Both directions are done: reset for the next request on this connection.
-    private func exchangeFinished(context: ChannelHandlerContext, alreadyClosing: Bool = false) {
+    private func exchangeFinished(alreadyClosing: Bool = false) {
         cancelTimer()
         releaseExchange()
         if case .proxying(_, let upstream) = state { upstream.finish() }
@@ -682,7 +757,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if keepAlive {
             armTimer(settings.idleTimeout, error: .upstreamTimeout)
         } else {
-            context.close(promise: nil)
+            closeDownstream()
         }
     }
 
@@ -699,17 +774,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 // MARK: upstream -> downstream
 
 extension ProxyHandler: UpstreamDelegate {
-    var downstreamIsWritable: Bool { context?.channel.isWritable ?? false }
+    var downstreamIsWritable: Bool { downstreamWritable }
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
-        guard let context, case .proxying(let cluster, let upstream) = state else {
+        guard hasDownstream, case .proxying(let cluster, let upstream) = state else {
             return
         }
         switch part {
         case .head(var head):
             if head.status.code < 200, head.status != .switchingProtocols {
                 // 100 Continue and other interim answers pass straight through.
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
+                send(.head(head))
                 return
             }
             tryTimer?.cancel()
@@ -730,7 +805,7 @@ extension ProxyHandler: UpstreamDelegate {
             // Time to the answer's head is what the balancer learns from.
             reportLatency(upstream, cluster)
             if head.status == .switchingProtocols {
-                guard isUpgrade else {
+                guard isUpgrade, let context else {
                     // A 101 nobody asked for cannot be honoured.
                     upstreamFailed(.protocolError)
                     return
@@ -743,15 +818,16 @@ extension ProxyHandler: UpstreamDelegate {
             Self.removeHopByHop(&head.headers)
             head.version = .http1_1
             if !keepAlive, !isStream { head.headers.add(name: "connection", value: "close") }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            send(.head(head))
         case .body(let body):
             responseBytes &+= body.readableBytes
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            send(.body(.byteBuffer(body)))
         case .end(let trailers):
             responseEnded = true
             // Flush now: the upstream is released below and will not report its read
             // completion to us.
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            send(.end(trailers))
+            flushDownstream()
             let nanos = elapsed()
             settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
             cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
@@ -766,12 +842,11 @@ extension ProxyHandler: UpstreamDelegate {
                 cancelTimer()
                 releaseExchange()
                 if !isStream {
-                    context.flush()
-                    context.close(promise: nil)
+                    closeDownstream()
                 }
                 return
             }
-            exchangeFinished(context: context)
+            exchangeFinished()
         }
     }
 
@@ -779,7 +854,7 @@ extension ProxyHandler: UpstreamDelegate {
     /// current bytes, replaces the HTTP handlers of both connections with a byte splice.
     private func switchToTunnel(
         _ head: HTTPResponseHead,
-        upstream: UpstreamHandler,
+        upstream: any Upstream,
         cluster: LoopCluster,
         context: ChannelHandlerContext
     ) {
@@ -828,11 +903,11 @@ extension ProxyHandler: UpstreamDelegate {
     }
 
     func upstreamReadComplete() {
-        context?.flush()
+        flushDownstream()
     }
 
     func upstreamFailed(_ error: MeshError) {
-        guard let context, case .proxying(let cluster, let upstream) = state else { return }
+        guard hasDownstream, case .proxying(let cluster, let upstream) = state else { return }
         let endpoint = upstream.endpointIndex
         if let endpoint { cluster.record(endpoint, .gatewayFailure) }
         reportLatency(upstream, cluster)
@@ -845,17 +920,17 @@ extension ProxyHandler: UpstreamDelegate {
         if responseStarted {
             settings.metrics.countError(error)
             releaseExchange()
-            context.close(promise: nil)
+            closeDownstream()
         } else {
-            answer(error, context: context)
+            answer(error)
         }
     }
 
     /// The per-try timeout fired before the answer's head: the try counts as a gateway
     /// failure and is retried when allowed; otherwise the request times out.
-    private func tryTimedOut(_ upstream: UpstreamHandler) {
+    private func tryTimedOut(_ upstream: any Upstream) {
         tryTimer = nil
-        guard let context, case .proxying(let cluster, let current) = state, current === upstream, !responseStarted
+        guard hasDownstream, case .proxying(let cluster, let current) = state, current === upstream, !responseStarted
         else { return }
         let endpoint = upstream.endpointIndex
         if let endpoint { cluster.record(endpoint, .gatewayFailure) }
@@ -865,13 +940,13 @@ extension ProxyHandler: UpstreamDelegate {
         if let parts = replay, retry(cluster, parts: parts, failedEndpoint: endpoint) { return }
         state = .answered
         keepAlive = false
-        answer(.upstreamTimeout, context: context)
+        answer(.upstreamTimeout)
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
-        guard isWritable, pendingRead, let context else { return }
+        guard isWritable, pendingRead, hasDownstream else { return }
         pendingRead = false
-        context.read()
+        readDownstream()
     }
 }
 

@@ -16,11 +16,36 @@ protocol UpstreamDelegate: AnyObject {
     var downstreamIsWritable: Bool { get }
 }
 
+/// The upstream half of an exchange as the downstream `ProxyHandler` drives it: a pooled
+/// HTTP/1.1 connection (`UpstreamHandler`) or one stream of a multiplexed HTTP/2 connection
+/// (`HTTP2StreamUpstream`).
+protocol Upstream: AnyObject {
+    /// The endpoint this exchange goes to, for per-endpoint metrics.
+    var endpoint: EndpointMetrics? { get }
+    /// The endpoint's index in its cluster when the balancer counted this exchange;
+    /// nil once its latency has been reported (or for exchanges it does not track).
+    var endpointIndex: Int? { get set }
+    var isActive: Bool { get }
+    /// Whether more request bytes may be written now (request-body backpressure).
+    var isWritable: Bool { get }
+    /// Starts an exchange for `delegate`.
+    func begin(delegate: any UpstreamDelegate)
+    func write(_ part: HTTPClientRequestPart)
+    func flush()
+    func close()
+    /// The downstream can take response bytes again.
+    func resumeReading()
+    /// The downstream is done with this exchange, whether or not it completed.
+    func finish()
+    /// Turns an HTTP/1.1 connection into a byte tunnel after `101 Switching Protocols`.
+    func becomeTunnel(glue: GlueHandler) throws
+}
+
 /// The last handler of an upstream pipeline: a pooled HTTP/1.1 connection or one HTTP/2
 /// stream, both speaking `HTTPClientRequestPart`/`HTTPClientResponsePart`. It is the
 /// upstream half of the glue between two channels: the downstream `ProxyHandler` writes
 /// request parts through it, and it hands response parts back.
-final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler, Upstream {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart

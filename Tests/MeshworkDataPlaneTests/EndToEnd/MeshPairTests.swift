@@ -68,7 +68,9 @@ struct MeshPairTests {
                 ]
             )
             #expect(echo.status == 200)
-            #expect(echo.body == payload)
+            // Compared as one Bool: on a mismatch Swift Testing would diff megabytes byte by byte.
+            let echoed = echo.body == payload
+            #expect(echoed, "echo differs: \(echo.body.count) bytes back of \(payload.count)")
 
             let trailers = try await Curl.get(client.url("upstream:orders", "/trailers"), ["--raw"])
             #expect(trailers.status == 200)
