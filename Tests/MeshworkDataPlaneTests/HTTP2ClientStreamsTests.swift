@@ -297,4 +297,64 @@ struct HTTP2ClientStreamsTests {
         #expect(recorder.writabilityChanges == [true])
         _ = try channel.finish()
     }
+
+    // MARK: the server side's conversions (HTTP2ServerStream)
+
+    @Test func requestBlocksBecomeHTTP1HeadsAsNIOsCodecMadeThem() throws {
+        let get = try #require(
+            HTTP2ServerStream.requestHead(
+                HPACKHeaders([
+                    (":method", "GET"), (":scheme", "https"), (":authority", "orders"), (":path", "/a?b=1"),
+                    ("x-id", "7"),
+                ]),
+                endStream: true
+            )
+        )
+        #expect(get.method == .GET)
+        #expect(get.uri == "/a?b=1")
+        #expect(get.headers.first(name: "host") == "orders")
+        #expect(get.headers.first(name: "x-id") == "7")
+        #expect(!get.headers.contains(name: "content-length"))
+
+        let post = HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":authority", "o"), (":path", "/")])
+        let streaming = try #require(HTTP2ServerStream.requestHead(post, endStream: false))
+        #expect(streaming.headers.first(name: "transfer-encoding") == "chunked")
+        let empty = try #require(HTTP2ServerStream.requestHead(post, endStream: true))
+        #expect(empty.headers.first(name: "content-length") == "0")
+
+        // A Host field wins over :authority, as in NIO's codec.
+        let withHost = try #require(
+            HTTP2ServerStream.requestHead(
+                HPACKHeaders([
+                    (":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/"), ("host", "b"),
+                ]),
+                endStream: true
+            )
+        )
+        #expect(withHost.headers[canonicalForm: "host"] == ["b"])
+    }
+
+    @Test(arguments: [
+        [(":scheme", "http"), (":authority", "o"), (":path", "/")],  // no :method
+        [(":method", "GET"), (":scheme", "http"), (":authority", "o")],  // no :path
+        [(":method", "GET"), (":authority", "o"), (":path", "/")],  // no :scheme
+        [(":method", "GET"), (":method", "POST"), (":scheme", "http"), (":path", "/")],  // twice
+        [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":status", "200")],  // not a request's
+    ])
+    func malformedRequestBlocksAreRefused(_ fields: [(String, String)]) {
+        #expect(HTTP2ServerStream.requestHead(HPACKHeaders(fields), endStream: true) == nil)
+    }
+
+    @Test func responseHeadsBecomeBlocksWithoutConnectionFields() {
+        let head = HTTPResponseHead(
+            version: .http1_1,
+            status: .created,
+            headers: HTTPHeaders([
+                ("Content-Type", "text/plain"), ("Connection", "close"), ("Keep-Alive", "5"),
+                ("Transfer-Encoding", "chunked"), ("x-served-by", "orders-1"),
+            ])
+        )
+        let fields = HTTP2ServerStream.responseHeaders(head).map { "\($0.name): \($0.value)" }
+        #expect(fields == [":status: 201", "content-type: text/plain", "x-served-by: orders-1"])
+    }
 }
