@@ -83,6 +83,17 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def anon_rss_kib(pids):
+    """Private (anonymous) resident memory now: what one more proxy process costs on a host,
+    since the code pages of the same binary are shared between its processes."""
+    total = 0
+    for pid in group_members(set(pids)):
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("RssAnon:"):
+                total += int(line.split()[1])
+    return total
+
+
 def peak_rss_kib(pids):
     total = 0
     for pid in group_members(set(pids)):
@@ -111,6 +122,7 @@ def stop(procs):
 def scenarios(args, out):
     mw = args.meshwork
     envoy = args.envoy
+    base = args.baseline
     return {
         "direct": lambda: ([], UPSTREAM),
         "nginx": lambda: ([start(["nginx", "-c", render("nginx-proxy.conf", out, OUT=out, PORT=PORT, UPSTREAM=UPSTREAM)], 1, out, "nginx-proxy")], PORT),
@@ -148,6 +160,16 @@ def scenarios(args, out):
             start([mw, "sidecar", "--log-level", "error",
                    "--config", render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "mw-server"),
             start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "mw-client"),
+        ], PORT),
+        # The same single proxy and pair from another build (--baseline BIN), to compare a
+        # change against what it replaces in the same run.
+        "meshwork (baseline)": lambda: ([start([base, "sidecar", "--log-level", "error",
+                                     "--config", render("meshwork-proxy.yaml", out, PORT=PORT, UPSTREAM=UPSTREAM, ADMIN=ADMIN)], 1, out, "meshwork")], PORT),
+        "meshwork pair (mTLS+h2; baseline)": lambda: ([
+            start([base, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-server.yaml", out, PORT=PEER, UPSTREAM=UPSTREAM, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "mw-server"),
+            start([base, "sidecar", "--log-level", "error",
                    "--config", render("meshwork-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "mw-client"),
         ], PORT),
     }
@@ -188,13 +210,18 @@ def measure(name, factory, args, out):
         subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"],
                        capture_output=True, check=True)
         cpu_before = cpu_seconds(pids) if pids else 0
+        each_before = [cpu_seconds([pid]) for pid in pids]
         requests, non2xx, socket_errors = run_wrk(port, args)
         cpu_after = cpu_seconds(pids) if pids else 0
+        each_after = [cpu_seconds([pid]) for pid in pids]
         latency = run_latency(port, args, out)
         result = {
             "rps": requests / args.duration,
             "cpu_us_per_req": ((cpu_after - cpu_before) / requests * 1e6) if pids and requests else None,
+            # Per process (a pair: server side first, then client side).
+            "cpu_us_per_req_each": [(a - b) / requests * 1e6 for a, b in zip(each_after, each_before)] if requests else [],
             "peak_rss_mib": (peak_rss_kib(pids) / 1024.0) if pids else None,
+            "anon_rss_mib": (anon_rss_kib(pids) / 1024.0) if pids else None,
             "non_2xx": non2xx,
             "socket_errors": socket_errors,
         }
@@ -236,6 +263,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--meshwork", default=os.path.join(ROOT, ".build", "release", "meshwork"))
     parser.add_argument("--envoy", default=shutil.which("envoy") or "envoy")
+    parser.add_argument("--baseline", help="another meshwork binary (an older build) for the '(baseline)' scenarios")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections for throughput")
     parser.add_argument("--rate", type=int, default=2000, help="requests/s for the latency run")
@@ -248,7 +276,10 @@ def main():
 
     out = tempfile.mkdtemp(prefix="meshwork-bench-")
     all_scenarios = scenarios(args, out)
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(all_scenarios)
+    names = [n.strip() for n in args.only.split(",")] if args.only else [
+        n for n in all_scenarios if args.baseline or "baseline" not in n]
+    if any("baseline" in n for n in names) and not args.baseline:
+        parser.error("the (baseline) scenarios need --baseline BIN")
     upstream = start(["nginx", "-c", render("nginx-upstream.conf", out, OUT=out, UPSTREAM=UPSTREAM)], 0, out, "nginx-upstream")
     rounds = {name: [] for name in names}
     try:
@@ -270,7 +301,8 @@ def main():
     summary = {}
     for name in names:
         summary[name] = {key: median([run[key] for run in rounds[name]])
-                         for key in ("rps", "cpu_us_per_req", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib", "non_2xx")}
+                         for key in ("rps", "cpu_us_per_req", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib", "anon_rss_mib",
+                                     "non_2xx")}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"args": vars(args), "rounds": rounds, "median": summary, "handshakes_per_s": handshakes}, f, indent=2)
@@ -279,12 +311,12 @@ def main():
         return "-" if value is None else f"{value:,.{digits}f}"
     print(f"\nMedians of {args.rounds} rounds; throughput with {args.connections} connections for {args.duration}s, "
           f"latency at {args.rate} req/s. Proxies on core 1, load and upstream on core 0.\n")
-    print("| scenario | req/s | proxy CPU µs/req | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| scenario | req/s | proxy CPU µs/req | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | anon RSS MiB | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         s = summary[name]
         print(f"| {name} | {fmt(s['rps'], 0)} | {fmt(s['cpu_us_per_req'])} | {fmt(s['p50_ms'], 3)} | {fmt(s['p99_ms'], 3)} "
-              f"| {fmt(s['p999_ms'], 3)} | {fmt(s['peak_rss_mib'])} | {fmt(s['non_2xx'], 0)} |")
+              f"| {fmt(s['p999_ms'], 3)} | {fmt(s['peak_rss_mib'])} | {fmt(s['anon_rss_mib'])} | {fmt(s['non_2xx'], 0)} |")
     if handshakes:
         print("\n| server side of | full mTLS handshakes/s (openssl s_time -new) | proxy CPU µs/handshake |")
         print("|---|---:|---:|")
@@ -308,12 +340,22 @@ def main():
                   f"x{summary[variant]['cpu_us_per_req'] / base['cpu_us_per_req']:.3f}, "
                   f"p99 x{summary[variant]['p99_ms'] / base['p99_ms']:.2f}, "
                   f"throughput x{summary[variant]['rps'] / base['rps']:.3f}")
-    for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)")):
+    for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)"),
+                 ("meshwork", "meshwork (baseline)"), ("meshwork pair (mTLS+h2)", "meshwork pair (mTLS+h2; baseline)")):
         if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
             sa, sb = summary[a], summary[b]
             print(f"\n{a} / {b}: CPU per request x{sa['cpu_us_per_req'] / sb['cpu_us_per_req']:.2f}, "
                   f"p99 x{sa['p99_ms'] / sb['p99_ms']:.2f}, peak RSS x{sa['peak_rss_mib'] / sb['peak_rss_mib']:.2f}, "
+                  f"anon RSS x{sa['anon_rss_mib'] / sb['anon_rss_mib']:.2f}, "
                   f"throughput x{sa['rps'] / sb['rps']:.2f}")
+            # The machine drifts between rounds: the ratio within each round (the two ran
+            # seconds apart) is steadier than the ratio of medians.
+            within = [ra["cpu_us_per_req"] / rb["cpu_us_per_req"] for ra, rb in zip(rounds[a], rounds[b])
+                      if ra["cpu_us_per_req"] and rb["cpu_us_per_req"]]
+            p99s = [ra["p99_ms"] / rb["p99_ms"] for ra, rb in zip(rounds[a], rounds[b]) if rb["p99_ms"]]
+            if within:
+                print(f"  per round: CPU per request x{median(within):.2f} (median of {len(within)}: "
+                      f"{', '.join(f'{r:.2f}' for r in within)}), p99 x{median(p99s):.2f}")
 
 
 if __name__ == "__main__":
