@@ -55,6 +55,8 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
 
     var isActive: Bool { context?.channel.isActive ?? false }
     var channel: (any Channel)? { context?.channel }
+    /// The connection's loop, kept after the handler left the pipeline.
+    private(set) var eventLoop: (any EventLoop)?
     var channelIsWritable: Bool { context?.channel.isWritable ?? false }
 
     /// A new exchange on this connection; its stream ID is taken when its HEADERS are
@@ -65,6 +67,7 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        eventLoop = context.eventLoop
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -310,6 +313,15 @@ final class HTTP2StreamUpstream: Upstream {
     }
 
     private func emit(_ payload: HTTP2Frame.FramePayload) {
+        guard id != nil || connection.isActive else {
+            // The connection died before this stream's first frame: fail on the next tick
+            // (not inside the write), as a reset, so the exchange may be retried elsewhere.
+            done = true
+            held = nil
+            connection.forget(self)
+            connection.eventLoop?.assumeIsolated().execute { self.fail(.upstreamReset) }
+            return
+        }
         let id = self.id ?? connection.open(self)
         self.id = id
         guard case .data(let data) = payload, data.data.readableBytes > 0 else {

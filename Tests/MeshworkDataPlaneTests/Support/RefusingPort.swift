@@ -1,30 +1,31 @@
 import Foundation
+import NIOCore
 
 /// A port on 127.0.0.1 that is bound but never listens: connecting to it is refused for as
 /// long as this lives, and no other process can take it (unlike a port just released).
+///
+/// The address goes in through NIO's `SocketAddress` and the port is read back from the raw
+/// bytes of `sockaddr_in` (family, then the port in network order): no member of the C
+/// structs is touched, whose defining module the compiler may attribute to NIO's C shims.
 final class RefusingPort {
     private let descriptor: Int32
     let port: Int
 
     init() throws {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: 0)
+        let bound = address.withSockAddr { bind(descriptor, $0, socklen_t($1)) }
+        var raw = [UInt8](repeating: 0, count: 128)
+        var length = socklen_t(raw.count)
+        let named = raw.withUnsafeMutableBytes { bytes in
+            getsockname(descriptor, bytes.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
         }
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        guard bound == 0, named == 0 else {
+        guard bound == 0, named == 0, length >= 4 else {
             close(descriptor)
             throw POSIXError(.EADDRNOTAVAIL)
         }
         self.descriptor = descriptor
-        port = Int(UInt16(bigEndian: address.sin_port))
+        port = Int(raw[2]) << 8 | Int(raw[3])
     }
 
     deinit { close(descriptor) }
