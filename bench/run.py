@@ -83,22 +83,14 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
-def anon_rss_kib(pids):
-    """Private (anonymous) resident memory now: what one more proxy process costs on a host,
-    since the code pages of the same binary are shared between its processes."""
+def status_kib(pids, field):
+    """A /proc/PID/status memory field summed over the processes: VmHWM (peak RSS), or
+    RssAnon (private memory now: what one more proxy costs on a host, since the code
+    pages of one binary are shared by all its processes)."""
     total = 0
     for pid in group_members(set(pids)):
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("RssAnon:"):
-                total += int(line.split()[1])
-    return total
-
-
-def peak_rss_kib(pids):
-    total = 0
-    for pid in group_members(set(pids)):
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 total += int(line.split()[1])
     return total
 
@@ -220,8 +212,8 @@ def measure(name, factory, args, out):
             "cpu_us_per_req": ((cpu_after - cpu_before) / requests * 1e6) if pids and requests else None,
             # Per process (a pair: server side first, then client side).
             "cpu_us_per_req_each": [(a - b) / requests * 1e6 for a, b in zip(each_after, each_before)] if requests else [],
-            "peak_rss_mib": (peak_rss_kib(pids) / 1024.0) if pids else None,
-            "anon_rss_mib": (anon_rss_kib(pids) / 1024.0) if pids else None,
+            "peak_rss_mib": (status_kib(pids, "VmHWM") / 1024.0) if pids else None,
+            "anon_rss_mib": (status_kib(pids, "RssAnon") / 1024.0) if pids else None,
             "non_2xx": non2xx,
             "socket_errors": socket_errors,
         }

@@ -37,6 +37,21 @@ struct HTTP2ClientStreamsTests {
         HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: HTTPHeaders(headers))
     }
 
+    /// Opens a stream for `delegate`, sends `GET /` on it and takes its HEADERS frame out.
+    private func sendGet(
+        on streams: HTTP2ClientStreams,
+        _ channel: EmbeddedChannel,
+        to delegate: Recorder
+    ) throws -> HTTP2StreamUpstream {
+        let stream = streams.makeStream(endpoint: nil)
+        stream.begin(delegate: delegate)
+        stream.write(.head(get("/")))
+        stream.write(.end(nil))
+        stream.flush()
+        _ = try channel.readOutbound(as: HTTP2Frame.self)
+        return stream
+    }
+
     @Test func aGetIsOneHeadersFrameWithEndStreamAndStreamIDsIncrease() throws {
         let (channel, streams) = try makeChannel()
         for path in ["/a", "/b"] {
@@ -117,12 +132,7 @@ struct HTTP2ClientStreamsTests {
     @Test func responseFramesBecomeResponsePartsAndOneReadCompletePerBatch() throws {
         let (channel, streams) = try makeChannel()
         let recorder = Recorder()
-        let stream = streams.makeStream(endpoint: nil)
-        stream.begin(delegate: recorder)
-        stream.write(.head(get("/")))
-        stream.write(.end(nil))
-        stream.flush()
-        _ = try channel.readOutbound(as: HTTP2Frame.self)
+        let stream = try sendGet(on: streams, channel, to: recorder)
 
         // One read batch of three frames (writeInbound would end a batch after each).
         let block = HPACKHeaders([(":status", "200"), ("x-served-by", "orders-1")])
@@ -159,12 +169,7 @@ struct HTTP2ClientStreamsTests {
     @Test func aBadStatusIsAProtocolErrorAndResetsTheStream() throws {
         let (channel, streams) = try makeChannel()
         let recorder = Recorder()
-        let stream = streams.makeStream(endpoint: nil)
-        stream.begin(delegate: recorder)
-        stream.write(.head(get("/")))
-        stream.write(.end(nil))
-        stream.flush()
-        _ = try channel.readOutbound(as: HTTP2Frame.self)
+        _ = try sendGet(on: streams, channel, to: recorder)
         try channel.writeInbound(
             HTTP2Frame(streamID: 1, payload: .headers(.init(headers: HPACKHeaders([(":status", "2000")]))))
         )
@@ -227,12 +232,7 @@ struct HTTP2ClientStreamsTests {
     @Test func windowsAreToppedUpOnceHalfUsedButHeldForASlowDownstream() throws {
         let (channel, streams) = try makeChannel()
         let recorder = Recorder()
-        let stream = streams.makeStream(endpoint: nil)
-        stream.begin(delegate: recorder)
-        stream.write(.head(get("/")))
-        stream.write(.end(nil))
-        stream.flush()
-        _ = try channel.readOutbound(as: HTTP2Frame.self)
+        let stream = try sendGet(on: streams, channel, to: recorder)
         try channel.writeInbound(HTTP2Frame(streamID: 1, payload: .headers(.init(headers: [":status": "200"]))))
 
         func increments() throws -> [String] {
