@@ -90,8 +90,7 @@ struct HandlerTests {
         try channel.pipeline.syncOperations.addHandler(
             ProxyHandler(
                 settings: settings,
-                loop: LoopContext(loop: channel.embeddedEventLoop, index: 0),
-                isStream: false
+                loop: LoopContext(loop: channel.embeddedEventLoop, index: 0)
             )
         )
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()

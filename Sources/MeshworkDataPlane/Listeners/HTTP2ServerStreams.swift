@@ -8,13 +8,7 @@ import NIOHTTP2
 /// twin of `HTTP2ClientStreams`; see there for flow control). It also drains the
 /// connection: on `ChannelShouldQuiesceEvent` it sends GOAWAY, lets open streams finish and
 /// closes once the last one has.
-///
-/// NOT WIRED IN YET: with it, a 3 MiB request streamed both ways through an mTLS pair
-/// (MeshPairTests.streamingAndTrailersAcrossTheMesh) stalls in about half the runs after
-/// ~2 MiB of the answer: the request arrives whole, the app answers it all, but part of the
-/// answer stays in NIO's outbound buffer. Accepted connections still use NIO's multiplexer
-/// (`ListenerPipelines.addHTTP2`) until that is found; its conversions are unit-tested.
-final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
+final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
@@ -23,11 +17,9 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
     private let loopContext: LoopContext
     private let peer: ConnectionPeer?
     let streamWindow: Int
-    private var context: ChannelHandlerContext?
-    private var streams: [HTTP2StreamID: HTTP2ServerStream] = [:]
-    private var touched: [HTTP2ServerStream] = []
-    private var reading = false
-    private var flushNeeded = false
+    private(set) var context: ChannelHandlerContext?
+    var streams: [HTTP2StreamID: HTTP2ServerStream] = [:]
+    var batch = HTTP2ReadBatch<HTTP2ServerStream>()
     private var draining = false
     private(set) var localAddress: SocketAddress?
     private(set) var remoteAddress: SocketAddress?
@@ -39,8 +31,6 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
         self.streamWindow = streamWindow
     }
 
-    var channelIsWritable: Bool { context?.channel.isWritable ?? false }
-
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         localAddress = context.channel.localAddress
@@ -49,33 +39,6 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
-    }
-
-    // MARK: called by streams
-
-    func write(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>? = nil) {
-        guard let context else {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
-        context.write(wrapOutboundOut(frame), promise: promise)
-    }
-
-    func writeControl(_ frame: HTTP2Frame) {
-        write(frame)
-        if reading { flushNeeded = true } else { context?.flush() }
-    }
-
-    func flush() {
-        context?.flush()
-    }
-
-    func makePromise() -> EventLoopPromise<Void>? {
-        context?.eventLoop.makePromise()
-    }
-
-    func touch(_ stream: HTTP2ServerStream) {
-        touched.append(stream)
     }
 
     /// We reset a stream: it is over now, whatever NIO reports later.
@@ -87,7 +50,7 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        reading = true
+        frameArrived()
         let frame = unwrapInboundIn(data)
         guard frame.streamID != .rootStream else { return }
         if let stream = streams[frame.streamID] {
@@ -102,16 +65,7 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        reading = false
-        if !touched.isEmpty {
-            let batch = touched
-            touched.removeAll(keepingCapacity: true)
-            for stream in batch { stream.readComplete() }
-        }
-        if flushNeeded {
-            flushNeeded = false
-            context.flush()
-        }
+        readBatchCompleted(context: context)
         context.fireChannelReadComplete()
     }
 
@@ -120,22 +74,12 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
         case let event as NIOHTTP2WindowUpdatedEvent:
             guard let window = event.inboundWindowSize else { break }
             if event.streamID == .rootStream {
-                if let increment = HTTP2ClientStreams.increment(
-                    window: window,
-                    target: HTTP2ClientStreams.connectionWindow
-                ) {
-                    writeControl(
-                        HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))
-                    )
-                }
+                connectionWindowChanged(window)
             } else {
                 streams[event.streamID]?.inboundWindowChanged(window)
             }
         case let event as StreamClosedEvent:
-            if let stream = streams.removeValue(forKey: event.streamID) {
-                stream.closed()
-            }
-            closeIfDrained()
+            streamClosed(event)
         case is ChannelShouldQuiesceEvent:
             guard !draining else { return }
             draining = true
@@ -150,6 +94,10 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
             break
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func streamRemoved() {
+        closeIfDrained()
     }
 
     /// Closes after the current event: the stream that just ended may still be flushing its
@@ -171,37 +119,30 @@ final class HTTP2ServerStreams: ChannelDuplexHandler, RemovableChannelHandler {
         if isFatalHTTP2ConnectionError(error) {
             // NIO has sent GOAWAY and ignores the peer: close, so it reconnects.
             context.close(promise: nil)
-        } else if let error = error as? NIOHTTP2Errors.StreamError, let stream = streams[error.streamID] {
-            // A frame of ours NIO refused: that stream is over (on the next tick, not inside
-            // the write that caused it).
-            context.eventLoop.assumeIsolated().execute {
-                if self.streams[error.streamID] === stream {
-                    self.streams[error.streamID] = nil
-                    stream.closed()
-                }
-            }
+        } else if let error = error as? NIOHTTP2Errors.StreamError {
+            streamErrorCaught(error, context: context)
         }
-        // Inbound stream errors: NIO has reset the stream, and its StreamClosedEvent ends it.
         context.fireErrorCaught(error)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let open = streams.values
-        streams.removeAll()
-        for stream in open { stream.closed() }
+        closeAllStreams()
         context.fireChannelInactive()
     }
 }
 
 /// One stream of an `HTTP2ServerStreams` connection: request frames go to its
 /// `ProxyHandler` as request parts, and the handler's response parts become frames.
-final class HTTP2ServerStream {
+final class HTTP2ServerStream: HTTP2FrameStream {
     let id: HTTP2StreamID
     private let connection: HTTP2ServerStreams
     /// Released when the stream closes (the handler keeps the stream, not the reverse).
     var proxy: ProxyHandler?
 
     private var requestHeadSeen = false
+    /// The peer ended its side: no more WINDOW_UPDATEs for this stream (NIO refuses one
+    /// for a stream half-closed by the peer, failing the write with a stream error).
+    private var requestEnded = false
     private var requestIsHead = false
     private var held: HTTP2Frame.FramePayload?
     private var responseEnded = false
@@ -227,6 +168,7 @@ final class HTTP2ServerStream {
         switch payload {
         case .headers(let headers):
             if requestHeadSeen {
+                requestEnded = true
                 proxy.streamReceived(.end(HTTP2StreamUpstream.regularHeaders(headers.headers)))
             } else {
                 guard let head = Self.requestHead(headers.headers, endStream: headers.endStream) else {
@@ -236,12 +178,18 @@ final class HTTP2ServerStream {
                 requestHeadSeen = true
                 requestIsHead = head.method == .HEAD
                 proxy.streamReceived(.head(head))
-                if headers.endStream { self.proxy?.streamReceived(.end(nil)) }
+                if headers.endStream {
+                    requestEnded = true
+                    self.proxy?.streamReceived(.end(nil))
+                }
             }
         case .data(let data):
             guard case .byteBuffer(let buffer) = data.data else { return }
             if buffer.readableBytes > 0 { proxy.streamReceived(.body(buffer)) }
-            if data.endStream { self.proxy?.streamReceived(.end(nil)) }
+            if data.endStream {
+                requestEnded = true
+                self.proxy?.streamReceived(.end(nil))
+            }
         default:
             // RST_STREAM: the StreamClosedEvent that follows ends the exchange.
             return
@@ -265,8 +213,8 @@ final class HTTP2ServerStream {
     }
 
     func read() {
-        guard !done, let window = inboundWindow,
-            let increment = HTTP2ClientStreams.increment(window: window, target: connection.streamWindow)
+        guard !done, !requestEnded, let window = inboundWindow,
+            let increment = HTTP2Windows.increment(window: window, target: connection.streamWindow)
         else { return }
         inboundWindow = window + increment
         connection.writeControl(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: increment)))
@@ -346,7 +294,7 @@ final class HTTP2ServerStream {
         // peer's window): that is this stream's writability towards the upstream.
         let size = data.data.readableBytes
         unsentBytes += size
-        if unsentBytes >= HTTP2ClientStreams.highWatermark { outboundBlocked = true }
+        if unsentBytes >= HTTP2Windows.highWatermark { outboundBlocked = true }
         let sent = promise ?? connection.makePromise()
         sent?.futureResult.assumeIsolated().whenComplete { _ in self.sent(size) }
         connection.write(HTTP2Frame(streamID: id, payload: payload), promise: sent)
@@ -354,7 +302,7 @@ final class HTTP2ServerStream {
 
     private func sent(_ size: Int) {
         unsentBytes -= size
-        if outboundBlocked, unsentBytes < HTTP2ClientStreams.lowWatermark {
+        if outboundBlocked, unsentBytes < HTTP2Windows.lowWatermark {
             outboundBlocked = false
             if !done { proxy?.streamWritabilityChanged() }
         }
@@ -372,11 +320,11 @@ final class HTTP2ServerStream {
         held = nil
         connection.writeControl(HTTP2Frame(streamID: id, payload: .rstStream(code)))
         connection.forget(self)
-        closed()
+        closed(reset: code)
     }
 
     /// NIO closed the stream, or we reset it, or the connection went away.
-    func closed() {
+    func closed(reset: HTTP2ErrorCode?) {
         guard !done else { return }
         done = true
         let proxy = self.proxy

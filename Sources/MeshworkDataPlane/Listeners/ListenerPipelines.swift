@@ -31,24 +31,23 @@ enum ListenerPipelines {
             ProxyHandler(
                 settings: settings,
                 loop: contexts.context(for: channel.eventLoop),
-                isStream: false,
                 peer: peer
             )
         )
     }
 
-    /// HTTP/2 server side: every stream gets its own proxy, speaking HTTP/1-style parts.
+    /// HTTP/2 server side: every stream is an exchange of its own `ProxyHandler`, carried
+    /// by `HTTP2ServerStreams` without a child channel per stream.
     static func addHTTP2(
         to channel: any Channel,
         settings: ProxySettings,
         contexts: LoopContexts,
-        secure: Bool,
         peer: ConnectionPeer? = nil
     ) throws {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
-            HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20),
+            HTTP2Setting(parameter: .initialWindowSize, value: streamWindow),
             HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderBytes),
         ]
         // Peers are authenticated sidecars whose apps hang up mid-request all the time:
@@ -56,28 +55,29 @@ enum ListenerPipelines {
         connection.maximumConnectionGlitches = 100_000
         connection.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
         var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.targetWindowSize = 1 << 20
         stream.streamResetFrameRateLimit.maximumCount = 10_000
-        try channel.pipeline.syncOperations.addHandler(FlushCoalescingHandler())
-        let drain = HTTP2DrainHandler()
-        // Streams run on their connection's loop: look its context up once, not per stream.
-        let loopContext = NIOLoopBound(contexts.context(for: channel.eventLoop), eventLoop: channel.eventLoop)
-        let boundPeer = NIOLoopBound(peer, eventLoop: channel.eventLoop)
-        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server,
-            connectionConfiguration: connection,
-            streamConfiguration: stream,
-            streamDelegate: drain
-        ) { streamChannel in
-            streamChannel.eventLoop.makeCompletedFuture {
-                try streamChannel.pipeline.syncOperations.addHandlers(
-                    HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(settings: settings, loop: loopContext.value, isStream: true, peer: boundPeer.value)
-                )
-            }
-        }
-        try channel.pipeline.syncOperations.addHandler(drain)
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(FlushCoalescingHandler())
+        try sync.addHandler(
+            NIOHTTP2Handler(
+                mode: .server,
+                frameDelegate: nil,
+                connectionConfiguration: connection,
+                streamConfiguration: stream
+            )
+        )
+        try sync.addHandler(
+            HTTP2ServerStreams(
+                settings: settings,
+                loop: contexts.context(for: channel.eventLoop),
+                peer: peer,
+                streamWindow: streamWindow
+            )
+        )
     }
+
+    /// The stream window announced to HTTP/2 clients (and kept topped up).
+    static let streamWindow = 1 << 20
 
     /// Cleartext HTTP: h2c with prior knowledge or HTTP/1.x, told apart by the first bytes.
     static func addCleartextHTTP(
@@ -88,7 +88,7 @@ enum ListenerPipelines {
         try channel.pipeline.syncOperations.addHandler(
             HTTPVersionSniffer { isHTTP2, channel in
                 if isHTTP2 {
-                    try addHTTP2(to: channel, settings: settings, contexts: contexts, secure: false)
+                    try addHTTP2(to: channel, settings: settings, contexts: contexts)
                 } else {
                     try addHTTP1(to: channel, settings: settings, contexts: contexts)
                 }
@@ -114,7 +114,7 @@ enum ListenerPipelines {
                 channel.eventLoop.makeCompletedFuture {
                     switch result {
                     case .negotiated("h2"):
-                        try addHTTP2(to: channel, settings: settings, contexts: contexts, secure: true, peer: peer)
+                        try addHTTP2(to: channel, settings: settings, contexts: contexts, peer: peer)
                     default:
                         try addHTTP1(to: channel, settings: settings, contexts: contexts, peer: peer)
                     }

@@ -14,29 +14,20 @@ import NIOHTTP2
 /// stream's window are topped up (WINDOW_UPDATE) once half used, as NIO's stream channels
 /// do; a stream's window is held while the downstream that takes its response is not
 /// writable, so a slow reader stops its sender after one window. Request bodies count as
-/// unsent until NIO has written them; a stream above `highWatermark` unsent bytes is not
-/// writable, which stops the downstream reading more.
-final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
+/// unsent until NIO has written them; a stream above `HTTP2Windows.highWatermark` unsent
+/// bytes is not writable, which stops the downstream reading more.
+final class HTTP2ClientStreams: HTTP2FrameConnection, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
-    static let connectionWindow = 4 << 20
-    static let highWatermark = 64 * 1024
-    static let lowWatermark = 32 * 1024
-
     let scheme: String
     /// The stream window this connection's SETTINGS announce (the target for top-ups).
     let streamWindow: Int
-    private var context: ChannelHandlerContext?
-    private var streams: [HTTP2StreamID: HTTP2StreamUpstream] = [:]
+    private(set) var context: ChannelHandlerContext?
+    var streams: [HTTP2StreamID: HTTP2StreamUpstream] = [:]
+    var batch = HTTP2ReadBatch<HTTP2StreamUpstream>()
     private var nextStreamID = HTTP2StreamID(1)
-    /// Streams that received frames in the current read batch; told when it completes.
-    private var touched: [HTTP2StreamUpstream] = []
-    private var connectionInboundWindow: Int?
-    /// Control frames (window updates, resets) were written and wait for a flush.
-    private var flushNeeded = false
-    private var reading = false
 
     /// The peer sent GOAWAY: no new streams.
     var onGoAway: (() -> Void)?
@@ -57,7 +48,6 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
     var channel: (any Channel)? { context?.channel }
     /// The connection's loop, kept after the handler left the pipeline.
     private(set) var eventLoop: (any EventLoop)?
-    var channelIsWritable: Bool { context?.channel.isWritable ?? false }
 
     /// A new exchange on this connection; its stream ID is taken when its HEADERS are
     /// written, so IDs always go out in increasing order.
@@ -90,43 +80,16 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
         return id
     }
 
-    func write(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>? = nil) {
-        guard let context else {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
-        context.write(wrapOutboundOut(frame), promise: promise)
-    }
-
-    /// Writes a control frame; it is flushed at the end of the read batch, or now when
-    /// written outside one.
-    func writeControl(_ frame: HTTP2Frame) {
-        write(frame)
-        if reading { flushNeeded = true } else { context?.flush() }
-    }
-
-    func flush() {
-        context?.flush()
-    }
-
-    func makePromise() -> EventLoopPromise<Void>? {
-        context?.eventLoop.makePromise()
-    }
-
     /// A stream ended on our side (reset, or never opened): forget it now.
     func forget(_ stream: HTTP2StreamUpstream) {
         if let id = stream.id, streams[id] === stream { streams[id] = nil }
         onStreamClosed?()
     }
 
-    func touch(_ stream: HTTP2StreamUpstream) {
-        touched.append(stream)
-    }
-
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        reading = true
+        frameArrived()
         let frame = unwrapInboundIn(data)
         if frame.streamID == .rootStream {
             if case .goAway = frame.payload { onGoAway?() }
@@ -137,16 +100,7 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        reading = false
-        if !touched.isEmpty {
-            let batch = touched
-            touched.removeAll(keepingCapacity: true)
-            for stream in batch { stream.readComplete() }
-        }
-        if flushNeeded {
-            flushNeeded = false
-            context.flush()
-        }
+        readBatchCompleted(context: context)
         context.fireChannelReadComplete()
     }
 
@@ -155,18 +109,12 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
         case let event as NIOHTTP2WindowUpdatedEvent:
             guard let window = event.inboundWindowSize else { break }
             if event.streamID == .rootStream {
-                if let increment = Self.increment(window: window, target: Self.connectionWindow) {
-                    writeControl(
-                        HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))
-                    )
-                }
+                connectionWindowChanged(window)
             } else {
                 streams[event.streamID]?.inboundWindowChanged(window)
             }
         case let event as StreamClosedEvent:
-            if let stream = streams.removeValue(forKey: event.streamID) {
-                stream.closed(reset: event.reason)
-            }
+            streamClosed(event)
         default:
             break
         }
@@ -182,49 +130,28 @@ final class HTTP2ClientStreams: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if isFatalHTTP2ConnectionError(error) {
             onConnectionError?()
-            failAll()
+            closeAllStreams()
             context.close(promise: nil)
-        } else if let error = error as? NIOHTTP2Errors.StreamError, let stream = streams[error.streamID] {
-            // A frame of ours NIO refused (written after GOAWAY, say): that stream is over.
-            // Failed on the next tick, not inside the write that caused it.
-            context.eventLoop.assumeIsolated().execute {
-                if self.streams[error.streamID] === stream {
-                    self.streams[error.streamID] = nil
-                    stream.closed(reset: .cancel)
-                }
-            }
+        } else if let error = error as? NIOHTTP2Errors.StreamError {
+            // A frame of ours NIO refused (written after GOAWAY, say) ends that stream.
+            streamErrorCaught(error, context: context)
         }
-        // Inbound stream errors: NIO has reset the stream, and its StreamClosedEvent ends it.
         context.fireErrorCaught(error)
     }
 
+    /// (Each stream reports its own end through `onStreamClosed`.)
+    func streamRemoved() {}
+
     func channelInactive(context: ChannelHandlerContext) {
-        failAll()
+        closeAllStreams()
         context.fireChannelInactive()
-    }
-
-    private func failAll() {
-        let open = streams.values
-        streams.removeAll()
-        for stream in open { stream.closed(reset: .cancel) }
-    }
-
-    /// The window top-up NIO's stream channels make: back to `target` once half is used
-    /// (a window driven negative by a SETTINGS change is restored within Int32).
-    static func increment(window: Int, target: Int) -> Int? {
-        if window >= target { return nil }
-        if window >= 0 {
-            let increment = target - window
-            return increment >= window ? increment : nil
-        }
-        return min(-window + target, Int(Int32.max))
     }
 }
 
 /// One exchange on an `HTTP2ClientStreams` connection, as `ProxyHandler` drives any
 /// upstream: request parts become HEADERS/DATA frames (the last one carries END_STREAM, so a
 /// GET is a single HEADERS frame), response frames become response parts.
-final class HTTP2StreamUpstream: Upstream {
+final class HTTP2StreamUpstream: Upstream, HTTP2FrameStream {
     private let connection: HTTP2ClientStreams
     let endpoint: EndpointMetrics?
     var endpointIndex: Int?
@@ -332,7 +259,7 @@ final class HTTP2StreamUpstream: Upstream {
         // peer's window): that is this stream's writability.
         let size = data.data.readableBytes
         unsentBytes += size
-        if unsentBytes >= HTTP2ClientStreams.highWatermark { outboundBlocked = true }
+        if unsentBytes >= HTTP2Windows.highWatermark { outboundBlocked = true }
         let promise = connection.makePromise()
         promise?.futureResult.assumeIsolated().whenComplete { _ in self.sent(size) }
         connection.write(HTTP2Frame(streamID: id, payload: payload), promise: promise)
@@ -340,7 +267,7 @@ final class HTTP2StreamUpstream: Upstream {
 
     private func sent(_ size: Int) {
         unsentBytes -= size
-        if outboundBlocked, unsentBytes < HTTP2ClientStreams.lowWatermark {
+        if outboundBlocked, unsentBytes < HTTP2Windows.lowWatermark {
             outboundBlocked = false
             if !done { delegate?.upstreamWritabilityChanged(isWritable: isWritable) }
         }
@@ -411,8 +338,10 @@ final class HTTP2StreamUpstream: Upstream {
     }
 
     private func topUpWindow() {
-        guard !done, let id, let window = inboundWindow,
-            let increment = HTTP2ClientStreams.increment(window: window, target: connection.streamWindow)
+        // (Not after the response ended: NIO refuses a WINDOW_UPDATE for a stream the peer
+        // has half-closed, failing the write with a stream error.)
+        guard !done, !responseEnded, let id, let window = inboundWindow,
+            let increment = HTTP2Windows.increment(window: window, target: connection.streamWindow)
         else { return }
         inboundWindow = window + increment
         connection.writeControl(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: increment)))

@@ -45,13 +45,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let settings: ProxySettings
     private let loop: LoopContext
-    /// HTTP/2 streams carry one exchange each and have no connection timers.
-    private let isStream: Bool
     /// Where responses go: this handler's own channel (an HTTP/1.1 connection), or one
     /// stream of an HTTP/2 connection carried by `HTTP2ServerStreams` (no channel of its
     /// own; the handler is then driven through its `stream...` entry points).
     private var context: ChannelHandlerContext?
     private let stream: HTTP2ServerStream?
+    /// HTTP/2 streams carry one exchange each and have no connection timers.
+    private var isStream: Bool { stream != nil }
     private var state = State.idle
     private var requestEnded = false
     private var responseStarted = false
@@ -111,10 +111,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestBytes = 0
     private var responseBytes = 0
 
-    init(settings: ProxySettings, loop: LoopContext, isStream: Bool, peer: ConnectionPeer? = nil) {
+    /// The exchanges of one HTTP/1.1 connection, in its pipeline.
+    init(settings: ProxySettings, loop: LoopContext, peer: ConnectionPeer? = nil) {
         self.settings = settings
         self.loop = loop
-        self.isStream = isStream
         self.peer = peer
         self.stream = nil
     }
@@ -123,7 +123,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     init(settings: ProxySettings, loop: LoopContext, stream: HTTP2ServerStream, peer: ConnectionPeer?) {
         self.settings = settings
         self.loop = loop
-        self.isStream = true
         self.peer = peer
         self.stream = stream
     }

@@ -3,15 +3,16 @@ import NIOEmbedded
 import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
+import Prometheus
 import Testing
 
 @testable import MeshworkDataPlane
 
-/// `HTTP2ClientStreams` on an `EmbeddedChannel`: frames in and out directly (NIO's
-/// `NIOHTTP2Handler`, which sits before it in a real pipeline, is left out, so every frame
-/// and event it would pass on is fed by hand).
-@Suite("HTTP/2 client streams without child channels")
-struct HTTP2ClientStreamsTests {
+/// `HTTP2ClientStreams` and `HTTP2ServerStreams` on an `EmbeddedChannel`: frames in and out
+/// directly (NIO's `NIOHTTP2Handler`, which sits before them in a real pipeline, is left
+/// out, so every frame and event it would pass on is fed by hand).
+@Suite("HTTP/2 streams without child channels")
+struct HTTP2StreamsTests {
     private final class Recorder: UpstreamDelegate {
         var parts: [HTTPClientResponsePart] = []
         var failures: [MeshError] = []
@@ -257,7 +258,7 @@ struct HTTP2ClientStreamsTests {
         channel.pipeline.fireUserInboundEventTriggered(
             NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: 1000, outboundWindowSize: nil)
         )
-        #expect(try increments() == ["0:\(HTTP2ClientStreams.connectionWindow - 1000)"])
+        #expect(try increments() == ["0:\(HTTP2Windows.connectionWindow - 1000)"])
 
         // Bytes handed to a downstream that cannot take them hold the stream's window...
         recorder.downstreamIsWritable = false
@@ -295,6 +296,112 @@ struct HTTP2ClientStreamsTests {
         channel.flush()
         #expect(stream.isWritable)
         #expect(recorder.writabilityChanges == [true])
+        _ = try channel.finish()
+    }
+
+    @Test func noWindowUpdateForAStreamWhoseResponseEnded() throws {
+        let (channel, streams) = try makeChannel()
+        let recorder = Recorder()
+        let stream = try sendGet(on: streams, channel, to: recorder)
+        try channel.writeInbound(HTTP2Frame(streamID: 1, payload: .headers(.init(headers: [":status": "200"]))))
+        try channel.writeInbound(
+            HTTP2Frame(streamID: 1, payload: .data(.init(data: .byteBuffer(ByteBuffer(string: "x")), endStream: true)))
+        )
+        #expect(recorder.parts.count == 3)
+        // NIO reports the window after the last DATA; a WINDOW_UPDATE now would be refused.
+        channel.pipeline.fireUserInboundEventTriggered(
+            NIOHTTP2WindowUpdatedEvent(streamID: 1, inboundWindowSize: 100, outboundWindowSize: nil)
+        )
+        stream.resumeReading()
+        let frame = try channel.readOutbound(as: HTTP2Frame.self)
+        #expect(frame == nil, "\(String(describing: frame))")
+        _ = try channel.finish()
+    }
+
+    // MARK: the server side (HTTP2ServerStreams)
+
+    /// An accepted connection's streams, each driving a `ProxyHandler` that has no route
+    /// (so it answers every request itself).
+    private func makeServer() throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel()
+        let settings = ProxySettings(
+            route: .host(domain: "mesh"),
+            metrics: ListenerMetrics(name: "test", kind: "inbound", registry: PrometheusCollectorRegistry()),
+            headerReadTimeout: .seconds(10),
+            idleTimeout: .seconds(60),
+            maxHeaderBytes: 4096,
+            restoresProtocol: true
+        )
+        let streams = HTTP2ServerStreams(
+            settings: settings,
+            loop: LoopContext(loop: channel.embeddedEventLoop, index: 0),
+            peer: nil,
+            streamWindow: 1 << 20
+        )
+        try channel.pipeline.syncOperations.addHandler(streams)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return channel
+    }
+
+    private let postHeaders = HPACKHeaders([
+        (":method", "POST"), (":scheme", "https"), (":authority", "orders"), (":path", "/"),
+    ])
+
+    /// Frames written to the wire since the last call, as "stream:kind".
+    private func written(_ channel: EmbeddedChannel) throws -> [String] {
+        var out: [String] = []
+        while let frame = try channel.readOutbound(as: HTTP2Frame.self) {
+            switch frame.payload {
+            case .windowUpdate(let increment): out.append("\(Int(frame.streamID)):window+\(increment)")
+            case .rstStream(let code): out.append("\(Int(frame.streamID)):rst \(code.networkCode)")
+            case .headers: out.append("\(Int(frame.streamID)):headers")
+            case .data: out.append("\(Int(frame.streamID)):data")
+            default: out.append("\(Int(frame.streamID)):other")
+            }
+        }
+        return out
+    }
+
+    @Test func requestWindowsAreToppedUpUntilTheCallerEndsItsSide() throws {
+        let channel = try makeServer()
+        try channel.writeInbound(HTTP2Frame(streamID: 1, payload: .headers(.init(headers: postHeaders))))
+        #expect(try written(channel).contains("1:headers"))  // the proxy's own answer
+        channel.pipeline.fireUserInboundEventTriggered(
+            NIOHTTP2WindowUpdatedEvent(streamID: 1, inboundWindowSize: 100, outboundWindowSize: nil)
+        )
+        #expect(try written(channel) == ["1:window+\((1 << 20) - 100)"])
+        try channel.writeInbound(
+            HTTP2Frame(streamID: 1, payload: .data(.init(data: .byteBuffer(ByteBuffer(string: "x")), endStream: true)))
+        )
+        // Half-closed by the caller: NIO would refuse a WINDOW_UPDATE as a stream error
+        // (which once ended a 3 MiB echo half-way).
+        channel.pipeline.fireUserInboundEventTriggered(
+            NIOHTTP2WindowUpdatedEvent(streamID: 1, inboundWindowSize: 100, outboundWindowSize: nil)
+        )
+        #expect(try written(channel) == [])
+        _ = try channel.finish()
+    }
+
+    @Test func aFrameNIORefusedResetsItsStreamSoThePeerStopsWaiting() throws {
+        let channel = try makeServer()
+        try channel.writeInbound(HTTP2Frame(streamID: 1, payload: .headers(.init(headers: postHeaders))))
+        _ = try written(channel)
+        channel.pipeline.fireErrorCaught(
+            NIOHTTP2Errors.streamError(
+                streamID: 1,
+                baseError: NIOHTTP2Errors.badStreamStateTransition(from: .halfClosedRemoteLocalActive)
+            )
+        )
+        // (It goes on to the end of the pipeline, where EmbeddedChannel keeps it.)
+        #expect(throws: NIOHTTP2Errors.StreamError.self) { try channel.throwIfErrorCaught() }
+        #expect(try written(channel) == [])  // not inside the write that failed
+        channel.embeddedEventLoop.run()
+        #expect(try written(channel) == ["1:rst \(HTTP2ErrorCode.internalError.networkCode)"])
+        // The stream is gone: its late frames reach no exchange.
+        channel.pipeline.fireUserInboundEventTriggered(
+            NIOHTTP2WindowUpdatedEvent(streamID: 1, inboundWindowSize: 100, outboundWindowSize: nil)
+        )
+        #expect(try written(channel) == [])
         _ = try channel.finish()
     }
 
