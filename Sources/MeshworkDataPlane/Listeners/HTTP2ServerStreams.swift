@@ -143,7 +143,6 @@ final class HTTP2ServerStream: HTTP2FrameStream {
     /// The peer ended its side: no more WINDOW_UPDATEs for this stream (NIO refuses one
     /// for a stream half-closed by the peer, failing the write with a stream error).
     private var requestEnded = false
-    private var requestIsHead = false
     private var held: HTTP2Frame.FramePayload?
     private var responseEnded = false
     private var done = false
@@ -176,7 +175,6 @@ final class HTTP2ServerStream: HTTP2FrameStream {
                     return
                 }
                 requestHeadSeen = true
-                requestIsHead = head.method == .HEAD
                 proxy.streamReceived(.head(head))
                 if headers.endStream {
                     requestEnded = true
