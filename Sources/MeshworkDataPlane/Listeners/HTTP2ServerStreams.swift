@@ -70,17 +70,8 @@ final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch event {
-        case let event as NIOHTTP2WindowUpdatedEvent:
-            guard let window = event.inboundWindowSize else { break }
-            if event.streamID == .rootStream {
-                connectionWindowChanged(window)
-            } else {
-                streams[event.streamID]?.inboundWindowChanged(window)
-            }
-        case let event as StreamClosedEvent:
-            streamClosed(event)
-        case is ChannelShouldQuiesceEvent:
+        if !streamEventTriggered(event), event is ChannelShouldQuiesceEvent {
+            // Drain: no new streams (GOAWAY), close once the open ones have ended.
             guard !draining else { return }
             draining = true
             let goAway = HTTP2Frame(
@@ -90,8 +81,6 @@ final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
             closeIfDrained()
             return
-        default:
-            break
         }
         context.fireUserInboundEventTriggered(event)
     }

@@ -105,19 +105,7 @@ final class HTTP2ClientStreams: HTTP2FrameConnection, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch event {
-        case let event as NIOHTTP2WindowUpdatedEvent:
-            guard let window = event.inboundWindowSize else { break }
-            if event.streamID == .rootStream {
-                connectionWindowChanged(window)
-            } else {
-                streams[event.streamID]?.inboundWindowChanged(window)
-            }
-        case let event as StreamClosedEvent:
-            streamClosed(event)
-        default:
-            break
-        }
+        _ = streamEventTriggered(event)
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -6,6 +6,9 @@ import NIOHTTP2
 /// when its stream is over.
 protocol HTTP2FrameStream: AnyObject {
     func readComplete()
+    /// NIO reported the stream's inbound window after DATA arrived (to be topped up, or
+    /// held while the exchange does not read on).
+    func inboundWindowChanged(_ window: Int)
     /// NIO closed the stream (both sides ended, or a reset either way), or the connection
     /// went away, or NIO refused a frame of ours on it.
     func closed(reset: HTTP2ErrorCode?)
@@ -104,17 +107,25 @@ extension HTTP2FrameConnection {
         }
     }
 
-    /// NIO reported the connection's inbound window after DATA arrived.
-    func connectionWindowChanged(_ window: Int) {
-        if let increment = HTTP2Windows.increment(window: window, target: HTTP2Windows.connectionWindow) {
-            writeControl(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment)))
+    /// NIO's window and stream-closed events, handled; false for any other event. The
+    /// connection's inbound window is topped up here, a stream's by the stream.
+    func streamEventTriggered(_ event: Any) -> Bool {
+        switch event {
+        case let event as NIOHTTP2WindowUpdatedEvent:
+            guard let window = event.inboundWindowSize else { return true }
+            if event.streamID != .rootStream {
+                streams[event.streamID]?.inboundWindowChanged(window)
+            } else if let increment = HTTP2Windows.increment(window: window, target: HTTP2Windows.connectionWindow) {
+                writeControl(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment)))
+            }
+            return true
+        case let event as StreamClosedEvent:
+            streams.removeValue(forKey: event.streamID)?.closed(reset: event.reason)
+            streamRemoved()
+            return true
+        default:
+            return false
         }
-    }
-
-    /// NIO closed a stream.
-    func streamClosed(_ event: StreamClosedEvent) {
-        streams.removeValue(forKey: event.streamID)?.closed(reset: event.reason)
-        streamRemoved()
     }
 
     /// A stream error reached the pipeline. For an inbound one NIO has reset the stream
