@@ -20,8 +20,8 @@ protocol HTTP2FrameStream: AnyObject {
 ///
 /// Control frames (window updates, resets) written while a read batch is in progress are
 /// flushed once at its end; the streams that received frames in the batch are told then,
-/// once each. The connection's inbound window is kept topped up to `connectionWindow`
-/// (NIO's multiplexer kept it at 64 KiB).
+/// once each. The connection's inbound window is kept topped up to
+/// `HTTP2Windows.connectionWindow` (NIO's multiplexer kept it at 64 KiB).
 protocol HTTP2FrameConnection: ChannelDuplexHandler where OutboundOut == HTTP2Frame {
     associatedtype Stream: HTTP2FrameStream
     var context: ChannelHandlerContext? { get }
