@@ -25,6 +25,8 @@ actor Controller {
     private let store: RegistryStore
     private let logger: Logger
     private var watchers: [UUID: Watcher] = [:]
+    /// Set by `finishWatchers` (shutdown): a watch that arrives later ends at once.
+    private var watchesClosed = false
     private let clock = ContinuousClock()
     private let start: ContinuousClock.Instant
     /// Told the services and instances after every change (the DNS server's snapshot).
@@ -161,6 +163,12 @@ actor Controller {
         let (stream, continuation) = AsyncStream<WatchMessage>.makeStream(
             bufferingPolicy: .bufferingOldest(Self.watcherBuffer)
         )
+        guard !watchesClosed else {
+            // Shutting down: a client that re-watched on its kept-alive connection right
+            // after its stream was ended must not hold the server open (it waited forever).
+            continuation.finish()
+            return stream
+        }
         if let revision, let missed = registry.events(after: revision) {
             for event in missed where event.concerns(services) {
                 continuation.yield(.event(event))
@@ -200,6 +208,7 @@ actor Controller {
     /// Ends every watch stream (shutdown): clients reconnect, to this controller once it is
     /// back or to another.
     func finishWatchers() {
+        watchesClosed = true
         for watcher in watchers.values { watcher.continuation.finish() }
         watchers.removeAll()
     }
