@@ -181,9 +181,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func connectionStarted(context: ChannelHandlerContext) {
         guard !started else { return }
         started = true
-        if !isStream {
-            armTimer(settings.headerReadTimeout, error: .headerTimeout)
-        }
+        // (Only an HTTP/1.1 connection has a channel to start: a stream's head has arrived.)
+        armTimer(settings.headerReadTimeout, error: .headerTimeout)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -574,7 +573,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch state {
         case .idle:
             // Idle keep-alive connection, or a client too slow to send its head.
-            if error == .headerTimeout, !isStream, let context {
+            if error == .headerTimeout, let context {
                 // No request head is being answered, so the HTTP pipeline would refuse a
                 // response: the 408 goes out as raw bytes below the HTTP encoder.
                 settings.metrics.countError(error)
