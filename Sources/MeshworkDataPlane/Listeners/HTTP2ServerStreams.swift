@@ -260,8 +260,11 @@ final class HTTP2ServerStream: HTTP2FrameStream {
     }
 
     func flush() {
-        guard !done else { return }
-        emitHeld()
+        if !done { emitHeld() }
+        // Also once done: a frame with END_STREAM on a stream whose request has ended
+        // closes it inside the write (NIO fires `StreamClosedEvent` synchronously for a
+        // HEADERS frame), so the answer of a bodiless response or trailers is written
+        // but still waits for this flush.
         connection.flush()
     }
 

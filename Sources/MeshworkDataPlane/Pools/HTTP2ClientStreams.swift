@@ -215,8 +215,8 @@ final class HTTP2StreamUpstream: Upstream, HTTP2FrameStream {
     }
 
     func flush() {
-        guard !done else { return }
-        emitHeld()
+        if !done { emitHeld() }
+        // Also once done: NIO may close the stream inside the write of its last frame.
         connection.flush()
     }
 

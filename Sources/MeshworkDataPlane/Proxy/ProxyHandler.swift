@@ -63,6 +63,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var fixedCluster: LoopCluster?
     private var responseStatus: HTTPResponseStatus = .ok
     private var requestIsHead = false
+    private var requestIsHTTP10 = false
     /// An HTTP/1.1 `Upgrade` request (WebSocket): it gets a connection of its own, and a
     /// `101` turns both connections into a byte tunnel.
     private var isUpgrade = false
@@ -246,6 +247,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         responseStarted = false
         responseEnded = false
         requestIsHead = head.method == .HEAD
+        requestIsHTTP10 = head.version == .http1_0
         keepAlive = head.isKeepAlive
         isUpgrade = !isStream && Self.isUpgradeRequest(head)
         // After an upgrade request the HTTP/1 decoder stops parsing, so the connection
@@ -781,7 +783,11 @@ extension ProxyHandler: UpstreamDelegate {
         switch part {
         case .head(var head):
             if head.status.code < 200, head.status != .switchingProtocols {
-                // 100 Continue and other interim answers pass straight through.
+                // 100 Continue, 103 Early Hints and other interim answers pass through, in
+                // the caller's HTTP version (never to an HTTP/1.0 caller: RFC 9110 15.2).
+                guard !requestIsHTTP10 else { return }
+                Self.removeHopByHop(&head.headers)
+                head.version = .http1_1
                 send(.head(head))
                 return
             }
