@@ -64,6 +64,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var responseStatus: HTTPResponseStatus = .ok
     private var requestIsHead = false
     private var requestIsHTTP10 = false
+    /// A gRPC call (`content-type: application/grpc...`): the mesh's own answers to it are
+    /// gRPC statuses (see `MeshError.grpcStatus`).
+    private var isGRPC = false
     /// An HTTP/1.1 `Upgrade` request (WebSocket): it gets a connection of its own, and a
     /// `101` turns both connections into a byte tunnel.
     private var isUpgrade = false
@@ -248,6 +251,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         responseEnded = false
         requestIsHead = head.method == .HEAD
         requestIsHTTP10 = head.version == .http1_0
+        isGRPC = GRPCStatus.isGRPC(contentType: head.headers.first(name: "content-type"))
         keepAlive = head.isKeepAlive
         isUpgrade = !isStream && Self.isUpgradeRequest(head)
         // After an upgrade request the HTTP/1 decoder stops parsing, so the connection
@@ -592,9 +596,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             state = .answered
             if responseStarted {
-                settings.metrics.countError(error)
-                releaseExchange()
-                closeDownstream()
+                abortStartedResponse(error)
             } else {
                 keepAlive = false
                 answer(error)
@@ -613,22 +615,33 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         state = .answered
         guard !responseStarted else {
-            releaseExchange()
-            closeDownstream()
+            abortStartedResponse(error, counted: true)
             return
         }
         if !requestEnded, requestHasBody { keepAlive = false }
         let body = "\(error.reason)\n"
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(4)
-        headers.add(name: MeshError.headerName, value: error.reason)
-        headers.add(name: "content-type", value: "text/plain")
-        headers.add(name: "content-length", value: String(body.utf8.count))
+        var headers: HTTPHeaders
+        let status: HTTPResponseStatus
+        if isGRPC {
+            // Trailers-Only (HTTP 200, the status in the head, no body): what a gRPC client
+            // reads as this call's outcome.
+            status = .ok
+            headers = error.grpcFields(unauthenticated: isUnauthenticated(error))
+            headers.add(name: "content-type", value: "application/grpc")
+            headers.add(name: "content-length", value: "0")
+        } else {
+            status = error.status
+            headers = HTTPHeaders()
+            headers.reserveCapacity(4)
+            headers.add(name: MeshError.headerName, value: error.reason)
+            headers.add(name: "content-type", value: "text/plain")
+            headers.add(name: "content-length", value: String(body.utf8.count))
+        }
         if !keepAlive, !isStream { headers.add(name: "connection", value: "close") }
         responseStarted = true
-        responseStatus = error.status
-        send(.head(HTTPResponseHead(version: .http1_1, status: error.status, headers: headers)))
-        if !requestIsHead {
+        responseStatus = status
+        send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
+        if !requestIsHead, !isGRPC {
             send(.body(.byteBuffer(ByteBuffer(string: body))))
         }
         responseEnded = true
@@ -647,6 +660,30 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             exchangeFinished(alreadyClosing: closing)
         }
         // Otherwise the exchange finishes when the request's end arrives (channelRead).
+    }
+
+    /// A failure after the response began: a gRPC call ends with the error's status in its
+    /// trailers (its messages so far stand, and the client learns why it ended, rather than
+    /// CANCELLED from a reset); anything else can only be cut off.
+    private func abortStartedResponse(_ error: MeshError, counted: Bool = false) {
+        if !counted { settings.metrics.countError(error) }
+        releaseExchange()
+        guard isGRPC, !responseEnded, hasDownstream else {
+            closeDownstream()
+            return
+        }
+        responseEnded = true
+        send(.end(error.grpcFields(unauthenticated: false)))
+        flushDownstream()
+        if !isStream {
+            // An HTTP/1.1 connection whose request may not have ended cannot be reused.
+            closeDownstream()
+        }
+    }
+
+    /// A refusal of a caller that presented no workload identity (UNAUTHENTICATED for gRPC).
+    private func isUnauthenticated(_ error: MeshError) -> Bool {
+        error == .unauthorized && settings.restoresProtocol && peer?.identity == nil
     }
 
     private func sendRawAndClose(_ error: MeshError, context: ChannelHandlerContext) {
@@ -922,9 +959,7 @@ extension ProxyHandler: UpstreamDelegate {
         }
         state = .answered
         if responseStarted {
-            settings.metrics.countError(error)
-            releaseExchange()
-            closeDownstream()
+            abortStartedResponse(error)
         } else {
             answer(error)
         }

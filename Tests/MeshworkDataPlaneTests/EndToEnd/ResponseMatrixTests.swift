@@ -25,7 +25,7 @@ struct ResponseMatrixTests {
 
     @Test(arguments: Path.allCases)
     func everyStatusBodyAndMethodCompletesWithinASecond(path: Path) async throws {
-        let app = try await ShapesApp.start()
+        let app = try await FixtureServer.start("shapes_app.py")
         var stops: [() async -> Void] = [{ await app.stop() }]
         do {
             let (ports, more) = try await start(path, app: app)
@@ -48,10 +48,10 @@ struct ResponseMatrixTests {
 
     /// Starts `path` in front of both of the app's ports; returns the listener port that
     /// reaches each (named by the app's protocol) and how to stop what it started.
-    private func start(_ path: Path, app: ShapesApp) async throws -> ([(String, Int)], [() async -> Void]) {
+    private func start(_ path: Path, app: FixtureServer) async throws -> ([(String, Int)], [() async -> Void]) {
         let appAddresses = [
-            ("HTTP/1.1 app", AppProtocol.http1, EndpointProtocol.http1, app.http1Port),
-            ("h2c app", AppProtocol.h2c, EndpointProtocol.h2c, app.h2cPort),
+            ("HTTP/1.1 app", AppProtocol.http1, EndpointProtocol.http1, app.port("http1")),
+            ("h2c app", AppProtocol.h2c, EndpointProtocol.h2c, app.port("h2c")),
         ]
         var stops: [() async -> Void] = []
         do {

@@ -1,36 +1,30 @@
 import Foundation
 import Testing
 
-/// `Fixtures/clients/shapes_app.py`: an app answering in every response shape, byte for
-/// byte (HTTP/1.1 on raw sockets, h2c with Python's h2), on two kernel-chosen ports.
-final class ShapesApp {
+/// A Python server of the fixtures (`shapes_app.py`, `grpc_interop.py server`): it prints
+/// its kernel-chosen ports as one JSON line and serves until its stdin closes.
+final class FixtureServer {
     private let process: Process
     private let input: Pipe
-    let http1Port: Int
-    let h2cPort: Int
+    let ports: [String: Int]
 
-    private init(process: Process, input: Pipe, ports: Ports) {
+    private init(process: Process, input: Pipe, ports: [String: Int]) {
         self.process = process
         self.input = input
-        self.http1Port = ports.http1
-        self.h2cPort = ports.h2c
+        self.ports = ports
     }
 
-    private struct Ports: Decodable {
-        var http1: Int
-        var h2c: Int
-    }
+    func port(_ name: String) -> Int { ports[name] ?? 0 }
 
-    static func start() async throws -> ShapesApp {
+    static func start(_ script: String, _ arguments: [String] = []) async throws -> FixtureServer {
         let process = Process()
         let input = Pipe()
         let output = Pipe()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "\(TestMesh.clients)/shapes_app.py"]
+        process.arguments = ["python3", "\(TestMesh.clients)/\(script)"] + arguments
         process.standardInput = input
         process.standardOutput = output
         try process.run()
-        // The first line names the ports; the app serves until its stdin closes.
         let line = await Task.detached {
             var data = Data()
             while !data.contains(UInt8(ascii: "\n")) {
@@ -40,15 +34,15 @@ final class ShapesApp {
             }
             return data
         }.value
-        guard let ports = try? JSONDecoder().decode(Ports.self, from: line) else {
+        guard let ports = try? JSONDecoder().decode([String: Int].self, from: line) else {
             process.terminate()
             process.waitUntilExit()
-            throw ShapesAppFailure(output: String(decoding: line, as: UTF8.self))
+            throw FixtureServerFailure(script: script, output: String(decoding: line, as: UTF8.self))
         }
-        return ShapesApp(process: process, input: input, ports: ports)
+        return FixtureServer(process: process, input: input, ports: ports)
     }
 
-    /// Closes the app's stdin (it exits) and waits for it, bounded (2 s, then SIGTERM).
+    /// Closes the server's stdin (it exits) and waits for it, bounded (2 s, then SIGTERM).
     func stop() async {
         try? input.fileHandleForWriting.close()
         for _ in 0..<200 where process.isRunning {
@@ -61,9 +55,10 @@ final class ShapesApp {
     }
 }
 
-struct ShapesAppFailure: Error, CustomStringConvertible {
+struct FixtureServerFailure: Error, CustomStringConvertible {
+    let script: String
     let output: String
-    var description: String { "shapes_app.py did not start: \(output)" }
+    var description: String { "\(script) did not start: \(output)" }
 }
 
 /// One listener the matrix calls, and which client calls it.
