@@ -125,12 +125,17 @@ class Server:
         self.respond_status(fields, context)
         return bfield(1, bfield(2, bytes(fields.get(2, [0])[0])))
 
-    def streaming_output_call(self, request, context):
-        fields = parse(request)
+    @staticmethod
+    def responses_for(fields):
+        """The responses a StreamingOutputCallRequest asks for: a size and a pause each."""
         for parameters in fields.get(2, []):
             parameter = parse(parameters)
             time.sleep(parameter.get(2, [0])[0] / 1e6)
             yield bfield(1, bfield(2, bytes(parameter.get(1, [0])[0])))
+
+    def streaming_output_call(self, request, context):
+        fields = parse(request)
+        yield from self.responses_for(fields)
         self.respond_status(fields, context)
 
     def streaming_input_call(self, requests, context):
@@ -141,10 +146,7 @@ class Server:
         self.echo_metadata(context)
         for request in requests:
             fields = parse(request)
-            for parameters in fields.get(2, []):
-                parameter = parse(parameters)
-                time.sleep(parameter.get(2, [0])[0] / 1e6)
-                yield bfield(1, bfield(2, bytes(parameter.get(1, [0])[0])))
+            yield from self.responses_for(fields)
             self.respond_status(fields, context)
 
     def probe_status(self, request, context):

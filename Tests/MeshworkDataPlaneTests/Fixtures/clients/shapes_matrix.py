@@ -26,6 +26,18 @@ class Failure(Exception):
     pass
 
 
+def receive(sock, deadline):
+    """One recv, bounded by the case's deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Failure("deadline passed")
+    sock.settimeout(left)
+    try:
+        return sock.recv(65536)
+    except socket.timeout:
+        raise Failure("deadline passed")
+
+
 def expectation(method, status, body):
     final = 200 if status in (100, 103) else status
     has_body = method in ("POST", "PUT")
@@ -76,15 +88,7 @@ class HTTP1Caller:
         self.sock, self.buffer = None, b""
 
     def recv(self, deadline):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Failure("deadline passed")
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            raise Failure("deadline passed")
-        return data
+        return receive(self.sock, deadline)
 
     def fill(self, marker_or_count, deadline):
         while (marker_or_count not in self.buffer) if isinstance(marker_or_count, bytes) \
@@ -216,14 +220,7 @@ class HTTP2Caller:
         interim, status, response, body, trailers = [], None, {}, b"", {}
         try:
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Failure("deadline passed")
-                self.sock.settimeout(left)
-                try:
-                    data = self.sock.recv(65536)
-                except socket.timeout:
-                    raise Failure("deadline passed")
+                data = receive(self.sock, deadline)
                 if not data:
                     raise Failure("connection closed mid-answer")
                 ended = False
