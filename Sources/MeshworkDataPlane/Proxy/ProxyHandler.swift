@@ -645,6 +645,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             send(.body(.byteBuffer(ByteBuffer(string: body))))
         }
         responseEnded = true
+        // Counted as the mesh error it is (a gRPC answer's HTTP 200 included), before the
+        // answer leaves.
+        let nanos = elapsed()
+        settings.metrics.countRequest(status: error.status, nanoseconds: nanos, loop: loop.index)
         let closing = !keepAlive && !isStream
         let promise: EventLoopPromise<Void>? = closing ? loop.loop.makePromise() : nil
         send(.end(nil), promise: promise)
@@ -652,8 +656,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let promise {
             promise.futureResult.assumeIsolated().whenComplete { _ in self.closeDownstream() }
         }
-        let nanos = elapsed()
-        settings.metrics.countRequest(status: error.status, nanoseconds: nanos, loop: loop.index)
         recordExchange(status: error.status, nanoseconds: nanos, error: error)
         releaseExchange()
         if requestEnded || closing {
@@ -865,13 +867,14 @@ extension ProxyHandler: UpstreamDelegate {
             send(.body(.byteBuffer(body)))
         case .end(let trailers):
             responseEnded = true
+            // Counted before the end leaves: a caller that has its answer finds it counted.
+            let nanos = elapsed()
+            settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
+            cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
             // Flush now: the upstream is released below and will not report its read
             // completion to us.
             send(.end(trailers))
             flushDownstream()
-            let nanos = elapsed()
-            settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
-            cluster.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
             recordExchange(status: responseStatus, nanoseconds: nanos)
             upstream.endpoint?.countRequest(status: responseStatus)
             if !requestEnded {
