@@ -639,7 +639,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if !keepAlive, !isStream { headers.add(name: "connection", value: "close") }
         responseStarted = true
-        responseStatus = status
+        // The mesh error's status, also for a gRPC answer's HTTP 200: what the inbound
+        // limiter learns from.
+        responseStatus = error.status
         send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
         if !requestIsHead, !isGRPC {
             send(.body(.byteBuffer(ByteBuffer(string: body))))
