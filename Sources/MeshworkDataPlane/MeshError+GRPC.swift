@@ -17,7 +17,7 @@ extension MeshError {
         case .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited,
             .concurrencyLimited, .headerTooLarge:
             return GRPCStatus.resourceExhausted
-        case .badRequest: return GRPCStatus.internalError
+        case .badRequest, .badPath: return GRPCStatus.internalError
         default:
             // No healthy endpoint, connect failures and timeouts, resets, protocol and TLS
             // failures: the call may succeed elsewhere or later.

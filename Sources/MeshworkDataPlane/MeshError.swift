@@ -12,6 +12,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case upstreamTimeout = "upstream_timeout"
         case upstreamReset = "upstream_reset"
         case badRequest = "bad_request"
+        case badPath = "bad_path"
         case headerTooLarge = "header_too_large"
         case headerTimeout = "header_timeout"
         case protocolError = "upstream_protocol_error"
@@ -47,6 +48,9 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let upstreamReset = MeshError(.upstreamReset)
     /// The request was malformed (bad framing, conflicting lengths, invalid header).
     public static let badRequest = MeshError(.badRequest)
+    /// A request target whose path is ambiguous (an encoded `/` or `\`, NUL, a bad
+    /// percent-encoding, not starting with `/`): refused rather than guessed at.
+    public static let badPath = MeshError(.badPath)
     /// The request head was larger than `limits.maxHeaderBytes`.
     public static let headerTooLarge = MeshError(.headerTooLarge)
     /// The client did not send a complete request head in time.
@@ -83,7 +87,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
-        .badRequest, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
+        .badRequest, .badPath, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
         .unauthorized, .tlsHandshakeFailed, .peerIdentityMismatch,
     ]
@@ -103,7 +107,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
             .peerIdentityMismatch:
             return .badGateway
         case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
-        case .badRequest: return .badRequest
+        case .badRequest, .badPath: return .badRequest
         case .headerTooLarge: return .requestHeaderFieldsTooLarge
         case .headerTimeout: return .requestTimeout
         }

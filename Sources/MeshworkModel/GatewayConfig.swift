@@ -63,20 +63,11 @@ public struct GatewayRoute: Sendable, Hashable, Encodable {
         if !hosts.isEmpty {
             guard let host, hosts.contains(where: { Self.hostMatches(pattern: $0, host: host) }) else { return false }
         }
-        guard Self.pathMatches(prefix: pathPrefix, path: path) else { return false }
+        guard RequestPath.hasPrefix(path[...], pathPrefix) else { return false }
         for (name, value) in headers where header(name) != value {
             return false
         }
         return true
-    }
-
-    /// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apis`; `/` and `/api/` match by
-    /// plain prefix.
-    static func pathMatches(prefix: String, path: String) -> Bool {
-        guard path.hasPrefix(prefix) else { return false }
-        if prefix.hasSuffix("/") { return true }
-        guard let next = path.utf8.dropFirst(prefix.utf8.count).first else { return true }
-        return next == UInt8(ascii: "/") || next == UInt8(ascii: "?")
     }
 
     /// `*.example.com` matches any name ending in `.example.com`. Both sides lowercase (the

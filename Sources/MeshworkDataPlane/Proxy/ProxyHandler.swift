@@ -243,7 +243,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .proxying(_, let upstream) = state { upstream.flush() }
     }
 
-    private func receivedHead(_ head: HTTPRequestHead) {
+    private func receivedHead(_ received: HTTPRequestHead) {
+        var head = received
         cancelTimer()
         requestStart = loop.loop.now
         requestEnded = false
@@ -268,6 +269,20 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if Self.headBytes(head) > settings.maxHeaderBytes {
             keepAlive = false
             answer(.headerTooLarge)
+            return
+        }
+        // One normalized path for everything that matches on it (routes, the gateway,
+        // authorization) and for the app: absolute-form reduced to origin-form (its
+        // authority is the Host, RFC 9112 3.2.2), then `RequestPath`'s rules.
+        if let authority = ProxyRoute.absoluteURIAuthority(head.uri) {
+            head.headers.replaceOrAdd(name: "host", value: String(authority))
+            head.uri = ProxyRoute.originForm(head.uri)
+        }
+        switch RequestPath.normalize(head.uri) {
+        case .success(let path):
+            head.uri = path
+        case .failure:
+            answer(.badPath)
             return
         }
         edgePeer = nil

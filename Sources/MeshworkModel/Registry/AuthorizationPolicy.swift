@@ -117,7 +117,7 @@ public struct AuthorizationTable: Sendable, Hashable {
             }
             if !ports.isEmpty, !ports.contains(port) { return false }
             if !paths.isEmpty {
-                guard let path, paths.contains(where: { path.hasPrefix($0) }) else { return false }
+                guard let path, paths.contains(where: { RequestPath.hasPrefix(path, $0) }) else { return false }
             }
             if !methods.isEmpty {
                 guard let method, methods.contains(method) else { return false }
@@ -161,8 +161,9 @@ public struct AuthorizationTable: Sendable, Hashable {
         public var isAllowed: Bool { self == .allowed }
     }
 
-    /// Decides one call; `method` and `path` are nil for a TCP connection. The path is
-    /// matched without its query.
+    /// Decides one call; `method` and `path` are nil for a TCP connection. The path
+    /// (normalized: `RequestPath`) is matched without its query, each prefix on a segment
+    /// boundary.
     public func decide(source: SPIFFEID?, port: Int, method: String?, path: String?) -> Decision {
         let bare = path.map { $0.prefix { $0 != "?" && $0 != "#" } }
         for rule in denies where rule.matches(source: source, port: port, method: method, path: bare) {
