@@ -144,10 +144,13 @@ extension DiscoveryAgent {
         return parts[2].lowercased()
     }
 
-    /// Fetches the trust bundle over a connection that verifies nothing, keeps it only if
-    /// one of its roots hashes to `pin` (so a man in the middle cannot substitute his own),
-    /// and from then on verifies the controller with those roots (kubeadm's discovery-token
-    /// CA pinning, the same idea).
+    /// Fetches the trust bundle over a connection that verifies nothing and takes from it
+    /// exactly one certificate: the root whose SHA-256 is the join token's `pin`. From
+    /// then on the controller is verified by that root alone, so a server whose certificate
+    /// chains to any other root (an interceptor that served the real root beside its own)
+    /// fails the handshake and never sees the token or the CSR. The rest of the bundle (the
+    /// roots of a rotation) arrives with the certificate, over the verified connection
+    /// (kubeadm's discovery-token CA pinning, the same idea).
     private func trustController(pinned pin: String) async throws {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(3), read: .seconds(10))
@@ -164,23 +167,22 @@ extension DiscoveryAgent {
         guard response.status == .ok else {
             throw ControllerClient.Failure(description: "trust bundle: \(response.status.code)")
         }
-        let pem = String(buffer: body)
-        guard let fingerprints = CertificateAuthority.fingerprints(ofPEMBundle: pem),
-            let roots = try? NIOSSLCertificate.fromPEMBytes(Array(pem.utf8)), !roots.isEmpty
-        else {
+        guard let found = CertificateAuthority.pinnedRoot(inPEMBundle: String(buffer: body), pin: pin) else {
             throw ControllerClient.Failure(description: "the controller's trust bundle does not parse")
         }
-        guard fingerprints.contains(pin) else {
+        guard let der = found.der, let root = try? NIOSSLCertificate(bytes: der, format: .der) else {
             throw ControllerClient.Failure(
                 description:
-                    "the controller's CA (\(fingerprints.joined(separator: ", "))) is not the one the join token names (\(pin))",
+                    "the controller's CA (\(found.fingerprints.joined(separator: ", "))) is not the one the join token names (\(pin))",
                 refused: true
             )
         }
         let old = controllerHTTP
-        controllerHTTP = Self.makeControllerHTTP(group: group, roots: .certificates(roots))
+        controllerHTTP = Self.makeControllerHTTP(group: group, roots: .certificates([root]))
         client = ControllerClient(baseURL: client.baseURL, token: client.token, http: controllerHTTP!)
-        trustBundle = pem
+        // Nothing else from the unverified answer is kept: the issued certificate's bundle
+        // replaces this trust (install).
+        trustBundle = nil
         pinnedTrust = true
         if let old { Task { try? await old.shutdown() } }
         logger.info("controller verified by the join token's CA pin", metadata: ["pin": "\(pin)"])

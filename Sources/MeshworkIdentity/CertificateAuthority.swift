@@ -251,9 +251,30 @@ public struct CertificateAuthority: Sendable {
         return certificates
     }
 
-    /// SHA-256 of the certificate's DER, hex: how a root is named in the trust bundle.
-    /// The fingerprints of every certificate in a PEM bundle (the trust bundle a sidecar
-    /// checks against its join token's pin); nil when the bundle does not parse.
+    /// The one root of a PEM bundle that a join token pins: the DER of the certificate
+    /// whose SHA-256 is `pin` (nil when none is), with the fingerprints of all of them (for
+    /// the error); nil when the bundle does not parse. Only that certificate may be trusted
+    /// from a bundle fetched over a connection that verified nothing: any other in it may
+    /// be an interceptor's own root.
+    public static func pinnedRoot(inPEMBundle pem: String, pin: String) -> (der: [UInt8]?, fingerprints: [String])? {
+        guard let documents = try? PEMDocument.parseMultiple(pemString: pem), !documents.isEmpty else { return nil }
+        var fingerprints: [String] = []
+        var pinned: [UInt8]?
+        for document in documents {
+            guard document.discriminator == "CERTIFICATE", let certificate = try? Certificate(pemDocument: document)
+            else { return nil }
+            var serializer = DER.Serializer()
+            guard (try? serializer.serialize(certificate)) != nil else { return nil }
+            let der = serializer.serializedBytes
+            let fingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+            fingerprints.append(fingerprint)
+            if fingerprint == pin, pinned == nil { pinned = der }
+        }
+        return (pinned, fingerprints)
+    }
+
+    /// The fingerprints of every certificate in a PEM bundle; nil when the bundle does not
+    /// parse.
     public static func fingerprints(ofPEMBundle pem: String) -> [String]? {
         guard let documents = try? PEMDocument.parseMultiple(pemString: pem) else { return nil }
         var result: [String] = []
@@ -264,6 +285,7 @@ public struct CertificateAuthority: Sendable {
         return result
     }
 
+    /// SHA-256 of the certificate's DER, hex: how a root is named in the trust bundle.
     public static func fingerprint(_ certificate: Certificate) -> String {
         var serializer = DER.Serializer()
         guard (try? serializer.serialize(certificate)) != nil else { return "" }
