@@ -54,13 +54,23 @@ final class DNSServer: Sendable {
         }
     }
 
+    static let datagramsPerRead = 16
+
     private func bind(group: any EventLoopGroup) async throws -> SocketAddress {
         let udp = try await DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.maxMessagesPerRead, value: 16)
-            // recvmmsg: up to 16 queries per system call under load.
-            .channelOption(.datagramVectorReadMessageCount, value: 16)
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 4096))
+            // recvmmsg: up to 16 queries per system call under load. NIO gives each message
+            // an equal share of the receive buffer, so the buffer holds 16 datagrams of the
+            // payload size we advertise (4096 / 16 cut every query to 256 bytes: FORMERR for
+            // any legal name over ~240 bytes).
+            .channelOption(.datagramVectorReadMessageCount, value: Self.datagramsPerRead)
+            .channelOption(
+                .recvAllocator,
+                value: FixedSizeRecvByteBufferAllocator(
+                    capacity: Self.datagramsPerRead * Int(DNSWriter.advertisedPayloadSize)
+                )
+            )
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(DNSDatagramHandler(server: self))

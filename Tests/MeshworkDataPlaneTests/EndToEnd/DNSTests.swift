@@ -36,6 +36,30 @@ import Testing
         #expect(result.status == 200, "\(result.text)")
     }
 
+    /// Every legal query is read whole over UDP: names up to 255 bytes on the wire (a
+    /// query of ~300 bytes with EDNS0), with and without EDNS0, get an answer (NXDOMAIN for
+    /// a name nobody registered), not FORMERR from a datagram cut to the receive buffer's
+    /// share of a batched read.
+    @Test func queriesWithNamesUpTo255BytesAreAnsweredOverUDP() async throws {
+        let controller = try await ControllerProcess.start()
+        defer { controller.remove() }
+        let dns = controller.dnsPort
+        #expect(dns > 0)
+        let stem = [
+            String(repeating: "a", count: 63), String(repeating: "b", count: 63), String(repeating: "c", count: 63),
+        ]
+        .joined(separator: ".")
+        // 255 and 241 bytes on the wire (each label its length plus one, then the root).
+        for last in [48, 34] {
+            let name = stem + "." + String(repeating: "d", count: last) + ".service.mesh"
+            for edns in ["+edns=0", "+noedns"] {
+                let answer = try await Self.dig(dns, edns, name, "A")
+                #expect(Self.status(answer) == "NXDOMAIN", "\(name.utf8.count + 2) bytes, \(edns): \(answer)")
+            }
+        }
+        await controller.stop()
+    }
+
     @Test func recordsFollowTheLiveRegistry() async throws {
         let controller = try await ControllerProcess.start()
         defer { controller.remove() }
