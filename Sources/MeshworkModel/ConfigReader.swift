@@ -138,7 +138,7 @@ package final class ConfigReader {
     package func duration(_ node: Node, _ path: String) -> TimeSpan? {
         guard let text = string(node, path) else { return nil }
         guard let value = DurationText.parse(text) else {
-            fail(path, "expected a duration like 250ms, 5s, 2m or 1h, found \"\(text)\"")
+            fail(path, "expected a duration like 250ms, 5s, 2m or 1h (at most 87600h), found \"\(text)\"")
             return nil
         }
         return TimeSpan(value)

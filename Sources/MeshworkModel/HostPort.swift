@@ -65,6 +65,14 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible, Codable {
 
 /// Durations in config are written with a unit: `250ms`, `5s`, `2m`, `1h`.
 public enum DurationText {
+    /// The longest duration any field takes: ten years. Longer ones are refused like any
+    /// malformed duration (with the field's path), rather than overflowing 64-bit
+    /// nanoseconds (`1e30s` used to crash the process that read it) or a deadline computed
+    /// from them.
+    public static let maximum: Duration = .seconds(10 * 365 * 24 * 3600)
+
+    /// A duration like `250ms`, `1.5s`, `2m`, `1h` (also `us`); nil when malformed,
+    /// negative or over `maximum`.
     public static func parse(_ text: String) -> Duration? {
         let units: [(String, Int64)] = [
             ("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
@@ -74,7 +82,9 @@ public enum DurationText {
             // "ms" must win over "s": skip "s" when the text ends in "ms"/"us".
             if suffix == "s", number.hasSuffix("m") || number.hasSuffix("u") { continue }
             guard let value = Double(number), value >= 0, value.isFinite else { return nil }
-            return .nanoseconds(Int64(value * Double(nanos)))
+            let total = value * Double(nanos)
+            guard total <= Double(maximum.components.seconds) * 1e9 else { return nil }
+            return .nanoseconds(Int64(total))
         }
         return nil
     }

@@ -157,6 +157,12 @@ struct SidecarConfigTests {
         ("tls: {ca: a.pem, cert: b.pem}", "tls.key", "required field is missing"),
         ("limits: {maxHeaderBytes: 10}", "limits.maxHeaderBytes", "between 1024"),
         ("timeouts: {drain: -1s}", "timeouts.drain", "expected a duration"),
+        // Too long for 64-bit nanoseconds: refused with the path, never a crash.
+        ("timeouts: {drain: 1e30s}", "timeouts.drain", "at most 87600h"),
+        (
+            "clusters: [{name: a, protocol: http1, endpoints: [1.2.3.4:80], requestTimeout: 87601h}]",
+            "clusters[0].requestTimeout", "at most 87600h"
+        ),
         ("service: [a, b]", "service", "expected a string"),
         ("{unclosed", "", "not valid YAML"),
         ("clusters: [{name: a, protocol: http1, balancer: fastest}]", "clusters[0].balancer", "must be one of"),

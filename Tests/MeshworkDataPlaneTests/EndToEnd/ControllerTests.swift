@@ -68,6 +68,26 @@ struct ControllerTests {
         }
     }
 
+    /// A duration too long for 64-bit nanoseconds crashed the controller with one request;
+    /// now it is a 400 naming the field, and the controller goes on serving.
+    @Test func durationsTooLongForAnyClockAreRefusedWithTheFieldAndTheControllerLivesOn() async throws {
+        try await withController { controller in
+            for ttl in ["1e30s", "87601h"] {
+                let refused = try await controller.call(
+                    "POST",
+                    "/v1/tokens",
+                    body: #"{"service": "orders", "ttl": "\#(ttl)"}"#
+                )
+                #expect(refused.status == 400, "\(ttl): \(refused.text)")
+                let errors = try #require(try jsonObject(refused)["errors"] as? [[String: String]])
+                #expect(errors.first?["field"] == "ttl", "\(refused.text)")
+                #expect(errors.first?["reason"]?.contains("at most 87600h") == true, "\(refused.text)")
+            }
+            #expect(try await controller.call("POST", "/v1/tokens", body: #"{"service": "orders"}"#).status == 200)
+            #expect(try await controller.call("GET", "/v1/services").status == 200)
+        }
+    }
+
     @Test func watchStartsWithASnapshotAndResumesWithExactlyWhatWasMissed() async throws {
         try await withController { controller in
             _ = try await controller.call("PUT", "/v1/services/orders", body: "{}")
