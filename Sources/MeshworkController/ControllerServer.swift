@@ -59,10 +59,13 @@ public final class ControllerServer: Service {
         self.logger = logger
         self.onListening = onListening
         self.onDNSListening = onDNSListening
-        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
-        let store = try RegistryStore(
-            path: (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
-        )
+        // The registry holds the CA's key and every credential: only its owner may read it
+        // (SQLite gives its journals the database file's mode).
+        try SecretFile.createPrivateDirectory(options.dataDirectory)
+        let database = (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
+        try SecretFile.ensurePrivate(database)
+        for journal in ["-wal", "-shm", "-journal"] { try SecretFile.narrowIfPresent(database + journal) }
+        let store = try RegistryStore(path: database)
         self.controller = try Controller(store: store, logger: logger)
         self.identity = try IdentityService(
             store: store,
@@ -155,11 +158,10 @@ public final class ControllerServer: Service {
         }
     }
 
-    /// Writes `text` aside and renames it over `path` (readers never see half a file).
+    /// Writes a public file (the CA bundle) aside and renames it over `path`: readers never
+    /// see half a file, and a link planted at `path` is replaced, not written through.
     static func write(_ text: String, to path: String) throws {
-        let temporary = path + ".tmp"
-        try text.write(toFile: temporary, atomically: false, encoding: .utf8)
-        guard rename(temporary, path) == 0 else { throw ControllerError("cannot write \(path)") }
+        try SecretFile.write(text, to: path, mode: 0o644)
     }
 
     /// The default data directory: `$XDG_STATE_HOME/meshwork`, else `~/.local/state/meshwork`.
@@ -182,16 +184,10 @@ public final class ControllerServer: Service {
             return (token, file)
         }
         guard path == nil else { throw ControllerError("cannot read token file \(file)") }
-        try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        try SecretFile.createPrivateDirectory(dataDirectory)
         var generator = SystemRandomNumberGenerator()
         let token = (0..<4).map { _ in String(generator.next(), radix: 16) }.joined()
-        guard
-            FileManager.default.createFile(
-                atPath: file,
-                contents: Data((token + "\n").utf8),
-                attributes: [.posixPermissions: 0o600]
-            )
-        else { throw ControllerError("cannot write token file \(file)") }
+        try SecretFile.write(token + "\n", to: file)
         return (token, file)
     }
 }

@@ -232,27 +232,15 @@ extension DiscoveryAgent {
         return true
     }
 
-    /// Written aside (mode 0600: it holds the private key) and renamed over the old one.
+    /// Written aside (mode 0600: it holds the private key) and renamed over the old one
+    /// (`SecretFile`).
     private func saveIdentity(key: WorkloadKey, issued: IssuedCertificate) {
         guard let file = identityFile else { return }
         do {
             let encoder = JSONEncoder()
             encoder.dateEncodingStrategy = .iso8601
             let data = try encoder.encode(CachedIdentity(key: key.pem, issued: issued))
-            let temporary = file + ".tmp"
-            unlink(temporary)
-            guard
-                FileManager.default.createFile(
-                    atPath: temporary,
-                    contents: data,
-                    attributes: [.posixPermissions: 0o600]
-                )
-            else {
-                throw ControllerClient.Failure(description: "cannot create \(temporary)")
-            }
-            guard rename(temporary, file) == 0 else {
-                throw ControllerClient.Failure(description: "rename failed: errno \(errno)")
-            }
+            try SecretFile.write(data, to: file)
         } catch {
             logger.warning("cannot write the identity cache", metadata: ["file": "\(file)", "error": "\(error)"])
         }

@@ -288,12 +288,9 @@ public actor DiscoveryAgent: Service {
         do {
             var data = try WatchLine.snapshotLine(state)
             data.append(0x0A)
-            // Written aside and renamed over the old one: a crash never leaves half a file.
-            let temporary = file + ".tmp"
-            try data.write(to: URL(fileURLWithPath: temporary))
-            guard rename(temporary, file) == 0 else {
-                throw ControllerClient.Failure(description: "rename failed: errno \(errno)")
-            }
+            // Written aside and renamed over the old one: a crash never leaves half a file;
+            // 0600, as it names every instance and policy this sidecar knows.
+            try SecretFile.write(data, to: file)
         } catch {
             logger.warning("cannot write the discovery cache", metadata: ["file": "\(file)", "error": "\(error)"])
         }

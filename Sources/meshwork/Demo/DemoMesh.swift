@@ -163,7 +163,7 @@ actor DemoMesh {
             let joinToken = object["token"] as? String
         else { throw CommandFailure("cannot create a join token for \(service): \(String(buffer: body))") }
         let file = (directory as NSString).appendingPathComponent("\(name).token")
-        try (joinToken + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        try SecretFile.write(joinToken + "\n", to: file)
         return file
     }
 
