@@ -15,8 +15,13 @@ final class LoopContext {
     /// Inbound protection in front of the app (this loop's share).
     var inboundLimiter: GradientConcurrencyLimiter?
     var inboundRateLimit: TokenBucket?
-    /// Who may call this service (nil until the first policies arrive: everyone may).
+    /// Who may call this service: nil for a sidecar without a controller (no policies
+    /// exist for it), or until the first policies arrive from the controller or the cache.
     var authorization: AuthorizationTable?
+    /// A sidecar whose policies come from a controller and have not arrived yet: it fails
+    /// closed, refusing every caller (HTTP: 503 `not_ready`), rather than admitting
+    /// everyone until it learns who may call.
+    var awaitingAuthorization = false
     var authorizationMetrics: AuthorizationMetrics?
     /// This loop's share of the edge telemetry.
     var edges: EdgeTelemetry.Shard?
@@ -35,7 +40,7 @@ final class LoopContext {
     /// Decides a call to the app and counts a refusal (logged at debug: it can come at the
     /// request rate).
     func authorize(source: SPIFFEID?, port: Int, method: String?, path: String?) -> Bool {
-        guard let table = authorization else { return true }
+        guard let table = authorization else { return !awaitingAuthorization }
         let decision = table.decide(source: source, port: port, method: method, path: path)
         guard case .denied(let reason) = decision else { return true }
         if let metrics = authorizationMetrics {

@@ -24,6 +24,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case rateLimited = "rate_limited"
         case concurrencyLimited = "concurrency_limited"
         case unauthorized
+        case notReady = "not_ready"
         case tlsHandshakeFailed = "tls_handshake_failed"
         case peerIdentityMismatch = "peer_identity_mismatch"
     }
@@ -76,6 +77,9 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
 
     /// Authorization policy refuses the caller (its identity, or the path or method it asked for).
     public static let unauthorized = MeshError(.unauthorized)
+    /// The inbound side has not yet learnt who may call (its first policies, from the
+    /// controller or its cache): it refuses rather than admit everyone.
+    public static let notReady = MeshError(.notReady)
 
     /// Inbound: a connection failed its mTLS handshake (plaintext, no client certificate,
     /// another CA, expired). Counted; the connection is closed.
@@ -89,7 +93,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
         .badRequest, .badPath, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
-        .unauthorized, .tlsHandshakeFailed, .peerIdentityMismatch,
+        .unauthorized, .notReady, .tlsHandshakeFailed, .peerIdentityMismatch,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -98,7 +102,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     public var status: HTTPResponseStatus {
         switch code {
         case .noRoute: return .notFound
-        case .noHealthyEndpoint, .overflowConnections, .overflowPending, .overflowRequests, .throttled,
+        case .noHealthyEndpoint, .notReady, .overflowConnections, .overflowPending, .overflowRequests, .throttled,
             .concurrencyLimited:
             return .serviceUnavailable
         case .rateLimited: return .tooManyRequests

@@ -150,6 +150,7 @@ public actor Sidecar: Service {
         for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
             context.logger = logger
+            context.awaitingAuthorization = config.controller != nil && config.inbound != nil
             context.edges = config.edgeTelemetry ? edges.shards[index] : nil
             context.service = config.service
             if let spans {
@@ -278,7 +279,10 @@ public actor Sidecar: Service {
         )
         let contexts = self.contexts
         for (index, context) in contexts.all.enumerated() {
-            context.loop.execute { contexts.all[index].authorization = table }
+            context.loop.execute {
+                contexts.all[index].authorization = table
+                contexts.all[index].awaitingAuthorization = false
+            }
         }
     }
 

@@ -298,6 +298,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answer(error)
         case .success(let cluster):
             edgePeer = cluster.name
+            if settings.restoresProtocol, loop.awaitingAuthorization {
+                answer(.notReady)
+                return
+            }
             if settings.restoresProtocol, loop.authorization != nil,
                 !loop.authorize(
                     source: peer?.identity,
