@@ -321,6 +321,7 @@ public actor Sidecar: Service {
                 route: route,
                 metrics: ListenerMetrics(name: name, kind: kind, registry: registry, histograms: histograms),
                 headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
+                tlsHandshakeTimeout: .nanoseconds(timeouts.tlsHandshake.nanoseconds),
                 idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
                 maxHeaderBytes: config.limits.maxHeaderBytes,
                 restoresProtocol: restores
@@ -349,7 +350,7 @@ public actor Sidecar: Service {
                         let loopContext = contexts.context(for: channel.eventLoop)
                         let port = channel.localAddress?.port ?? 0
                         if let serverTLS {
-                            try sync.addHandler(serverTLS)
+                            try ListenerPipelines.addServerTLS(serverTLS, to: channel, settings: proxy)
                             try sync.addHandler(
                                 PeerIdentityHandler(peer: ConnectionPeer(), metrics: proxy.metrics) { identity, _ in
                                     let allowed = loopContext.authorize(

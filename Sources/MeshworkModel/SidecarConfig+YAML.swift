@@ -228,8 +228,13 @@ extension SidecarConfig {
             if let reason = Names.invalidServiceName(name) { reader.fail(path, reason) }
             discover.append(name)
         }
-        if let f = reader.mapping(fields.node("timeouts"), "timeouts", known: ["headerRead", "idle", "drain"]) {
+        if let f = reader.mapping(
+            fields.node("timeouts"),
+            "timeouts",
+            known: ["headerRead", "tlsHandshake", "idle", "drain"]
+        ) {
             if let d = f.duration("headerRead") { timeouts.headerRead = d }
+            if let d = f.duration("tlsHandshake") { timeouts.tlsHandshake = d }
             if let d = f.duration("idle") { timeouts.idle = d }
             if let d = f.duration("drain") { timeouts.drain = d }
         }

@@ -234,6 +234,9 @@ public struct ClusterConfig: Sendable, Hashable, Encodable {
 public struct ListenerTimeouts: Sendable, Hashable, Encodable {
     /// A client has this long to send a complete request head.
     public var headerRead: TimeSpan = .seconds(10)
+    /// A client of a TLS listener (inbound mTLS, an https gateway listener) has this long
+    /// to complete its handshake.
+    public var tlsHandshake: TimeSpan = .seconds(10)
     /// A downstream connection with no request in flight is closed after this long.
     public var idle: TimeSpan = .seconds(300)
     /// On SIGTERM, in-flight requests get this long to finish.

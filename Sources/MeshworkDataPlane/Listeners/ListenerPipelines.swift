@@ -96,6 +96,15 @@ enum ListenerPipelines {
         )
     }
 
+    /// The server side of TLS, with a deadline for its handshake.
+    static func addServerTLS(_ tls: NIOSSLServerHandler, to channel: any Channel, settings: ProxySettings) throws {
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(tls)
+        try sync.addHandler(
+            TLSHandshakeTimeoutHandler(timeout: settings.tlsHandshakeTimeout, metrics: settings.metrics)
+        )
+    }
+
     /// TLS (mTLS against the mesh CA), then HTTP/2 or HTTP/1.1 as ALPN decided.
     static func addTLSHTTP(
         to channel: any Channel,
@@ -104,7 +113,7 @@ enum ListenerPipelines {
         contexts: LoopContexts
     ) throws {
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(tls)
+        try addServerTLS(tls, to: channel, settings: settings)
         // The caller's identity, read when the handshake completes, before ALPN builds the
         // HTTP pipeline whose requests are authorized with it.
         let peer = ConnectionPeer()

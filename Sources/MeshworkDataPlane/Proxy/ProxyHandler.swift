@@ -11,6 +11,8 @@ struct ProxySettings: Sendable {
     var metrics: ListenerMetrics
     /// Time a client has to send a whole request head (HTTP/1.1 connections only).
     var headerReadTimeout: TimeAmount
+    /// Time a client has to complete its TLS handshake (TLS listeners only).
+    var tlsHandshakeTimeout: TimeAmount = .seconds(10)
     /// A connection with no request in flight is closed after this long.
     var idleTimeout: TimeAmount
     var maxHeaderBytes: Int

@@ -11,6 +11,36 @@ import Testing
 /// graceful drain; config errors at start.
 @Suite("mTLS, admin and lifecycle", .serialized)
 struct TLSAndAdminTests {
+    /// A peer that connects to the mTLS inbound listener and never finishes its handshake
+    /// (sends nothing, or drips its ClientHello a byte at a time) is cut off at
+    /// `timeouts.tlsHandshake`, and counted; a good peer is still served.
+    @Test(arguments: [[], ["\u{16}", "\u{03}", "\u{01}", "\u{00}"]])
+    func aStalledTLSHandshakeIsCutAtItsDeadline(chunks: [String]) async throws {
+        let server = try await TestMesh.startServerSide { config in
+            config.timeouts.tlsHandshake = .milliseconds(300)
+        }
+        let start = ContinuousClock.now
+        _ = try await RawClient.exchange(
+            port: server.sidecar.port("inbound"),
+            send: chunks,
+            pauseBetween: .milliseconds(50),
+            timeout: .seconds(5)
+        )
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed < .seconds(2), "the stalled handshake stayed open \(elapsed)")
+        let counted = server.sidecar.metric(
+            #"meshwork_listener_mesh_errors_total{listener="inbound",kind="inbound",reason="tls_handshake_failed"}"#
+        )
+        #expect((counted ?? 0) >= 1, "\(server.sidecar.metricsText)")
+        let good = try await Curl.run([
+            "-k", "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
+            "https://127.0.0.1:\(server.sidecar.port("inbound"))/",
+        ])
+        #expect(good.status == 200, "\(good.stderr)")
+        await server.sidecar.stop()
+        await server.app.stop()
+    }
+
     @Test(arguments: [
         ("rogue", "a certificate from another CA"),
         ("expired", "an expired certificate"),
