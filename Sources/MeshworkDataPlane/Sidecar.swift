@@ -303,6 +303,29 @@ public actor Sidecar: Service {
 
     /// Where each listener is bound, by name (`admin`, `inbound`, `http_proxy`,
     /// `upstream:<cluster>`), with the real port when the config said 0.
+    /// What `--check` validates beyond the file's fields: the files a start loads (the
+    /// mesh TLS certificate, key and CA bundle; each https gateway listener's certificates)
+    /// exist, parse and make a TLS context (a key that does not match its certificate
+    /// fails here), so a config that passes `--check` starts.
+    public static func checkFiles(_ config: SidecarConfig) throws(ConfigErrors) {
+        var errors: [ConfigError] = []
+        if let files = config.tls {
+            do {
+                _ = try MeshTLS(files: files)
+            } catch {
+                errors += error.errors
+            }
+        }
+        for (index, listener) in config.listeners.enumerated() where listener.protocol == .https {
+            do {
+                _ = try GatewayTLS(certificates: listener.certificates, path: "listeners[\(index)]")
+            } catch {
+                errors += error.errors
+            }
+        }
+        if !errors.isEmpty { throw ConfigErrors(errors) }
+    }
+
     public var boundAddresses: [String: SocketAddress] {
         var result: [String: SocketAddress] = [:]
         for listener in listeners {

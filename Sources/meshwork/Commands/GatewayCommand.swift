@@ -65,6 +65,11 @@ struct GatewayCommand: AsyncParsableCommand {
             gatewayConfig.threads = threads
         }
         if check {
+            do {
+                try Sidecar.checkFiles(gatewayConfig)
+            } catch {
+                throw CommandFailure("\(config): \(error)")
+            }
             print("\(config): valid")
             return
         }

@@ -34,6 +34,11 @@ struct SidecarCommand: AsyncParsableCommand {
     func run() async throws {
         let sidecarConfig = try flags.effectiveConfig()
         if check {
+            do {
+                try Sidecar.checkFiles(sidecarConfig)
+            } catch {
+                throw CommandFailure("\(flags.config ?? "flags"): \(error)")
+            }
             print("\(flags.config ?? "flags"): valid")
             return
         }

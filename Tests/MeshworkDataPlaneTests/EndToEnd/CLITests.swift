@@ -39,6 +39,37 @@ struct CLITests {
         #expect(result.output.contains("valid"))
     }
 
+    /// `--check` validates what a start validates: the TLS files exist, parse and make a
+    /// TLS context (a key that is not the certificate's is refused), so a config that
+    /// passes `--check` starts.
+    @Test func checkLoadsTheTLSFilesAStartWouldLoad() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary))
+        let ca = TestMesh.cert("mesh-ca")
+        let cases: [(tls: String, message: String?)] = [
+            ("{ca: \(ca), cert: \(TestMesh.cert("web")), key: \(TestMesh.key("web"))}", nil),
+            ("{ca: \(ca), cert: /nonexistent.pem, key: \(TestMesh.key("web"))}", "tls.cert: cannot read certificate"),
+            ("{ca: \(ca), cert: \(TestMesh.cert("web")), key: /nonexistent.key}", "tls.key: cannot read private key"),
+            (
+                "{ca: /nonexistent-ca.pem, cert: \(TestMesh.cert("web")), key: \(TestMesh.key("web"))}",
+                "tls.ca: cannot read"
+            ),
+            (
+                "{ca: \(ca), cert: \(TestMesh.cert("web")), key: \(TestMesh.key("orders"))}",
+                "tls: certificate and key do not make a TLS context"
+            ),
+        ]
+        for (tls, message) in cases {
+            let path = try writeConfig("admin: 127.0.0.1:0\ntls: \(tls)\n")
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let result = try await Command.run([Self.binary, "sidecar", "--config", path, "--check"])
+            if let message {
+                #expect(result.exitCode != 0 && result.output.contains(message), "\(tls): \(result.output)")
+            } else {
+                #expect(result.exitCode == 0 && result.output.contains("valid"), "\(tls): \(result.output)")
+            }
+        }
+    }
+
     @Test func sigtermDrainsInFlightRequestsThenExits() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary))
         let app = try await TestMesh.startApp("orders-1")

@@ -231,12 +231,11 @@ struct GatewayTests {
         for (index, (yaml, message)) in cases.enumerated() {
             let file = directory + "/\(index).yaml"
             try yaml.write(toFile: file, atomically: true, encoding: .utf8)
-            // --check validates the file; the certificate files are only read at start.
-            let arguments =
-                message.contains("cannot load")
-                ? ["gateway", "--config", file] : ["gateway", "--config", file, "--check"]
-            let result = try await Command.run([CLITests.binary] + arguments)
-            #expect(result.exitCode != 0 && result.output.contains(message), "\(yaml): \(result.output)")
+            // --check finds what a start would (the certificate files too), and so does a start.
+            for arguments in [["gateway", "--config", file, "--check"], ["gateway", "--config", file]] {
+                let result = try await Command.run([CLITests.binary] + arguments)
+                #expect(result.exitCode != 0 && result.output.contains(message), "\(arguments): \(result.output)")
+            }
         }
     }
 }
