@@ -62,15 +62,24 @@ public final class MeshTLSSource: Sendable {
         case .http1: context = tls.clientHTTP1
         case .tcp: context = tls.clientTCP
         }
+        let logger = self.logger
         guard let own = tls.identity, let peerService else {
-            return try NIOSSLClientHandler(context: context, serverHostname: nil)
+            return try NIOSSLClientHandler._makeSSLClientHandler(
+                context: context,
+                serverHostname: nil,
+                additionalPeerCertificateVerificationCallback: { certificate, channel in
+                    Self.checkWorkloadLeaf(certificate, channel: channel, logger: logger)
+                }
+            )
         }
         let expected = SPIFFEID.service(peerService, trustDomain: own.trustDomain)
-        let logger = self.logger
         return try NIOSSLClientHandler._makeSSLClientHandler(
             context: context,
             serverHostname: nil,
             additionalPeerCertificateVerificationCallback: { certificate, channel in
+                if let refusal = WorkloadLeaf.refusal(certificate) {
+                    return Self.refuseLeaf(refusal, channel: channel, logger: logger)
+                }
                 let presented = Self.spiffeIDs(of: certificate)
                 guard presented == [expected] else {
                     metrics?.countError(.peerIdentityMismatch)
@@ -91,9 +100,38 @@ public final class MeshTLSSource: Sendable {
         )
     }
 
-    /// A server TLS handler for the inbound listener, or nil when there is no certificate yet.
+    /// A server TLS handler for the inbound listener, or nil when there is no certificate
+    /// yet. A client certificate that is no workload's (a CA's) fails the handshake.
     func serverHandler() -> NIOSSLServerHandler? {
-        current.map { NIOSSLServerHandler(context: $0.server) }
+        let logger = self.logger
+        return current.map {
+            NIOSSLServerHandler._makeSSLServerHandler(
+                context: $0.server,
+                additionalPeerCertificateVerificationCallback: { certificate, channel in
+                    Self.checkWorkloadLeaf(certificate, channel: channel, logger: logger)
+                }
+            )
+        }
+    }
+
+    /// The X.509-SVID leaf rules (`WorkloadLeaf`), as a verification step of the handshake.
+    static func checkWorkloadLeaf(
+        _ certificate: NIOSSLCertificate,
+        channel: any Channel,
+        logger: Logger
+    ) -> EventLoopFuture<Void> {
+        guard let refusal = WorkloadLeaf.refusal(certificate) else {
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
+        return refuseLeaf(refusal, channel: channel, logger: logger)
+    }
+
+    private static func refuseLeaf(_ reason: String, channel: any Channel, logger: Logger) -> EventLoopFuture<Void> {
+        logger.warning(
+            "peer presented a certificate that is no workload's; connection refused",
+            metadata: ["reason": "\(reason)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"]
+        )
+        return channel.eventLoop.makeFailedFuture(NotAWorkloadCertificate(reason: reason))
     }
 
     /// The SPIFFE IDs in a certificate's URI SANs.

@@ -11,6 +11,17 @@ import Testing
 /// graceful drain; config errors at start.
 @Suite("mTLS, admin and lifecycle", .serialized)
 struct TLSAndAdminTests {
+    /// A peer sidecar presenting a CA certificate (which chains to the mesh root: it is
+    /// the root) is refused as a workload, by the caller too: X.509-SVID leaves are
+    /// CA:FALSE with digitalSignature and without keyCertSign or cRLSign.
+    @Test func outboundRefusesAPeerPresentingACACertificate() async throws {
+        try await TestMesh.withPair(serverTLS: "mesh-ca") { server, client in
+            let result = try await Curl.get(client.url("upstream:orders", "/"))
+            #expect(result.status == 502, "\(result.status) \(result.text)")
+            #expect(server.app.requestCount == 0)
+        }
+    }
+
     /// A peer that connects to the mTLS inbound listener and never finishes its handshake
     /// (sends nothing, or drips its ClientHello a byte at a time) is cut off at
     /// `timeouts.tlsHandshake`, and counted; a good peer is still served.
@@ -45,6 +56,7 @@ struct TLSAndAdminTests {
         ("rogue", "a certificate from another CA"),
         ("expired", "an expired certificate"),
         ("", "no client certificate"),
+        ("mesh-ca", "the mesh CA's own certificate (CA:TRUE, keyCertSign) as a workload's"),
     ])
     func inboundRefusesBadClientCertificates(name: String, why: String) async throws {
         let server = try await TestMesh.startServerSide()
