@@ -119,7 +119,8 @@ extension SidecarConfig {
         for (path, node) in reader.sequence(fields.node("clusters"), "clusters") {
             let known: Set = [
                 "name", "endpoints", "protocol", "connectTimeout", "requestTimeout", "idleTimeout",
-                "maxIdleConnections", "maxConcurrentStreams", "balancer", "hashOn", "zoneAware", "subset",
+                "maxIdleConnections", "maxConcurrentStreams", "maxRequestsPerConnection", "balancer", "hashOn",
+                "zoneAware", "subset",
                 "outlierDetection", "circuitBreakers", "retries", "adaptiveThrottling",
             ]
             guard let f = reader.mapping(node, path, known: known) else { continue }
@@ -132,6 +133,9 @@ extension SidecarConfig {
             if let d = f.duration("idleTimeout") { value.idleTimeout = d }
             if let n = f.int("maxIdleConnections", range: 0...100_000) { value.maxIdleConnections = n }
             if let n = f.int("maxConcurrentStreams", range: 1...10_000) { value.maxConcurrentStreams = n }
+            if let n = f.int("maxRequestsPerConnection", range: 1...ClusterConfig.streamIDsPerConnection) {
+                value.maxRequestsPerConnection = n
+            }
             if let s = reader.mapping(
                 f.node("subset"),
                 f.path("subset"),

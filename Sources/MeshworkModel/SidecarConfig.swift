@@ -211,6 +211,13 @@ public struct ClusterConfig: Sendable, Hashable, Encodable {
     public var maxIdleConnections: Int = 64
     /// HTTP/2: streams per connection before another connection is opened.
     public var maxConcurrentStreams: Int = 100
+    /// HTTP/2: streams one connection carries in its life; then it takes no new ones,
+    /// closes once its last ends, and another connection replaces it. The default (and
+    /// most) is what the 31-bit stream IDs allow, with a margin: a long-lived connection
+    /// is retired before it runs out of IDs (RFC 9113 5.1.1).
+    public var maxRequestsPerConnection: Int = ClusterConfig.streamIDsPerConnection
+    /// Client stream IDs are odd and at most 2^31 - 1: 2^30 of them, less a margin.
+    public static let streamIDsPerConnection = (1 << 30) - 1024
     /// How an endpoint is picked for each request.
     public var balancer: BalancerAlgorithm = .peakEWMA
     /// The request key of `ring-hash` and `maglev` (random when nil or absent).

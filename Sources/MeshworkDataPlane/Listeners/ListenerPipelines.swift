@@ -44,18 +44,29 @@ enum ListenerPipelines {
         contexts: LoopContexts,
         peer: ConnectionPeer? = nil
     ) throws {
+        // Limits by trust (DESIGN.md): only the mTLS inbound listener, whose peers are
+        // authenticated sidecars, relaxes them. Their apps hang up mid-request all the time,
+        // so resets there are normal traffic, not an attack. Every listener facing apps or
+        // the public (upstream, http-proxy, gateway) keeps swift-nio-http2's defaults
+        // against rapid reset and other glitches (200 per connection; at most 32 recently
+        // reset streams remembered; 5 CONTINUATION frames in a row) and 100 concurrent
+        // streams, as nginx and most servers announce.
+        let trusted = settings.restoresProtocol && peer != nil
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
+            HTTP2Setting(
+                parameter: .maxConcurrentStreams,
+                value: trusted ? trustedMaxConcurrentStreams : publicMaxConcurrentStreams
+            ),
             HTTP2Setting(parameter: .initialWindowSize, value: streamWindow),
             HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderBytes),
         ]
-        // Peers are authenticated sidecars whose apps hang up mid-request all the time:
-        // their resets are normal traffic, not an attack; keep generous bounds.
-        connection.maximumConnectionGlitches = 100_000
-        connection.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
         var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.streamResetFrameRateLimit.maximumCount = 10_000
+        if trusted {
+            connection.maximumConnectionGlitches = 100_000
+            connection.maximumRecentlyResetStreams = recentlyResetStreamsRemembered
+            stream.streamResetFrameRateLimit.maximumCount = 10_000
+        }
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(FlushCoalescingHandler())
         try sync.addHandler(
@@ -78,6 +89,9 @@ enum ListenerPipelines {
 
     /// The stream window announced to HTTP/2 clients (and kept topped up).
     static let streamWindow = 1 << 20
+    /// SETTINGS_MAX_CONCURRENT_STREAMS for peer sidecars over mTLS and for everyone else.
+    static let trustedMaxConcurrentStreams = 1000
+    static let publicMaxConcurrentStreams = 100
 
     /// Cleartext HTTP: h2c with prior knowledge or HTTP/1.x, told apart by the first bytes.
     static func addCleartextHTTP(

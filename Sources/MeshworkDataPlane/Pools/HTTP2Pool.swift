@@ -1,3 +1,4 @@
+import MeshworkModel
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -13,6 +14,8 @@ final class HTTP2Pool {
         let channel: any Channel
         let streams: HTTP2ClientStreams
         var openStreams = 0
+        /// Streams made on this connection in its life (each takes a stream ID).
+        var streamsMade = 0
         var usable = true
         /// Closes the connection once it has carried no stream for the idle timeout. The
         /// timer is rescheduled lazily: going idle only moves `idleDeadline`.
@@ -33,6 +36,7 @@ final class HTTP2Pool {
     private let connectTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private let maxStreams: Int
+    private let maxStreamsPerConnection: Int
     private let metrics: EndpointMetrics
     private let clusterMetrics: ClusterMetrics
     private var connections: [Connection] = []
@@ -47,6 +51,7 @@ final class HTTP2Pool {
         connectTimeout: TimeAmount,
         idleTimeout: TimeAmount,
         maxStreams: Int,
+        maxStreamsPerConnection: Int = ClusterConfig.streamIDsPerConnection,
         metrics: EndpointMetrics,
         clusterMetrics: ClusterMetrics,
         gate: ConnectionGate
@@ -58,6 +63,7 @@ final class HTTP2Pool {
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
         self.maxStreams = maxStreams
+        self.maxStreamsPerConnection = min(maxStreamsPerConnection, ClusterConfig.streamIDsPerConnection)
         self.metrics = metrics
         self.clusterMetrics = clusterMetrics
     }
@@ -166,6 +172,13 @@ final class HTTP2Pool {
             return
         }
         connection.openStreams += 1
+        connection.streamsMade += 1
+        if connection.streamsMade >= maxStreamsPerConnection {
+            // Retired before its stream IDs run out: this stream is its last; it closes
+            // when the last open one ends, and the next request opens another.
+            connection.usable = false
+            connection.idleTimer?.cancel()
+        }
         callback(.success(connection.streams.makeStream(endpoint: metrics)))
     }
 

@@ -183,6 +183,7 @@ final class LoopCluster {
                     connectTimeout: .nanoseconds(config.connectTimeout.nanoseconds),
                     idleTimeout: .nanoseconds(config.idleTimeout.nanoseconds),
                     maxStreams: config.maxConcurrentStreams,
+                    maxStreamsPerConnection: config.maxRequestsPerConnection,
                     metrics: endpointMetrics,
                     clusterMetrics: metrics,
                     gate: gate
