@@ -282,7 +282,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch RequestPath.normalize(head.uri) {
         case .success(let path):
-            head.uri = path
+            // (Only when it changed: writing the head's target copies its storage.)
+            if path != head.uri { head.uri = path }
         case .failure:
             answer(.badPath)
             return
