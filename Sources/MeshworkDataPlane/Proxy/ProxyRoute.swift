@@ -74,7 +74,8 @@ enum ProxyRoute: Sendable {
     /// The authority of an absolute-form request target (`http://host:port/path`), as sent
     /// to a forward proxy.
     static func absoluteURIAuthority(_ uri: String) -> Substring? {
-        guard let schemeEnd = uri.firstRange(of: "://"), !uri.hasPrefix("/") else { return nil }
+        // The cheap test first: every request asks, and almost all are origin-form.
+        guard uri.utf8.first != UInt8(ascii: "/"), let schemeEnd = uri.firstRange(of: "://") else { return nil }
         let rest = uri[schemeEnd.upperBound...]
         let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
         return rest[..<end]
@@ -82,7 +83,7 @@ enum ProxyRoute: Sendable {
 
     /// The origin-form target (`/path?query`) of an absolute-form request target.
     static func originForm(_ uri: String) -> String {
-        guard let schemeEnd = uri.firstRange(of: "://"), !uri.hasPrefix("/") else { return uri }
+        guard uri.utf8.first != UInt8(ascii: "/"), let schemeEnd = uri.firstRange(of: "://") else { return uri }
         let rest = uri[schemeEnd.upperBound...]
         guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
         let path = rest[slash...]

@@ -14,8 +14,6 @@ struct PathRuleTests {
         let controller = try await ControllerProcess.start()
         let orders = try await TestMesh.startApp("orders-1")
         var sidecars: [SidecarProcess] = []
-        let policyFile = controller.dataDirectory + "-paths.yaml"
-        defer { try? FileManager.default.removeItem(atPath: policyFile) }
         do {
             sidecars.append(try await startServer("orders", app: orders, controller: controller))
             let web = try await startClient("web", calling: "orders", controller: controller)
@@ -23,23 +21,21 @@ struct PathRuleTests {
             #expect(try await web.waitUntilServing("orders"), "\(web.log)")
             let url = web.upstreamURL("orders")
 
-            try """
-            kind: AuthorizationPolicy
-            name: orders-api
-            target: orders
-            from: ["spiffe://mesh.local/service/web"]
-            paths: [/api, /headers]
-            ---
-            kind: AuthorizationPolicy
-            name: orders-no-admin
-            target: orders
-            action: deny
-            paths: [/admin]
-            """.write(toFile: policyFile, atomically: true, encoding: .utf8)
-            let applied = try await Command.run([
-                CLITests.binary, "ctl", "apply", "--controller", controller.url, "--token-file",
-                controller.dataDirectory + "/token", "-f", policyFile,
-            ])
+            let applied = try await controller.apply(
+                """
+                kind: AuthorizationPolicy
+                name: orders-api
+                target: orders
+                from: ["spiffe://mesh.local/service/web"]
+                paths: [/api, /headers]
+                ---
+                kind: AuthorizationPolicy
+                name: orders-no-admin
+                target: orders
+                action: deny
+                paths: [/admin]
+                """
+            )
             #expect(applied.exitCode == 0, "\(applied.output)")
             // Pushed: `/` is no longer allowed once the allow policy names paths.
             let deadline = ContinuousClock.now + .seconds(10)

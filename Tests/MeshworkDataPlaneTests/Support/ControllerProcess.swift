@@ -135,6 +135,16 @@ final class ControllerProcess {
 }
 
 extension ControllerProcess {
+    /// `meshwork ctl apply -f` with `yaml`, as an operator applies resources.
+    func apply(_ yaml: String) async throws -> (exitCode: Int32, output: String) {
+        let file = dataDirectory + "-apply-\(UUID().uuidString.prefix(8)).yaml"
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        return try await Command.run([
+            CLITests.binary, "ctl", "apply", "--controller", url, "--token-file", dataDirectory + "/token", "-f", file,
+        ])
+    }
+
     /// A join token for `service` from the API.
     func joinToken(_ service: String, ttl: String = "1h", uses: Int = 1) async throws -> String {
         let result = try await call(
