@@ -18,6 +18,8 @@ struct ControllerAPI {
     let token: String
     /// Reads need a token too (any scope, or a sidecar credential).
     var protectReads = false
+    /// The certificate the controller presents to sidecars' admin listeners (taps).
+    var tapIdentity: ControllerTLS?
     let logger: Logger
 
     static let maxBody = 1 << 20

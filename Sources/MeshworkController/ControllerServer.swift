@@ -94,18 +94,22 @@ public final class ControllerServer: Service {
         let controller = self.controller
         let identity = self.identity
         let caFile = (options.dataDirectory as NSString).appendingPathComponent("ca.pem")
-        let tls = options.tls ? try ControllerTLS(authority: await identity.authority, listen: options.listen) : nil
+        // The controller's own certificate: the API's server certificate (with TLS), and
+        // always the client certificate it presents to sidecars' admin listeners (taps).
+        let certificate = try ControllerTLS(authority: await identity.authority, listen: options.listen)
+        api.tapIdentity = certificate
+        let tls = options.tls ? certificate : nil
         if tls != nil { try Self.write(await identity.trustBundlePEM, to: caFile) }
+        let serveTLS = options.tls
         await identity.setTrustBundleListener { bundle in
             await controller.broadcast(bundle)
-            guard let tls else { return }
-            // A CA rotation step: clients get the new bundle, the API a certificate from the
-            // CA that now signs.
+            // A CA rotation step: clients get the new bundle, the controller a certificate
+            // from the CA that now signs.
             do {
-                try Self.write(bundle.pem, to: caFile)
-                try tls.reissue(authority: await identity.authority)
+                if serveTLS { try Self.write(bundle.pem, to: caFile) }
+                try certificate.reissue(authority: await identity.authority)
             } catch {
-                logger.error("cannot renew the API certificate", metadata: ["error": "\(error)"])
+                logger.error("cannot renew the controller's certificate", metadata: ["error": "\(error)"])
             }
         }
         let dns = options.dns.map {
@@ -150,8 +154,8 @@ public final class ControllerServer: Service {
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
                     try? await Task.sleep(for: .seconds(1))
                     await controller.expireLeases()
-                    if let tls, tls.needsRenewal {
-                        try? tls.reissue(authority: await identity.authority)
+                    if certificate.needsRenewal {
+                        try? certificate.reissue(authority: await identity.authority)
                     }
                 }
             }

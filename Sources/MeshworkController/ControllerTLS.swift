@@ -91,4 +91,19 @@ final class ControllerTLS: Sendable {
         }
         return configuration
     }
+
+    /// The client configuration for a connection to a sidecar's admin listener: this
+    /// certificate (its SPIFFE ID is the controller's, which the sidecar requires for `/tap`
+    /// and `/config`), and the mesh's roots for the sidecar's workload certificate. Sidecar
+    /// certificates name a SPIFFE ID, not a host, so only the chain is verified.
+    func clientConfiguration(trustBundlePEM: String) throws -> TLSConfiguration {
+        let issued = current.withLockedValue { $0 }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateChain = issued.chain.map { .certificate($0) }
+        configuration.privateKey = .privateKey(issued.key)
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(trustBundlePEM.utf8)))
+        configuration.certificateVerification = .noHostnameVerification
+        configuration.minimumTLSVersion = .tlsv12
+        return configuration
+    }
 }

@@ -15,8 +15,12 @@ final class DNSServer: Sendable {
     struct Options: Sendable {
         var listen: HostPort
         var zone = DNSZone.Options()
-        /// A TCP connection with no query for this long is closed.
-        var tcpIdleTimeout: TimeAmount = .seconds(10)
+        /// Each query on a TCP connection must have arrived whole within this long of the
+        /// connection opening or the previous answer; bytes that trickle in do not extend it
+        /// (a client dripping one byte at a time is cut, not kept by every byte).
+        var tcpMessageDeadline: TimeAmount = .seconds(10)
+        /// At most this many TCP connections at once; more are closed at accept.
+        var maxTCPConnections = 256
     }
 
     private let options: Options
@@ -24,6 +28,8 @@ final class DNSServer: Sendable {
     private let metrics: DNSMetrics
     private let logger: Logger
     private let channels = NIOLockedValueBox<[any Channel]>([])
+    /// Open TCP connections (taken at accept and close only, never per query).
+    fileprivate let tcpConnections = NIOLockedValueBox(0)
 
     init(options: Options, registry: ControllerMetrics, logger: Logger) {
         self.options = options
@@ -90,12 +96,13 @@ final class DNSServer: Sendable {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(IdleStateHandler(readTimeout: self.options.tcpIdleTimeout))
+                        let connection = DNSConnectionGuard(server: self)
+                        try sync.addHandler(connection)
                         try sync.addHandler(
                             ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes))
                         )
                         try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
-                        try sync.addHandler(DNSStreamHandler(server: self))
+                        try sync.addHandler(DNSStreamHandler(server: self, connection: connection))
                     }
                 }
                 .bind(host: options.listen.host, port: port)
@@ -115,6 +122,10 @@ final class DNSServer: Sendable {
             try? await channel.close()
         }
     }
+
+    var tcpMessageDeadline: TimeAmount { options.tcpMessageDeadline }
+    var maxTCPConnections: Int { options.maxTCPConnections }
+    func refusedConnection() { metrics.refusedConnections.increment() }
 
     /// The answer to one message, counted.
     func respond(
@@ -168,16 +179,78 @@ final class DNSDatagramHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {}
 }
 
+/// First handler of a DNS TCP connection: counts it against `maxTCPConnections` (closing
+/// it at once beyond), and closes it when no whole query arrived by the message deadline.
+/// `DNSStreamHandler` calls `answered()` after each query, which starts the next deadline.
+final class DNSConnectionGuard: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let server: DNSServer
+    private var counted = false
+    private var deadline: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
+
+    init(server: DNSServer) {
+        self.server = server
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        counted = true
+        let open = server.tcpConnections.withLockedValue {
+            $0 += 1
+            return $0
+        }
+        guard open <= server.maxTCPConnections else {
+            server.refusedConnection()
+            context.close(promise: nil)
+            return
+        }
+        armDeadline(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        deadline?.cancel()
+        deadline = nil
+        if counted {
+            counted = false
+            server.tcpConnections.withLockedValue { $0 -= 1 }
+        }
+    }
+
+    /// A whole query was read and answered: the next one has a full deadline again.
+    func answered() {
+        if let context { armDeadline(context: context) }
+    }
+
+    private func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: server.tcpMessageDeadline) {
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        context.fireChannelInactive()
+    }
+}
+
 /// One TCP connection: length-prefixed messages (RFC 1035 4.2.2), several per connection.
 final class DNSStreamHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let server: DNSServer
+    private let connection: DNSConnectionGuard
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
 
-    init(server: DNSServer) {
+    init(server: DNSServer, connection: DNSConnectionGuard) {
         self.server = server
+        self.connection = connection
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -187,18 +260,11 @@ final class DNSStreamHandler: ChannelInboundHandler {
             return
         }
         context.write(wrapOutboundOut(answer), promise: nil)
+        connection.answered()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         context.flush()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -216,6 +282,7 @@ struct DNSMetrics: Sendable {
     private let counters: [Key: Counter]
     let ignored: Counter
     private let truncated: Counter
+    let refusedConnections: Counter
 
     init(registry: ControllerMetrics) {
         var counters: [Key: Counter] = [:]
@@ -230,6 +297,9 @@ struct DNSMetrics: Sendable {
         self.counters = counters
         self.ignored = registry.registry.makeCounter(name: "meshwork_controller_dns_ignored_total")
         self.truncated = registry.registry.makeCounter(name: "meshwork_controller_dns_truncated_total")
+        self.refusedConnections = registry.registry.makeCounter(
+            name: "meshwork_controller_dns_tcp_connections_refused_total"
+        )
     }
 
     func answered(transport: DNSResponder.Transport, code: DNSResponseCode, truncated: Bool) {

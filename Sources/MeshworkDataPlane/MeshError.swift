@@ -27,6 +27,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case notReady = "not_ready"
         case tlsHandshakeFailed = "tls_handshake_failed"
         case peerIdentityMismatch = "peer_identity_mismatch"
+        case connectionLimit = "connection_limit"
     }
 
     private let code: Code
@@ -87,13 +88,16 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Outbound: the peer's certificate carries another identity than the cluster's service.
     /// Counted; the request fails as `upstream_reset` (or is retried elsewhere).
     public static let peerIdentityMismatch = MeshError(.peerIdentityMismatch)
+    /// A listener already had `limits.maxConnections` open: the new connection is closed
+    /// at accept, and counted.
+    public static let connectionLimit = MeshError(.connectionLimit)
 
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
         .noRoute, .noHealthyEndpoint, .connectFailed, .connectTimeout, .upstreamTimeout, .upstreamReset,
         .badRequest, .badPath, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
-        .unauthorized, .notReady, .tlsHandshakeFailed, .peerIdentityMismatch,
+        .unauthorized, .notReady, .tlsHandshakeFailed, .peerIdentityMismatch, .connectionLimit,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -103,7 +107,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         switch code {
         case .noRoute: return .notFound
         case .noHealthyEndpoint, .notReady, .overflowConnections, .overflowPending, .overflowRequests, .throttled,
-            .concurrencyLimited:
+            .concurrencyLimited, .connectionLimit:
             return .serviceUnavailable
         case .rateLimited: return .tooManyRequests
         case .unauthorized: return .forbidden

@@ -36,6 +36,8 @@ public actor Sidecar: Service {
     private var clusterMetricsByName: [String: ClusterMetrics]
     /// The HTTPS gateway listeners' certificates, by listener name.
     private let gatewayTLS: [String: GatewayTLS]
+    /// The bearer token for the admin `/config` and `/tap` (nil: only the controller).
+    private let adminToken: String?
     /// The gateway listeners as last applied (start, then every reload).
     private var gatewayListeners: [GatewayListenerConfig]
     /// Services whose clusters discovery fills: the config's, plus any a reload added.
@@ -110,7 +112,16 @@ public actor Sidecar: Service {
                 errors += error.errors
             }
         }
+        var adminToken: String?
+        if let file = config.adminTokenFile {
+            do {
+                adminToken = try SecretFile.token(at: file, create: true)
+            } catch {
+                errors.append(ConfigError(path: "adminTokenFile", reason: error.description))
+            }
+        }
         guard errors.isEmpty else { throw ConfigErrors(errors) }
+        self.adminToken = adminToken
         self.accessLogFile = accessLogFile
         self.gatewayTLS = gatewayTLS
         self.gatewayListeners = config.listeners
@@ -342,7 +353,13 @@ public actor Sidecar: Service {
         func settings(_ name: String, kind: String, route: ProxyRoute, restores: Bool) -> ProxySettings {
             ProxySettings(
                 route: route,
-                metrics: ListenerMetrics(name: name, kind: kind, registry: registry, histograms: histograms),
+                metrics: ListenerMetrics(
+                    name: name,
+                    kind: kind,
+                    registry: registry,
+                    histograms: histograms,
+                    maxConnections: config.limits.maxConnections
+                ),
                 headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
                 tlsHandshakeTimeout: .nanoseconds(timeouts.tlsHandshake.nanoseconds),
                 idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
@@ -446,9 +463,13 @@ public actor Sidecar: Service {
             }
             if let admin = config.admin {
                 let endpoints = adminEndpoints()
+                let tls = self.meshTLS
+                let adminMetrics = settings("admin", kind: "admin", route: .app, restores: false)
                 try await bind("admin", admin, quiesce: false) { channel in
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(endpoints: endpoints))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ConnectionMetricsHandler(metrics: adminMetrics.metrics)
+                    )
+                    try AdminHandler.addPipeline(to: channel, endpoints: endpoints, tls: tls, settings: adminMetrics)
                 }
             }
         } catch {
@@ -648,7 +669,8 @@ public actor Sidecar: Service {
             },
             config: { configJSON },
             isReady: { flags.isReady },
-            taps: taps
+            taps: taps,
+            token: adminToken
         )
     }
 

@@ -13,6 +13,15 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible, Codable {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
+    /// Whether only this machine can reach the address: `localhost`, 127.0.0.0/8 or `::1`
+    /// (a wildcard like 0.0.0.0 is not).
+    public var isLoopback: Bool {
+        let host = self.host.lowercased()
+        if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+
     public static func parse(_ text: String) -> Result<HostPort, ConfigError> {
         let host: Substring
         let portText: Substring

@@ -95,6 +95,46 @@ public enum SecretFile {
         guard chmod(path, 0o600) == 0 else { throw Failure(description: "cannot chmod \(path): \(errorText())") }
     }
 
+    /// The token in `path` (surrounding whitespace trimmed); when the file is missing and
+    /// `create`, a new one of 256 random bits (64 hex digits) written there with mode 0600.
+    /// An existing token file that others may read is refused: the token must be rotated.
+    public static func token(at path: String, create: Bool) throws(Failure) -> String {
+        var info = stat()
+        if stat(path, &info) == 0 {
+            guard info.st_mode & 0o077 == 0 else {
+                throw Failure(
+                    description:
+                        "\(path) is readable by others (mode \(String(info.st_mode & 0o777, radix: 8))): chmod 600 it, and replace the token"
+                )
+            }
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw Failure(description: "cannot read \(path): \(errorText())") }
+            defer { close(fd) }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while bytes.count <= 65_536 {
+                let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+                if count < 0, errno == EINTR { continue }
+                guard count >= 0 else { throw Failure(description: "cannot read \(path): \(errorText())") }
+                if count == 0 { break }
+                bytes += chunk[0..<count]
+            }
+            let token = String(decoding: bytes, as: UTF8.self).filter { !$0.isWhitespace }
+            guard !token.isEmpty else { throw Failure(description: "token file \(path) is empty") }
+            return token
+        }
+        guard create, errno == ENOENT else {
+            throw Failure(description: "cannot read token file \(path): \(errorText())")
+        }
+        var generator = SystemRandomNumberGenerator()
+        let token = (0..<4).map { _ in
+            let hex = String(generator.next(), radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+        try write(token + "\n", to: path)
+        return token
+    }
+
     private static func errorText() -> String {
         String(cString: strerror(errno))
     }

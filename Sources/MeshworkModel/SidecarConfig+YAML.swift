@@ -19,7 +19,8 @@ extension SidecarConfig {
 
     private mutating func read(_ root: Node, _ reader: ConfigReader) {
         let known: Set = [
-            "service", "zone", "threads", "admin", "controller", "instance", "healthCheck", "discover", "tls",
+            "service", "zone", "threads", "admin", "adminTokenFile", "controller", "instance", "healthCheck",
+            "discover", "tls",
             "inbound", "upstreams", "httpProxy", "clusters", "timeouts",
             "limits", "listeners", "edgeTelemetry", "tracing", "accessLog",
         ]
@@ -67,6 +68,7 @@ extension SidecarConfig {
                 admin = reader.address(node, "admin")
             }
         }
+        if let value = fields.string("adminTokenFile") { adminTokenFile = value }
         if let tlsFields = reader.mapping(fields.node("tls"), "tls", known: ["ca", "cert", "key"]) {
             let ca = tlsFields.required("ca", tlsFields.string("ca"))
             let cert = tlsFields.required("cert", tlsFields.string("cert"))
@@ -242,8 +244,9 @@ extension SidecarConfig {
             if let d = f.duration("idle") { timeouts.idle = d }
             if let d = f.duration("drain") { timeouts.drain = d }
         }
-        if let f = reader.mapping(fields.node("limits"), "limits", known: ["maxHeaderBytes"]) {
+        if let f = reader.mapping(fields.node("limits"), "limits", known: ["maxHeaderBytes", "maxConnections"]) {
             if let n = f.int("maxHeaderBytes", range: 1024...(1 << 20)) { limits.maxHeaderBytes = n }
+            if let n = f.int("maxConnections", range: 1...1_000_000) { limits.maxConnections = n }
         }
         for (path, node) in reader.sequence(fields.node("listeners"), "listeners") {
             if let listener = Self.readGatewayListener(node, path, reader) { listeners.append(listener) }

@@ -11,8 +11,12 @@ public struct SidecarConfig: Sendable, Hashable, Encodable {
     public var zone: String?
     /// Event loops; 0 means one per core.
     public var threads: Int = 0
-    /// Admin listener: /metrics, /ready, /live, /config.
+    /// Admin listener: /metrics, /ready, /live open; /config and /tap for the controller
+    /// (over mTLS, its SPIFFE ID) or a holder of the admin token.
     public var admin: HostPort? = HostPort(host: "127.0.0.1", port: 9901)
+    /// File with the admin token for `/config` and `/tap` (`Authorization: Bearer`): read
+    /// if it exists, else created 0600 with 256 random bits. None: only the controller.
+    public var adminTokenFile: String?
     /// Static mTLS material shared by the inbound listener and `mesh` clusters.
     public var tls: TLSFiles?
     public var inbound: InboundConfig?
@@ -255,6 +259,9 @@ public struct ListenerTimeouts: Sendable, Hashable, Encodable {
 public struct Limits: Sendable, Hashable, Encodable {
     /// Largest request head (request line and headers) accepted; larger gets 431.
     public var maxHeaderBytes: Int = 64 * 1024
+    /// Connections each listener keeps open at most; more are closed at accept
+    /// (`connection_limit`), so a flood of idle connections cannot take every descriptor.
+    public var maxConnections: Int = 10_000
 
     public init() {}
 }

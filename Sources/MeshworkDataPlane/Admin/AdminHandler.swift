@@ -13,22 +13,89 @@ struct AdminEndpoints: Sendable {
     var isReady: @Sendable () -> Bool
     /// Live request metadata for `/tap`.
     var taps: TapHub
+    /// The bearer token that opens `/config` and `/tap` on a plaintext connection (nil:
+    /// they are the controller's alone).
+    var token: String?
 }
 
-/// The admin listener: `/metrics`, `/ready`, `/live`, `/config`, and `/tap` (a stream of
-/// request metadata, NDJSON). Small answers built whole; never on the data path.
+/// The admin listener: `/metrics`, `/ready`, `/live` for probes and scrapers, and the
+/// privileged `/config` (the effective config) and `/tap` (a stream of request metadata,
+/// NDJSON). Small answers built whole; never on the data path.
+///
+/// Who may use the privileged ones: the controller, over mTLS with its certificate from the
+/// mesh CA (SPIFFE ID `spiffe://<trust domain>/controller`; any other client certificate
+/// fails the handshake), or a local operator with the admin token (`Authorization: Bearer`,
+/// `adminTokenFile`). The listener tells TLS from plaintext by the first byte.
 final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let endpoints: AdminEndpoints
+    /// The connection is the controller's, authenticated by its handshake.
+    private let fromController: Bool
     private var head: HTTPRequestHead?
     private var tap: (subscriber: TapSubscriber, remaining: Int?, timer: Scheduled<Void>?)?
     /// How often a tap's queue is written out.
     static let tapInterval = TimeAmount.milliseconds(100)
 
-    init(endpoints: AdminEndpoints) {
+    init(endpoints: AdminEndpoints, fromController: Bool) {
         self.endpoints = endpoints
+        self.fromController = fromController
+    }
+
+    /// The pipeline of an accepted admin connection: TLS (the controller's only) or
+    /// plaintext HTTP/1.1, told apart by the first byte.
+    static func addPipeline(
+        to channel: any Channel,
+        endpoints: AdminEndpoints,
+        tls: MeshTLSSource?,
+        settings: ProxySettings
+    ) throws {
+        try channel.pipeline.syncOperations.addHandler(
+            HTTPVersionSniffer(classify: HTTPVersionSniffer.isTLS) { isTLS, channel in
+                let sync = channel.pipeline.syncOperations
+                if isTLS {
+                    // Only with a workload identity is there a trust domain whose controller
+                    // this sidecar knows.
+                    guard let tls, let own = tls.identity, let server = tls.serverHandler() else {
+                        throw MeshTLSUnavailable()
+                    }
+                    let controller = SPIFFEID.controller(trustDomain: own.trustDomain)
+                    try ListenerPipelines.addServerTLS(server, to: channel, settings: settings)
+                    try sync.addHandler(
+                        PeerIdentityHandler(peer: ConnectionPeer(), metrics: settings.metrics) { identity, _ in
+                            identity == controller
+                        }
+                    )
+                }
+                try sync.configureHTTPServerPipeline(withErrorHandling: true)
+                try sync.addHandler(AdminHandler(endpoints: endpoints, fromController: isTLS))
+            }
+        )
+    }
+
+    /// Whether `head` may read `/config` or open `/tap`.
+    private func isPrivileged(_ head: HTTPRequestHead) -> Bool {
+        if fromController { return true }
+        guard let token = endpoints.token, let header = head.headers.first(name: "authorization"),
+            header.hasPrefix("Bearer ")
+        else { return false }
+        return Self.constantTimeEqual(Array(header.utf8.dropFirst(7)), Array(token.utf8))
+    }
+
+    private static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for index in a.indices { difference |= a[index] ^ b[index] }
+        return difference == 0
+    }
+
+    private func refuse(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let reason =
+            endpoints.token == nil
+            ? "the controller's only: this sidecar has no admin token (adminTokenFile)\n"
+            : "needs the admin token: Authorization: Bearer <the adminTokenFile's token>\n"
+        send(.unauthorized, "text/plain", Array(reason.utf8), head: head, context: context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -159,6 +226,10 @@ final class AdminHandler: ChannelInboundHandler {
 
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        if path == "/tap" || path == "/config", !isPrivileged(head) {
+            refuse(head, context: context)
+            return
+        }
         if head.method == .GET, path == "/tap" {
             startTap(head, context: context)
             return

@@ -35,14 +35,19 @@ final class ListenerMetrics: Sendable {
     let bytesReceived: Counter
     let bytesSent: Counter
     private let errors: [String: Counter]
+    /// Connections open now, against `maxConnections` (touched at accept and close only).
+    let openConnections = Atomic<Int>(0)
+    let maxConnections: Int
 
     init(
         name: String,
         kind: String,
         registry: PrometheusCollectorRegistry,
-        histograms: LatencyHistograms = LatencyHistograms(loops: 1)
+        histograms: LatencyHistograms = LatencyHistograms(loops: 1),
+        maxConnections: Int = .max
     ) {
         self.name = name
+        self.maxConnections = maxConnections
         let labels = [("listener", name), ("kind", kind)]
         requests = StatusClass.allCases.map {
             registry.makeCounter(

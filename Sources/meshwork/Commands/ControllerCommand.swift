@@ -50,9 +50,15 @@ struct ControllerCommand: AsyncParsableCommand {
     @Flag(
         name: .long,
         help:
-            "Reads need a token too (operator token of any scope, or a sidecar credential); for APIs reachable beyond loopback."
+            "Reads need a token too (operator token of any scope, or a sidecar credential); the default when --listen is not a loopback address."
     )
     var protectReads = false
+
+    @Flag(
+        name: .long,
+        help: "Leave reads open on a non-loopback --listen address (anyone who reaches it sees the registry)."
+    )
+    var publicReads = false
 
     @Flag(
         name: .long,
@@ -149,7 +155,19 @@ struct ControllerCommand: AsyncParsableCommand {
         options.trustDomain = trustDomain
         options.authority = authority
         options.certificateLifetime = lifetime
-        options.protectReads = protectReads
+        if protectReads, publicReads { throw CommandFailure("--protect-reads and --public-reads exclude each other") }
+        options.protectReads = protectReads || (!publicReads && !address.isLoopback)
+        if options.protectReads, !protectReads {
+            logger.notice(
+                "the API listens beyond loopback: reads need a token too (--public-reads leaves them open)",
+                metadata: ["listen": "\(address)"]
+            )
+        } else if publicReads, !address.isLoopback {
+            logger.warning(
+                "reads are open to anyone who reaches the API (--public-reads)",
+                metadata: ["listen": "\(address)"]
+            )
+        }
         options.tls = tls
         options.dns = dnsAddress
         options.dnsZone = DNSZone.Options(

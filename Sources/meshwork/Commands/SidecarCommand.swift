@@ -115,8 +115,15 @@ struct SidecarFlags: ParsableArguments {
     @Option(name: .long, help: "HTTP_PROXY listener: apps call http://<service>/ through it.")
     var httpProxy: String?
 
-    @Option(name: .long, help: "Admin listener (/metrics, /ready, /live, /config).")
+    @Option(name: .long, help: "Admin listener (/metrics, /ready, /live, /config, /tap).")
     var admin: String?
+
+    @Option(
+        name: .long,
+        help:
+            "File with the token for the admin /config and /tap (created 0600 if missing; default: none, only the controller)."
+    )
+    var adminTokenFile: String?
 
     @Option(name: .long, help: "This instance's zone.")
     var zone: String?
@@ -165,6 +172,7 @@ struct SidecarFlags: ParsableArguments {
         if let service { sidecarConfig.service = service }
         if let zone { sidecarConfig.zone = zone }
         if let admin { sidecarConfig.admin = try address(admin, "admin") }
+        if let adminTokenFile { sidecarConfig.adminTokenFile = adminTokenFile }
         if let appPort {
             guard (1...65535).contains(appPort) else { throw CommandFailure("--app-port: must be between 1 and 65535") }
             let listen = try inbound.map { try address($0, "inbound") } ?? HostPort(host: "127.0.0.1", port: 0)

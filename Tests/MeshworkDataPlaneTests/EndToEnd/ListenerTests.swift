@@ -30,6 +30,58 @@ struct ListenerTests {
         }
     }
 
+    /// `limits.maxConnections` per listener: past it a connection is closed at accept and
+    /// counted as `connection_limit`; the open ones keep working, and a closed one frees
+    /// its place.
+    @Test func aListenerKeepsAtMostMaxConnectionsOpen() async throws {
+        let threeConnections: (inout SidecarConfig) -> Void = { $0.limits.maxConnections = 3 }
+        try await TestMesh.withAppBehindSidecar(configure: threeConnections) { app, sidecar in
+            let port = sidecar.addresses["upstream:orders"]?.port ?? 0
+            let script = """
+                import json, socket
+                def connect():
+                    return socket.create_connection(("127.0.0.1", \(port)), timeout=5)
+                def get(s):
+                    s.sendall(b"GET / HTTP/1.1\\r\\nHost: orders\\r\\n\\r\\n")
+                    return s.recv(65536).startswith(b"HTTP/1.1 200")
+                def closed(s):
+                    s.settimeout(2)
+                    try:
+                        return s.recv(1) == b""
+                    except socket.timeout:
+                        return False
+                    except ConnectionResetError:
+                        return True
+                held = [connect() for _ in range(3)]
+                result = {"held_answered": all(get(s) for s in held)}
+                extra = connect()
+                result["extra_closed"] = closed(extra)
+                result["held_still_answered"] = get(held[0])
+                held.pop().close()
+                import time; time.sleep(0.3)
+                fresh = connect()
+                result["fresh_answered"] = get(fresh)
+                print(json.dumps(result))
+                """
+            let result = try await Command.run(["python3", "-c", script])
+            #expect(result.exitCode == 0, "\(result.output)")
+            let fields = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Bool]
+            #expect(
+                fields
+                    == [
+                        "held_answered": true, "extra_closed": true, "held_still_answered": true,
+                        "fresh_answered": true,
+                    ],
+                "\(result.output)"
+            )
+            #expect(
+                sidecar.metric(
+                    #"meshwork_listener_mesh_errors_total{listener="upstream:orders",kind="upstream",reason="connection_limit"}"#
+                ) == 1
+            )
+        }
+    }
+
     @Test func keepAliveReusesOneUpstreamConnection() async throws {
         try await TestMesh.withAppBehindSidecar { app, sidecar in
             // One curl, five requests on one downstream connection (and one loop).

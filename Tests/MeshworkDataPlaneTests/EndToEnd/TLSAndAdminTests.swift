@@ -110,8 +110,13 @@ struct TLSAndAdminTests {
         var config = TestMesh.baseConfig("web")
         config.clusters = [TestMesh.cluster("orders", .http1, [])]
         config.upstreams = [UpstreamConfig(listen: TestMesh.any(), cluster: "orders")]
+        let tokenFile = FileManager.default.temporaryDirectory.appendingPathComponent("mw-admin-\(UUID())").path
+        config.adminTokenFile = tokenFile
         let sidecar = try await TestMesh.startSidecar(config)
-        defer { Task { await sidecar.stop() } }
+        defer {
+            Task { await sidecar.stop() }
+            try? FileManager.default.removeItem(atPath: tokenFile)
+        }
         _ = try await Curl.get(sidecar.url("upstream:orders"))
 
         let ready = try await Curl.get(sidecar.url("admin", "/ready"))
@@ -125,7 +130,10 @@ struct TLSAndAdminTests {
         )
         #expect(metrics.text.contains("# TYPE meshwork_listener_request_duration_seconds histogram"))
 
-        let configJSON = try await Curl.get(sidecar.url("admin", "/config"))
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let configJSON = try await Curl.run(["-H", "Authorization: Bearer \(token)", sidecar.url("admin", "/config")])
         #expect(configJSON.status == 200)
         let object = try JSONSerialization.jsonObject(with: configJSON.body) as? [String: Any]
         let clusters = object?["clusters"] as? [[String: Any]]

@@ -55,7 +55,14 @@ struct TapTests {
         var ctls: [BackgroundCtl] = []
         defer { controller.remove() }
         do {
-            let server = try await startServer("orders", app: orders, controller: controller)
+            let adminToken = controller.dataDirectory + "-orders-admin-token"
+            defer { try? FileManager.default.removeItem(atPath: adminToken) }
+            let server = try await startServer(
+                "orders",
+                app: orders,
+                controller: controller,
+                extra: ["--admin-token-file", adminToken]
+            )
             sidecars.append(server)
             let web = try await startClient("web", calling: "orders", controller: controller)
             sidecars.append(web)
@@ -72,6 +79,7 @@ struct TapTests {
             // Everything orders receives: 10 slow GETs and 3 failing POSTs (not retried).
             let all = try BackgroundCtl([
                 "tap", "orders", "--limit", "13", "-o", "json", "--controller", controller.url,
+                "--token-file", controller.dataDirectory + "/token",
             ])
             ctls.append(all)
             try #require(try await all.wait { $0.errors.contains("tapping 1 instance(s) of orders") }, "\(all.errors)")
@@ -95,6 +103,7 @@ struct TapTests {
             // Filtered in the sidecar: only the failures, as a table.
             let failures = try BackgroundCtl([
                 "tap", "orders", "--status", "5xx", "--limit", "2", "--controller", controller.url,
+                "--token-file", controller.dataDirectory + "/token",
             ])
             ctls.append(failures)
             try #require(try await failures.wait { $0.errors.contains("tapping 1 instance(s)") }, "\(failures.errors)")
@@ -110,6 +119,7 @@ struct TapTests {
             // ctl top: the busiest routes, counted.
             let top = try BackgroundCtl([
                 "top", "orders", "--interval", "1", "--iterations", "8", "--controller", controller.url,
+                "--token-file", controller.dataDirectory + "/token",
             ])
             ctls.append(top)
             try #require(try await top.wait { $0.output.contains("1 instance(s)") }, "\(top.output) \(top.errors)")
@@ -125,16 +135,26 @@ struct TapTests {
 
             // Refusals: a bad filter names the parameter; a service nobody taps is a 404.
             let bad = try await Command.run(
-                [CLITests.binary, "ctl", "tap", "orders", "--status", "7xx", "--controller", controller.url]
+                [
+                    CLITests.binary, "ctl", "tap", "orders", "--status", "7xx", "--controller", controller.url,
+                    "--token-file", controller.dataDirectory + "/token",
+                ]
             )
             #expect(bad.exitCode != 0 && bad.output.contains("status: expected a class like 5xx"), "\(bad.output)")
             let unknown = try await Command.run(
-                [CLITests.binary, "ctl", "tap", "payments", "--controller", controller.url]
+                [
+                    CLITests.binary, "ctl", "tap", "payments", "--controller", controller.url,
+                    "--token-file", controller.dataDirectory + "/token",
+                ]
             )
             #expect(unknown.exitCode != 0 && unknown.output.contains("404"), "\(unknown.output)")
             // The sidecar forgets the taps once their readers are gone.
-            let metrics = try await Curl.get("http://127.0.0.1:\(server.port("admin") ?? 0)/tap?status=9xx")
-            #expect(metrics.status == 400 && metrics.text.contains("status"))
+            let metrics = try await Curl.run([
+                "-H",
+                "Authorization: Bearer \(try String(contentsOfFile: adminToken, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))",
+                "http://127.0.0.1:\(server.port("admin") ?? 0)/tap?status=9xx",
+            ])
+            #expect(metrics.status == 400 && metrics.text.contains("status"), "\(metrics.text)")
         } catch {
             Issue.record("\(error)")
         }

@@ -163,6 +163,35 @@ extension ControllerProcess {
         return file
     }
 
+    /// A workload certificate for `service`, as a sidecar gets one (openssl makes the key
+    /// and CSR; a join token pays for it): PEM files in `directory`, and the credential.
+    func issueWorkload(
+        _ service: String,
+        in directory: String
+    ) async throws -> (certificate: String, key: String, credential: String) {
+        let key = directory + "/\(service).key"
+        let csr = directory + "/\(service).csr"
+        let made = try await Command.run([
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", "/CN=workload",
+        ])
+        try #require(made.exitCode == 0, "\(made.output)")
+        let body = try JSONSerialization.data(withJSONObject: [
+            "csr": try String(contentsOfFile: csr, encoding: .utf8), "token": try await joinToken(service),
+        ])
+        let issued = try await call(
+            "POST",
+            "/v1/certificates",
+            body: String(decoding: body, as: UTF8.self),
+            authorized: false
+        )
+        let fields = try #require(try JSONSerialization.jsonObject(with: issued.body) as? [String: Any])
+        let certificate = directory + "/\(service).pem"
+        try #require(fields["certificate"] as? String, "\(issued.text)")
+            .write(toFile: certificate, atomically: true, encoding: .utf8)
+        return (certificate, key, try #require(fields["credential"] as? String))
+    }
+
     /// The value of one sample of the controller's /metrics (0 when absent).
     func metric(_ sample: String) async throws -> Double {
         let text = try await call("GET", "/metrics", authorized: false).text
