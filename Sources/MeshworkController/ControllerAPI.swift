@@ -23,6 +23,8 @@ struct ControllerAPI {
     let logger: Logger
 
     static let maxBody = 1 << 20
+    /// The largest count one telemetry report may carry per class or latency bucket.
+    static let maxReportedCount: UInt64 = 1 << 40
 
     func router() -> Router<BasicRequestContext> {
         let router = Router()
@@ -86,7 +88,15 @@ struct ControllerAPI {
             let report = try validated { () throws(ConfigErrors) in
                 try Self.parseTelemetry(text, service: instance.service)
             }
-            telemetry.add(report, instance: id)
+            do {
+                if try telemetry.add(report, instance: id) > 0 { metrics.refused("telemetry_series_quota") }
+            } catch {
+                metrics.refused("telemetry_rate_limited")
+                throw APIError(
+                    status: .tooManyRequests,
+                    message: "telemetry reports come at most 10 a second per instance"
+                )
+            }
             return Response(status: .noContent)
         }
         v1.delete("instances/:id") { request, context in
@@ -329,12 +339,44 @@ struct ControllerAPI {
     }
 
     func body(_ request: inout Request) async throws -> String {
+        let buffer: ByteBuffer
         do {
-            let buffer = try await request.collectBody(upTo: Self.maxBody)
-            return String(buffer: buffer)
+            buffer = try await request.collectBody(upTo: Self.maxBody)
         } catch {
             throw APIError(status: .contentTooLarge, message: "request body over \(Self.maxBody) bytes")
         }
+        // Decoding would put U+FFFD in place of bad bytes, and the registry would store
+        // names nobody sent: the body is refused instead, with where the bytes are.
+        guard let text = String(validating: buffer.readableBytesView, as: UTF8.self) else {
+            throw APIError(
+                status: .badRequest,
+                message: "invalid body",
+                errors: [Self.invalidUTF8(buffer.readableBytesView)]
+            )
+        }
+        return text
+    }
+
+    /// Where the first byte sequence that is not UTF-8 starts: line, column and offset.
+    static func invalidUTF8(_ bytes: ByteBufferView) -> ConfigError {
+        var offset = 0
+        var line = 1
+        var column = 1
+        var iterator = bytes.makeIterator()
+        var decoder = UTF8()
+        while case .scalarValue(let scalar) = decoder.decode(&iterator) {
+            offset += UTF8.width(scalar)
+            if scalar == "\n" {
+                line += 1
+                column = 1
+            } else {
+                column += 1
+            }
+        }
+        return ConfigError(
+            path: "",
+            reason: "the body is not valid UTF-8: bad bytes at line \(line), column \(column) (byte \(offset))"
+        )
     }
 
     /// A telemetry report, checked: its service is the instance's, and its sizes are bounded.
@@ -367,6 +409,23 @@ struct ControllerAPI {
             }
             if edge.peer.isEmpty || edge.peer.utf8.count > 253 {
                 errors.append(ConfigError(path: "edges[\(index)].peer", reason: "must be 1 to 253 bytes"))
+            }
+            // More than 2^40 responses in one report (an hour at most) is no sidecar's.
+            if edge.classes.contains(where: { $0 > Self.maxReportedCount }) {
+                errors.append(
+                    ConfigError(
+                        path: "edges[\(index)].classes",
+                        reason: "each count must be at most \(Self.maxReportedCount)"
+                    )
+                )
+            }
+            if edge.latency.contains(where: { $0.count == 2 && $0[1] > Self.maxReportedCount }) {
+                errors.append(
+                    ConfigError(
+                        path: "edges[\(index)].latency",
+                        reason: "each count must be at most \(Self.maxReportedCount)"
+                    )
+                )
             }
         }
         guard errors.isEmpty else { throw ConfigErrors(errors) }

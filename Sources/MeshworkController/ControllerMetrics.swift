@@ -10,7 +10,7 @@ final class ControllerMetrics: Sendable {
 
     static let refusalReasons = [
         "unauthenticated", "forbidden", "join_token_invalid", "join_token_expired", "join_token_used",
-        "csr_invalid", "renewal_invalid", "invalid_resource",
+        "csr_invalid", "renewal_invalid", "invalid_resource", "telemetry_rate_limited", "telemetry_series_quota",
     ]
 
     init() {

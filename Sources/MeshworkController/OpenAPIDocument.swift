@@ -59,7 +59,7 @@ enum OpenAPIDocument {
                 "ports": {"type": "array", "items": {"type": "integer"}},
                 "paths": {"type": "array", "items": {"type": "string"}, "description": "path prefixes"},
                 "methods": {"type": "array", "items": {"type": "string"}}}},
-              "Mesh": {"type": "object", "properties": {"defaultAuthorization": {"enum": ["allow", "deny"], "default": "allow"}}},
+              "Mesh": {"type": "object", "properties": {"defaultAuthorization": {"enum": ["allow", "deny"], "default": "allow"}, "requireMTLS": {"type": "boolean", "default": false, "description": "every sidecar refuses plaintext peers; one without an identity refuses to start"}}},
               "TelemetryReport": {"type": "object", "required": ["service", "seconds", "edges"], "properties": {
                 "service": {"type": "string", "description": "the instance's service"},
                 "seconds": {"type": "number", "description": "the interval covered"},

@@ -6,11 +6,23 @@ import NIOConcurrencyHelpers
 /// callee), 10-second slots for the last 10 minutes. Memory is bounded whatever the
 /// traffic: a fixed number of slots per series, each with five counters and a sparse
 /// histogram of at most a few hundred buckets; series with nothing in the last 10 minutes
-/// are dropped; peers per instance are capped by the sidecar.
+/// are dropped.
+///
+/// Bounded per instance too, so one misbehaving credential cannot starve the others: each
+/// instance keeps at most `maxPeersPerInstance` edges (new peers beyond are dropped and
+/// counted), sends at most `reportsPerSecond` reports (a burst of `reportBurst`; more are
+/// refused), and latencies are quantized to two significant digits (at most a few hundred
+/// buckets per slot whatever values it sends). Counts add saturating: a report can make a
+/// figure wrong, never the controller crash.
 final class TelemetryStore: Sendable {
     static let slotSeconds = 10
     static let slots = 60
     static let maxSeries = 50_000
+    static let maxPeersPerInstance = 256
+    static let reportBurst = 20.0
+    /// Reports per second an instance may send (a sidecar sends at most 10: its
+    /// shortest `telemetryInterval` is 100ms).
+    static let reportsPerSecond = 10.0
 
     private struct Slot {
         var index: Int
@@ -18,8 +30,11 @@ final class TelemetryStore: Sendable {
         var latency: [UInt64: UInt64] = [:]
 
         mutating func add(_ edge: EdgeReport) {
-            for (i, count) in edge.classes.prefix(5).enumerated() { classes[i] += count }
-            for pair in edge.latency where pair.count == 2 { latency[pair[0], default: 0] += pair[1] }
+            for (i, count) in edge.classes.prefix(5).enumerated() { classes[i] = saturating(classes[i], count) }
+            for pair in edge.latency where pair.count == 2 {
+                let micros = TelemetryStore.quantize(pair[0])
+                latency[micros] = saturating(latency[micros] ?? 0, pair[1])
+            }
         }
     }
 
@@ -41,8 +56,37 @@ final class TelemetryStore: Sendable {
         case edge(source: String, target: String)
     }
 
-    private let series = NIOLockedValueBox<[Key: Series]>([:])
+    private struct Reporter {
+        var peers: Set<String> = []
+        var tokens = TelemetryStore.reportBurst
+        var lastSecond: Int
+    }
+
+    private struct State {
+        var series: [Key: Series] = [:]
+        var reporters: [String: Reporter] = [:]
+    }
+
+    /// Why a report was not (wholly) taken.
+    enum Refusal: Error {
+        case rateLimited
+    }
+
+    private let state = NIOLockedValueBox(State())
     private let now: @Sendable () -> Int
+
+    /// `micros` to two significant digits (the highest value of its bucket), like the
+    /// merged histograms: 1234 -> 1239, 56789 -> 56999.
+    static func quantize(_ micros: UInt64) -> UInt64 {
+        var scale: UInt64 = 1
+        var value = micros
+        while value >= 100 {
+            value /= 10
+            scale *= 10
+        }
+        let (high, overflow) = (value * scale).addingReportingOverflow(scale - 1)
+        return overflow ? .max : high
+    }
 
     /// `now`: seconds on a monotonic clock.
     init(now: @escaping @Sendable () -> Int) {
@@ -50,27 +94,54 @@ final class TelemetryStore: Sendable {
     }
 
     /// Adds one sidecar's report. The instance's own service is its callee for every
-    /// inbound edge (the server side's view, as `linkerd viz stat` shows).
-    func add(_ report: TelemetryReport, instance: String) {
+    /// inbound edge (the server side's view, as `linkerd viz stat` shows). Returns how many
+    /// edges were dropped by the instance's peer quota; throws when the instance reports
+    /// faster than `reportsPerSecond` beyond its burst.
+    @discardableResult
+    func add(_ report: TelemetryReport, instance: String) throws(Refusal) -> Int {
         let now = self.now()
         let slot = now / Self.slotSeconds
         let began = now - Int(report.seconds.rounded(.up))
-        series.withLockedValue { series in
+        let dropped = state.withLockedValue { (state: inout State) -> Int? in
+            var reporter = state.reporters[instance] ?? Reporter(lastSecond: now)
+            reporter.tokens = min(
+                Self.reportBurst,
+                reporter.tokens + Self.reportsPerSecond * Double(now - reporter.lastSecond)
+            )
+            reporter.lastSecond = now
+            guard reporter.tokens >= 1 else {
+                state.reporters[instance] = reporter
+                return nil
+            }
+            reporter.tokens -= 1
+            var dropped = 0
             for edge in report.edges where edge.direction == "inbound" {
+                if !reporter.peers.contains(edge.peer) {
+                    guard reporter.peers.count < Self.maxPeersPerInstance else {
+                        dropped += 1
+                        continue
+                    }
+                    reporter.peers.insert(edge.peer)
+                }
                 let keys: [Key] = [
                     .instance(service: report.service, id: instance),
                     .edge(source: edge.peer, target: report.service),
                 ]
                 for key in keys {
-                    if series[key] == nil, series.count >= Self.maxSeries { continue }
-                    series[key, default: Series(firstSecond: began)].add(edge, at: slot)
+                    if state.series[key] == nil, state.series.count >= Self.maxSeries { continue }
+                    state.series[key, default: Series(firstSecond: began)].add(edge, at: slot)
                 }
             }
-            // Forget what has nothing left in the window.
-            if series.count > 64, slot % 6 == 0 {
-                series = series.filter { ($0.value.slots.last?.index ?? 0) > slot - Self.slots }
+            state.reporters[instance] = reporter
+            // Forget what has nothing left in the window, and reporters gone as long.
+            if state.series.count > 64, slot % 6 == 0 {
+                state.series = state.series.filter { ($0.value.slots.last?.index ?? 0) > slot - Self.slots }
+                state.reporters = state.reporters.filter { now - $0.value.lastSecond < Self.slots * Self.slotSeconds }
             }
+            return dropped
         }
+        guard let dropped else { throw .rateLimited }
+        return dropped
     }
 
     /// Golden metrics per service (with its instances) over the last `window` seconds.
@@ -114,14 +185,16 @@ final class TelemetryStore: Sendable {
         let current = now / Self.slotSeconds
         let slotCount = max(1, min(Self.slots, (windowSeconds + Self.slotSeconds - 1) / Self.slotSeconds))
         let oldest = current - slotCount + 1
-        let all = series.withLockedValue { $0 }
+        let all = state.withLockedValue { $0.series }
         var byService: [String: [Merged]] = [:]
         for (key, value) in all {
             guard case .instance(let service, _) = key else { continue }
             var slots = byService[service] ?? Array(repeating: Merged(), count: slotCount)
             for slot in value.slots where slot.index >= oldest && slot.index <= current {
                 let i = slot.index - oldest
-                for c in slots[i].classes.indices { slots[i].classes[c] += slot.classes[c] }
+                for c in slots[i].classes.indices {
+                    slots[i].classes[c] = saturating(slots[i].classes[c], slot.classes[c])
+                }
                 for (micros, count) in slot.latency { _ = slots[i].latency.record(micros, count: count) }
             }
             byService[service] = slots
@@ -153,13 +226,13 @@ final class TelemetryStore: Sendable {
         var seconds = 0
 
         mutating func add(_ other: Merged) {
-            for i in classes.indices { classes[i] += other.classes[i] }
+            for i in classes.indices { classes[i] = saturating(classes[i], other.classes[i]) }
             latency.add(other.latency)
             seconds = max(seconds, other.seconds)
         }
 
         func golden() -> GoldenMetrics {
-            let requests = classes.reduce(0, +)
+            let requests = classes.reduce(0, saturating)
             func ms(_ percentile: Double) -> Double? {
                 latency.totalCount == 0 ? nil : Double(latency.valueAtPercentile(percentile)) / 1000
             }
@@ -180,15 +253,15 @@ final class TelemetryStore: Sendable {
         let current = now / Self.slotSeconds
         let slotCount = max(1, min(Self.slots, (windowSeconds + Self.slotSeconds - 1) / Self.slotSeconds))
         let oldest = current - slotCount + 1
-        let all = series.withLockedValue { $0 }
+        let all = state.withLockedValue { $0.series }
         var result: [Key: Merged] = [:]
         for (key, value) in all {
             var merged = Merged()
             for slot in value.slots where slot.index >= oldest {
-                for i in merged.classes.indices { merged.classes[i] += slot.classes[i] }
+                for i in merged.classes.indices { merged.classes[i] = saturating(merged.classes[i], slot.classes[i]) }
                 for (micros, count) in slot.latency { _ = merged.latency.record(micros, count: count) }
             }
-            guard merged.classes.reduce(0, +) > 0 else { continue }
+            guard merged.classes.contains(where: { $0 > 0 }) else { continue }
             // The rate's denominator: the window, or as much of it as the series has lived.
             let windowStart = now - slotCount * Self.slotSeconds
             merged.seconds = max(1, now - max(windowStart, value.firstSecond))
@@ -196,4 +269,10 @@ final class TelemetryStore: Sendable {
         }
         return result
     }
+}
+
+/// `a + b`, or the largest value when that overflows.
+private func saturating(_ a: UInt64, _ b: UInt64) -> UInt64 {
+    let (sum, overflow) = a.addingReportingOverflow(b)
+    return overflow ? .max : sum
 }

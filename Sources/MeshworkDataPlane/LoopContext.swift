@@ -23,6 +23,9 @@ final class LoopContext {
     /// everyone until it learns who may call.
     var awaitingAuthorization = false
     var authorizationMetrics: AuthorizationMetrics?
+    /// The mesh requires mTLS on every hop (`kind: Mesh`, pushed): plaintext callers are
+    /// refused, and so are mesh calls this sidecar could only make in plaintext.
+    var requireMTLS = false
     /// This loop's share of the edge telemetry.
     var edges: EdgeTelemetry.Shard?
     /// W3C trace context and span recording (nil: tracing is off).

@@ -13,7 +13,7 @@ extension MeshError {
         switch self {
         case .upstreamTimeout: return GRPCStatus.deadlineExceeded
         case .noRoute: return GRPCStatus.unimplemented
-        case .unauthorized: return GRPCStatus.permissionDenied
+        case .unauthorized, .mtlsRequired: return GRPCStatus.permissionDenied
         case .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited,
             .concurrencyLimited, .headerTooLarge:
             return GRPCStatus.resourceExhausted

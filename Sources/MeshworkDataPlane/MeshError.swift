@@ -28,6 +28,8 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case tlsHandshakeFailed = "tls_handshake_failed"
         case peerIdentityMismatch = "peer_identity_mismatch"
         case connectionLimit = "connection_limit"
+        case keepAliveTimeout = "keepalive_timeout"
+        case mtlsRequired = "mtls_required"
     }
 
     private let code: Code
@@ -91,6 +93,12 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A listener already had `limits.maxConnections` open: the new connection is closed
     /// at accept, and counted.
     public static let connectionLimit = MeshError(.connectionLimit)
+    /// An HTTP/2 peer answered neither a keepalive PING nor anything else in time: its
+    /// connection is closed, and counted.
+    public static let keepAliveTimeout = MeshError(.keepAliveTimeout)
+    /// The mesh requires mTLS (`kind: Mesh`, `requireMTLS: true`): a plaintext caller is
+    /// refused inbound, and a sidecar without an identity makes no plaintext mesh hop.
+    public static let mtlsRequired = MeshError(.mtlsRequired)
 
     /// Every reason, for pre-creating metrics.
     public static let all: [MeshError] = [
@@ -98,6 +106,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         .badRequest, .badPath, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
         .unauthorized, .notReady, .tlsHandshakeFailed, .peerIdentityMismatch, .connectionLimit,
+        .keepAliveTimeout, .mtlsRequired,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -107,10 +116,10 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         switch code {
         case .noRoute: return .notFound
         case .noHealthyEndpoint, .notReady, .overflowConnections, .overflowPending, .overflowRequests, .throttled,
-            .concurrencyLimited, .connectionLimit:
+            .concurrencyLimited, .connectionLimit, .keepAliveTimeout:
             return .serviceUnavailable
         case .rateLimited: return .tooManyRequests
-        case .unauthorized: return .forbidden
+        case .unauthorized, .mtlsRequired: return .forbidden
         case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported, .tlsHandshakeFailed,
             .peerIdentityMismatch:
             return .badGateway

@@ -229,6 +229,7 @@ public actor Sidecar: Service {
     /// on every event loop, without dropping connections or in-flight requests. Instances
     /// whose address does not resolve are left out (and logged).
     public func apply(_ state: DiscoveryState) {
+        applyMTLSRequirement(state.mesh)
         applyAuthorization(state)
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
@@ -268,6 +269,26 @@ public actor Sidecar: Service {
                     contexts.all[index].clusters[name]?.update(update, addresses: resolved)
                 }
             }
+        }
+    }
+
+    private var appliedRequireMTLS = false
+
+    /// The mesh-wide mTLS requirement onto every loop.
+    private func applyMTLSRequirement(_ mesh: MeshSettings) {
+        guard mesh.requireMTLS != appliedRequireMTLS else { return }
+        appliedRequireMTLS = mesh.requireMTLS
+        if mesh.requireMTLS, meshTLS == nil {
+            logger.error(
+                "the mesh requires mTLS and this sidecar has no identity (no join token, no TLS files): every mesh hop is refused"
+            )
+        } else {
+            logger.info("mesh mTLS requirement", metadata: ["requireMTLS": "\(mesh.requireMTLS)"])
+        }
+        let required = mesh.requireMTLS
+        let contexts = self.contexts
+        for (index, context) in contexts.all.enumerated() {
+            context.loop.execute { contexts.all[index].requireMTLS = required }
         }
     }
 
@@ -363,6 +384,7 @@ public actor Sidecar: Service {
                 headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
                 tlsHandshakeTimeout: .nanoseconds(timeouts.tlsHandshake.nanoseconds),
                 idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
+                keepAliveInterval: .nanoseconds(timeouts.keepAlive.nanoseconds),
                 maxHeaderBytes: config.limits.maxHeaderBytes,
                 restoresProtocol: restores
             )
@@ -382,6 +404,10 @@ public actor Sidecar: Service {
                     let serverTLS = tls?.serverHandler()
                     if tls != nil, serverTLS == nil {
                         throw MeshTLSUnavailable()
+                    }
+                    if serverTLS == nil, contexts.context(for: channel.eventLoop).requireMTLS {
+                        proxy.metrics.countError(.mtlsRequired)
+                        throw MeshError.mtlsRequired
                     }
                     switch (inbound.protocol, serverTLS) {
                     case (.tcp, let serverTLS):
@@ -442,12 +468,20 @@ public actor Sidecar: Service {
                 let proxy = settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false)
                 let (upstreamTLS, connectTimeout) = tcpUpstream(upstream.cluster)
                 let clusterName = upstream.cluster
+                let plaintextMesh =
+                    upstreamTLS == nil
+                    && (config.allClusters.first { $0.name == clusterName } ?? ClusterConfig.discovered(clusterName))
+                        .protocol == .mesh
                 try await bind(name, upstream.listen) { channel in
                     try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
                     switch upstream.protocol {
                     case .http:
                         try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
                     case .tcp:
+                        if plaintextMesh, contexts.context(for: channel.eventLoop).requireMTLS {
+                            proxy.metrics.countError(.mtlsRequired)
+                            throw MeshError.mtlsRequired
+                        }
                         try Self.addClusterTCPProxy(
                             to: channel,
                             cluster: clusterName,

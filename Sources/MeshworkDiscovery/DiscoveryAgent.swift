@@ -43,6 +43,15 @@ public actor DiscoveryAgent: Service {
     var renewSoon = false
     /// Whether the controller's roots came from the join token's pin.
     var pinnedTrust = false
+    /// Why the sidecar must stop (the mesh requires mTLS and it has no identity).
+    private let (fatal, fatalContinuation) = AsyncStream.makeStream(of: MTLSRequired.self)
+
+    /// `kind: Mesh` requires mTLS and this sidecar has neither a join token nor TLS files.
+    public struct MTLSRequired: Error, CustomStringConvertible {
+        public var description: String {
+            "the mesh requires mTLS (kind: Mesh, requireMTLS: true) and this sidecar has no identity: give it a join token (--join-token-file) or tls files"
+        }
+    }
 
     public init(config: SidecarConfig, sidecar: Sidecar, group: any EventLoopGroup, logger: Logger) throws {
         guard let link = config.controller else {
@@ -111,6 +120,7 @@ public actor DiscoveryAgent: Service {
 
     private func runUntilShutdown() async throws {
         await loadCache()
+        if hasState, state.mesh.requireMTLS, sidecar.meshTLS == nil { throw MTLSRequired() }
         try await withGracefulShutdownHandler {
             // A sidecar with a join token gets its certificate first: without it, it can
             // neither serve nor call peers (its inbound refuses connections until then).
@@ -118,7 +128,10 @@ public actor DiscoveryAgent: Service {
                 try await bootstrapIdentity()
                 if stopping { return }
             }
-            await withDiscardingTaskGroup { group in
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask {
+                    for await refusal in self.fatal { throw refusal }
+                }
                 if workload != nil {
                     group.addTask { await self.renewalLoop() }
                 }
@@ -149,6 +162,7 @@ public actor DiscoveryAgent: Service {
 
     private func stopped() {
         stopping = true
+        fatalContinuation.finish()
         currentWatch?.cancel()
         wakeAll()
     }
@@ -256,6 +270,12 @@ public actor DiscoveryAgent: Service {
         case .trustBundle(let bundle, let activeRoot):
             trustBundleChanged(bundle, activeRoot: activeRoot)
             return
+        }
+        if !hasState, state.mesh.requireMTLS, sidecar.meshTLS == nil {
+            // Refuses to start: the first state says no hop may be plaintext.
+            logger.error("\(MTLSRequired())")
+            fatalContinuation.yield(MTLSRequired())
+            stopped()  // every loop ends; the refusal, queued first, is what the agent throws
         }
         hasState = true
         await sidecar.apply(state)

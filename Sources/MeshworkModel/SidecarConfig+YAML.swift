@@ -237,11 +237,18 @@ extension SidecarConfig {
         if let f = reader.mapping(
             fields.node("timeouts"),
             "timeouts",
-            known: ["headerRead", "tlsHandshake", "idle", "drain"]
+            known: ["headerRead", "tlsHandshake", "idle", "keepAlive", "drain"]
         ) {
             if let d = f.duration("headerRead") { timeouts.headerRead = d }
             if let d = f.duration("tlsHandshake") { timeouts.tlsHandshake = d }
             if let d = f.duration("idle") { timeouts.idle = d }
+            if let d = f.duration("keepAlive") {
+                if d.duration >= .milliseconds(100) {
+                    timeouts.keepAlive = d
+                } else {
+                    reader.fail(f.path("keepAlive"), "must be at least 100ms")
+                }
+            }
             if let d = f.duration("drain") { timeouts.drain = d }
         }
         if let f = reader.mapping(fields.node("limits"), "limits", known: ["maxHeaderBytes", "maxConnections"]) {

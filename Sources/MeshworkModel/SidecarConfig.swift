@@ -250,6 +250,9 @@ public struct ListenerTimeouts: Sendable, Hashable, Encodable {
     public var tlsHandshake: TimeSpan = .seconds(10)
     /// A downstream connection with no request in flight is closed after this long.
     public var idle: TimeSpan = .seconds(300)
+    /// An HTTP/2 client that sent nothing for this long is PINGed, and its connection
+    /// closed if it stays silent 20 s more (or this long, if shorter).
+    public var keepAlive: TimeSpan = .seconds(120)
     /// On SIGTERM, in-flight requests get this long to finish.
     public var drain: TimeSpan = .seconds(15)
 

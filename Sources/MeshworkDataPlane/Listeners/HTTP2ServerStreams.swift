@@ -7,7 +7,14 @@ import NIOHTTP2
 /// driven directly, without a child channel, codec and pipeline per stream (the server-side
 /// twin of `HTTP2ClientStreams`; see there for flow control). It also drains the
 /// connection: on `ChannelShouldQuiesceEvent` it sends GOAWAY, lets open streams finish and
-/// closes once the last one has.
+/// closes once the last one has. And it bounds the connection's life without streams: the
+/// first HEADERS must come within `headerReadTimeout` of the connection, and a connection
+/// with no open stream for `idleTimeout` is closed (GOAWAY first); a peer that sends
+/// nothing for `keepAliveInterval` is PINGed, and closed if it still sends nothing (not
+/// even the PING's ACK) within `keepAliveAckTimeout`. Written here rather than with
+/// `NIOHTTP2ServerConnectionManagementHandler` because this handler already counts the
+/// streams and drains, and the pipeline is built after the channel is active, when that
+/// handler's timers would never start.
 final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundIn = HTTP2Frame
@@ -23,6 +30,15 @@ final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
     private var draining = false
     private(set) var localAddress: SocketAddress?
     private(set) var remoteAddress: SocketAddress?
+    /// The first-HEADERS deadline, then the idle timer while no stream is open.
+    private var idleTimer: Scheduled<Void>?
+    private var keepAliveTimer: Scheduled<Void>?
+    /// Whether any frame arrived since the keepalive timer last looked.
+    private var readSinceKeepAliveCheck = false
+    private var pingOutstanding = false
+    private var highestStreamID = HTTP2StreamID(0)
+    /// How long a peer has to answer a keepalive PING.
+    static let keepAliveAckTimeout = TimeAmount.seconds(20)
 
     init(settings: ProxySettings, loop: LoopContext, peer: ConnectionPeer?, streamWindow: Int) {
         self.settings = settings
@@ -35,28 +51,98 @@ final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
         self.context = context
         localAddress = context.channel.localAddress
         remoteAddress = context.channel.remoteAddress
+        armIdleTimer(after: settings.headerReadTimeout, context: context)
+        armKeepAlive(after: settings.keepAliveInterval, context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        cancelTimers()
         self.context = nil
+    }
+
+    private func cancelTimers() {
+        idleTimer?.cancel()
+        idleTimer = nil
+        keepAliveTimer?.cancel()
+        keepAliveTimer = nil
+    }
+
+    // MARK: connection timers
+
+    private func armIdleTimer(after timeout: TimeAmount, context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
+            guard let self, self.streams.isEmpty, let context = self.context else { return }
+            self.goAwayAndClose(context: context)
+        }
+    }
+
+    private func armKeepAlive(after interval: TimeAmount, context: ChannelHandlerContext) {
+        keepAliveTimer = context.eventLoop.assumeIsolated().scheduleTask(in: interval) { [weak self] in
+            self?.checkKeepAlive()
+        }
+    }
+
+    private func checkKeepAlive() {
+        guard let context else { return }
+        if readSinceKeepAliveCheck {
+            readSinceKeepAliveCheck = false
+            pingOutstanding = false
+            armKeepAlive(after: settings.keepAliveInterval, context: context)
+        } else if pingOutstanding {
+            // Nothing at all, not even the ACK: the peer is gone or stuck.
+            settings.metrics.countError(.keepAliveTimeout)
+            goAwayAndClose(context: context)
+        } else {
+            pingOutstanding = true
+            writeControl(
+                HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: 0x6d65_7368), ack: false))
+            )
+            context.flush()
+            armKeepAlive(after: min(Self.keepAliveAckTimeout, settings.keepAliveInterval), context: context)
+        }
+    }
+
+    /// GOAWAY naming the last stream processed, then close (after the frame is flushed).
+    private func goAwayAndClose(context: ChannelHandlerContext) {
+        cancelTimers()
+        let goAway = HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(lastStreamID: highestStreamID, errorCode: .noError, opaqueData: nil)
+        )
+        context.writeAndFlush(wrapOutboundOut(goAway)).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    private func noStreamsLeft() {
+        guard streams.isEmpty, !draining, let context else { return }
+        armIdleTimer(after: settings.idleTimeout, context: context)
     }
 
     /// We reset a stream: it is over now, whatever NIO reports later.
     func forget(_ stream: HTTP2ServerStream) {
         if streams[stream.id] === stream { streams[stream.id] = nil }
         closeIfDrained()
+        noStreamsLeft()
     }
 
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         frameArrived()
+        readSinceKeepAliveCheck = true
         let frame = unwrapInboundIn(data)
         guard frame.streamID != .rootStream else { return }
         if let stream = streams[frame.streamID] {
             stream.received(frame.payload)
         } else if case .headers = frame.payload {
             // NIO's state machine has checked that this is a new stream the peer may open.
+            if streams.isEmpty {
+                idleTimer?.cancel()
+                idleTimer = nil
+            }
+            highestStreamID = max(highestStreamID, frame.streamID)
             let stream = HTTP2ServerStream(id: frame.streamID, connection: self)
             stream.proxy = ProxyHandler(settings: settings, loop: loopContext, stream: stream, peer: peer)
             streams[frame.streamID] = stream
@@ -87,6 +173,7 @@ final class HTTP2ServerStreams: HTTP2FrameConnection, RemovableChannelHandler {
 
     func streamRemoved() {
         closeIfDrained()
+        noStreamsLeft()
     }
 
     /// Closes after the current event: the stream that just ended may still be flushing its

@@ -50,6 +50,8 @@ final class LoopCluster {
     private let logger: Logger
     private let endpointProtocol: EndpointProtocol
     private let tls: PeerTLS?
+    /// Whether peer sidecars are reached over mTLS (a mesh cluster of a sidecar with TLS).
+    var usesMTLS: Bool { tls != nil }
     private let upgradeTLS: PeerTLS?
     private var connectTimeout: TimeAmount
     private var config: ClusterConfig

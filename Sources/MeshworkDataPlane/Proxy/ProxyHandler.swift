@@ -15,6 +15,9 @@ struct ProxySettings: Sendable {
     var tlsHandshakeTimeout: TimeAmount = .seconds(10)
     /// A connection with no request in flight is closed after this long.
     var idleTimeout: TimeAmount
+    /// An HTTP/2 peer that sent nothing for this long is PINGed (and closed if it stays
+    /// silent).
+    var keepAliveInterval: TimeAmount = .seconds(120)
     var maxHeaderBytes: Int
     /// Inbound listeners restore the HTTP version the calling app used, honour the caller's
     /// deadline, and protect the app (rate and concurrency limits).
@@ -303,6 +306,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             edgePeer = cluster.name
             if settings.restoresProtocol, loop.awaitingAuthorization {
                 answer(.notReady)
+                return
+            }
+            if loop.requireMTLS, settings.restoresProtocol ? peer == nil : cluster.isMesh && !cluster.usesMTLS {
+                settings.metrics.countError(.mtlsRequired)
+                answer(.mtlsRequired)
                 return
             }
             if settings.restoresProtocol, loop.authorization != nil,

@@ -81,21 +81,41 @@ public struct AuthorizationPolicy: Sendable, Hashable, Encodable {
     }
 }
 
-/// Mesh-wide settings: for now, what happens to a call no policy speaks about.
+/// Mesh-wide settings: what happens to a call no policy speaks about, and whether every
+/// hop must be mTLS.
 public struct MeshSettings: Sendable, Hashable, Codable {
     public var defaultAuthorization: AuthorizationPolicy.Action = .allow
+    /// Every sidecar refuses plaintext peers (inbound and outbound), and one without an
+    /// identity (no join token, no TLS files) refuses to start.
+    public var requireMTLS = false
 
-    public init(defaultAuthorization: AuthorizationPolicy.Action = .allow) {
+    public init(defaultAuthorization: AuthorizationPolicy.Action = .allow, requireMTLS: Bool = false) {
         self.defaultAuthorization = defaultAuthorization
+        self.requireMTLS = requireMTLS
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case defaultAuthorization, requireMTLS
+    }
+
+    /// Stores and caches written before `requireMTLS` existed still read.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        defaultAuthorization =
+            try container.decodeIfPresent(AuthorizationPolicy.Action.self, forKey: .defaultAuthorization) ?? .allow
+        requireMTLS = try container.decodeIfPresent(Bool.self, forKey: .requireMTLS) ?? false
     }
 
     public static func parse(_ text: String) throws(ConfigErrors) -> MeshSettings {
         let reader = ConfigReader()
         var settings = MeshSettings()
-        if let root = reader.parse(text), let f = reader.mapping(root, "", known: ["kind", "defaultAuthorization"]) {
+        if let root = reader.parse(text),
+            let f = reader.mapping(root, "", known: ["kind", "defaultAuthorization", "requireMTLS"])
+        {
             if let action = f.choice("defaultAuthorization", as: AuthorizationPolicy.Action.self) {
                 settings.defaultAuthorization = action
             }
+            if let require = f.bool("requireMTLS") { settings.requireMTLS = require }
         }
         guard reader.errors.isEmpty else { throw ConfigErrors(reader.errors) }
         return settings

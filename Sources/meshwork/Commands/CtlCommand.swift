@@ -165,6 +165,7 @@ struct CtlPolicies: AsyncParsableCommand {
         if options.output == .table {
             let mesh = try JSONSerialization.jsonObject(with: try await options.call(.GET, "/v1/mesh"))
             Swift.print("mesh default: \(Table.string((mesh as? [String: Any])?["defaultAuthorization"]))")
+            if (mesh as? [String: Any])?["requireMTLS"] as? Bool == true { Swift.print("mesh requires mTLS") }
         }
         try options.print(data) { object in
             func list(_ value: Any?) -> String {

@@ -88,6 +88,31 @@ struct ControllerTests {
         }
     }
 
+    /// A body that is not UTF-8 was decoded with U+FFFD in place of the bad bytes and
+    /// stored so; now it is a 400 saying where the bytes are, and nothing is stored.
+    @Test func aBodyThatIsNotUTF8IsRefusedAndNothingStored() async throws {
+        try await withController { controller in
+            let file = controller.dataDirectory + "-latin1.json"
+            defer { try? FileManager.default.removeItem(atPath: file) }
+            // "caf\xe9" in Latin-1, a lone continuation byte, an overlong "/" (0xc0 0xaf).
+            for bad: [UInt8] in [[0x63, 0x61, 0x66, 0xE9], [0x80], [0xC0, 0xAF]] {
+                var body = Array("{\n  \"name\": \"orders\",\n  \"ports\": [{\"name\": \"ht".utf8)
+                body += bad + Array("\", \"protocol\": \"tcp\"}]\n}\n".utf8)
+                try Data(body).write(to: URL(fileURLWithPath: file))
+                let refused = try await Curl.run([
+                    "-X", "PUT", "--cacert", controller.caFile, "-H", "Authorization: Bearer \(controller.token)",
+                    "-H", "content-type: application/json", "--data-binary", "@" + file,
+                    controller.url + "/v1/services/orders",
+                ])
+                #expect(refused.status == 400, "\(bad): \(refused.text)")
+                let errors = try #require(try jsonObject(refused)["errors"] as? [[String: String]])
+                #expect(errors.first?["reason"]?.contains("not valid UTF-8") == true, "\(refused.text)")
+                #expect(errors.first?["reason"]?.contains("line 3") == true, "\(refused.text)")
+            }
+            #expect(try await controller.call("GET", "/v1/services/orders").status == 404)
+        }
+    }
+
     @Test func watchStartsWithASnapshotAndResumesWithExactlyWhatWasMissed() async throws {
         try await withController { controller in
             _ = try await controller.call("PUT", "/v1/services/orders", body: "{}")

@@ -38,6 +38,51 @@ struct HTTP2LimitsTests {
         }
     }
 
+    struct Quiet: Decodable {
+        var closed_after: Double?
+        var goaway: Bool
+        var last_stream_id: Int?
+        var pings: Int
+    }
+
+    private func quiet(_ port: Int, _ mode: String, seconds: Int) async throws -> Quiet {
+        let result = try await Command.run(
+            ["timeout", "60", "python3", "\(TestMesh.clients)/h2_quiet.py", String(port), mode, String(seconds)]
+        )
+        let line = result.output.split(separator: "\n").last.map(String.init) ?? ""
+        return try #require(try? JSONDecoder().decode(Quiet.self, from: Data(line.utf8)), "\(result.output)")
+    }
+
+    /// An HTTP/2 connection without streams does not live forever: the first HEADERS must
+    /// come within `timeouts.headerRead`, and once its streams are done it is closed after
+    /// `timeouts.idle`, both with GOAWAY; a peer that goes silent with a stream open is
+    /// PINGed every `timeouts.keepAlive` and closed when it answers nothing
+    /// (`keepalive_timeout`), while one that answers the PINGs keeps its connection.
+    @Test func quietConnectionsAreClosedAndLiveOnesKept() async throws {
+        let short: (inout SidecarConfig) -> Void = { config in
+            config.timeouts.headerRead = .seconds(1)
+            config.timeouts.idle = .seconds(1)
+            config.timeouts.keepAlive = .seconds(1)
+        }
+        try await TestMesh.withAppBehindSidecar(configure: short) { _, sidecar in
+            let port = sidecar.port("upstream:orders")
+            let noHeaders = try await quiet(port, "no-headers", seconds: 6)
+            #expect(noHeaders.goaway && (noHeaders.closed_after ?? 99) < 3, "\(noHeaders)")
+            #expect(noHeaders.last_stream_id == 0)
+            let idle = try await quiet(port, "idle", seconds: 6)
+            #expect(idle.goaway && (idle.closed_after ?? 99) < 3 && idle.last_stream_id == 1, "\(idle)")
+            let silent = try await quiet(port, "silent", seconds: 8)
+            #expect((silent.closed_after ?? 99) < 5, "\(silent)")
+            #expect(
+                sidecar.metric(
+                    #"meshwork_listener_mesh_errors_total{listener="upstream:orders",kind="upstream",reason="keepalive_timeout"}"#
+                ) == 1
+            )
+            let answering = try await quiet(port, "answering", seconds: 4)
+            #expect(answering.closed_after == nil && answering.pings >= 2, "\(answering)")
+        }
+    }
+
     /// A pooled HTTP/2 connection carries at most `maxRequestsPerConnection` streams (by
     /// default what its 31-bit stream IDs allow, less a margin), then is drained and
     /// replaced, so a long-lived connection never runs out of stream IDs (which would

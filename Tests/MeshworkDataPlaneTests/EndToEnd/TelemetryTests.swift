@@ -19,6 +19,92 @@ struct TelemetryTests {
         (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
     }
 
+    /// What one sidecar credential reports is bounded (issue 16, item 10): counts no
+    /// sidecar could have are refused with the field, an instance reporting faster than 10
+    /// a second beyond a burst of 20 gets 429, and one instance keeps at most 256 peers
+    /// (more are dropped and counted), while another instance's report is still taken.
+    @Test func telemetryReportsAreBoundedPerInstanceAndCannotStarveOthers() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let directory = controller.dataDirectory + "-flood"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            controller.remove()
+        }
+        do {
+            var credentials: [String: String] = [:]
+            for (service, instance) in [("orders", "orders-a"), ("billing", "billing-a")] {
+                let issued = try await controller.issueWorkload(service, in: directory, instance: instance)
+                credentials[instance] = issued.credential
+                let put = try await controller.call(
+                    "PUT",
+                    "/v1/instances/\(instance)",
+                    body: #"{"service": "\#(service)", "address": "127.0.0.1", "port": 9001, "ttlSeconds": 600}"#,
+                    bearer: issued.credential
+                )
+                #expect(put.status == 200, "\(put.text)")
+            }
+            func flood(_ instance: String, _ service: String, _ arguments: [String]) async throws -> [String: Any] {
+                let result = try await Command.run(
+                    [
+                        "timeout", "60", "python3", "\(TestMesh.clients)/telemetry_flood.py", String(controller.port),
+                        instance, service, credentials[instance] ?? "",
+                    ] + arguments
+                )
+                return json(result.output)
+            }
+
+            let huge = try await flood("orders-a", "orders", ["huge"])
+            #expect(huge["status"] as? Int == 400, "\(huge)")
+            #expect((huge["body"] as? String)?.contains("edges[0].classes") == true, "\(huge)")
+
+            let burst = try await flood("orders-a", "orders", ["burst", "60"])
+            let statuses = burst["statuses"] as? [String: Int] ?? [:]
+            let seconds = burst["seconds"] as? Double ?? 99
+            #expect((statuses["429"] ?? 0) > 0, "\(burst)")
+            #expect((statuses["204"] ?? 0) >= 20, "\(burst)")
+            #expect(Double(statuses["204"] ?? 0) <= 20 + 10 * (seconds + 1), "\(burst)")
+            #expect(
+                try await controller.metric(#"meshwork_controller_api_refusals_total{reason="telemetry_rate_limited"}"#)
+                    > 0
+            )
+
+            // The quota: 255 more peers fill orders-a's 256 ("web" came first); ten more
+            // are dropped. (Each report waits out the rate limit's refill first.)
+            try await Task.sleep(for: .seconds(3))
+            let filled = try await flood("orders-a", "orders", ["peers", "0", "255"])
+            #expect(filled["status"] as? Int == 204, "\(filled)")
+            let over = try await flood("orders-a", "orders", ["peers", "255", "10"])
+            #expect(over["status"] as? Int == 204, "\(over)")
+            #expect(
+                try await controller.metric(#"meshwork_controller_api_refusals_total{reason="telemetry_series_quota"}"#)
+                    == 1
+            )
+            let other = try await flood("billing-a", "billing", ["peers", "1000", "3"])
+            #expect(other["status"] as? Int == 204, "\(other)")
+
+            let edges = try await controller.call("GET", "/v1/edges").text
+            let rows = (json(edges)["edges"] as? [[String: Any]]) ?? []
+            let sources = Set(
+                rows.compactMap { row in
+                    (row["target"] as? String).flatMap { "\($0)<-\(row["source"] as? String ?? "")" }
+                }
+            )
+            #expect(
+                sources.contains("orders<-web") && sources.contains("orders<-p0") && sources.contains("orders<-p254")
+            )
+            #expect(!sources.contains("orders<-p255") && !sources.contains("orders<-p264"), "\(sources.count)")
+            #expect(
+                sources.contains("billing<-p1000") && sources.contains("billing<-p1002"),
+                "\(sources.sorted().suffix(5))"
+            )
+        } catch {
+            Issue.record("\(error)")
+        }
+        await controller.stop()
+    }
+
     @Test func knownTrafficShowsUpInMetricsStatAndEdges() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let controller = try await ControllerProcess.start()

@@ -167,7 +167,8 @@ extension ControllerProcess {
     /// and CSR; a join token pays for it): PEM files in `directory`, and the credential.
     func issueWorkload(
         _ service: String,
-        in directory: String
+        in directory: String,
+        instance: String? = nil
     ) async throws -> (certificate: String, key: String, credential: String) {
         let key = directory + "/\(service).key"
         let csr = directory + "/\(service).csr"
@@ -176,20 +177,20 @@ extension ControllerProcess {
             "-keyout", key, "-out", csr, "-subj", "/CN=workload",
         ])
         try #require(made.exitCode == 0, "\(made.output)")
-        let body = try JSONSerialization.data(withJSONObject: [
-            "csr": try String(contentsOfFile: csr, encoding: .utf8), "token": try await joinToken(service),
-        ])
+        var fields = ["csr": try String(contentsOfFile: csr, encoding: .utf8), "token": try await joinToken(service)]
+        if let instance { fields["instance"] = instance }
+        let body = try JSONSerialization.data(withJSONObject: fields)
         let issued = try await call(
             "POST",
             "/v1/certificates",
             body: String(decoding: body, as: UTF8.self),
             authorized: false
         )
-        let fields = try #require(try JSONSerialization.jsonObject(with: issued.body) as? [String: Any])
+        let answer = try #require(try JSONSerialization.jsonObject(with: issued.body) as? [String: Any])
         let certificate = directory + "/\(service).pem"
-        try #require(fields["certificate"] as? String, "\(issued.text)")
+        try #require(answer["certificate"] as? String, "\(issued.text)")
             .write(toFile: certificate, atomically: true, encoding: .utf8)
-        return (certificate, key, try #require(fields["credential"] as? String))
+        return (certificate, key, try #require(answer["credential"] as? String))
     }
 
     /// The value of one sample of the controller's /metrics (0 when absent).
