@@ -233,3 +233,25 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets (scripts/fuzz): only when MESHWORK_FUZZ is set, so the normal build
+// and the tests never compile them. Built with -sanitize=fuzzer; @testable reaches the
+// internal parsers (a debug build enables testability).
+if Context.environment["MESHWORK_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "MeshworkFuzz",
+            dependencies: [
+                "MeshworkDataPlane",
+                "MeshworkModel",
+                "MeshworkDNS",
+                "MeshworkTraffic",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+            ],
+            path: "Fuzz/MeshworkFuzz",
+            swiftSettings: swiftSettings
+        )
+    )
+}

@@ -131,9 +131,13 @@ public enum RequestPath {
 
     /// Whether `path` (normalized, without its query) is under `prefix` on a segment
     /// boundary: `/api` matches `/api` and `/api/x`, never `/api-internal`; a prefix that
-    /// ends with `/` (`/`, `/api/`) matches by plain prefix.
+    /// ends with `/` (`/`, `/api/`) matches by plain prefix. Compared byte for byte:
+    /// `String.hasPrefix` compares characters, and a combining mark after a `/`
+    /// (`/admin/\u{301}x`) makes `/\u{301}` one character, which no `/admin/` prefix
+    /// matched, while the app's router, reading bytes, sees a path under `/admin/`
+    /// (found by scripts/fuzz).
     public static func hasPrefix(_ path: Substring, _ prefix: String) -> Bool {
-        guard path.hasPrefix(prefix) else { return false }
+        guard path.utf8.starts(with: prefix.utf8) else { return false }
         if prefix.utf8.last == UInt8(ascii: "/") { return true }
         guard let next = path.utf8.dropFirst(prefix.utf8.count).first else { return true }
         return next == UInt8(ascii: "/") || next == UInt8(ascii: "?")

@@ -96,4 +96,23 @@ struct RequestPathTests {
         #expect(!RequestPath.hasPrefix("/api", "/api/"))
         #expect(RequestPath.hasPrefix("/anything", "/"))
     }
+
+    /// Found by scripts/fuzz (path target): a combining mark right after a `/` made
+    /// `/\u{301}` one Swift character, so a character-wise prefix test let
+    /// `/admin/\u{301}secret` (raw UTF-8, under `/admin/` for any byte-reading router) past
+    /// a `/admin/` deny. Prefixes match by bytes.
+    @Test func aCombiningMarkAfterASlashDoesNotHideThePrefix() throws {
+        let path = try RequestPath.normalize("/admin/\u{301}secret").get()
+        #expect(RequestPath.hasPrefix(path[...], "/admin/"))
+        #expect(RequestPath.hasPrefix(path[...], "/admin"))
+        #expect(RequestPath.hasPrefix("/\u{301}", "/"))
+        var deny = AuthorizationPolicy(name: "no-admin", target: "orders")
+        deny.action = .deny
+        deny.paths = ["/admin/"]
+        let table = AuthorizationTable(service: "orders", policies: [deny], mesh: MeshSettings())
+        guard case .denied = table.decide(source: nil, port: 0, method: "GET", path: path) else {
+            Issue.record("\(path.debugDescription) passed a /admin/ deny")
+            return
+        }
+    }
 }

@@ -1039,6 +1039,17 @@ extension ProxyHandler {
     /// The head sent upstream: hop-by-hop headers removed, origin-form target, and for mesh
     /// hops the caller's HTTP version in `x-meshwork-proto`.
     func upstreamHead(_ head: HTTPRequestHead, mesh: Bool, upgrade: Bool) -> HTTPRequestHead {
+        Self.upstreamHead(head, mesh: mesh, upgrade: upgrade, restoresProtocol: settings.restoresProtocol)
+    }
+
+    /// The head as it goes upstream: hop-by-hop fields out, origin-form, and the caller's
+    /// HTTP version carried to (or restored from) the peer sidecar.
+    static func upstreamHead(
+        _ head: HTTPRequestHead,
+        mesh: Bool,
+        upgrade: Bool,
+        restoresProtocol: Bool
+    ) -> HTTPRequestHead {
         var out = head
         let te = head.headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" }
         let protocols = head.headers[canonicalForm: "upgrade"].joined(separator: ", ")
@@ -1052,7 +1063,7 @@ extension ProxyHandler {
             out.uri = ProxyRoute.originForm(head.uri)
             out.headers.replaceOrAdd(name: "host", value: String(authority))
         }
-        if settings.restoresProtocol {
+        if restoresProtocol {
             if let proto = out.headers.first(name: ProxyHandler.protoHeader) {
                 out.headers.remove(name: ProxyHandler.protoHeader)
                 if proto == "HTTP/1.0" { out.version = .http1_0 }
