@@ -30,6 +30,21 @@ extension ControllerAPI {
             }
             return try json(["deleted": id])
         }
+        // Revocation: {"instance": ID} | {"service": NAME} | {"token": ID}, exactly one.
+        v1.post("revocations") { request, _ in
+            try await authorizeOperator(request)
+            var request = request
+            let text = try await body(&request)
+            let revocation = try validated { () throws(ConfigErrors) in try Self.parseRevocation(text) }
+            let serials = try await identity.revoke(revocation)
+            return try json(
+                RevocationAnswer(scope: revocation.scope.rawValue, value: revocation.value, revoked: serials)
+            )
+        }
+        v1.get("revocations") { request, _ in
+            try await authorizeOperator(request)
+            return try json(["revoked": await identity.trustBundle.revoked])
+        }
         v1.post("certificates") { request, _ in
             var request = request
             let text = try await body(&request)
@@ -170,5 +185,33 @@ extension ControllerAPI {
         }
         guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
         return result
+    }
+
+    struct RevocationAnswer: Encodable {
+        let scope: String
+        let value: String
+        /// The serials (hex) of the certificates revoked by this request.
+        let revoked: [String]
+    }
+
+    static func parseRevocation(_ text: String) throws(ConfigErrors) -> IdentityService.Revocation {
+        let reader = ConfigReader()
+        var found: [IdentityService.Revocation] = []
+        if let root = reader.parse(text), let f = reader.mapping(root, "", known: ["instance", "service", "token"]) {
+            for scope in [IdentityService.Revocation.Scope.instance, .service, .token] {
+                if let value = f.string(scope.rawValue) {
+                    if value.isEmpty || value.utf8.count > 253 {
+                        reader.fail(f.path(scope.rawValue), "must be 1 to 253 bytes")
+                    } else {
+                        found.append(IdentityService.Revocation(scope: scope, value: value))
+                    }
+                }
+            }
+        }
+        if reader.errors.isEmpty, found.count != 1 {
+            reader.fail("", "give exactly one of instance, service or token")
+        }
+        guard reader.errors.isEmpty, let revocation = found.first else { throw ConfigErrors(reader.errors) }
+        return revocation
     }
 }

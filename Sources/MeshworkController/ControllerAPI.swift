@@ -163,7 +163,11 @@ struct ControllerAPI {
                 }
                 // The roots to verify peers with come first on every connection.
                 var bundle = try encoder.encode(
-                    WatchTrustBundle(trustBundle: trustBundle.pem, activeRoot: trustBundle.activeRoot)
+                    WatchTrustBundle(
+                        trustBundle: trustBundle.pem,
+                        activeRoot: trustBundle.activeRoot,
+                        revoked: trustBundle.revoked
+                    )
                 )
                 bundle.append(0x0A)
                 try await writer.write(ByteBuffer(bytes: bundle))
@@ -198,7 +202,11 @@ struct ControllerAPI {
                         data = try encoder.encode(WatchEventLine(event: event))
                     case .message(.trustBundle(let bundle)):
                         data = try encoder.encode(
-                            WatchTrustBundle(trustBundle: bundle.pem, activeRoot: bundle.activeRoot)
+                            WatchTrustBundle(
+                                trustBundle: bundle.pem,
+                                activeRoot: bundle.activeRoot,
+                                revoked: bundle.revoked
+                            )
                         )
                     case .ping:
                         data = try encoder.encode(WatchPing(revision: await controller.revision))
@@ -250,6 +258,8 @@ struct ControllerAPI {
         let type = "trust-bundle"
         let trustBundle: String
         let activeRoot: String
+        /// Serials (hex) of revoked workload certificates not expired yet.
+        let revoked: [String]
     }
 
     struct WatchPing: Encodable {

@@ -35,7 +35,10 @@ actor IdentityService {
     let logger: Logger
     private let metrics: ControllerMetrics
     private var tokens: [String: JoinToken] = [:]
-    private var credentials: [String: Credential] = [:]
+    var credentials: [String: Credential] = [:]
+    /// Revoked workload certificates (serial, hex) until they expire: pushed with the trust
+    /// bundle, refused by peers at the handshake and for renewal.
+    var revoked: [String: Date] = [:]
     /// Operator API tokens with a scope, by id.
     var operatorTokens: [String: OperatorToken] = [:]
 
@@ -136,6 +139,17 @@ actor IdentityService {
         }
         self.tokens = tokens
         self.credentials = credentials
+        self.revoked = try store.database.read { db in
+            var revoked: [String: Date] = [:]
+            for row in try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM revoked WHERE expires > ?",
+                arguments: [now.timeIntervalSince1970]
+            ) {
+                revoked[row["serial"]] = Date(timeIntervalSince1970: row["expires"])
+            }
+            return revoked
+        }
         self.operatorTokens = try store.database.read { db in
             var result: [String: OperatorToken] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT * FROM operator_token") {
@@ -163,13 +177,20 @@ actor IdentityService {
     }
 
     var trustBundle: TrustBundle {
-        TrustBundle(
+        let now = Date()
+        return TrustBundle(
             pem: (try? CertificateAuthority.pem(roots)) ?? "",
-            activeRoot: CertificateAuthority.fingerprint(authority.root)
+            activeRoot: CertificateAuthority.fingerprint(authority.root),
+            revoked: revoked.filter { $0.value > now }.keys.sorted()
         )
     }
 
     var trustBundlePEM: String { trustBundle.pem }
+
+    /// Pushes the current trust bundle (roots and revoked serials) to its listener.
+    func notifyTrustBundleChange() async {
+        await onTrustBundleChange?(trustBundle)
+    }
 
     func setTrustBundleListener(_ listener: @escaping @Sendable (TrustBundle) async -> Void) {
         onTrustBundleChange = listener
@@ -375,7 +396,7 @@ actor IdentityService {
     }
 
     /// Spends one use of a join token; the service it is for, or why it is refused.
-    private func redeem(_ text: String, now: Date) throws -> String {
+    private func redeem(_ text: String, now: Date) throws -> (service: String, token: String) {
         guard let parts = Self.splitToken(text), var token = tokens[parts.id],
             ControllerAPI.constantTimeEqual(Self.hash(parts.secret), token.secretHash)
         else {
@@ -401,7 +422,7 @@ actor IdentityService {
                 arguments: [token.usesLeft, token.id]
             )
         }
-        return token.service
+        return (token.service, token.id)
     }
 
     // MARK: certificates
@@ -421,10 +442,25 @@ actor IdentityService {
         let now = Date()
         let id: SPIFFEID
         let via: String
+        // What the new certificate is issued under: the join token it descends from and
+        // the instance, carried over renewals, so a revocation finds every certificate.
+        var lineage: (token: String?, instance: String?) = (nil, request.instance)
         if let token = request.token {
-            id = .service(try redeem(token, now: now), trustDomain: trustDomain)
+            let redeemed = try redeem(token, now: now)
+            id = .service(redeemed.service, trustDomain: trustDomain)
+            lineage.token = redeemed.token
             via = "join_token"
         } else if let certificate = request.certificate, let proof = request.proof {
+            if let serial = Self.leafSerial(certificate), revoked[serial].map({ $0 > now }) == true {
+                metrics.refused("renewal_invalid")
+                throw APIError(
+                    status: .forbidden,
+                    message: "certificate \(serial) is revoked: join again with a new token"
+                )
+            }
+            if let serial = Self.leafSerial(certificate), let parent = try issuedRecord(serial: serial) {
+                lineage = (parent.token, request.instance ?? parent.instance)
+            }
             do {
                 id = try await CertificateIdentity.verifyRenewal(
                     chainPEM: certificate,
@@ -471,16 +507,27 @@ actor IdentityService {
         let credential = Self.randomHex(bytes: 32)
         let record = Credential(
             service: id.serviceName ?? "",
-            instance: request.instance,
+            instance: lineage.instance,
             expires: chain[0].notValidAfter
         )
         credentials[Self.hash(credential)] = record
+        let serial = Self.hex(chain[0].serialNumber.bytes)
+        let issuedUnder = lineage
         try await store.database.write { db in
             try db.execute(sql: "DELETE FROM credential WHERE expires < ?", arguments: [now.timeIntervalSince1970])
             try db.execute(
                 sql: "INSERT INTO credential (hash, service, instance, expires) VALUES (?, ?, ?, ?)",
                 arguments: [
                     Self.hash(credential), record.service, record.instance, record.expires.timeIntervalSince1970,
+                ]
+            )
+            try db.execute(sql: "DELETE FROM issued WHERE expires < ?", arguments: [now.timeIntervalSince1970])
+            try db.execute(
+                sql:
+                    "INSERT OR REPLACE INTO issued (serial, service, instance, token, credential, expires) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    serial, record.service, issuedUnder.instance, issuedUnder.token, Self.hash(credential),
+                    record.expires.timeIntervalSince1970,
                 ]
             )
         }
@@ -559,6 +606,8 @@ struct CertificateExpiry: Sendable, Hashable, Encodable {
 struct TrustBundle: Sendable, Hashable {
     let pem: String
     let activeRoot: String
+    /// Serials (hex) of revoked workload certificates that have not expired yet.
+    var revoked: [String] = []
 }
 
 extension IdentityError {

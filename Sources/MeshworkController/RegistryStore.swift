@@ -52,6 +52,14 @@ final class RegistryStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v6-revocation") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE issued (serial TEXT PRIMARY KEY NOT NULL, service TEXT NOT NULL, instance TEXT, token TEXT, credential TEXT NOT NULL, expires REAL NOT NULL);
+                    CREATE TABLE revoked (serial TEXT PRIMARY KEY NOT NULL, expires REAL NOT NULL);
+                    """
+            )
+        }
         try migrator.migrate(database)
     }
 

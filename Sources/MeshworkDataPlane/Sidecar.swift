@@ -274,6 +274,17 @@ public actor Sidecar: Service {
 
     private var appliedRequireMTLS = false
 
+    /// The revoked certificates changed: pooled connections to peers are retired, so every
+    /// later request goes over a new handshake, which checks the list.
+    public func retirePeerConnections() {
+        let contexts = self.contexts
+        for context in contexts.all {
+            context.loop.execute {
+                for cluster in context.clusters.values { cluster.retireConnections() }
+            }
+        }
+    }
+
     /// The mesh-wide mTLS requirement onto every loop.
     private func applyMTLSRequirement(_ mesh: MeshSettings) {
         guard mesh.requireMTLS != appliedRequireMTLS else { return }

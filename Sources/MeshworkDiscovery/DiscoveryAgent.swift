@@ -267,7 +267,8 @@ public actor DiscoveryAgent: Service {
             state.apply(event)
         case .ping:
             return
-        case .trustBundle(let bundle, let activeRoot):
+        case .trustBundle(let bundle, let activeRoot, let revoked):
+            if sidecar.meshTLS?.setRevoked(revoked) == true { await sidecar.retirePeerConnections() }
             trustBundleChanged(bundle, activeRoot: activeRoot)
             return
         }

@@ -14,6 +14,9 @@ import NIOSSL
 public final class MeshTLSSource: Sendable {
     private let box: NIOLockedValueBox<MeshTLS?>
     private let logger: Logger
+    /// Serials (lowercase hex) of revoked workload certificates, from the controller: a
+    /// peer presenting one fails the handshake, both ways. Read once per handshake.
+    private let revoked = NIOLockedValueBox<Set<String>>([])
 
     init(_ tls: MeshTLS?, logger: Logger) {
         box = NIOLockedValueBox(tls)
@@ -33,6 +36,21 @@ public final class MeshTLSSource: Sendable {
         )
         box.withLockedValue { $0 = tls }
     }
+
+    /// Replaces the revoked serials (the controller pushes the whole list); whether it
+    /// changed.
+    @discardableResult
+    public func setRevoked(_ serials: [String]) -> Bool {
+        let set = Set(serials.map { $0.lowercased() })
+        let changed = revoked.withLockedValue { current in
+            defer { current = set }
+            return current != set
+        }
+        if changed { logger.notice("revoked certificates updated", metadata: ["count": "\(set.count)"]) }
+        return changed
+    }
+
+    var revokedSerials: Set<String> { revoked.withLockedValue { $0 } }
 
     /// The identity this sidecar presents, once it has one.
     public var identity: SPIFFEID? { current?.identity }
@@ -63,12 +81,13 @@ public final class MeshTLSSource: Sendable {
         case .tcp: context = tls.clientTCP
         }
         let logger = self.logger
+        let revoked = revokedSerials
         guard let own = tls.identity, let peerService else {
             return try NIOSSLClientHandler._makeSSLClientHandler(
                 context: context,
                 serverHostname: nil,
                 additionalPeerCertificateVerificationCallback: { certificate, channel in
-                    Self.checkWorkloadLeaf(certificate, channel: channel, logger: logger)
+                    Self.checkWorkloadLeaf(certificate, revoked: revoked, channel: channel, logger: logger)
                 }
             )
         }
@@ -77,7 +96,7 @@ public final class MeshTLSSource: Sendable {
             context: context,
             serverHostname: nil,
             additionalPeerCertificateVerificationCallback: { certificate, channel in
-                if let refusal = WorkloadLeaf.refusal(certificate) {
+                if let refusal = WorkloadLeaf.refusal(certificate, revoked: revoked) {
                     return Self.refuseLeaf(refusal, channel: channel, logger: logger)
                 }
                 let presented = Self.spiffeIDs(of: certificate)
@@ -104,11 +123,12 @@ public final class MeshTLSSource: Sendable {
     /// yet. A client certificate that is no workload's (a CA's) fails the handshake.
     func serverHandler() -> NIOSSLServerHandler? {
         let logger = self.logger
+        let revoked = revokedSerials
         return current.map {
             NIOSSLServerHandler._makeSSLServerHandler(
                 context: $0.server,
                 additionalPeerCertificateVerificationCallback: { certificate, channel in
-                    Self.checkWorkloadLeaf(certificate, channel: channel, logger: logger)
+                    Self.checkWorkloadLeaf(certificate, revoked: revoked, channel: channel, logger: logger)
                 }
             )
         }
@@ -117,10 +137,11 @@ public final class MeshTLSSource: Sendable {
     /// The X.509-SVID leaf rules (`WorkloadLeaf`), as a verification step of the handshake.
     static func checkWorkloadLeaf(
         _ certificate: NIOSSLCertificate,
+        revoked: Set<String> = [],
         channel: any Channel,
         logger: Logger
     ) -> EventLoopFuture<Void> {
-        guard let refusal = WorkloadLeaf.refusal(certificate) else {
+        guard let refusal = WorkloadLeaf.refusal(certificate, revoked: revoked) else {
             return channel.eventLoop.makeSucceededVoidFuture()
         }
         return refuseLeaf(refusal, channel: channel, logger: logger)

@@ -10,9 +10,16 @@ enum WorkloadLeaf {
     /// Why `certificate` cannot be a workload's leaf; nil when it can: basicConstraints
     /// CA:FALSE (or absent), a keyUsage with digitalSignature and neither keyCertSign nor
     /// cRLSign.
-    static func refusal(_ certificate: NIOSSLCertificate) -> String? {
+    static func refusal(_ certificate: NIOSSLCertificate, revoked: Set<String> = []) -> String? {
         guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else {
             return "the certificate does not parse"
+        }
+        if !revoked.isEmpty {
+            let serial = parsed.serialNumber.bytes.map { byte in
+                let digits = String(byte, radix: 16)
+                return digits.count == 1 ? "0" + digits : digits
+            }.joined()
+            if revoked.contains(serial) { return "a revoked certificate (serial \(serial))" }
         }
         switch Result(catching: { try parsed.extensions.basicConstraints }) {
         case .success(.isCertificateAuthority?): return "a CA certificate (basicConstraints CA:TRUE)"

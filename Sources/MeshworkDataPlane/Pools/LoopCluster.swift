@@ -445,6 +445,17 @@ final class LoopCluster {
         pickIndex(hash: hash, avoiding: nil).map { endpoints[$0] }
     }
 
+    /// New connections for every request from now on: pooled ones take no new request and
+    /// close once their requests are done (a revocation: each new handshake checks it).
+    func retireConnections() {
+        for pool in pools {
+            switch pool {
+            case .http1(let pool): pool.closeIdle()
+            case .http2(let pool): pool.retire()
+            }
+        }
+    }
+
     func closeIdle() {
         for pool in pools {
             switch pool {

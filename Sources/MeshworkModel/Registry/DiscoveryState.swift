@@ -61,9 +61,10 @@ public enum WatchLine: Sendable, Hashable {
     case snapshot(DiscoveryState)
     case event(RegistryEvent)
     case ping(revision: Int64)
-    /// The mesh CA roots (PEM, active first) and the fingerprint of the one that signs,
-    /// sent first on every connection and again when they change.
-    case trustBundle(String, activeRoot: String?)
+    /// The mesh CA roots (PEM, active first), the fingerprint of the one that signs and the
+    /// serials (hex) of revoked workload certificates, sent first on every connection and
+    /// again when any of them changes.
+    case trustBundle(String, activeRoot: String?, revoked: [String] = [])
 
     /// Parses one NDJSON line as the controller writes it.
     public static func parse(_ line: some StringProtocol) throws -> WatchLine {
@@ -107,7 +108,10 @@ public enum WatchLine: Sendable, Hashable {
             guard let bundle = object["trustBundle"] as? String else {
                 throw WatchLineError("trust-bundle line without trustBundle")
             }
-            return .trustBundle(bundle, activeRoot: object["activeRoot"] as? String)
+            let revoked = (object["revoked"] as? [Any] ?? []).compactMap { $0 as? String }.filter {
+                (1...64).contains($0.utf8.count) && $0.allSatisfy(\.isHexDigit)
+            }
+            return .trustBundle(bundle, activeRoot: object["activeRoot"] as? String, revoked: revoked)
         default:
             throw WatchLineError("unknown watch line type \"\(type)\"")
         }

@@ -19,7 +19,8 @@ struct CtlCommand: AsyncParsableCommand {
             """,
         subcommands: [
             CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
-            CtlToken.self, CtlPolicies.self, CtlCA.self, CtlStat.self, CtlEdges.self, CtlTap.self, CtlTop.self,
+            CtlToken.self, CtlCredentials.self, CtlPolicies.self, CtlCA.self, CtlStat.self, CtlEdges.self, CtlTap.self,
+            CtlTop.self,
         ]
     )
 }
