@@ -100,7 +100,7 @@ extension ControllerAPI {
     /// How long a sidecar has to open its tap (connect, handshake, first line), and the
     /// longest line it may send.
     static let tapOpenTimeout = Duration.seconds(10)
-    static let maxTapLine = 64 * 1024
+    static let maxTapLine = 16 * 1024
     /// A tap ends after this long even if its reader stays.
     static let maxTapDuration = TimeAmount.hours(1)
 
@@ -119,7 +119,10 @@ extension ControllerAPI {
         tls: TLSConfiguration
     ) -> ResponseBody {
         ResponseBody { writer in
-            let (lines, continuation) = AsyncStream<TapLine>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+            // At most 1024 lines of at most 16 KiB wait (16 MiB); a reader too slow loses the
+            // oldest. The stream is finished when the last sidecar's tap ends, so the relay
+            // ends even if a flood evicted the `.ended` lines.
+            let (lines, continuation) = AsyncStream<TapLine>.makeStream(bufferingPolicy: .bufferingNewest(1024))
             var configuration = HTTPClient.Configuration(
                 tlsConfiguration: tls,
                 timeout: .init(connect: .seconds(5))
@@ -156,6 +159,7 @@ extension ControllerAPI {
         _ continuation: AsyncStream<TapLine>.Continuation,
         _ writer: inout any ResponseBodyWriter
     ) async throws {
+        let running = NIOLockedValueBox(targets.count)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (id, target) in targets {
                 group.addTask {

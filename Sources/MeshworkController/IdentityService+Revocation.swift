@@ -49,6 +49,12 @@ extension IdentityService {
     /// Revokes what `revocation` names; returns the serials revoked now. The trust bundle
     /// listener pushes the new list.
     func revoke(_ revocation: Revocation, now: Date = Date()) async throws -> [String] {
+        // Marked before the first suspension: an issue of this scope that is in flight
+        // sees it when it resumes (IdentityService.issue) and is refused.
+        revokingScopes["\(revocation.scope.rawValue):\(revocation.value)"] = now
+        let oldest = now.addingTimeInterval(-Double(maxLifetime.components.seconds))
+        revokingScopes = revokingScopes.filter { $0.value > oldest }
+        if revocation.scope == .token { _ = try deleteToken(revocation.value) }
         let column: String
         switch revocation.scope {
         case .instance: column = "instance"
@@ -81,7 +87,7 @@ extension IdentityService {
         switch revocation.scope {
         case .instance: credentials = credentials.filter { $0.value.instance != revocation.value }
         case .service: credentials = credentials.filter { $0.value.service != revocation.value }
-        case .token: _ = try deleteToken(revocation.value)
+        case .token: break
         }
         revoked = revoked.filter { $0.value > now }
         logger.notice(

@@ -39,6 +39,9 @@ actor IdentityService {
     /// Revoked workload certificates (serial, hex) until they expire: pushed with the trust
     /// bundle, refused by peers at the handshake and for renewal.
     var revoked: [String: Date] = [:]
+    /// When each scope (`instance:ID`, `service:NAME`, `token:ID`) was last revoked, so an
+    /// issue that raced a revocation is caught (kept for the longest lifetime).
+    var revokingScopes: [String: Date] = [:]
     /// Operator API tokens with a scope, by id.
     var operatorTokens: [String: OperatorToken] = [:]
 
@@ -141,6 +144,9 @@ actor IdentityService {
         self.credentials = credentials
         self.revoked = try store.database.read { db in
             var revoked: [String: Date] = [:]
+            /// When each scope (`instance:ID`, `service:NAME`, `token:ID`) was last revoked, so an
+            /// issue that raced a revocation is caught (kept for the longest lifetime).
+            var revokingScopes: [String: Date] = [:]
             for row in try Row.fetchAll(
                 db,
                 sql: "SELECT * FROM revoked WHERE expires > ?",
@@ -459,7 +465,9 @@ actor IdentityService {
                 )
             }
             if let serial = Self.leafSerial(certificate), let parent = try issuedRecord(serial: serial) {
-                lineage = (parent.token, request.instance ?? parent.instance)
+                // The parent's instance, whatever the request says: a renewal cannot move its
+                // certificate out of an instance's revocation.
+                lineage = (parent.token, parent.instance ?? request.instance)
             }
             do {
                 id = try await CertificateIdentity.verifyRenewal(
@@ -532,6 +540,24 @@ actor IdentityService {
             )
         }
         credentials = credentials.filter { $0.value.expires > now }
+        // A revocation of this lineage that began while this request was suspended did not
+        // see the certificate: refuse it now rather than hand out a revoked identity.
+        let scopes = [
+            "service:\(record.service)", lineage.instance.map { "instance:\($0)" }, lineage.token.map { "token:\($0)" },
+        ].compactMap { $0 }
+        if scopes.contains(where: { revokingScopes[$0].map { $0 >= now } ?? false }) {
+            revoked[serial] = record.expires
+            credentials[Self.hash(credential)] = nil
+            try await store.database.write { db in
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO revoked (serial, expires) VALUES (?, ?)",
+                    arguments: [serial, record.expires.timeIntervalSince1970]
+                )
+                try db.execute(sql: "DELETE FROM credential WHERE hash = ?", arguments: [Self.hash(credential)])
+            }
+            metrics.refused("forbidden")
+            throw APIError(status: .forbidden, message: "revoked while being issued: join again with a new token")
+        }
         metrics.issued(via: via)
         logger.info(
             "certificate issued",

@@ -405,6 +405,7 @@ public actor Sidecar: Service {
             if let inbound = config.inbound {
                 let proxy = settings("inbound", kind: "inbound", route: .app, restores: true)
                 let tls = self.meshTLS
+                let source = tls
                 let appAddress = self.appAddress
                 let connectTimeout = TimeAmount.nanoseconds(inbound.connectTimeout.nanoseconds)
                 try await bind("inbound", inbound.listen) { channel in
@@ -429,7 +430,11 @@ public actor Sidecar: Service {
                         if let serverTLS {
                             try ListenerPipelines.addServerTLS(serverTLS, to: channel, settings: proxy)
                             try sync.addHandler(
-                                PeerIdentityHandler(peer: ConnectionPeer(), metrics: proxy.metrics) { identity, _ in
+                                PeerIdentityHandler(
+                                    peer: ConnectionPeer(),
+                                    metrics: proxy.metrics,
+                                    revoked: tls?.revokedSerials ?? []
+                                ) { identity, _ in
                                     let allowed = loopContext.authorize(
                                         source: identity,
                                         port: port,
@@ -453,7 +458,13 @@ public actor Sidecar: Service {
                             pick: { appAddress }
                         )
                     case (_, .some(let tls)):
-                        try ListenerPipelines.addTLSHTTP(to: channel, tls: tls, settings: proxy, contexts: contexts)
+                        try ListenerPipelines.addTLSHTTP(
+                            to: channel,
+                            tls: tls,
+                            settings: proxy,
+                            contexts: contexts,
+                            revoked: source?.revokedSerials ?? []
+                        )
                     case (_, .none):
                         try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
                     }

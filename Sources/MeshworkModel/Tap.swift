@@ -92,7 +92,7 @@ public struct TapFilter: Sendable, Hashable {
         if let wanted = self.status, wanted != status { return false }
         if let wanted = self.method, wanted != method { return false }
         if let wanted = self.peer, wanted != peer { return false }
-        if let pathPrefix, !path.hasPrefix(pathPrefix) { return false }
+        if let pathPrefix, !path.utf8.starts(with: pathPrefix.utf8) { return false }  // bytes, not Characters
         return true
     }
 }

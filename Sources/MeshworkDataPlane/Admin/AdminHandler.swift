@@ -52,7 +52,9 @@ final class AdminHandler: ChannelInboundHandler {
         settings: ProxySettings
     ) throws {
         try channel.pipeline.syncOperations.addHandler(
-            HTTPVersionSniffer(classify: HTTPVersionSniffer.isTLS) { isTLS, channel in
+            HTTPVersionSniffer(deadline: settings.headerReadTimeout, classify: HTTPVersionSniffer.isTLS) {
+                isTLS,
+                channel in
                 let sync = channel.pipeline.syncOperations
                 if isTLS {
                     // Only with a workload identity is there a trust domain whose controller
@@ -68,6 +70,9 @@ final class AdminHandler: ChannelInboundHandler {
                         }
                     )
                 }
+                // An admin connection with nothing in flight is closed after the idle time
+                // (a tap keeps writing, so it is not idle in this sense).
+                try sync.addHandler(IdleStateHandler(allTimeout: settings.idleTimeout))
                 try sync.configureHTTPServerPipeline(withErrorHandling: true)
                 try sync.addHandler(AdminHandler(endpoints: endpoints, fromController: isTLS))
             }
@@ -114,6 +119,14 @@ final class AdminHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         stopTap()
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent, tap == nil {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func stopTap() {

@@ -26,6 +26,9 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
     let peer: ConnectionPeer
     private let metrics: ListenerMetrics
     private let admit: ((SPIFFEID?, ChannelHandlerContext) -> Bool)?
+    /// Revoked certificate serials when the connection came: checked again here because a
+    /// resumed TLS session skips the certificate callback.
+    private let revoked: Set<String>
     private var handshakeDone = false
     /// Set when `admit` refused the caller: bytes that came with its last handshake flight
     /// are dropped here, before anything can carry them to the app.
@@ -34,10 +37,12 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
     init(
         peer: ConnectionPeer,
         metrics: ListenerMetrics,
+        revoked: Set<String> = [],
         admit: ((SPIFFEID?, ChannelHandlerContext) -> Bool)? = nil
     ) {
         self.peer = peer
         self.metrics = metrics
+        self.revoked = revoked
         self.admit = admit
     }
 
@@ -61,6 +66,14 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
             handshakeDone = true
             let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
                 .peerCertificate
+            if !revoked.isEmpty, let certificate, let serial = WorkloadLeaf.serial(certificate),
+                revoked.contains(serial)
+            {
+                metrics.countError(.tlsHandshakeFailed)
+                refused = true
+                context.close(promise: nil)
+                return
+            }
             let ids = certificate.map(MeshTLSSource.spiffeIDs(of:)) ?? []
             peer.identity = ids.count == 1 ? ids[0] : nil
             if let admit, !admit(peer.identity, context) {

@@ -16,9 +16,16 @@ package final class HTTPVersionSniffer: ChannelInboundHandler, RemovableChannelH
     private var buffered: ByteBuffer?
     private let configure: Configure
     private let classify: Classify
+    /// A connection that has not said which protocol it speaks by then is closed: until
+    /// it does, no header timer runs, and silent connections would hold every place of
+    /// the listener's `maxConnections`.
+    private let deadline: TimeAmount
+    private var timer: Scheduled<Void>?
+    static let defaultDeadline = TimeAmount.seconds(10)
 
-    package init(configure: @escaping Configure) {
+    package init(deadline: TimeAmount = HTTPVersionSniffer.defaultDeadline, configure: @escaping Configure) {
         self.configure = configure
+        self.deadline = deadline
         self.classify = { bytes in
             let count = min(bytes.count, Self.preface.count)
             guard bytes.prefix(count).elementsEqual(Self.preface.prefix(count)) else { return false }
@@ -26,9 +33,25 @@ package final class HTTPVersionSniffer: ChannelInboundHandler, RemovableChannelH
         }
     }
 
-    package init(classify: @escaping Classify, configure: @escaping Configure) {
+    package init(
+        deadline: TimeAmount = HTTPVersionSniffer.defaultDeadline,
+        classify: @escaping Classify,
+        configure: @escaping Configure
+    ) {
         self.configure = configure
         self.classify = classify
+        self.deadline = deadline
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: deadline) {
+            context.close(promise: nil)
+        }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
     }
 
     /// A TLS connection opens with a handshake record (content type 22).

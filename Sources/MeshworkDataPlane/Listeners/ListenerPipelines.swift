@@ -100,7 +100,7 @@ enum ListenerPipelines {
         contexts: LoopContexts
     ) throws {
         try channel.pipeline.syncOperations.addHandler(
-            HTTPVersionSniffer { isHTTP2, channel in
+            HTTPVersionSniffer(deadline: settings.headerReadTimeout) { isHTTP2, channel in
                 if isHTTP2 {
                     try addHTTP2(to: channel, settings: settings, contexts: contexts)
                 } else {
@@ -124,14 +124,15 @@ enum ListenerPipelines {
         to channel: any Channel,
         tls: NIOSSLServerHandler,
         settings: ProxySettings,
-        contexts: LoopContexts
+        contexts: LoopContexts,
+        revoked: Set<String> = []
     ) throws {
         let sync = channel.pipeline.syncOperations
         try addServerTLS(tls, to: channel, settings: settings)
         // The caller's identity, read when the handshake completes, before ALPN builds the
         // HTTP pipeline whose requests are authorized with it.
         let peer = ConnectionPeer()
-        try sync.addHandler(PeerIdentityHandler(peer: peer, metrics: settings.metrics))
+        try sync.addHandler(PeerIdentityHandler(peer: peer, metrics: settings.metrics, revoked: revoked))
         try sync.addHandler(
             ApplicationProtocolNegotiationHandler { result, channel in
                 channel.eventLoop.makeCompletedFuture {

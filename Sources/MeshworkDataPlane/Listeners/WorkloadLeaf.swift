@@ -10,15 +10,27 @@ enum WorkloadLeaf {
     /// Why `certificate` cannot be a workload's leaf; nil when it can: basicConstraints
     /// CA:FALSE (or absent), a keyUsage with digitalSignature and neither keyCertSign nor
     /// cRLSign.
+    /// The serial number, lowercase hex, as the controller's revocation list names it.
+    static func serial(_ certificate: NIOSSLCertificate) -> String? {
+        guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else {
+            return nil
+        }
+        return hex(parsed.serialNumber.bytes)
+    }
+
+    static func hex(_ bytes: some Collection<UInt8>) -> String {
+        bytes.map { byte in
+            let digits = String(byte, radix: 16)
+            return digits.count == 1 ? "0" + digits : digits
+        }.joined()
+    }
+
     static func refusal(_ certificate: NIOSSLCertificate, revoked: Set<String> = []) -> String? {
         guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else {
             return "the certificate does not parse"
         }
         if !revoked.isEmpty {
-            let serial = parsed.serialNumber.bytes.map { byte in
-                let digits = String(byte, radix: 16)
-                return digits.count == 1 ? "0" + digits : digits
-            }.joined()
+            let serial = hex(parsed.serialNumber.bytes)
             if revoked.contains(serial) { return "a revoked certificate (serial \(serial))" }
         }
         switch Result(catching: { try parsed.extensions.basicConstraints }) {

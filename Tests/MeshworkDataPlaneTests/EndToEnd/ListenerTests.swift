@@ -82,6 +82,47 @@ struct ListenerTests {
         }
     }
 
+    /// A cleartext connection that never says which protocol it speaks (nothing, or part
+    /// of the HTTP/2 preface) is closed at `timeouts.headerRead`, on a proxy port and on the
+    /// admin port: before, no timer ran until the protocol was known, and silent
+    /// connections held every place of `limits.maxConnections` for good.
+    @Test func aSilentConnectionIsCutAtTheHeaderDeadline() async throws {
+        let short: (inout SidecarConfig) -> Void = { config in
+            config.timeouts.headerRead = .seconds(1)
+            config.limits.maxConnections = 2
+        }
+        try await TestMesh.withAppBehindSidecar(configure: short) { _, sidecar in
+            let script = """
+                import json, socket, sys, time
+                def closed_after(port, send):
+                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    s.sendall(send)
+                    start = time.monotonic()
+                    s.settimeout(6)
+                    try:
+                        data = s.recv(1)
+                    except socket.timeout:
+                        return None
+                    except ConnectionResetError:
+                        data = b""
+                    return round(time.monotonic() - start, 2) if data == b"" else None
+                ports = [int(p) for p in sys.argv[1:]]
+                print(json.dumps([closed_after(ports[0], b""), closed_after(ports[0], b"PRI * HTTP/2.0\\r\\n"),
+                                  closed_after(ports[1], b"")]))
+                """
+            let result = try await Command.run([
+                "python3", "-c", script, String(sidecar.port("upstream:orders")), String(sidecar.port("admin")),
+            ])
+            let times = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [Double?]
+            #expect(times?.count == 3, "\(result.output)")
+            for time in times ?? [] {
+                #expect(time != nil && time! > 0.5 && time! < 3, "\(result.output)")
+            }
+            // The places are free again: a real request is served.
+            #expect(try await Curl.get(sidecar.url("upstream:orders", "/")).status == 200)
+        }
+    }
+
     @Test func keepAliveReusesOneUpstreamConnection() async throws {
         try await TestMesh.withAppBehindSidecar { app, sidecar in
             // One curl, five requests on one downstream connection (and one loop).
