@@ -88,8 +88,19 @@ struct ControllerAPI {
             let report = try validated { () throws(ConfigErrors) in
                 try Self.parseTelemetry(text, service: instance.service)
             }
+            // The quota belongs to who reports: an instance-bound credential, or a
+            // service-wide one (which may write any instance of its service) as a whole, so
+            // inventing instance ids buys no more quota.
+            let reporter: String
+            switch caller {
+            case .workload(let credential):
+                reporter = credential.instance.map { "instance:\($0)" } ?? "service:\(credential.service)"
+            case .operator: reporter = "instance:\(id)"
+            }
             do {
-                if try telemetry.add(report, instance: id) > 0 { metrics.refused("telemetry_series_quota") }
+                if try telemetry.add(report, instance: id, reporter: reporter) > 0 {
+                    metrics.refused("telemetry_series_quota")
+                }
             } catch {
                 metrics.refused("telemetry_rate_limited")
                 throw APIError(

@@ -19,8 +19,10 @@ final class DNSServer: Sendable {
         /// connection opening or the previous answer; bytes that trickle in do not extend it
         /// (a client dripping one byte at a time is cut, not kept by every byte).
         var tcpMessageDeadline: TimeAmount = .seconds(10)
-        /// At most this many TCP connections at once; more are closed at accept.
+        /// At most this many TCP connections at once, and this many from one address; more
+        /// are closed at accept.
         var maxTCPConnections = 256
+        var maxTCPConnectionsPerSource = 32
     }
 
     private let options: Options
@@ -29,7 +31,7 @@ final class DNSServer: Sendable {
     private let logger: Logger
     private let channels = NIOLockedValueBox<[any Channel]>([])
     /// Open TCP connections (taken at accept and close only, never per query).
-    fileprivate let tcpConnections = NIOLockedValueBox(0)
+    fileprivate let tcpConnections = NIOLockedValueBox((total: 0, bySource: [String: Int]()))
 
     init(options: Options, registry: ControllerMetrics, logger: Logger) {
         self.options = options
@@ -125,6 +127,7 @@ final class DNSServer: Sendable {
 
     var tcpMessageDeadline: TimeAmount { options.tcpMessageDeadline }
     var maxTCPConnections: Int { options.maxTCPConnections }
+    var maxTCPConnectionsPerSource: Int { options.maxTCPConnectionsPerSource }
     func refusedConnection() { metrics.refusedConnections.increment() }
 
     /// The answer to one message, counted.
@@ -188,6 +191,7 @@ final class DNSConnectionGuard: ChannelInboundHandler {
 
     private let server: DNSServer
     private var counted = false
+    private var source = ""
     private var deadline: Scheduled<Void>?
     private var context: ChannelHandlerContext?
 
@@ -198,11 +202,15 @@ final class DNSConnectionGuard: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         counted = true
-        let open = server.tcpConnections.withLockedValue {
-            $0 += 1
-            return $0
+        source = context.channel.remoteAddress?.ipAddress ?? ""
+        let source = self.source
+        let fits = server.tcpConnections.withLockedValue { open in
+            open.total += 1
+            open.bySource[source, default: 0] += 1
+            return open.total <= server.maxTCPConnections
+                && open.bySource[source, default: 0] <= server.maxTCPConnectionsPerSource
         }
-        guard open <= server.maxTCPConnections else {
+        guard fits else {
             server.refusedConnection()
             context.close(promise: nil)
             return
@@ -216,7 +224,12 @@ final class DNSConnectionGuard: ChannelInboundHandler {
         deadline = nil
         if counted {
             counted = false
-            server.tcpConnections.withLockedValue { $0 -= 1 }
+            let source = self.source
+            server.tcpConnections.withLockedValue { open in
+                open.total -= 1
+                let left = open.bySource[source, default: 1] - 1
+                open.bySource[source] = left > 0 ? left : nil
+            }
         }
     }
 
@@ -261,6 +274,19 @@ final class DNSStreamHandler: ChannelInboundHandler {
         }
         context.write(wrapOutboundOut(answer), promise: nil)
         connection.answered()
+        // A client that sends queries and does not read the answers: stop reading until
+        // the answers drain, so they cannot pile up in memory.
+        if !context.channel.isWritable {
+            context.flush()
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

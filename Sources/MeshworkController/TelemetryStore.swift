@@ -98,30 +98,31 @@ final class TelemetryStore: Sendable {
     /// edges were dropped by the instance's peer quota; throws when the instance reports
     /// faster than `reportsPerSecond` beyond its burst.
     @discardableResult
-    func add(_ report: TelemetryReport, instance: String) throws(Refusal) -> Int {
+    func add(_ report: TelemetryReport, instance: String, reporter: String? = nil) throws(Refusal) -> Int {
+        let reporter = reporter ?? "instance:\(instance)"
         let now = self.now()
         let slot = now / Self.slotSeconds
         let began = now - Int(report.seconds.rounded(.up))
         let dropped = state.withLockedValue { (state: inout State) -> Int? in
-            var reporter = state.reporters[instance] ?? Reporter(lastSecond: now)
-            reporter.tokens = min(
+            var quota = state.reporters[reporter] ?? Reporter(lastSecond: now)
+            quota.tokens = min(
                 Self.reportBurst,
-                reporter.tokens + Self.reportsPerSecond * Double(now - reporter.lastSecond)
+                quota.tokens + Self.reportsPerSecond * Double(now - quota.lastSecond)
             )
-            reporter.lastSecond = now
-            guard reporter.tokens >= 1 else {
-                state.reporters[instance] = reporter
+            quota.lastSecond = now
+            guard quota.tokens >= 1 else {
+                state.reporters[reporter] = quota
                 return nil
             }
-            reporter.tokens -= 1
+            quota.tokens -= 1
             var dropped = 0
             for edge in report.edges where edge.direction == "inbound" {
-                if !reporter.peers.contains(edge.peer) {
-                    guard reporter.peers.count < Self.maxPeersPerInstance else {
+                if !quota.peers.contains(edge.peer) {
+                    guard quota.peers.count < Self.maxPeersPerInstance else {
                         dropped += 1
                         continue
                     }
-                    reporter.peers.insert(edge.peer)
+                    quota.peers.insert(edge.peer)
                 }
                 let keys: [Key] = [
                     .instance(service: report.service, id: instance),
@@ -132,7 +133,7 @@ final class TelemetryStore: Sendable {
                     state.series[key, default: Series(firstSecond: began)].add(edge, at: slot)
                 }
             }
-            state.reporters[instance] = reporter
+            state.reporters[reporter] = quota
             // Forget what has nothing left in the window, and reporters gone as long.
             if state.series.count > 64, slot % 6 == 0 {
                 state.series = state.series.filter { ($0.value.slots.last?.index ?? 0) > slot - Self.slots }

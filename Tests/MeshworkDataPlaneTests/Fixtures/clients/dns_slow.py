@@ -1,10 +1,12 @@
 """Slow and many DNS-over-TCP clients against a DNS server on 127.0.0.1.
 
-usage: dns_slow.py PORT MAX_CONNECTIONS DRIP_SECONDS
+usage: dns_slow.py PORT PER_SOURCE TOTAL DRIP_SECONDS
 
 Prints one JSON object:
-  full_refused: the connection past MAX_CONNECTIONS was closed by the server at once
-  earlier_open: a connection opened before it was still open then
+  source_refused: the connection past PER_SOURCE from 127.0.0.1 was closed at once
+  full_refused: with TOTAL open (PER_SOURCE each from 127.0.0.2, .3, ...), the next, from
+    another address, was closed at once
+  earlier_open: a connection opened before them was still open then
   after_release: once the others were closed, a new connection gets an answer
   drip_closed_after: seconds until the server closed a client that sends one byte of a
     query every 0.5 s (null if it was still open after DRIP_SECONDS)
@@ -18,13 +20,13 @@ import time
 
 import dns.message
 
-port, limit, drip_seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+port, per_source, total, drip_seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 query = dns.message.make_query("nothing.service.mesh", "A").to_wire()
 framed = struct.pack("!H", len(query)) + query
 
 
-def connect():
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+def connect(source="127.0.0.1"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
@@ -47,11 +49,21 @@ def answered(s):
 
 
 result = {}
-held = [connect() for _ in range(limit)]
+held = [connect() for _ in range(per_source)]
 # The server takes the connections in as it accepts them: ask on the last one so all are
 # counted before the one past the limit comes.
 result["earlier_open"] = answered(held[-1])
 extra = connect()
+result["source_refused"] = closed_by_server(extra, 2)
+extra.close()
+for s in held[1:]:
+    s.close()
+time.sleep(0.5)
+held = held[:1]
+sources = ["127.0.0.%d" % (2 + i // per_source) for i in range(total - 1)]
+held += [connect(source) for source in sources]
+result["earlier_open"] = result["earlier_open"] and answered(held[-1])
+extra = connect("127.0.0.250")
 result["full_refused"] = closed_by_server(extra, 2)
 result["earlier_open"] = result["earlier_open"] and answered(held[0])
 extra.close()
