@@ -109,10 +109,5 @@ extension IdentityService {
         return hex(leaf.serialNumber.bytes)
     }
 
-    static func hex(_ bytes: some Collection<UInt8>) -> String {
-        bytes.map { byte in
-            let digits = String(byte, radix: 16)
-            return digits.count == 1 ? "0" + digits : digits
-        }.joined()
-    }
+    static func hex(_ bytes: some Collection<UInt8>) -> String { Hex.lowercase(bytes) }
 }

@@ -1,3 +1,4 @@
+import MeshworkModel
 import NIOSSL
 import SwiftASN1
 import X509
@@ -18,12 +19,7 @@ enum WorkloadLeaf {
         return hex(parsed.serialNumber.bytes)
     }
 
-    static func hex(_ bytes: some Collection<UInt8>) -> String {
-        bytes.map { byte in
-            let digits = String(byte, radix: 16)
-            return digits.count == 1 ? "0" + digits : digits
-        }.joined()
-    }
+    static func hex(_ bytes: some Collection<UInt8>) -> String { Hex.lowercase(bytes) }
 
     static func refusal(_ certificate: NIOSSLCertificate, revoked: Set<String> = []) -> String? {
         guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else {
