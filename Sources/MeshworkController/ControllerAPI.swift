@@ -350,14 +350,7 @@ struct ControllerAPI {
         }
     }
 
-    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8)
-        let y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        var difference: UInt8 = 0
-        for i in x.indices { difference |= x[i] ^ y[i] }
-        return difference == 0
-    }
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool { SecretFile.constantTimeEqual(a, b) }
 
     func body(_ request: inout Request) async throws -> String {
         let buffer: ByteBuffer

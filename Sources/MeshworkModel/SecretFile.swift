@@ -135,6 +135,17 @@ public enum SecretFile {
         return token
     }
 
+    /// Whether two secrets are equal, in time that depends only on their lengths (a
+    /// bearer token compared byte by byte with an early exit leaks its prefix by timing).
+    public static func constantTimeEqual(_ a: some StringProtocol, _ b: some StringProtocol) -> Bool {
+        let x = Array(a.utf8)
+        let y = Array(b.utf8)
+        guard x.count == y.count else { return false }
+        var difference: UInt8 = 0
+        for i in x.indices { difference |= x[i] ^ y[i] }
+        return difference == 0
+    }
+
     private static func errorText() -> String {
         String(cString: strerror(errno))
     }

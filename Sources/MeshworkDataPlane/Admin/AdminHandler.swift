@@ -85,14 +85,7 @@ final class AdminHandler: ChannelInboundHandler {
         guard let token = endpoints.token, let header = head.headers.first(name: "authorization"),
             header.hasPrefix("Bearer ")
         else { return false }
-        return Self.constantTimeEqual(Array(header.utf8.dropFirst(7)), Array(token.utf8))
-    }
-
-    private static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var difference: UInt8 = 0
-        for index in a.indices { difference |= a[index] ^ b[index] }
-        return difference == 0
+        return SecretFile.constantTimeEqual(header.dropFirst(7), token)
     }
 
     private func refuse(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
