@@ -91,6 +91,7 @@ final class ControllerProcess {
 
     /// Signals `process` and waits up to `waitSteps` x 10 ms for it to end.
     static func stop(_ process: Process, kill: Bool, waitSteps: Int) async {
+        defer { Command.release(process) }
         guard process.isRunning else { return }
         if kill {
             Foundation.kill(process.processIdentifier, SIGKILL)

@@ -115,7 +115,7 @@ enum RawClient {
 enum Command {
     /// Starts `process` and waits for it without blocking a thread.
     static func wait(for process: Process) async throws -> Int32 {
-        try await withCheckedThrowingContinuation { continuation in
+        let status = try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
             do {
                 try process.run()
@@ -124,6 +124,21 @@ enum Command {
                 continuation.resume(throwing: error)
             }
         }
+        release(process)
+        return status
+    }
+
+    /// Frees what Foundation keeps for an ended `process`. swift-corelibs-foundation's
+    /// Process and its run-loop source retain each other until `waitUntilExit()` clears
+    /// the source, so a process only ever awaited through `terminationHandler` or
+    /// `isRunning` is never freed, nor the file handles it holds (its log file, a pipe's
+    /// read end): a descriptor per process. Over the suite they reached ~1360,
+    /// where Foundation's own scan of /proc/self/fd in `Process.run()` copies a whole
+    /// 256-byte `d_name` from the end of readdir's 32 KiB buffer and crashes (SIGSEGV in
+    /// memcpy). Returns at once: the process has ended.
+    static func release(_ process: Process) {
+        guard process.processIdentifier > 0, !process.isRunning else { return }
+        process.waitUntilExit()
     }
 
     static func run(_ arguments: [String]) async throws -> (exitCode: Int32, output: String) {

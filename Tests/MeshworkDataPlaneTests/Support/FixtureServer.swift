@@ -50,8 +50,8 @@ final class FixtureServer {
         }
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
         }
+        process.waitUntilExit()
     }
 }
 
