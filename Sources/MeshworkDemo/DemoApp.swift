@@ -12,7 +12,7 @@ import Synchronization
 ///
 /// Paths: `/` hello; `/echo` streams the request body back; `/status/<code>`;
 /// `/delay/<ms>`; `/bytes/<n>`; `/headers` the request head as text; `/trailers` a
-/// response with trailers; `/close` answers then closes the connection.
+/// response with trailers; `/close` answers then closes the connection; `/reset` closes it without an answer.
 public final class DemoApp: Sendable {
     public let name: String
     private let channel: any Channel
@@ -298,6 +298,9 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
         case "close":
             send(status: .ok, body: "bye\n", head, context, close: true)
+        case "reset":
+            // Read the whole request, answer nothing: a connection lost mid-exchange.
+            context.close(promise: nil)
         case "" where counter.downstreamPort.load(ordering: .relaxed) != 0:
             callDownstream(head, context: context)
         default:

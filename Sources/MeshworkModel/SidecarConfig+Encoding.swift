@@ -87,6 +87,7 @@ extension RetryPolicy: Encodable {
         try c.put(attempts, "attempts")
         try c.put(on.map(\.rawValue).sorted(), "on")
         if let perTryTimeout { try c.put(perTryTimeout, "perTryTimeout") }
+        if nonIdempotent { try c.put(true, "nonIdempotent") }
         try c.put(backoff.base, "backoffBase")
         try c.put(backoff.cap, "backoffMax")
         try c.put(budgetRatio, "budgetRatio")

@@ -107,8 +107,8 @@ extension SidecarConfig {
 
     static func readRetries(_ node: Node?, _ path: String, _ reader: ConfigReader) -> RetryPolicy? {
         let known: Set = [
-            "attempts", "on", "perTryTimeout", "backoffBase", "backoffMax", "budgetRatio", "budgetMinPerSecond",
-            "budgetWindow",
+            "attempts", "on", "perTryTimeout", "nonIdempotent", "backoffBase", "backoffMax", "budgetRatio",
+            "budgetMinPerSecond", "budgetWindow",
         ]
         guard
             let value = reader.toggle(
@@ -126,6 +126,7 @@ extension SidecarConfig {
                         policy.on = conditions
                     }
                     if let d = f.duration("perTryTimeout") { policy.perTryTimeout = d.duration }
+                    if let b = f.bool("nonIdempotent") { policy.nonIdempotent = b }
                     if let d = f.duration("backoffBase") { policy.backoff.base = d.duration }
                     if let d = f.duration("backoffMax") { policy.backoff.cap = d.duration }
                     if let r = f.double("budgetRatio", range: 0...10) { policy.budgetRatio = r }

@@ -64,6 +64,8 @@ public enum RetryCondition: String, Sendable, Hashable, CaseIterable {
     case connectFailure = "connect-failure"
     /// The endpoint reset or closed before answering.
     case reset
+    /// No answer's head within `perTryTimeout`.
+    case perTryTimeout = "per-try-timeout"
     /// The endpoint answered 503.
     case unavailable = "503"
     /// Any 5xx, for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
@@ -77,9 +79,14 @@ public enum RetryCondition: String, Sendable, Hashable, CaseIterable {
 public struct RetryPolicy: Sendable, Hashable {
     /// Tries after the first; 0 disables retries.
     public var attempts: Int = 2
-    public var on: Set<RetryCondition> = [.connectFailure, .reset, .unavailable, .idempotent5xx]
-    /// Each try gets at most this long (nil: only the request timeout applies).
+    public var on: Set<RetryCondition> = [.connectFailure, .reset, .perTryTimeout, .unavailable, .idempotent5xx]
+    /// Each try gets at most this long (nil: only the request timeout applies), whatever
+    /// `attempts` is.
     public var perTryTimeout: Duration?
+    /// The service's calls are safe to repeat whatever the method: a POST or PATCH that
+    /// reached an endpoint may be sent again after a reset, a per-try timeout or a 5xx the
+    /// conditions name. Off: only idempotent methods are, once sent (a 503 excepted).
+    public var nonIdempotent = false
     public var backoff = ExponentialBackoff()
     /// Share of requests that retries may add, the floor per second, and the window.
     public var budgetRatio: Double = 0.2
@@ -87,14 +94,6 @@ public struct RetryPolicy: Sendable, Hashable {
     public var budgetWindow: Duration = .seconds(10)
 
     public init() {}
-
-    /// Whether a failure of this kind may be retried for a request with this method.
-    public func allows(status: Int, idempotent: Bool) -> Bool {
-        guard status >= 500 else { return false }
-        if status == 503, on.contains(.unavailable) { return true }
-        if on.contains(.any5xx) { return true }
-        return idempotent && on.contains(.idempotent5xx)
-    }
 }
 
 /// Settings of client-side adaptive throttling.

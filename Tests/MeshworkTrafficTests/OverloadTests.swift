@@ -84,17 +84,6 @@ struct OverloadTests {
         }
     }
 
-    @Test func retryPolicyDecidesByStatusAndMethod() {
-        let policy = RetryPolicy()
-        #expect(policy.allows(status: 503, idempotent: false))
-        #expect(policy.allows(status: 500, idempotent: true))
-        #expect(!policy.allows(status: 500, idempotent: false))
-        #expect(!policy.allows(status: 404, idempotent: true))
-        var any = RetryPolicy()
-        any.on = [.any5xx]
-        #expect(any.allows(status: 500, idempotent: false))
-    }
-
     @Test func adaptiveThrottleMatchesTheFormula() {
         var throttle = AdaptiveThrottle(k: 2)
         var random = SplitMix64(seed: 1)

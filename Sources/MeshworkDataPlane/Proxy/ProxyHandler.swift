@@ -103,6 +103,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var replayBytes = 0
     private var requestHash: UInt64?
     private var isIdempotent = false
+    /// When the request times out: each try's head carries the time left until then.
+    private var deadline = NIODeadline.distantFuture
     private var backoffTask: Scheduled<Void>?
     private var tryTimer: Scheduled<Void>?
 
@@ -339,8 +341,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             isIdempotent = Self.idempotentMethods.contains(head.method)
             requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head) }
             let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
+            deadline = requestStart + timeout
             var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
-            if cluster.isMesh { Deadlines.propagate(timeout, in: &upstreamHead.headers) }
+            if cluster.isMesh { Deadlines.propagate(tryTimeout(cluster, left: timeout), in: &upstreamHead.headers) }
             if let trace, let header = trace.header {
                 if trace.replaces {
                     upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
@@ -409,21 +412,36 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Tries again after a failure nothing of which reached the client, when the policy,
-    /// the attempts left, the retry budget and the retries breaker all allow it.
-    private func retry(_ cluster: LoopCluster, parts: [HTTPClientRequestPart], failedEndpoint: Int?) -> Bool {
-        guard takeRetry(cluster) else { return false }
-        scheduleRetry(cluster, parts: parts, failedEndpoint: failedEndpoint)
-        return true
+    /// The time the next hop gets for this try: what is left of the request's, or less
+    /// when each try has its own timeout (the hop then gives up when this try does).
+    private func tryTimeout(_ cluster: LoopCluster, left: TimeAmount) -> TimeAmount {
+        guard let perTry = cluster.retryPolicy.perTryTimeout else { return left }
+        return min(left, .nanoseconds(perTry.nanoseconds))
     }
 
-    private func takeRetry(_ cluster: LoopCluster) -> Bool {
-        guard attempt < cluster.retryPolicy.attempts, !responseStarted, cluster.tryRetry() else { return false }
-        if holdsRetry { cluster.retryEnded() }
-        holdsRetry = true
-        return true
+    /// The retry decision of every failure path (`RetryPolicy.verdict`): `sent` says
+    /// whether any of the request left for the endpoint. On `.retry` the retry budget and
+    /// the retries breaker have given a token this exchange now holds.
+    private func retryVerdict(_ failure: TryFailure, _ cluster: LoopCluster, sent: Bool) -> RetryVerdict {
+        let context = TryContext(
+            idempotent: isIdempotent,
+            requestSent: sent,
+            responseStarted: responseStarted,
+            // Unsent, every part is still pending; sent, only what `replay` kept.
+            replayable: !sent || replay != nil,
+            attempt: attempt,
+            timeLeft: .nanoseconds((deadline - loop.loop.now).nanoseconds)
+        )
+        return cluster.retryPolicy.verdict(after: failure, context) {
+            guard cluster.tryRetry() else { return false }
+            if holdsRetry { cluster.retryEnded() }
+            holdsRetry = true
+            return true
+        }
     }
 
+    /// Sends `parts` again after the cluster's backoff, to another endpoint when there is
+    /// one, with the head's deadline rewritten to the time then left.
     private func scheduleRetry(_ cluster: LoopCluster, parts: [HTTPClientRequestPart], failedEndpoint: Int?) {
         let delay = cluster.backoff(attempt: attempt)
         attempt += 1
@@ -431,8 +449,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         tryTimer = nil
         state = .backingOff(cluster: cluster, pending: parts)
         backoffTask = loop.loop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
-            guard let self, case .backingOff(let current, let pending) = self.state, current === cluster else { return }
+            guard let self, case .backingOff(let current, var pending) = self.state, current === cluster else { return }
             self.backoffTask = nil
+            if cluster.isMesh, case .head(var head) = pending.first {
+                let left = self.deadline - self.loop.loop.now
+                Deadlines.propagate(self.tryTimeout(cluster, left: left), in: &head.headers)
+                pending[0] = .head(head)
+            }
             self.state = .connecting(cluster: cluster, pending: pending)
             self.startTry(cluster, avoiding: failedEndpoint)
         }
@@ -504,17 +527,21 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             cluster.metrics.countError(error)
             // Nothing was sent: every part is still here, whatever the request's size.
             // (A reset here is a stream that could not be opened on a connection that just died.)
-            if error == .connectFailed || error == .connectTimeout || error == .upstreamReset,
-                cluster.retryPolicy.on.contains(.connectFailure),
-                retry(cluster, parts: pending, failedEndpoint: endpoint)
-            {
+            let failure: TryFailure? =
+                switch error {
+                case .connectFailed, .connectTimeout: .connectFailure
+                case .upstreamReset: .reset
+                default: nil
+                }
+            if let failure, retryVerdict(failure, cluster, sent: false) == .retry {
+                scheduleRetry(cluster, parts: pending, failedEndpoint: endpoint)
                 return
             }
             answer(error)
         case .success(let upstream):
             upstream.begin(delegate: self)
             state = .proxying(cluster: cluster, upstream: upstream)
-            if let perTry = cluster.retryPolicy.perTryTimeout, cluster.retryPolicy.attempts > 0 {
+            if let perTry = cluster.retryPolicy.perTryTimeout {
                 tryTimer = loop.loop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanoseconds)) {
                     [weak self] in
                     self?.tryTimedOut(upstream)
@@ -866,9 +893,9 @@ extension ProxyHandler: UpstreamDelegate {
             tryTimer = nil
             if let index = upstream.endpointIndex {
                 cluster.record(index, ExchangeOutcome(status: Int(head.status.code)))
-                if head.status.code >= 500, let parts = replay,
-                    cluster.retryPolicy.allows(status: Int(head.status.code), idempotent: isIdempotent),
-                    takeRetry(cluster)
+                if head.status.code >= 500,
+                    retryVerdict(.status(Int(head.status.code)), cluster, sent: true) == .retry,
+                    let parts = replay
                 {
                     // Not a byte of this answer has reached the client: try elsewhere.
                     reportLatency(upstream, cluster)
@@ -988,9 +1015,10 @@ extension ProxyHandler: UpstreamDelegate {
         if let endpoint { cluster.record(endpoint, .gatewayFailure) }
         reportLatency(upstream, cluster)
         cluster.metrics.countError(error)
-        if !responseStarted, error == .upstreamReset, cluster.retryPolicy.on.contains(.reset), let parts = replay {
+        if error == .upstreamReset, retryVerdict(.reset, cluster, sent: true) == .retry, let parts = replay {
             upstream.finish()
-            if retry(cluster, parts: parts, failedEndpoint: endpoint) { return }
+            scheduleRetry(cluster, parts: parts, failedEndpoint: endpoint)
+            return
         }
         state = .answered
         if responseStarted {
@@ -1011,7 +1039,10 @@ extension ProxyHandler: UpstreamDelegate {
         reportLatency(upstream, cluster)
         cluster.metrics.countError(.upstreamTimeout)
         upstream.finish()
-        if let parts = replay, retry(cluster, parts: parts, failedEndpoint: endpoint) { return }
+        if retryVerdict(.perTryTimeout, cluster, sent: true) == .retry, let parts = replay {
+            scheduleRetry(cluster, parts: parts, failedEndpoint: endpoint)
+            return
+        }
         state = .answered
         keepAlive = false
         answer(.upstreamTimeout)

@@ -103,6 +103,92 @@ struct TrafficTests {
         }
     }
 
+    /// A request the endpoint received and dropped without answering is sent again only if
+    /// repeating it is safe: a GET is, a POST is not (the endpoint may have acted on it)
+    /// unless the policy says the service's calls are safe to repeat (`nonIdempotent`).
+    @Test func aSentPostIsNotRepeatedAfterAResetUnlessThePolicySaysItIsSafe() async throws {
+        for (method, nonIdempotent, tries) in [("GET", false, 3), ("POST", false, 1), ("POST", true, 3)] {
+            let configure: (inout SidecarConfig) -> Void = { config in
+                config.clusters[0].outlierDetection = nil
+                config.clusters[0].retries.nonIdempotent = nonIdempotent
+                config.clusters[0].retries.backoff = ExponentialBackoff(base: .milliseconds(1), cap: .milliseconds(2))
+            }
+            try await TestMesh.withAppBehindSidecar(configure: configure) { app, sidecar in
+                let result = try await Curl.run(["-X", method, "-d", "x=1", sidecar.url("upstream:orders", "/reset")])
+                #expect(result.status == 502, "\(method): \(result.status) \(result.text)")
+                #expect(result.header("x-meshwork-error") == "upstream_reset")
+                #expect(app.requestCount == tries, "\(method), nonIdempotent \(nonIdempotent)")
+                #expect(
+                    sidecar.metric(#"meshwork_cluster_retries_total{cluster="orders"}"#) == Double(tries - 1),
+                    "\(method), nonIdempotent \(nonIdempotent)"
+                )
+            }
+        }
+    }
+
+    /// `perTryTimeout` bounds each try even with no retries, and a timed-out try is tried
+    /// again only when `per-try-timeout` is one of the policy's conditions.
+    @Test func thePerTryTimeoutBoundsEveryTryAndObeysTheConditions() async throws {
+        let cases: [(attempts: Int, on: Set<RetryCondition>, tries: Int)] = [
+            (0, RetryPolicy().on, 1), (2, [.reset, .unavailable], 1), (2, RetryPolicy().on, 3),
+        ]
+        for (attempts, conditions, tries) in cases {
+            let configure: (inout SidecarConfig) -> Void = { config in
+                config.clusters[0].retries.attempts = attempts
+                config.clusters[0].retries.on = conditions
+                config.clusters[0].retries.perTryTimeout = .milliseconds(200)
+                config.clusters[0].retries.backoff = ExponentialBackoff(base: .milliseconds(1), cap: .milliseconds(2))
+            }
+            try await TestMesh.withAppBehindSidecar(configure: configure) { app, sidecar in
+                let started = ContinuousClock.now
+                let result = try await Curl.get(sidecar.url("upstream:orders", "/delay/3000"))
+                let took = ContinuousClock.now - started
+                #expect(result.status == 504, "attempts \(attempts): \(result.status) \(result.text)")
+                #expect(result.header("x-meshwork-error") == "upstream_timeout")
+                #expect(app.requestCount == tries, "attempts \(attempts), on \(conditions)")
+                // Each try gave up at 200 ms, far before the app's 3 s.
+                #expect(took < .milliseconds(200 * tries + 1500), "\(took)")
+            }
+        }
+    }
+
+    /// A retried request tells the next hop the time left when it is sent again, not the
+    /// time it had at its first try.
+    @Test func aRetryCarriesTheTimeLeftNotTheFirstTrysTimeout() async throws {
+        let slow = try await TestMesh.startServerSide(service: "orders")
+        let healthy = try await TestMesh.startServerSide(service: "orders")
+        slow.app.setSlow(.milliseconds(600))
+        slow.app.setFailing(503)
+        var cluster = TestMesh.cluster(
+            "orders",
+            .mesh,
+            [slow.sidecar.addresses["inbound"], healthy.sidecar.addresses["inbound"]]
+        )
+        cluster.balancer = .roundRobin
+        cluster.outlierDetection = nil
+        cluster.requestTimeout = .seconds(3)
+        cluster.retries.attempts = 1
+        let client = try await TestMesh.startClientSide(cluster: cluster)
+        let url = client.url("upstream:orders", "/headers")
+        // One connection, three requests, every body on stdout.
+        let result = try await Command.run(["curl", "-sS", "--max-time", "10", url, url, url])
+        // What the healthy app was told each time (the slow one's 503s were retried).
+        let sent = result.output.split(separator: "\n").compactMap { line -> Int? in
+            line.hasPrefix("x-meshwork-timeout: ") ? Int(line.dropFirst("x-meshwork-timeout: ".count)) : nil
+        }
+        #expect(sent.count == 3, "\(result.output)")
+        let retries = client.metric(#"meshwork_cluster_retries_total{cluster="orders"}"#) ?? 0
+        #expect(retries >= 1)
+        // A first try goes out with ~3000 ms; a retry after the slow 503 with 600 ms less.
+        #expect(sent.allSatisfy { $0 <= 3000 }, "\(sent)")
+        #expect(sent.filter { $0 <= 2450 }.count == Int(retries), "\(sent), \(retries) retries")
+        await client.stop()
+        for side in [slow, healthy] {
+            await side.sidecar.stop()
+            await side.app.stop()
+        }
+    }
+
     @Test func retriesStopWhenTheBudgetIsSpent() async throws {
         let app = try await DemoApp.start(name: "down", group: TestMesh.group)
         app.setFailing(503)
