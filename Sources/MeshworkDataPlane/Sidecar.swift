@@ -204,13 +204,14 @@ public actor Sidecar: Service {
             if let inbound = config.inbound {
                 context.authorizationMetrics = authorizationMetrics
                 let now = loop.now.uptimeNanoseconds
+                let share = LoopShare(loops: loops.count)
                 context.inboundLimiter = inbound.concurrencyLimit.map {
-                    GradientConcurrencyLimiter(policy: $0, now: now)
+                    GradientConcurrencyLimiter(policy: share.of($0), now: now)
                 }
                 context.inboundRateLimit = inbound.rateLimit.map {
                     TokenBucket(
-                        rate: $0.requestsPerSecond / Double(loops.count),
-                        burst: max(1, Double($0.burst) / Double(loops.count)),
+                        rate: share.of($0.requestsPerSecond),
+                        burst: max(1, share.of(Double($0.burst))),
                         now: now
                     )
                 }

@@ -139,5 +139,16 @@ extension TrafficPolicy: Encodable {
         } else {
             try c.put("off", "adaptiveThrottling")
         }
+        // Off is the default: absent reads back as off.
+        if let slowStart { try c.put(slowStart, "slowStart") }
+    }
+}
+
+extension SlowStartPolicy: Encodable {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.put(window, "window")
+        try c.put(aggression, "aggression")
+        try c.put(minWeight * 100, "minWeightPercent")
     }
 }

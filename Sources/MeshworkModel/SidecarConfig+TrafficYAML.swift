@@ -9,7 +9,7 @@ extension SidecarConfig {
     /// services in the controller's API.
     static let policyKeys: Set<String> = [
         "connectTimeout", "requestTimeout", "balancer", "hashOn", "zoneAware", "outlierDetection", "circuitBreakers",
-        "retries", "adaptiveThrottling",
+        "retries", "adaptiveThrottling", "slowStart",
     ]
 
     static func readPolicy(_ f: ConfigReader.Fields, _ reader: ConfigReader, into policy: inout TrafficPolicy) {
@@ -53,6 +53,19 @@ extension SidecarConfig {
             }
         ) {
             policy.adaptiveThrottling = throttle
+        }
+        if let ramp = reader.toggle(
+            f.node("slowStart"),
+            f.path("slowStart"),
+            default: SlowStartPolicy(),
+            known: ["window", "aggression", "minWeightPercent"],
+            read: { ramp, r in
+                if let d = r.duration("window") { ramp.window = d.duration }
+                if let a = r.double("aggression", range: 0.1...10) { ramp.aggression = a }
+                if let p = r.double("minWeightPercent", range: 0...100) { ramp.minWeight = p / 100 }
+            }
+        ) {
+            policy.slowStart = ramp
         }
     }
 

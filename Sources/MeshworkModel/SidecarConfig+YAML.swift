@@ -123,7 +123,7 @@ extension SidecarConfig {
                 "name", "endpoints", "protocol", "connectTimeout", "requestTimeout", "idleTimeout",
                 "maxIdleConnections", "maxConcurrentStreams", "maxRequestsPerConnection", "balancer", "hashOn",
                 "zoneAware", "subset",
-                "outlierDetection", "circuitBreakers", "retries", "adaptiveThrottling",
+                "outlierDetection", "circuitBreakers", "retries", "adaptiveThrottling", "slowStart",
             ]
             guard let f = reader.mapping(node, path, known: known) else { continue }
             guard let name = f.required("name", f.string("name")) else { continue }

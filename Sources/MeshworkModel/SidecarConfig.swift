@@ -236,6 +236,8 @@ public struct ClusterConfig: Sendable, Hashable, Encodable {
     public var retries = RetryPolicy()
     /// Reject locally when the cluster refuses most requests (nil: off).
     public var adaptiveThrottling: AdaptiveThrottlePolicy?
+    /// Endpoints that join take a growing share over a window (nil: their full share at once).
+    public var slowStart: SlowStartPolicy?
 
     public init(name: String) {
         self.name = name
@@ -306,6 +308,7 @@ public struct TrafficPolicy: Sendable, Hashable {
     public var circuitBreakers = CircuitBreakerLimits()
     public var retries = RetryPolicy()
     public var adaptiveThrottling: AdaptiveThrottlePolicy?
+    public var slowStart: SlowStartPolicy?
 
     public init() {}
 }
@@ -332,6 +335,7 @@ extension ClusterConfig {
             policy.circuitBreakers = circuitBreakers
             policy.retries = retries
             policy.adaptiveThrottling = adaptiveThrottling
+            policy.slowStart = slowStart
             return policy
         }
         set {
@@ -344,6 +348,7 @@ extension ClusterConfig {
             circuitBreakers = newValue.circuitBreakers
             retries = newValue.retries
             adaptiveThrottling = newValue.adaptiveThrottling
+            slowStart = newValue.slowStart
         }
     }
 }

@@ -23,19 +23,6 @@ public struct CircuitBreakerLimits: Sendable, Hashable {
         case .retries: maxRetries
         }
     }
-
-    /// This limit split across `shares` independent counters (one per event loop, so no
-    /// counter is shared between threads), rounding up so the total is never lower.
-    public func divided(by shares: Int) -> CircuitBreakerLimits {
-        let shares = max(1, shares)
-        func split(_ value: Int) -> Int { value <= 0 ? 0 : (value + shares - 1) / shares }
-        var limits = self
-        limits.maxConnections = split(maxConnections)
-        limits.maxPendingRequests = split(maxPendingRequests)
-        limits.maxRequests = split(maxRequests)
-        limits.maxRetries = split(maxRetries)
-        return limits
-    }
 }
 
 /// Envoy-style circuit breaking: counters of connections, requests waiting for a
@@ -48,6 +35,14 @@ public struct CircuitBreaker: Sendable {
 
     public init(limits: CircuitBreakerLimits = CircuitBreakerLimits()) {
         self.limits = limits
+    }
+
+    /// The same counts under new limits (a pushed policy): what is held stays held and is
+    /// released as usual; over a lowered limit, nothing more is taken until below it.
+    public func withLimits(_ limits: CircuitBreakerLimits) -> CircuitBreaker {
+        var next = CircuitBreaker(limits: limits)
+        next.counts = counts
+        return next
     }
 
     public func count(_ resource: BreakerResource) -> Int {

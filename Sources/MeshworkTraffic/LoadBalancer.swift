@@ -53,7 +53,8 @@ public struct ZonePolicy: Sendable, Hashable {
 /// one per cluster per event loop. Time is passed in; randomness is injected.
 ///
 /// Hash-based algorithms ignore zones (a key must map to one endpoint wherever the caller
-/// runs), as Envoy does.
+/// runs), as Envoy does. Slow start applies to the P2C algorithms (least-request and
+/// peak-EWMA, the default).
 public struct LoadBalancer<R: RandomNumberGenerator> {
     public let algorithm: BalancerAlgorithm
     public private(set) var endpoints: [BalancerEndpoint]
@@ -64,6 +65,12 @@ public struct LoadBalancer<R: RandomNumberGenerator> {
     public let zones: ZonePolicy
     /// The share of picks that stay in the local zone (1 when zones are not in use).
     public private(set) var localShare: Double = 1
+
+    /// The ramp of endpoints that join a running cluster (nil: none); and when each
+    /// endpoint's ramp began (0: not ramping).
+    public let slowStart: SlowStartPolicy?
+    private var rampStarts: [UInt64]
+    private var ramping = false
 
     private var random: R
     private var local = Group()
@@ -84,14 +91,21 @@ public struct LoadBalancer<R: RandomNumberGenerator> {
         zones: ZonePolicy = ZonePolicy(),
         random: R,
         now: UInt64,
-        decay: Duration = .seconds(10),
+        decay: Duration = PeakEWMA.defaultDecay,
         prior: Duration = .milliseconds(30),
+        peakFactor: Double = 2,
+        slowStart: SlowStartPolicy? = nil,
         roundRobinStart: Int = 0
     ) {
         self.algorithm = algorithm
+        self.slowStart = slowStart
+        self.rampStarts = Array(repeating: 0, count: endpoints.count)
         self.endpoints = endpoints
         self.available = Array(repeating: true, count: endpoints.count)
-        self.loads = Array(repeating: PeakEWMA(decay: decay, prior: prior, now: now), count: endpoints.count)
+        self.loads = Array(
+            repeating: PeakEWMA(decay: decay, prior: prior, peakFactor: peakFactor, now: now),
+            count: endpoints.count
+        )
         self.zones = zones
         self.random = random
         self.smoothCurrent = Array(repeating: 0, count: endpoints.count)
@@ -102,15 +116,46 @@ public struct LoadBalancer<R: RandomNumberGenerator> {
 
     /// Takes over the latency estimates of endpoints that `old` also had (matched by key),
     /// so a changed endpoint list does not send a burst to endpoints known to be slow.
+    /// Endpoints new to the cluster start at its typical cost (the median of the carried
+    /// estimates at `now`), not at the fixed prior: a prior far above what the others cost
+    /// kept a new instance out of the picks until it had decayed (about 30 s from 30 ms to
+    /// a sub-millisecond cluster), one far below would flood it.
     /// Outstanding counts start at zero: completions of requests picked by `old` go unreported.
-    public mutating func carryOver(from old: LoadBalancer) {
-        var byKey: [String: PeakEWMA] = [:]
-        for (index, endpoint) in old.endpoints.enumerated() { byKey[endpoint.key] = old.loads[index] }
+    public mutating func carryOver(from old: LoadBalancer, now: UInt64) {
+        var byKey: [String: Int] = [:]
+        for (index, endpoint) in old.endpoints.enumerated() { byKey[endpoint.key] = index }
+        var carried: [Double] = []
+        var fresh: [Int] = []
         for (index, endpoint) in endpoints.enumerated() {
-            if var load = byKey[endpoint.key] {
+            if let oldIndex = byKey[endpoint.key] {
+                var load = old.loads[oldIndex]
                 load.resetPending()
                 loads[index] = load
+                carried.append(load.cost(at: now))
+                rampStarts[index] = old.rampStarts[oldIndex]
+            } else {
+                fresh.append(index)
             }
+        }
+        guard !carried.isEmpty, !fresh.isEmpty else {
+            ramping = slowStart != nil && rampStarts.contains { $0 != 0 }
+            return
+        }
+        // Endpoints that join a running cluster ramp up (the first state has none).
+        if slowStart != nil {
+            for index in fresh { rampStarts[index] = max(now, 1) }
+        }
+        ramping = slowStart != nil && rampStarts.contains { $0 != 0 }
+        carried.sort()
+        let middle = carried.count / 2
+        let typical = carried.count % 2 == 1 ? carried[middle] : (carried[middle - 1] + carried[middle]) / 2
+        for index in fresh {
+            loads[index] = PeakEWMA(
+                decayNanos: loads[index].decayNanos,
+                peakFactor: loads[index].peakFactor,
+                costNanos: typical,
+                now: now
+            )
         }
     }
 
@@ -194,12 +239,33 @@ public struct LoadBalancer<R: RandomNumberGenerator> {
             let a = Int.random(in: 0..<members.count, using: &random)
             var b = Int.random(in: 0..<(members.count - 1), using: &random)
             if b >= a { b += 1 }
+            if ramping {
+                let keepsA = rampKeeps(members[a], now: now)
+                let keepsB = rampKeeps(members[b], now: now)
+                if keepsA != keepsB { return keepsA ? members[a] : members[b] }
+            }
             let costA = cost(members[a], now: now)
             let costB = cost(members[b], now: now)
             return costB < costA ? members[b] : members[a]
         case .ringHash, .maglev:
             return nil
         }
+    }
+
+    /// Whether a ramping endpoint drawn as a candidate stays in the draw: with the
+    /// probability of its slow-start factor (always once its ramp is over). Scaling its
+    /// weight instead would not ramp under P2C: at light load, where nothing is pending,
+    /// any endpoint costlier than its rival loses every draw, so half a weight is no
+    /// traffic at all until the ramp ends.
+    private mutating func rampKeeps(_ index: Int, now: UInt64) -> Bool {
+        guard let slowStart, rampStarts[index] != 0 else { return true }
+        let factor = slowStart.factor(elapsedNanos: now > rampStarts[index] ? now - rampStarts[index] : 0)
+        if factor >= 1 {
+            rampStarts[index] = 0
+            ramping = rampStarts.contains { $0 != 0 }
+            return true
+        }
+        return Double.random(in: 0..<1, using: &random) < factor
     }
 
     private func cost(_ index: Int, now: UInt64) -> Double {

@@ -17,6 +17,17 @@ public struct RetryBudget: Sendable {
         self.retries = SlidingWindowCounter(window: window)
     }
 
+    /// The budget under new settings; the requests and retries seen stay counted while the
+    /// window's length stays (a new length starts empty windows).
+    public func reconfigured(ratio: Double, minRetriesPerSecond: Double, window: Duration) -> RetryBudget {
+        var next = RetryBudget(ratio: ratio, minRetriesPerSecond: minRetriesPerSecond, window: window)
+        if window == self.window {
+            next.requests = requests
+            next.retries = retries
+        }
+        return next
+    }
+
     /// An original request (not a retry) was sent.
     public mutating func recordRequest(now: UInt64) {
         requests.add(now: now)

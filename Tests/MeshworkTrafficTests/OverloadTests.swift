@@ -28,9 +28,62 @@ struct OverloadTests {
         var limits = CircuitBreakerLimits()
         limits.maxRequests = 5
         limits.maxRetries = 3
-        let share = limits.divided(by: 2)
+        let share = LoopShare(loops: 2).of(limits)
         #expect(share.maxRequests == 3)
         #expect(share.maxRetries == 2)
+        #expect(LoopShare(loops: 4).of(0) == 0)
+        #expect(LoopShare(loops: 4).of(10.0) == 2.5)
+        // The inbound concurrency limiter is divided like the breakers.
+        var limiter = GradientLimiterPolicy()
+        limiter.maxConcurrency = 1000
+        limiter.minConcurrency = 3
+        let limiterShare = LoopShare(loops: 2).of(limiter)
+        #expect(limiterShare.maxConcurrency == 500 && limiterShare.minConcurrency == 2)
+    }
+
+    @Test func aPushedPolicyRebuildsTheClusterTrafficAndKeepsWhatIsHeld() {
+        let endpoints = (0..<3).map { BalancerEndpoint(key: "e\($0)") }
+        var traffic = ClusterTraffic(
+            policy: ClusterTrafficPolicy(),
+            endpoints: endpoints,
+            share: LoopShare(loops: 2),
+            seed: 1,
+            now: 0
+        )
+        #expect(traffic.breaker.limits.maxRequests == 512)
+        // Two requests in flight, one retry spent from the budget.
+        let first = traffic.breaker.tryAcquire(.requests)
+        let second = traffic.breaker.tryAcquire(.requests)
+        #expect(first && second)
+        traffic.retryBudget.recordRequest(now: 0)
+        let retried = traffic.retryBudget.tryRetry(now: 0)
+        #expect(retried)
+        let budgetBefore = traffic.retryBudget.allowance(now: 0)
+
+        var policy = ClusterTrafficPolicy()
+        policy.balancer = .roundRobin
+        policy.circuitBreakers.maxRequests = 4
+        policy.adaptiveThrottling = AdaptiveThrottlePolicy()
+        policy.outlierDetection = nil
+        traffic.update(policy: policy, endpoints: endpoints, previous: [0, 1, 2], seed: 2, now: 1)
+        #expect(traffic.balancer.algorithm == .roundRobin)
+        #expect(traffic.breaker.limits.maxRequests == 2)
+        #expect(traffic.breaker.count(.requests) == 2, "held slots stay held")
+        let overLimit = traffic.breaker.tryAcquire(.requests)
+        #expect(!overLimit, "the lowered limit applies at once")
+        #expect(traffic.throttle != nil)
+        #expect(traffic.outliers == nil)
+        #expect(traffic.retryBudget.allowance(now: 0) == budgetBefore, "same budget settings: the window is kept")
+
+        // A new budget ratio takes effect (the requests seen stay counted).
+        policy.retries.budgetRatio = 1
+        traffic.update(policy: policy, endpoints: endpoints, previous: [0, 1, 2], seed: 3, now: 2)
+        #expect(traffic.retryBudget.ratio == 1)
+        #expect(traffic.retryBudget.allowance(now: 2) > budgetBefore)
+        // Turning throttling off removes it.
+        policy.adaptiveThrottling = nil
+        traffic.update(policy: policy, endpoints: endpoints, previous: [0, 1, 2], seed: 4, now: 3)
+        #expect(traffic.throttle == nil)
     }
 
     @Test func retryBudgetAllowsTwentyPercentPlusTheFloor() {

@@ -12,9 +12,9 @@ final class HTTP1Pool {
     private let loop: any EventLoop
     private let address: SocketAddress
     private let tls: PeerTLS?
-    private let connectTimeout: TimeAmount
-    private let idleTimeout: TimeAmount
-    private let maxIdle: Int
+    private var connectTimeout: TimeAmount
+    private var idleTimeout: TimeAmount
+    private var maxIdle: Int
     private let metrics: EndpointMetrics
     private let clusterMetrics: ClusterMetrics
     private let gate: ConnectionGate
@@ -44,6 +44,14 @@ final class HTTP1Pool {
         self.maxIdle = maxIdle
         self.metrics = metrics
         self.clusterMetrics = clusterMetrics
+    }
+
+    /// A pushed policy's connection settings, for the connections opened and the idle ones
+    /// kept from now on.
+    func reconfigure(connectTimeout: TimeAmount, idleTimeout: TimeAmount, maxIdle: Int) {
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.maxIdle = maxIdle
     }
 
     func acquire(_ callback: @escaping (Result<any Upstream, MeshError>) -> Void) {

@@ -33,10 +33,10 @@ final class HTTP2Pool {
     private let loop: any EventLoop
     private let address: SocketAddress
     private let tls: PeerTLS?
-    private let connectTimeout: TimeAmount
-    private let idleTimeout: TimeAmount
-    private let maxStreams: Int
-    private let maxStreamsPerConnection: Int
+    private var connectTimeout: TimeAmount
+    private var idleTimeout: TimeAmount
+    private var maxStreams: Int
+    private var maxStreamsPerConnection: Int
     private let metrics: EndpointMetrics
     private let clusterMetrics: ClusterMetrics
     private var connections: [Connection] = []
@@ -66,6 +66,16 @@ final class HTTP2Pool {
         self.maxStreamsPerConnection = min(maxStreamsPerConnection, ClusterConfig.streamIDsPerConnection)
         self.metrics = metrics
         self.clusterMetrics = clusterMetrics
+    }
+
+    /// A pushed policy's connection settings, for the streams and connections opened from
+    /// now on.
+    func reconfigure(connectTimeout: TimeAmount, idleTimeout: TimeAmount, maxStreams: Int, maxStreamsPerConnection: Int)
+    {
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.maxStreams = maxStreams
+        self.maxStreamsPerConnection = min(maxStreamsPerConnection, ClusterConfig.streamIDsPerConnection)
     }
 
     func acquire(_ callback: @escaping Callback) {

@@ -8,7 +8,8 @@ import Prometheus
 /// Counts a cluster's open connections on one event loop against its share of the
 /// circuit breaker's `maxConnections`.
 final class ConnectionGate {
-    private let limit: Int
+    /// A pushed policy may change it; connections over a lowered limit close in their time.
+    var limit: Int
     private(set) var open = 0
 
     init(limit: Int) {
@@ -26,9 +27,10 @@ final class ConnectionGate {
     }
 }
 
-/// One cluster as one event loop sees it: its endpoints, the balancer, outlier detection,
-/// circuit breaker, retry budget and throttle, and a connection pool per endpoint. Every
-/// loop has its own copy, so nothing here takes a lock; limits are split across loops.
+/// One cluster as one event loop sees it: its endpoints, a connection pool per endpoint,
+/// and its traffic state (`ClusterTraffic`: balancer, outlier detection, circuit breaker,
+/// retry budget and throttle, rebuilt from the policy on every update). Every loop has its
+/// own copy, so nothing here takes a lock; limits are split across loops (`LoopShare`).
 final class LoopCluster {
     enum Pool {
         case http1(HTTP1Pool)
@@ -57,13 +59,8 @@ final class LoopCluster {
     private var config: ClusterConfig
     private let zone: String?
     private let loopIndex: Int
-    private let loopCount: Int
     private let gate: ConnectionGate
-    private var balancer: LoadBalancer<SplitMix64>
-    private var outliers: OutlierDetector?
-    private var breaker: CircuitBreaker
-    private var retryBudget: RetryBudget
-    private var throttle: AdaptiveThrottle?
+    private var traffic: ClusterTraffic
     private var random: SplitMix64
     /// Bumped when the endpoints change; the endpoint tokens handed out carry it, so
     /// feedback about an endpoint of an older list is dropped rather than misattributed.
@@ -90,7 +87,6 @@ final class LoopCluster {
         self.config = config
         self.zone = zone
         self.loopIndex = loopIndex
-        self.loopCount = loopCount
         // Peer sidecars are reached over mTLS when the sidecar has it; with a workload
         // identity, the peer must present the identity of the service the cluster is for.
         let peerTLS =
@@ -107,33 +103,37 @@ final class LoopCluster {
         self.random = SplitMix64(seed: seed ^ 0x5DEE_CE66)
 
         let now = loop.now.uptimeNanoseconds
-        self.balancer = Self.makeBalancer(config, zone: zone, seed: seed, now: now, loopIndex: loopIndex)
-        self.outliers = config.outlierDetection.map {
-            OutlierDetector(count: config.endpoints.count, policy: $0, now: now)
-        }
-        let limits = config.circuitBreakers.divided(by: loopCount)
-        self.breaker = CircuitBreaker(limits: limits)
-        self.retryBudget = RetryBudget(
-            ratio: config.retries.budgetRatio,
-            minRetriesPerSecond: config.retries.budgetMinPerSecond / Double(max(1, loopCount)),
-            window: config.retries.budgetWindow
+        let share = LoopShare(loops: loopCount)
+        self.traffic = ClusterTraffic(
+            policy: Self.trafficPolicy(config, zone: zone),
+            endpoints: Self.balancerEndpoints(config),
+            share: share,
+            seed: seed,
+            now: now,
+            roundRobinStart: loopIndex
         )
-        self.throttle = config.adaptiveThrottling.map { AdaptiveThrottle(k: $0.k, window: $0.window) }
-
-        self.gate = ConnectionGate(limit: limits.maxConnections)
+        self.gate = ConnectionGate(limit: share.of(config.circuitBreakers.maxConnections))
         self.pools = []
         self.poolKeys = []
         self.pools = addresses.indices.map { makePool($0, address: addresses[$0]) }
         self.poolKeys = config.endpoints.map(\.address.description)
     }
 
-    private static func makeBalancer(
-        _ config: ClusterConfig,
-        zone: String?,
-        seed: UInt64,
-        now: UInt64,
-        loopIndex: Int
-    ) -> LoadBalancer<SplitMix64> {
+    /// The part of the cluster's config its traffic state is built from.
+    private static func trafficPolicy(_ config: ClusterConfig, zone: String?) -> ClusterTrafficPolicy {
+        ClusterTrafficPolicy(
+            balancer: config.balancer,
+            zones: ZonePolicy(localZone: config.zoneAware ? zone : nil),
+            slowStart: config.slowStart,
+            outlierDetection: config.outlierDetection,
+            circuitBreakers: config.circuitBreakers,
+            retries: config.retries,
+            adaptiveThrottling: config.adaptiveThrottling
+        )
+    }
+
+    /// The endpoints as the balancer weighs them (a deterministic subset scales weights).
+    private static func balancerEndpoints(_ config: ClusterConfig) -> [BalancerEndpoint] {
         let subsetWeights = config.subset.map {
             DeterministicAperture.weights(
                 backendCount: config.endpoints.count,
@@ -142,21 +142,13 @@ final class LoopCluster {
                 subsetSize: $0.size
             )
         }
-        let balancerEndpoints = config.endpoints.enumerated().map { index, endpoint in
+        return config.endpoints.enumerated().map { index, endpoint in
             BalancerEndpoint(
                 key: endpoint.address.description,
                 weight: endpoint.weight * (subsetWeights?[index] ?? 1),
                 zone: endpoint.zone
             )
         }
-        return LoadBalancer(
-            algorithm: config.balancer,
-            endpoints: balancerEndpoints,
-            zones: ZonePolicy(localZone: config.zoneAware ? zone : nil),
-            random: SplitMix64(seed: seed),
-            now: now,
-            roundRobinStart: loopIndex
-        )
     }
 
     private func makePool(_ index: Int, address: SocketAddress) -> Pool {
@@ -227,27 +219,34 @@ final class LoopCluster {
         }
         pools = newPools
         poolKeys = newKeys
-        let now = loop.now.uptimeNanoseconds
-        let old = balancer
-        balancer = Self.makeBalancer(
-            newConfig,
-            zone: zone,
-            seed: StableHash.hash(name) &+ UInt64(loopIndex) &+ UInt64(generation + 1),
-            now: now,
-            loopIndex: loopIndex
-        )
-        balancer.carryOver(from: old)
-        let oldOutliers = outliers
+        // Kept pools take the pushed connection settings for what they open from now on.
+        for pool in pools {
+            switch pool {
+            case .http1(let pool):
+                pool.reconfigure(
+                    connectTimeout: connectTimeout,
+                    idleTimeout: .nanoseconds(newConfig.idleTimeout.nanoseconds),
+                    maxIdle: newConfig.maxIdleConnections
+                )
+            case .http2(let pool):
+                pool.reconfigure(
+                    connectTimeout: connectTimeout,
+                    idleTimeout: .nanoseconds(newConfig.idleTimeout.nanoseconds),
+                    maxStreams: newConfig.maxConcurrentStreams,
+                    maxStreamsPerConnection: newConfig.maxRequestsPerConnection
+                )
+            }
+        }
+        gate.limit = traffic.share.of(newConfig.circuitBreakers.maxConnections)
         let oldKeys = Dictionary(oldKeysList.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
-        outliers = newConfig.outlierDetection.map { OutlierDetector(count: addresses.count, policy: $0, now: now) }
-        if let oldOutliers, outliers != nil {
-            // Ejections survive the change: an ejected instance stays out for its time.
-            outliers?.carryOver(from: oldOutliers, previous: newKeys.map { oldKeys[$0] })
-        }
-        for index in newKeys.indices where outliers?.isEjected(index) == true {
-            balancer.setAvailable(index, false)
-        }
-        let ejectedChange = (outliers?.ejectedCount ?? 0) - (oldOutliers?.ejectedCount ?? 0)
+        let ejectedChange = traffic.update(
+            policy: Self.trafficPolicy(newConfig, zone: zone),
+            endpoints: Self.balancerEndpoints(newConfig),
+            previous: newKeys.map { oldKeys[$0] },
+            seed: StableHash.hash(name) &+ UInt64(loopIndex) &+ UInt64(generation + 1),
+            now: loop.now.uptimeNanoseconds,
+            roundRobinStart: loopIndex
+        )
         if ejectedChange != 0 { metrics.ejectedEndpoints.increment(by: Double(ejectedChange)) }
         generation += 1
     }
@@ -273,23 +272,25 @@ final class LoopCluster {
     /// On success the caller must call `requestEnded()` once when the exchange is over.
     func admit() -> MeshError? {
         // Mutated in place (optional chaining), never copied out: no copy-on-write per request.
-        if throttle?.shouldReject(now: now, using: &random) == true {
+        if traffic.throttle?.shouldReject(now: now, using: &random) == true {
             logger.debug(
                 "request throttled locally",
-                metadata: ["cluster": "\(name)", "probability": "\(throttle?.rejectionProbability(now: now) ?? 0)"]
+                metadata: [
+                    "cluster": "\(name)", "probability": "\(traffic.throttle?.rejectionProbability(now: now) ?? 0)",
+                ]
             )
             return .throttled
         }
-        guard breaker.tryAcquire(.requests) else {
+        guard traffic.breaker.tryAcquire(.requests) else {
             logger.debug("circuit breaker open", metadata: ["cluster": "\(name)", "resource": "requests"])
             return .overflowRequests
         }
-        retryBudget.recordRequest(now: now)
+        traffic.retryBudget.recordRequest(now: now)
         return nil
     }
 
     func requestEnded() {
-        breaker.release(.requests)
+        traffic.breaker.release(.requests)
     }
 
     // MARK: retries
@@ -297,13 +298,13 @@ final class LoopCluster {
     /// Takes a retry from the budget and the retries breaker; false when either is spent.
     /// On success the caller must call `retryEnded()` when the retry is over.
     func tryRetry() -> Bool {
-        guard breaker.tryAcquire(.retries) else {
+        guard traffic.breaker.tryAcquire(.retries) else {
             metrics.retryBudgetExhausted.increment()
             logger.debug("circuit breaker open", metadata: ["cluster": "\(name)", "resource": "retries"])
             return false
         }
-        guard retryBudget.tryRetry(now: now) else {
-            breaker.release(.retries)
+        guard traffic.retryBudget.tryRetry(now: now) else {
+            traffic.breaker.release(.retries)
             metrics.retryBudgetExhausted.increment()
             logger.debug("retry budget exhausted", metadata: ["cluster": "\(name)"])
             return false
@@ -313,7 +314,7 @@ final class LoopCluster {
     }
 
     func retryEnded() {
-        breaker.release(.retries)
+        traffic.breaker.release(.retries)
     }
 
     /// Full-jitter exponential backoff before retry number `attempt` (0-based).
@@ -325,12 +326,12 @@ final class LoopCluster {
 
     private func pickIndex(hash: UInt64?, avoiding avoidingToken: Int?) -> Int? {
         let avoiding = avoidingToken.flatMap { index(of: $0) }
-        if let events = outliers?.tick(now: now), !events.isEmpty { apply(events) }
-        guard var index = balancer.pick(now: now, hash: hash) else { return nil }
+        if let events = traffic.outliers?.tick(now: now), !events.isEmpty { apply(events) }
+        guard var index = traffic.balancer.pick(now: now, hash: hash) else { return nil }
         // A retry goes elsewhere when it can: a second look usually finds another endpoint.
-        if let avoiding, index == avoiding, balancer.availableCount > 1 {
+        if let avoiding, index == avoiding, traffic.balancer.availableCount > 1 {
             for _ in 0..<3 {
-                guard let other = balancer.pick(now: now, hash: hash.map { StableHash.mix($0) }) else { break }
+                guard let other = traffic.balancer.pick(now: now, hash: hash.map { StableHash.mix($0) }) else { break }
                 index = other
                 if other != avoiding { break }
             }
@@ -342,22 +343,22 @@ final class LoopCluster {
     /// after `nanoseconds`: the latency feedback of the balancer.
     func requestFinished(_ token: Int, nanoseconds: Int64) {
         guard let index = index(of: token) else { return }
-        balancer.requestFinished(index, rtt: .nanoseconds(max(0, nanoseconds)), now: now)
+        traffic.balancer.requestFinished(index, rtt: .nanoseconds(max(0, nanoseconds)), now: now)
     }
 
     /// What the exchange with endpoint `index` came to: outlier detection and throttling
     /// learn from it.
     func record(_ token: Int, _ outcome: ExchangeOutcome) {
-        if outcome != .gatewayFailure { throttle?.recordAccept(now: now) }
+        if outcome != .gatewayFailure { traffic.throttle?.recordAccept(now: now) }
         guard let index = index(of: token) else { return }
-        if let event = outliers?.record(index, outcome, now: now) { apply([event]) }
+        if let event = traffic.outliers?.record(index, outcome, now: now) { apply([event]) }
     }
 
     private func apply(_ events: [OutlierEvent]) {
         for event in events {
             switch event {
             case .ejected(let index, let reason, let duration):
-                balancer.setAvailable(index, false)
+                traffic.balancer.setAvailable(index, false)
                 metrics.ejections[reason.rawValue]?.increment()
                 metrics.ejectedEndpoints.increment()
                 logger.warning(
@@ -368,7 +369,7 @@ final class LoopCluster {
                     ]
                 )
             case .returned(let index):
-                balancer.setAvailable(index, true)
+                traffic.balancer.setAvailable(index, true)
                 metrics.ejectedEndpoints.decrement()
                 logger.info("endpoint returned", metadata: ["cluster": "\(name)", "endpoint": "\(endpoints[index])"])
             }
@@ -384,16 +385,16 @@ final class LoopCluster {
             callback(.failure(.noHealthyEndpoint), nil)
             return
         }
-        guard breaker.tryAcquire(.pendingRequests) else {
+        guard traffic.breaker.tryAcquire(.pendingRequests) else {
             logger.debug("circuit breaker open", metadata: ["cluster": "\(name)", "resource": "pending_requests"])
             callback(.failure(.overflowPending), nil)
             return
         }
-        balancer.requestStarted(index)
+        traffic.balancer.requestStarted(index)
         let started = loop.now
         let token = self.token(index)
         let tagged: (Result<any Upstream, MeshError>) -> Void = { result in
-            self.breaker.release(.pendingRequests)
+            self.traffic.breaker.release(.pendingRequests)
             switch result {
             case .success(let handler):
                 handler.endpointIndex = token

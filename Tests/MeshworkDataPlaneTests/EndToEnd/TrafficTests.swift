@@ -249,9 +249,11 @@ struct TrafficTests {
 
     @Test func inboundConcurrencyLimitShedsExcessFast() async throws {
         try await TestMesh.withPair { config in
+            // The sidecar's limit, 4: each of its two event loops holds half (like the
+            // breakers), and one mesh connection is served by one loop.
             var limit = GradientLimiterPolicy()
-            limit.minConcurrency = 2
-            limit.maxConcurrency = 2
+            limit.minConcurrency = 4
+            limit.maxConcurrency = 4
             config.inbound?.concurrencyLimit = limit
         } _: { server, client in
             server.app.setSlow(.milliseconds(300))
