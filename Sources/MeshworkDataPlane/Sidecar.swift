@@ -42,8 +42,11 @@ public actor Sidecar: Service {
     private var gatewayListeners: [GatewayListenerConfig]
     /// Services whose clusters discovery fills: the config's, plus any a reload added.
     public private(set) var discovered: [String]
-    private let flags = Flags()
+    private let flags: Flags
     private var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
+    /// Listeners bound but not accepting until the first discovery state is applied (or
+    /// `controller.startupWait` has passed without one).
+    private var gatedListeners: [any Channel] = []
 
     /// Builds everything that can be checked before binding: TLS files, endpoint addresses,
     /// metrics and the per-loop clusters. Throws `ConfigErrors` naming the bad field.
@@ -64,6 +67,10 @@ public actor Sidecar: Service {
         } else {
             self.meshTLS = nil
         }
+        self.flags = Flags(
+            discoveryExpected: config.controller != nil && (!config.discover.isEmpty || config.inbound != nil),
+            identity: config.tls != nil || config.controller?.usesWorkloadIdentity == true ? meshTLS : nil
+        )
 
         var errors: [ConfigError] = []
         var resolved: [String: [SocketAddress]] = [:]
@@ -229,9 +236,10 @@ public actor Sidecar: Service {
     /// instances of its service (healthy, weight above 0) and the service's traffic policy,
     /// on every event loop, without dropping connections or in-flight requests. Instances
     /// whose address does not resolve are left out (and logged).
-    public func apply(_ state: DiscoveryState) {
-        applyMTLSRequirement(state.mesh)
-        applyAuthorization(state)
+    public func apply(_ state: DiscoveryState) async {
+        var updates: [EventLoopFuture<Void>] = []
+        applyMTLSRequirement(state.mesh, &updates)
+        applyAuthorization(state, &updates)
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
             if let service = state.services[name] { cluster.policy = service.policy }
@@ -266,11 +274,29 @@ public actor Sidecar: Service {
             for (index, context) in contexts.all.enumerated() {
                 let update = cluster
                 let resolved = addresses
-                context.loop.execute {
-                    contexts.all[index].clusters[name]?.update(update, addresses: resolved)
-                }
+                updates.append(
+                    context.loop.submit {
+                        contexts.all[index].clusters[name]?.update(update, addresses: resolved)
+                    }
+                )
             }
         }
+        guard !flags.discoveryApplied.load(ordering: .relaxed) else { return }
+        // The first state: on every loop before a listener accepts, so no request meets
+        // the empty clusters of a sidecar that has only just started.
+        for update in updates { try? await update.get() }
+        flags.discoveryApplied.store(true, ordering: .relaxed)
+        openGatedListeners(because: "first discovery state applied")
+    }
+
+    /// Lets the gated listeners accept (once).
+    private func openGatedListeners(because reason: String) {
+        guard !gatedListeners.isEmpty else { return }
+        for channel in gatedListeners {
+            channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
+        gatedListeners.removeAll()
+        logger.info("accepting", metadata: ["reason": "\(reason)"])
     }
 
     private var appliedRequireMTLS = false
@@ -287,7 +313,7 @@ public actor Sidecar: Service {
     }
 
     /// The mesh-wide mTLS requirement onto every loop.
-    private func applyMTLSRequirement(_ mesh: MeshSettings) {
+    private func applyMTLSRequirement(_ mesh: MeshSettings, _ updates: inout [EventLoopFuture<Void>]) {
         guard mesh.requireMTLS != appliedRequireMTLS else { return }
         appliedRequireMTLS = mesh.requireMTLS
         if mesh.requireMTLS, meshTLS == nil {
@@ -300,7 +326,7 @@ public actor Sidecar: Service {
         let required = mesh.requireMTLS
         let contexts = self.contexts
         for (index, context) in contexts.all.enumerated() {
-            context.loop.execute { contexts.all[index].requireMTLS = required }
+            updates.append(context.loop.submit { contexts.all[index].requireMTLS = required })
         }
     }
 
@@ -309,7 +335,7 @@ public actor Sidecar: Service {
 
     /// The authorization policies that target this service, and the mesh default, onto
     /// every loop.
-    private func applyAuthorization(_ state: DiscoveryState) {
+    private func applyAuthorization(_ state: DiscoveryState, _ updates: inout [EventLoopFuture<Void>]) {
         guard config.inbound != nil else { return }
         let table = AuthorizationTable(service: config.service, policies: state.policies.values, mesh: state.mesh)
         guard table != appliedAuthorization else { return }
@@ -323,10 +349,12 @@ public actor Sidecar: Service {
         )
         let contexts = self.contexts
         for (index, context) in contexts.all.enumerated() {
-            context.loop.execute {
-                contexts.all[index].authorization = table
-                contexts.all[index].awaitingAuthorization = false
-            }
+            updates.append(
+                context.loop.submit {
+                    contexts.all[index].authorization = table
+                    contexts.all[index].awaitingAuthorization = false
+                }
+            )
         }
     }
 
@@ -378,7 +406,17 @@ public actor Sidecar: Service {
         return result
     }
 
-    public nonisolated var isReady: Bool { flags.isReady }
+    public nonisolated var isReady: Bool { flags.readiness.isReady }
+
+    /// What `/ready` reports and `meshwork run` waits for.
+    public nonisolated var readiness: Readiness { flags.readiness }
+
+    /// The controller confirmed the discovery state (a snapshot, an event or a ping), or
+    /// the cache it starts from was written at `date`: the origin of
+    /// `meshwork_discovery_state_age_seconds`.
+    public nonisolated func discoveryConfirmed(at date: Date = Date()) {
+        flags.confirmedAtMillis.store(Int64(date.timeIntervalSince1970 * 1000), ordering: .relaxed)
+    }
 
     /// Binds every listener. Throws if a port cannot be bound (the error names the listener).
     public func start() async throws {
@@ -534,6 +572,15 @@ public actor Sidecar: Service {
             throw error
         }
         flags.started.store(true, ordering: .relaxed)
+        if !gatedListeners.isEmpty, let wait = config.controller?.startupWait {
+            // Without a state (no cache, the controller unreachable), accept after the wait
+            // anyway: requests then get the mesh's own answers (`no_healthy_endpoint`,
+            // `not_ready`) rather than hang.
+            Task { [weak self] in
+                try? await Task.sleep(for: wait.duration)
+                await self?.startupWaitEnded()
+            }
+        }
         for listener in listeners {
             logger.info(
                 "listening",
@@ -543,6 +590,15 @@ public actor Sidecar: Service {
                 ]
             )
         }
+    }
+
+    private func startupWaitEnded() {
+        guard !gatedListeners.isEmpty else { return }
+        logger.warning(
+            "no discovery state yet (no cache, the controller unreachable): accepting anyway",
+            metadata: ["startupWait": "\(config.controller?.startupWait.description ?? "")"]
+        )
+        openGatedListeners(because: "startup wait over")
     }
 
     /// How a TCP listener reaches `cluster`: mTLS checking the peer's identity for `mesh`
@@ -712,6 +768,18 @@ public actor Sidecar: Service {
         return AdminEndpoints(
             metrics: { [edges, accessLogFile, histograms] in
                 var text = registry.emitToBuffer() + histograms.prometheusText() + edges.prometheusText()
+                if flags.discoveryExpected {
+                    let confirmed = flags.confirmedAtMillis.load(ordering: .relaxed)
+                    let age = confirmed == 0 ? -1 : max(0, Date().timeIntervalSince1970 - Double(confirmed) / 1000)
+                    text += Array(
+                        """
+                        # HELP meshwork_discovery_state_age_seconds Seconds since the controller last confirmed the discovery state this sidecar routes on (its watch's last line, or when the cache it started from was written); -1 before any state.
+                        # TYPE meshwork_discovery_state_age_seconds gauge
+                        meshwork_discovery_state_age_seconds \(String(format: "%.3f", age))
+
+                        """.utf8
+                    )
+                }
                 if let accessLogFile {
                     text += Array(
                         """
@@ -725,7 +793,7 @@ public actor Sidecar: Service {
                 return text
             },
             config: { configJSON },
-            isReady: { flags.isReady },
+            readiness: { flags.readiness },
             taps: taps,
             token: adminToken
         )
@@ -738,8 +806,13 @@ public actor Sidecar: Service {
         initializer: @escaping @Sendable (any Channel) throws -> Void
     ) async throws {
         let helper = quiesce ? ServerQuiescingHelper(group: group) : nil
+        // Traffic listeners of a sidecar that expects discovery wait for its first state:
+        // bound (their ports are known), callers queued in the backlog, nothing accepted.
+        // The admin listener answers probes at once.
+        let gated = quiesce && flags.discoveryExpected && !flags.discoveryApplied.load(ordering: .relaxed)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.autoRead, value: !gated)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -759,6 +832,7 @@ public actor Sidecar: Service {
         do {
             let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
             listeners.append((name, channel, helper))
+            if gated { gatedListeners.append(channel) }
         } catch {
             throw ListenerBindError(listener: name, address: address, underlying: error)
         }
@@ -811,8 +885,47 @@ public actor Sidecar: Service {
 private final class Flags: Sendable {
     let started = Atomic<Bool>(false)
     let draining = Atomic<Bool>(false)
+    let discoveryApplied = Atomic<Bool>(false)
+    /// Unix milliseconds of the last confirmation of the discovery state (0: none).
+    let confirmedAtMillis = Atomic<Int64>(0)
+    /// A controller is configured and there are services to watch.
+    let discoveryExpected: Bool
+    /// Where the workload certificate lives, when the sidecar is to have one.
+    let identity: MeshTLSSource?
 
-    var isReady: Bool { started.load(ordering: .relaxed) && !draining.load(ordering: .relaxed) }
+    init(discoveryExpected: Bool, identity: MeshTLSSource?) {
+        self.discoveryExpected = discoveryExpected
+        self.identity = identity
+    }
+
+    var readiness: Readiness {
+        Readiness(
+            listening: started.load(ordering: .relaxed),
+            discovery: !discoveryExpected || discoveryApplied.load(ordering: .relaxed),
+            identity: identity.map { $0.current != nil } ?? true,
+            draining: draining.load(ordering: .relaxed)
+        )
+    }
+}
+
+/// Whether a sidecar can do its job: its listeners bound, its first discovery state applied
+/// (when it has a controller), its workload identity installed (when it is to have one),
+/// and not draining. `/ready` answers 200 only then; `meshwork run` starts the app then.
+public struct Readiness: Sendable, Hashable, CustomStringConvertible {
+    public var listening: Bool
+    public var discovery: Bool
+    public var identity: Bool
+    public var draining: Bool
+
+    public var isReady: Bool { listening && discovery && identity && !draining }
+
+    /// `ready`, or what is missing: `not ready: listeners, discovery, identity` / `draining`.
+    public var description: String {
+        if draining { return "draining" }
+        let missing = [(listening, "listeners"), (discovery, "discovery"), (identity, "identity")]
+            .filter { !$0.0 }.map(\.1)
+        return missing.isEmpty ? "ready" : "not ready: " + missing.joined(separator: ", ")
+    }
 }
 
 /// A listener's port could not be bound.

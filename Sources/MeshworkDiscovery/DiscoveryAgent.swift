@@ -34,6 +34,9 @@ public actor DiscoveryAgent: Service {
     private var instance: InstanceResource?
     private var lastCacheWrite = ContinuousClock.now - .seconds(10)
     private var cacheDirty = false
+    /// A write is due within a second of a change (the file is written at most once a
+    /// second): a timer makes sure it comes even when no other change follows.
+    private var cacheWriteScheduled = false
     /// Whether the first state (from the cache or the controller) has been applied.
     public private(set) var hasState = false
     /// The workload key and certificate, when the sidecar gets its identity from the controller.
@@ -266,6 +269,13 @@ public actor DiscoveryAgent: Service {
         case .event(let event):
             state.apply(event)
         case .ping:
+            sidecar.discoveryConfirmed()
+            // The controller says the state still holds: the cache says so too, at most
+            // every 30 s, so its age at the next start is the state's.
+            if ContinuousClock.now - lastCacheWrite >= .seconds(30) {
+                cacheDirty = true
+                writeCacheIfDue()
+            }
             return
         case .trustBundle(let bundle, let activeRoot, let revoked):
             if sidecar.meshTLS?.setRevoked(revoked) == true { await sidecar.retirePeerConnections() }
@@ -280,6 +290,7 @@ public actor DiscoveryAgent: Service {
         }
         hasState = true
         await sidecar.apply(state)
+        sidecar.discoveryConfirmed()
         cacheDirty = true
         writeCacheIfDue()
     }
@@ -291,17 +302,38 @@ public actor DiscoveryAgent: Service {
             let text = try? String(contentsOfFile: file, encoding: .utf8),
             case .snapshot(let cached)? = try? WatchLine.parse(text.trimmingCharacters(in: .whitespacesAndNewlines))
         else { return }
+        // The file's time is when the controller last confirmed the state (written after
+        // every change and refreshed every 30 s while the watch is live).
+        let written = (try? FileManager.default.attributesOfItem(atPath: file)[.modificationDate] as? Date) ?? nil
+        let age = written.map { Date().timeIntervalSince($0) } ?? .infinity
+        if let limit = config.controller?.maxStaleness, age > Double(limit.nanoseconds) / 1e9 {
+            logger.warning(
+                "the discovery cache is older than maxStaleness: not used",
+                metadata: ["file": "\(file)", "age": "\(Int(age))s", "maxStaleness": "\(limit)"]
+            )
+            return
+        }
         state = cached
         hasState = true
-        logger.info("serving from the cached state", metadata: ["file": "\(file)", "revision": "\(cached.revision)"])
+        logger.info(
+            "serving from the cached state",
+            metadata: ["file": "\(file)", "revision": "\(cached.revision)", "age": "\(Int(age))s"]
+        )
         await sidecar.apply(state)
+        if let written { sidecar.discoveryConfirmed(at: written) }
     }
 
     private func writeCacheIfDue(force: Bool = false) {
         guard cacheDirty, let file = config.controller?.cacheFile else { return }
         let now = ContinuousClock.now
         guard force || now - lastCacheWrite >= .seconds(1) else {
-            // Written by the next change or the next heartbeat tick.
+            guard !cacheWriteScheduled else { return }
+            cacheWriteScheduled = true
+            let due = lastCacheWrite + .seconds(1) - now
+            Task {
+                await self.pause(due)
+                await self.scheduledCacheWrite()
+            }
             return
         }
         lastCacheWrite = now
@@ -315,6 +347,11 @@ public actor DiscoveryAgent: Service {
         } catch {
             logger.warning("cannot write the discovery cache", metadata: ["file": "\(file)", "error": "\(error)"])
         }
+    }
+
+    private func scheduledCacheWrite() {
+        cacheWriteScheduled = false
+        writeCacheIfDue()
     }
 
     // MARK: registration and health

@@ -159,7 +159,10 @@ extension SidecarConfig {
         if let f = reader.mapping(
             fields.node("controller"),
             "controller",
-            known: ["url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL", "caFile", "telemetryInterval"]
+            known: [
+                "url", "tokenFile", "cacheFile", "joinTokenFile", "certificateTTL", "caFile", "telemetryInterval",
+                "startupWait", "maxStaleness",
+            ]
         ) {
             if let url = f.required("url", f.string("url")) {
                 if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
@@ -176,6 +179,14 @@ extension SidecarConfig {
                         link.telemetryInterval = interval
                     } else {
                         reader.fail(f.path("telemetryInterval"), "must be between 100ms and 60s")
+                    }
+                }
+                link.maxStaleness = f.duration("maxStaleness")
+                if let wait = f.duration("startupWait") {
+                    if wait.duration <= .seconds(600) {
+                        link.startupWait = wait
+                    } else {
+                        reader.fail(f.path("startupWait"), "must be at most 10m")
                     }
                 }
                 if let ttl = link.certificateTTL, ttl.duration < .seconds(3) {

@@ -372,6 +372,14 @@ public struct ControllerLink: Sendable, Hashable, Encodable {
     public var certificateTTL: TimeSpan?
     /// How often the per-edge telemetry goes to the controller.
     public var telemetryInterval: TimeSpan = .seconds(5)
+    /// Traffic listeners accept once the first discovery state (the cache's or the
+    /// controller's) is applied, so no caller meets empty clusters; without one after this
+    /// long they accept anyway. `/ready` says "discovery" until the state is there.
+    public var startupWait: TimeSpan = .seconds(5)
+    /// A discovery cache older than this at start is not used (nil: any age). Its age is
+    /// when the controller last confirmed the state: the file is refreshed every 30 s while
+    /// the watch is live.
+    public var maxStaleness: TimeSpan?
 
     /// Whether this sidecar gets its identity from the controller.
     public var usesWorkloadIdentity: Bool { joinTokenFile != nil }

@@ -10,7 +10,7 @@ struct AdminEndpoints: Sendable {
     /// The effective config as JSON.
     var config: @Sendable () -> [UInt8]
     /// Whether the sidecar takes traffic (false while starting or draining).
-    var isReady: @Sendable () -> Bool
+    var readiness: @Sendable () -> Readiness
     /// Live request metadata for `/tap`.
     var taps: TapHub
     /// The bearer token that opens `/config` and `/tap` on a plaintext connection (nil:
@@ -257,10 +257,10 @@ final class AdminHandler: ChannelInboundHandler {
             contentType = "text/plain"
             body = Array("live\n".utf8)
         case (.GET, "/ready"):
-            let ready = endpoints.isReady()
-            status = ready ? .ok : .serviceUnavailable
+            let readiness = endpoints.readiness()
+            status = readiness.isReady ? .ok : .serviceUnavailable
             contentType = "text/plain"
-            body = Array((ready ? "ready\n" : "not ready\n").utf8)
+            body = Array("\(readiness)\n".utf8)
         case (_, "/metrics"), (_, "/config"), (_, "/live"), (_, "/ready"):
             status = .methodNotAllowed
             contentType = "text/plain"

@@ -87,6 +87,16 @@ struct SidecarFlags: ParsableArguments {
     )
     var joinTokenFile: String?
 
+    @Option(
+        name: .long,
+        help:
+            "How long traffic listeners wait for the first discovery state before accepting anyway (default 5s)."
+    )
+    var startupWait: String?
+
+    @Option(name: .long, help: "Do not start from a discovery cache older than this (default: any age).")
+    var maxStaleness: String?
+
     @Option(name: .long, help: "PEM roots that verify an https:// controller (its <data-dir>/ca.pem).")
     var controllerCA: String?
 
@@ -194,6 +204,18 @@ struct SidecarFlags: ParsableArguments {
         if let cacheFile { sidecarConfig.controller?.cacheFile = cacheFile }
         if let joinTokenFile { sidecarConfig.controller?.joinTokenFile = joinTokenFile }
         if let controllerCA { sidecarConfig.controller?.caFile = controllerCA }
+        if let startupWait {
+            guard let value = DurationText.parse(startupWait), value <= .seconds(600) else {
+                throw CommandFailure("--startup-wait: expected a duration of at most 10m, like 5s")
+            }
+            sidecarConfig.controller?.startupWait = TimeSpan(value)
+        }
+        if let maxStaleness {
+            guard let value = DurationText.parse(maxStaleness) else {
+                throw CommandFailure("--max-staleness: expected a duration, like 10m")
+            }
+            sidecarConfig.controller?.maxStaleness = TimeSpan(value)
+        }
         if let certTTL {
             guard let value = DurationText.parse(certTTL), value >= .seconds(3) else {
                 throw CommandFailure("--cert-ttl: expected a duration of at least 3s, like 1h")

@@ -1,4 +1,5 @@
 import Foundation
+import MeshworkDemo
 import Testing
 
 /// `meshwork ctl` and `meshwork run` as an operator uses them, against a real controller.
@@ -78,22 +79,35 @@ struct CtlAndRunTests {
         #expect(unreachable.output.contains("cannot reach the controller"), "\(unreachable.output)")
     }
 
-    @Test func runStartsTheAppAfterTheSidecarAndExitsWithItsCode() async throws {
+    /// The app starts only once its sidecar can route: its first act, with no pause, is to
+    /// ask `/ready` and to call `orders` through the sidecar, and both must answer 200.
+    /// Before, the app started as soon as the ports were bound: `/ready` said ready and the
+    /// first call met an empty cluster (503 `no_healthy_endpoint`).
+    @Test func runStartsTheAppOnceItsSidecarCanRouteAndExitsWithItsCode() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let controller = try await ControllerProcess.start()
         defer { controller.remove() }
-        // The app proves the sidecar was ready before it started, then exits with 3.
+        let ordersApp = try await TestMesh.startApp("orders-1")
+        let orders = try await startServer("orders", app: ordersApp, controller: controller)
+        let script = #"""
+            curl -sf "http://$MESHWORK_ADMIN/ready" >/dev/null || exit 4
+            curl -sf "http://$MESHWORK_UPSTREAM_ORDERS/" >/dev/null || exit 5
+            exit 3
+            """#
         let result = try await Command.run([
-            CLITests.binary, "run", "--service", "orders", "--app-port", String(TestMesh.refusingPort),
-            "--controller", controller.url, "--token-file", controller.dataDirectory + "/token", "--threads", "1",
-            "--", "/bin/sh", "-c", #"sleep 1; curl -sf "http://$MESHWORK_ADMIN/ready" >/dev/null && exit 3 || exit 4"#,
+            CLITests.binary, "run", "--service", "web", "--app-port", String(TestMesh.refusingPort),
+            "--upstream", "orders=127.0.0.1:0", "--controller", controller.url,
+            "--join-token-file", try await controller.joinTokenFile("web"), "--threads", "1",
+            "--", "/bin/sh", "-c", script,
         ])
-        #expect(result.exitCode == 3, "\(result.output)")
+        #expect(result.exitCode == 3, "4: not ready, 5: the call failed; \(result.output)")
         #expect(result.output.contains("registered"))
         #expect(result.output.contains("deregistered"))
         // Deregistered on the way out, not left to its lease.
         let listed = try await controller.call("GET", "/v1/instances")
-        #expect(!listed.text.contains("\"id\""), "\(listed.text)")
+        #expect(!listed.text.contains("\"web-"), "\(listed.text)")
+        await orders.stop()
+        await ordersApp.stop()
         await controller.stop()
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MeshworkDemo
+import MeshworkModel
 import Testing
 
 /// The discovery loop with real processes: a controller, server sidecars that register
@@ -146,12 +147,25 @@ struct DiscoveryTests {
     @Test func trafficGoesOnWithoutTheControllerAndANewSidecarStartsFromTheCache() async throws {
         try await withMesh { mesh in
             try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
-            // Let the cache be written (at most once a second).
-            try await Task.sleep(for: .seconds(1.2))
+            // Bounded (5 s): until the cache on disk holds both instances.
+            var cached = 0
+            for _ in 0..<50 {
+                let text = (try? String(contentsOfFile: mesh.cacheFile, encoding: .utf8)) ?? ""
+                if case .snapshot(let state)? = try? WatchLine.parse(
+                    text.trimmingCharacters(in: .whitespacesAndNewlines)
+                ) {
+                    cached = state.servingInstances(of: "orders").count
+                }
+                if cached == 2 { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(cached == 2, "the cache never held both instances")
             await mesh.controller.stop()
             let codes = try await statuses(mesh, count: 20)
             #expect(codes == Array(repeating: 200, count: 20), "\(codes)")
-            // A second web sidecar, started while the controller is down, serves from the cache.
+            // A second web sidecar, started while the controller is down, serves from the
+            // cache from its very first request: its listener accepts only once the cached
+            // state is applied (before, the first calls met an empty cluster).
             let late = try await SidecarProcess.start(
                 [
                     "--service", "web", "--controller", mesh.controller.url, "--upstream", "orders=127.0.0.1:0",
@@ -160,14 +174,74 @@ struct DiscoveryTests {
                 waitFor: ["upstream:orders"]
             )
             let lateURL = "http://127.0.0.1:\(late.port("upstream:orders") ?? 0)/"
-            var ok = false
-            for _ in 0..<50 where !ok {
-                ok = try await Curl.get(lateURL).status == 200
-                if !ok { try await Task.sleep(for: .milliseconds(100)) }
-            }
-            #expect(ok, "the late sidecar never served: \(late.log)")
+            let first = try await Curl.get(lateURL)
+            #expect(first.status == 200, "\(first.status) \(first.header("x-meshwork-error") ?? ""): \(late.log)")
             #expect(late.log.contains("serving from the cached state"))
             await late.stop()
+        }
+    }
+
+    /// The cached state as it is on disk (nil: no readable cache).
+    private func cached(_ file: String) -> DiscoveryState? {
+        let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+        guard case .snapshot(let state)? = try? WatchLine.parse(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        else { return nil }
+        return state
+    }
+
+    /// Issue 17, item 5: a change that comes less than a second after the last cache write
+    /// reaches the file on a timer, not only with the next change; the state's age is a
+    /// metric; and `--max-staleness` refuses a cache older than it at start.
+    @Test func theCacheKeepsUpWithTheLastChangeItsAgeIsAMetricAndMaxStalenessRefusesAnOldOne() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            // Two changes back to back: the second lands inside the first's second. (Both
+            // name the first server sidecar again: real endpoints for what follows.)
+            let port = mesh.servers[0].port("inbound") ?? 0
+            for id in ["orders-x", "orders-y"] {
+                let put = try await mesh.controller.call(
+                    "PUT",
+                    "/v1/instances/\(id)",
+                    body:
+                        #"{"service": "orders", "address": "127.0.0.1", "port": \#(port), "ttlSeconds": 0}"#
+                )
+                #expect(put.status == 200 || put.status == 201, "\(put.text)")
+            }
+            // Bounded (3 s, less than the watch's 10 s ping): the last change is on disk.
+            var onDisk = false
+            for _ in 0..<30 where !onDisk {
+                onDisk = cached(mesh.cacheFile)?.instances["orders-y"] != nil
+                if !onDisk { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(onDisk, "the second change never reached the cache")
+
+            let metrics = try await Curl.get("http://127.0.0.1:\(mesh.client.port("admin") ?? 0)/metrics").text
+            let age = metrics.split(separator: "\n").first { $0.hasPrefix("meshwork_discovery_state_age_seconds ") }
+                .flatMap { Double($0.split(separator: " ")[1]) }
+            #expect(age != nil && age! >= 0 && age! < 15, "age \(String(describing: age))")
+
+            // The controller gone: a cache older than --max-staleness is not used.
+            await mesh.controller.stop()
+            let strict = try await SidecarProcess.start(
+                [
+                    "--service", "web", "--controller", mesh.controller.url, "--upstream", "orders=127.0.0.1:0",
+                    "--cache-file", mesh.cacheFile, "--max-staleness", "1ms", "--startup-wait", "0s",
+                ],
+                waitFor: ["upstream:orders"]
+            )
+            let refused = try await Curl.get("http://127.0.0.1:\(strict.port("upstream:orders") ?? 0)/")
+            #expect(refused.header("x-meshwork-error") == "no_healthy_endpoint", "\(strict.log)")
+            #expect(strict.log.contains("older than maxStaleness"), "\(strict.log)")
+            await strict.stop()
+            let lenient = try await SidecarProcess.start(
+                [
+                    "--service", "web", "--controller", mesh.controller.url, "--upstream", "orders=127.0.0.1:0",
+                    "--cache-file", mesh.cacheFile, "--max-staleness", "1h",
+                ],
+                waitFor: ["upstream:orders"]
+            )
+            #expect(try await Curl.get("http://127.0.0.1:\(lenient.port("upstream:orders") ?? 0)/").status == 200)
+            await lenient.stop()
         }
     }
 

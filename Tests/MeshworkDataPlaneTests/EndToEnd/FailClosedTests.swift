@@ -26,7 +26,7 @@ struct FailClosedTests {
             admin: 127.0.0.1:0
             tls: {ca: \(TestMesh.cert("mesh-ca")), cert: \(TestMesh.cert("orders")), key: \(TestMesh.key("orders"))}
             inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:\(orders.port)}
-            controller: {url: \(controller.url), tokenFile: \(controller.dataDirectory)/token}
+            controller: {url: \(controller.url), tokenFile: \(controller.dataDirectory)/token, startupWait: 1s}
             """.write(toFile: configFile, atomically: true, encoding: .utf8)
             let sidecar = try await SidecarProcess.start(["--config", configFile], waitFor: ["inbound", "admin"])
             server = sidecar
@@ -40,10 +40,16 @@ struct FailClosedTests {
             )
             client = caller
 
+            // With no state, the inbound accepts only after its startup wait (1 s here),
+            // and then fails closed.
             let refused = try await Curl.get(caller.url("upstream:orders", "/"))
             #expect(refused.status == 503, "\(refused.status) \(refused.text)")
             #expect(refused.header("x-meshwork-error") == "not_ready")
             #expect(orders.requestCount == 0, "a call reached the app before any policy was known")
+            // And it says so to its probes.
+            let adminURL = "http://127.0.0.1:\(sidecar.port("admin") ?? 0)/ready"
+            let notReady = try await Curl.get(adminURL)
+            #expect(notReady.status == 503 && notReady.text == "not ready: discovery\n", "\(notReady.text)")
 
             // The controller is back: the sidecar gets its state and lets calls through.
             try await controller.restart(samePort: true)
@@ -55,6 +61,8 @@ struct FailClosedTests {
                 try await Task.sleep(for: .milliseconds(100))
             }
             #expect(status == 200, "\(sidecar.log)")
+            let ready = try await Curl.get(adminURL)
+            #expect(ready.status == 200 && ready.text == "ready\n", "\(ready.text)")
         } catch {
             await client?.stop()
             await server?.stop()
