@@ -18,7 +18,7 @@ enum OpenAPIDocument {
                 "protocol": {"enum": ["http", "tcp"]},
                 "ports": {"type": "array", "items": {"type": "object", "properties": {
                   "name": {"type": "string"}, "protocol": {"enum": ["tcp", "udp"]}}}},
-                "policy": {"type": "object", "description": "connectTimeout, requestTimeout, balancer, hashOn, zoneAware, outlierDetection, circuitBreakers, retries, adaptiveThrottling, slowStart: as in docs/configuration.md"}}},
+                "policy": {"type": "object", "description": "connectTimeout, requestTimeout, balancer, hashOn, zoneAware, outlierDetection, circuitBreakers, retries, adaptiveThrottling, slowStart, subsetSize: as in docs/configuration.md"}}},
               "Instance": {"type": "object", "required": ["service", "address", "port"], "properties": {
                 "id": {"type": "string"},
                 "service": {"type": "string"},

@@ -240,6 +240,13 @@ public actor Sidecar: Service {
         var updates: [EventLoopFuture<Void>] = []
         applyMTLSRequirement(state.mesh, &updates)
         applyAuthorization(state, &updates)
+        // This sidecar's place among its own service's instances (every one registered,
+        // whatever its health: callers, not backends), for subsetting.
+        // Not registered yet: placed where it will be once it is.
+        var peers = state.instances.values.filter { $0.service == config.service }.map(\.id)
+        if let instanceID, !peers.contains(instanceID) { peers.append(instanceID) }
+        peers.sort()
+        let rank = instanceID.flatMap { peers.firstIndex(of: $0) }
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
             if let service = state.services[name] { cluster.policy = service.policy }
@@ -261,6 +268,13 @@ public actor Sidecar: Service {
                         metadata: ["instance": "\(instance.id)", "address": "\(instance.address)"]
                     )
                 }
+            }
+            if let size = state.services[name]?.policy.subsetSize, let rank, size < cluster.endpoints.count {
+                // Backends in the stable order of their ids (servingInstances sorts them).
+                cluster.subset = SubsetConfig(size: size, clientIndex: rank, clientCount: peers.count)
+            }
+            for instance in state.instances.values where instance.service == name && !instance.isServing {
+                if let zone = instance.zone { cluster.unservedWeights[zone, default: 0] += Double(instance.weight) }
             }
             if appliedClusters[name] == cluster { continue }
             appliedClusters[name] = cluster
@@ -407,6 +421,14 @@ public actor Sidecar: Service {
     }
 
     public nonisolated var isReady: Bool { flags.readiness.isReady }
+
+    /// The id this sidecar's instance is registered under (the discovery agent sets it):
+    /// its rank among its service's instances places it in deterministic subsets.
+    public private(set) var instanceID: String?
+
+    public func setInstanceID(_ id: String) {
+        instanceID = id
+    }
 
     /// What `/ready` reports and `meshwork run` waits for.
     public nonisolated var readiness: Readiness { flags.readiness }

@@ -122,6 +122,9 @@ public actor DiscoveryAgent: Service {
     }
 
     private func runUntilShutdown() async throws {
+        // The instance id first: the first state applied already places this sidecar in
+        // its subsets.
+        _ = await makeInstance()
         await loadCache()
         if hasState, state.mesh.requireMTLS, sidecar.meshTLS == nil { throw MTLSRequired() }
         try await withGracefulShutdownHandler {
@@ -362,6 +365,7 @@ public actor DiscoveryAgent: Service {
         let port = bound?.port ?? inbound.listen.port
         let address = config.instance.address ?? inbound.listen.host
         let id = config.instance.id ?? InstanceResource.defaultID(service: config.service, address: address, port: port)
+        await sidecar.setInstanceID(id)
         var instance = InstanceResource(id: id, service: config.service, address: address, port: port)
         instance.zone = config.instance.zone ?? config.zone
         instance.weight = config.instance.weight

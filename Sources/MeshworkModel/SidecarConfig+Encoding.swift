@@ -141,6 +141,7 @@ extension TrafficPolicy: Encodable {
         }
         // Off is the default: absent reads back as off.
         if let slowStart { try c.put(slowStart, "slowStart") }
+        if let subsetSize { try c.put(subsetSize, "subsetSize") }
     }
 }
 

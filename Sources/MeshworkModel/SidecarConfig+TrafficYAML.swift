@@ -9,7 +9,7 @@ extension SidecarConfig {
     /// services in the controller's API.
     static let policyKeys: Set<String> = [
         "connectTimeout", "requestTimeout", "balancer", "hashOn", "zoneAware", "outlierDetection", "circuitBreakers",
-        "retries", "adaptiveThrottling", "slowStart",
+        "retries", "adaptiveThrottling", "slowStart", "subsetSize",
     ]
 
     static func readPolicy(_ f: ConfigReader.Fields, _ reader: ConfigReader, into policy: inout TrafficPolicy) {
@@ -24,6 +24,7 @@ extension SidecarConfig {
             }
         }
         if let b = f.bool("zoneAware") { policy.zoneAware = b }
+        if let n = f.int("subsetSize", range: 1...100_000) { policy.subsetSize = n }
         if let detection = Self.readOutlierDetection(f.node("outlierDetection"), f.path("outlierDetection"), reader) {
             policy.outlierDetection = detection
         }

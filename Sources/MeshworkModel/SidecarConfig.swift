@@ -228,6 +228,10 @@ public struct ClusterConfig: Sendable, Hashable, Encodable {
     public var hashOn: HashKey?
     /// Prefer endpoints in this sidecar's zone (when `zone` is set) while enough are healthy.
     public var zoneAware: Bool = true
+    /// Weight per zone of the instances discovery knows that take no traffic (unhealthy,
+    /// starting): zone-aware routing counts them in their zone's total, so a zone that
+    /// lost most of its instances spills across zones. Filled by discovery.
+    public var unservedWeights: [String: Double] = [:]
     /// Talk to a deterministic subset of the endpoints (all when nil).
     public var subset: SubsetConfig?
     /// Eject failing endpoints for a while (nil: off).
@@ -309,6 +313,10 @@ public struct TrafficPolicy: Sendable, Hashable {
     public var retries = RetryPolicy()
     public var adaptiveThrottling: AdaptiveThrottlePolicy?
     public var slowStart: SlowStartPolicy?
+    /// Each caller talks to about this many of the service's instances (deterministic
+    /// aperture over the instances sorted by id, the caller placed by its rank among its
+    /// own service's instances); nil: every caller talks to every instance.
+    public var subsetSize: Int?
 
     public init() {}
 }

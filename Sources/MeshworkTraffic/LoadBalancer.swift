@@ -41,10 +41,16 @@ public struct BalancerEndpoint: Sendable, Hashable {
 public struct ZonePolicy: Sendable, Hashable {
     public var localZone: String?
     public var overprovisioning: Double
+    /// Weight of the local zone's instances that the registry knows but that take no
+    /// traffic (unhealthy, starting): they are not endpoints, yet they are capacity the
+    /// zone has lost, so they count in its total. Without them a zone down to one healthy
+    /// instance of ten would keep all of its callers' traffic on that one.
+    public var unservedLocalWeight: Double
 
-    public init(localZone: String? = nil, overprovisioning: Double = 1.4) {
+    public init(localZone: String? = nil, overprovisioning: Double = 1.4, unservedLocalWeight: Double = 0) {
         self.localZone = localZone
         self.overprovisioning = overprovisioning
+        self.unservedLocalWeight = max(0, unservedLocalWeight)
     }
 }
 
@@ -294,6 +300,7 @@ public struct LoadBalancer<R: RandomNumberGenerator> {
                 newRemote.totalWeight += endpoint.weight
             }
         }
+        if zones.localZone != nil { localTotalWeight += zones.unservedLocalWeight }
         newLocal.cursor = newLocal.members.isEmpty ? 0 : local.cursor % newLocal.members.count
         newRemote.cursor = newRemote.members.isEmpty ? 0 : remote.cursor % newRemote.members.count
         local = newLocal

@@ -117,6 +117,35 @@ struct LoadBalancerTests {
         #expect(counts(&lb, picks: 100)[0..<4].allSatisfy { $0 == 0 })
     }
 
+    @Test func instancesTheRegistryKnowsUnhealthyCountInTheirZonesTotal() {
+        // Zone a: one healthy endpoint; three more instances exist but are unhealthy (not
+        // endpoints at all). Zone b: two healthy.
+        let endpoints = [("a", 1.0), ("b", 1.0), ("b", 1.0)].enumerated().map {
+            BalancerEndpoint(key: "10.0.0.\($0.offset):8080", weight: $0.element.1, zone: $0.element.0)
+        }
+        var lb = LoadBalancer(
+            algorithm: .random,
+            endpoints: endpoints,
+            zones: ZonePolicy(localZone: "a", unservedLocalWeight: 3),
+            random: SplitMix64(seed: 9),
+            now: 0
+        )
+        // 1 of 4 local is healthy: 1.4 x 1/4 = 35% stays, the rest spills to b.
+        #expect(abs(lb.localShare - 0.35) < 1e-9)
+        var local = 0
+        for _ in 0..<20_000 where lb.pick(now: 0) == 0 { local += 1 }
+        #expect(abs(Double(local) / 20_000 - 0.35) < 0.015, "\(local)")
+        // Without them, the lone healthy instance kept every local caller.
+        let blind = LoadBalancer(
+            algorithm: .random,
+            endpoints: endpoints,
+            zones: ZonePolicy(localZone: "a"),
+            random: SplitMix64(seed: 9),
+            now: 0
+        )
+        #expect(blind.localShare == 1)
+    }
+
     @Test(arguments: [BalancerAlgorithm.ringHash, .maglev])
     func hashingIsStickyAndConsistent(_ algorithm: BalancerAlgorithm) {
         var lb = balancer(algorithm, weights: Array(repeating: 1, count: 10))

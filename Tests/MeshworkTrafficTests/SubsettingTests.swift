@@ -80,6 +80,33 @@ struct SubsettingTests {
         #expect(Double(changed) / 300 <= 2.0, "average change \(Double(changed) / 300)")
     }
 
+    /// Issue 17, item 3: ten callers over 40 backends with k = 8 each talk to exactly 8,
+    /// and an eleventh caller (whichever rank it takes) moves few assignments of the others.
+    @Test func anotherCallerMovesFewAssignments() {
+        func subset(_ client: Int, of clients: Int) -> Set<Int> {
+            let weights = DeterministicAperture.weights(
+                backendCount: 40,
+                clientIndex: client,
+                clientCount: clients,
+                subsetSize: 8
+            )
+            return Set(weights.indices.filter { weights[$0] > 0 })
+        }
+        for client in 0..<10 { #expect(subset(client, of: 10).count == 8) }
+        var worst = 0.0
+        for newRank in 0...10 {
+            var moved = 0
+            for client in 0..<10 {
+                // The callers at or after the newcomer's rank move up one place.
+                let after = client >= newRank ? client + 1 : client
+                moved += subset(client, of: 10).subtracting(subset(after, of: 11)).count
+            }
+            worst = max(worst, Double(moved) / 10)
+        }
+        // Of each caller's 8 backends, 1.5 change on average at the worst rank.
+        #expect(worst <= 2, "\(worst) backends per caller moved")
+    }
+
     @Test func subsetLargerThanBackendsIsEverything() {
         #expect(
             DeterministicAperture.weights(backendCount: 5, clientIndex: 0, clientCount: 10, subsetSize: 10)

@@ -123,7 +123,10 @@ final class LoopCluster {
     private static func trafficPolicy(_ config: ClusterConfig, zone: String?) -> ClusterTrafficPolicy {
         ClusterTrafficPolicy(
             balancer: config.balancer,
-            zones: ZonePolicy(localZone: config.zoneAware ? zone : nil),
+            zones: ZonePolicy(
+                localZone: config.zoneAware ? zone : nil,
+                unservedLocalWeight: zone.flatMap { config.unservedWeights[$0] } ?? 0
+            ),
             slowStart: config.slowStart,
             outlierDetection: config.outlierDetection,
             circuitBreakers: config.circuitBreakers,

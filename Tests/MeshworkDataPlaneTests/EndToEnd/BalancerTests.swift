@@ -104,6 +104,120 @@ struct BalancerTests {
         for app in apps { await app.stop() }
     }
 
+    /// Zone-aware routing counts the instances the registry reports unhealthy (issue 17,
+    /// item 4): web in zone a, whose one healthy orders instance is all that is left of
+    /// four, sends most of its calls to zone b. Before, the unhealthy instances were not
+    /// counted at all, so zone a looked whole and kept every call on its last instance.
+    @Test func aZoneThatLostMostOfItsInstancesSpillsToTheOtherZone() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let inA = try await TestMesh.startApp("orders-a")
+        let inB = try await TestMesh.startApp("orders-b")
+        var sidecars: [SidecarProcess] = []
+        defer { controller.remove() }
+        do {
+            sidecars.append(try await startServer("orders", app: inA, controller: controller, extra: ["--zone", "a"]))
+            sidecars.append(try await startServer("orders", app: inB, controller: controller, extra: ["--zone", "b"]))
+            for index in 1...3 {
+                let put = try await controller.call(
+                    "PUT",
+                    "/v1/instances/orders-a-down-\(index)",
+                    body: #"""
+                        {"service": "orders", "address": "127.0.0.1", "port": \#(TestMesh.refusingPort),
+                         "zone": "a", "health": "unhealthy", "ttlSeconds": 0}
+                        """#
+                )
+                #expect(put.status == 200 || put.status == 201, "\(put.text)")
+            }
+            let web = try await startClient("web", calling: "orders", controller: controller, extra: ["--zone", "a"])
+            sidecars.append(web)
+            #expect(try await web.waitUntilServing("orders"), "\(web.log)")
+            let before = (inA.requestCount, inB.requestCount)
+            // 200 calls on one keep-alive connection: one event loop's balancer decides.
+            let result = try await Curl.run([web.upstreamURL("orders") + "/[1-200]"], timeout: 30)
+            #expect(result.exitCode == 0)
+            let (a, b) = (inA.requestCount - before.0, inB.requestCount - before.1)
+            #expect(a + b == 200)
+            // 1.4 x 1/4 = 35% stays in zone a, 65% goes to b.
+            #expect(b >= 100 && a >= 40, "zone a \(a), zone b \(b)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await inA.stop()
+        await inB.stop()
+    }
+
+    /// Deterministic subsetting fed by the controller (issue 17, item 3): `subsetSize: 8` in
+    /// the service policy, 10 callers (each placed by its rank among web's instances) over 40
+    /// backends: every backend gets traffic and no caller talks to more than 8.
+    @Test func tenCallersOverFortyBackendsEachTalkToAtMostEightAndAllAreUsed() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let backends = try await FixtureServer.start("h2_backends.py", ["40"])
+        var callers: [SidecarProcess] = []
+        defer { controller.remove() }
+        do {
+            for index in 0..<40 {
+                let put = try await controller.call(
+                    "PUT",
+                    "/v1/instances/orders-\(index)",
+                    body:
+                        #"{"service": "orders", "address": "127.0.0.1", "port": \#(backends.port("b\(index)")), "ttlSeconds": 0}"#
+                )
+                #expect(put.status == 200 || put.status == 201, "\(put.text)")
+            }
+            for _ in 0..<10 {
+                let caller = try await SidecarProcess.start(
+                    [
+                        "--service", "web", "--app-port", String(TestMesh.refusingPort), "--controller",
+                        controller.url, "--token-file", controller.dataDirectory + "/token", "--ttl", "30s",
+                        "--upstream", "orders=127.0.0.1:0",
+                    ],
+                    waitFor: ["upstream:orders", "inbound"]
+                )
+                callers.append(caller)
+                #expect(try await caller.waitForLog("registered"), "\(caller.log)")
+            }
+            // The policy last: every caller applies it knowing all ten (its log names the
+            // revision of the change).
+            let put = try await controller.call("PUT", "/v1/services/orders", body: #"{"policy": {"subsetSize": 8}}"#)
+            let revision = try #require(put.header("x-meshwork-revision"))
+            for caller in callers {
+                #expect(
+                    try await caller.waitForLog("revision=\(revision) "),
+                    "\(caller.log.split(separator: "\n").suffix(3))"
+                )
+            }
+            for caller in callers {
+                let result = try await Curl.run([caller.upstreamURL("orders") + "/[1-80]"], timeout: 30)
+                #expect(result.exitCode == 0, "\(result.stderr)")
+            }
+            // Per caller: the backends it sent to.
+            for caller in callers {
+                let metrics = try await Curl.get("http://127.0.0.1:\(caller.port("admin") ?? 0)/metrics").text
+                let used = Set(
+                    metrics.split(separator: "\n").filter {
+                        $0.hasPrefix(#"meshwork_endpoint_requests_total{cluster="orders""#) && !$0.hasSuffix(" 0")
+                    }.compactMap { line -> Substring? in
+                        guard let start = line.range(of: "endpoint=\"") else { return nil }
+                        return line[start.upperBound...].prefix { $0 != "\"" }
+                    }
+                )
+                #expect(!used.isEmpty && used.count <= 8, "a caller used \(used.count) backends: \(used.sorted())")
+            }
+            // Every backend got traffic.
+            let counts = try await Curl.get("http://127.0.0.1:\(backends.port("control"))/counts")
+            let perBackend = try JSONSerialization.jsonObject(with: Data(counts.text.utf8)) as? [String: [String: Int]]
+            let idle = (perBackend ?? [:]).filter { ($0.value["requests"] ?? 0) == 0 }.keys.sorted()
+            #expect(perBackend?.count == 40 && idle.isEmpty, "backends without traffic: \(idle)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        for caller in callers { await caller.stop() }
+        await backends.stop()
+    }
+
     @Test func roundRobinSplitsEvenly() async throws {
         let (fast, slow) = try await run(.roundRobin)
         #expect(fast == 20 && slow == 20)
