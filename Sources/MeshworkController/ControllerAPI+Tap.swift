@@ -110,7 +110,15 @@ extension ControllerAPI {
         case event(ByteBuffer)
         /// The sidecar's stream is over (its limit, or it went away).
         case ended
+        /// Time to show the reader we are here (and find out whether it still is).
+        case keepalive
     }
+
+    /// A tap with nothing to say writes an empty line this often: a write is how a reader
+    /// that went away is noticed (a quiet stream never fails; the first write after the
+    /// reader's close still succeeds, the next fails: gone within two periods), and the
+    /// sidecars' taps are closed with it instead of living out `maxTapDuration` for nobody.
+    static let tapKeepalive = Duration.seconds(2)
 
     private static func relayTaps(
         _ targets: [(String, Result<HostPort, TapRefusal>)],
@@ -171,18 +179,30 @@ extension ControllerAPI {
                     continuation.yield(.ended)
                 }
             }
+            group.addTask {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: tapKeepalive)
+                    continuation.yield(.keepalive)
+                }
+            }
             var opened: [String] = []
             var failed: [String: String] = [:]
             var announced = false
             var sent = 0
             var ended = 0
+            var wroteSinceKeepalive = false
             for await line in lines {
                 switch line {
+                case .keepalive:
+                    if !wroteSinceKeepalive { try await writer.write(ByteBuffer(string: "\n")) }
+                    wroteSinceKeepalive = false
+                    continue
                 case .ended: ended += 1
                 case .opened(let id): opened.append(id)
                 case .failed(let id, let reason): failed[id] = reason
                 case .event(let buffer):
                     try await writer.write(buffer)
+                    wroteSinceKeepalive = true
                     sent += 1
                 }
                 if !announced, opened.count + failed.count >= targets.count {

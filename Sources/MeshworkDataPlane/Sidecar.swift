@@ -788,8 +788,16 @@ public actor Sidecar: Service {
         }
         let flags = self.flags
         return AdminEndpoints(
-            metrics: { [edges, accessLogFile, histograms] in
+            metrics: { [edges, accessLogFile, histograms, taps] in
                 var text = registry.emitToBuffer() + histograms.prometheusText() + edges.prometheusText()
+                text += Array(
+                    """
+                    # HELP meshwork_tap_subscribers Taps reading this sidecar's requests now (admin /tap).
+                    # TYPE meshwork_tap_subscribers gauge
+                    meshwork_tap_subscribers \(taps.count)
+
+                    """.utf8
+                )
                 if flags.discoveryExpected {
                     let confirmed = flags.confirmedAtMillis.load(ordering: .relaxed)
                     let age = confirmed == 0 ? -1 : max(0, Date().timeIntervalSince1970 - Double(confirmed) / 1000)

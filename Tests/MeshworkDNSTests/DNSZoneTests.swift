@@ -229,9 +229,17 @@ func ask(
             )
         )
         #expect(small.bytes.count <= 1232 && small.truncated)
-        // SRV over UDP with no room for the glue: the answers stay, the glue goes, no TC.
-        let srv = try ask(big, "big.service.mesh", .srv, edns: 4096)
-        #expect(srv.answers.count == 120 || srv.truncated)
+        // SRV over UDP (EDNS 4096). 80 answers fit but not all their glue: every answer, no
+        // TC, the glue that fits (RFC 2181 9: glue may go, answers may not).
+        let eighty = DNSZone(services: [], instances: Array(many.prefix(80)), revision: 1)
+        let srv = try ask(eighty, "big.service.mesh", .srv, edns: 4096)
+        let glue = srv.additional.filter { $0.type == .a }.count
+        #expect(srv.answers.count == 80 && !srv.truncated, "\(srv.answers.count) answers, TC \(srv.truncated)")
+        #expect(glue > 0 && glue < 80, "\(glue) glue records")
+        // 120 answers do not fit: TC, as many whole answers as fit, no glue.
+        let all = try ask(big, "big.service.mesh", .srv, edns: 4096)
+        #expect(all.truncated && all.answers.count > 80 && all.answers.count < 120, "\(all.answers.count)")
+        #expect(all.additional.filter { $0.type == .a }.isEmpty)
     }
 
     @Test func answersAreShuffled() throws {

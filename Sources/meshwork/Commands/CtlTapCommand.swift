@@ -75,6 +75,8 @@ enum TapStream {
             while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = pending.readString(length: newline - pending.readerIndex) ?? ""
                 pending.moveReaderIndex(forwardBy: 1)
+                // The controller's keepalive.
+                if line.isEmpty { continue }
                 if !started, let start = try? decoder.decode(Start.self, from: Data(line.utf8)) {
                     started = true
                     try onStart(start)

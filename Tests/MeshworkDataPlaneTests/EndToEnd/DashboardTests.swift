@@ -43,7 +43,18 @@ struct DashboardTests {
             // The page itself: served from the binary, no external asset.
             let page = try await Curl.get(controller.url + "/ui")
             #expect(page.status == 200 && page.text.contains("<svg id=\"topology\""))
-            #expect(!page.text.contains("http://") || !page.text.contains("<script src"), "external assets")
+            // No asset from anywhere else: no src/href to another origin, no CSS url() or
+            // @import of one (the SVG namespace URI is a name, not a fetch).
+            let external = try NSRegularExpression(
+                pattern: #"(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import"#,
+                options: [.caseInsensitive]
+            )
+            let range = NSRange(page.text.startIndex..., in: page.text)
+            let found = external.matches(in: page.text, range: range).map {
+                (page.text as NSString).substring(with: $0.range)
+            }
+            #expect(found.isEmpty, "external assets: \(found)")
+            #expect(!page.text.contains("<script src"), "scripts are inline")
             #expect(try await controller.call("GET", "/v1/stats/series?window=10m").text.contains("\"points\""))
             #expect(try await controller.call("GET", "/v1/certificates").text.contains("orders-127-0-0-1-"))
 

@@ -148,7 +148,23 @@ struct TapTests {
                 ]
             )
             #expect(unknown.exitCode != 0 && unknown.output.contains("404"), "\(unknown.output)")
-            // The sidecar forgets the taps once their readers are gone.
+            // The sidecar forgets the taps once their readers are gone (bounded: 10 s).
+            let metricsURL = "http://127.0.0.1:\(server.port("admin") ?? 0)/metrics"
+            func subscribers() async throws -> Int? {
+                let text = try await Curl.get(metricsURL).text
+                return text.split(separator: "\n").first { $0.hasPrefix("meshwork_tap_subscribers ") }
+                    .flatMap { Int($0.split(separator: " ")[1]) }
+            }
+            #expect(try await subscribers() ?? 0 >= 1, "the first tap is still reading")
+            for ctl in ctls { await ctl.stop() }
+            ctls.removeAll()
+            var left = try await subscribers()
+            for _ in 0..<100 where left != 0 {
+                try await Task.sleep(for: .milliseconds(100))
+                left = try await subscribers()
+            }
+            #expect(left == 0, "taps left in the sidecar after every reader ended: \(String(describing: left))")
+            // A bad filter is refused with the parameter named.
             let metrics = try await Curl.run([
                 "-H",
                 "Authorization: Bearer \(try String(contentsOfFile: adminToken, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))",
