@@ -95,9 +95,11 @@ struct DiscoveryTests {
     @Test func aKilledInstanceLeavesAfterItsTTLAndTrafficMoves() async throws {
         try await withMesh { mesh in
             try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            let updates = mesh.client.logCount("endpoints=1 ")
             await mesh.servers[0].stop(kill: true)
-            // Within the TTL (2 s) and a watch event, the instance is gone for the client.
-            try await Task.sleep(for: .seconds(3.5))
+            // Within the TTL (2 s) and a watch event, the instance is gone for the client
+            // (bounded: 10 s).
+            #expect(try await mesh.client.waitForLog("endpoints=1 ", beyond: updates), "\(mesh.client.log)")
             let before = mesh.apps.map(\.requestCount)
             let codes = try await statuses(mesh, count: 20)
             #expect(codes == Array(repeating: 200, count: 20), "\(codes)")
@@ -112,9 +114,10 @@ struct DiscoveryTests {
     @Test func anUnhealthyInstanceStopsGettingTrafficAndComesBack() async throws {
         try await withMesh { mesh in
             try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            let updates = mesh.client.logCount("endpoints=1 ")
             mesh.apps[0].setFailing(500)
-            // Two failed checks 200 ms apart, a heartbeat, a watch event.
-            try await Task.sleep(for: .seconds(1.5))
+            // Two failed checks 200 ms apart, a heartbeat, a watch event (bounded: 10 s).
+            #expect(try await mesh.client.waitForLog("endpoints=1 ", beyond: updates), "\(mesh.client.log)")
             let listed = try await mesh.controller.call("GET", "/v1/instances?service=orders")
             #expect(listed.text.contains("\"unhealthy\""))
             let before = mesh.apps.map(\.requestCount)
@@ -134,11 +137,12 @@ struct DiscoveryTests {
     @Test func sigtermDeregistersBeforeDraining() async throws {
         try await withMesh { mesh in
             try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            let updates = mesh.client.logCount("endpoints=1 ")
             await mesh.servers[1].stop()
             // Gone at once, not after the TTL.
             let listed = try await mesh.controller.call("GET", "/v1/instances?service=orders")
             #expect(listed.text.components(separatedBy: "\"id\"").count == 2, "\(listed.text)")
-            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await mesh.client.waitForLog("endpoints=1 ", beyond: updates), "\(mesh.client.log)")
             let codes = try await statuses(mesh, count: 10)
             #expect(codes == Array(repeating: 200, count: 10), "\(codes)")
         }

@@ -255,7 +255,8 @@ struct ZeroTrustTests {
             for _ in 0..<5 {
                 let result = try await Curl.get(url)
                 statuses.append(result.status)
-                #expect(result.header("x-meshwork-error") != nil, "\(result.status) without a mesh error")
+                // The refused peer certificate: documented as upstream_reset.
+                #expect(result.header("x-meshwork-error") == "upstream_reset", "\(result.status)")
             }
             #expect(statuses.allSatisfy { $0 >= 500 }, "\(statuses)")
             #expect(payments.requestCount == paymentsBefore, "the impostor got calls")

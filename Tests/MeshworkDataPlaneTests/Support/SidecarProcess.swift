@@ -46,6 +46,22 @@ final class SidecarProcess {
         return log.contains(text)
     }
 
+    /// How often `text` is in the log so far.
+    func logCount(_ text: String) -> Int {
+        log.components(separatedBy: text).count - 1
+    }
+
+    /// Waits (bounded) until `text` is in the log more than `count` times: a line that
+    /// comes after something the test did, where the same line may have come before.
+    func waitForLog(_ text: String, beyond count: Int, seconds: Int = 10) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            if logCount(text) > count { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return logCount(text) > count
+    }
+
     func port(_ listener: String) -> Int? {
         ControllerProcess.port(in: log, listener: listener)
     }
