@@ -111,6 +111,29 @@ struct DiscoveryTests {
         }
     }
 
+    /// Issue 17, item 7: a server sidecar SIGKILLed under load loses no GET. Requests in
+    /// flight on its connections are reset and sent again elsewhere (idempotent, nothing of
+    /// the answer had left); new ones that pick it fail to connect and are retried on the
+    /// other instance, until outlier detection and then the registry take it out.
+    @Test func aSidecarKilledMidLoadLosesNoIdempotentRequest() async throws {
+        try await withMesh { mesh in
+            try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
+            let before = mesh.apps[1].requestCount
+            // Bounded: 4000 requests, 4 connections, 30 s at most.
+            let url = mesh.url + "delay/1"
+            async let load = Command.run(["timeout", "30", "h2load", "--h1", "-n", "4000", "-c", "4", url])
+            // Mid-load: once both are busy.
+            for _ in 0..<500 where mesh.apps[1].requestCount - before < 200 {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            await mesh.servers[0].stop(kill: true)
+            let result = try await load
+            #expect(result.exitCode == 0, "\(result.output)")
+            #expect(result.output.contains("4000 succeeded, 0 failed, 0 errored"), "\(result.output)")
+            #expect(result.output.contains("status codes: 4000 2xx, 0 3xx, 0 4xx, 0 5xx"), "\(result.output)")
+        }
+    }
+
     @Test func anUnhealthyInstanceStopsGettingTrafficAndComesBack() async throws {
         try await withMesh { mesh in
             try await until(mesh, "both instances to get traffic") { $0.allSatisfy { $0 > 0 } }
