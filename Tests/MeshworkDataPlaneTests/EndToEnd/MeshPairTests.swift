@@ -109,23 +109,19 @@ struct MeshPairTests {
     }
 
     @Test func directHTTP2ClientWithMeshCertificate() async throws {
-        let server = try await TestMesh.startServerSide()
-        defer {
-            Task {
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withServerSide { server in
+            let url = "https://127.0.0.1:\(server.sidecar.port("inbound"))/headers"
+            let tls = [
+                "--cacert", TestMesh.cert("mesh-ca"), "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
+                "-k",
+            ]
+            let h2 = try await Curl.get(url, tls + ["--http2"])
+            #expect(h2.status == 200)
+            #expect(h2.statusLines.first?.hasPrefix("HTTP/2") == true)
+            let h1 = try await Curl.get(url, tls + ["--http1.1"])
+            #expect(h1.status == 200)
+            #expect(h1.statusLines.first?.hasPrefix("HTTP/1.1") == true)
         }
-        let url = "https://127.0.0.1:\(server.sidecar.port("inbound"))/headers"
-        let tls = [
-            "--cacert", TestMesh.cert("mesh-ca"), "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"), "-k",
-        ]
-        let h2 = try await Curl.get(url, tls + ["--http2"])
-        #expect(h2.status == 200)
-        #expect(h2.statusLines.first?.hasPrefix("HTTP/2") == true)
-        let h1 = try await Curl.get(url, tls + ["--http1.1"])
-        #expect(h1.status == 200)
-        #expect(h1.statusLines.first?.hasPrefix("HTTP/1.1") == true)
     }
 }
 
@@ -228,19 +224,25 @@ extension MeshPairTests {
         )
         cluster.idleTimeout = .milliseconds(200)
         let client = try await TestMesh.startClientSide(cluster: cluster)
-        defer {
-            Task {
-                await client.stop()
-                await server.sidecar.stop()
-                await server.app.stop()
+        do {
+            #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+            #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 1)
+            // Bounded (5 s): until the idle timer has closed it.
+            var active = client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#)
+            for _ in 0..<100 where active != 0 {
+                try await Task.sleep(for: .milliseconds(50))
+                active = client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#)
             }
+            #expect(active == 0)
+            // And the next request simply opens a new one.
+            #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+        } catch {
+            Issue.record("\(error)")
         }
-        #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
-        #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 1)
-        try await Task.sleep(for: .milliseconds(700))
-        #expect(client.metric(#"meshwork_cluster_connections_active{cluster="orders"}"#) == 0)
-        // And the next request simply opens a new one.
-        #expect(try await Curl.get(client.url("upstream:orders")).status == 200)
+        // Awaited: the next test starts with nothing of this one left.
+        await client.stop()
+        await server.sidecar.stop()
+        await server.app.stop()
     }
 }
 

@@ -59,40 +59,30 @@ struct TLSAndAdminTests {
         ("mesh-ca", "the mesh CA's own certificate (CA:TRUE, keyCertSign) as a workload's"),
     ])
     func inboundRefusesBadClientCertificates(name: String, why: String) async throws {
-        let server = try await TestMesh.startServerSide()
-        defer {
-            Task {
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withServerSide { server in
+            var arguments = ["-k", "--http2", "https://127.0.0.1:\(server.sidecar.port("inbound"))/"]
+            if !name.isEmpty { arguments = ["--cert", TestMesh.cert(name), "--key", TestMesh.key(name)] + arguments }
+            let result = try await Curl.run(arguments)
+            #expect(result.exitCode != 0, "\(why) must be refused")
+            #expect(result.status == 0)
+            #expect(server.app.requestCount == 0)
+            // A good client is still served.
+            let good = try await Curl.run(
+                [
+                    "-k", "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
+                    "https://127.0.0.1:\(server.sidecar.port("inbound"))/",
+                ]
+            )
+            #expect(good.status == 200)
         }
-        var arguments = ["-k", "--http2", "https://127.0.0.1:\(server.sidecar.port("inbound"))/"]
-        if !name.isEmpty { arguments = ["--cert", TestMesh.cert(name), "--key", TestMesh.key(name)] + arguments }
-        let result = try await Curl.run(arguments)
-        #expect(result.exitCode != 0, "\(why) must be refused")
-        #expect(result.status == 0)
-        #expect(server.app.requestCount == 0)
-        // A good client is still served.
-        let good = try await Curl.run(
-            [
-                "-k", "--cert", TestMesh.cert("web"), "--key", TestMesh.key("web"),
-                "https://127.0.0.1:\(server.sidecar.port("inbound"))/",
-            ]
-        )
-        #expect(good.status == 200)
     }
 
     @Test func inboundRefusesPlaintext() async throws {
-        let server = try await TestMesh.startServerSide()
-        defer {
-            Task {
-                await server.sidecar.stop()
-                await server.app.stop()
-            }
+        try await TestMesh.withServerSide { server in
+            let result = try await Curl.get(server.sidecar.url("inbound"))
+            #expect(result.status == 0)
+            #expect(server.app.requestCount == 0)
         }
-        let result = try await Curl.get(server.sidecar.url("inbound"))
-        #expect(result.status == 0)
-        #expect(server.app.requestCount == 0)
     }
 
     @Test func clientSidecarRefusesServerFromAnotherCA() async throws {
@@ -113,36 +103,38 @@ struct TLSAndAdminTests {
         config.upstreams = [UpstreamConfig(listen: TestMesh.any(), cluster: "orders")]
         let tokenFile = FileManager.default.temporaryDirectory.appendingPathComponent("mw-admin-\(UUID())").path
         config.adminTokenFile = tokenFile
-        let sidecar = try await TestMesh.startSidecar(config)
-        defer {
-            Task { await sidecar.stop() }
-            try? FileManager.default.removeItem(atPath: tokenFile)
+        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
+        try await TestMesh.withSidecar(config) { sidecar in
+            _ = try await Curl.get(sidecar.url("upstream:orders"))
+
+            let ready = try await Curl.get(sidecar.url("admin", "/ready"))
+            #expect(ready.status == 200)
+            #expect(try await Curl.get(sidecar.url("admin", "/live")).status == 200)
+            let metrics = try await Curl.get(sidecar.url("admin", "/metrics"))
+            #expect(metrics.status == 200)
+            #expect(metrics.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true)
+            #expect(
+                metrics.text.contains(
+                    #"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"} 1"#
+                )
+            )
+            #expect(metrics.text.contains("# TYPE meshwork_listener_request_duration_seconds histogram"))
+
+            let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(
+                in: .whitespacesAndNewlines
+            )
+            let configJSON = try await Curl.run([
+                "-H", "Authorization: Bearer \(token)", sidecar.url("admin", "/config"),
+            ])
+            #expect(configJSON.status == 200)
+            let object = try JSONSerialization.jsonObject(with: configJSON.body) as? [String: Any]
+            let clusters = object?["clusters"] as? [[String: Any]]
+            #expect(clusters?.first?["name"] as? String == "orders")
+            #expect(clusters?.first?["requestTimeout"] as? String == "15s")
+
+            #expect(try await Curl.get(sidecar.url("admin", "/nope")).status == 404)
+            #expect(try await Curl.run(["-X", "POST", sidecar.url("admin", "/metrics")]).status == 405)
         }
-        _ = try await Curl.get(sidecar.url("upstream:orders"))
-
-        let ready = try await Curl.get(sidecar.url("admin", "/ready"))
-        #expect(ready.status == 200)
-        #expect(try await Curl.get(sidecar.url("admin", "/live")).status == 200)
-        let metrics = try await Curl.get(sidecar.url("admin", "/metrics"))
-        #expect(metrics.status == 200)
-        #expect(metrics.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true)
-        #expect(
-            metrics.text.contains(#"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"} 1"#)
-        )
-        #expect(metrics.text.contains("# TYPE meshwork_listener_request_duration_seconds histogram"))
-
-        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(
-            in: .whitespacesAndNewlines
-        )
-        let configJSON = try await Curl.run(["-H", "Authorization: Bearer \(token)", sidecar.url("admin", "/config")])
-        #expect(configJSON.status == 200)
-        let object = try JSONSerialization.jsonObject(with: configJSON.body) as? [String: Any]
-        let clusters = object?["clusters"] as? [[String: Any]]
-        #expect(clusters?.first?["name"] as? String == "orders")
-        #expect(clusters?.first?["requestTimeout"] as? String == "15s")
-
-        #expect(try await Curl.get(sidecar.url("admin", "/nope")).status == 404)
-        #expect(try await Curl.run(["-X", "POST", sidecar.url("admin", "/metrics")]).status == 405)
     }
 
     @Test func drainFinishesInFlightThenStopsAccepting() async throws {

@@ -73,6 +73,34 @@ enum TestMesh {
         return (app, try await startSidecar(config))
     }
 
+    /// `startServerSide`, stopped (awaited) when `body` returns or throws.
+    static func withServerSide(
+        _ body: ((app: DemoApp, sidecar: RunningSidecar)) async throws -> Void
+    ) async throws {
+        let server = try await startServerSide()
+        do {
+            try await body(server)
+        } catch {
+            await server.sidecar.stop()
+            await server.app.stop()
+            throw error
+        }
+        await server.sidecar.stop()
+        await server.app.stop()
+    }
+
+    /// `startSidecar`, stopped (awaited) when `body` returns or throws.
+    static func withSidecar(_ config: SidecarConfig, _ body: (RunningSidecar) async throws -> Void) async throws {
+        let sidecar = try await startSidecar(config)
+        do {
+            try await body(sidecar)
+        } catch {
+            await sidecar.stop()
+            throw error
+        }
+        await sidecar.stop()
+    }
+
     /// A server side (app + sidecar with mTLS inbound) and a client sidecar whose upstream
     /// port reaches it over the mesh.
     static func startPair(
