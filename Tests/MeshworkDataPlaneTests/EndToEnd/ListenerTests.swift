@@ -147,36 +147,40 @@ struct ListenerTests {
             TestMesh.cluster("inventory", .http1, [inventory.address]),
         ]
         let sidecar = try await TestMesh.startSidecar(config)
-        defer {
-            Task {
-                await sidecar.stop()
-                await orders.stop()
-                await inventory.stop()
+        do {
+            let proxy = "http://127.0.0.1:\(sidecar.port("http_proxy"))"
+
+            for (url, served) in [
+                ("http://orders/", "orders-1"), ("http://orders.mesh:8080/", "orders-1"),
+                ("http://inventory.mesh/", "inventory-1"), ("http://INVENTORY/", "inventory-1"),
+            ] {
+                let result = try await Curl.get(url, ["-x", proxy])
+                #expect(result.status == 200, "\(url)")
+                #expect(result.header("x-served-by") == served, "\(url)")
             }
-        }
-        let proxy = "http://127.0.0.1:\(sidecar.port("http_proxy"))"
+            // The absolute-form target becomes origin-form for the app.
+            let head = try await Curl.get("http://orders.mesh/headers?x=1", ["-x", proxy])
+            #expect(head.text.hasPrefix("GET /headers?x=1 HTTP/1.1"))
+            #expect(head.text.contains("host: orders.mesh"))
 
-        for (url, served) in [
-            ("http://orders/", "orders-1"), ("http://orders.mesh:8080/", "orders-1"),
-            ("http://inventory.mesh/", "inventory-1"), ("http://INVENTORY/", "inventory-1"),
-        ] {
-            let result = try await Curl.get(url, ["-x", proxy])
-            #expect(result.status == 200, "\(url)")
-            #expect(result.header("x-served-by") == served, "\(url)")
+            let unknown = try await Curl.get("http://billing/", ["-x", proxy])
+            #expect(unknown.status == 404)
+            #expect(unknown.header("x-meshwork-error") == "no_route")
+            #expect(
+                sidecar.metric(
+                    #"meshwork_listener_mesh_errors_total{listener="http_proxy",kind="http_proxy",reason="no_route"}"#
+                ) == 1
+            )
+        } catch {
+            await sidecar.stop()
+            await orders.stop()
+            await inventory.stop()
+            throw error
         }
-        // The absolute-form target becomes origin-form for the app.
-        let head = try await Curl.get("http://orders.mesh/headers?x=1", ["-x", proxy])
-        #expect(head.text.hasPrefix("GET /headers?x=1 HTTP/1.1"))
-        #expect(head.text.contains("host: orders.mesh"))
-
-        let unknown = try await Curl.get("http://billing/", ["-x", proxy])
-        #expect(unknown.status == 404)
-        #expect(unknown.header("x-meshwork-error") == "no_route")
-        #expect(
-            sidecar.metric(
-                #"meshwork_listener_mesh_errors_total{listener="http_proxy",kind="http_proxy",reason="no_route"}"#
-            ) == 1
-        )
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
+        await orders.stop()
+        await inventory.stop()
     }
 
     @Test func h2cClientToHTTP1App() async throws {
@@ -191,16 +195,19 @@ struct ListenerTests {
     @Test func h2cToH2cAppKeepsTrailers() async throws {
         let app = try await TestMesh.startApp("grpc-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("grpc", .h2c, [app.address]))
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        do {
+            let result = try await Curl.get(sidecar.url("upstream:grpc", "/trailers"), ["--http2-prior-knowledge"])
+            #expect(result.status == 200)
+            #expect(result.text == "with trailers\n")
+            #expect(result.header("x-checksum") == "abc123")
+        } catch {
+            await sidecar.stop()
+            await app.stop()
+            throw error
         }
-        let result = try await Curl.get(sidecar.url("upstream:grpc", "/trailers"), ["--http2-prior-knowledge"])
-        #expect(result.status == 200)
-        #expect(result.text == "with trailers\n")
-        #expect(result.header("x-checksum") == "abc123")
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
+        await app.stop()
     }
 
     @Test func streamsLargeBodiesBothWays() async throws {

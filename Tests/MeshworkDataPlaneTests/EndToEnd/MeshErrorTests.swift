@@ -11,11 +11,19 @@ import Testing
 struct MeshErrorTests {
     @Test func noEndpointIs503() async throws {
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, []))
-        defer { Task { await sidecar.stop() } }
-        let result = try await Curl.get(sidecar.url("upstream:orders"))
-        #expect(result.status == 503)
-        #expect(result.header("x-meshwork-error") == "no_healthy_endpoint")
-        #expect(sidecar.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"}"#) == 1)
+        do {
+            let result = try await Curl.get(sidecar.url("upstream:orders"))
+            #expect(result.status == 503)
+            #expect(result.header("x-meshwork-error") == "no_healthy_endpoint")
+            #expect(
+                sidecar.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="no_healthy_endpoint"}"#) == 1
+            )
+        } catch {
+            await sidecar.stop()
+            throw error
+        }
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
     }
 
     @Test(arguments: [EndpointProtocol.http1, .mesh])
@@ -25,15 +33,21 @@ struct MeshErrorTests {
         cluster.protocol = `protocol`
         cluster.endpoints = [EndpointConfig(address: HostPort(host: "127.0.0.1", port: port))]
         let sidecar = try await TestMesh.startClientSide(cluster: cluster)
-        defer { Task { await sidecar.stop() } }
-        let result = try await Curl.get(sidecar.url("upstream:orders"))
-        #expect(result.status == 502)
-        #expect(result.header("x-meshwork-error") == "connect_failed")
-        // The first try and two retries (the default) all failed to connect.
-        #expect(sidecar.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="connect_failed"}"#) == 3)
-        #expect(sidecar.metric(#"meshwork_cluster_retries_total{cluster="orders"}"#) == 2)
-        // The sidecar keeps serving: a second call gets the same clear answer.
-        #expect(try await Curl.get(sidecar.url("upstream:orders")).status == 502)
+        do {
+            let result = try await Curl.get(sidecar.url("upstream:orders"))
+            #expect(result.status == 502)
+            #expect(result.header("x-meshwork-error") == "connect_failed")
+            // The first try and two retries (the default) all failed to connect.
+            #expect(sidecar.metric(#"meshwork_cluster_errors_total{cluster="orders",reason="connect_failed"}"#) == 3)
+            #expect(sidecar.metric(#"meshwork_cluster_retries_total{cluster="orders"}"#) == 2)
+            // The sidecar keeps serving: a second call gets the same clear answer.
+            #expect(try await Curl.get(sidecar.url("upstream:orders")).status == 502)
+        } catch {
+            await sidecar.stop()
+            throw error
+        }
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
     }
 
     @Test func slowUpstreamIs504() async throws {
@@ -41,17 +55,20 @@ struct MeshErrorTests {
         var cluster = TestMesh.cluster("orders", .http1, [app.address])
         cluster.requestTimeout = .milliseconds(200)
         let sidecar = try await TestMesh.startClientSide(cluster: cluster)
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        do {
+            let result = try await Curl.get(sidecar.url("upstream:orders", "/delay/3000"))
+            #expect(result.status == 504)
+            #expect(result.header("x-meshwork-error") == "upstream_timeout")
+            // Fast requests still work afterwards.
+            #expect(try await Curl.get(sidecar.url("upstream:orders", "/")).status == 200)
+        } catch {
+            await sidecar.stop()
+            await app.stop()
+            throw error
         }
-        let result = try await Curl.get(sidecar.url("upstream:orders", "/delay/3000"))
-        #expect(result.status == 504)
-        #expect(result.header("x-meshwork-error") == "upstream_timeout")
-        // Fast requests still work afterwards.
-        #expect(try await Curl.get(sidecar.url("upstream:orders", "/")).status == 200)
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
+        await app.stop()
     }
 
     @Test func slowUpstreamAcrossTheMeshIs504() async throws {
@@ -96,17 +113,20 @@ struct MeshErrorTests {
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address])) {
             $0.limits.maxHeaderBytes = 4096
         }
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        do {
+            let big = String(repeating: "a", count: 8000)
+            let result = try await Curl.get(sidecar.url("upstream:orders"), ["-H", "x-big: \(big)"])
+            #expect(result.status == 431)
+            #expect(result.header("x-meshwork-error") == "header_too_large")
+            #expect(app.requestCount == 0)
+        } catch {
+            await sidecar.stop()
+            await app.stop()
+            throw error
         }
-        let big = String(repeating: "a", count: 8000)
-        let result = try await Curl.get(sidecar.url("upstream:orders"), ["-H", "x-big: \(big)"])
-        #expect(result.status == 431)
-        #expect(result.header("x-meshwork-error") == "header_too_large")
-        #expect(app.requestCount == 0)
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
+        await app.stop()
     }
 
     @Test func stalledClientIsCutOffWith408() async throws {
@@ -114,20 +134,23 @@ struct MeshErrorTests {
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address])) {
             $0.timeouts.headerRead = .milliseconds(300)
         }
-        defer {
-            Task {
-                await sidecar.stop()
-                await app.stop()
-            }
+        do {
+            // Half a request head, then silence (slowloris).
+            let answer = try await RawClient.exchange(
+                port: sidecar.port("upstream:orders"),
+                send: ["GET / HTTP/1.1\r\nHost: x\r\n"],
+                timeout: .seconds(5)
+            )
+            #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+            #expect(answer.contains("x-meshwork-error: header_timeout"))
+            #expect(app.requestCount == 0)
+        } catch {
+            await sidecar.stop()
+            await app.stop()
+            throw error
         }
-        // Half a request head, then silence (slowloris).
-        let answer = try await RawClient.exchange(
-            port: sidecar.port("upstream:orders"),
-            send: ["GET / HTTP/1.1\r\nHost: x\r\n"],
-            timeout: .seconds(5)
-        )
-        #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
-        #expect(answer.contains("x-meshwork-error: header_timeout"))
-        #expect(app.requestCount == 0)
+        // Awaited: nothing of this test is left running for the next.
+        await sidecar.stop()
+        await app.stop()
     }
 }

@@ -252,26 +252,31 @@ extension MeshPairTests {
     /// gets a clear 502 instead of hanging.
     @Test func drainingServerSideFinishesStreamsThenCloses() async throws {
         let (server, client) = try await TestMesh.startPair()
-        defer {
-            Task {
-                await client.stop()
-                await server.app.stop()
+        do {
+            async let inFlight = Curl.get(client.url("upstream:orders", "/delay/500"))
+            for _ in 0..<100 where server.app.requestCount == 0 {
+                try await Task.sleep(for: .milliseconds(10))
             }
+            #expect(server.app.requestCount == 1)
+            await server.sidecar.sidecar.drain()
+            let finished = try await inFlight
+            #expect(finished.status == 200)
+            #expect(finished.text == "slept 500ms\n")
+            #expect(
+                server.sidecar.metric(#"meshwork_listener_connections_active{listener="inbound",kind="inbound"}"#) == 0
+            )
+            let after = try await Curl.get(client.url("upstream:orders"))
+            #expect(after.status == 502)
+            // Nothing listens there any more (the suites run one at a time: no other test's
+            // server can have taken the freed port).
+            #expect(after.header("x-meshwork-error") == "connect_failed")
+        } catch {
+            await client.stop()
+            await server.app.stop()
+            throw error
         }
-        async let inFlight = Curl.get(client.url("upstream:orders", "/delay/500"))
-        for _ in 0..<100 where server.app.requestCount == 0 {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        #expect(server.app.requestCount == 1)
-        await server.sidecar.sidecar.drain()
-        let finished = try await inFlight
-        #expect(finished.status == 200)
-        #expect(finished.text == "slept 500ms\n")
-        #expect(server.sidecar.metric(#"meshwork_listener_connections_active{listener="inbound",kind="inbound"}"#) == 0)
-        let after = try await Curl.get(client.url("upstream:orders"))
-        #expect(after.status == 502)
-        // Nothing listens there any more (the suites run one at a time: no other test's
-        // server can have taken the freed port).
-        #expect(after.header("x-meshwork-error") == "connect_failed")
+        // Awaited: nothing of this test is left running for the next.
+        await client.stop()
+        await server.app.stop()
     }
 }

@@ -140,29 +140,35 @@ struct TLSAndAdminTests {
     @Test func drainFinishesInFlightThenStopsAccepting() async throws {
         let app = try await TestMesh.startApp("orders-1")
         let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address]))
-        defer { Task { await app.stop() } }
-        let url = sidecar.url("upstream:orders", "/delay/600")
-        async let inFlight = Curl.get(url)
-        // Let the request reach the app before draining.
-        for _ in 0..<100 where app.requestCount == 0 {
-            try await Task.sleep(for: .milliseconds(10))
+        do {
+            let url = sidecar.url("upstream:orders", "/delay/600")
+            async let inFlight = Curl.get(url)
+            // Let the request reach the app before draining.
+            for _ in 0..<100 where app.requestCount == 0 {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(app.requestCount == 1)
+            await sidecar.sidecar.drain()
+            let finished = try await inFlight
+            #expect(finished.status == 200)
+            #expect(finished.text == "slept 600ms\n")
+            #expect(sidecar.sidecar.isReady == false)
+            // A drained sidecar accepts no new connection. (The freed port may already belong
+            // to another test's server, so the proof is the listener's own count.)
+            let accepted = sidecar.metric(
+                #"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#
+            )
+            _ = try await Curl.get(sidecar.url("upstream:orders", "/"))
+            #expect(
+                sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#)
+                    == accepted
+            )
+        } catch {
+            await app.stop()
+            throw error
         }
-        #expect(app.requestCount == 1)
-        await sidecar.sidecar.drain()
-        let finished = try await inFlight
-        #expect(finished.status == 200)
-        #expect(finished.text == "slept 600ms\n")
-        #expect(await sidecar.sidecar.isReady == false)
-        // A drained sidecar accepts no new connection. (The freed port may already belong
-        // to another test's server, so the proof is the listener's own count.)
-        let accepted = sidecar.metric(
-            #"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#
-        )
-        _ = try await Curl.get(sidecar.url("upstream:orders", "/"))
-        #expect(
-            sidecar.metric(#"meshwork_listener_connections_total{listener="upstream:orders",kind="upstream"}"#)
-                == accepted
-        )
+        // Awaited: nothing of this test is left running for the next.
+        await app.stop()
     }
 
     @Test func badTLSFilesAreRefusedWithTheField() async throws {
@@ -177,14 +183,25 @@ struct TLSAndAdminTests {
 
     @Test func portInUseNamesTheListener() async throws {
         let first = try await TestMesh.startSidecar(TestMesh.baseConfig("a"))
-        defer { Task { await first.stop() } }
-        var config = TestMesh.baseConfig("b")
-        config.admin = HostPort(host: "127.0.0.1", port: first.port("admin"))
-        let sidecar = try Sidecar(config: config, group: TestMesh.group, registry: .init(), logger: .init(label: "t"))
-        await #expect {
-            try await sidecar.start()
-        } throws: { error in
-            (error as? ListenerBindError)?.listener == "admin"
+        do {
+            var config = TestMesh.baseConfig("b")
+            config.admin = HostPort(host: "127.0.0.1", port: first.port("admin"))
+            let sidecar = try Sidecar(
+                config: config,
+                group: TestMesh.group,
+                registry: .init(),
+                logger: .init(label: "t")
+            )
+            await #expect {
+                try await sidecar.start()
+            } throws: { error in
+                (error as? ListenerBindError)?.listener == "admin"
+            }
+        } catch {
+            await first.stop()
+            throw error
         }
+        // Awaited: nothing of this test is left running for the next.
+        await first.stop()
     }
 }
