@@ -51,24 +51,14 @@ struct MeshErrorTests {
     }
 
     @Test func slowUpstreamIs504() async throws {
-        let app = try await TestMesh.startApp("slow-1")
-        var cluster = TestMesh.cluster("orders", .http1, [app.address])
-        cluster.requestTimeout = .milliseconds(200)
-        let sidecar = try await TestMesh.startClientSide(cluster: cluster)
-        do {
+        let short: (inout SidecarConfig) -> Void = { $0.clusters[0].requestTimeout = .milliseconds(200) }
+        try await TestMesh.withAppBehindSidecar(configure: short) { _, sidecar in
             let result = try await Curl.get(sidecar.url("upstream:orders", "/delay/3000"))
             #expect(result.status == 504)
             #expect(result.header("x-meshwork-error") == "upstream_timeout")
             // Fast requests still work afterwards.
             #expect(try await Curl.get(sidecar.url("upstream:orders", "/")).status == 200)
-        } catch {
-            await sidecar.stop()
-            await app.stop()
-            throw error
         }
-        // Awaited: nothing of this test is left running for the next.
-        await sidecar.stop()
-        await app.stop()
     }
 
     @Test func slowUpstreamAcrossTheMeshIs504() async throws {
@@ -109,32 +99,19 @@ struct MeshErrorTests {
     }
 
     @Test func oversizedHeadersAre431() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address])) {
-            $0.limits.maxHeaderBytes = 4096
-        }
-        do {
+        let small: (inout SidecarConfig) -> Void = { $0.limits.maxHeaderBytes = 4096 }
+        try await TestMesh.withAppBehindSidecar(configure: small) { app, sidecar in
             let big = String(repeating: "a", count: 8000)
             let result = try await Curl.get(sidecar.url("upstream:orders"), ["-H", "x-big: \(big)"])
             #expect(result.status == 431)
             #expect(result.header("x-meshwork-error") == "header_too_large")
             #expect(app.requestCount == 0)
-        } catch {
-            await sidecar.stop()
-            await app.stop()
-            throw error
         }
-        // Awaited: nothing of this test is left running for the next.
-        await sidecar.stop()
-        await app.stop()
     }
 
     @Test func stalledClientIsCutOffWith408() async throws {
-        let app = try await TestMesh.startApp("orders-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("orders", .http1, [app.address])) {
-            $0.timeouts.headerRead = .milliseconds(300)
-        }
-        do {
+        let short: (inout SidecarConfig) -> Void = { $0.timeouts.headerRead = .milliseconds(300) }
+        try await TestMesh.withAppBehindSidecar(configure: short) { app, sidecar in
             // Half a request head, then silence (slowloris).
             let answer = try await RawClient.exchange(
                 port: sidecar.port("upstream:orders"),
@@ -144,13 +121,6 @@ struct MeshErrorTests {
             #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
             #expect(answer.contains("x-meshwork-error: header_timeout"))
             #expect(app.requestCount == 0)
-        } catch {
-            await sidecar.stop()
-            await app.stop()
-            throw error
         }
-        // Awaited: nothing of this test is left running for the next.
-        await sidecar.stop()
-        await app.stop()
     }
 }
