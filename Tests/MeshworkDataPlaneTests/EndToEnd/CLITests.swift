@@ -73,51 +73,59 @@ struct CLITests {
     @Test func sigtermDrainsInFlightRequestsThenExits() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary))
         let app = try await TestMesh.startApp("orders-1")
-        defer { Task { await app.stop() } }
-        // Listeners on port 0, so no port is borrowed from other tests; the real ports
-        // are read from the sidecar's "listening" log lines.
-        let path = try writeConfig(
-            """
-            admin: 127.0.0.1:0
-            upstreams: [{listen: "127.0.0.1:0", cluster: orders}]
-            clusters: [{name: orders, protocol: http1, endpoints: [127.0.0.1:\(app.port)]}]
-            timeouts: {drain: 5s}
-            """
-        )
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["sidecar", "--config", path, "--threads", "1", "--log-level", "info"]
-        process.standardOutput = FileHandle.nullDevice
-        let log = Pipe()
-        process.standardError = log
-        async let exitCode = Command.wait(for: process)
-        defer { if process.isRunning { process.terminate() } }
+        do {
+            // Listeners on port 0, so no port is borrowed from other tests; the real ports
+            // are read from the sidecar's "listening" log lines.
+            let path = try writeConfig(
+                """
+                admin: 127.0.0.1:0
+                upstreams: [{listen: "127.0.0.1:0", cluster: orders}]
+                clusters: [{name: orders, protocol: http1, endpoints: [127.0.0.1:\(app.port)]}]
+                timeouts: {drain: 5s}
+                """
+            )
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = ["sidecar", "--config", path, "--threads", "1", "--log-level", "info"]
+            process.standardOutput = FileHandle.nullDevice
+            let log = Pipe()
+            process.standardError = log
+            async let exitCode = Command.wait(for: process)
+            defer { if process.isRunning { process.terminate() } }
 
-        var text = ""
-        while !(text.contains("listener=admin") && text.contains("listener=upstream:orders")) {
-            let data = log.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            text += String(decoding: data, as: UTF8.self)
-        }
-        func boundPort(_ listener: String) -> Int? {
-            for line in text.split(separator: "\n") where line.contains("listener=\(listener) ") {
-                guard let range = line.range(of: #":(\d+) listener="#, options: .regularExpression) else { continue }
-                return Int(line[range].dropFirst().prefix { $0.isNumber })
+            var text = ""
+            while !(text.contains("listener=admin") && text.contains("listener=upstream:orders")) {
+                let data = log.fileHandleForReading.availableData
+                if data.isEmpty { break }
+                text += String(decoding: data, as: UTF8.self)
             }
-            return nil
+            func boundPort(_ listener: String) -> Int? {
+                for line in text.split(separator: "\n") where line.contains("listener=\(listener) ") {
+                    guard let range = line.range(of: #":(\d+) listener="#, options: .regularExpression) else {
+                        continue
+                    }
+                    return Int(line[range].dropFirst().prefix { $0.isNumber })
+                }
+                return nil
+            }
+            let port = try #require(boundPort("upstream:orders"), "\(text)")
+            let admin = try #require(boundPort("admin"), "\(text)")
+            #expect(try await Curl.get("http://127.0.0.1:\(admin)/ready").status == 200)
+            async let inFlight = Curl.get("http://127.0.0.1:\(port)/delay/800")
+            for _ in 0..<100 where app.requestCount == 0 {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            kill(process.processIdentifier, SIGTERM)
+            let finished = try await inFlight
+            #expect(finished.status == 200)
+            #expect(finished.text == "slept 800ms\n")
+            #expect(try await exitCode == 0)
+        } catch {
+            await app.stop()
+            throw error
         }
-        let port = try #require(boundPort("upstream:orders"), "\(text)")
-        let admin = try #require(boundPort("admin"), "\(text)")
-        #expect(try await Curl.get("http://127.0.0.1:\(admin)/ready").status == 200)
-        async let inFlight = Curl.get("http://127.0.0.1:\(port)/delay/800")
-        for _ in 0..<100 where app.requestCount == 0 {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        kill(process.processIdentifier, SIGTERM)
-        let finished = try await inFlight
-        #expect(finished.status == 200)
-        #expect(finished.text == "slept 800ms\n")
-        #expect(try await exitCode == 0)
+        // Awaited: nothing of this test is left running for the next.
+        await app.stop()
     }
 }
