@@ -193,21 +193,12 @@ struct ListenerTests {
     }
 
     @Test func h2cToH2cAppKeepsTrailers() async throws {
-        let app = try await TestMesh.startApp("grpc-1")
-        let sidecar = try await TestMesh.startClientSide(cluster: TestMesh.cluster("grpc", .h2c, [app.address]))
-        do {
-            let result = try await Curl.get(sidecar.url("upstream:grpc", "/trailers"), ["--http2-prior-knowledge"])
+        try await TestMesh.withAppBehindSidecar(.h2c) { _, sidecar in
+            let result = try await Curl.get(sidecar.url("upstream:orders", "/trailers"), ["--http2-prior-knowledge"])
             #expect(result.status == 200)
             #expect(result.text == "with trailers\n")
             #expect(result.header("x-checksum") == "abc123")
-        } catch {
-            await sidecar.stop()
-            await app.stop()
-            throw error
         }
-        // Awaited: nothing of this test is left running for the next.
-        await sidecar.stop()
-        await app.stop()
     }
 
     @Test func streamsLargeBodiesBothWays() async throws {
