@@ -11,18 +11,11 @@ final class LoopContext {
     let index: Int
     var clusters: [String: LoopCluster] = [:]
     var app: LoopCluster?
-    var logger = Logger(label: "meshwork.sidecar")
-    /// Inbound protection in front of the app (this loop's share).
-    var inboundLimiter: GradientConcurrencyLimiter?
-    var inboundRateLimit: TokenBucket?
-    /// Who may call this service: nil for a sidecar without a controller (no policies
-    /// exist for it), or until the first policies arrive from the controller or the cache.
-    var authorization: AuthorizationTable?
-    /// A sidecar whose policies come from a controller and have not arrived yet: it fails
-    /// closed, refusing every caller (HTTP: 503 `not_ready`), rather than admitting
-    /// everyone until it learns who may call.
-    var awaitingAuthorization = false
-    var authorizationMetrics: AuthorizationMetrics?
+    var logger = Logger(label: "meshwork.sidecar") {
+        didSet { inbound.logger = logger }
+    }
+    /// Authorization and the inbound limits in front of the app (this loop's share).
+    let inbound = InboundGuard(logger: Logger(label: "meshwork.sidecar"))
     /// The mesh requires mTLS on every hop (`kind: Mesh`, pushed): plaintext callers are
     /// refused, and so are mesh calls this sidecar could only make in plaintext.
     var requireMTLS = false
@@ -38,25 +31,6 @@ final class LoopContext {
     var service = "app"
     /// Each gateway listener's routes, by listener name (replaced on reload).
     var gatewayRoutes: [String: [GatewayRoute]] = [:]
-    private var deniedCounters: [SPIFFEID?: Counter] = [:]
-
-    /// Decides a call to the app and counts a refusal (logged at debug: it can come at the
-    /// request rate).
-    func authorize(source: SPIFFEID?, port: Int, method: String?, path: String?) -> Bool {
-        guard let table = authorization else { return !awaitingAuthorization }
-        let decision = table.decide(source: source, port: port, method: method, path: path)
-        guard case .denied(let reason) = decision else { return true }
-        if let metrics = authorizationMetrics {
-            let counter = deniedCounters[source] ?? metrics.deniedCounter(source: source)
-            deniedCounters[source] = counter
-            counter.increment()
-        }
-        logger.debug(
-            "call refused by authorization",
-            metadata: ["source": "\(source?.description ?? "unauthenticated")", "reason": "\(reason)"]
-        )
-        return false
-    }
 
     init(loop: any EventLoop, index: Int) {
         self.loop = loop

@@ -168,7 +168,7 @@ public actor Sidecar: Service {
         for (index, loop) in loops.enumerated() {
             let context = LoopContext(loop: loop, index: index)
             context.logger = logger
-            context.awaitingAuthorization = config.controller != nil && config.inbound != nil
+            context.inbound.awaitingAuthorization = config.controller != nil && config.inbound != nil
             context.edges = config.edgeTelemetry ? edges.shards[index] : nil
             context.service = config.service
             if let spans {
@@ -209,13 +209,13 @@ public actor Sidecar: Service {
                 context.gatewayRoutes[listener.name] = listener.routes
             }
             if let inbound = config.inbound {
-                context.authorizationMetrics = authorizationMetrics
+                context.inbound.metrics = authorizationMetrics
                 let now = loop.now.uptimeNanoseconds
                 let share = LoopShare(loops: loops.count)
-                context.inboundLimiter = inbound.concurrencyLimit.map {
+                context.inbound.concurrencyLimiter = inbound.concurrencyLimit.map {
                     GradientConcurrencyLimiter(policy: share.of($0), now: now)
                 }
-                context.inboundRateLimit = inbound.rateLimit.map {
+                context.inbound.rateLimit = inbound.rateLimit.map {
                     TokenBucket(
                         rate: share.of($0.requestsPerSecond),
                         burst: max(1, share.of(Double($0.burst))),
@@ -365,8 +365,8 @@ public actor Sidecar: Service {
         for (index, context) in contexts.all.enumerated() {
             updates.append(
                 context.loop.submit {
-                    contexts.all[index].authorization = table
-                    contexts.all[index].awaitingAuthorization = false
+                    contexts.all[index].inbound.authorization = table
+                    contexts.all[index].inbound.awaitingAuthorization = false
                 }
             )
         }
@@ -496,7 +496,7 @@ public actor Sidecar: Service {
                                     metrics: proxy.metrics,
                                     revoked: tls?.revokedSerials ?? []
                                 ) { identity, _ in
-                                    let allowed = loopContext.authorize(
+                                    let allowed = loopContext.inbound.authorize(
                                         source: identity,
                                         port: port,
                                         method: nil,
@@ -506,7 +506,7 @@ public actor Sidecar: Service {
                                     return allowed
                                 }
                             )
-                        } else if !loopContext.authorize(source: nil, port: port, method: nil, path: nil) {
+                        } else if !loopContext.inbound.authorize(source: nil, port: port, method: nil, path: nil) {
                             proxy.metrics.countError(.unauthorized)
                             throw MeshError.unauthorized
                         }

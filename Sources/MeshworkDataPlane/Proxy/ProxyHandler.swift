@@ -29,105 +29,63 @@ struct ProxySettings: Sendable {
 /// the request there and the response back, with backpressure both ways and without
 /// buffering bodies. Every error the proxy makes itself is answered with its status and
 /// `x-meshwork-error`.
+///
+/// A thin shell around `ExchangeStateMachine`, which makes every decision: this class feeds
+/// it the events of the downstream, the upstream and the timers, and performs what it
+/// returns on the cluster, the upstream, the downstream and the telemetry.
 final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private enum State {
-        /// Waiting for a request head.
-        case idle
-        /// The upstream is being acquired; request parts wait here (reading stops once a
-        /// few body parts wait, so little is ever queued).
-        case connecting(cluster: LoopCluster, pending: [HTTPClientRequestPart])
-        /// Request and response flow through `upstream`.
-        case proxying(cluster: LoopCluster, upstream: any Upstream)
-        /// A failed try waits out its backoff; request parts wait as in `connecting`.
-        case backingOff(cluster: LoopCluster, pending: [HTTPClientRequestPart])
-        /// The proxy answered itself; the rest of the request body is discarded.
-        case answered
-    }
-
     private let settings: ProxySettings
     private let loop: LoopContext
-    /// Where responses go: this handler's own channel (an HTTP/1.1 connection), or one
-    /// stream of an HTTP/2 connection carried by `HTTP2ServerStreams` (no channel of its
-    /// own; the handler is then driven through its `stream...` entry points).
-    private var context: ChannelHandlerContext?
-    private let stream: HTTP2ServerStream?
-    /// HTTP/2 streams carry one exchange each and have no connection timers.
-    private var isStream: Bool { stream != nil }
-    private var state = State.idle
-    private var requestEnded = false
-    private var responseStarted = false
-    private var responseEnded = false
-    private var keepAlive = true
-    private var pendingRead = false
-    private var requestStart: NIODeadline = .distantPast
-    /// The cluster of a listener that always routes to the same one, looked up once.
-    private var fixedCluster: LoopCluster?
-    private var responseStatus: HTTPResponseStatus = .ok
-    private var requestIsHead = false
-    private var requestIsHTTP10 = false
-    /// A gRPC call (`content-type: application/grpc...`): the mesh's own answers to it are
-    /// gRPC statuses (see `MeshError.grpcStatus`).
-    private var isGRPC = false
-    /// An HTTP/1.1 `Upgrade` request (WebSocket): it gets a connection of its own, and a
-    /// `101` turns both connections into a byte tunnel.
-    private var isUpgrade = false
-    /// Whether the request announced a body; a mesh answer given before a body is read
-    /// closes the connection rather than read and discard an upload of unknown size.
-    private var requestHasBody = false
-    /// One lazily rescheduled timer per connection: arming only moves `timerDeadline`; the
-    /// scheduled task is replaced only when the new deadline is earlier. Keep-alive
-    /// connections serving many requests then touch the loop's timer heap rarely.
-    private var timerDeadline = NIODeadline.distantFuture
-    private var timerError = MeshError.headerTimeout
-    private var timerTask: Scheduled<Void>?
-    private var timerTaskDeadline = NIODeadline.distantFuture
-
-    // Per-exchange traffic state: admission, retries, inbound protection.
-    /// The cluster whose active-requests breaker this exchange holds.
-    private var admittedCluster: LoopCluster?
-    /// Whether this exchange holds a slot of the inbound concurrency limit.
-    private var holdsInboundSlot = false
-    /// The called service of an outbound exchange, for its edge telemetry.
-    private var edgePeer: String?
-    /// Whether a retry is in flight (the cluster's retries breaker is held).
-    private var holdsRetry = false
-    /// Tries made so far minus one.
-    private var attempt = 0
-    /// The request parts seen so far, kept (by reference, not copied) while the request is
-    /// small enough to send again; nil when it cannot be retried once sent.
-    private var replay: [HTTPClientRequestPart]?
-    private var replayBytes = 0
-    private var requestHash: UInt64?
-    private var isIdempotent = false
-    /// When the request times out: each try's head carries the time left until then.
-    private var deadline = NIODeadline.distantFuture
-    private var backoffTask: Scheduled<Void>?
-    private var tryTimer: Scheduled<Void>?
-
     /// The authenticated caller of the connection (inbound over mTLS); nil otherwise.
     private let peer: ConnectionPeer?
+    private var machine: ExchangeStateMachine
+    /// Where responses go: this handler's own channel (an HTTP/1.1 connection, `context`),
+    /// or one stream of an HTTP/2 connection carried by `HTTP2ServerStreams` (no channel of
+    /// its own; the handler is then driven through its `stream...` entry points).
+    private var downstream: (any Downstream)?
+    private var context: ChannelHandlerContext?
+    private var telemetry = ExchangeTelemetry()
 
-    // What tracing and the access log need of the exchange (set only when either is on).
-    private var trace: ExchangeTrace?
-    private var requestMethod = HTTPMethod.GET
-    /// The request target as it came (kept by reference); its path is cut out only for
-    /// what records it.
-    private var requestURI = ""
-    private var requestWallStart: UInt64 = 0
-    /// Body bytes of the current exchange, both ways, for its edge.
-    private var requestBytes = 0
-    private var responseBytes = 0
+    // What the exchange holds while it runs.
+    /// The cluster the request was routed to.
+    private var cluster: LoopCluster?
+    /// The cluster of a listener that always routes to the same one, looked up once.
+    private var fixedCluster: LoopCluster?
+    /// The current try's upstream, while the machine is proxying.
+    private var upstream: (any Upstream)?
+    /// Whether the exchange holds a slot of the cluster's active-requests breaker.
+    private var admitted = false
+    /// Whether a retry is in flight (the cluster's retries breaker is held).
+    private var holdsRetry = false
+    /// Whether this exchange holds a slot of the inbound concurrency limit.
+    private var holdsInboundSlot = false
+    private var requestHash: UInt64?
+    private var requestStart: NIODeadline = .distantPast
+    private var responseStatus: HTTPResponseStatus = .ok
+
+    // Timers.
+    /// One lazily rescheduled timer per connection (header read, idle, the request's
+    /// deadline): arming only moves `timerDeadline`; the scheduled task is replaced only
+    /// when the new deadline is earlier. Keep-alive connections serving many requests then
+    /// touch the loop's timer heap rarely.
+    private var timerDeadline = NIODeadline.distantFuture
+    private var timerIsHeaderRead = true
+    private var timerTask: Scheduled<Void>?
+    private var timerTaskDeadline = NIODeadline.distantFuture
+    private var backoffTask: Scheduled<Void>?
+    private var tryTimer: Scheduled<Void>?
+    private var started = false
 
     /// The exchanges of one HTTP/1.1 connection, in its pipeline.
     init(settings: ProxySettings, loop: LoopContext, peer: ConnectionPeer? = nil) {
         self.settings = settings
         self.loop = loop
         self.peer = peer
-        self.stream = nil
+        self.machine = ExchangeStateMachine(isStream: false)
     }
 
     /// The exchange of one HTTP/2 stream, outside any pipeline.
@@ -135,36 +93,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.settings = settings
         self.loop = loop
         self.peer = peer
-        self.stream = stream
+        self.machine = ExchangeStateMachine(isStream: true)
+        self.downstream = stream
     }
 
-    // MARK: the downstream, whichever it is
-
-    private var hasDownstream: Bool { stream != nil || context != nil }
-
     private func send(_ part: HTTPServerResponsePart, promise: EventLoopPromise<Void>? = nil) {
-        if let stream {
-            stream.write(part, promise: promise)
-        } else if let context {
-            context.write(wrapOutboundOut(part), promise: promise)
+        if let downstream {
+            downstream.write(part, promise: promise)
         } else {
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
     }
-
-    private func flushDownstream() {
-        if let stream { stream.flush() } else { context?.flush() }
-    }
-
-    private func closeDownstream() {
-        if let stream { stream.close() } else { context?.close(promise: nil) }
-    }
-
-    private func readDownstream() {
-        if let stream { stream.read() } else { context?.read() }
-    }
-
-    private var downstreamWritable: Bool { stream?.isWritable ?? context?.channel.isWritable ?? false }
 
     // MARK: entry points of a stream's exchange (what a channel's events are otherwise)
 
@@ -179,21 +118,20 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { connectionStarted(context: context) }
+        self.downstream = ChannelDownstream(context: context)
+        if context.channel.isActive { connectionStarted() }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        connectionStarted(context: context)
+        connectionStarted()
         context.fireChannelActive()
     }
 
-    private var started = false
-
-    private func connectionStarted(context: ChannelHandlerContext) {
+    private func connectionStarted() {
         guard !started else { return }
         started = true
         // (Only an HTTP/1.1 connection has a channel to start: a stream's head has arrived.)
-        armTimer(settings.headerReadTimeout, error: .headerTimeout)
+        armTimer(settings.headerReadTimeout, headerRead: true)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -205,20 +143,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timerTask?.cancel()
         timerTask = nil
         timerDeadline = .distantFuture
-        switch state {
-        case .proxying(let cluster, let upstream):
-            reportLatency(upstream, cluster)
-            upstream.finish()
-        case .idle, .connecting, .backingOff, .answered:
-            break
-        }
-        state = .answered
-        responseEnded = true
+        machine.downstreamClosed()
+        // Whatever the machine's state: an HTTP/2 stream closes as its response's end is
+        // written, when the machine has already finished the exchange but the upstream is
+        // still held (`finish` lets it go next).
+        letUpstreamGo()
         releaseExchange()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.downstream = nil
     }
 
     // MARK: downstream -> upstream
@@ -232,12 +167,18 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let head):
             receivedHead(head)
         case .body(let body):
-            requestBytes &+= body.readableBytes
+            telemetry.requestBytes &+= body.readableBytes
             forward(.body(.byteBuffer(body)))
         case .end(let trailers):
-            requestEnded = true
             forward(.end(trailers))
-            if case .answered = state, responseEnded { exchangeFinished() }
+        }
+    }
+
+    private func forward(_ part: HTTPClientRequestPart) {
+        switch machine.requestPart(part) {
+        case .none: break
+        case .forward: upstream?.write(part)
+        case .finished(let next): finish(next)
         }
     }
 
@@ -247,35 +188,29 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func readComplete() {
-        if case .proxying(_, let upstream) = state { upstream.flush() }
+        if machine.isProxying { upstream?.flush() }
     }
 
     private func receivedHead(_ received: HTTPRequestHead) {
         var head = received
         cancelTimer()
         requestStart = loop.loop.now
-        requestEnded = false
-        responseStarted = false
-        responseEnded = false
-        requestIsHead = head.method == .HEAD
-        requestIsHTTP10 = head.version == .http1_0
-        isGRPC = GRPCStatus.isGRPC(contentType: head.headers.first(name: "content-type"))
-        keepAlive = head.isKeepAlive
-        isUpgrade = !isStream && Self.isUpgradeRequest(head)
-        // After an upgrade request the HTTP/1 decoder stops parsing, so the connection
-        // carries nothing else: it becomes a tunnel or closes after the answer.
-        if isUpgrade { keepAlive = false }
-        requestBytes = 0
-        responseBytes = 0
-        requestHasBody =
-            head.headers.contains(name: "transfer-encoding")
-            || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
-        trace = nil
-        if loop.tracer != nil || loop.accessLog != nil || loop.taps != nil { observe(head) }
+        responseStatus = .ok
+        machine.requestHead(
+            ExchangeStateMachine.Request(
+                keepAlive: head.isKeepAlive,
+                isHTTP10: head.version == .http1_0,
+                isHEAD: head.method == .HEAD,
+                isGRPC: GRPCStatus.isGRPC(contentType: head.headers.first(name: "content-type")),
+                isUpgrade: !machine.isStream && UpgradeTunnel.isRequested(by: head),
+                hasBody: head.headers.contains(name: "transfer-encoding")
+                    || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
+            )
+        )
+        telemetry.begin(head, loop: loop)
 
         if Self.headBytes(head) > settings.maxHeaderBytes {
-            keepAlive = false
-            answer(.headerTooLarge)
+            answer(.headerTooLarge, closing: true)
             return
         }
         // One normalized path for everything that matches on it (routes, the gateway,
@@ -293,7 +228,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answer(.badPath)
             return
         }
-        edgePeer = nil
         let route: Result<LoopCluster, MeshError>
         if let fixedCluster {
             route = .success(fixedCluster)
@@ -301,163 +235,168 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             route = settings.route.resolve(head, in: loop)
             if settings.route.isFixed, case .success(let cluster) = route { fixedCluster = cluster }
         }
+        let cluster: LoopCluster
         switch route {
         case .failure(let error):
             answer(error)
-        case .success(let cluster):
-            edgePeer = cluster.name
-            if settings.restoresProtocol, loop.awaitingAuthorization {
-                answer(.notReady)
-                return
-            }
-            if loop.requireMTLS, settings.restoresProtocol ? peer == nil : cluster.isMesh && !cluster.usesMTLS {
-                settings.metrics.countError(.mtlsRequired)
-                answer(.mtlsRequired)
-                return
-            }
-            if settings.restoresProtocol, loop.authorization != nil,
-                !loop.authorize(
-                    source: peer?.identity,
-                    port: loop.authorization?.usesPorts == true
-                        ? localPort : 0,
-                    method: head.method.rawValue,
-                    path: head.uri
-                )
-            {
-                answer(.unauthorized)
-                return
-            }
-            if settings.restoresProtocol, let refusal = admitToApp() {
-                answer(refusal)
-                return
-            }
-            if let refusal = cluster.admit() {
-                cluster.metrics.countError(refusal)
-                answer(refusal)
-                return
-            }
-            admittedCluster = cluster
-            attempt = 0
-            isIdempotent = Self.idempotentMethods.contains(head.method)
-            requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head) }
-            let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
-            deadline = requestStart + timeout
-            var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: isUpgrade)
-            if cluster.isMesh { Deadlines.propagate(tryTimeout(cluster, left: timeout), in: &upstreamHead.headers) }
-            if let trace, let header = trace.header {
-                if trace.replaces {
-                    upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
-                } else {
-                    upstreamHead.headers.add(name: LoopTracer.parentHeader, value: header)
-                }
-                if trace.dropsState { upstreamHead.headers.remove(name: LoopTracer.stateHeader) }
-            }
-            replay = cluster.retryPolicy.attempts > 0 && !isUpgrade ? [.head(upstreamHead)] : nil
-            replayBytes = 0
-            state = .connecting(cluster: cluster, pending: [.head(upstreamHead)])
-            armTimer(timeout, error: .upstreamTimeout)
-            startTry(cluster)
+            return
+        case .success(let routed):
+            cluster = routed
         }
-    }
-
-    /// Inbound protection: the rate limit (429) and the adaptive concurrency limit (503),
-    /// checked before the request goes anywhere near the app.
-    private func admitToApp() -> MeshError? {
-        let now = loop.loop.now.uptimeNanoseconds
-        if loop.inboundRateLimit?.tryTake(now: now) == false {
-            loop.logger.debug("request shed: over the inbound rate limit")
-            return .rateLimited
-        }
-        switch loop.inboundLimiter?.tryAcquire(now: now) {
-        case .some(false):
-            loop.logger.debug(
-                "request shed: inbound concurrency limit reached",
-                metadata: ["limit": "\(loop.inboundLimiter?.limit ?? 0)"]
+        self.cluster = cluster
+        telemetry.calledService = cluster.name
+        if settings.restoresProtocol {
+            let admission = loop.inbound.admit(
+                caller: peer,
+                requireMTLS: loop.requireMTLS,
+                port: { self.downstream?.localPort ?? 0 },
+                method: head.method.rawValue,
+                path: head.uri,
+                now: requestStart.uptimeNanoseconds
             )
-            return .concurrencyLimited
-        case .some(true): holdsInboundSlot = true
-        case .none: break
+            switch admission {
+            case .refused(let refusal):
+                answer(refusal)
+                return
+            case .admitted(let holdsSlot):
+                holdsInboundSlot = holdsSlot
+            }
+        } else if loop.requireMTLS, cluster.isMesh, !cluster.usesMTLS {
+            answer(.mtlsRequired)
+            return
         }
-        return nil
+        if let refusal = cluster.admit() {
+            cluster.metrics.countError(refusal)
+            answer(refusal)
+            return
+        }
+        admitted = true
+        requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head) }
+        let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
+        let plan = ExchangeStateMachine.Plan(
+            retries: cluster.retryPolicy,
+            idempotent: Self.idempotentMethods.contains(head.method),
+            deadline: requestStart + timeout,
+            propagatesDeadline: cluster.isMesh
+        )
+        var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: machine.request.isUpgrade)
+        if let trace = telemetry.trace, let header = trace.header {
+            if trace.replaces {
+                upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
+            } else {
+                upstreamHead.headers.add(name: LoopTracer.parentHeader, value: header)
+            }
+            if trace.dropsState { upstreamHead.headers.remove(name: LoopTracer.stateHeader) }
+        }
+        if cluster.isMesh {
+            let perTry = plan.retries.perTryTimeout.map { TimeAmount.nanoseconds($0.nanoseconds) }
+            Deadlines.propagate(perTry.map { min(timeout, $0) } ?? timeout, in: &upstreamHead.headers)
+        }
+        let id = machine.start(upstreamHead, plan: plan)
+        armTimer(timeout, headerRead: false)
+        startTry(id, cluster, avoiding: nil)
     }
-
-    /// The port the caller connected to (of the connection, for a stream).
-    private var localPort: Int {
-        if let stream { return stream.localAddress?.port ?? 0 }
-        guard let channel = context?.channel else { return 0 }
-        return (channel.parent ?? channel).localAddress?.port ?? 0
-    }
-
-    private var remoteAddress: SocketAddress? { stream?.remoteAddress ?? context?.channel.remoteAddress }
 
     private func requestHash(for key: HashKey, head: HTTPRequestHead) -> UInt64? {
         switch key {
         case .header(let name):
             return head.headers.first(name: name).map { StableHash.hash($0) }
         case .sourceIP:
-            return remoteAddress?.ipAddress.map { StableHash.hash($0) }
+            return downstream?.remoteAddress?.ipAddress.map { StableHash.hash($0) }
         }
     }
 
     /// Sends the request (again) to an endpoint the cluster picks; a retry avoids the
     /// endpoint that just failed when there is another.
-    private func startTry(_ cluster: LoopCluster, avoiding: Int? = nil) {
+    private func startTry(_ id: ExchangeStateMachine.TryID, _ cluster: LoopCluster, avoiding: Int?) {
         let acquired: LoopCluster.Acquired = { [weak self] result, endpoint in
-            self?.upstreamAcquired(result, endpoint: endpoint, cluster: cluster)
+            self?.upstreamAcquired(result, endpoint: endpoint, try: id, cluster: cluster)
         }
-        if isUpgrade {
+        if machine.request.isUpgrade {
             cluster.acquireUpgrade(hash: requestHash, acquired)
         } else {
             cluster.acquire(hash: requestHash, avoiding: avoiding, acquired)
         }
     }
 
-    /// The time the next hop gets for this try: what is left of the request's, or less
-    /// when each try has its own timeout (the hop then gives up when this try does).
-    private func tryTimeout(_ cluster: LoopCluster, left: TimeAmount) -> TimeAmount {
-        guard let perTry = cluster.retryPolicy.perTryTimeout else { return left }
-        return min(left, .nanoseconds(perTry.nanoseconds))
-    }
-
-    /// The retry decision of every failure path (`RetryPolicy.verdict`): `sent` says
-    /// whether any of the request left for the endpoint. On `.retry` the retry budget and
-    /// the retries breaker have given a token this exchange now holds.
-    private func retryVerdict(_ failure: TryFailure, _ cluster: LoopCluster, sent: Bool) -> RetryVerdict {
-        let context = TryContext(
-            idempotent: isIdempotent,
-            requestSent: sent,
-            responseStarted: responseStarted,
-            // Unsent, every part is still pending; sent, only what `replay` kept.
-            replayable: !sent || replay != nil,
-            attempt: attempt,
-            timeLeft: .nanoseconds((deadline - loop.loop.now).nanoseconds)
-        )
-        return cluster.retryPolicy.verdict(after: failure, context) {
-            guard cluster.tryRetry() else { return false }
-            if holdsRetry { cluster.retryEnded() }
-            holdsRetry = true
-            return true
+    private func upstreamAcquired(
+        _ result: Result<any Upstream, MeshError>,
+        endpoint: Int?,
+        try id: ExchangeStateMachine.TryID,
+        cluster: LoopCluster
+    ) {
+        switch result {
+        case .success(let upstream):
+            guard downstream != nil, let pending = machine.upstreamAcquired(id) else {
+                // The exchange ended (timeout, client gone) while we waited: give the
+                // connection back untouched.
+                reportLatency(upstream, cluster)
+                upstream.finish()
+                return
+            }
+            upstream.begin(delegate: self)
+            self.upstream = upstream
+            if let perTry = machine.perTryTimeout {
+                tryTimer = loop.loop.assumeIsolated().scheduleTask(in: perTry) { [weak self] in
+                    self?.tryTimedOut(id)
+                }
+            }
+            for part in pending { upstream.write(part) }
+            upstream.flush()
+            if upstream.isWritable, machine.upstreamWritable() { downstream?.read() }
+        case .failure(let error):
+            guard downstream != nil else { return }
+            // (A reset here is a stream that could not be opened on a connection that just
+            // died.)
+            let failure: TryFailure? =
+                switch error {
+                case .connectFailed, .connectTimeout: .connectFailure
+                case .upstreamReset: .reset
+                default: nil
+                }
+            let outcome = machine.acquireFailed(
+                id,
+                error,
+                failure: failure,
+                avoiding: endpoint,
+                now: loop.loop.now,
+                budget: { takeRetryToken(cluster) }
+            )
+            if outcome != .stale { cluster.metrics.countError(error) }
+            perform(outcome)
         }
     }
 
-    /// Sends `parts` again after the cluster's backoff, to another endpoint when there is
-    /// one, with the head's deadline rewritten to the time then left.
-    private func scheduleRetry(_ cluster: LoopCluster, parts: [HTTPClientRequestPart], failedEndpoint: Int?) {
-        let delay = cluster.backoff(attempt: attempt)
-        attempt += 1
+    /// The retry budget and the retries breaker give a token for one more try; the
+    /// exchange holds one at a time.
+    private func takeRetryToken(_ cluster: LoopCluster) -> Bool {
+        guard cluster.tryRetry() else { return false }
+        if holdsRetry { cluster.retryEnded() }
+        holdsRetry = true
+        return true
+    }
+
+    private func perform(_ failure: ExchangeStateMachine.Failure) {
+        switch failure {
+        case .stale: break
+        case .retry(let attempt, let avoiding): backOff(attempt: attempt, avoiding: avoiding)
+        case .answer(let error): answer(error)
+        }
+    }
+
+    /// Waits out the cluster's backoff, then sends the request again (to another endpoint
+    /// when there is one).
+    private func backOff(attempt: Int, avoiding endpoint: Int?) {
+        guard let cluster else { return }
         tryTimer?.cancel()
         tryTimer = nil
-        state = .backingOff(cluster: cluster, pending: parts)
-        backoffTask = loop.loop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
-            guard let self, case .backingOff(let current, var pending) = self.state, current === cluster else { return }
+        let id = machine.currentTry
+        backoffTask = loop.loop.assumeIsolated().scheduleTask(in: cluster.backoff(attempt: attempt)) { [weak self] in
+            guard let self else { return }
             self.backoffTask = nil
-            if cluster.isMesh, case .head(var head) = pending.first {
-                let left = self.deadline - self.loop.loop.now
-                Deadlines.propagate(self.tryTimeout(cluster, left: left), in: &head.headers)
-                pending[0] = .head(head)
-            }
-            self.state = .connecting(cluster: cluster, pending: pending)
-            self.startTry(cluster, avoiding: failedEndpoint)
+            guard let next = self.machine.backoffElapsed(id, now: self.loop.loop.now), let cluster = self.cluster
+            else { return }
+            self.startTry(next, cluster, avoiding: endpoint)
         }
     }
 
@@ -468,93 +407,20 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         backoffTask = nil
         tryTimer?.cancel()
         tryTimer = nil
-        replay = nil
-        if let cluster = admittedCluster {
-            admittedCluster = nil
+        if admitted, let cluster {
+            admitted = false
             if holdsRetry { cluster.retryEnded() }
             cluster.requestEnded()
         }
         holdsRetry = false
         if holdsInboundSlot {
             holdsInboundSlot = false
-            let learnt = responseEnded && responseStatus.code < 500
-            loop.inboundLimiter?.release(
-                rtt: learnt ? .nanoseconds(elapsed()) : nil,
-                now: loop.loop.now.uptimeNanoseconds
-            )
+            let learnt = machine.responseEnded && responseStatus.code < 500
+            loop.inbound.release(rtt: learnt ? .nanoseconds(elapsed()) : nil, now: loop.loop.now.uptimeNanoseconds)
         }
     }
 
     static let idempotentMethods: [HTTPMethod] = [.GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE]
-    /// Request bodies up to this size are kept so the request can be sent again.
-    static let maxReplayBytes = 64 * 1024
-
-    private func forward(_ part: HTTPClientRequestPart) {
-        if replay != nil {
-            if case .body(.byteBuffer(let buffer)) = part { replayBytes += buffer.readableBytes }
-            if replayBytes > Self.maxReplayBytes {
-                replay = nil
-            } else {
-                replay!.append(part)
-            }
-        }
-        switch state {
-        case .connecting(let cluster, var pending):
-            pending.append(part)
-            state = .connecting(cluster: cluster, pending: pending)
-        case .backingOff(let cluster, var pending):
-            pending.append(part)
-            state = .backingOff(cluster: cluster, pending: pending)
-        case .proxying(_, let upstream):
-            upstream.write(part)
-        case .idle, .answered:
-            break
-        }
-    }
-
-    private func upstreamAcquired(_ result: Result<any Upstream, MeshError>, endpoint: Int?, cluster: LoopCluster) {
-        guard hasDownstream, case .connecting(let current, let pending) = state, current === cluster else {
-            // The exchange ended (timeout, client gone) while we waited: give the
-            // connection back untouched.
-            if case .success(let upstream) = result {
-                reportLatency(upstream, cluster)
-                upstream.finish()
-            }
-            return
-        }
-        switch result {
-        case .failure(let error):
-            cluster.metrics.countError(error)
-            // Nothing was sent: every part is still here, whatever the request's size.
-            // (A reset here is a stream that could not be opened on a connection that just died.)
-            let failure: TryFailure? =
-                switch error {
-                case .connectFailed, .connectTimeout: .connectFailure
-                case .upstreamReset: .reset
-                default: nil
-                }
-            if let failure, retryVerdict(failure, cluster, sent: false) == .retry {
-                scheduleRetry(cluster, parts: pending, failedEndpoint: endpoint)
-                return
-            }
-            answer(error)
-        case .success(let upstream):
-            upstream.begin(delegate: self)
-            state = .proxying(cluster: cluster, upstream: upstream)
-            if let perTry = cluster.retryPolicy.perTryTimeout {
-                tryTimer = loop.loop.assumeIsolated().scheduleTask(in: .nanoseconds(perTry.nanoseconds)) {
-                    [weak self] in
-                    self?.tryTimedOut(upstream)
-                }
-            }
-            for part in pending { upstream.write(part) }
-            upstream.flush()
-            if pendingRead, upstream.isWritable {
-                pendingRead = false
-                readDownstream()
-            }
-        }
-    }
 
     // MARK: backpressure
 
@@ -563,17 +429,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func readRequested() {
-        switch state {
-        case .connecting(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts,
-            .backingOff(_, let pending) where !requestEnded && pending.count >= Self.maxPendingParts:
-            // Bound what waits for the upstream; a request that has ended reads on (the
-            // next pipelined request is held by the HTTP pipeline handler).
-            pendingRead = true
-        case .proxying(_, let upstream) where !upstream.isWritable:
-            pendingRead = true
-        case .idle, .answered, .proxying, .connecting, .backingOff:
-            readDownstream()
-        }
+        if machine.readRequested(upstreamWritable: upstream?.isWritable ?? true) { downstream?.read() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -582,25 +438,22 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func writabilityChanged() {
-        if downstreamWritable, case .proxying(_, let upstream) = state {
-            upstream.resumeReading()
-        }
+        if downstream?.isWritable == true, machine.isProxying { upstream?.resumeReading() }
     }
 
     // MARK: errors and timers
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let parserError = error as? HTTPParserError {
-            keepAlive = false
-            answer(parserError == .headerOverflow ? .headerTooLarge : .badRequest)
+            answer(parserError == .headerOverflow ? .headerTooLarge : .badRequest, closing: true)
         } else {
             context.close(promise: nil)
         }
     }
 
-    private func armTimer(_ timeout: TimeAmount, error: MeshError) {
+    private func armTimer(_ timeout: TimeAmount, headerRead: Bool) {
         timerDeadline = loop.loop.now + timeout
-        timerError = error
+        timerIsHeaderRead = headerRead
         if timerTask == nil || timerTaskDeadline > timerDeadline {
             scheduleTimerTask(at: timerDeadline)
         }
@@ -611,7 +464,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func scheduleTimerTask(at deadline: NIODeadline) {
-        guard hasDownstream else { return }
+        guard downstream != nil else { return }
         timerTask?.cancel()
         timerTaskDeadline = deadline
         timerTask = loop.loop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
@@ -627,59 +480,71 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             scheduleTimerTask(at: timerDeadline)
         } else {
             timerDeadline = .distantFuture
-            timerFired(timerError)
+            timerFired()
         }
     }
 
-    private func timerFired(_ error: MeshError) {
-        guard hasDownstream else { return }
-        switch state {
-        case .idle:
-            // Idle keep-alive connection, or a client too slow to send its head.
-            if error == .headerTimeout, let context {
-                // No request head is being answered, so the HTTP pipeline would refuse a
-                // response: the 408 goes out as raw bytes below the HTTP encoder.
-                settings.metrics.countError(error)
-                sendRawAndClose(error, context: context)
-            } else {
-                closeDownstream()
-            }
-        case .connecting(let cluster, _), .proxying(let cluster, _), .backingOff(let cluster, _):
-            cluster.metrics.countError(error)
-            if case .proxying(_, let upstream) = state {
-                if let index = upstream.endpointIndex { cluster.record(index, .gatewayFailure) }
-                reportLatency(upstream, cluster)
-                upstream.finish()
-            }
-            state = .answered
-            if responseStarted {
-                abortStartedResponse(error)
-            } else {
-                keepAlive = false
-                answer(error)
-            }
-        case .answered:
+    private func timerFired() {
+        guard let downstream else { return }
+        switch machine.connectionTimerFired(headerRead: timerIsHeaderRead) {
+        case .none:
             break
+        case .headerTimeout:
+            // No request head is being answered, so the HTTP pipeline would refuse a
+            // response: the 408 goes out as raw bytes below the HTTP encoder.
+            settings.metrics.countError(.headerTimeout)
+            if let context { sendRawAndClose(.headerTimeout, context: context) } else { downstream.close() }
+        case .close:
+            downstream.close()
+        case .timeout(let error, let releasesUpstream):
+            cluster?.metrics.countError(error)
+            if releasesUpstream, let upstream, let cluster, let index = upstream.endpointIndex {
+                cluster.record(index, .gatewayFailure)
+            }
+            answer(error)
         }
     }
 
-    /// Answers the current request with a mesh error.
-    private func answer(_ error: MeshError) {
+    /// Gives the current try's upstream back (its latency reported first, once).
+    private func letUpstreamGo() {
+        guard let upstream else { return }
+        self.upstream = nil
+        if let cluster { reportLatency(upstream, cluster) }
+        upstream.finish()
+    }
+
+    /// Answers the current request with a mesh error (`closing`: the connection closes
+    /// after it, whatever the request said).
+    private func answer(_ error: MeshError, closing: Bool = false) {
         settings.metrics.countError(error)
-        if case .proxying(let cluster, let upstream) = state {
-            reportLatency(upstream, cluster)
-            upstream.finish()
-        }
-        state = .answered
-        guard !responseStarted else {
-            abortStartedResponse(error, counted: true)
+        if machine.isProxying { letUpstreamGo() }
+        switch machine.answer(error, closing: closing) {
+        case .nothing:
             return
+        case .abort(let trailers, let close):
+            // A failure after the response began: a gRPC call ends with the error's status
+            // in its trailers (its messages so far stand, and the client learns why it
+            // ended, rather than CANCELLED from a reset); anything else can only be cut off.
+            releaseExchange()
+            guard let downstream else { return }
+            if trailers {
+                downstream.write(.end(error.grpcFields(unauthenticated: false)), promise: nil)
+                downstream.flush()
+            }
+            if close { downstream.close() }
+        case .respond(let grpc, let hasBody, let close, let next):
+            respond(error, grpc: grpc, hasBody: hasBody, close: close)
+            releaseExchange()
+            // Otherwise the exchange finishes when the request's end arrives.
+            if let next { finish(next) }
         }
-        if !requestEnded, requestHasBody { keepAlive = false }
+    }
+
+    private func respond(_ error: MeshError, grpc: Bool, hasBody: Bool, close: Bool) {
         let body = "\(error.reason)\n"
         var headers: HTTPHeaders
         let status: HTTPResponseStatus
-        if isGRPC {
+        if grpc {
             // Trailers-Only (HTTP 200, the status in the head, no body): what a gRPC client
             // reads as this call's outcome.
             status = .ok
@@ -694,52 +559,23 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             headers.add(name: "content-type", value: "text/plain")
             headers.add(name: "content-length", value: String(body.utf8.count))
         }
-        if !keepAlive, !isStream { headers.add(name: "connection", value: "close") }
-        responseStarted = true
+        if close { headers.add(name: "connection", value: "close") }
         // The mesh error's status, also for a gRPC answer's HTTP 200: what the inbound
         // limiter learns from.
         responseStatus = error.status
         send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
-        if !requestIsHead, !isGRPC {
-            send(.body(.byteBuffer(ByteBuffer(string: body))))
-        }
-        responseEnded = true
+        if hasBody { send(.body(.byteBuffer(ByteBuffer(string: body)))) }
         // Counted as the mesh error it is (a gRPC answer's HTTP 200 included), before the
         // answer leaves.
         let nanos = elapsed()
         settings.metrics.countRequest(status: error.status, nanoseconds: nanos, loop: loop.index)
-        let closing = !keepAlive && !isStream
-        let promise: EventLoopPromise<Void>? = closing ? loop.loop.makePromise() : nil
+        let promise: EventLoopPromise<Void>? = close ? loop.loop.makePromise() : nil
         send(.end(nil), promise: promise)
-        flushDownstream()
+        downstream?.flush()
         if let promise {
-            promise.futureResult.assumeIsolated().whenComplete { _ in self.closeDownstream() }
+            promise.futureResult.assumeIsolated().whenComplete { _ in self.downstream?.close() }
         }
-        recordExchange(status: error.status, nanoseconds: nanos, error: error)
-        releaseExchange()
-        if requestEnded || closing {
-            exchangeFinished(alreadyClosing: closing)
-        }
-        // Otherwise the exchange finishes when the request's end arrives (channelRead).
-    }
-
-    /// A failure after the response began: a gRPC call ends with the error's status in its
-    /// trailers (its messages so far stand, and the client learns why it ended, rather than
-    /// CANCELLED from a reset); anything else can only be cut off.
-    private func abortStartedResponse(_ error: MeshError, counted: Bool = false) {
-        if !counted { settings.metrics.countError(error) }
-        releaseExchange()
-        guard isGRPC, !responseEnded, hasDownstream else {
-            closeDownstream()
-            return
-        }
-        responseEnded = true
-        send(.end(error.grpcFields(unauthenticated: false)))
-        flushDownstream()
-        if !isStream {
-            // An HTTP/1.1 connection whose request may not have ended cannot be reused.
-            closeDownstream()
-        }
+        record(status: error.status, nanoseconds: nanos, error: error)
     }
 
     /// A refusal of a caller that presented no workload identity (UNAUTHENTICATED for gRPC).
@@ -748,7 +584,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func sendRawAndClose(_ error: MeshError, context: ChannelHandlerContext) {
-        state = .answered
         let body = "\(error.reason)\n"
         let text =
             "HTTP/1.1 \(error.status.code) \(error.status.reasonPhrase)\r\n\(MeshError.headerName): \(error.reason)\r\n"
@@ -761,77 +596,15 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
-    /// Counts the exchange on its edge (inbound by the caller's service, from its
-    /// certificate; outbound by the called service), records its span when the trace is
-    /// sampled, and writes its access log line.
-    private func recordExchange(status: HTTPResponseStatus, nanoseconds: Int64, error: MeshError? = nil) {
-        let inbound = settings.restoresProtocol
-        let peerName = inbound ? (peer?.serviceName ?? "unauthenticated") : (edgePeer ?? "unrouted")
-        let sampled = trace?.sampled == true && loop.tracer != nil
-        let path = sampled || loop.taps != nil || loop.accessLog != nil ? Self.path(of: requestURI) : ""
-        if let shard = loop.edges {
-            shard.record(
-                EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName),
-                EdgeExchange(
-                    status: Int(status.code),
-                    micros: UInt64(max(0, nanoseconds / 1000)),
-                    requestBytes: UInt64(requestBytes),
-                    responseBytes: UInt64(responseBytes),
-                    meshError: error?.reason
-                )
-            )
-        }
-        if sampled, let trace, let tracer = loop.tracer {
-            tracer.shard.record(
-                SpanRecord(
-                    traceID: trace.traceID,
-                    spanID: trace.spanID,
-                    parentSpanID: trace.parentSpanID,
-                    kind: inbound ? .server : .client,
-                    method: requestMethod.rawValue,
-                    path: path,
-                    peer: peerName,
-                    status: Int(status.code),
-                    meshError: error?.reason,
-                    startUnixNanos: trace.startUnixNanos,
-                    endUnixNanos: trace.startUnixNanos + UInt64(max(0, nanoseconds))
-                )
-            )
-        }
-        guard loop.taps != nil || loop.accessLog != nil else { return }
-        let record = ExchangeRecord(
-            direction: inbound ? .inbound : .outbound,
-            source: inbound ? peerName : loop.service,
-            target: inbound ? loop.service : peerName,
-            method: requestMethod.rawValue,
-            path: path,
-            status: Int(status.code),
+    private func record(status: HTTPResponseStatus, nanoseconds: Int64, error: MeshError? = nil) {
+        telemetry.record(
+            status: status,
             nanoseconds: nanoseconds,
-            meshError: error?.reason,
-            traceID: trace?.traceID,
-            spanID: trace.flatMap { $0.sampled ? $0.spanID : nil }
+            error: error,
+            inbound: settings.restoresProtocol,
+            caller: peer,
+            loop: loop
         )
-        loop.taps?.offer(record, now: loop.loop.now.uptimeNanoseconds)
-        loop.accessLog?.log(record, unixNanos: requestWallStart)
-    }
-
-    /// Keeps what tracing and the access log need of the request, and begins its trace.
-    private func observe(_ head: HTTPRequestHead) {
-        requestMethod = head.method
-        requestURI = head.uri
-        trace = loop.tracer?.begin(head.headers)
-        if loop.accessLog != nil {
-            requestWallStart = trace.map { $0.startUnixNanos } ?? 0
-            if requestWallStart == 0 { requestWallStart = LoopTracer.unixNanos() }
-        }
-    }
-
-    /// The path of a request target: origin form, without the query string (it may carry
-    /// secrets).
-    static func path(of uri: String) -> String {
-        let target = ProxyRoute.absoluteURIAuthority(uri) != nil ? ProxyRoute.originForm(uri) : uri
-        guard let query = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target }
-        return String(target[..<query])
     }
 
     /// Reports the exchange's latency to the cluster's balancer, once.
@@ -845,17 +618,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         (loop.loop.now - requestStart).nanoseconds
     }
 
-    /// Both directions are done: reset for the next request on this connection.
-    private func exchangeFinished(alreadyClosing: Bool = false) {
+    /// Both directions are done: give everything back, then wait for the next request on
+    /// this connection, or close it.
+    private func finish(_ next: ExchangeStateMachine.Next) {
         cancelTimer()
         releaseExchange()
-        if case .proxying(_, let upstream) = state { upstream.finish() }
-        state = .idle
-        if isStream || alreadyClosing { return }
-        if keepAlive {
-            armTimer(settings.idleTimeout, error: .upstreamTimeout)
-        } else {
-            closeDownstream()
+        letUpstreamGo()
+        switch next {
+        case .awaitRequest: armTimer(settings.idleTimeout, headerRead: false)
+        case .close: downstream?.close()
+        case .nothing: break
         }
     }
 
@@ -872,60 +644,60 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 // MARK: upstream -> downstream
 
 extension ProxyHandler: UpstreamDelegate {
-    var downstreamIsWritable: Bool { downstreamWritable }
+    var downstreamIsWritable: Bool { downstream?.isWritable ?? false }
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
-        guard hasDownstream, case .proxying(let cluster, let upstream) = state else {
-            return
-        }
+        guard downstream != nil, machine.isProxying, let cluster, let upstream else { return }
         switch part {
         case .head(var head):
-            if head.status.code < 200, head.status != .switchingProtocols {
+            let interim = head.status.code < 200 && head.status != .switchingProtocols
+            if !interim {
+                tryTimer?.cancel()
+                tryTimer = nil
+                if let index = upstream.endpointIndex {
+                    cluster.record(index, ExchangeOutcome(status: Int(head.status.code)))
+                }
+            }
+            let action = machine.responseHead(
+                head.status,
+                endpoint: upstream.endpointIndex,
+                now: loop.loop.now,
+                budget: { takeRetryToken(cluster) }
+            )
+            switch action {
+            case .drop:
+                return
+            case .forwardInterim:
                 // 100 Continue, 103 Early Hints and other interim answers pass through, in
-                // the caller's HTTP version (never to an HTTP/1.0 caller: RFC 9110 15.2).
-                guard !requestIsHTTP10 else { return }
+                // the caller's HTTP version.
                 Self.removeHopByHop(&head.headers)
                 head.version = .http1_1
                 send(.head(head))
-                return
+            case .retry(let attempt, let avoiding):
+                // Not a byte of this answer has reached the client: try elsewhere.
+                letUpstreamGo()
+                backOff(attempt: attempt, avoiding: avoiding)
+            case .fail(let error):
+                // Time to the answer's head is what the balancer learns from.
+                reportLatency(upstream, cluster)
+                upstreamFailed(error)
+            case .tunnel:
+                reportLatency(upstream, cluster)
+                switchToTunnel(head, upstream: upstream, cluster: cluster)
+            case .forward(let close):
+                reportLatency(upstream, cluster)
+                responseStatus = head.status
+                Self.removeHopByHop(&head.headers)
+                head.version = .http1_1
+                if close { head.headers.add(name: "connection", value: "close") }
+                send(.head(head))
             }
-            tryTimer?.cancel()
-            tryTimer = nil
-            if let index = upstream.endpointIndex {
-                cluster.record(index, ExchangeOutcome(status: Int(head.status.code)))
-                if head.status.code >= 500,
-                    retryVerdict(.status(Int(head.status.code)), cluster, sent: true) == .retry,
-                    let parts = replay
-                {
-                    // Not a byte of this answer has reached the client: try elsewhere.
-                    reportLatency(upstream, cluster)
-                    upstream.finish()
-                    scheduleRetry(cluster, parts: parts, failedEndpoint: index)
-                    return
-                }
-            }
-            // Time to the answer's head is what the balancer learns from.
-            reportLatency(upstream, cluster)
-            if head.status == .switchingProtocols {
-                guard isUpgrade, let context else {
-                    // A 101 nobody asked for cannot be honoured.
-                    upstreamFailed(.protocolError)
-                    return
-                }
-                switchToTunnel(head, upstream: upstream, cluster: cluster, context: context)
-                return
-            }
-            responseStarted = true
-            responseStatus = head.status
-            Self.removeHopByHop(&head.headers)
-            head.version = .http1_1
-            if !keepAlive, !isStream { head.headers.add(name: "connection", value: "close") }
-            send(.head(head))
         case .body(let body):
-            responseBytes &+= body.readableBytes
+            telemetry.responseBytes &+= body.readableBytes
             send(.body(.byteBuffer(body)))
         case .end(let trailers):
-            responseEnded = true
+            let action = machine.responseEnd()
+            guard action != .drop else { return }
             // Counted before the end leaves: a caller that has its answer finds it counted.
             let nanos = elapsed()
             settings.metrics.countRequest(status: responseStatus, nanoseconds: nanos, loop: loop.index)
@@ -933,125 +705,81 @@ extension ProxyHandler: UpstreamDelegate {
             // Flush now: the upstream is released below and will not report its read
             // completion to us.
             send(.end(trailers))
-            flushDownstream()
-            recordExchange(status: responseStatus, nanoseconds: nanos)
+            downstream?.flush()
+            record(status: responseStatus, nanoseconds: nanos)
             upstream.endpoint?.countRequest(status: responseStatus)
-            if !requestEnded {
-                // The upstream answered before the request finished (an early 413, say):
-                // the rest of the request cannot be resynchronised, so this connection ends.
-                upstream.finish()
-                state = .answered
-                keepAlive = false
+            switch action {
+            case .drop:
+                break
+            case .finish(let next):
+                finish(next)
+            case .finishEarly(let close):
+                letUpstreamGo()
                 cancelTimer()
                 releaseExchange()
-                if !isStream {
-                    closeDownstream()
-                }
-                return
+                if close { downstream?.close() }
             }
-            exchangeFinished()
         }
     }
 
-    /// Answers `101 Switching Protocols` and, once the codecs have finished with their
-    /// current bytes, replaces the HTTP handlers of both connections with a byte splice.
-    private func switchToTunnel(
-        _ head: HTTPResponseHead,
-        upstream: any Upstream,
-        cluster: LoopCluster,
-        context: ChannelHandlerContext
-    ) {
-        var out = head
-        let protocols = head.headers[canonicalForm: "upgrade"].joined(separator: ", ")
-        Self.removeHopByHop(&out.headers)
-        out.headers.add(name: "connection", value: "upgrade")
-        out.headers.add(name: "upgrade", value: protocols)
-        responseStarted = true
-        responseEnded = true
+    /// Answers `101 Switching Protocols` and turns both connections into a byte tunnel.
+    private func switchToTunnel(_ head: HTTPResponseHead, upstream: any Upstream, cluster: LoopCluster) {
+        guard let context else { return }
+        self.upstream = nil
         responseStatus = head.status
         cancelTimer()
-        state = .answered
         releaseExchange()
-        context.writeAndFlush(wrapOutboundOut(.head(out)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.head(UpgradeTunnel.responseHead(head))), promise: nil)
         let nanos = elapsed()
         settings.metrics.countRequest(status: head.status, nanoseconds: nanos, loop: loop.index)
         cluster.metrics.countRequest(status: head.status, nanoseconds: nanos, loop: loop.index)
-        recordExchange(status: head.status, nanoseconds: nanos)
+        record(status: head.status, nanoseconds: nanos)
         upstream.endpoint?.countRequest(status: head.status)
-        context.eventLoop.assumeIsolated().execute {
-            let downstreamGlue = GlueHandler()
-            let upstreamGlue = GlueHandler()
-            do {
-                try upstream.becomeTunnel(glue: upstreamGlue)
-                let pipeline = context.pipeline.syncOperations
-                try pipeline.addHandler(downstreamGlue)
-                func remove<Handler: RemovableChannelHandler>(_ type: Handler.Type) {
-                    if let handlerContext = try? pipeline.context(handlerType: type) {
-                        pipeline.removeHandler(context: handlerContext, promise: nil)
-                    }
-                }
-                remove(HTTPServerPipelineHandler.self)
-                remove(NIOHTTPResponseHeadersValidator.self)
-                remove(HTTPServerUpgradeHandler.self)
-                pipeline.removeHandler(context: context, promise: nil)
-                remove(HTTPResponseEncoder.self)
-                // Last: bytes the decoder read past the request head go on to the glue.
-                remove(ByteToMessageHandler<HTTPRequestDecoder>.self)
-                GlueHandler.pair(downstreamGlue, upstreamGlue)
-            } catch {
-                upstream.close()
-                context.close(promise: nil)
-            }
-        }
+        UpgradeTunnel.splice(context, with: upstream)
     }
 
     func upstreamReadComplete() {
-        flushDownstream()
+        downstream?.flush()
     }
 
     func upstreamFailed(_ error: MeshError) {
-        guard hasDownstream, case .proxying(let cluster, let upstream) = state else { return }
+        guard downstream != nil, machine.isProxying, let cluster, let upstream else { return }
         let endpoint = upstream.endpointIndex
+        let outcome = machine.upstreamFailed(
+            error,
+            endpoint: endpoint,
+            now: loop.loop.now,
+            budget: { takeRetryToken(cluster) }
+        )
+        guard outcome != .stale else { return }
         if let endpoint { cluster.record(endpoint, .gatewayFailure) }
-        reportLatency(upstream, cluster)
         cluster.metrics.countError(error)
-        if error == .upstreamReset, retryVerdict(.reset, cluster, sent: true) == .retry, let parts = replay {
-            upstream.finish()
-            scheduleRetry(cluster, parts: parts, failedEndpoint: endpoint)
-            return
-        }
-        state = .answered
-        if responseStarted {
-            abortStartedResponse(error)
-        } else {
-            answer(error)
-        }
+        if case .retry = outcome { letUpstreamGo() }
+        perform(outcome)
     }
 
     /// The per-try timeout fired before the answer's head: the try counts as a gateway
     /// failure and is retried when allowed; otherwise the request times out.
-    private func tryTimedOut(_ upstream: any Upstream) {
+    private func tryTimedOut(_ id: ExchangeStateMachine.TryID) {
         tryTimer = nil
-        guard hasDownstream, case .proxying(let cluster, let current) = state, current === upstream, !responseStarted
-        else { return }
+        guard downstream != nil, let cluster, let upstream else { return }
         let endpoint = upstream.endpointIndex
+        let outcome = machine.perTryTimedOut(
+            id,
+            endpoint: endpoint,
+            now: loop.loop.now,
+            budget: { takeRetryToken(cluster) }
+        )
+        guard outcome != .stale else { return }
         if let endpoint { cluster.record(endpoint, .gatewayFailure) }
-        reportLatency(upstream, cluster)
         cluster.metrics.countError(.upstreamTimeout)
-        upstream.finish()
-        if retryVerdict(.perTryTimeout, cluster, sent: true) == .retry, let parts = replay {
-            scheduleRetry(cluster, parts: parts, failedEndpoint: endpoint)
-            return
-        }
-        state = .answered
-        keepAlive = false
-        answer(.upstreamTimeout)
+        letUpstreamGo()
+        perform(outcome)
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
-        guard isWritable, pendingRead, hasDownstream else { return }
-        pendingRead = false
-        readDownstream()
+        guard isWritable, downstream != nil, machine.upstreamWritable() else { return }
+        downstream?.read()
     }
 }
 
@@ -1115,14 +843,4 @@ extension ProxyHandler {
     }
 
     static let protoHeader = "x-meshwork-proto"
-
-    /// `Upgrade` with `Connection: upgrade` (RFC 9110 section 7.8).
-    static func isUpgradeRequest(_ head: HTTPRequestHead) -> Bool {
-        head.headers.contains(name: "upgrade")
-            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
-    }
-
-    /// Request parts (head and body chunks) held while the upstream is acquired before
-    /// reading stops.
-    static let maxPendingParts = 16
 }
