@@ -171,7 +171,10 @@ let package = Package(
             // stay resident; packed they take 30 KiB. See scripts/build-release.
             linkerSettings: [
                 .unsafeFlags(
-                    ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"],
+                    [
+                        "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker",
+                        "--no-export-dynamic",
+                    ],
                     .when(configuration: .release)
                 )
             ]
@@ -216,6 +219,8 @@ let package = Package(
                 "MeshworkModel",
                 "MeshworkTraffic",
                 "MeshworkDemo",
+                "MeshworkDiscovery",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

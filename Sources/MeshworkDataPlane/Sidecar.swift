@@ -16,37 +16,37 @@ import Synchronization
 /// finish for up to `timeouts.drain`, then closes what is left.
 public actor Sidecar: Service {
     public let config: SidecarConfig
-    private let group: any EventLoopGroup
-    private let registry: PrometheusCollectorRegistry
-    private let logger: Logger
+    let group: any EventLoopGroup
+    let registry: PrometheusCollectorRegistry
+    let logger: Logger
     /// The mTLS material for mesh hops (nil: mesh hops are h2c/plain TCP): static files, or
     /// the workload certificate the identity agent installs and renews.
     public nonisolated let meshTLS: MeshTLSSource?
-    private let contexts: LoopContexts
+    let contexts: LoopContexts
     /// Requests, status classes and latency per edge (caller or callee service).
     public nonisolated let edges: EdgeTelemetry
     /// The listeners' and clusters' latency histograms, sharded per event loop.
-    private let histograms: LatencyHistograms
+    let histograms: LatencyHistograms
     /// Where access log lines go (nil: no access log).
-    private let accessLogFile: AccessLogFile?
+    let accessLogFile: AccessLogFile?
     /// Who is tapping this sidecar's requests (admin `/tap`).
     public nonisolated let taps: TapHub
     /// Finished spans waiting for the trace exporter (nil: tracing is off).
     public nonisolated let spans: SpanCollector?
-    private var clusterMetricsByName: [String: ClusterMetrics]
+    var clusterMetricsByName: [String: ClusterMetrics]
     /// The HTTPS gateway listeners' certificates, by listener name.
-    private let gatewayTLS: [String: GatewayTLS]
+    let gatewayTLS: [String: GatewayTLS]
     /// The bearer token for the admin `/config` and `/tap` (nil: only the controller).
-    private let adminToken: String?
+    let adminToken: String?
     /// The gateway listeners as last applied (start, then every reload).
-    private var gatewayListeners: [GatewayListenerConfig]
+    var gatewayListeners: [GatewayListenerConfig]
     /// Services whose clusters discovery fills: the config's, plus any a reload added.
-    public private(set) var discovered: [String]
-    private let flags: Flags
-    private var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
+    public internal(set) var discovered: [String]
+    let flags: SidecarFlags
+    var listeners: [(name: String, channel: any Channel, quiesce: ServerQuiescingHelper?)] = []
     /// Listeners bound but not accepting until the first discovery state is applied (or
     /// `controller.startupWait` has passed without one).
-    private var gatedListeners: [any Channel] = []
+    var gatedListeners: [any Channel] = []
 
     /// Builds everything that can be checked before binding: TLS files, endpoint addresses,
     /// metrics and the per-loop clusters. Throws `ConfigErrors` naming the bad field.
@@ -67,7 +67,7 @@ public actor Sidecar: Service {
         } else {
             self.meshTLS = nil
         }
-        self.flags = Flags(
+        self.flags = SidecarFlags(
             discoveryExpected: config.controller != nil && (!config.discover.isEmpty || config.inbound != nil),
             identity: config.tls != nil || config.controller?.usesWorkloadIdentity == true ? meshTLS : nil
         )
@@ -230,147 +230,12 @@ public actor Sidecar: Service {
         self.appAddress = appAddress
     }
 
-    private let appAddress: SocketAddress?
+    let appAddress: SocketAddress?
 
-    /// Applies what discovery knows to the clusters of `discover`: each gets the serving
-    /// instances of its service (healthy, weight above 0) and the service's traffic policy,
-    /// on every event loop, without dropping connections or in-flight requests. Instances
-    /// whose address does not resolve are left out (and logged).
-    public func apply(_ state: DiscoveryState) async {
-        var updates: [EventLoopFuture<Void>] = []
-        applyMTLSRequirement(state.mesh, &updates)
-        applyAuthorization(state, &updates)
-        // This sidecar's place among its own service's instances (every one registered,
-        // whatever its health: callers, not backends), for subsetting.
-        // Not registered yet: placed where it will be once it is.
-        var peers = state.instances.values.filter { $0.service == config.service }.map(\.id)
-        if let instanceID, !peers.contains(instanceID) { peers.append(instanceID) }
-        peers.sort()
-        let rank = instanceID.flatMap { peers.firstIndex(of: $0) }
-        for name in discovered {
-            var cluster = ClusterConfig.discovered(name)
-            if let service = state.services[name] { cluster.policy = service.policy }
-            var addresses: [SocketAddress] = []
-            for instance in state.servingInstances(of: name) {
-                do {
-                    let address = try SocketAddress.makeAddressResolvingHost(instance.address, port: instance.port)
-                    addresses.append(address)
-                    cluster.endpoints.append(
-                        EndpointConfig(
-                            address: HostPort(host: instance.address, port: instance.port),
-                            weight: Double(instance.weight),
-                            zone: instance.zone
-                        )
-                    )
-                } catch {
-                    logger.warning(
-                        "instance address does not resolve",
-                        metadata: ["instance": "\(instance.id)", "address": "\(instance.address)"]
-                    )
-                }
-            }
-            if let size = state.services[name]?.policy.subsetSize, let rank, size < cluster.endpoints.count {
-                // Backends in the stable order of their ids (servingInstances sorts them).
-                cluster.subset = SubsetConfig(size: size, clientIndex: rank, clientCount: peers.count)
-            }
-            for instance in state.instances.values where instance.service == name && !instance.isServing {
-                if let zone = instance.zone { cluster.unservedWeights[zone, default: 0] += Double(instance.weight) }
-            }
-            if appliedClusters[name] == cluster { continue }
-            appliedClusters[name] = cluster
-            logger.info(
-                "cluster updated",
-                metadata: [
-                    "cluster": "\(name)", "endpoints": "\(cluster.endpoints.count)", "revision": "\(state.revision)",
-                ]
-            )
-            let contexts = self.contexts
-            for (index, context) in contexts.all.enumerated() {
-                let update = cluster
-                let resolved = addresses
-                updates.append(
-                    context.loop.submit {
-                        contexts.all[index].clusters[name]?.update(update, addresses: resolved)
-                    }
-                )
-            }
-        }
-        guard !flags.discoveryApplied.load(ordering: .relaxed) else { return }
-        // The first state: on every loop before a listener accepts, so no request meets
-        // the empty clusters of a sidecar that has only just started.
-        for update in updates { try? await update.get() }
-        flags.discoveryApplied.store(true, ordering: .relaxed)
-        openGatedListeners(because: "first discovery state applied")
-    }
-
-    /// Lets the gated listeners accept (once).
-    private func openGatedListeners(because reason: String) {
-        guard !gatedListeners.isEmpty else { return }
-        for channel in gatedListeners {
-            channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
-        }
-        gatedListeners.removeAll()
-        logger.info("accepting", metadata: ["reason": "\(reason)"])
-    }
-
-    private var appliedRequireMTLS = false
-
-    /// The revoked certificates changed: pooled connections to peers are retired, so every
-    /// later request goes over a new handshake, which checks the list.
-    public func retirePeerConnections() {
-        let contexts = self.contexts
-        for context in contexts.all {
-            context.loop.execute {
-                for cluster in context.clusters.values { cluster.retireConnections() }
-            }
-        }
-    }
-
-    /// The mesh-wide mTLS requirement onto every loop.
-    private func applyMTLSRequirement(_ mesh: MeshSettings, _ updates: inout [EventLoopFuture<Void>]) {
-        guard mesh.requireMTLS != appliedRequireMTLS else { return }
-        appliedRequireMTLS = mesh.requireMTLS
-        if mesh.requireMTLS, meshTLS == nil {
-            logger.error(
-                "the mesh requires mTLS and this sidecar has no identity (no join token, no TLS files): every mesh hop is refused"
-            )
-        } else {
-            logger.info("mesh mTLS requirement", metadata: ["requireMTLS": "\(mesh.requireMTLS)"])
-        }
-        let required = mesh.requireMTLS
-        let contexts = self.contexts
-        for (index, context) in contexts.all.enumerated() {
-            updates.append(context.loop.submit { contexts.all[index].requireMTLS = required })
-        }
-    }
-
-    private var appliedClusters: [String: ClusterConfig] = [:]
-    private var appliedAuthorization: AuthorizationTable?
-
-    /// The authorization policies that target this service, and the mesh default, onto
-    /// every loop.
-    private func applyAuthorization(_ state: DiscoveryState, _ updates: inout [EventLoopFuture<Void>]) {
-        guard config.inbound != nil else { return }
-        let table = AuthorizationTable(service: config.service, policies: state.policies.values, mesh: state.mesh)
-        guard table != appliedAuthorization else { return }
-        appliedAuthorization = table
-        logger.info(
-            "authorization updated",
-            metadata: [
-                "policies": "\(state.policies.values.filter { $0.target == config.service }.count)",
-                "default": "\(state.mesh.defaultAuthorization.rawValue)",
-            ]
-        )
-        let contexts = self.contexts
-        for (index, context) in contexts.all.enumerated() {
-            updates.append(
-                context.loop.submit {
-                    contexts.all[index].inbound.authorization = table
-                    contexts.all[index].inbound.awaitingAuthorization = false
-                }
-            )
-        }
-    }
+    // What discovery last applied (Sidecar+Discovery), so an unchanged state costs nothing.
+    var appliedRequireMTLS = false
+    var appliedClusters: [String: ClusterConfig] = [:]
+    var appliedAuthorization: AuthorizationTable?
 
     /// The local app as a cluster of one: no outlier ejection (there is nowhere else to
     /// go) and retries only when the connection could not be made.
@@ -442,152 +307,9 @@ public actor Sidecar: Service {
 
     /// Binds every listener. Throws if a port cannot be bound (the error names the listener).
     public func start() async throws {
-        let timeouts = config.timeouts
-        func settings(_ name: String, kind: String, route: ProxyRoute, restores: Bool) -> ProxySettings {
-            ProxySettings(
-                route: route,
-                metrics: ListenerMetrics(
-                    name: name,
-                    kind: kind,
-                    registry: registry,
-                    histograms: histograms,
-                    maxConnections: config.limits.maxConnections
-                ),
-                headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
-                tlsHandshakeTimeout: .nanoseconds(timeouts.tlsHandshake.nanoseconds),
-                idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
-                keepAliveInterval: .nanoseconds(timeouts.keepAlive.nanoseconds),
-                maxHeaderBytes: config.limits.maxHeaderBytes,
-                restoresProtocol: restores
-            )
-        }
-        let contexts = self.contexts
         do {
-            if let inbound = config.inbound {
-                let proxy = settings("inbound", kind: "inbound", route: .app, restores: true)
-                let tls = self.meshTLS
-                let source = tls
-                let appAddress = self.appAddress
-                let connectTimeout = TimeAmount.nanoseconds(inbound.connectTimeout.nanoseconds)
-                try await bind("inbound", inbound.listen) { channel in
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                    // Strict mTLS when the sidecar has TLS: without a certificate yet, the
-                    // connection is refused rather than served in plaintext.
-                    let serverTLS = tls?.serverHandler()
-                    if tls != nil, serverTLS == nil {
-                        throw MeshTLSUnavailable()
-                    }
-                    if serverTLS == nil, contexts.context(for: channel.eventLoop).requireMTLS {
-                        proxy.metrics.countError(.mtlsRequired)
-                        throw MeshError.mtlsRequired
-                    }
-                    switch (inbound.protocol, serverTLS) {
-                    case (.tcp, let serverTLS):
-                        // A TCP caller is authorized once, by identity and port, when its
-                        // handshake completes (or at once when there is no TLS).
-                        let loopContext = contexts.context(for: channel.eventLoop)
-                        let port = channel.localAddress?.port ?? 0
-                        if let serverTLS {
-                            try ListenerPipelines.addServerTLS(serverTLS, to: channel, settings: proxy)
-                            try sync.addHandler(
-                                PeerIdentityHandler(
-                                    peer: ConnectionPeer(),
-                                    metrics: proxy.metrics,
-                                    revoked: tls?.revokedSerials ?? []
-                                ) { identity, _ in
-                                    let allowed = loopContext.inbound.authorize(
-                                        source: identity,
-                                        port: port,
-                                        method: nil,
-                                        path: nil
-                                    )
-                                    if !allowed { proxy.metrics.countError(.unauthorized) }
-                                    return allowed
-                                }
-                            )
-                        } else if !loopContext.inbound.authorize(source: nil, port: port, method: nil, path: nil) {
-                            proxy.metrics.countError(.unauthorized)
-                            throw MeshError.unauthorized
-                        }
-                        try ListenerPipelines.addTCPProxy(
-                            to: channel,
-                            metrics: proxy.metrics,
-                            connectTimeout: connectTimeout,
-                            upstreamTLS: nil,
-                            afterHandshake: serverTLS != nil,
-                            pick: { appAddress }
-                        )
-                    case (_, .some(let tls)):
-                        try ListenerPipelines.addTLSHTTP(
-                            to: channel,
-                            tls: tls,
-                            settings: proxy,
-                            contexts: contexts,
-                            revoked: source?.revokedSerials ?? []
-                        )
-                    case (_, .none):
-                        try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
-                    }
-                }
-            }
-            if let httpProxy = config.httpProxy {
-                let proxy = settings(
-                    "http_proxy",
-                    kind: "http_proxy",
-                    route: .host(domain: httpProxy.domain),
-                    restores: false
-                )
-                try await bind("http_proxy", httpProxy.listen) { channel in
-                    try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                    try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
-                }
-            }
-            var usedNames: Set<String> = []
-            for upstream in config.upstreams {
-                var name = "upstream:\(upstream.cluster)"
-                if usedNames.contains(name) { name += ":\(upstream.listen.port)" }
-                usedNames.insert(name)
-                let proxy = settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false)
-                let (upstreamTLS, connectTimeout) = tcpUpstream(upstream.cluster)
-                let clusterName = upstream.cluster
-                let plaintextMesh =
-                    upstreamTLS == nil
-                    && (config.allClusters.first { $0.name == clusterName } ?? ClusterConfig.discovered(clusterName))
-                        .protocol == .mesh
-                try await bind(name, upstream.listen) { channel in
-                    try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                    switch upstream.protocol {
-                    case .http:
-                        try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
-                    case .tcp:
-                        if plaintextMesh, contexts.context(for: channel.eventLoop).requireMTLS {
-                            proxy.metrics.countError(.mtlsRequired)
-                            throw MeshError.mtlsRequired
-                        }
-                        try Self.addClusterTCPProxy(
-                            to: channel,
-                            cluster: clusterName,
-                            contexts: contexts,
-                            metrics: proxy.metrics,
-                            upstream: (upstreamTLS, connectTimeout)
-                        )
-                    }
-                }
-            }
-            for listener in config.listeners {
-                try await bindGateway(listener, settings: settings)
-            }
-            if let admin = config.admin {
-                let endpoints = adminEndpoints()
-                let tls = self.meshTLS
-                let adminMetrics = settings("admin", kind: "admin", route: .app, restores: false)
-                try await bind("admin", admin, quiesce: false) { channel in
-                    try channel.pipeline.syncOperations.addHandler(
-                        ConnectionMetricsHandler(metrics: adminMetrics.metrics)
-                    )
-                    try AdminHandler.addPipeline(to: channel, endpoints: endpoints, tls: tls, settings: adminMetrics)
-                }
+            for listener in makeListeners() {
+                try await bind(listener)
             }
         } catch {
             await closeListeners()
@@ -614,6 +336,129 @@ public actor Sidecar: Service {
         }
     }
 
+    /// The listeners the config asks for, in the order they are bound.
+    private func makeListeners() -> [any SidecarListener] {
+        let contexts = self.contexts
+        var made: [any SidecarListener] = []
+        if let inbound = config.inbound {
+            made.append(
+                InboundListener(
+                    address: inbound.listen,
+                    appProtocol: inbound.protocol,
+                    settings: settings("inbound", kind: "inbound", route: .app, restores: true),
+                    tls: meshTLS,
+                    contexts: contexts,
+                    appAddress: appAddress,
+                    connectTimeout: .nanoseconds(inbound.connectTimeout.nanoseconds)
+                )
+            )
+        }
+        if let httpProxy = config.httpProxy {
+            made.append(
+                HTTPProxyListener(
+                    address: httpProxy.listen,
+                    settings: settings(
+                        "http_proxy",
+                        kind: "http_proxy",
+                        route: .host(domain: httpProxy.domain),
+                        restores: false
+                    ),
+                    contexts: contexts
+                )
+            )
+        }
+        var usedNames: Set<String> = []
+        for upstream in config.upstreams {
+            var name = "upstream:\(upstream.cluster)"
+            if usedNames.contains(name) { name += ":\(upstream.listen.port)" }
+            usedNames.insert(name)
+            let target = tcpTarget(upstream.cluster)
+            let cluster = config.allClusters.first { $0.name == upstream.cluster }
+            made.append(
+                UpstreamListener(
+                    name: name,
+                    address: upstream.listen,
+                    listenerProtocol: upstream.protocol,
+                    settings: settings(name, kind: "upstream", route: .cluster(upstream.cluster), restores: false),
+                    contexts: contexts,
+                    target: target,
+                    plaintextMesh: target.tls == nil
+                        && (cluster ?? ClusterConfig.discovered(upstream.cluster)).protocol == .mesh
+                )
+            )
+        }
+        for listener in config.listeners {
+            let name = "gateway:\(listener.name)"
+            let kind: GatewayListener.Kind
+            switch listener.protocol {
+            case .http:
+                kind = .http
+            case .https:
+                guard let tls = gatewayTLS[listener.name] else { continue }
+                kind = .https(tls)
+            case .tcp:
+                guard let service = listener.service else { continue }
+                kind = .tcp(tcpTarget(service))
+            }
+            made.append(
+                GatewayListener(
+                    name: name,
+                    address: listener.listen,
+                    kind: kind,
+                    settings: settings(
+                        name,
+                        kind: "gateway",
+                        route: .gateway(listener: listener.name),
+                        restores: false
+                    ),
+                    contexts: contexts
+                )
+            )
+        }
+        if let admin = config.admin {
+            made.append(
+                AdminListener(
+                    address: admin,
+                    endpoints: adminEndpoints(),
+                    tls: meshTLS,
+                    settings: settings("admin", kind: "admin", route: .app, restores: false)
+                )
+            )
+        }
+        return made
+    }
+
+    /// A listener's settings and metrics.
+    private func settings(_ name: String, kind: String, route: ProxyRoute, restores: Bool) -> ProxySettings {
+        let timeouts = config.timeouts
+        return ProxySettings(
+            route: route,
+            metrics: ListenerMetrics(
+                name: name,
+                kind: kind,
+                registry: registry,
+                histograms: histograms,
+                maxConnections: config.limits.maxConnections
+            ),
+            headerReadTimeout: .nanoseconds(timeouts.headerRead.nanoseconds),
+            tlsHandshakeTimeout: .nanoseconds(timeouts.tlsHandshake.nanoseconds),
+            idleTimeout: .nanoseconds(timeouts.idle.nanoseconds),
+            keepAliveInterval: .nanoseconds(timeouts.keepAlive.nanoseconds),
+            maxHeaderBytes: config.limits.maxHeaderBytes,
+            restoresProtocol: restores
+        )
+    }
+
+    /// Lets the gated listeners accept (once).
+    func openGatedListeners(because reason: String) {
+        guard !gatedListeners.isEmpty else { return }
+        for channel in gatedListeners {
+            channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
+        gatedListeners.removeAll()
+        logger.info("accepting", metadata: ["reason": "\(reason)"])
+    }
+
     private func startupWaitEnded() {
         guard !gatedListeners.isEmpty else { return }
         logger.warning(
@@ -625,9 +470,9 @@ public actor Sidecar: Service {
 
     /// How a TCP listener reaches `cluster`: mTLS checking the peer's identity for `mesh`
     /// clusters, and the cluster's connect timeout.
-    private func tcpUpstream(_ clusterName: String) -> (PeerTLS?, TimeAmount) {
+    private func tcpTarget(_ clusterName: String) -> ClusterTCPTarget {
         let cluster = config.allClusters.first { $0.name == clusterName } ?? ClusterConfig.discovered(clusterName)
-        let upstreamTLS =
+        let tls =
             cluster.protocol == .mesh
             ? self.meshTLS.map {
                 PeerTLS(
@@ -637,143 +482,11 @@ public actor Sidecar: Service {
                     metrics: clusterMetricsByName[cluster.name]
                 )
             } : nil
-        return (upstreamTLS, TimeAmount.nanoseconds(cluster.connectTimeout.nanoseconds))
-    }
-
-    /// Opaque TCP to an endpoint of `cluster` picked by this loop's balancer.
-    private static func addClusterTCPProxy(
-        to channel: any Channel,
-        cluster: String,
-        contexts: LoopContexts,
-        metrics: ListenerMetrics,
-        upstream: (tls: PeerTLS?, connectTimeout: TimeAmount)
-    ) throws {
-        let loopCluster = contexts.context(for: channel.eventLoop).clusters[cluster]
-        try ListenerPipelines.addTCPProxy(
-            to: channel,
-            metrics: metrics,
-            connectTimeout: upstream.connectTimeout,
-            upstreamTLS: upstream.tls,
-            pick: { loopCluster?.pickEndpoint() }
+        return ClusterTCPTarget(
+            cluster: clusterName,
+            tls: tls,
+            connectTimeout: .nanoseconds(cluster.connectTimeout.nanoseconds)
         )
-    }
-
-    /// A gateway listener: HTTP or HTTPS routed per request by the loop's route table, or
-    /// TCP to one service.
-    private func bindGateway(
-        _ listener: GatewayListenerConfig,
-        settings: (String, String, ProxyRoute, Bool) -> ProxySettings
-    ) async throws {
-        let name = "gateway:\(listener.name)"
-        let proxy = settings(name, "gateway", .gateway(listener: listener.name), false)
-        let contexts = self.contexts
-        switch listener.protocol {
-        case .http:
-            try await bind(name, listener.listen) { channel in
-                try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                try ListenerPipelines.addCleartextHTTP(to: channel, settings: proxy, contexts: contexts)
-            }
-        case .https:
-            guard let tls = gatewayTLS[listener.name] else { return }
-            try await bind(name, listener.listen) { channel in
-                try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                guard let handler = tls.serverHandler() else { throw MeshTLSUnavailable() }
-                try ListenerPipelines.addTLSHTTP(to: channel, tls: handler, settings: proxy, contexts: contexts)
-            }
-        case .tcp:
-            guard let service = listener.service else { return }
-            let (upstreamTLS, connectTimeout) = tcpUpstream(service)
-            try await bind(name, listener.listen) { channel in
-                try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: proxy.metrics))
-                try Self.addClusterTCPProxy(
-                    to: channel,
-                    cluster: service,
-                    contexts: contexts,
-                    metrics: proxy.metrics,
-                    upstream: (upstreamTLS, connectTimeout)
-                )
-            }
-        }
-    }
-
-    /// Applies changed gateway listeners without dropping a connection: new routes on
-    /// every loop, reloaded certificates for the next handshakes, and a cluster for each
-    /// service newly routed to (returned: discovery must start watching them). A listener
-    /// added, removed, moved or changed in protocol needs a restart and is refused here.
-    public func reload(listeners: [GatewayListenerConfig]) throws(ConfigErrors) -> [String] {
-        var errors: [ConfigError] = []
-        let current = Dictionary(uniqueKeysWithValues: gatewayListeners.map { ($0.name, $0) })
-        if Set(listeners.map(\.name)) != Set(current.keys) {
-            errors.append(ConfigError(path: "listeners", reason: "adding or removing a listener needs a restart"))
-        }
-        for (index, listener) in listeners.enumerated() {
-            guard let old = current[listener.name] else { continue }
-            if old.listen != listener.listen || old.protocol != listener.protocol {
-                errors.append(
-                    ConfigError(
-                        path: "listeners[\(index)]",
-                        reason: "changing a listener's address or protocol needs a restart"
-                    )
-                )
-            } else if listener.protocol == .tcp, old.service != listener.service {
-                errors.append(
-                    ConfigError(
-                        path: "listeners[\(index)].service",
-                        reason: "changing a tcp listener's service needs a restart"
-                    )
-                )
-            }
-        }
-        guard errors.isEmpty else { throw ConfigErrors(errors) }
-        for (index, listener) in listeners.enumerated() where listener.protocol == .https {
-            if listener.certificates != current[listener.name]?.certificates {
-                try gatewayTLS[listener.name]?.reload(certificates: listener.certificates, path: "listeners[\(index)]")
-            }
-        }
-        let known = Set(config.clusters.map(\.name)).union(discovered)
-        let added = Array(Set(listeners.flatMap(\.services)).subtracting(known)).sorted()
-        addDiscoveredClusters(added)
-        gatewayListeners = listeners
-        let contexts = self.contexts
-        for context in contexts.all {
-            context.loop.execute {
-                for listener in listeners { context.gatewayRoutes[listener.name] = listener.routes }
-            }
-        }
-        logger.info(
-            "gateway routes reloaded",
-            metadata: ["routes": "\(listeners.map(\.routes.count).reduce(0, +))", "new-services": "\(added)"]
-        )
-        return added
-    }
-
-    /// A cluster (empty until discovery fills it) for each new service, on every loop.
-    private func addDiscoveredClusters(_ names: [String]) {
-        let loops = contexts.all.count
-        for name in names where !discovered.contains(name) {
-            discovered.append(name)
-            let cluster = ClusterConfig.discovered(name)
-            let metrics = ClusterMetrics(name: name, endpoints: [], registry: registry, histograms: histograms)
-            clusterMetricsByName[name] = metrics
-            let tls = meshTLS
-            let zone = config.zone
-            let logger = logger
-            for context in contexts.all {
-                context.loop.execute {
-                    context.clusters[name] = LoopCluster(
-                        config: cluster,
-                        addresses: [],
-                        zone: zone,
-                        tls: tls,
-                        loop: context.loop,
-                        loopIndex: context.index,
-                        loopCount: loops,
-                        metrics: metrics,
-                        logger: logger
-                    )
-                }
-            }
-        }
     }
 
     private func adminEndpoints() -> AdminEndpoints {
@@ -829,17 +542,13 @@ public actor Sidecar: Service {
         )
     }
 
-    private func bind(
-        _ name: String,
-        _ address: HostPort,
-        quiesce: Bool = true,
-        initializer: @escaping @Sendable (any Channel) throws -> Void
-    ) async throws {
-        let helper = quiesce ? ServerQuiescingHelper(group: group) : nil
+    private func bind(_ listener: any SidecarListener) async throws {
+        let helper = listener.carriesTraffic ? ServerQuiescingHelper(group: group) : nil
         // Traffic listeners of a sidecar that expects discovery wait for its first state:
         // bound (their ports are known), callers queued in the backlog, nothing accepted.
         // The admin listener answers probes at once.
-        let gated = quiesce && flags.discoveryExpected && !flags.discoveryApplied.load(ordering: .relaxed)
+        let gated =
+            listener.carriesTraffic && flags.discoveryExpected && !flags.discoveryApplied.load(ordering: .relaxed)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.autoRead, value: !gated)
@@ -857,14 +566,15 @@ public actor Sidecar: Service {
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try initializer(channel) }
+                channel.eventLoop.makeCompletedFuture { try listener.initializeConnection(channel) }
             }
+        let address = listener.address
         do {
             let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
-            listeners.append((name, channel, helper))
+            listeners.append((listener.name, channel, helper))
             if gated { gatedListeners.append(channel) }
         } catch {
-            throw ListenerBindError(listener: name, address: address, underlying: error)
+            throw ListenerBindError(listener: listener.name, address: address, underlying: error)
         }
     }
 
@@ -908,63 +618,5 @@ public actor Sidecar: Service {
         }
         try? await gracefulShutdown()
         await drain()
-    }
-}
-
-/// Lifecycle flags read from any thread (admin /ready, drain).
-private final class Flags: Sendable {
-    let started = Atomic<Bool>(false)
-    let draining = Atomic<Bool>(false)
-    let discoveryApplied = Atomic<Bool>(false)
-    /// Unix milliseconds of the last confirmation of the discovery state (0: none).
-    let confirmedAtMillis = Atomic<Int64>(0)
-    /// A controller is configured and there are services to watch.
-    let discoveryExpected: Bool
-    /// Where the workload certificate lives, when the sidecar is to have one.
-    let identity: MeshTLSSource?
-
-    init(discoveryExpected: Bool, identity: MeshTLSSource?) {
-        self.discoveryExpected = discoveryExpected
-        self.identity = identity
-    }
-
-    var readiness: Readiness {
-        Readiness(
-            listening: started.load(ordering: .relaxed),
-            discovery: !discoveryExpected || discoveryApplied.load(ordering: .relaxed),
-            identity: identity.map { $0.current != nil } ?? true,
-            draining: draining.load(ordering: .relaxed)
-        )
-    }
-}
-
-/// Whether a sidecar can do its job: its listeners bound, its first discovery state applied
-/// (when it has a controller), its workload identity installed (when it is to have one),
-/// and not draining. `/ready` answers 200 only then; `meshwork run` starts the app then.
-public struct Readiness: Sendable, Hashable, CustomStringConvertible {
-    public var listening: Bool
-    public var discovery: Bool
-    public var identity: Bool
-    public var draining: Bool
-
-    public var isReady: Bool { listening && discovery && identity && !draining }
-
-    /// `ready`, or what is missing: `not ready: listeners, discovery, identity` / `draining`.
-    public var description: String {
-        if draining { return "draining" }
-        let missing = [(listening, "listeners"), (discovery, "discovery"), (identity, "identity")]
-            .filter { !$0.0 }.map(\.1)
-        return missing.isEmpty ? "ready" : "not ready: " + missing.joined(separator: ", ")
-    }
-}
-
-/// A listener's port could not be bound.
-public struct ListenerBindError: Error, CustomStringConvertible {
-    public var listener: String
-    public var address: HostPort
-    public var underlying: any Error
-
-    public var description: String {
-        "cannot listen on \(address) for \(listener): \(underlying)"
     }
 }

@@ -2,9 +2,11 @@ import ArgumentParser
 import AsyncHTTPClient
 import Foundation
 import MeshworkController
+import MeshworkDiscovery
 import MeshworkModel
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 import Yams
 
@@ -59,49 +61,71 @@ struct CtlOptions: ParsableArguments {
         return (try? String(contentsOfFile: local, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// The client: for an https:// controller it verifies the API certificate with
-    /// `--ca-file`, else `$MESHWORK_CA`, else the local controller's `<data-dir>/ca.pem`.
-    func makeClient() throws -> HTTPClient {
-        guard baseURL.hasPrefix("https://") else { return HTTPClient(eventLoopGroupProvider: .singleton) }
-        let local = (ControllerServer.defaultDataDirectory as NSString).appendingPathComponent("ca.pem")
-        let file = caFile ?? ProcessInfo.processInfo.environment["MESHWORK_CA"]
-        var tls = TLSConfiguration.makeClientConfiguration()
-        if let path = file ?? (FileManager.default.fileExists(atPath: local) ? local : nil) {
-            guard let roots = try? NIOSSLCertificate.fromPEMFile(path), !roots.isEmpty else {
-                throw CommandFailure("cannot read the CA file \(path)")
+    /// The controller link: for an https:// controller it verifies the API certificate
+    /// with `--ca-file`, else `$MESHWORK_CA`, else the local controller's
+    /// `<data-dir>/ca.pem`.
+    func makeLink() throws -> HTTPControllerClient {
+        var roots: [NIOSSLCertificate]?
+        if baseURL.hasPrefix("https://") {
+            let local = (ControllerServer.defaultDataDirectory as NSString).appendingPathComponent("ca.pem")
+            let file = caFile ?? ProcessInfo.processInfo.environment["MESHWORK_CA"]
+            if let path = file ?? (FileManager.default.fileExists(atPath: local) ? local : nil) {
+                guard let certificates = try? NIOSSLCertificate.fromPEMFile(path), !certificates.isEmpty else {
+                    throw CommandFailure("cannot read the CA file \(path)")
+                }
+                roots = certificates
             }
-            tls.trustRoots = .certificates(roots)
         }
-        var configuration = HTTPClient.Configuration()
-        configuration.tlsConfiguration = tls
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        return HTTPControllerClient(
+            baseURL: baseURL,
+            token: try token(),
+            roots: roots,
+            group: MultiThreadedEventLoopGroup.singleton,
+            timeouts: .init(connect: .seconds(3))
+        )
     }
 
     /// Calls the API; a refusal becomes a clear error with the controller's reasons.
     func call(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> Data {
-        let client = try makeClient()
-        defer { _ = client.shutdown() }
-        var request = HTTPClientRequest(url: baseURL + path)
-        request.method = method
-        if let token = try token() {
-            request.headers.add(name: "authorization", value: "Bearer \(token)")
-        }
-        if let body {
-            request.headers.add(name: "content-type", value: "application/yaml")
-            request.body = .bytes(ByteBuffer(string: body))
-        }
-        let response: HTTPClientResponse
-        let data: Data
+        let link = try makeLink()
+        let answer: (status: HTTPResponseStatus, body: ByteBuffer)
         do {
-            response = try await client.execute(request, timeout: .seconds(10))
-            data = Data(try await response.body.collect(upTo: 64 << 20).readableBytesView)
+            answer = try await link.call(method, path, body: body, contentType: "application/yaml", limit: 64 << 20)
+        } catch {
+            await link.shutdown()
+            throw CommandFailure("cannot reach the controller at \(baseURL): \(error)")
+        }
+        await link.shutdown()
+        let data = Data(answer.body.readableBytesView)
+        guard answer.status == .ok else {
+            throw CommandFailure(Self.describeRefusal(status: answer.status, data: data))
+        }
+        return data
+    }
+
+    /// Follows a streaming answer line by line (`HTTPControllerClient.streamLines`), with
+    /// the controller's refusal or unreachability as a clear error.
+    func stream(_ path: String, onLine: (String) async throws -> Void) async throws {
+        /// What the caller's `onLine` threw: passed on as it is.
+        struct Caller: Error { let error: any Error }
+        let link = try makeLink()
+        defer { Task { await link.shutdown() } }
+        do {
+            try await link.streamLines(path) { line in
+                do { try await onLine(line) } catch { throw Caller(error: error) }
+            }
+        } catch let caller as Caller {
+            throw caller.error
+        } catch let error as ControllerClientError where error.status != nil {
+            throw CommandFailure(
+                Self.describeRefusal(
+                    status: HTTPResponseStatus(statusCode: error.status ?? 500),
+                    data: Data(error.body)
+                )
+            )
         } catch {
             throw CommandFailure("cannot reach the controller at \(baseURL): \(error)")
         }
-        guard response.status == .ok else {
-            throw CommandFailure(Self.describeRefusal(status: response.status, data: data))
-        }
-        return data
     }
 
     static func describeRefusal(status: HTTPResponseStatus, data: Data) -> String {
@@ -365,40 +389,27 @@ struct CtlWatch: AsyncParsableCommand {
     @Option(name: .long, help: "Comma-separated services (all when absent).") var services: String?
 
     func run() async throws {
-        let client = try options.makeClient()
-        defer { _ = client.shutdown() }
         var path = "/v1/watch"
         if let services { path += "?services=\(services)" }
-        let response: HTTPClientResponse
-        do {
-            response = try await client.execute(
-                HTTPClientRequest(url: options.baseURL + path),
-                timeout: .hours(24 * 365)
-            )
-        } catch {
-            throw CommandFailure("cannot reach the controller at \(options.baseURL): \(error)")
-        }
-        for try await chunk in response.body {
-            let text = String(buffer: chunk)
-            for line in text.split(separator: "\n") {
-                guard options.output == .table else {
-                    print(line)
-                    continue
-                }
-                guard let parsed = try? WatchLine.parse(line) else { continue }
-                switch parsed {
-                case .snapshot(let state):
-                    print(
-                        "revision \(state.revision): \(state.services.count) services, \(state.instances.count) instances"
-                    )
-                case .event(let event):
-                    let subject =
-                        event.instance.map { "\($0.id) (\($0.service), \($0.health.rawValue))" }
-                        ?? event.service?.name ?? ""
-                    print("revision \(event.revision): \(event.kind.rawValue) \(subject)")
-                case .ping, .trustBundle:
-                    break
-                }
+        try await options.stream(path) { line in
+            guard !line.isEmpty else { return }
+            guard options.output == .table else {
+                print(line)
+                return
+            }
+            guard let parsed = try? WatchLine.parse(line) else { return }
+            switch parsed {
+            case .snapshot(let state):
+                print(
+                    "revision \(state.revision): \(state.services.count) services, \(state.instances.count) instances"
+                )
+            case .event(let event):
+                let subject =
+                    event.instance.map { "\($0.id) (\($0.service), \($0.health.rawValue))" }
+                    ?? event.service?.name ?? ""
+                print("revision \(event.revision): \(event.kind.rawValue) \(subject)")
+            case .ping, .trustBundle:
+                break
             }
         }
     }

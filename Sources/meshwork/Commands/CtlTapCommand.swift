@@ -1,5 +1,4 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
 import MeshworkModel
 import NIOCore
@@ -48,43 +47,23 @@ enum TapStream {
         onStart: (Start) throws -> Void,
         onEvent: (String, TapEvent?) throws -> Bool
     ) async throws {
-        let client = try options.makeClient()
-        defer { _ = client.shutdown() }
-        var url = options.baseURL + "/v1/tap?" + tap.query
-        if let limit { url += "&limit=\(limit)" }
-        var request = HTTPClientRequest(url: url)
-        if let token = try options.token() { request.headers.add(name: "authorization", value: "Bearer \(token)") }
-        let response: HTTPClientResponse
-        do {
-            response = try await client.execute(request, deadline: .distantFuture)
-        } catch {
-            throw CommandFailure("cannot reach the controller at \(options.baseURL): \(error)")
-        }
-        guard response.status == .ok else {
-            let body = try await response.body.collect(upTo: 1 << 20)
-            throw CommandFailure(
-                CtlOptions.describeRefusal(status: response.status, data: Data(body.readableBytesView))
-            )
-        }
+        var path = "/v1/tap?" + tap.query
+        if let limit { path += "&limit=\(limit)" }
+        struct Enough: Error {}
         let decoder = JSONDecoder()
-        var pending = ByteBuffer()
         var started = false
-        for try await chunk in response.body {
-            var chunk = chunk
-            pending.writeBuffer(&chunk)
-            while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = pending.readString(length: newline - pending.readerIndex) ?? ""
-                pending.moveReaderIndex(forwardBy: 1)
+        do {
+            try await options.stream(path) { line in
                 // The controller's keepalive.
-                if line.isEmpty { continue }
+                if line.isEmpty { return }
                 if !started, let start = try? decoder.decode(Start.self, from: Data(line.utf8)) {
                     started = true
                     try onStart(start)
-                    continue
+                    return
                 }
-                if try !onEvent(line, try? decoder.decode(TapEvent.self, from: Data(line.utf8))) { return }
+                if try !onEvent(line, try? decoder.decode(TapEvent.self, from: Data(line.utf8))) { throw Enough() }
             }
-            pending.discardReadBytes()
+        } catch is Enough {
         }
     }
 }

@@ -361,14 +361,14 @@ struct SidecarRuntime {
         var agent: DiscoveryAgent?
         if sidecarConfig.controller != nil {
             do {
-                let discovery = try DiscoveryAgent(
+                let discovery = try await DiscoveryAgent.make(
                     config: sidecarConfig,
                     sidecar: sidecar,
                     group: group,
                     logger: logger
                 )
                 agent = discovery
-                services.append(.init(service: discovery))
+                services += discovery.services.map { .init(service: $0) }
             } catch {
                 throw CommandFailure("\(error)")
             }

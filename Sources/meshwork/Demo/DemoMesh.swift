@@ -50,7 +50,8 @@ actor DemoMesh {
     /// The controller's trust bundle, which verifies its API (HTTPS, like any controller's).
     private(set) var caFile = ""
     /// For the API: verifies it with `caFile`.
-    private var api: HTTPClient?
+    /// The controller's API, through the same link sidecars and `ctl` use.
+    private var api: HTTPControllerClient?
     private(set) var dnsAddress: SocketAddress?
     private(set) var gatewayAddress: SocketAddress?
     private(set) var gatewayAdmin: SocketAddress?
@@ -79,11 +80,11 @@ actor DemoMesh {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         for instance in instances {
             services.append(.init(service: instance.sidecar))
-            services.append(.init(service: try agent(for: instance.sidecar, config: instance.config)))
+            services += try await agent(for: instance.sidecar, config: instance.config)
         }
         let (gateway, gatewayConfig) = try await startGateway()
         services.append(.init(service: gateway))
-        services.append(.init(service: try agent(for: gateway, config: gatewayConfig)))
+        services += try await agent(for: gateway, config: gatewayConfig)
         // Stopped in reverse: each agent deregisters before its sidecar drains.
         let meshGroup = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger)
@@ -123,12 +124,13 @@ actor DemoMesh {
         guard let roots = try? NIOSSLCertificate.fromPEMFile(caFile), !roots.isEmpty else {
             throw CommandFailure("the controller wrote no CA file at \(caFile)")
         }
-        var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: .seconds(2), read: .seconds(5))
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(roots)
-        configuration.tlsConfiguration = tls
-        self.api = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        self.api = HTTPControllerClient(
+            baseURL: apiURL,
+            token: token,
+            roots: roots,
+            group: group,
+            timeouts: .init(connect: .seconds(2), read: .seconds(5))
+        )
     }
 
     /// The first element of `stream`, or nil after 10 s.
@@ -150,15 +152,14 @@ actor DemoMesh {
 
     /// A join token for `service`, written to a file the sidecar reads.
     private func joinTokenFile(_ service: String, name: String) async throws -> String {
-        var request = HTTPClientRequest(url: apiURL + "/v1/tokens")
-        request.method = .POST
-        request.headers.add(name: "authorization", value: "Bearer \(token)")
-        request.headers.add(name: "content-type", value: "application/json")
-        request.body = .bytes(ByteBuffer(string: #"{"service": "\#(service)", "ttl": "1h", "uses": 1}"#))
         guard let api else { throw CommandFailure("the controller is not running") }
-        let response = try await api.execute(request, timeout: .seconds(5))
-        let body = try await response.body.collect(upTo: 1 << 16)
-        guard response.status == .ok,
+        let (status, body) = try await api.call(
+            .POST,
+            "/v1/tokens",
+            body: #"{"service": "\#(service)", "ttl": "1h", "uses": 1}"#,
+            timeout: .seconds(5)
+        )
+        guard status == .ok,
             let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
             let joinToken = object["token"] as? String
         else { throw CommandFailure("cannot create a join token for \(service): \(String(buffer: body))") }
@@ -238,8 +239,13 @@ actor DemoMesh {
         return (sidecar, config)
     }
 
-    private func agent(for sidecar: Sidecar, config: SidecarConfig) throws -> DiscoveryAgent {
-        try DiscoveryAgent(config: config, sidecar: sidecar, group: group, logger: logger)
+    private func agent(
+        for sidecar: Sidecar,
+        config: SidecarConfig
+    ) async throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        try await DiscoveryAgent.make(config: config, sidecar: sidecar, group: group, logger: logger).services.map {
+            .init(service: $0)
+        }
     }
 
     /// Bounded (30 s): until a call through the gateway crosses all three services.
@@ -325,11 +331,8 @@ actor DemoMesh {
     /// The registry's view of every instance: id -> health.
     func registryHealth() async -> [String: String] {
         guard let api,
-            let response = try? await api.execute(
-                HTTPClientRequest(url: apiURL + "/v1/instances"),
-                timeout: .seconds(2)
-            ),
-            let body = try? await response.body.collect(upTo: 1 << 20),
+            let (status, body) = try? await api.call(.GET, "/v1/instances", timeout: .seconds(2)),
+            status == .ok,
             let list = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [[String: Any]]
         else { return [:] }
         var health: [String: String] = [:]
@@ -352,7 +355,7 @@ actor DemoMesh {
             _ = await controllerTask?.result
         }
         try? await http.shutdown()
-        try? await api?.shutdown()
+        await api?.shutdown()
         try? await group.shutdownGracefully()
     }
 }

@@ -44,7 +44,6 @@ struct ControllerTLSTests {
             #expect(try await server.waitForLog("registered"), "\(server.log)")
             let web = try await startClient("web", calling: "orders", controller: controller)
             sidecars.append(web)
-            let base = web.upstreamURL("orders")
             let ready = try await web.waitUntilServing("orders")
             #expect(ready, "web -> orders through a TLS controller: \(web.log)")
 

@@ -1,45 +1,83 @@
-import AsyncHTTPClient
 import Foundation
 import Logging
 import MeshworkDataPlane
 import MeshworkIdentity
 import MeshworkModel
-import NIOCore
-import NIOHTTP1
 import NIOSSL
+import ServiceLifecycle
 
-/// The workload identity: a key made in memory, a CSR sent with the join token for the
-/// first certificate, renewal at two thirds of its lifetime with the current certificate
-/// (a fresh key each time), and the trust bundle from the watch stream. Each new
-/// certificate goes into the sidecar's `MeshTLSSource`: new connections use it, open ones
-/// carry on.
-extension DiscoveryAgent {
+/// The workload identity, one of the discovery agent's services: a key made in memory, a
+/// CSR sent with the join token for the first certificate, renewal at two thirds of its
+/// lifetime with the current certificate (a fresh key each time), and the trust bundle from
+/// the watch stream. Each new certificate goes into the sidecar's `MeshTLSSource`: new
+/// connections use it, open ones carry on. The other services wait for the first one
+/// (`ready`): without it the sidecar can neither serve nor call peers.
+actor WorkloadIdentityAgent: Service {
+    let config: SidecarConfig
+    let sidecar: Sidecar
+    let link: HTTPControllerClient
+    let instanceID: String?
+    let logger: Logger
+    /// Opens once the first certificate is installed.
+    let ready: Latch
+    /// The workload key and certificate.
+    var workload: (key: WorkloadKey, issued: IssuedCertificate)?
+    var trustBundle: String?
+    /// Set when a CA rotation makes the current certificate's root inactive.
+    var renewSoon = false
+    /// Whether the controller's roots came from the join token's pin.
+    var pinnedTrust = false
+    private let wakeup = Wakeup()
+
+    init(
+        config: SidecarConfig,
+        sidecar: Sidecar,
+        link: HTTPControllerClient,
+        instanceID: String?,
+        ready: Latch,
+        logger: Logger
+    ) {
+        self.config = config
+        self.sidecar = sidecar
+        self.link = link
+        self.instanceID = instanceID
+        self.ready = ready
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try await runUntilShutdown {
+            try await self.bootstrapIdentity()
+            self.ready.open()
+            try await self.renewalLoop()
+        }
+    }
+
     /// Gets the first certificate; retries while the controller is unreachable, gives up
     /// (throws) when it refuses the join token: a used or expired token will not get better.
-    func bootstrapIdentity() async throws {
+    private func bootstrapIdentity() async throws {
         guard let link = config.controller, let file = link.joinTokenFile else { return }
         // A restarted sidecar serves with the identity it had (and renews it with a proof
         // when the controller is back): its join token was used up on the first start.
         if loadCachedIdentity() { return }
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-            throw ControllerClient.Failure(description: "cannot read controller.joinTokenFile \(file)")
+            throw ControllerClientError("cannot read controller.joinTokenFile \(file)")
         }
         let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         var backoff = Duration.milliseconds(200)
-        while !stopping {
+        while true {
             do {
                 // An https:// controller with no CA file: trust what the token's pin names.
-                if link.url.hasPrefix("https://"), link.caFile == nil, !pinnedTrust {
+                if self.link.isHTTPS, link.caFile == nil, !pinnedTrust {
                     guard let pin = Self.pin(inJoinToken: token) else {
-                        throw ControllerClient.Failure(
-                            description:
-                                "an https:// controller needs controller.caFile (--controller-ca) or a join token with the CA pin (id.secret.pin)",
+                        throw ControllerClientError(
+                            "an https:// controller needs controller.caFile (--controller-ca) or a join token with the CA pin (id.secret.pin)",
                             refused: true
                         )
                     }
                     try await trustController(pinned: pin)
                 }
-            } catch let error as ControllerClient.Failure where error.refused {
+            } catch let error as ControllerClientError where error.refused {
                 logger.error("cannot verify the controller", metadata: ["error": "\(error)"])
                 throw error
             } catch {
@@ -47,7 +85,7 @@ extension DiscoveryAgent {
                     "cannot reach the controller for its trust bundle",
                     metadata: ["error": "\(error)", "retry-in": "\(backoff)"]
                 )
-                await pause(backoff)
+                try await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(5))
                 continue
             }
@@ -55,7 +93,7 @@ extension DiscoveryAgent {
             do {
                 try await obtainCertificate(for: key, "issued") { _ in ["token": token] }
                 return
-            } catch let error as ControllerClient.Failure where error.refused {
+            } catch let error as ControllerClientError where error.refused {
                 logger.error("the controller refused the join token", metadata: ["error": "\(error)"])
                 throw error
             } catch {
@@ -64,18 +102,17 @@ extension DiscoveryAgent {
                     metadata: ["error": "\(error)", "retry-in": "\(backoff)"]
                 )
             }
-            await pause(backoff)
+            try await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(5))
         }
     }
 
     /// Renews at two thirds of the lifetime; on failure retries every second (with the
     /// current certificate, while it is still valid).
-    func renewalLoop() async {
-        while !stopping, let current = workload {
+    private func renewalLoop() async throws {
+        while let current = workload {
             let wait = current.issued.renewAt.timeIntervalSinceNow
-            if wait > 0, !renewSoon { await pause(.milliseconds(Int64(wait * 1000))) }
-            if stopping { return }
+            if wait > 0, !renewSoon { try await wakeup.sleep(for: .milliseconds(Int64(wait * 1000))) }
             // Woken early for something else (a shutdown, a health check): sleep again.
             guard renewSoon || current.issued.renewAt.timeIntervalSinceNow <= 0 else { continue }
             renewSoon = false
@@ -85,8 +122,9 @@ extension DiscoveryAgent {
                     ["certificate": current.issued.certificate, "proof": try current.key.proof(forCSR: csr)]
                 }
             } catch {
+                try Task.checkCancellation()
                 logger.warning("certificate renewal failed; retrying", metadata: ["error": "\(error)"])
-                await pause(.seconds(1))
+                try await Task.sleep(for: .seconds(1))
             }
         }
     }
@@ -103,8 +141,8 @@ extension DiscoveryAgent {
         var fields = try authenticate(csr)
         fields["csr"] = csr
         if let ttl = config.controller?.certificateTTL { fields["ttl"] = "\(ttl.duration.components.seconds)s" }
-        if let instance = await makeInstance() { fields["instance"] = instance.id }
-        let issued = try await client.requestCertificate(fields)
+        if let instanceID { fields["instance"] = instanceID }
+        let issued = try await link.requestCertificate(fields)
         try install(key: key, issued: issued)
         logger.info(
             "workload certificate \(verb)",
@@ -133,7 +171,7 @@ extension DiscoveryAgent {
         if let activeRoot, let root = current.issued.root, root != activeRoot {
             logger.info("the mesh CA changed; renewing now", metadata: ["active-root": "\(activeRoot)"])
             renewSoon = true
-            wakeAll()
+            wakeup.wake()
         }
     }
 
@@ -152,39 +190,21 @@ extension DiscoveryAgent {
     /// roots of a rotation) arrives with the certificate, over the verified connection
     /// (kubeadm's discovery-token CA pinning, the same idea).
     private func trustController(pinned pin: String) async throws {
-        var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: .seconds(3), read: .seconds(10))
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.certificateVerification = .none
-        configuration.tlsConfiguration = tls
-        let unverified = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
-        defer { Task { try? await unverified.shutdown() } }
-        let response = try await unverified.execute(
-            HTTPClientRequest(url: client.baseURL + "/v1/trust-bundle"),
-            timeout: .seconds(10)
-        )
-        let body = try await response.body.collect(upTo: 1 << 20)
-        guard response.status == .ok else {
-            throw ControllerClient.Failure(description: "trust bundle: \(response.status.code)")
-        }
-        guard let found = CertificateAuthority.pinnedRoot(inPEMBundle: String(buffer: body), pin: pin) else {
-            throw ControllerClient.Failure(description: "the controller's trust bundle does not parse")
+        let bundle = try await link.unverifiedTrustBundle()
+        guard let found = CertificateAuthority.pinnedRoot(inPEMBundle: bundle, pin: pin) else {
+            throw ControllerClientError("the controller's trust bundle does not parse")
         }
         guard let der = found.der, let root = try? NIOSSLCertificate(bytes: der, format: .der) else {
-            throw ControllerClient.Failure(
-                description:
-                    "the controller's CA (\(found.fingerprints.joined(separator: ", "))) is not the one the join token names (\(pin))",
+            throw ControllerClientError(
+                "the controller's CA (\(found.fingerprints.joined(separator: ", "))) is not the one the join token names (\(pin))",
                 refused: true
             )
         }
-        let old = controllerHTTP
-        controllerHTTP = Self.makeControllerHTTP(group: group, roots: .certificates([root]))
-        client = ControllerClient(baseURL: client.baseURL, token: client.token, http: controllerHTTP!)
+        link.retrust([root])
         // Nothing else from the unverified answer is kept: the issued certificate's bundle
         // replaces this trust (install).
         trustBundle = nil
         pinnedTrust = true
-        if let old { Task { try? await old.shutdown() } }
         logger.info("controller verified by the join token's CA pin", metadata: ["pin": "\(pin)"])
     }
 
@@ -248,7 +268,7 @@ extension DiscoveryAgent {
 
     private func install(key: WorkloadKey, issued: IssuedCertificate) throws {
         guard let id = SPIFFEID(issued.spiffeID), let source = sidecar.meshTLS else {
-            throw ControllerClient.Failure(description: "the controller issued an unusable identity \(issued.spiffeID)")
+            throw ControllerClientError("the controller issued an unusable identity \(issued.spiffeID)")
         }
         try source.update(
             certificateChain: issued.certificate,
@@ -257,21 +277,16 @@ extension DiscoveryAgent {
             identity: id
         )
         workload = (key, issued)
-        if controllerHTTP != nil, issued.trustBundle != trustBundle,
+        if link.isHTTPS, issued.trustBundle != trustBundle,
             let roots = try? NIOSSLCertificate.fromPEMBytes(Array(issued.trustBundle.utf8)), !roots.isEmpty
         {
             // The controller's API certificate comes from the mesh CA: verify it with the
-            // bundle from now on (it follows CA rotations). A watch on the old client ends
-            // and resumes on the new one.
-            let old = controllerHTTP
-            controllerHTTP = Self.makeControllerHTTP(group: group, roots: .certificates(roots))
-            client = ControllerClient(baseURL: client.baseURL, token: client.token, http: controllerHTTP!)
-            Task { try? await old?.shutdown() }
+            // bundle from now on (it follows CA rotations). A watch on the old connection
+            // ends and resumes on the new one.
+            link.retrust(roots)
         }
         trustBundle = issued.trustBundle
-        if let credential = issued.credential {
-            client = ControllerClient(baseURL: client.baseURL, token: credential, http: client.http)
-        }
+        if let credential = issued.credential { link.setCredential(credential) }
         saveIdentity(key: key, issued: issued)
     }
 }
