@@ -566,7 +566,12 @@ public actor Sidecar: Service {
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try listener.initializeConnection(channel) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ConnectionMetricsHandler(metrics: listener.settings.metrics)
+                    )
+                    try listener.initializeConnection(channel)
+                }
             }
         let address = listener.address
         do {

@@ -43,7 +43,6 @@ public final class HTTPControllerClient: ControllerClient {
     }
 
     public var isHTTPS: Bool { baseURL.hasPrefix("https://") }
-    public var token: String? { current.withLock { $0.token } }
 
     private static func makeHTTP(
         https: Bool,

@@ -227,6 +227,28 @@ struct ExchangeStateMachineTests {
         #expect(machine.state == .backingOff(pending: [.head(Self.head), Self.body, .end(nil)]))
     }
 
+    @Test func aGRPCTrailersOnlyUnavailableIsTriedAgainLikeA503() {
+        let call = HTTPRequestHead(version: .http2, method: .POST, uri: "/pkg.Service/Method")
+        var (machine, id) = Self.started(Machine.Request(isGRPC: true), plan: Self.plan(idempotent: false), head: call)
+        _ = machine.upstreamAcquired(id)
+        let retried = machine.responseHead(.ok, grpcStatus: 14, endpoint: 1, now: Self.start, budget: { true })
+        #expect(retried == .retry(attempt: 0, avoiding: 1))
+        // Any other status is the call's answer, and so is a grpc-status on a call that is
+        // not gRPC.
+        var (other, otherID) = Self.started(
+            Machine.Request(isGRPC: true),
+            plan: Self.plan(idempotent: false),
+            head: call
+        )
+        _ = other.upstreamAcquired(otherID)
+        let answered = other.responseHead(.ok, grpcStatus: 13, endpoint: 1, now: Self.start, budget: { true })
+        #expect(answered == .forward(close: false))
+        var (plain, plainID) = Self.started()
+        _ = plain.upstreamAcquired(plainID)
+        let plainAnswer = plain.responseHead(.ok, grpcStatus: 14, endpoint: 1, now: Self.start, budget: { true })
+        #expect(plainAnswer == .forward(close: false))
+    }
+
     @Test func aStatusFromAnUntrackedEndpointIsNotRetried() {
         var (machine, id) = Self.started()
         _ = machine.upstreamAcquired(id)

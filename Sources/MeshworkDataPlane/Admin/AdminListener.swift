@@ -11,7 +11,6 @@ struct AdminListener: SidecarListener {
     var carriesTraffic: Bool { false }
 
     func initializeConnection(_ channel: any Channel) throws {
-        try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: settings.metrics))
         try AdminHandler.addPipeline(to: channel, endpoints: endpoints, tls: tls, settings: settings)
     }
 }

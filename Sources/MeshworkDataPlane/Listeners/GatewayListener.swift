@@ -18,7 +18,6 @@ struct GatewayListener: SidecarListener {
     let contexts: LoopContexts
 
     func initializeConnection(_ channel: any Channel) throws {
-        try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: settings.metrics))
         switch kind {
         case .http:
             try ListenerPipelines.addCleartextHTTP(to: channel, settings: settings, contexts: contexts)

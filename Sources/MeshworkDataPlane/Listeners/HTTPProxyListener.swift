@@ -10,7 +10,6 @@ struct HTTPProxyListener: SidecarListener {
     let contexts: LoopContexts
 
     func initializeConnection(_ channel: any Channel) throws {
-        try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: settings.metrics))
         try ListenerPipelines.addCleartextHTTP(to: channel, settings: settings, contexts: contexts)
     }
 }

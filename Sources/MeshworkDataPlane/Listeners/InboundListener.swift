@@ -17,8 +17,6 @@ struct InboundListener: SidecarListener {
     let connectTimeout: TimeAmount
 
     func initializeConnection(_ channel: any Channel) throws {
-        let sync = channel.pipeline.syncOperations
-        try sync.addHandler(ConnectionMetricsHandler(metrics: settings.metrics))
         let serverTLS = tls?.serverHandler()
         if tls != nil, serverTLS == nil {
             throw MeshTLSUnavailable()

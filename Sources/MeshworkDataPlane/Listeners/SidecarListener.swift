@@ -11,7 +11,10 @@ protocol SidecarListener: Sendable {
     /// only once its first state is applied. The admin listener does neither: it answers
     /// probes at once.
     var carriesTraffic: Bool { get }
-    /// Builds the pipeline of an accepted connection (on its event loop).
+    /// Its settings; their metrics count every accepted connection (`Sidecar.bind` puts
+    /// the counting handler first in each pipeline).
+    var settings: ProxySettings { get }
+    /// Builds the rest of an accepted connection's pipeline (on its event loop).
     func initializeConnection(_ channel: any Channel) throws
 }
 

@@ -15,7 +15,6 @@ struct UpstreamListener: SidecarListener {
     let plaintextMesh: Bool
 
     func initializeConnection(_ channel: any Channel) throws {
-        try channel.pipeline.syncOperations.addHandler(ConnectionMetricsHandler(metrics: settings.metrics))
         switch listenerProtocol {
         case .http:
             try ListenerPipelines.addCleartextHTTP(to: channel, settings: settings, contexts: contexts)

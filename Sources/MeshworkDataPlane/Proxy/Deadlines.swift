@@ -12,14 +12,15 @@ import NIOHTTP1
 enum Deadlines {
     static let header = "x-meshwork-timeout"
 
-    /// The timeout of this request: the route's, or less when the caller said so.
-    static func timeout(for head: HTTPRequestHead, routeTimeout: TimeAmount) -> TimeAmount {
+    /// The timeout of a request: the route's, or less when the caller said so in
+    /// `x-meshwork-timeout` or `grpc-timeout` (their values).
+    static func timeout(meshwork: String?, grpc: String?, routeTimeout: TimeAmount) -> TimeAmount {
         var timeout = routeTimeout
-        if let text = head.headers.first(name: header), let ms = Int64(text), ms >= 0 {
+        if let meshwork, let ms = Int64(meshwork), ms >= 0 {
             timeout = min(timeout, .milliseconds(ms))
         }
-        if let text = head.headers.first(name: "grpc-timeout"), let grpc = parseGRPCTimeout(text) {
-            timeout = min(timeout, grpc)
+        if let grpc, let grpcTimeout = parseGRPCTimeout(grpc) {
+            timeout = min(timeout, grpcTimeout)
         }
         return timeout
     }

@@ -223,10 +223,13 @@ struct ExchangeStateMachine {
         }
         switch state {
         case .waitingForUpstream(var pending):
+            // (The state lets go of the array first, so the append does not copy it.)
+            state = .closed
             pending.append(part)
             state = .waitingForUpstream(pending: pending)
             return .none
         case .backingOff(var pending):
+            state = .closed
             pending.append(part)
             state = .backingOff(pending: pending)
             return .none
@@ -366,8 +369,14 @@ struct ExchangeStateMachine {
 
     /// A response head from the upstream (`endpoint`: the try's endpoint when the balancer
     /// tracks it; only then is a 5xx retried).
+    ///
+    /// `grpcStatus`: the head's `grpc-status`, for a gRPC call. A Trailers-Only answer with
+    /// UNAVAILABLE (what a peer sidecar answers when it cannot reach its app, sheds load
+    /// or is not ready, and what gRPC itself calls safe to retry) is a failed try like a
+    /// 503: HTTP 200 would otherwise hide it from every retry and from outlier detection.
     mutating func responseHead(
         _ status: HTTPResponseStatus,
+        grpcStatus: Int? = nil,
         endpoint: Int?,
         now: NIODeadline,
         budget: () -> Bool
@@ -376,8 +385,9 @@ struct ExchangeStateMachine {
         if status.code < 200, status != .switchingProtocols {
             return request.isHTTP10 ? .drop : .forwardInterim
         }
-        if status.code >= 500, let endpoint,
-            verdict(.status(Int(status.code)), sent: true, now: now, budget: budget) == .retry,
+        let failure = Self.outcomeStatus(status, grpcStatus: request.isGRPC ? grpcStatus : nil)
+        if failure >= 500, let endpoint,
+            verdict(.status(failure), sent: true, now: now, budget: budget) == .retry,
             let parts = replay
         {
             return .retry(attempt: backOff(parts), avoiding: endpoint)
@@ -391,6 +401,12 @@ struct ExchangeStateMachine {
         }
         responseStarted = true
         return .forward(close: !request.keepAlive && !isStream)
+    }
+
+    /// The status a response counts as for retries and outlier detection: its own, or 503
+    /// for a gRPC Trailers-Only UNAVAILABLE.
+    static func outcomeStatus(_ status: HTTPResponseStatus, grpcStatus: Int?) -> Int {
+        grpcStatus == GRPCStatus.unavailable ? 503 : Int(status.code)
     }
 
     /// The upstream's response ended.

@@ -196,20 +196,20 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         cancelTimer()
         requestStart = loop.loop.now
         responseStatus = .ok
+        let scan = RequestHeadScan(head)
         machine.requestHead(
             ExchangeStateMachine.Request(
                 keepAlive: head.isKeepAlive,
                 isHTTP10: head.version == .http1_0,
                 isHEAD: head.method == .HEAD,
-                isGRPC: GRPCStatus.isGRPC(contentType: head.headers.first(name: "content-type")),
-                isUpgrade: !machine.isStream && UpgradeTunnel.isRequested(by: head),
-                hasBody: head.headers.contains(name: "transfer-encoding")
-                    || head.headers.first(name: "content-length").map { $0 != "0" } ?? false
+                isGRPC: GRPCStatus.isGRPC(contentType: scan.contentType),
+                isUpgrade: !machine.isStream && scan.isUpgrade,
+                hasBody: scan.hasBody
             )
         )
         telemetry.begin(head, loop: loop)
 
-        if Self.headBytes(head) > settings.maxHeaderBytes {
+        if scan.bytes > settings.maxHeaderBytes {
             answer(.headerTooLarge, closing: true)
             return
         }
@@ -272,14 +272,24 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         admitted = true
         requestHash = cluster.hashOn.flatMap { requestHash(for: $0, head: head) }
-        let timeout = Deadlines.timeout(for: head, routeTimeout: cluster.requestTimeout)
+        let timeout = Deadlines.timeout(
+            meshwork: scan.meshworkTimeout,
+            grpc: scan.grpcTimeout,
+            routeTimeout: cluster.requestTimeout
+        )
         let plan = ExchangeStateMachine.Plan(
             retries: cluster.retryPolicy,
             idempotent: Self.idempotentMethods.contains(head.method),
             deadline: requestStart + timeout,
             propagatesDeadline: cluster.isMesh
         )
-        var upstreamHead = self.upstreamHead(head, mesh: cluster.isMesh, upgrade: machine.request.isUpgrade)
+        var upstreamHead = Self.upstreamHead(
+            head,
+            scan: scan,
+            mesh: cluster.isMesh,
+            upgrade: machine.request.isUpgrade,
+            restoresProtocol: settings.restoresProtocol
+        )
         if let trace = telemetry.trace, let header = trace.header {
             if trace.replaces {
                 upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)
@@ -517,7 +527,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// after it, whatever the request said).
     private func answer(_ error: MeshError, closing: Bool = false) {
         settings.metrics.countError(error)
-        if machine.isProxying { letUpstreamGo() }
+        letUpstreamGo()
         switch machine.answer(error, closing: closing) {
         case .nothing:
             return
@@ -630,15 +640,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .nothing: break
         }
     }
-
-    /// Size of the request line and headers as they came over the wire.
-    static func headBytes(_ head: HTTPRequestHead) -> Int {
-        var total = head.uri.utf8.count + 16
-        for (name, value) in head.headers {
-            total += name.utf8.count + value.utf8.count + 4
-        }
-        return total
-    }
 }
 
 // MARK: upstream -> downstream
@@ -651,15 +652,20 @@ extension ProxyHandler: UpstreamDelegate {
         switch part {
         case .head(var head):
             let interim = head.status.code < 200 && head.status != .switchingProtocols
+            // (Read only for gRPC calls: in a head it means a Trailers-Only answer.)
+            let grpcStatus =
+                machine.request.isGRPC ? head.headers.first(name: "grpc-status").flatMap { Int($0) } : nil
             if !interim {
                 tryTimer?.cancel()
                 tryTimer = nil
                 if let index = upstream.endpointIndex {
-                    cluster.record(index, ExchangeOutcome(status: Int(head.status.code)))
+                    let outcome = ExchangeStateMachine.outcomeStatus(head.status, grpcStatus: grpcStatus)
+                    cluster.record(index, ExchangeOutcome(status: outcome))
                 }
             }
             let action = machine.responseHead(
                 head.status,
+                grpcStatus: grpcStatus,
                 endpoint: upstream.endpointIndex,
                 now: loop.loop.now,
                 budget: { takeRetryToken(cluster) }
@@ -784,59 +790,55 @@ extension ProxyHandler: UpstreamDelegate {
 }
 
 extension ProxyHandler {
-    /// Connection-specific headers (RFC 9110 section 7.6.1) are not forwarded.
+    /// Connection-specific fields (RFC 9110 section 7.6.1, and those `Connection` names)
+    /// are not forwarded. One pass finds whether there are any (usually none: the fields
+    /// are left alone); a second drops them.
     static func removeHopByHop(_ headers: inout HTTPHeaders) {
-        for token in headers[canonicalForm: "connection"] {
-            headers.remove(name: String(token))
+        var found = false
+        var tokens: [String] = []
+        for (name, value) in headers {
+            let field = RequestHeadScan.field(name)
+            guard field.isHopByHop else { continue }
+            found = true
+            if field == .connection { _ = RequestHeadScan.connectionTokens(in: value, into: &tokens) }
         }
-        for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]
-        where headers.contains(name: name) {
-            headers.remove(name: name)
+        guard found else { return }
+        var kept = HTTPHeaders()
+        kept.reserveCapacity(headers.count)
+        for (name, value) in headers {
+            if RequestHeadScan.field(name).isHopByHop { continue }
+            if !tokens.isEmpty, tokens.contains(name.lowercased()) { continue }
+            kept.add(name: name, value: value)
         }
+        headers = kept
     }
 
-    /// The head sent upstream: hop-by-hop headers removed, origin-form target, and for mesh
-    /// hops the caller's HTTP version in `x-meshwork-proto`.
-    func upstreamHead(_ head: HTTPRequestHead, mesh: Bool, upgrade: Bool) -> HTTPRequestHead {
-        Self.upstreamHead(head, mesh: mesh, upgrade: upgrade, restoresProtocol: settings.restoresProtocol)
-    }
-
-    /// The head as it goes upstream: hop-by-hop fields out, origin-form, and the caller's
-    /// HTTP version carried to (or restored from) the peer sidecar.
+    /// The head as it goes upstream (already in origin form, its authority the Host):
+    /// hop-by-hop fields out, `TE: trailers` and an upgrade kept, and the caller's HTTP
+    /// version carried to the peer sidecar in `x-meshwork-proto` (or restored from it).
     static func upstreamHead(
         _ head: HTTPRequestHead,
+        scan: RequestHeadScan,
         mesh: Bool,
         upgrade: Bool,
         restoresProtocol: Bool
     ) -> HTTPRequestHead {
         var out = head
-        let te = head.headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" }
-        let protocols = head.headers[canonicalForm: "upgrade"].joined(separator: ", ")
-        Self.removeHopByHop(&out.headers)
-        if te { out.headers.add(name: "te", value: "trailers") }
+        let rewritesProto = restoresProtocol || (mesh && !upgrade)
+        out.headers = scan.forwardedFields(of: head.headers) { $0 == .proto && rewritesProto }
+        if scan.wantsTrailers { out.headers.add(name: "te", value: "trailers") }
         if upgrade {
             out.headers.add(name: "connection", value: "upgrade")
-            out.headers.add(name: "upgrade", value: protocols)
-        }
-        if let authority = ProxyRoute.absoluteURIAuthority(head.uri) {
-            out.uri = ProxyRoute.originForm(head.uri)
-            out.headers.replaceOrAdd(name: "host", value: String(authority))
+            out.headers.add(name: "upgrade", value: scan.upgrade.joined(separator: ", "))
         }
         if restoresProtocol {
-            if let proto = out.headers.first(name: ProxyHandler.protoHeader) {
-                out.headers.remove(name: ProxyHandler.protoHeader)
-                if proto == "HTTP/1.0" { out.version = .http1_0 }
-            }
-            if out.version.major == 2 { out.version = .http1_1 }
+            if scan.proto == "HTTP/1.0" { out.version = .http1_0 }
         } else if mesh, !upgrade {
-            out.headers.replaceOrAdd(
-                name: ProxyHandler.protoHeader,
-                value: "HTTP/\(head.version.major).\(head.version.minor)"
-            )
+            out.headers.add(name: ProxyHandler.protoHeader, value: "HTTP/\(head.version.major).\(head.version.minor)")
         }
         if out.version.major == 2 { out.version = .http1_1 }
         // A body whose length is unknown travels chunked on HTTP/1.1.
-        if !mesh, head.headers.contains(name: "transfer-encoding"), !out.headers.contains(name: "content-length") {
+        if !mesh, scan.hasTransferEncoding, scan.contentLength == nil {
             out.headers.add(name: "transfer-encoding", value: "chunked")
         }
         return out

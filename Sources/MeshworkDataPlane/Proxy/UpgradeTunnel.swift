@@ -5,12 +5,6 @@ import NIOHTTP1
 /// codecs have finished with their current bytes, the HTTP handlers of both connections
 /// give way to a byte splice (`GlueHandler`).
 enum UpgradeTunnel {
-    /// `Upgrade` with `Connection: upgrade` (RFC 9110 section 7.8).
-    static func isRequested(by head: HTTPRequestHead) -> Bool {
-        head.headers.contains(name: "upgrade")
-            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
-    }
-
     /// The `101` as it goes to the client: hop-by-hop fields out, the upgrade named again.
     static func responseHead(_ head: HTTPResponseHead) -> HTTPResponseHead {
         var out = head

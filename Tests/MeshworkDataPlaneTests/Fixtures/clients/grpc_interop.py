@@ -485,11 +485,27 @@ def call(port, method, timeout, sleep_ms="2000"):
           flush=True)
 
 
+def calls(port, count):
+    """`count` quick unary calls, one after another on one channel: how many ended with each code."""
+    client = Client(int(port))
+    codes = {}
+    for _ in range(int(count)):
+        try:
+            client.unary("/meshwork.test.Probe/Sleep").with_call(b"0", timeout=5)
+            code = "OK"
+        except grpc.RpcError as error:
+            code = error.code().name
+        codes[code] = codes.get(code, 0) + 1
+    print(json.dumps(codes), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
         serve()
     elif mode == "client":
         run_client(sys.argv[2])
+    elif mode == "calls":
+        calls(*sys.argv[2:])
     else:
         call(*sys.argv[2:])
