@@ -122,20 +122,32 @@ func fuzzHTTP1Head(_ bytes: [UInt8]) {
         headers.add(name: name, value: value)
     }
     let head = HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+    let scan = RequestHeadScan(head)
+    check(scan.bytes >= head.uri.utf8.count, "the head's size is less than its URI's")
     for (mesh, upgrade, restores) in [(true, false, false), (false, false, true), (true, true, false)] {
-        let out = ProxyHandler.upstreamHead(head, mesh: mesh, upgrade: upgrade, restoresProtocol: restores)
+        let out = ProxyHandler.upstreamHead(head, scan: scan, mesh: mesh, upgrade: upgrade, restoresProtocol: restores)
         if !upgrade {
             check(
-                !out.headers.contains(name: "keep-alive") && !out.headers.contains(name: "proxy-connection"),
+                !out.headers.contains(name: "keep-alive") && !out.headers.contains(name: "proxy-connection")
+                    && !out.headers.contains(name: "connection"),
                 "a hop-by-hop field went upstream"
             )
+            // Only the framing the proxy writes itself: a body of unknown length, chunked.
+            let framing = out.headers[canonicalForm: "transfer-encoding"]
+            check(framing.isEmpty || framing == ["chunked"], "the caller's transfer-encoding went upstream: \(framing)")
+            for token in scan.connectionTokens {
+                // Compared exactly: HTTPHeaders' own lookup folds with 0xDF and so calls "'" and
+                // "\u{07}" the same name.
+                check(
+                    !out.headers.contains { $0.name.lowercased() == token },
+                    "\(token.debugDescription), named in Connection, went upstream"
+                )
+            }
         }
         check(out.version.major == 1, "an HTTP/\(out.version.major) head upstream on HTTP/1")
     }
-    _ = ProxyHandler.isUpgradeRequest(head)
     _ = ProxyRoute.serviceName(head: head, domain: "mesh")
-    _ = Deadlines.timeout(for: head, routeTimeout: .seconds(15))
-    _ = ProxyHandler.headBytes(head)
+    _ = Deadlines.timeout(meshwork: scan.meshworkTimeout, grpc: scan.grpcTimeout, routeTimeout: .seconds(15))
     if let authority = ProxyRoute.absoluteURIAuthority(uri) {
         check(!authority.isEmpty || uri.contains("://"), "an authority out of nothing")
         _ = ProxyRoute.originForm(uri)
