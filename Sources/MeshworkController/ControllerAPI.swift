@@ -76,7 +76,14 @@ struct ControllerAPI {
             var request = request
             let text = try await body(&request)
             let health = try validated { () throws(ConfigErrors) in try Self.parseHeartbeat(text) }
-            return try await mutation { try await controller.heartbeat(id, health: health) }
+            do {
+                let answer = try await mutation { try await controller.heartbeat(id, health: health) }
+                metrics.heartbeat(known: true)
+                return answer
+            } catch let error as APIError where error.status == .notFound {
+                metrics.heartbeat(known: false)
+                throw error
+            }
         }
         v1.post("instances/:id/telemetry") { request, context in
             let caller = try await authenticate(request)

@@ -7,6 +7,8 @@ final class ControllerMetrics: Sendable {
     private let refusals: [String: Counter]
     private let issuedByToken: Counter
     private let issuedByRenewal: Counter
+    private let heartbeatsRenewed: Counter
+    private let heartbeatsUnknown: Counter
 
     static let refusalReasons = [
         "unauthenticated", "forbidden", "join_token_invalid", "join_token_expired", "join_token_used",
@@ -30,6 +32,20 @@ final class ControllerMetrics: Sendable {
             name: "meshwork_controller_certificates_issued_total",
             labels: [("via", "renewal")]
         )
+        heartbeatsRenewed = registry.makeCounter(
+            name: "meshwork_controller_heartbeats_total",
+            labels: [("result", "renewed")]
+        )
+        heartbeatsUnknown = registry.makeCounter(
+            name: "meshwork_controller_heartbeats_total",
+            labels: [("result", "unknown_instance")]
+        )
+    }
+
+    /// A heartbeat that renewed a lease, or one for an instance the registry does not hold
+    /// (expired or deleted: its sidecar registers again).
+    func heartbeat(known: Bool) {
+        (known ? heartbeatsRenewed : heartbeatsUnknown).increment()
     }
 
     func refused(_ reason: String) {

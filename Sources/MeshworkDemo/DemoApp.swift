@@ -29,6 +29,9 @@ public final class DemoApp: Sendable {
     public var requestCount: Int { counter.value.load(ordering: .relaxed) }
 
     /// Connections accepted, so tests can prove a caller never got as far as connecting.
+    /// `/delay/<ms>` calls received and not yet answered: a slow call is in flight here.
+    public var sleepingCount: Int { counter.sleeping.load(ordering: .relaxed) }
+
     public var connectionCount: Int { counter.connections.load(ordering: .relaxed) }
 
     /// Makes every plain request (not /echo or upgrades) fail with `status` from now on;
@@ -159,6 +162,8 @@ final class RequestCounter: Sendable {
     let failureStatus = Atomic<Int>(0)
     /// Milliseconds added to every plain answer from now on (an instance turning slow).
     let extraDelay = Atomic<Int>(0)
+    /// `/delay` calls received and not yet answered.
+    let sleeping = Atomic<Int>(0)
 }
 
 final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -257,7 +262,9 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
             )
         case "delay":
             let ms = argument ?? 100
+            counter.sleeping.add(1, ordering: .relaxed)
             context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(ms))) {
+                self.counter.sleeping.subtract(1, ordering: .relaxed)
                 self.send(status: .ok, body: "slept \(ms)ms\n", head, context)
             }
         case "bytes":

@@ -168,7 +168,12 @@ struct GatewayTests {
             // flight on an open connection; the slow call finishes.
             processes.append(try await startServer("inventory", app: apps[5], controller: controller))
             async let slow = Curl.run(["-H", "x-canary: 1", public_ + "/delay/1500"])
-            try await Task.sleep(for: .milliseconds(300))
+            // The slow call has reached an orders app (orders-2 or orders-3) before the reload.
+            let reached = ContinuousClock.now + .seconds(5)
+            while apps[1].sleepingCount + apps[4].sleepingCount == 0, ContinuousClock.now < reached {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(apps[1].sleepingCount + apps[4].sleepingCount == 1, "the slow call never reached orders")
             try gatewayConfig(
                 controller: controller,
                 tokenFile: tokenFile,

@@ -482,6 +482,7 @@ struct ZeroTrustTests {
 
             // Continuous load while the three steps run (bounded: 3000 requests, 12 s).
             let done = ManagedFlag()
+            let answered = ManagedCount()
             let load = Task {
                 var sent = 0
                 var failures: [Int] = []
@@ -490,22 +491,23 @@ struct ZeroTrustTests {
                     let result = try await Curl.run([url + "?n=[1-10]"], timeout: 10)
                     let codes = result.statusLines.compactMap { Int($0.split(separator: " ")[1]) }
                     sent += codes.count
+                    answered.add(codes.count)
                     failures += codes.filter { $0 != 200 } + Array(repeating: 0, count: max(0, 10 - codes.count))
                 }
                 return (sent, failures)
             }
             do {
-                try await Task.sleep(for: .milliseconds(300))
+                #expect(try await answered.waitFor(atLeast: answered.value + 30), "the load stalled")
                 let prepared = try await controller.call("POST", "/v1/ca/rotate", body: #"{"step": "prepare"}"#)
                 #expect(prepared.status == 200, "\(prepared.text)")
                 #expect(try await waitFor(server, "trust bundle updated", count: 1), "\(server.log)")
                 #expect(try await waitFor(web, "trust bundle updated", count: 1))
-                try await Task.sleep(for: .milliseconds(300))
+                #expect(try await answered.waitFor(atLeast: answered.value + 30), "the load stalled")
                 let activated = try await controller.call("POST", "/v1/ca/rotate", body: #"{"step": "activate"}"#)
                 #expect(activated.status == 200, "\(activated.text)")
                 #expect(try await waitFor(server, "workload certificate renewed", count: 1), "\(server.log)")
                 #expect(try await waitFor(web, "workload certificate renewed", count: 1), "\(web.log)")
-                try await Task.sleep(for: .milliseconds(300))
+                #expect(try await answered.waitFor(atLeast: answered.value + 30), "the load stalled")
                 let early = try await controller.call("POST", "/v1/ca/rotate", body: #"{"step": "finish"}"#)
                 #expect(early.status == 409, "finishing before the old certificates expire needs force")
                 let finished = try await controller.call(
@@ -516,7 +518,7 @@ struct ZeroTrustTests {
                 #expect(finished.status == 200, "\(finished.text)")
                 #expect(try await waitFor(server, "trust bundle updated", count: 3), "\(server.log)")
                 #expect(try await waitFor(web, "trust bundle updated", count: 3))
-                try await Task.sleep(for: .milliseconds(500))
+                #expect(try await answered.waitFor(atLeast: answered.value + 50), "the load stalled")
             } catch {
                 done.set()
                 _ = try? await load.value
@@ -656,15 +658,35 @@ struct ZeroTrustTests {
             sidecars.append(client)
             #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"), "\(client.log)")
 
-            // A CA rotation: the API's certificate follows it, and so do its clients.
-            for step in [#"{"step": "prepare"}"#, #"{"step": "activate"}"#, #"{"step": "finish", "force": true}"#] {
+            // A CA rotation: the API's certificate follows it, and so do its clients. Each step
+            // waits for both sidecars to take it (a bundle update each; new leaves on activate).
+            let steps = [
+                (#"{"step": "prepare"}"#, "trust bundle updated", 1),
+                (#"{"step": "activate"}"#, "workload certificate renewed", 1),
+                (#"{"step": "finish", "force": true}"#, "trust bundle updated", 3),
+            ]
+            for (step, line, count) in steps {
                 let result = try await controller.call("POST", "/v1/ca/rotate", body: step)
                 #expect(result.status == 200, "\(step): \(result.text)")
-                try await Task.sleep(for: .milliseconds(500))
+                #expect(try await waitFor(server, line, count: count), "\(step): \(server.log)")
+                #expect(try await waitFor(client, line, count: count), "\(step): \(client.log)")
             }
             #expect(try await controller.call("GET", "/v1/services").status == 200, "ca.pem was not rewritten")
-            // Longer than the 3 s lease: the orders sidecar heartbeats through the new chain.
-            try await Task.sleep(for: .seconds(4))
+            // The orders sidecar renews its lease through the new chain: two heartbeats after
+            // the rotation (one every second on its 3 s lease), none for an unknown instance.
+            let renewed = #"meshwork_controller_heartbeats_total{result="renewed"}"#
+            let before = try await controller.metric(renewed)
+            let heartbeatDeadline = ContinuousClock.now + .seconds(10)
+            while try await controller.metric(renewed) < before + 2, ContinuousClock.now < heartbeatDeadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(
+                try await controller.metric(renewed) >= before + 2,
+                "no heartbeat after the rotation: \(server.log)"
+            )
+            #expect(
+                try await controller.metric(#"meshwork_controller_heartbeats_total{result="unknown_instance"}"#) == 0
+            )
             let listed = try await controller.call("GET", "/v1/instances?service=orders")
             #expect(listed.text.contains("\"orders\""), "the orders instance was lost: \(server.log)")
             #expect(try await until200("http://127.0.0.1:\(client.port("upstream:orders") ?? 0)/"))
@@ -738,6 +760,21 @@ struct ZeroTrustTests {
             throw error
         }
         await stopAll(controller, [orders], sidecars)
+    }
+}
+
+/// A count one task adds to and another waits on.
+final class ManagedCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    var value: Int { lock.withLock { count } }
+    func add(_ amount: Int) { lock.withLock { count += amount } }
+
+    /// Waits (bounded: 10 s) until the count reaches `target`.
+    func waitFor(atLeast target: Int) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while value < target, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        return value >= target
     }
 }
 
