@@ -10,7 +10,8 @@ enum WatchMessage: Sendable {
         services: [ServiceResource],
         instances: [InstanceResource],
         policies: [AuthorizationPolicy],
-        mesh: MeshSettings
+        mesh: MeshSettings,
+        routes: [HTTPRoute]
     )
     case event(RegistryEvent)
     /// The roots changed (a CA rotation step): every watcher gets them.
@@ -51,6 +52,7 @@ actor Controller {
             instances: contents.instances,
             policies: contents.policies,
             mesh: contents.mesh,
+            routes: contents.routes,
             revision: contents.revision,
             now: 0
         )
@@ -89,6 +91,12 @@ actor Controller {
 
     var mesh: MeshSettings { registry.mesh }
 
+    func routes() -> [HTTPRoute] {
+        registry.routes.values.sorted { $0.name < $1.name }
+    }
+
+    func route(_ name: String) -> HTTPRoute? { registry.routes[name] }
+
     // MARK: mutations
 
     func putService(_ service: ServiceResource) throws -> Int64 {
@@ -117,6 +125,16 @@ actor Controller {
 
     func deletePolicy(_ name: String) throws -> Int64 {
         try commit(registry.deletePolicy(name))
+    }
+
+    /// Stores a route; returns it as stored (with its age) and the revision.
+    func putRoute(_ route: HTTPRoute) throws -> (HTTPRoute, Int64) {
+        let revision = try commit(registry.putRoute(route))
+        return (registry.routes[route.name] ?? route, revision)
+    }
+
+    func deleteRoute(_ name: String) throws -> Int64 {
+        try commit(registry.deleteRoute(name))
     }
 
     func putMesh(_ settings: MeshSettings) throws -> Int64 {
@@ -181,13 +199,17 @@ actor Controller {
             let snapshotPolicies = registry.policies.values
                 .filter { services?.contains($0.target) ?? true }
                 .sorted { $0.name < $1.name }
+            let snapshotRoutes = registry.routes.values
+                .filter { route in services.map { watched in route.parents.contains { watched.contains($0) } } ?? true }
+                .sorted { $0.name < $1.name }
             continuation.yield(
                 .snapshot(
                     revision: registry.revision,
                     services: snapshotServices,
                     instances: snapshotInstances,
                     policies: snapshotPolicies,
-                    mesh: registry.mesh
+                    mesh: registry.mesh,
+                    routes: snapshotRoutes
                 )
             )
         }

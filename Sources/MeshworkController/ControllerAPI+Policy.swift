@@ -2,7 +2,8 @@ import Hummingbird
 import MeshworkModel
 
 extension ControllerAPI {
-    /// Authorization policies (`/v1/policies`) and the mesh-wide settings (`/v1/mesh`):
+    /// Authorization policies (`/v1/policies`), routes (`/v1/routes`) and the mesh-wide
+    /// settings (`/v1/mesh`):
     /// readable by all, written by the operator only.
     func addPolicyRoutes(to v1: RouterGroup<BasicRequestContext>) {
         v1.get("policies") { _, _ in try await json(controller.policies()) }
@@ -27,6 +28,32 @@ extension ControllerAPI {
             let name = try context.parameters.require("name")
             do {
                 return try json(Revision(revision: try await controller.deletePolicy(name)))
+            } catch RegistryError.notFound(let what) {
+                throw APIError(status: .notFound, message: "no \(what)")
+            }
+        }
+        v1.get("routes") { _, _ in try await json(controller.routes()) }
+        v1.get("routes/:name") { _, context in
+            let name = try context.parameters.require("name")
+            guard let route = await controller.route(name) else {
+                throw APIError(status: .notFound, message: "no route \"\(name)\"")
+            }
+            return try json(route)
+        }
+        v1.put("routes/:name") { request, context in
+            try await authorizeOperator(request)
+            let name = try context.parameters.require("name")
+            var request = request
+            let text = try await body(&request)
+            let route = try validated { () throws(ConfigErrors) in try HTTPRoute.parse(text, name: name) }
+            let (stored, revision) = try await controller.putRoute(route)
+            return try json(stored, revision: revision)
+        }
+        v1.delete("routes/:name") { request, context in
+            try await authorizeOperator(request)
+            let name = try context.parameters.require("name")
+            do {
+                return try json(Revision(revision: try await controller.deleteRoute(name)))
             } catch RegistryError.notFound(let what) {
                 throw APIError(status: .notFound, message: "no \(what)")
             }

@@ -206,14 +206,17 @@ struct ControllerAPI {
                 for await line in merged {
                     var data: Data
                     switch line {
-                    case .message(.snapshot(let revision, let services, let instances, let policies, let mesh)):
+                    case .message(
+                        .snapshot(let revision, let services, let instances, let policies, let mesh, let routes)
+                    ):
                         data = try encoder.encode(
                             WatchSnapshot(
                                 revision: revision,
                                 services: services,
                                 instances: instances,
                                 policies: policies,
-                                mesh: mesh
+                                mesh: mesh,
+                                routes: routes
                             )
                         )
                     case .message(.event(let event)):
@@ -255,6 +258,7 @@ struct ControllerAPI {
         let instances: [InstanceResource]
         let policies: [AuthorizationPolicy]
         let mesh: MeshSettings
+        let routes: [HTTPRoute]
     }
 
     struct WatchEventLine: Encodable {
@@ -268,8 +272,9 @@ struct ControllerAPI {
             try container.encodeIfPresent(event.instance, forKey: .instance)
             try container.encodeIfPresent(event.policy, forKey: .policy)
             try container.encodeIfPresent(event.mesh, forKey: .mesh)
+            try container.encodeIfPresent(event.route, forKey: .route)
         }
-        enum Keys: String, CodingKey { case type, revision, kind, service, instance, policy, mesh }
+        enum Keys: String, CodingKey { case type, revision, kind, service, instance, policy, mesh, route }
     }
 
     struct WatchTrustBundle: Encodable {

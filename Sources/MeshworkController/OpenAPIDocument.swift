@@ -51,6 +51,18 @@ enum OpenAPIDocument {
                 "notAfter": {"type": "string", "format": "date-time"},
                 "issuedAt": {"type": "string", "format": "date-time"},
                 "credential": {"type": "string", "description": "bearer credential for the workload's own instance"}}},
+              "HTTPRoute": {"type": "object", "required": ["name", "parentRefs"], "description": "Gateway API HTTPRoute/GRPCRoute shape, applied by the callers of each parent service: see docs/routes.md", "properties": {
+                "kind": {"enum": ["HTTPRoute", "GRPCRoute"], "default": "HTTPRoute"},
+                "name": {"type": "string"},
+                "created": {"type": "integer", "description": "the revision it was created at (its age: the precedence tie-break); set by the controller"},
+                "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "description": "a mesh service"}, "kind": {"enum": ["Service"]}}}},
+                "rules": {"type": "array", "maxItems": 64, "items": {"type": "object", "properties": {
+                  "name": {"type": "string"},
+                  "matches": {"type": "array", "maxItems": 16, "items": {"type": "object", "description": "path {type: Exact|PathPrefix|RegularExpression, value}, headers [{type: Exact|RegularExpression|Present|Absent, name, value}], queryParams [{type: Exact|RegularExpression, name, value}], method; GRPCRoute: method {service, method}, headers"}},
+                  "filters": {"type": "array", "items": {"type": "object", "description": "type: RequestHeaderModifier | ResponseHeaderModifier | URLRewrite | Fault, with its field of the same name (lower camel case)"}},
+                  "backendRefs": {"type": "array", "maxItems": 16, "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}}, "weight": {"type": "integer", "minimum": 0, "default": 1}}}},
+                  "timeouts": {"type": "object", "properties": {"request": {"type": "string"}, "backendRequest": {"type": "string"}}},
+                  "retry": {"type": "object", "properties": {"attempts": {"type": "integer", "minimum": 0, "maximum": 10}, "codes": {"type": "array", "items": {"type": "integer", "minimum": 500, "maximum": 599}}, "backoff": {"type": "string"}}}}}}}},
               "AuthorizationPolicy": {"type": "object", "required": ["name", "target"], "description": "a matching deny refuses; else, when the target has allow policies, one must match; else the mesh default decides", "properties": {
                 "name": {"type": "string"},
                 "target": {"type": "string", "description": "the service whose sidecars enforce it"},
@@ -72,7 +84,7 @@ enum OpenAPIDocument {
                 "requests": {"type": "integer"}, "failures": {"type": "integer", "description": "5xx"},
                 "rps": {"type": "number"}, "successRate": {"type": "number"},
                 "p50Ms": {"type": "number"}, "p95Ms": {"type": "number"}, "p99Ms": {"type": "number"}}},
-              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle, activeRoot} (first on every connection, and on every CA rotation step) | {type: snapshot, revision, services, instances, policies, mesh} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted|policy-put|policy-deleted|mesh-put, service?, instance?, policy?, mesh?} | {type: ping, revision}"}
+              "WatchLine": {"type": "object", "description": "One NDJSON line: {type: trust-bundle, trustBundle, activeRoot} (first on every connection, and on every CA rotation step) | {type: snapshot, revision, services, instances, policies, mesh, routes} | {type: event, revision, kind: service-put|service-deleted|instance-put|instance-deleted|policy-put|policy-deleted|mesh-put|route-put|route-deleted, service?, instance?, policy?, mesh?, route?} | {type: ping, revision}"}
             }
           },
           "paths": {
@@ -115,6 +127,13 @@ enum OpenAPIDocument {
               "get": {"summary": "One policy", "responses": {"200": {"description": "the policy"}, "404": {"description": "unknown"}}},
               "put": {"summary": "Create or replace a policy", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuthorizationPolicy"}}}}, "responses": {"200": {"description": "stored"}, "400": {"description": "invalid", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an operator"}}},
               "delete": {"summary": "Delete a policy", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
+            },
+            "/v1/routes": {"get": {"summary": "List routes", "responses": {"200": {"description": "routes", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/HTTPRoute"}}}}}}}},
+            "/v1/routes/{name}": {
+              "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+              "get": {"summary": "One route", "responses": {"200": {"description": "the route"}, "404": {"description": "unknown"}}},
+              "put": {"summary": "Create or replace a route", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPRoute"}}}}, "responses": {"200": {"description": "stored (with its age)"}, "400": {"description": "invalid: every field path and reason", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an operator"}}},
+              "delete": {"summary": "Delete a route", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
             },
             "/v1/mesh": {
               "get": {"summary": "Mesh-wide settings", "responses": {"200": {"description": "settings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Mesh"}}}}}},

@@ -60,6 +60,9 @@ final class RegistryStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v7-route") { db in
+            try db.execute(sql: "CREATE TABLE route (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)")
+        }
         try migrator.migrate(database)
     }
 
@@ -68,6 +71,7 @@ final class RegistryStore: Sendable {
         var instances: [InstanceResource]
         var policies: [AuthorizationPolicy]
         var mesh: MeshSettings
+        var routes: [HTTPRoute] = []
         var revision: Int64
     }
 
@@ -86,12 +90,16 @@ final class RegistryStore: Sendable {
             let mesh = try String.fetchOne(db, sql: "SELECT body FROM setting WHERE key = 'mesh'").map {
                 try decoder.decode(MeshSettings.self, from: Data($0.utf8))
             }
+            let routes = try String.fetchAll(db, sql: "SELECT body FROM route ORDER BY name").map {
+                try HTTPRoute.parse($0)
+            }
             let revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
             return Contents(
                 services: services,
                 instances: instances,
                 policies: policies,
                 mesh: mesh ?? MeshSettings(),
+                routes: routes,
                 revision: revision
             )
         }
@@ -142,6 +150,17 @@ final class RegistryStore: Sendable {
                         sql: "INSERT OR REPLACE INTO setting (key, body) VALUES ('mesh', ?)",
                         arguments: [body]
                     )
+                case .routePut:
+                    guard let route = event.route else { continue }
+                    let body = String(decoding: try encoder.encode(route), as: UTF8.self)
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO route (name, body) VALUES (?, ?)",
+                        arguments: [route.name, body]
+                    )
+                case .routeDeleted:
+                    // (A route that lost a parent is deleted and put again in one commit.)
+                    guard let route = event.route else { continue }
+                    try db.execute(sql: "DELETE FROM route WHERE name = ?", arguments: [route.name])
                 }
             }
             try db.execute(

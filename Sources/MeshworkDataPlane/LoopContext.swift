@@ -31,6 +31,8 @@ final class LoopContext {
     var service = "app"
     /// Each gateway listener's routes, by listener name (replaced on reload).
     var gatewayRoutes: [String: [GatewayRoute]] = [:]
+    /// The routes of each called service that has some, by service name.
+    var routes: [String: LoopRoutes] = [:]
 
     init(loop: any EventLoop, index: Int) {
         self.loop = loop

@@ -10,6 +10,7 @@ import NIOHTTP1
 extension MeshError {
     /// The gRPC status code (grpc's doc/statuscodes.md) of this error.
     public var grpcStatus: Int {
+        if isFault { return faultGRPCStatus }
         switch self {
         case .upstreamTimeout: return GRPCStatus.deadlineExceeded
         case .noRoute: return GRPCStatus.unimplemented
@@ -56,6 +57,18 @@ public enum GRPCStatus {
     public static let internalError = 13
     public static let unavailable = 14
     public static let unauthenticated = 16
+
+    /// grpc's doc/http-grpc-status-mapping.md: what a gRPC client makes of an HTTP status.
+    static func fromHTTP(_ status: Int) -> Int {
+        switch status {
+        case 400: return internalError
+        case 401: return unauthenticated
+        case 403: return permissionDenied
+        case 404: return unimplemented
+        case 429, 502, 503, 504: return unavailable
+        default: return 2  // UNKNOWN
+        }
+    }
 
     /// Whether a request's `content-type` makes it a gRPC call (`application/grpc`,
     /// `application/grpc+proto`, `application/grpc-web`...: the prefix, case-insensitive).

@@ -30,13 +30,30 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case connectionLimit = "connection_limit"
         case keepAliveTimeout = "keepalive_timeout"
         case mtlsRequired = "mtls_required"
+        case faultAbort = "fault_abort"
     }
 
     private let code: Code
+    /// A fault's own HTTP status and gRPC status (0: the code's).
+    private let faultHTTP: Int16
+    private let faultGRPC: Int16
 
-    private init(_ code: Code) {
+    private init(_ code: Code, http: Int = 0, grpc: Int = 0) {
         self.code = code
+        self.faultHTTP = Int16(http)
+        self.faultGRPC = Int16(grpc)
     }
+
+    /// A route's `Fault` filter aborted the request before it left (`x-meshwork-error:
+    /// fault_abort`, counted as such): never mistaken for the service's own failure. A gRPC
+    /// call gets `grpcStatus`, or the gRPC mapping of `httpStatus`.
+    public static func faultAbort(httpStatus: Int?, grpcStatus: Int?) -> MeshError {
+        let http = httpStatus ?? 503
+        return MeshError(.faultAbort, http: http, grpc: grpcStatus ?? GRPCStatus.fromHTTP(http))
+    }
+
+    var isFault: Bool { code == .faultAbort }
+    var faultGRPCStatus: Int { Int(faultGRPC) }
 
     /// No route or cluster matches the request (unknown Host on the http-proxy listener).
     public static let noRoute = MeshError(.noRoute)
@@ -106,7 +123,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         .badRequest, .badPath, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
         .unauthorized, .notReady, .tlsHandshakeFailed, .peerIdentityMismatch, .connectionLimit,
-        .keepAliveTimeout, .mtlsRequired,
+        .keepAliveTimeout, .mtlsRequired, .faultAbort(httpStatus: nil, grpcStatus: nil),
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -127,6 +144,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badRequest, .badPath: return .badRequest
         case .headerTooLarge: return .requestHeaderFieldsTooLarge
         case .headerTimeout: return .requestTimeout
+        case .faultAbort: return HTTPResponseStatus(statusCode: Int(faultHTTP))
         }
     }
 

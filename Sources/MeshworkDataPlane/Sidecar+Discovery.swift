@@ -22,11 +22,18 @@ extension Sidecar {
         if let instanceID, !peers.contains(instanceID) { peers.append(instanceID) }
         peers.sort()
         let rank = instanceID.flatMap { peers.firstIndex(of: $0) }
+        let newClusters = await addRouteBackends(state)
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
-            if let service = state.services[name] { cluster.policy = service.policy }
+            let subset = subsetBackends[name]
+            let service = subset?.service ?? name
+            if let service = state.services[service] { cluster.policy = service.policy }
             var addresses: [SocketAddress] = []
-            for instance in state.servingInstances(of: name) {
+            let serving =
+                subset.map { backend in
+                    state.servingInstances(of: backend.service).filter { backend.selects($0) }
+                } ?? state.servingInstances(of: name)
+            for instance in serving {
                 do {
                     let address = try await AddressResolver.resolve(instance.address, port: instance.port)
                     addresses.append(address)
@@ -44,11 +51,12 @@ extension Sidecar {
                     )
                 }
             }
-            if let size = state.services[name]?.policy.subsetSize, let rank, size < cluster.endpoints.count {
+            if let size = state.services[service]?.policy.subsetSize, let rank, size < cluster.endpoints.count {
                 // Backends in the stable order of their ids (servingInstances sorts them).
                 cluster.subset = SubsetConfig(size: size, clientIndex: rank, clientCount: peers.count)
             }
-            for instance in state.instances.values where instance.service == name && !instance.isServing {
+            for instance in state.instances.values
+            where instance.service == service && !instance.isServing && subset?.selects(instance) ?? true {
                 if let zone = instance.zone { cluster.unservedWeights[zone, default: 0] += Double(instance.weight) }
             }
             if appliedClusters[name] == cluster { continue }
@@ -70,12 +78,67 @@ extension Sidecar {
                 )
             }
         }
+        applyRoutes(state, rebuild: newClusters, &updates)
         guard !flags.discoveryApplied.load(ordering: .relaxed) else { return }
         // The first state: on every loop before a listener accepts, so no request meets
         // the empty clusters of a sidecar that has only just started.
         for update in updates { try? await update.get() }
         flags.discoveryApplied.store(true, ordering: .relaxed)
         openGatedListeners(because: "first discovery state applied")
+    }
+
+    /// Clusters for the backends of the routes of the services this sidecar calls: a
+    /// subset (`orders~version=v2`) is filled from its service's instances; another service
+    /// is watched from now on. Returns whether any cluster was added.
+    private func addRouteBackends(_ state: DiscoveryState) async -> Bool {
+        let parents = Set(discovered.filter { !$0.contains("~") })
+        var added: [String] = []
+        var services: [String] = []
+        for route in state.routes.values.sorted(by: { $0.name < $1.name })
+        where !parents.isDisjoint(with: route.parents) {
+            for rule in route.rules {
+                for backend in rule.backends
+                where !discovered.contains(backend.clusterName) && !added.contains(backend.clusterName) {
+                    if backend.isSubset {
+                        subsetBackends[backend.clusterName] = backend
+                        if !discovered.contains(backend.service), !services.contains(backend.service) {
+                            services.append(backend.service)
+                        }
+                    } else {
+                        services.append(backend.service)
+                    }
+                    added.append(backend.clusterName)
+                }
+            }
+        }
+        guard !added.isEmpty else { return false }
+        addDiscoveredClusters(added)
+        let unwatched = services.filter { !parents.contains($0) }
+        if !unwatched.isEmpty, let watchMore {
+            logger.info("watching route backends", metadata: ["services": "\(unwatched)"])
+            await watchMore(unwatched)
+        }
+        return true
+    }
+
+    /// Each called service's routes, compiled on every loop against that loop's clusters.
+    private func applyRoutes(_ state: DiscoveryState, rebuild: Bool, _ updates: inout [EventLoopFuture<Void>]) {
+        let contexts = self.contexts
+        for parent in discovered where !parent.contains("~") {
+            let routes = state.routes.values.filter { $0.parents.contains(parent) }.sorted { $0.name < $1.name }
+            if !rebuild, appliedRoutes[parent] ?? [] == routes { continue }
+            appliedRoutes[parent] = routes
+            let table = RouteTable(parent: parent, routes: routes)
+            logger.info("routes updated", metadata: ["service": "\(parent)", "rules": "\(table.rules.count)"])
+            for (index, context) in contexts.all.enumerated() {
+                updates.append(
+                    context.loop.submit {
+                        let loop = contexts.all[index]
+                        loop.routes[parent] = table.isEmpty ? nil : LoopRoutes(table: table, clusters: loop.clusters)
+                    }
+                )
+            }
+        }
     }
 
     /// The revoked certificates changed: pooled connections to peers are retired, so every

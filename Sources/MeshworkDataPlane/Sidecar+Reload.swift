@@ -59,7 +59,7 @@ extension Sidecar {
     }
 
     /// A cluster (empty until discovery fills it) for each new service, on every loop.
-    private func addDiscoveredClusters(_ names: [String]) {
+    func addDiscoveredClusters(_ names: [String]) {
         let loops = contexts.all.count
         for name in names where !discovered.contains(name) {
             discovered.append(name)

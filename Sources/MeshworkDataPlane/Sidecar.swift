@@ -236,6 +236,16 @@ public actor Sidecar: Service {
     var appliedRequireMTLS = false
     var appliedClusters: [String: ClusterConfig] = [:]
     var appliedAuthorization: AuthorizationTable?
+    /// The routes applied, by parent service, and the route backends that are subsets of
+    /// a service (their clusters are named `service~labels`), by cluster name.
+    var appliedRoutes: [String: [HTTPRoute]] = [:]
+    var subsetBackends: [String: RouteBackend] = [:]
+    /// Asks discovery to watch more services (a route's backends); set by the agent's owner.
+    public var watchMore: (@Sendable ([String]) async -> Void)?
+
+    public func setWatchMore(_ body: @escaping @Sendable ([String]) async -> Void) {
+        watchMore = body
+    }
 
     /// The local app as a cluster of one: no outlier ejection (there is nowhere else to
     /// go) and retries only when the connection could not be made.

@@ -322,6 +322,13 @@ public struct TrafficPolicy: Sendable, Hashable {
 }
 
 extension ClusterConfig {
+    /// The service the cluster sends to: its name, or for a route backend's subset
+    /// (`orders~version=v2`) the part before `~` (which no service name holds).
+    public var service: String {
+        guard let tilde = name.firstIndex(of: "~") else { return name }
+        return String(name[..<tilde])
+    }
+
     /// A cluster whose endpoints come from the controller: peer sidecars (mTLS when the
     /// sidecar has `tls`, else h2c to their inbound listeners).
     public static func discovered(_ name: String) -> ClusterConfig {

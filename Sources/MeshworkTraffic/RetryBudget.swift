@@ -98,6 +98,9 @@ public struct RetryPolicy: Sendable, Hashable {
     /// reached an endpoint may be sent again after a reset, a per-try timeout or a 5xx the
     /// conditions name. Off: only idempotent methods are, once sent (a 503 excepted).
     public var nonIdempotent = false
+    /// Statuses retried (as `idempotent-5xx` is: idempotent methods, or any with
+    /// `nonIdempotent`) whatever `on` says of 5xx: a route's `retry.codes`.
+    public var statusCodes: Set<Int> = []
     public var backoff = ExponentialBackoff()
     /// Share of requests that retries may add, the floor per second, and the window.
     public var budgetRatio: Double = 0.2

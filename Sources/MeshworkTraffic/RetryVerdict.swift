@@ -104,7 +104,9 @@ extension RetryPolicy {
             repeatable = nonIdempotent
         case .status(let code):
             guard code >= 500 else { return .fail(.notACondition) }
-            if on.contains(.any5xx) {
+            if statusCodes.contains(code) {
+                repeatable = nonIdempotent || code == 503
+            } else if on.contains(.any5xx) {
                 repeatable = true
             } else if code == 503, on.contains(.unavailable) {
                 // "Currently unable to handle the request" (RFC 9110 15.6.4): what a peer

@@ -91,7 +91,7 @@ final class LoopCluster {
         // identity, the peer must present the identity of the service the cluster is for.
         let peerTLS =
             config.protocol == .mesh
-            ? tls.map { PeerTLS(source: $0, purpose: .http2, peerService: config.name, metrics: metrics) } : nil
+            ? tls.map { PeerTLS(source: $0, purpose: .http2, peerService: config.service, metrics: metrics) } : nil
         self.tls = peerTLS
         self.endpointProtocol = config.protocol
         self.upgradeTLS = peerTLS?.with(.http1)

@@ -77,6 +77,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var timerTask: Scheduled<Void>?
     private var timerTaskDeadline = NIODeadline.distantFuture
     private var backoffTask: Scheduled<Void>?
+    /// The selected route rule's response header changes and retry backoff, if any.
+    private var responseEdits: RouteFilter.HeaderEdits?
+    private var routeBackoff: TimeAmount?
     private var tryTimer: Scheduled<Void>?
     private var started = false
 
@@ -235,7 +238,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             route = settings.route.resolve(head, in: loop)
             if settings.route.isFixed, case .success(let cluster) = route { fixedCluster = cluster }
         }
-        let cluster: LoopCluster
+        var cluster: LoopCluster
         switch route {
         case .failure(let error):
             answer(error)
@@ -243,8 +246,38 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .success(let routed):
             cluster = routed
         }
-        self.cluster = cluster
         telemetry.calledService = cluster.name
+        // The caller side of a service with routes (docs/routes.md): the rule the request
+        // selects may abort or delay it, change it, and send it to one of its backends.
+        var rule: LoopRule?
+        var faultDelay: TimeAmount?
+        responseEdits = nil
+        if !settings.restoresProtocol, let routes = loop.routes[cluster.name],
+            let (selected, selection) = routes.select(head)
+        {
+            rule = selected
+            if let fault = selected.fault {
+                if fault.abortStatus != nil || fault.abortGRPCStatus != nil, selected.takesAbort(fault.abortPercent) {
+                    self.cluster = cluster
+                    answer(.faultAbort(httpStatus: fault.abortStatus, grpcStatus: fault.abortGRPCStatus))
+                    return
+                }
+                if let delay = fault.delay, selected.takesDelay(fault.delayPercent) {
+                    faultDelay = LoopRule.amount(delay)
+                }
+            }
+            selected.rewrite(&head, matchedPrefix: selection.matchedPrefix)
+            if let index = selected.pickBackend() {
+                guard let backend = selected.backends[index] else {
+                    self.cluster = cluster
+                    answer(.noHealthyEndpoint)
+                    return
+                }
+                cluster = backend
+            }
+            responseEdits = selected.responseEdits
+        }
+        self.cluster = cluster
         if settings.restoresProtocol {
             let admission = loop.inbound.admit(
                 caller: peer,
@@ -275,10 +308,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let timeout = Deadlines.timeout(
             meshwork: scan.meshworkTimeout,
             grpc: scan.grpcTimeout,
-            routeTimeout: cluster.requestTimeout
+            routeTimeout: rule?.requestTimeout ?? cluster.requestTimeout
         )
+        routeBackoff = rule?.backoff
         let plan = ExchangeStateMachine.Plan(
-            retries: cluster.retryPolicy,
+            retries: rule?.retries(over: cluster.retryPolicy) ?? cluster.retryPolicy,
             idempotent: Self.idempotentMethods.contains(head.method),
             deadline: requestStart + timeout,
             propagatesDeadline: cluster.isMesh
@@ -304,6 +338,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let id = machine.start(upstreamHead, plan: plan)
         armTimer(timeout, headerRead: false)
+        if let faultDelay {
+            // A fault's delay: the request waits here, within its deadline, before it leaves.
+            backoffTask = loop.loop.assumeIsolated().scheduleTask(in: faultDelay) { [weak self] in
+                guard let self else { return }
+                self.backoffTask = nil
+                guard self.machine.currentTry == id, let cluster = self.cluster else { return }
+                self.startTry(id, cluster, avoiding: nil)
+            }
+            return
+        }
         startTry(id, cluster, avoiding: nil)
     }
 
@@ -401,7 +445,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         tryTimer?.cancel()
         tryTimer = nil
         let id = machine.currentTry
-        backoffTask = loop.loop.assumeIsolated().scheduleTask(in: cluster.backoff(attempt: attempt)) { [weak self] in
+        let delay = routeBackoff ?? cluster.backoff(attempt: attempt)
+        backoffTask = loop.loop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
             guard let self else { return }
             self.backoffTask = nil
             guard let next = self.machine.backoffElapsed(id, now: self.loop.loop.now), let cluster = self.cluster
@@ -694,6 +739,7 @@ extension ProxyHandler: UpstreamDelegate {
                 reportLatency(upstream, cluster)
                 responseStatus = head.status
                 Self.removeHopByHop(&head.headers)
+                if let responseEdits { LoopRule.apply(responseEdits, to: &head.headers) }
                 head.version = .http1_1
                 if close { head.headers.add(name: "connection", value: "close") }
                 send(.head(head))

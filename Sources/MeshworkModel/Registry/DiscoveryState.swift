@@ -10,6 +10,8 @@ public struct DiscoveryState: Sendable, Hashable {
     /// The authorization policies that target the watched services.
     public private(set) var policies: [String: AuthorizationPolicy] = [:]
     public private(set) var mesh = MeshSettings()
+    /// The routes whose parents are watched services.
+    public private(set) var routes: [String: HTTPRoute] = [:]
 
     public init() {}
 
@@ -18,10 +20,12 @@ public struct DiscoveryState: Sendable, Hashable {
         services: [ServiceResource],
         instances: [InstanceResource],
         policies: [AuthorizationPolicy] = [],
-        mesh: MeshSettings = MeshSettings()
+        mesh: MeshSettings = MeshSettings(),
+        routes: [HTTPRoute] = []
     ) {
         self.revision = revision
         self.mesh = mesh
+        for route in routes { self.routes[route.name] = route }
         for policy in policies { self.policies[policy.name] = policy }
         for service in services { self.services[service.name] = service }
         for instance in instances { self.instances[instance.id] = instance }
@@ -46,6 +50,10 @@ public struct DiscoveryState: Sendable, Hashable {
             if let policy = event.policy { policies[policy.name] = nil }
         case .meshPut:
             if let mesh = event.mesh { self.mesh = mesh }
+        case .routePut:
+            if let route = event.route { routes[route.name] = route }
+        case .routeDeleted:
+            if let route = event.route { routes[route.name] = nil }
         }
         return event.serviceName
     }
@@ -79,13 +87,15 @@ public enum WatchLine: Sendable, Hashable {
             let instances = try (object["instances"] as? [Any] ?? []).map(parseInstance)
             let policies = try (object["policies"] as? [Any] ?? []).map(parsePolicy)
             let mesh = try object["mesh"].map(parseMesh) ?? MeshSettings()
+            let routes = try (object["routes"] as? [Any] ?? []).map(parseRoute)
             return .snapshot(
                 DiscoveryState(
                     revision: revision,
                     services: services,
                     instances: instances,
                     policies: policies,
-                    mesh: mesh
+                    mesh: mesh,
+                    routes: routes
                 )
             )
         case "event":
@@ -99,7 +109,8 @@ public enum WatchLine: Sendable, Hashable {
                     service: try object["service"].map(parseService),
                     instance: try object["instance"].map(parseInstance),
                     policy: try object["policy"].map(parsePolicy),
-                    mesh: try object["mesh"].map(parseMesh)
+                    mesh: try object["mesh"].map(parseMesh),
+                    route: try object["route"].map(parseRoute)
                 )
             )
         case "ping":
@@ -127,6 +138,11 @@ public enum WatchLine: Sendable, Hashable {
         return try AuthorizationPolicy.parse(String(decoding: data, as: UTF8.self))
     }
 
+    private static func parseRoute(_ value: Any) throws -> HTTPRoute {
+        let data = try JSONSerialization.data(withJSONObject: value)
+        return try HTTPRoute.parse(String(decoding: data, as: UTF8.self))
+    }
+
     private static func parseMesh(_ value: Any) throws -> MeshSettings {
         try JSONDecoder().decode(MeshSettings.self, from: JSONSerialization.data(withJSONObject: value))
     }
@@ -144,6 +160,7 @@ public enum WatchLine: Sendable, Hashable {
             let instances: [InstanceResource]
             let policies: [AuthorizationPolicy]
             let mesh: MeshSettings
+            let routes: [HTTPRoute]
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
@@ -153,7 +170,8 @@ public enum WatchLine: Sendable, Hashable {
                 services: state.services.values.sorted { $0.name < $1.name },
                 instances: state.instances.values.sorted { $0.id < $1.id },
                 policies: state.policies.values.sorted { $0.name < $1.name },
-                mesh: state.mesh
+                mesh: state.mesh,
+                routes: state.routes.values.sorted { $0.name < $1.name }
             )
         )
     }

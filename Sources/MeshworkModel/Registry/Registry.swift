@@ -10,6 +10,8 @@ public struct RegistryEvent: Sendable, Hashable, Encodable {
         case policyPut = "policy-put"
         case policyDeleted = "policy-deleted"
         case meshPut = "mesh-put"
+        case routePut = "route-put"
+        case routeDeleted = "route-deleted"
     }
 
     public var revision: Int64
@@ -18,6 +20,7 @@ public struct RegistryEvent: Sendable, Hashable, Encodable {
     public var instance: InstanceResource?
     public var policy: AuthorizationPolicy?
     public var mesh: MeshSettings?
+    public var route: HTTPRoute?
 
     public init(
         revision: Int64,
@@ -25,7 +28,8 @@ public struct RegistryEvent: Sendable, Hashable, Encodable {
         service: ServiceResource? = nil,
         instance: InstanceResource? = nil,
         policy: AuthorizationPolicy? = nil,
-        mesh: MeshSettings? = nil
+        mesh: MeshSettings? = nil,
+        route: HTTPRoute? = nil
     ) {
         self.revision = revision
         self.kind = kind
@@ -33,17 +37,20 @@ public struct RegistryEvent: Sendable, Hashable, Encodable {
         self.instance = instance
         self.policy = policy
         self.mesh = mesh
+        self.route = route
     }
 
     /// The service this event concerns (for filtering watches); empty for mesh-wide
     /// events, which every watcher gets.
     public var serviceName: String {
-        service?.name ?? instance?.service ?? policy?.target ?? ""
+        service?.name ?? instance?.service ?? policy?.target ?? route?.parents.first ?? ""
     }
 
-    /// Whether a watcher of `services` (all when nil) gets this event.
+    /// Whether a watcher of `services` (all when nil) gets this event: a route's, when it
+    /// watches one of the route's parents (the callers of a service apply its routes).
     public func concerns(_ services: Set<String>?) -> Bool {
         guard let services else { return true }
+        if let route { return route.parents.contains { services.contains($0) } }
         let name = serviceName
         return name.isEmpty || services.contains(name)
     }
@@ -63,6 +70,7 @@ public struct Registry: Sendable {
     public private(set) var instances: [String: InstanceResource] = [:]
     public private(set) var policies: [String: AuthorizationPolicy] = [:]
     public private(set) var mesh = MeshSettings()
+    public private(set) var routes: [String: HTTPRoute] = [:]
     public private(set) var revision: Int64
     /// Lease deadlines (nanoseconds) of instances that have a TTL.
     private var leases: [String: UInt64] = [:]
@@ -77,12 +85,14 @@ public struct Registry: Sendable {
         instances: [InstanceResource] = [],
         policies: [AuthorizationPolicy] = [],
         mesh: MeshSettings = MeshSettings(),
+        routes: [HTTPRoute] = [],
         revision: Int64 = 0,
         now: UInt64,
         historyLimit: Int = 10_000
     ) {
         self.revision = revision
         self.mesh = mesh
+        for route in routes { self.routes[route.name] = route }
         for policy in policies { self.policies[policy.name] = policy }
         self.historyLimit = max(1, historyLimit)
         for service in services { self.services[service.name] = service }
@@ -200,6 +210,31 @@ public struct Registry: Sendable {
         return [record(.policyDeleted, policy: policy)]
     }
 
+    // MARK: routes
+
+    /// Creates or replaces a route; its age (`created`) is the revision it was first put
+    /// at, kept across updates. No event when nothing changed.
+    public mutating func putRoute(_ route: HTTPRoute) -> [RegistryEvent] {
+        var route = route
+        route.created = routes[route.name]?.created ?? revision + 1
+        guard routes[route.name] != route else { return [] }
+        var events: [RegistryEvent] = []
+        if let old = routes[route.name], !Set(old.parents).isSubset(of: route.parents) {
+            // A parent dropped: its callers see the route go.
+            var gone = old
+            gone.parents = old.parents.filter { !route.parents.contains($0) }
+            events.append(record(.routeDeleted, route: gone))
+        }
+        routes[route.name] = route
+        events.append(record(.routePut, route: route))
+        return events
+    }
+
+    public mutating func deleteRoute(_ name: String) throws(RegistryError) -> [RegistryEvent] {
+        guard let route = routes.removeValue(forKey: name) else { throw .notFound("route \"\(name)\"") }
+        return [record(.routeDeleted, route: route)]
+    }
+
     public mutating func putMesh(_ settings: MeshSettings) -> [RegistryEvent] {
         guard settings != mesh else { return [] }
         mesh = settings
@@ -229,7 +264,8 @@ public struct Registry: Sendable {
         service: ServiceResource? = nil,
         instance: InstanceResource? = nil,
         policy: AuthorizationPolicy? = nil,
-        mesh: MeshSettings? = nil
+        mesh: MeshSettings? = nil,
+        route: HTTPRoute? = nil
     ) -> RegistryEvent {
         revision += 1
         let event = RegistryEvent(
@@ -238,7 +274,8 @@ public struct Registry: Sendable {
             service: service,
             instance: instance,
             policy: policy,
-            mesh: mesh
+            mesh: mesh,
+            route: route
         )
         history.append(event)
         if history.count >= historyLimit * 2 { history.removeFirst(history.count - historyLimit) }

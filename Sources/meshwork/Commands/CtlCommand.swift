@@ -21,7 +21,8 @@ struct CtlCommand: AsyncParsableCommand {
             """,
         subcommands: [
             CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
-            CtlToken.self, CtlCredentials.self, CtlPolicies.self, CtlCA.self, CtlStat.self, CtlEdges.self, CtlTap.self,
+            CtlToken.self, CtlCredentials.self, CtlPolicies.self, CtlRoutes.self, CtlCA.self, CtlStat.self,
+            CtlEdges.self, CtlTap.self,
             CtlTop.self,
         ]
     )
@@ -208,6 +209,38 @@ struct CtlPolicies: AsyncParsableCommand {
     }
 }
 
+struct CtlRoutes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "routes",
+        abstract: "List routes: their parents, rules and backends (with weights)."
+    )
+    @OptionGroup var options: CtlOptions
+
+    func run() async throws {
+        let data = try await options.call(.GET, "/v1/routes")
+        try options.print(data) { object in
+            [["NAME", "KIND", "PARENTS", "RULE", "BACKENDS"]]
+                + (object as? [[String: Any]] ?? []).flatMap { route -> [[String]] in
+                    let parents = (route["parentRefs"] as? [[String: Any]] ?? []).map { Table.string($0["name"]) }
+                    let rules = route["rules"] as? [[String: Any]] ?? []
+                    return rules.enumerated().map { index, rule in
+                        let backends = (rule["backendRefs"] as? [[String: Any]] ?? []).map { backend in
+                            let subset = (backend["version"] as? String).map { "@" + $0 } ?? ""
+                            return "\(Table.string(backend["name"]))\(subset):\(Table.string(backend["weight"]))"
+                        }
+                        return [
+                            index == 0 ? Table.string(route["name"]) : "",
+                            index == 0 ? Table.string(route["kind"]) : "",
+                            index == 0 ? parents.joined(separator: ",") : "",
+                            (rule["name"] as? String) ?? String(index),
+                            backends.isEmpty ? "(parent)" : backends.joined(separator: ","),
+                        ]
+                    }
+                }
+        }
+    }
+}
+
 struct CtlServices: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "services", abstract: "List services.")
     @OptionGroup var options: CtlOptions
@@ -254,13 +287,14 @@ struct CtlInstances: AsyncParsableCommand {
 }
 
 enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
-    case service, instance, policy
+    case service, instance, policy, route
 
     var collection: String {
         switch self {
         case .service: return "services"
         case .instance: return "instances"
         case .policy: return "policies"
+        case .route: return "routes"
         }
     }
 }
@@ -268,10 +302,10 @@ enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
 struct CtlDescribe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "describe",
-        abstract: "Show one service, instance or policy."
+        abstract: "Show one service, instance, policy or route."
     )
     @OptionGroup var options: CtlOptions
-    @Argument(help: "service, instance or policy") var kind: ResourceKind
+    @Argument(help: "service, instance, policy or route") var kind: ResourceKind
     @Argument(help: "Its name or id.") var name: String
 
     func run() async throws {
@@ -288,10 +322,10 @@ struct CtlDescribe: AsyncParsableCommand {
 struct CtlDelete: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "delete",
-        abstract: "Delete a service, instance or policy."
+        abstract: "Delete a service, instance, policy or route."
     )
     @OptionGroup var options: CtlOptions
-    @Argument(help: "service, instance or policy") var kind: ResourceKind
+    @Argument(help: "service, instance, policy or route") var kind: ResourceKind
     @Argument(help: "Its name or id.") var name: String
 
     func run() async throws {
@@ -306,7 +340,8 @@ struct CtlApply: AsyncParsableCommand {
         abstract: "Create or update the resources in a YAML file (several per file, separated by ---).",
         discussion: """
             Each document has kind: Service (with name), Instance (with service, address, port), \
-            AuthorizationPolicy (with name, target) or Mesh (mesh-wide settings).
+            AuthorizationPolicy (with name, target), HTTPRoute or GRPCRoute (with name, parentRefs, \
+            rules; see docs/routes.md) or Mesh (mesh-wide settings).
             """
     )
     @OptionGroup var options: CtlOptions
@@ -332,7 +367,9 @@ struct CtlApply: AsyncParsableCommand {
         for (index, document) in documents.enumerated() {
             let label = "\(file) document \(index + 1)"
             guard let mapping = document.mapping, let kind = mapping["kind"]?.string?.lowercased() else {
-                failures.append("\(label): kind: is required (Service, Instance, AuthorizationPolicy or Mesh)")
+                failures.append(
+                    "\(label): kind: is required (Service, Instance, AuthorizationPolicy, HTTPRoute, GRPCRoute or Mesh)"
+                )
                 continue
             }
             let body = try Yams.serialize(node: document)
@@ -364,12 +401,19 @@ struct CtlApply: AsyncParsableCommand {
                     }
                     _ = try await options.call(.PUT, "/v1/policies/\(name)", body: body)
                     print("policy \(name) applied")
+                case "httproute", "grpcroute":
+                    guard let name = mapping["name"]?.string else {
+                        failures.append("\(label): name: required field is missing")
+                        continue
+                    }
+                    _ = try await options.call(.PUT, "/v1/routes/\(name)", body: body)
+                    print("route \(name) applied")
                 case "mesh":
                     _ = try await options.call(.PUT, "/v1/mesh", body: body)
                     print("mesh settings applied")
                 default:
                     failures.append(
-                        "\(label): kind: must be Service, Instance, AuthorizationPolicy or Mesh, found \"\(kind)\""
+                        "\(label): kind: must be Service, Instance, AuthorizationPolicy, HTTPRoute, GRPCRoute or Mesh, found \"\(kind)\""
                     )
                 }
             } catch let failure as CommandFailure {

@@ -138,6 +138,9 @@ struct SidecarFlags: ParsableArguments {
     @Option(name: .long, help: "This instance's zone.")
     var zone: String?
 
+    @Option(name: .long, help: "This instance's version (what a route's backend subset selects, e.g. v2).")
+    var version: String?
+
     @Option(name: .long, help: "Health check: an HTTP path on the app (default: a TCP connect).")
     var healthPath: String?
 
@@ -181,6 +184,7 @@ struct SidecarFlags: ParsableArguments {
         }
         if let service { sidecarConfig.service = service }
         if let zone { sidecarConfig.zone = zone }
+        if let version { sidecarConfig.instance.version = version }
         if let admin { sidecarConfig.admin = try address(admin, "admin") }
         if let adminTokenFile { sidecarConfig.adminTokenFile = adminTokenFile }
         if let appPort {
@@ -368,6 +372,8 @@ struct SidecarRuntime {
                     logger: logger
                 )
                 agent = discovery
+                // A route may send to services the config does not name: watch them too.
+                await sidecar.setWatchMore { names in await discovery.watch(additional: names) }
                 services += discovery.services.map { .init(service: $0) }
             } catch {
                 throw CommandFailure("\(error)")

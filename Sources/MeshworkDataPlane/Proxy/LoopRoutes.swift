@@ -1,0 +1,158 @@
+import MeshworkModel
+import MeshworkTraffic
+import NIOCore
+import NIOHTTP1
+
+/// One parent service's routes on one event loop: the compiled table, and per rule its
+/// backends (this loop's clusters), the weighted pick's state and what the rule changes.
+/// Rebuilt on every route or cluster change; touched only from its loop.
+final class LoopRoutes {
+    let table: RouteTable
+    let rules: [LoopRule]
+
+    init(table: RouteTable, clusters: [String: LoopCluster]) {
+        self.table = table
+        self.rules = table.rules.map { LoopRule($0, clusters: clusters) }
+    }
+
+    /// The rule `head` selects (its target already normalized, origin-form), or nil.
+    func select(_ head: HTTPRequestHead) -> (LoopRule, RouteTable.Selection)? {
+        let uri = head.uri[...]
+        let question = uri.firstIndex(of: "?")
+        let path = question.map { uri[..<$0] } ?? uri
+        let query = question.map { uri[uri.index(after: $0)...] }
+        guard
+            let selection = table.select(
+                method: head.method.rawValue,
+                path: path,
+                query: query,
+                header: { head.headers.first(name: $0) }
+            )
+        else { return nil }
+        return (rules[selection.rule], selection)
+    }
+}
+
+/// A rule as one loop runs it.
+final class LoopRule {
+    let label: String
+    let rule: RouteRule
+    /// This loop's cluster for each backend (nil: not known yet on this sidecar).
+    let backends: [LoopCluster?]
+    private let weights: [Int]
+    private var current: [Int]
+    private let totalWeight: Int
+    let requestEdits: RouteFilter.HeaderEdits?
+    let responseEdits: RouteFilter.HeaderEdits?
+    let rewrite: RouteFilter.URLRewrite?
+    let fault: RouteFilter.Fault?
+    let requestTimeout: TimeAmount?
+    let backoff: TimeAmount?
+
+    init(_ compiled: RouteTable.Rule, clusters: [String: LoopCluster]) {
+        label = compiled.label
+        rule = compiled.rule
+        backends = rule.backends.map { clusters[$0.clusterName] }
+        weights = rule.backends.map(\.weight)
+        current = Array(repeating: 0, count: rule.backends.count)
+        totalWeight = weights.reduce(0, +)
+        var requestEdits: RouteFilter.HeaderEdits?
+        var responseEdits: RouteFilter.HeaderEdits?
+        var rewrite: RouteFilter.URLRewrite?
+        var fault: RouteFilter.Fault?
+        for filter in rule.filters {
+            switch filter {
+            case .requestHeaders(let edits): requestEdits = edits
+            case .responseHeaders(let edits): responseEdits = edits
+            case .rewrite(let value): rewrite = value
+            case .fault(let value): fault = value
+            // Refused by the parser until the data plane carries them (docs/routes.md).
+            case .redirect, .mirror: break
+            }
+        }
+        self.requestEdits = requestEdits
+        self.responseEdits = responseEdits
+        self.rewrite = rewrite
+        self.fault = fault
+        requestTimeout = rule.requestTimeout.map(Self.amount)
+        backoff = rule.retry?.backoff.map(Self.amount)
+    }
+
+    static func amount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(
+            Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+        )
+    }
+
+    /// The backend's retry policy with the rule's changes: its attempts and statuses, and
+    /// its per-try (`backendRequest`) timeout. Budget, idempotency rules and the other
+    /// conditions stay the service's.
+    func retries(over policy: RetryPolicy) -> RetryPolicy {
+        var policy = policy
+        if let retry = rule.retry {
+            policy.attempts = retry.attempts
+            if !retry.codes.isEmpty { policy.statusCodes = Set(retry.codes) }
+        }
+        if let perTry = rule.backendRequestTimeout { policy.perTryTimeout = perTry }
+        return policy
+    }
+
+    /// The backend for the next request: smooth weighted round robin (nginx's), so each
+    /// window of `totalWeight` picks on this loop follows the weights exactly (a 95/5 split
+    /// sends 5 of every 100). nil: the rule names no backend (the parent itself).
+    func pickBackend() -> Int? {
+        guard !weights.isEmpty, totalWeight > 0 else { return nil }
+        var best = 0
+        for index in weights.indices {
+            current[index] += weights[index]
+            if current[index] > current[best] { best = index }
+        }
+        current[best] -= totalWeight
+        return best
+    }
+
+    /// Whether this request gets the fault's abort (or delay): exactly `percent` of the
+    /// rule's requests on this loop, spread evenly (error diffusion, not a coin toss), so a
+    /// 10% abort fails 1 request in 10 and a test of it is not a matter of luck.
+    func takesAbort(_ percent: Double) -> Bool { Self.spread(percent, &abortCredit) }
+    func takesDelay(_ percent: Double) -> Bool { Self.spread(percent, &delayCredit) }
+
+    private var abortCredit = 0.0
+    private var delayCredit = 0.0
+
+    private static func spread(_ percent: Double, _ credit: inout Double) -> Bool {
+        credit += min(100, max(0, percent))
+        guard credit >= 100 else { return false }
+        credit -= 100
+        return true
+    }
+
+    /// The request as the rule sends it: header edits, then the rewrite.
+    func rewrite(_ head: inout HTTPRequestHead, matchedPrefix: Int) {
+        if let edits = requestEdits { Self.apply(edits, to: &head.headers) }
+        guard let rewrite else { return }
+        if let hostname = rewrite.hostname { head.headers.replaceOrAdd(name: "host", value: hostname) }
+        switch rewrite.path {
+        case .full(let path)?:
+            let query = head.uri.firstIndex(of: "?").map { String(head.uri[$0...]) } ?? ""
+            head.uri = path + query
+        case .prefix(let replacement)?:
+            let rest = head.uri.utf8.dropFirst(matchedPrefix)
+            var tail = String(Substring(rest))
+            // `/api` -> `/`: `/api/x` becomes `/x`, not `//x`.
+            if replacement.hasSuffix("/"), tail.hasPrefix("/") { tail.removeFirst() }
+            if replacement == "/", tail.hasPrefix("?") || tail.isEmpty {
+                head.uri = "/" + tail
+            } else {
+                head.uri = replacement + tail
+            }
+        case nil: break
+        }
+    }
+
+    static func apply(_ edits: RouteFilter.HeaderEdits, to headers: inout HTTPHeaders) {
+        for name in edits.remove { headers.remove(name: name) }
+        for (name, value) in edits.set { headers.replaceOrAdd(name: name, value: value) }
+        for (name, value) in edits.add { headers.add(name: name, value: value) }
+    }
+}

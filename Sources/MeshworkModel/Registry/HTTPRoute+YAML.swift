@@ -1,0 +1,441 @@
+import Yams
+
+// Reading a route from the operator's YAML or the controller's JSON (the same shape),
+// every problem reported with its field path.
+extension HTTPRoute {
+    /// Parses a route; `name` (from the URL) wins over the body's.
+    public static func parse(_ text: String, name: String? = nil) throws(ConfigErrors) -> HTTPRoute {
+        let reader = ConfigReader()
+        var result: HTTPRoute?
+        if let root = reader.parse(text) { result = read(root, reader, name: name) }
+        guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
+        return result
+    }
+
+    static func read(_ node: Node, _ reader: ConfigReader, name: String?) -> HTTPRoute? {
+        let known: Set = ["kind", "name", "parentRefs", "hostnames", "rules", "created"]
+        guard let f = reader.mapping(node, "", known: known) else { return nil }
+        let bodyName = f.string("name")
+        guard let routeName = name ?? f.required("name", bodyName) else { return nil }
+        if let name, let bodyName, bodyName != name {
+            reader.fail(f.path("name"), "\"\(bodyName)\" does not match the route in the URL, \"\(name)\"")
+        }
+        if let reason = Names.invalidID(routeName) { reader.fail(f.path("name"), reason) }
+        var route = HTTPRoute(name: routeName)
+        if let kind = f.choice("kind", as: Kind.self) { route.kind = kind }
+        if let created = f.int("created", range: 0...Int.max) { route.created = Int64(created) }
+        for (path, item) in reader.sequence(f.node("parentRefs"), f.path("parentRefs")) {
+            guard let parent = reader.mapping(item, path, known: ["name", "kind", "port"]) else { continue }
+            if let kind = parent.string("kind"), kind != "Service" {
+                reader.fail(parent.path("kind"), "a mesh route's parent is a Service, found \"\(kind)\"")
+            }
+            guard let service = parent.required("name", parent.string("name")) else { continue }
+            if let reason = Names.invalidServiceName(service) { reader.fail(parent.path("name"), reason) }
+            _ = parent.int("port", range: 1...65535)
+            route.parents.append(service)
+        }
+        if route.parents.isEmpty, f.node("parentRefs") == nil {
+            reader.fail(f.path("parentRefs"), "required field is missing (the services whose callers it applies to)")
+        } else if route.parents.isEmpty {
+            reader.fail(f.path("parentRefs"), "needs at least one parent service")
+        }
+        for (path, item) in reader.sequence(f.node("hostnames"), f.path("hostnames")) {
+            _ = reader.string(item, path)
+        }
+        let rules = reader.sequence(f.node("rules"), f.path("rules"))
+        if rules.count > maxRules { reader.fail(f.path("rules"), "at most \(maxRules) rules") }
+        for (path, item) in rules.prefix(maxRules) {
+            if let rule = readRule(item, path, reader, kind: route.kind) { route.rules.append(rule) }
+        }
+        return route
+    }
+
+    private static func readRule(_ node: Node, _ path: String, _ reader: ConfigReader, kind: Kind) -> RouteRule? {
+        let known: Set = ["name", "matches", "filters", "backendRefs", "timeouts", "retry"]
+        guard let f = reader.mapping(node, path, known: known) else { return nil }
+        var rule = RouteRule()
+        rule.name = f.string("name")
+        let matches = reader.sequence(f.node("matches"), f.path("matches"))
+        if matches.count > maxMatches { reader.fail(f.path("matches"), "at most \(maxMatches) matches") }
+        for (path, item) in matches.prefix(maxMatches) {
+            let match = kind == .grpc ? readGRPCMatch(item, path, reader) : readMatch(item, path, reader)
+            if let match { rule.matches.append(match) }
+        }
+        for (path, item) in reader.sequence(f.node("filters"), f.path("filters")) {
+            if let filter = readFilter(item, path, reader) { rule.filters.append(filter) }
+        }
+        let backends = reader.sequence(f.node("backendRefs"), f.path("backendRefs"))
+        if backends.count > maxBackends { reader.fail(f.path("backendRefs"), "at most \(maxBackends) backends") }
+        for (path, item) in backends.prefix(maxBackends) {
+            if let backend = readBackend(item, path, reader) { rule.backends.append(backend) }
+        }
+        if !rule.backends.isEmpty, rule.backends.allSatisfy({ $0.weight == 0 }) {
+            reader.fail(f.path("backendRefs"), "every weight is 0: no request could be sent")
+        }
+        if let timeouts = reader.mapping(f.node("timeouts"), f.path("timeouts"), known: ["request", "backendRequest"]) {
+            rule.requestTimeout = timeouts.duration("request")?.duration
+            rule.backendRequestTimeout = timeouts.duration("backendRequest")?.duration
+            if let request = rule.requestTimeout, let backend = rule.backendRequestTimeout, backend > request {
+                reader.fail(timeouts.path("backendRequest"), "longer than the request timeout (\(request))")
+            }
+        }
+        if let retry = reader.mapping(f.node("retry"), f.path("retry"), known: ["attempts", "codes", "backoff"]) {
+            var policy = RouteRetry()
+            if let attempts = retry.int("attempts", range: 0...10) { policy.attempts = attempts }
+            for (path, item) in reader.sequence(retry.node("codes"), retry.path("codes")) {
+                if let code = reader.int(item, path, range: 500...599) { policy.codes.append(code) }
+            }
+            policy.backoff = retry.duration("backoff")?.duration
+            rule.retry = policy
+        }
+        let redirects = rule.filters.filter { if case .redirect = $0 { true } else { false } }.count
+        let rewrites = rule.filters.filter { if case .rewrite = $0 { true } else { false } }.count
+        if redirects > 0, rewrites > 0 {
+            reader.fail(f.path("filters"), "RequestRedirect and URLRewrite cannot be used together")
+        }
+        if redirects > 0, !rule.backends.isEmpty {
+            reader.fail(f.path("backendRefs"), "a rule that redirects sends nowhere: remove its backendRefs")
+        }
+        for filter in rule.filters {
+            let replacesPrefix: Bool
+            switch filter {
+            case .rewrite(let rewrite):
+                replacesPrefix = rewrite.path.map { if case .prefix = $0 { true } else { false } } ?? false
+            case .redirect(let redirect):
+                replacesPrefix = redirect.path.map { if case .prefix = $0 { true } else { false } } ?? false
+            default: replacesPrefix = false
+            }
+            let prefixOnly = rule.matches.allSatisfy { if case .prefix = $0.path { true } else { false } }
+            if replacesPrefix, !prefixOnly || rule.matches.isEmpty {
+                reader.fail(f.path("filters"), "ReplacePrefixMatch needs every match to be a PathPrefix")
+            }
+        }
+        return rule
+    }
+
+    private static func readMatch(_ node: Node, _ path: String, _ reader: ConfigReader) -> RouteMatch? {
+        guard let f = reader.mapping(node, path, known: ["path", "headers", "queryParams", "method"]) else {
+            return nil
+        }
+        var match = RouteMatch()
+        if let p = reader.mapping(f.node("path"), f.path("path"), known: ["type", "value"]) {
+            let value = p.string("value") ?? "/"
+            switch p.string("type") ?? "PathPrefix" {
+            case "Exact":
+                if checkPath(value, p.path("value"), reader) { match.path = .exact(value) }
+            case "PathPrefix":
+                if checkPath(value, p.path("value"), reader) {
+                    // A trailing slash does not change the prefix (Gateway API).
+                    var prefix = value
+                    while prefix.count > 1, prefix.hasSuffix("/") { prefix.removeLast() }
+                    match.path = .prefix(prefix)
+                }
+            case "RegularExpression":
+                if checkRegex(value, p.path("value"), reader) { match.path = .regex(value) }
+            case let other:
+                reader.fail(p.path("type"), "must be Exact, PathPrefix or RegularExpression, found \"\(other)\"")
+            }
+        }
+        match.headers = readHeaderMatches(f.node("headers"), f.path("headers"), reader)
+        for (path, item) in reader.sequence(f.node("queryParams"), f.path("queryParams")) {
+            guard let q = reader.mapping(item, path, known: ["type", "name", "value"]),
+                let name = q.required("name", q.string("name")), let value = q.required("value", q.string("value"))
+            else { continue }
+            switch q.string("type") ?? "Exact" {
+            case "Exact": match.queryParams.append(QueryMatch(name: name, value: value))
+            case "RegularExpression":
+                if checkRegex(value, q.path("value"), reader) {
+                    match.queryParams.append(QueryMatch(name: name, value: value, regex: true))
+                }
+            case let other: reader.fail(q.path("type"), "must be Exact or RegularExpression, found \"\(other)\"")
+            }
+        }
+        if let method = f.string("method") {
+            let valid = !method.isEmpty && method.utf8.allSatisfy { $0 >= 0x41 && $0 <= 0x5A }
+            if valid {
+                match.method = method
+            } else {
+                reader.fail(f.path("method"), "expected GET, POST, ...; found \"\(method)\"")
+            }
+        }
+        return match
+    }
+
+    /// A GRPCRoute match: `method: {service, method}` is the request path
+    /// `/<service>/<method>` (exact), or `/<service>/` (prefix) without a method.
+    private static func readGRPCMatch(_ node: Node, _ path: String, _ reader: ConfigReader) -> RouteMatch? {
+        guard let f = reader.mapping(node, path, known: ["method", "headers"]) else { return nil }
+        var match = RouteMatch()
+        if let m = reader.mapping(f.node("method"), f.path("method"), known: ["type", "service", "method"]) {
+            if let type = m.string("type"), type != "Exact" {
+                reader.fail(m.path("type"), "must be Exact, found \"\(type)\"")
+            }
+            let service = m.string("service")
+            let method = m.string("method")
+            for (key, value) in [("service", service), ("method", method)] {
+                if let value, value.isEmpty || value.contains("/") {
+                    reader.fail(m.path(key), "a gRPC \(key) name, without '/', found \"\(value)\"")
+                }
+            }
+            switch (service, method) {
+            case (let service?, let method?): match.path = .exact("/\(service)/\(method)")
+            case (let service?, nil): match.path = .prefix("/\(service)")
+            case (nil, _): reader.fail(m.path("service"), "required field is missing")
+            }
+        }
+        match.headers = readHeaderMatches(f.node("headers"), f.path("headers"), reader)
+        return match
+    }
+
+    private static func readHeaderMatches(_ node: Node?, _ path: String, _ reader: ConfigReader) -> [HeaderMatch] {
+        var matches: [HeaderMatch] = []
+        for (path, item) in reader.sequence(node, path) {
+            guard let h = reader.mapping(item, path, known: ["type", "name", "value"]),
+                let name = h.required("name", h.string("name"))
+            else { continue }
+            if !isFieldName(name) { reader.fail(h.path("name"), "not a header name: \"\(name)\"") }
+            let type = h.string("type") ?? "Exact"
+            switch type {
+            case "Exact":
+                if let value = h.required("value", h.string("value")) {
+                    matches.append(HeaderMatch(name: name.lowercased(), test: .exact(value)))
+                }
+            case "RegularExpression":
+                if let value = h.required("value", h.string("value")), checkRegex(value, h.path("value"), reader) {
+                    matches.append(HeaderMatch(name: name.lowercased(), test: .regex(value)))
+                }
+            case "Present": matches.append(HeaderMatch(name: name.lowercased(), test: .present))
+            case "Absent": matches.append(HeaderMatch(name: name.lowercased(), test: .absent))
+            default:
+                reader.fail(h.path("type"), "must be Exact, RegularExpression, Present or Absent, found \"\(type)\"")
+            }
+        }
+        return matches
+    }
+
+    private static func readBackend(_ node: Node, _ path: String, _ reader: ConfigReader) -> RouteBackend? {
+        let known: Set = ["name", "kind", "port", "version", "labels", "weight"]
+        guard let f = reader.mapping(node, path, known: known),
+            let service = f.required("name", f.string("name"))
+        else { return nil }
+        if let reason = Names.invalidServiceName(service) { reader.fail(f.path("name"), reason) }
+        if let kind = f.string("kind"), kind != "Service" {
+            reader.fail(f.path("kind"), "a backend is a Service, found \"\(kind)\"")
+        }
+        _ = f.int("port", range: 1...65535)
+        var backend = RouteBackend(service: service, version: f.string("version"))
+        if let weight = f.int("weight", range: 0...1_000_000) { backend.weight = weight }
+        if let labels = f.node("labels") {
+            guard let mapping = labels.mapping else {
+                reader.fail(f.path("labels"), "expected a mapping of label: value")
+                return backend
+            }
+            for (key, value) in mapping {
+                guard let key = key.string,
+                    let text = reader.string(value, reader.join(f.path("labels"), key))
+                else { continue }
+                backend.labels[key] = text
+            }
+        }
+        return backend
+    }
+
+    private static func readFilter(_ node: Node, _ path: String, _ reader: ConfigReader) -> RouteFilter? {
+        let known: Set = [
+            "type", "requestHeaderModifier", "responseHeaderModifier", "urlRewrite", "requestRedirect",
+            "requestMirror", "fault",
+        ]
+        guard let f = reader.mapping(node, path, known: known), let type = f.required("type", f.string("type")) else {
+            return nil
+        }
+        func body(_ key: String) -> Node? {
+            guard let node = f.node(key) else {
+                reader.fail(f.path(key), "required field is missing (type \(type))")
+                return nil
+            }
+            return node
+        }
+        if type == "RequestRedirect" || type == "RequestMirror" {
+            // Refused rather than accepted and ignored: no route is ever applied in part.
+            reader.fail(f.path("type"), "\(type) is not supported by this version's sidecars yet")
+        }
+        switch type {
+        case "RequestHeaderModifier":
+            return body("requestHeaderModifier").flatMap { readEdits($0, f.path("requestHeaderModifier"), reader) }
+                .map { .requestHeaders($0) }
+        case "ResponseHeaderModifier":
+            return body("responseHeaderModifier").flatMap { readEdits($0, f.path("responseHeaderModifier"), reader) }
+                .map { .responseHeaders($0) }
+        case "URLRewrite":
+            guard let node = body("urlRewrite"),
+                let r = reader.mapping(node, f.path("urlRewrite"), known: ["hostname", "path"])
+            else { return nil }
+            var rewrite = RouteFilter.URLRewrite()
+            rewrite.hostname = r.string("hostname")
+            rewrite.path = readPathRewrite(r.node("path"), r.path("path"), reader)
+            return .rewrite(rewrite)
+        case "RequestRedirect":
+            guard let node = body("requestRedirect"),
+                let r = reader.mapping(
+                    node,
+                    f.path("requestRedirect"),
+                    known: ["scheme", "hostname", "port", "path", "statusCode"]
+                )
+            else { return nil }
+            var redirect = RouteFilter.Redirect()
+            if let scheme = r.string("scheme") {
+                if scheme == "http" || scheme == "https" {
+                    redirect.scheme = scheme
+                } else {
+                    reader.fail(r.path("scheme"), "must be http or https, found \"\(scheme)\"")
+                }
+            }
+            redirect.hostname = r.string("hostname")
+            redirect.port = r.int("port", range: 1...65535)
+            redirect.path = readPathRewrite(r.node("path"), r.path("path"), reader)
+            if let code = r.int("statusCode", range: 300...399) {
+                if [301, 302, 303, 307, 308].contains(code) {
+                    redirect.statusCode = code
+                } else {
+                    reader.fail(r.path("statusCode"), "must be 301, 302, 303, 307 or 308, found \(code)")
+                }
+            }
+            return .redirect(redirect)
+        case "RequestMirror":
+            guard let node = body("requestMirror"),
+                let m = reader.mapping(node, f.path("requestMirror"), known: ["backendRef", "percent", "fraction"])
+            else { return nil }
+            guard let backendNode = m.required("backendRef", m.node("backendRef")),
+                let backend = readBackend(backendNode, m.path("backendRef"), reader)
+            else { return nil }
+            var mirror = RouteFilter.Mirror(backend: backend)
+            if let percent = m.double("percent", range: 0...100) { mirror.percent = percent }
+            return .mirror(mirror)
+        case "Fault":
+            guard let node = body("fault"), let r = reader.mapping(node, f.path("fault"), known: ["delay", "abort"])
+            else {
+                return nil
+            }
+            var fault = RouteFilter.Fault()
+            if let d = reader.mapping(r.node("delay"), r.path("delay"), known: ["fixedDelay", "percent"]) {
+                fault.delay = d.required("fixedDelay", d.duration("fixedDelay"))?.duration
+                if let percent = d.double("percent", range: 0...100) { fault.delayPercent = percent }
+            }
+            if let a = reader.mapping(r.node("abort"), r.path("abort"), known: ["httpStatus", "grpcStatus", "percent"])
+            {
+                fault.abortStatus = a.int("httpStatus", range: 200...599)
+                fault.abortGRPCStatus = a.int("grpcStatus", range: 1...16)
+                if fault.abortStatus == nil, fault.abortGRPCStatus == nil {
+                    reader.fail(a.path("httpStatus"), "an abort needs httpStatus or grpcStatus")
+                }
+                if let percent = a.double("percent", range: 0...100) { fault.abortPercent = percent }
+            }
+            if fault.delay == nil, fault.abortStatus == nil, fault.abortGRPCStatus == nil {
+                reader.fail(f.path("fault"), "a fault needs a delay or an abort")
+            }
+            return .fault(fault)
+        default:
+            reader.fail(
+                f.path("type"),
+                "must be RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror or Fault, found \"\(type)\""
+            )
+            return nil
+        }
+    }
+
+    private static func readEdits(_ node: Node, _ path: String, _ reader: ConfigReader) -> RouteFilter.HeaderEdits? {
+        guard let f = reader.mapping(node, path, known: ["set", "add", "remove"]) else { return nil }
+        var edits = RouteFilter.HeaderEdits()
+        func pairs(_ key: String) -> [(String, String)] {
+            var out: [(String, String)] = []
+            for (path, item) in reader.sequence(f.node(key), f.path(key)) {
+                guard let h = reader.mapping(item, path, known: ["name", "value"]),
+                    let name = h.required("name", h.string("name")), let value = h.required("value", h.string("value"))
+                else { continue }
+                if !isFieldName(name) { reader.fail(h.path("name"), "not a header name: \"\(name)\"") }
+                if value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
+                    reader.fail(h.path("value"), "a header value cannot hold CR, LF or NUL")
+                }
+                if isReserved(name) { reader.fail(h.path("name"), "\"\(name)\" is set by the proxy, not by a route") }
+                out.append((name, value))
+            }
+            return out
+        }
+        edits.set = pairs("set")
+        edits.add = pairs("add")
+        for (path, item) in reader.sequence(f.node("remove"), f.path("remove")) {
+            guard let name = reader.string(item, path) else { continue }
+            if !isFieldName(name) { reader.fail(path, "not a header name: \"\(name)\"") }
+            if isReserved(name) { reader.fail(path, "\"\(name)\" is set by the proxy, not by a route") }
+            edits.remove.append(name.lowercased())
+        }
+        return edits
+    }
+
+    private static func readPathRewrite(
+        _ node: Node?,
+        _ path: String,
+        _ reader: ConfigReader
+    ) -> RouteFilter.PathRewrite? {
+        guard let f = reader.mapping(node, path, known: ["type", "replaceFullPath", "replacePrefixMatch"]) else {
+            return nil
+        }
+        switch f.string("type") {
+        case "ReplaceFullPath":
+            guard let value = f.required("replaceFullPath", f.string("replaceFullPath")) else { return nil }
+            return checkPath(value, f.path("replaceFullPath"), reader) ? .full(value) : nil
+        case "ReplacePrefixMatch":
+            guard let value = f.required("replacePrefixMatch", f.string("replacePrefixMatch")) else { return nil }
+            return checkPath(value, f.path("replacePrefixMatch"), reader) ? .prefix(value) : nil
+        case let other:
+            reader.fail(f.path("type"), "must be ReplaceFullPath or ReplacePrefixMatch, found \"\(other ?? "")\"")
+            return nil
+        }
+    }
+
+    /// A path to match or write: absolute and already in `RequestPath`'s normal form, so
+    /// it is compared with what the proxy compares (the normalized request path).
+    private static func checkPath(_ value: String, _ path: String, _ reader: ConfigReader) -> Bool {
+        guard value.hasPrefix("/"), !value.contains("?"), !value.contains("#") else {
+            reader.fail(path, "an absolute path without query or fragment, found \"\(value)\"")
+            return false
+        }
+        guard case .success(let normal) = RequestPath.normalize(value), normal == value else {
+            reader.fail(path, "not in normal form (no dot segments, no '//', no needless %-escapes): \"\(value)\"")
+            return false
+        }
+        return true
+    }
+
+    private static func checkRegex(_ value: String, _ path: String, _ reader: ConfigReader) -> Bool {
+        guard value.utf8.count <= maxRegexLength else {
+            reader.fail(path, "a regular expression of at most \(maxRegexLength) bytes")
+            return false
+        }
+        do {
+            _ = try Regex(value)
+            return true
+        } catch {
+            reader.fail(path, "not a regular expression: \(error)")
+            return false
+        }
+    }
+
+    /// An RFC 9110 token.
+    static func isFieldName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 256
+            && name.utf8.allSatisfy { byte in
+                (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                    || "!#$%&'*+-.^_`|~".utf8.contains(byte)
+            }
+    }
+
+    /// Fields a route may not edit: framing, hop-by-hop, and the mesh's own.
+    static func isReserved(_ name: String) -> Bool {
+        let name = name.lowercased()
+        return ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "keep-alive"].contains(
+            name
+        )
+            || name.hasPrefix("x-meshwork-")
+    }
+}

@@ -1,0 +1,238 @@
+/// The routes of one parent service compiled for matching: which rule a request selects,
+/// with Gateway API's precedence, in a few hash lookups whatever the number of routes.
+///
+/// Precedence (Gateway API, HTTPRoute "Matching precedence"), with the place of regular
+/// expressions, which Gateway API leaves to implementations, fixed here:
+/// 1. an `Exact` path, then a `RegularExpression` path (in precedence order below), then
+///    the longest `PathPrefix` (by characters; prefixes match whole segments);
+/// 2. among matches of the same path: one with a method, then the most header matches,
+///    then the most query matches;
+/// 3. then the oldest route (`created`), then the route's name, then rule order, then match
+///    order.
+///
+/// Exact paths and prefixes are found by hash of the request's path (and of each of its
+/// segment prefixes), so 1,000 routes cost what 1 does; regular expressions are tried in
+/// order after the exact paths, and only for tables that have them.
+public struct RouteTable: Sendable {
+    /// A rule of the table, in the order of `rules`.
+    public struct Rule: Sendable {
+        public let route: String
+        public let rule: RouteRule
+        /// `route/rule-name` or `route/<index>`: what metrics, logs and taps call it.
+        public let label: String
+    }
+
+    /// What a request selected: the rule, and how much of the path its match consumed (a
+    /// prefix's length, for `ReplacePrefixMatch`).
+    public struct Selection: Sendable, Hashable {
+        public let rule: Int
+        public let matchedPrefix: Int
+    }
+
+    struct Candidate: Sendable {
+        let rule: Int
+        let path: String
+        let method: String?
+        let headers: [CompiledHeader]
+        let query: [CompiledQuery]
+        let regex: CompiledRegex?
+    }
+
+    enum CompiledHeader: Sendable {
+        case exact(String, String)
+        case regex(String, CompiledRegex)
+        case present(String)
+        case absent(String)
+    }
+
+    struct CompiledQuery: Sendable {
+        let name: String
+        let value: String
+        let regex: CompiledRegex?
+    }
+
+    /// A compiled expression that matches whole strings.
+    struct CompiledRegex: @unchecked Sendable {
+        // Regex is not Sendable; a table is built once and only read afterwards.
+        let regex: Regex<AnyRegexOutput>
+        init?(_ text: String) {
+            guard let regex = try? Regex(text) else { return nil }
+            self.regex = regex
+        }
+        func matches(_ text: Substring) -> Bool {
+            (try? regex.wholeMatch(in: text)) != nil
+        }
+    }
+
+    public private(set) var rules: [Rule] = []
+    private var exact: [UInt64: [Candidate]] = [:]
+    private var prefixes: [UInt64: [Candidate]] = [:]
+    private var regexes: [Candidate] = []
+
+    public var isEmpty: Bool { rules.isEmpty }
+
+    /// The table of `parent`: the rules of every route that names it.
+    public init(parent: String, routes: some Sequence<HTTPRoute>) {
+        let ordered = routes.filter { $0.parents.contains(parent) }.sorted {
+            ($0.created, $0.name) < ($1.created, $1.name)
+        }
+        var candidates: [(Candidate, kind: Int)] = []
+        for route in ordered {
+            for (ruleIndex, rule) in route.rules.enumerated() {
+                let index = rules.count
+                rules.append(
+                    Rule(route: route.name, rule: rule, label: "\(route.name)/\(rule.name ?? String(ruleIndex))")
+                )
+                let matches = rule.matches.isEmpty ? [RouteMatch()] : rule.matches
+                for match in matches {
+                    // An expression that does not compile (the parser refuses them) drops the
+                    // whole match, never just its condition.
+                    var compiles = true
+                    let headers = match.headers.map { header -> CompiledHeader in
+                        switch header.test {
+                        case .exact(let value): return .exact(header.name, value)
+                        case .regex(let value):
+                            guard let regex = CompiledRegex(value) else {
+                                compiles = false
+                                return .present(header.name)
+                            }
+                            return .regex(header.name, regex)
+                        case .present: return .present(header.name)
+                        case .absent: return .absent(header.name)
+                        }
+                    }
+                    let query = match.queryParams.map { param -> CompiledQuery in
+                        let regex = param.regex ? CompiledRegex(param.value) : nil
+                        if param.regex, regex == nil { compiles = false }
+                        return CompiledQuery(name: param.name, value: param.value, regex: regex)
+                    }
+                    guard compiles else { continue }
+                    // Bucket 0: exact paths, 1: regular expressions, 2: prefixes.
+                    let (bucket, text, regex): (Int, String, CompiledRegex?)
+                    switch match.path {
+                    case .exact(let path): (bucket, text, regex) = (0, path, nil)
+                    case .regex(let expression):
+                        guard let compiled = CompiledRegex(expression) else { continue }
+                        (bucket, text, regex) = (1, expression, compiled)
+                    case .prefix(let path): (bucket, text, regex) = (2, path, nil)
+                    }
+                    let candidate = Candidate(
+                        rule: index,
+                        path: text,
+                        method: match.method,
+                        headers: headers,
+                        query: query,
+                        regex: regex
+                    )
+                    candidates.append((candidate, bucket))
+                }
+            }
+        }
+        // Within a bucket: method, headers, query, then the order the rules were added in
+        // (route age and name, rule order), which the stable sort keeps.
+        let sorted = candidates.enumerated().sorted { a, b in
+            let x = a.element.0
+            let y = b.element.0
+            let kx = (x.method == nil ? 1 : 0, -x.headers.count, -x.query.count, a.offset)
+            let ky = (y.method == nil ? 1 : 0, -y.headers.count, -y.query.count, b.offset)
+            return kx < ky
+        }
+        for (_, (candidate, kind)) in sorted {
+            switch kind {
+            case 0: exact[Self.hash(candidate.path[...]), default: []].append(candidate)
+            case 1: regexes.append(candidate)
+            default: prefixes[Self.hash(candidate.path[...]), default: []].append(candidate)
+            }
+        }
+    }
+
+    /// The rule `path` (normalized, without its query) selects, or nil (the parent's own
+    /// default: all of the service). `query` is the part after `?`; `header` finds a
+    /// field by lowercase name.
+    public func select(
+        method: String,
+        path: Substring,
+        query: Substring?,
+        header: (String) -> String?
+    ) -> Selection? {
+        if rules.isEmpty { return nil }
+        if let bucket = exact[Self.hash(path)] {
+            for candidate in bucket where candidate.path.utf8.elementsEqual(path.utf8) {
+                if accepts(candidate, method, query, header) {
+                    return Selection(rule: candidate.rule, matchedPrefix: 0)
+                }
+            }
+        }
+        for candidate in regexes where candidate.regex?.matches(path) == true {
+            if accepts(candidate, method, query, header) { return Selection(rule: candidate.rule, matchedPrefix: 0) }
+        }
+        // The path itself, then each prefix ending before a '/', longest first; "/" last.
+        var end = path.endIndex
+        while true {
+            let prefix = end == path.startIndex ? "/"[...] : path[path.startIndex..<end]
+            if let bucket = prefixes[Self.hash(prefix)] {
+                for candidate in bucket where candidate.path.utf8.elementsEqual(prefix.utf8) {
+                    if accepts(candidate, method, query, header) {
+                        return Selection(rule: candidate.rule, matchedPrefix: prefix == "/" ? 0 : prefix.utf8.count)
+                    }
+                }
+            }
+            if end == path.startIndex { return nil }
+            // The next shorter prefix on a segment boundary.
+            guard let slash = path[path.startIndex..<end].lastIndex(of: "/") else { return nil }
+            end = slash
+            if prefix == "/" { return nil }
+        }
+    }
+
+    private func accepts(
+        _ candidate: Candidate,
+        _ method: String,
+        _ query: Substring?,
+        _ header: (String) -> String?
+    ) -> Bool {
+        if let wanted = candidate.method, wanted != method { return false }
+        for test in candidate.headers {
+            switch test {
+            case .exact(let name, let value): if header(name) != value { return false }
+            case .regex(let name, let regex):
+                guard let value = header(name), regex.matches(value[...]) else { return false }
+            case .present(let name): if header(name) == nil { return false }
+            case .absent(let name): if header(name) != nil { return false }
+            }
+        }
+        for test in candidate.query {
+            guard let value = Self.queryValue(test.name, in: query) else { return false }
+            if let regex = test.regex {
+                if !regex.matches(value) { return false }
+            } else if !value.utf8.elementsEqual(test.value.utf8) {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// The first value of `name` in a query string (`a=1&b=2`), compared as sent (no
+    /// decoding, like Gateway API's exact match on the raw value).
+    static func queryValue(_ name: String, in query: Substring?) -> Substring? {
+        guard let query else { return nil }
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            if let equals = pair.firstIndex(of: "=") {
+                if pair[..<equals].utf8.elementsEqual(name.utf8) { return pair[pair.index(after: equals)...] }
+            } else if pair.utf8.elementsEqual(name.utf8) {
+                return ""
+            }
+        }
+        return nil
+    }
+
+    /// FNV-1a over the bytes: no String to build for the lookup.
+    static func hash(_ text: Substring) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        return hash
+    }
+}

@@ -1,0 +1,211 @@
+import Foundation
+import Testing
+
+@testable import MeshworkModel
+
+@Suite("Routes: parsing and Gateway API precedence")
+struct RouteTableTests {
+    private func route(_ yaml: String) throws -> HTTPRoute {
+        try HTTPRoute.parse(yaml)
+    }
+
+    private func select(
+        _ table: RouteTable,
+        _ target: String,
+        method: String = "GET",
+        headers: [String: String] = [:]
+    ) -> String? {
+        let question = target.firstIndex(of: "?")
+        let path = question.map { target[..<$0] } ?? target[...]
+        let query = question.map { target[target.index(after: $0)...] }
+        guard let selection = table.select(method: method, path: path, query: query, header: { headers[$0] }) else {
+            return nil
+        }
+        return table.rules[selection.rule].label
+    }
+
+    @Test func exactBeatsRegexBeatsTheLongestPrefixThenMethodHeadersAndQuery() throws {
+        let routes = try [
+            route(
+                """
+                name: a
+                parentRefs: [{name: orders}]
+                rules:
+                  - name: root
+                  - name: api
+                    matches: [{path: {type: PathPrefix, value: /api}}]
+                  - name: api-v1
+                    matches: [{path: {type: PathPrefix, value: /api/v1/}}]
+                  - name: exact
+                    matches: [{path: {type: Exact, value: /api/v1/items}}]
+                  - name: regex
+                    matches: [{path: {type: RegularExpression, value: "/api/v1/items/[0-9]+"}}]
+                  - name: post
+                    matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
+                  - name: header
+                    matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-Canary, value: "1"}]}]
+                  - name: query
+                    matches: [{path: {type: PathPrefix, value: /api}, queryParams: [{name: debug, value: "1"}]}]
+                """
+            )
+        ]
+        let table = RouteTable(parent: "orders", routes: routes)
+        #expect(select(table, "/") == "a/root")
+        #expect(select(table, "/apix") == "a/root", "a prefix matches whole segments")
+        #expect(select(table, "/api") == "a/api")
+        #expect(select(table, "/api/") == "a/api")
+        #expect(select(table, "/api/v1") == "a/api-v1", "a prefix's trailing slash does not count")
+        #expect(select(table, "/api/v1/items/7") == "a/regex")
+        #expect(select(table, "/api/v1/items/x") == "a/api-v1")
+        #expect(select(table, "/api/v1/items") == "a/exact")
+        #expect(select(table, "/api/v1/items?debug=1") == "a/exact", "the path comes before the query")
+        #expect(
+            select(table, "/api/x", method: "POST", headers: ["x-canary": "1"]) == "a/post",
+            "method before headers"
+        )
+        #expect(select(table, "/api/x", headers: ["x-canary": "1"]) == "a/header")
+        #expect(select(table, "/api/x?a=2&debug=1") == "a/query")
+        #expect(select(table, "/api/x?debug=10") == "a/api")
+        #expect(select(RouteTable(parent: "web", routes: routes), "/api") == nil, "another parent's routes")
+    }
+
+    @Test func equalMatchesGoToTheOlderRouteThenTheName() throws {
+        var young = try route("name: a-young\nparentRefs: [{name: orders}]\nrules: [{matches: [{path: {value: /x}}]}]")
+        var old = try route("name: z-old\nparentRefs: [{name: orders}]\nrules: [{matches: [{path: {value: /x}}]}]")
+        young.created = 9
+        old.created = 3
+        #expect(select(RouteTable(parent: "orders", routes: [young, old]), "/x/1") == "z-old/0")
+        old.created = 9
+        #expect(select(RouteTable(parent: "orders", routes: [old, young]), "/x/1") == "a-young/0")
+    }
+
+    @Test func headerTestsPresentAbsentAndRegex() throws {
+        let table = RouteTable(
+            parent: "orders",
+            routes: [
+                try route(
+                    """
+                    name: h
+                    parentRefs: [{name: orders}]
+                    rules:
+                      - name: regex
+                        matches: [{headers: [{type: RegularExpression, name: x-user, value: "admin-[a-z]+"}]}]
+                      - name: present
+                        matches: [{headers: [{type: Present, name: x-debug}]}]
+                      - name: absent
+                        matches: [{headers: [{type: Absent, name: x-debug}, {name: x-a, value: "1"}]}]
+                    """
+                )
+            ]
+        )
+        #expect(
+            select(table, "/", headers: ["x-user": "admin-bob", "x-debug": "1"]) == "h/regex",
+            "one header match each: the earlier rule"
+        )
+        #expect(select(table, "/", headers: ["x-user": "admin-", "x-debug": "1"]) == "h/present")
+        #expect(select(table, "/", headers: ["x-user": "admin-bob"]) == "h/regex")
+        #expect(select(table, "/", headers: ["x-user": "admin-bob2"]) == nil, "a regex matches the whole value")
+        #expect(select(table, "/", headers: ["x-a": "1"]) == "h/absent")
+        #expect(select(table, "/", headers: ["x-a": "1", "x-debug": ""]) == "h/present", "absent fails; present holds")
+    }
+
+    @Test func aGRPCRouteMatchesServiceAndMethod() throws {
+        let table = RouteTable(
+            parent: "orders",
+            routes: [
+                try route(
+                    """
+                    kind: GRPCRoute
+                    name: g
+                    parentRefs: [{name: orders}]
+                    rules:
+                      - name: get
+                        matches: [{method: {service: shop.Orders, method: Get}}]
+                      - name: any
+                        matches: [{method: {service: shop.Orders}}]
+                    """
+                )
+            ]
+        )
+        #expect(select(table, "/shop.Orders/Get", method: "POST") == "g/get")
+        #expect(select(table, "/shop.Orders/List", method: "POST") == "g/any")
+        #expect(select(table, "/shop.Ordersx/List", method: "POST") == nil)
+    }
+
+    @Test func aThousandRoutesSelectLikeOne() throws {
+        var routes: [HTTPRoute] = []
+        for index in 0..<1000 {
+            routes.append(
+                try route(
+                    "name: r\(index)\nparentRefs: [{name: orders}]\nrules: [{matches: [{path: {value: /p\(index)}}]}]"
+                )
+            )
+        }
+        let table = RouteTable(parent: "orders", routes: routes)
+        #expect(select(table, "/p999/x") == "r999/0")
+        #expect(select(table, "/p0") == "r0/0")
+        #expect(select(table, "/q") == nil)
+    }
+
+    @Test func whatIsWrongIsRefusedWithEveryPathAndReason() throws {
+        let text = """
+            name: bad
+            parentRefs: [{name: Orders}]
+            rules:
+              - matches: [{path: {type: Exact, value: "/a/../b"}, method: get}]
+                filters:
+                  - type: RequestHeaderModifier
+                    requestHeaderModifier: {set: [{name: x-meshwork-error, value: x}]}
+                  - type: RequestMirror
+                    requestMirror: {backendRef: {name: orders}}
+                backendRefs: [{name: orders, weight: 0}]
+                timeouts: {request: 1s, backendRequest: 2s}
+                retry: {codes: [404]}
+              - matches: [{headers: [{type: RegularExpression, name: x, value: "("}]}]
+            """
+        #expect {
+            try HTTPRoute.parse(text)
+        } throws: { error in
+            let paths = (error as? ConfigErrors)?.errors.map(\.path) ?? []
+            return Set(paths).isSuperset(of: [
+                "parentRefs[0].name", "rules[0].matches[0].path.value", "rules[0].matches[0].method",
+                "rules[0].filters[0].requestHeaderModifier.set[0].name", "rules[0].filters[1].type",
+                "rules[0].backendRefs", "rules[0].timeouts.backendRequest", "rules[0].retry.codes[0]",
+                "rules[1].matches[0].headers[0].value",
+            ])
+        }
+    }
+
+    @Test func aRouteReadsBackWhatItWrites() throws {
+        let original = try route(
+            """
+            name: round
+            parentRefs: [{name: orders}]
+            rules:
+              - name: canary
+                matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: "1"}], method: GET}]
+                filters:
+                  - type: RequestHeaderModifier
+                    requestHeaderModifier: {set: [{name: x-a, value: "1"}], add: [{name: x-b, value: "2"}], remove: [x-c]}
+                  - type: Fault
+                    fault: {delay: {fixedDelay: 50ms, percent: 10}, abort: {httpStatus: 503, percent: 5}}
+                  - type: URLRewrite
+                    urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+                backendRefs: [{name: orders, weight: 90}, {name: orders, version: v2, labels: {track: canary}, weight: 10}]
+                timeouts: {request: 5s, backendRequest: 1500ms}
+                retry: {attempts: 3, codes: [502, 503], backoff: 25ms}
+            """
+        )
+        let encoded = try String(decoding: JSONEncoderForTests.encode(original), as: UTF8.self)
+        #expect(try HTTPRoute.parse(encoded) == original)
+        #expect(original.rules[0].backends[1].clusterName == "orders~version=v2,track=canary")
+    }
+}
+
+enum JSONEncoderForTests {
+    static func encode(_ value: some Encodable) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return try encoder.encode(value)
+    }
+}
