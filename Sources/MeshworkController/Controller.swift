@@ -35,6 +35,8 @@ actor Controller {
 
     struct Watcher {
         var services: Set<String>?
+        /// It reads route events and snapshot routes (`routes=1`).
+        var routes: Bool
         var continuation: AsyncStream<WatchMessage>.Continuation
     }
 
@@ -177,7 +179,7 @@ actor Controller {
     /// A stream that starts with what the watcher needs — the events after `revision`
     /// when the history still has them, else a snapshot — and then every change, for the
     /// given services (all when nil).
-    func watch(services: Set<String>?, after revision: Int64?) -> AsyncStream<WatchMessage> {
+    func watch(services: Set<String>?, after revision: Int64?, routes: Bool = true) -> AsyncStream<WatchMessage> {
         let (stream, continuation) = AsyncStream<WatchMessage>.makeStream(
             bufferingPolicy: .bufferingOldest(Self.watcherBuffer)
         )
@@ -188,7 +190,7 @@ actor Controller {
             return stream
         }
         if let revision, let missed = registry.events(after: revision) {
-            for event in missed where event.concerns(services) {
+            for event in missed where event.concerns(services) && (routes || event.route == nil) {
                 continuation.yield(.event(event))
             }
         } else {
@@ -209,12 +211,12 @@ actor Controller {
                     instances: snapshotInstances,
                     policies: snapshotPolicies,
                     mesh: registry.mesh,
-                    routes: snapshotRoutes
+                    routes: routes ? snapshotRoutes : []
                 )
             )
         }
         let id = UUID()
-        watchers[id] = Watcher(services: services, continuation: continuation)
+        watchers[id] = Watcher(services: services, routes: routes, continuation: continuation)
         continuation.onTermination = { _ in
             Task { await self.removeWatcher(id) }
         }
@@ -246,7 +248,7 @@ actor Controller {
     }
 
     private func broadcast(_ event: RegistryEvent) {
-        for (id, watcher) in watchers where event.concerns(watcher.services) {
+        for (id, watcher) in watchers where event.concerns(watcher.services) && (watcher.routes || event.route == nil) {
             if case .dropped = watcher.continuation.yield(.event(event)) {
                 logger.warning("watcher fell behind; closing it so it resumes from its revision")
                 watcher.continuation.finish()

@@ -128,7 +128,10 @@ struct ControllerAPI {
                 Set($0.split(separator: ",").map(String.init))
             }
             let revision = request.uri.queryParameters.get("revision").flatMap { Int64($0) }
-            return await watch(services: services, after: revision)
+            // Routes only to watchers that say they read them: a sidecar from before routes
+            // fails on an event kind it does not know, and would reconnect forever.
+            let routes = request.uri.queryParameters.get("routes") == "1"
+            return await watch(services: services, after: revision, routes: routes)
         }
         v1.get("openapi.json") { _, _ in
             Response(
@@ -164,8 +167,8 @@ struct ControllerAPI {
 
     /// NDJSON: one JSON object per line — `snapshot`, then `event`s; a `ping` every 10 s
     /// keeps idle connections (and proxies) alive and tells the client the revision.
-    private func watch(services: Set<String>?, after revision: Int64?) async -> Response {
-        let stream = await controller.watch(services: services, after: revision)
+    private func watch(services: Set<String>?, after revision: Int64?, routes: Bool) async -> Response {
+        let stream = await controller.watch(services: services, after: revision, routes: routes)
         let controller = self.controller
         let trustBundle = await identity.trustBundle
         let body = ResponseBody { writer in

@@ -108,7 +108,8 @@ enum OpenAPIDocument {
             },
             "/v1/watch": {"get": {"summary": "Snapshot then changes, as NDJSON", "parameters": [
               {"name": "services", "in": "query", "description": "comma-separated service names (all when absent)", "schema": {"type": "string"}},
-              {"name": "revision", "in": "query", "description": "resume after this revision: the missed events, or a snapshot when the history no longer has them", "schema": {"type": "integer"}}],
+              {"name": "revision", "in": "query", "description": "resume after this revision: the missed events, or a snapshot when the history no longer has them", "schema": {"type": "integer"}},
+              {"name": "routes", "in": "query", "description": "1: the watcher reads routes (route-put/route-deleted events, routes in the snapshot); without it none are sent", "schema": {"enum": ["1"]}}],
               "responses": {"200": {"description": "a stream of WatchLine", "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchLine"}}}}}}}
             ,
             "/v1/tokens": {

@@ -22,7 +22,7 @@ extension Sidecar {
         if let instanceID, !peers.contains(instanceID) { peers.append(instanceID) }
         peers.sort()
         let rank = instanceID.flatMap { peers.firstIndex(of: $0) }
-        let newClusters = await addRouteBackends(state)
+        let (newClusters, unwatched) = addRouteBackends(state)
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
             let subset = subsetBackends[name]
@@ -79,6 +79,12 @@ extension Sidecar {
             }
         }
         applyRoutes(state, rebuild: newClusters, &updates)
+        if !unwatched.isEmpty, let watchMore {
+            // Not awaited: watching more replaces the watch this state came from, and must
+            // not cancel the application of it (address resolution would fail cancelled).
+            logger.info("watching route backends", metadata: ["services": "\(unwatched)"])
+            Task { await watchMore(unwatched) }
+        }
         guard !flags.discoveryApplied.load(ordering: .relaxed) else { return }
         // The first state: on every loop before a listener accepts, so no request meets
         // the empty clusters of a sidecar that has only just started.
@@ -89,8 +95,9 @@ extension Sidecar {
 
     /// Clusters for the backends of the routes of the services this sidecar calls: a
     /// subset (`orders~version=v2`) is filled from its service's instances; another service
-    /// is watched from now on. Returns whether any cluster was added.
-    private func addRouteBackends(_ state: DiscoveryState) async -> Bool {
+    /// is to be watched from now on. Returns whether any cluster was added, and the
+    /// services to watch.
+    private func addRouteBackends(_ state: DiscoveryState) -> (added: Bool, unwatched: [String]) {
         let parents = Set(discovered.filter { !$0.contains("~") })
         var added: [String] = []
         var services: [String] = []
@@ -111,14 +118,9 @@ extension Sidecar {
                 }
             }
         }
-        guard !added.isEmpty else { return false }
+        guard !added.isEmpty else { return (false, []) }
         addDiscoveredClusters(added)
-        let unwatched = services.filter { !parents.contains($0) }
-        if !unwatched.isEmpty, let watchMore {
-            logger.info("watching route backends", metadata: ["services": "\(unwatched)"])
-            await watchMore(unwatched)
-        }
-        return true
+        return (true, services.filter { !parents.contains($0) })
     }
 
     /// Each called service's routes, compiled on every loop against that loop's clusters.

@@ -188,7 +188,8 @@ public final class HTTPControllerClient: ControllerClient {
         after revision: Int64?,
         onLine: (String) async throws -> Void
     ) async throws {
-        var query: [String] = []
+        // This client reads route events (`WatchLine` knows them).
+        var query: [String] = ["routes=1"]
         if let services { query.append("services=" + services.joined(separator: ",")) }
         if let revision, revision > 0 { query.append("revision=\(revision)") }
         let path = "/v1/watch" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))

@@ -105,7 +105,7 @@ extension RetryPolicy {
         case .status(let code):
             guard code >= 500 else { return .fail(.notACondition) }
             if statusCodes.contains(code) {
-                repeatable = nonIdempotent || code == 503
+                repeatable = nonIdempotent || code == 503 || on.contains(.any5xx)
             } else if on.contains(.any5xx) {
                 repeatable = true
             } else if code == 503, on.contains(.unavailable) {

@@ -15,9 +15,11 @@ struct RouteTableTests {
         method: String = "GET",
         headers: [String: String] = [:]
     ) -> String? {
-        let question = target.firstIndex(of: "?")
-        let path = question.map { target[..<$0] } ?? target[...]
-        let query = question.map { target[target.index(after: $0)...] }
+        // Split as the sidecar splits: on the byte.
+        let bytes = target.utf8
+        let question = bytes.firstIndex(of: UInt8(ascii: "?"))
+        let path = Substring(question.map { bytes[..<$0] } ?? bytes[...])
+        let query = question.map { Substring(bytes[bytes.index(after: $0)...]) }
         guard let selection = table.select(method: method, path: path, query: query, header: { headers[$0] }) else {
             return nil
         }
@@ -174,6 +176,67 @@ struct RouteTableTests {
                 "rules[1].matches[0].headers[0].value",
             ])
         }
+    }
+
+    @Test func aCombiningMarkAfterASlashOrAQuestionMarkHidesNeither() throws {
+        let table = RouteTable(
+            parent: "orders",
+            routes: [
+                try route(
+                    """
+                    name: m
+                    parentRefs: [{name: orders}]
+                    rules:
+                      - name: admin
+                        matches: [{path: {type: PathPrefix, value: /admin}}]
+                      - name: exact
+                        matches: [{path: {type: Exact, value: /login}}]
+                      - name: regex
+                        matches: [{path: {type: RegularExpression, value: "/r/."}}]
+                    """
+                )
+            ]
+        )
+        #expect(select(table, "/admin/\u{301}x") == "m/admin")
+        #expect(select(table, "/login?\u{301}") == "m/exact")
+        #expect(select(table, "/r/\u{301}") == "m/regex", "a regex matches scalars, not graphemes")
+        #expect(select(table, "/admin\u{301}/x") == nil, "/admin\u{301} is another segment")
+    }
+
+    @Test func valuesNoReaderCanReadBackOrThatCouldSplitAHeadAreRefused() throws {
+        let cases: [(String, String)] = [
+            (#"matches: [{headers: [{name: x, value: "a\x7fb"}]}]"#, "rules[0].matches[0].headers[0].value"),
+            (#"name: "r\u2028""#, "rules[0].name"),
+            (
+                #"filters: [{type: URLRewrite, urlRewrite: {hostname: "a\r\nx: y"}}]"#,
+                "rules[0].filters[0].urlRewrite.hostname"
+            ),
+            (#"backendRefs: [{name: orders, labels: {version: v2}}]"#, "rules[0].backendRefs[0].labels.version"),
+            (#"backendRefs: [{name: orders, labels: {a: "b,c=d"}}]"#, "rules[0].backendRefs[0].labels.a"),
+            (
+                #"filters: [{type: Fault, fault: {abort: {httpStatus: 204}}}]"#,
+                "rules[0].filters[0].fault.abort.httpStatus"
+            ),
+            (#"timeouts: {request: 0s}"#, "rules[0].timeouts.request"),
+        ]
+        for (rule, path) in cases {
+            let text = "name: r\nparentRefs: [{name: orders}]\nrules:\n  - \(rule)\n"
+            #expect {
+                try HTTPRoute.parse(text)
+            } throws: { error in
+                (error as? ConfigErrors)?.errors.contains { $0.path == path } == true
+            }
+        }
+    }
+
+    @Test func aSubMillisecondTimeoutReadsBackAsItself() throws {
+        let original = try route(
+            "name: t\nparentRefs: [{name: orders}]\nrules: [{timeouts: {request: 500us, backendRequest: 250us}}]"
+        )
+        let encoded = try String(decoding: JSONEncoderForTests.encode(original), as: UTF8.self)
+        let read = try HTTPRoute.parse(encoded)
+        #expect(read.rules[0].requestTimeout == .microseconds(500))
+        #expect(read.rules[0].backendRequestTimeout == .microseconds(250))
     }
 
     @Test func aRouteReadsBackWhatItWrites() throws {

@@ -17,10 +17,11 @@ final class LoopRoutes {
 
     /// The rule `head` selects (its target already normalized, origin-form), or nil.
     func select(_ head: HTTPRequestHead) -> (LoopRule, RouteTable.Selection)? {
-        let uri = head.uri[...]
-        let question = uri.firstIndex(of: "?")
-        let path = question.map { uri[..<$0] } ?? uri
-        let query = question.map { uri[uri.index(after: $0)...] }
+        // Split on the byte: a combining mark after '?' must not hide it.
+        let uri = head.uri.utf8
+        let question = uri.firstIndex(of: UInt8(ascii: "?"))
+        let path = Substring(question.map { uri[..<$0] } ?? uri[...])
+        let query = question.map { Substring(uri[uri.index(after: $0)...]) }
         guard
             let selection = table.select(
                 method: head.method.rawValue,
@@ -127,27 +128,30 @@ final class LoopRule {
         return true
     }
 
-    /// The request as the rule sends it: header edits, then the rewrite.
+    /// The request's target and host as the rule rewrites them (its header edits go on the
+    /// head as it leaves, after the caller's hop-by-hop fields are gone: see `editRequest`).
     func rewrite(_ head: inout HTTPRequestHead, matchedPrefix: Int) {
-        if let edits = requestEdits { Self.apply(edits, to: &head.headers) }
         guard let rewrite else { return }
         if let hostname = rewrite.hostname { head.headers.replaceOrAdd(name: "host", value: hostname) }
         switch rewrite.path {
         case .full(let path)?:
-            let query = head.uri.firstIndex(of: "?").map { String(head.uri[$0...]) } ?? ""
+            let uri = head.uri.utf8
+            let query = uri.firstIndex(of: UInt8(ascii: "?")).map { Substring(uri[$0...]) } ?? ""
             head.uri = path + query
         case .prefix(let replacement)?:
-            let rest = head.uri.utf8.dropFirst(matchedPrefix)
-            var tail = String(Substring(rest))
+            var tail = Substring(head.uri.utf8.dropFirst(matchedPrefix))
             // `/api` -> `/`: `/api/x` becomes `/x`, not `//x`.
-            if replacement.hasSuffix("/"), tail.hasPrefix("/") { tail.removeFirst() }
-            if replacement == "/", tail.hasPrefix("?") || tail.isEmpty {
-                head.uri = "/" + tail
-            } else {
-                head.uri = replacement + tail
+            if replacement.utf8.last == UInt8(ascii: "/"), tail.utf8.first == UInt8(ascii: "/") {
+                tail = Substring(tail.utf8.dropFirst())
             }
+            head.uri = replacement + tail
         case nil: break
         }
+    }
+
+    /// The rule's request header changes, on the head as it goes upstream.
+    func editRequest(_ headers: inout HTTPHeaders) {
+        if let requestEdits { Self.apply(requestEdits, to: &headers) }
     }
 
     static func apply(_ edits: RouteFilter.HeaderEdits, to headers: inout HTTPHeaders) {

@@ -324,6 +324,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upgrade: machine.request.isUpgrade,
             restoresProtocol: settings.restoresProtocol
         )
+        rule?.editRequest(&upstreamHead.headers)
         if let trace = telemetry.trace, let header = trace.header {
             if trace.replaces {
                 upstreamHead.headers.replaceOrAdd(name: LoopTracer.parentHeader, value: header)

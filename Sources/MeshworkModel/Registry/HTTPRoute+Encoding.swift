@@ -53,11 +53,14 @@ extension HTTPRoute: Encodable {
 }
 
 extension Duration {
-    /// `250ms`, `5s`: what `DurationText.parse` reads.
+    /// `250ms`, `5s`, or `1500us` below a whole millisecond: what `DurationText.parse`
+    /// reads, to the microsecond (a sub-millisecond timeout must not come back as `0s`).
     var routeText: String {
         let (seconds, attoseconds) = components
-        let ms = seconds * 1000 + attoseconds / 1_000_000_000_000_000
-        return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
+        let us = seconds * 1_000_000 + attoseconds / 1_000_000_000_000
+        if us % 1_000_000 == 0 { return "\(us / 1_000_000)s" }
+        if us % 1000 == 0 { return "\(us / 1000)ms" }
+        return "\(us)us"
     }
 }
 

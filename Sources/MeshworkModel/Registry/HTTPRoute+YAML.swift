@@ -47,6 +47,7 @@ extension HTTPRoute {
         for (path, item) in rules.prefix(maxRules) {
             if let rule = readRule(item, path, reader, kind: route.kind) { route.rules.append(rule) }
         }
+        if reader.errors.isEmpty { checkStrings(route.tree, "", reader) }
         return route
     }
 
@@ -73,8 +74,16 @@ extension HTTPRoute {
             reader.fail(f.path("backendRefs"), "every weight is 0: no request could be sent")
         }
         if let timeouts = reader.mapping(f.node("timeouts"), f.path("timeouts"), known: ["request", "backendRequest"]) {
-            rule.requestTimeout = timeouts.duration("request")?.duration
-            rule.backendRequestTimeout = timeouts.duration("backendRequest")?.duration
+            for key in ["request", "backendRequest"] {
+                guard let value = timeouts.duration(key)?.duration else { continue }
+                if value < .microseconds(1) {
+                    reader.fail(timeouts.path(key), "must be at least 1us (leave it out for the service's own timeout)")
+                } else if key == "request" {
+                    rule.requestTimeout = value
+                } else {
+                    rule.backendRequestTimeout = value
+                }
+            }
             if let request = rule.requestTimeout, let backend = rule.backendRequestTimeout, backend > request {
                 reader.fail(timeouts.path("backendRequest"), "longer than the request timeout (\(request))")
             }
@@ -224,6 +233,9 @@ extension HTTPRoute {
         }
         _ = f.int("port", range: 1...65535)
         var backend = RouteBackend(service: service, version: f.string("version"))
+        if let version = backend.version, !isLabelValue(version) {
+            reader.fail(f.path("version"), "1 to 63 letters, digits, '-', '_' or '.', found \"\(version)\"")
+        }
         if let weight = f.int("weight", range: 0...1_000_000) { backend.weight = weight }
         if let labels = f.node("labels") {
             guard let mapping = labels.mapping else {
@@ -234,6 +246,16 @@ extension HTTPRoute {
                 guard let key = key.string,
                     let text = reader.string(value, reader.join(f.path("labels"), key))
                 else { continue }
+                if key == "version" {
+                    reader.fail(
+                        reader.join(f.path("labels"), key),
+                        "the instance's version is the backend's version field"
+                    )
+                } else if !isLabelKey(key) {
+                    reader.fail(reader.join(f.path("labels"), key), "a label key: letters, digits, '-', '_', '.', '/'")
+                } else if !isLabelValue(text) {
+                    reader.fail(reader.join(f.path("labels"), key), "1 to 63 letters, digits, '-', '_' or '.'")
+                }
                 backend.labels[key] = text
             }
         }
@@ -271,7 +293,13 @@ extension HTTPRoute {
                 let r = reader.mapping(node, f.path("urlRewrite"), known: ["hostname", "path"])
             else { return nil }
             var rewrite = RouteFilter.URLRewrite()
-            rewrite.hostname = r.string("hostname")
+            if let hostname = r.string("hostname") {
+                if isAuthority(hostname) {
+                    rewrite.hostname = hostname
+                } else {
+                    reader.fail(r.path("hostname"), "expected a host name or host:port, found \"\(hostname)\"")
+                }
+            }
             rewrite.path = readPathRewrite(r.node("path"), r.path("path"), reader)
             return .rewrite(rewrite)
         case "RequestRedirect":
@@ -323,7 +351,7 @@ extension HTTPRoute {
             }
             if let a = reader.mapping(r.node("abort"), r.path("abort"), known: ["httpStatus", "grpcStatus", "percent"])
             {
-                fault.abortStatus = a.int("httpStatus", range: 200...599)
+                fault.abortStatus = a.int("httpStatus", range: 400...599)
                 fault.abortGRPCStatus = a.int("grpcStatus", range: 1...16)
                 if fault.abortStatus == nil, fault.abortGRPCStatus == nil {
                     reader.fail(a.path("httpStatus"), "an abort needs httpStatus or grpcStatus")
@@ -418,6 +446,60 @@ extension HTTPRoute {
         } catch {
             reader.fail(path, "not a regular expression: \(error)")
             return false
+        }
+    }
+
+    /// A host name, IPv4 address or bracketed IPv6 address, with an optional port: what a
+    /// Host field may carry (no CR, LF, space or anything a request could be split with).
+    static func isAuthority(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.count <= 255
+            && text.utf8.allSatisfy { byte in
+                (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                    || "-.:[]".utf8.contains(byte)
+            }
+    }
+
+    /// Kubernetes' label value syntax (and so: no ',' or '=', which name subset clusters).
+    static func isLabelValue(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.count <= 63
+            && text.utf8.allSatisfy { byte in
+                (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                    || "-_.".utf8.contains(byte)
+            }
+    }
+
+    static func isLabelKey(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.count <= 253
+            && text.utf8.allSatisfy { byte in
+                (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                    || "-_./".utf8.contains(byte)
+            }
+    }
+
+    /// Every string of the route, as it will be written: none may hold a control character
+    /// (C0, DEL, C1), a Unicode line or paragraph separator or a non-character. The store
+    /// and the watch stream write JSON that YAML reads back, and YAML refuses or rewrites
+    /// those; a value no reader can read back would stop the controller's restart and every
+    /// watcher of the parent.
+    static func checkStrings(_ tree: Tree, _ path: String, _ reader: ConfigReader) {
+        switch tree {
+        case .string(let text):
+            let bad = text.unicodeScalars.first { scalar in
+                let v = scalar.value
+                return v < 0x20 || (v >= 0x7F && v <= 0x9F) || v == 0x2028 || v == 0x2029
+                    || (v >= 0xFDD0 && v <= 0xFDEF) || v & 0xFFFE == 0xFFFE
+            }
+            if let bad {
+                reader.fail(
+                    path,
+                    "holds the control or non-character U+\(String(bad.value, radix: 16, uppercase: true))"
+                )
+            }
+        case .int, .double: break
+        case .array(let items):
+            for (index, item) in items.enumerated() { checkStrings(item, "\(path)[\(index)]", reader) }
+        case .object(let pairs):
+            for (key, value) in pairs { checkStrings(value, reader.join(path, key), reader) }
         }
     }
 

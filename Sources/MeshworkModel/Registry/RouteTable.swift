@@ -57,7 +57,8 @@ public struct RouteTable: Sendable {
         let regex: Regex<AnyRegexOutput>
         init?(_ text: String) {
             guard let regex = try? Regex(text) else { return nil }
-            self.regex = regex
+            // Scalars, not graphemes: '/' followed by a combining mark is still a '/'.
+            self.regex = regex.matchingSemantics(.unicodeScalar)
         }
         func matches(_ text: Substring) -> Bool {
             (try? regex.wholeMatch(in: text)) != nil
@@ -139,9 +140,9 @@ public struct RouteTable: Sendable {
         }
         for (_, (candidate, kind)) in sorted {
             switch kind {
-            case 0: exact[Self.hash(candidate.path[...]), default: []].append(candidate)
+            case 0: exact[Self.hash(candidate.path.utf8), default: []].append(candidate)
             case 1: regexes.append(candidate)
-            default: prefixes[Self.hash(candidate.path[...]), default: []].append(candidate)
+            default: prefixes[Self.hash(candidate.path.utf8), default: []].append(candidate)
             }
         }
     }
@@ -156,34 +157,45 @@ public struct RouteTable: Sendable {
         header: (String) -> String?
     ) -> Selection? {
         if rules.isEmpty { return nil }
-        if let bucket = exact[Self.hash(path)] {
-            for candidate in bucket where candidate.path.utf8.elementsEqual(path.utf8) {
+        // Bytes, never Characters: a combining mark after a '/' must not hide the slash.
+        let bytes = path.utf8
+        if let bucket = exact[Self.hash(bytes)] {
+            for candidate in bucket where candidate.path.utf8.elementsEqual(bytes) {
                 if accepts(candidate, method, query, header) {
                     return Selection(rule: candidate.rule, matchedPrefix: 0)
                 }
             }
         }
-        for candidate in regexes where candidate.regex?.matches(path) == true {
-            if accepts(candidate, method, query, header) { return Selection(rule: candidate.rule, matchedPrefix: 0) }
+        if !regexes.isEmpty, bytes.count <= Self.maxRegexInput {
+            for candidate in regexes where candidate.regex?.matches(path) == true {
+                if accepts(candidate, method, query, header) {
+                    return Selection(rule: candidate.rule, matchedPrefix: 0)
+                }
+            }
         }
         // The path itself, then each prefix ending before a '/', longest first; "/" last.
-        var end = path.endIndex
-        while true {
-            let prefix = end == path.startIndex ? "/"[...] : path[path.startIndex..<end]
+        let slash = UInt8(ascii: "/")
+        var end = bytes.endIndex
+        while end > bytes.startIndex {
+            let prefix = bytes[bytes.startIndex..<end]
             if let bucket = prefixes[Self.hash(prefix)] {
-                for candidate in bucket where candidate.path.utf8.elementsEqual(prefix.utf8) {
+                for candidate in bucket where candidate.path.utf8.elementsEqual(prefix) {
                     if accepts(candidate, method, query, header) {
-                        return Selection(rule: candidate.rule, matchedPrefix: prefix == "/" ? 0 : prefix.utf8.count)
+                        return Selection(rule: candidate.rule, matchedPrefix: prefix.count == 1 ? 0 : prefix.count)
                     }
                 }
             }
-            if end == path.startIndex { return nil }
-            // The next shorter prefix on a segment boundary.
-            guard let slash = path[path.startIndex..<end].lastIndex(of: "/") else { return nil }
-            end = slash
-            if prefix == "/" { return nil }
+            if prefix.count == 1 { break }
+            // The next shorter prefix on a segment boundary ("/api/" -> "/api" -> "/").
+            guard let next = prefix.lastIndex(of: slash) else { break }
+            end = next == bytes.startIndex ? bytes.index(after: next) : next
         }
+        return nil
     }
+
+    /// Longer paths and values are not tried against regular expressions (a backtracking
+    /// engine: bounded input bounds the time an expression can take on the event loop).
+    public static let maxRegexInput = 1024
 
     private func accepts(
         _ candidate: Candidate,
@@ -196,7 +208,9 @@ public struct RouteTable: Sendable {
             switch test {
             case .exact(let name, let value): if header(name) != value { return false }
             case .regex(let name, let regex):
-                guard let value = header(name), regex.matches(value[...]) else { return false }
+                guard let value = header(name), value.utf8.count <= Self.maxRegexInput, regex.matches(value[...]) else {
+                    return false
+                }
             case .present(let name): if header(name) == nil { return false }
             case .absent(let name): if header(name) != nil { return false }
             }
@@ -204,7 +218,7 @@ public struct RouteTable: Sendable {
         for test in candidate.query {
             guard let value = Self.queryValue(test.name, in: query) else { return false }
             if let regex = test.regex {
-                if !regex.matches(value) { return false }
+                if value.utf8.count > Self.maxRegexInput || !regex.matches(value) { return false }
             } else if !value.utf8.elementsEqual(test.value.utf8) {
                 return false
             }
@@ -216,20 +230,27 @@ public struct RouteTable: Sendable {
     /// decoding, like Gateway API's exact match on the raw value).
     static func queryValue(_ name: String, in query: Substring?) -> Substring? {
         guard let query else { return nil }
-        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
-            if let equals = pair.firstIndex(of: "=") {
-                if pair[..<equals].utf8.elementsEqual(name.utf8) { return pair[pair.index(after: equals)...] }
-            } else if pair.utf8.elementsEqual(name.utf8) {
+        let bytes = query.utf8
+        var start = bytes.startIndex
+        while start < bytes.endIndex {
+            let end = bytes[start...].firstIndex(of: UInt8(ascii: "&")) ?? bytes.endIndex
+            let pair = bytes[start..<end]
+            if let equals = pair.firstIndex(of: UInt8(ascii: "=")) {
+                if pair[..<equals].elementsEqual(name.utf8) {
+                    return Substring(bytes[bytes.index(after: equals)..<end])
+                }
+            } else if !pair.isEmpty, pair.elementsEqual(name.utf8) {
                 return ""
             }
+            start = end == bytes.endIndex ? end : bytes.index(after: end)
         }
         return nil
     }
 
     /// FNV-1a over the bytes: no String to build for the lookup.
-    static func hash(_ text: Substring) -> UInt64 {
+    static func hash(_ bytes: some Sequence<UInt8>) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
+        for byte in bytes {
             hash ^= UInt64(byte)
             hash = hash &* 0x100_0000_01b3
         }

@@ -433,8 +433,8 @@ struct CtlWatch: AsyncParsableCommand {
     @Option(name: .long, help: "Comma-separated services (all when absent).") var services: String?
 
     func run() async throws {
-        var path = "/v1/watch"
-        if let services { path += "?services=\(services)" }
+        var path = "/v1/watch?routes=1"
+        if let services { path += "&services=\(services)" }
         try await options.stream(path) { line in
             guard !line.isEmpty else { return }
             guard options.output == .table else {
@@ -448,9 +448,12 @@ struct CtlWatch: AsyncParsableCommand {
                     "revision \(state.revision): \(state.services.count) services, \(state.instances.count) instances"
                 )
             case .event(let event):
-                let subject =
-                    event.instance.map { "\($0.id) (\($0.service), \($0.health.rawValue))" }
-                    ?? event.service?.name ?? ""
+                var subject = event.service?.name ?? event.policy?.name ?? ""
+                if let instance = event.instance {
+                    subject = "\(instance.id) (\(instance.service), \(instance.health.rawValue))"
+                } else if let route = event.route {
+                    subject = "\(route.name) (\(route.parents.joined(separator: ",")))"
+                }
                 print("revision \(event.revision): \(event.kind.rawValue) \(subject)")
             case .ping, .trustBundle:
                 break
