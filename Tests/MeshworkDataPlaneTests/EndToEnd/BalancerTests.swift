@@ -102,6 +102,7 @@ struct BalancerTests {
         }
         for sidecar in sidecars { await sidecar.stop() }
         for app in apps { await app.stop() }
+        await controller.stop()
     }
 
     /// Zone-aware routing counts the instances the registry reports unhealthy (issue 17,
@@ -146,6 +147,7 @@ struct BalancerTests {
         for sidecar in sidecars { await sidecar.stop() }
         await inA.stop()
         await inB.stop()
+        await controller.stop()
     }
 
     /// Deterministic subsetting fed by the controller (issue 17, item 3): `subsetSize: 8` in
@@ -216,6 +218,7 @@ struct BalancerTests {
         }
         for caller in callers { await caller.stop() }
         await backends.stop()
+        await controller.stop()
     }
 
     @Test func roundRobinSplitsEvenly() async throws {

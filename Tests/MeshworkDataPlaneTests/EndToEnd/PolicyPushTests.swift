@@ -128,5 +128,6 @@ struct PolicyPushTests {
         for sidecar in sidecars { await sidecar.stop() }
         await good.stop()
         await bad.stop()
+        await controller.stop()
     }
 }

@@ -142,5 +142,6 @@ struct RouteTests {
         for sidecar in sidecars { await sidecar.stop() }
         await v1.stop()
         await v2.stop()
+        await controller.stop()
     }
 }
