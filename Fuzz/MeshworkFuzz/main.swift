@@ -1,3 +1,4 @@
+import Foundation
 import MeshworkDNS
 import MeshworkModel
 import MeshworkTraffic
@@ -83,7 +84,26 @@ func fuzzConfig(_ bytes: [UInt8]) {
     _ = try? MeshSettings.parse(text)
     _ = try? AuthorizationPolicy.parse(text, name: "fuzz")
     _ = try? ServiceResource.parse(text, name: "fuzz")
+    // A route the API accepts is one the store and every watcher can read back, unchanged
+    // (a route that could not be read back would stop the controller's restart).
+    if let route = try? HTTPRoute.parse(text, name: "fuzz") {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        guard let data = try? encoder.encode(route) else { return check(false, "an accepted route does not encode") }
+        let again = try? HTTPRoute.parse(String(decoding: data, as: UTF8.self))
+        check(again == route, "an accepted route reads back otherwise: \(String(decoding: data, as: UTF8.self))")
+        let table = RouteTable(parent: route.parents.first ?? "fuzz", routes: [route])
+        _ = table.select(method: "GET", path: "/a/b", query: "x=1", header: { _ in "v" })
+    }
 }
+
+/// Routes over the same normalized paths: one PathPrefix rule for /admin.
+let adminRoutes: RouteTable = {
+    let route = try! HTTPRoute.parse(
+        "name: r\nparentRefs: [{name: orders}]\nrules: [{name: admin, matches: [{path: {value: /admin}}]}]"
+    )
+    return RouteTable(parent: "orders", routes: [route])
+}()
 
 func fuzzPath(_ bytes: [UInt8]) {
     let target = String(decoding: bytes, as: UTF8.self)
@@ -103,6 +123,11 @@ func fuzzPath(_ bytes: [UInt8]) {
         check(RequestPath.hasPrefix(pathPart, "/admin/"), "\(path.debugDescription) escaped the /admin/ prefix")
     }
     check(RequestPath.normalize(path) == .success(path), "normalizing \(path.debugDescription) again changes it")
+    // The route matcher agrees with the bytes: under /admin/ (or /admin itself) selects the
+    // /admin prefix rule, anything else does not.
+    let underAdmin = pathPart.utf8.starts(with: "/admin/".utf8) || pathPart.utf8.elementsEqual("/admin".utf8)
+    let selected = adminRoutes.select(method: "GET", path: pathPart, query: nil) { _ in nil } != nil
+    check(selected == underAdmin, "\(path.debugDescription): the /admin route \(selected ? "matched" : "missed")")
     let decision = authorization.decide(source: nil, port: 0, method: "GET", path: path)
     if RequestPath.hasPrefix(pathPart, "/admin") {
         if case .allowed = decision { check(false, "\(path.debugDescription) passed the /admin deny") }
