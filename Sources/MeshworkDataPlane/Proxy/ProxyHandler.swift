@@ -335,7 +335,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if cluster.isMesh {
             let perTry = plan.retries.perTryTimeout.map { TimeAmount.nanoseconds($0.nanoseconds) }
-            Deadlines.propagate(perTry.map { min(timeout, $0) } ?? timeout, in: &upstreamHead.headers)
+            // A fault's delay is spent before the request leaves: the next hop gets what is
+            // left after it.
+            let left = max(.zero, timeout - (faultDelay ?? .zero))
+            Deadlines.propagate(perTry.map { min(left, $0) } ?? left, in: &upstreamHead.headers)
         }
         let id = machine.start(upstreamHead, plan: plan)
         armTimer(timeout, headerRead: false)

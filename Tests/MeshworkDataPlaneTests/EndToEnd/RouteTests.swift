@@ -34,6 +34,10 @@ struct RouteTests {
             filters:
               - type: ResponseHeaderModifier
                 responseHeaderModifier: {set: [{name: x-route, value: canary}]}
+          - name: slow
+            matches: [{headers: [{name: x-slow, value: "1"}]}]
+            filters: [{type: Fault, fault: {delay: {fixedDelay: 400ms, percent: 100}}}]
+            timeouts: {request: 5s}
           - name: faulty
             matches: [{path: {type: PathPrefix, value: /faulty}}]
             filters: [{type: Fault, fault: {abort: {httpStatus: 418, percent: 10}}}]
@@ -100,6 +104,16 @@ struct RouteTests {
             let head = try await Curl.run(["-H", "x-secret: s", url + "/headers"])
             #expect(head.text.contains("x-from-route: split"), "\(head.text)")
             #expect(!head.text.contains("x-secret"), "\(head.text)")
+
+            // A delay fault: the request waits 400 ms in the caller's sidecar, and the next hop
+            // is told the time left after it (5 s - 400 ms), not the route's 5 s.
+            let started = ContinuousClock.now
+            let slow = try await Curl.run(["-H", "x-slow: 1", url + "/headers"])
+            let waited = ContinuousClock.now - started
+            #expect(slow.status == 200 && waited >= .milliseconds(400), "\(waited) \(slow.text)")
+            let told = slow.text.split(separator: "\n").first { $0.hasPrefix("x-meshwork-timeout: ") }
+                .flatMap { Int($0.dropFirst("x-meshwork-timeout: ".count)) }
+            #expect(told.map { (4000...4600).contains($0) } == true, "\(slow.text)")
 
             // A 10% abort: 1 in 10 answered by the caller's sidecar, labelled as the fault.
             let faults = try await calls(url + "/faulty/x", 1000)
