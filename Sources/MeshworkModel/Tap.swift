@@ -128,6 +128,8 @@ public struct TapEvent: Sendable, Codable {
     public var latencyMs: Double
     public var meshError: String?
     public var traceId: String?
+    /// The route rule that decided the exchange (`route/rule`), on the caller's side.
+    public var route: String?
 
     public init(
         time: String,
@@ -139,7 +141,8 @@ public struct TapEvent: Sendable, Codable {
         status: Int,
         latencyMs: Double,
         meshError: String?,
-        traceId: String?
+        traceId: String?,
+        route: String? = nil
     ) {
         self.time = time
         self.direction = direction
@@ -151,5 +154,6 @@ public struct TapEvent: Sendable, Codable {
         self.latencyMs = latencyMs
         self.meshError = meshError
         self.traceId = traceId
+        self.route = route
     }
 }

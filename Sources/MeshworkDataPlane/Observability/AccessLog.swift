@@ -145,6 +145,7 @@ final class AccessLogWriter {
         out.append(UInt8(ascii: "."))
         appendDecimal(micros % 1000, to: &out, width: 3)
         if let meshError = record.meshError { field("mesh_error", meshError, into: &out) }
+        if let route = record.route { field("route", route, into: &out) }
         if let traceID = record.traceID {
             withUnsafeBytes(of: traceID.bytes) { hexField("trace_id", $0, into: &out) }
         }

@@ -17,4 +17,6 @@ struct ExchangeRecord {
     var traceID: TraceID?
     /// This hop's span, when the trace is sampled.
     var spanID: SpanID?
+    /// The route rule that decided the exchange (`route/rule`), on the caller's side.
+    var route: String? = nil
 }

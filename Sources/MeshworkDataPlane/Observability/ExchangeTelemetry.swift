@@ -19,12 +19,15 @@ struct ExchangeTelemetry {
     var responseBytes = 0
     /// The called service of an outbound exchange.
     var calledService: String?
+    /// The route rule that decided it (`route/rule`), when a route did.
+    var route: String?
 
     /// A request head arrived: a new exchange to record, and its trace begun.
     mutating func begin(_ head: HTTPRequestHead, loop: LoopContext) {
         requestBytes = 0
         responseBytes = 0
         calledService = nil
+        route = nil
         trace = nil
         guard loop.tracer != nil || loop.accessLog != nil || loop.taps != nil else { return }
         method = head.method
@@ -88,7 +91,8 @@ struct ExchangeTelemetry {
             nanoseconds: nanoseconds,
             meshError: error?.reason,
             traceID: trace?.traceID,
-            spanID: trace.flatMap { $0.sampled ? $0.spanID : nil }
+            spanID: trace.flatMap { $0.sampled ? $0.spanID : nil },
+            route: route
         )
         loop.taps?.offer(record, now: loop.loop.now.uptimeNanoseconds)
         loop.accessLog?.log(record, unixNanos: wallStart)

@@ -88,7 +88,8 @@ final class LoopTaps {
                     status: record.status,
                     latencyMs: Double(max(0, record.nanoseconds) / 1000) / 1000,
                     meshError: record.meshError,
-                    traceId: record.traceID.map { "\($0)" }
+                    traceId: record.traceID.map { "\($0)" },
+                    route: record.route
                 )
             }
             entries[index].subscriber.push(event!)

@@ -256,6 +256,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let (selected, selection) = routes.select(head)
         {
             rule = selected
+            telemetry.route = selected.label
             if let fault = selected.fault {
                 if fault.abortStatus != nil || fault.abortGRPCStatus != nil, selected.takesAbort(fault.abortPercent) {
                     self.cluster = cluster

@@ -62,7 +62,14 @@ struct RouteTests {
             sidecars.append(
                 try await startServer("orders", app: v2, controller: controller, extra: ["--version", "v2"])
             )
-            let web = try await startClient("web", calling: "orders", controller: controller)
+            let accessLog = controller.dataDirectory + "-web-access.log"
+            defer { try? FileManager.default.removeItem(atPath: accessLog) }
+            let web = try await startClient(
+                "web",
+                calling: "orders",
+                controller: controller,
+                extra: ["--access-log", accessLog]
+            )
             sidecars.append(web)
             #expect(try await web.waitUntilServing("orders"), "\(web.log)")
             let url = web.upstreamURL("orders")
@@ -124,6 +131,17 @@ struct RouteTests {
                 return answer.status == 418 && answer.header("x-meshwork-error") == "fault_abort"
             }
             #expect(one)
+            // The rule that decided each exchange is in the caller's access log.
+            // (The log is written in batches: wait, bounded, for the lines to be there.)
+            var lines = ""
+            let logged = try await eventually {
+                lines = (try? String(contentsOfFile: accessLog, encoding: .utf8)) ?? ""
+                return lines.contains(#""route":"orders-split/split""#)
+                    && lines.split(separator: "\n").contains {
+                        $0.contains(#""route":"orders-split/faulty""#) && $0.contains(#""mesh_error":"fault_abort""#)
+                    }
+            }
+            #expect(logged, "\(lines.suffix(600))")
             let listed = try await Command.run([
                 CLITests.binary, "ctl", "routes", "--controller", controller.url, "--token-file",
                 controller.dataDirectory + "/token",
