@@ -261,6 +261,19 @@ struct RouteTableTests {
         )
         let encoded = try String(decoding: JSONEncoderForTests.encode(original), as: UTF8.self)
         #expect(try HTTPRoute.parse(encoded) == original)
+        let redirect = try route(
+            """
+            name: moved
+            parentRefs: [{name: orders}]
+            rules:
+              - matches: [{path: {type: PathPrefix, value: /old}}]
+                filters:
+                  - type: RequestRedirect
+                    requestRedirect: {scheme: https, hostname: shop.example, port: 8443, path: {type: ReplaceFullPath, replaceFullPath: /n}, statusCode: 308}
+            """
+        )
+        let again = try String(decoding: JSONEncoderForTests.encode(redirect), as: UTF8.self)
+        #expect(try HTTPRoute.parse(again) == redirect)
         #expect(original.rules[0].backends[1].clusterName == "orders~version=v2,track=canary")
     }
 }

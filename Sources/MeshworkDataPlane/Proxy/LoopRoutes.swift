@@ -46,6 +46,7 @@ final class LoopRule {
     let requestEdits: RouteFilter.HeaderEdits?
     let responseEdits: RouteFilter.HeaderEdits?
     let rewrite: RouteFilter.URLRewrite?
+    let redirect: RouteFilter.Redirect?
     let fault: RouteFilter.Fault?
     let requestTimeout: TimeAmount?
     let backoff: TimeAmount?
@@ -60,6 +61,7 @@ final class LoopRule {
         var requestEdits: RouteFilter.HeaderEdits?
         var responseEdits: RouteFilter.HeaderEdits?
         var rewrite: RouteFilter.URLRewrite?
+        var redirect: RouteFilter.Redirect?
         var fault: RouteFilter.Fault?
         for filter in rule.filters {
             switch filter {
@@ -67,13 +69,15 @@ final class LoopRule {
             case .responseHeaders(let edits): responseEdits = edits
             case .rewrite(let value): rewrite = value
             case .fault(let value): fault = value
-            // Refused by the parser until the data plane carries them (docs/routes.md).
-            case .redirect, .mirror: break
+            case .redirect(let value): redirect = value
+            // Refused by the parser until the data plane carries it (docs/routes.md).
+            case .mirror: break
             }
         }
         self.requestEdits = requestEdits
         self.responseEdits = responseEdits
         self.rewrite = rewrite
+        self.redirect = redirect
         self.fault = fault
         requestTimeout = rule.requestTimeout.map(Self.amount)
         backoff = rule.retry?.backoff.map(Self.amount)
@@ -133,20 +137,46 @@ final class LoopRule {
     func rewrite(_ head: inout HTTPRequestHead, matchedPrefix: Int) {
         guard let rewrite else { return }
         if let hostname = rewrite.hostname { head.headers.replaceOrAdd(name: "host", value: hostname) }
-        switch rewrite.path {
-        case .full(let path)?:
-            let uri = head.uri.utf8
-            let query = uri.firstIndex(of: UInt8(ascii: "?")).map { Substring(uri[$0...]) } ?? ""
-            head.uri = path + query
-        case .prefix(let replacement)?:
-            var tail = Substring(head.uri.utf8.dropFirst(matchedPrefix))
+        if let path = rewrite.path { head.uri = Self.rewritten(head.uri, path, matchedPrefix: matchedPrefix) }
+    }
+
+    /// `uri` (path and query) with its path replaced whole, or the part the rule's prefix
+    /// matched (`matchedPrefix` bytes) replaced; the query kept.
+    static func rewritten(_ uri: String, _ rewrite: RouteFilter.PathRewrite, matchedPrefix: Int) -> String {
+        switch rewrite {
+        case .full(let path):
+            let bytes = uri.utf8
+            let query = bytes.firstIndex(of: UInt8(ascii: "?")).map { Substring(bytes[$0...]) } ?? ""
+            return path + query
+        case .prefix(let replacement):
+            var tail = Substring(uri.utf8.dropFirst(matchedPrefix))
             // `/api` -> `/`: `/api/x` becomes `/x`, not `//x`.
             if replacement.utf8.last == UInt8(ascii: "/"), tail.utf8.first == UInt8(ascii: "/") {
                 tail = Substring(tail.utf8.dropFirst())
             }
-            head.uri = replacement + tail
-        case nil: break
+            return replacement + tail
         }
+    }
+
+    /// Where the rule's redirect sends the request: `Location`'s value. The scheme, host
+    /// and port default to the request's (a changed scheme without a port drops the port:
+    /// the scheme's own), the path to the request's, the query is kept.
+    func location(_ head: HTTPRequestHead, matchedPrefix: Int) -> String? {
+        guard let redirect else { return nil }
+        let authority = head.headers.first(name: "host") ?? ""
+        var host = authority
+        var port: String?
+        if let colon = authority.utf8.lastIndex(of: UInt8(ascii: ":")), !authority.hasSuffix("]") {
+            host = String(authority[..<colon])
+            port = String(authority[authority.index(after: colon)...])
+        }
+        if let hostname = redirect.hostname { host = hostname }
+        if redirect.scheme != nil { port = nil }
+        if let wanted = redirect.port { port = String(wanted) }
+        let scheme = redirect.scheme ?? "http"
+        if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") { port = nil }
+        let target = redirect.path.map { Self.rewritten(head.uri, $0, matchedPrefix: matchedPrefix) } ?? head.uri
+        return "\(scheme)://\(host)\(port.map { ":" + $0 } ?? "")\(target)"
     }
 
     /// The rule's request header changes, on the head as it goes upstream.

@@ -267,6 +267,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     faultDelay = LoopRule.amount(delay)
                 }
             }
+            if let location = selected.location(head, matchedPrefix: selection.matchedPrefix),
+                let status = selected.redirect?.statusCode
+            {
+                self.cluster = cluster
+                answerRedirect(HTTPResponseStatus(statusCode: status), location: location)
+                return
+            }
             selected.rewrite(&head, matchedPrefix: selection.matchedPrefix)
             if let index = selected.pickBackend() {
                 guard let backend = selected.backends[index] else {
@@ -596,6 +603,38 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             respond(error, grpc: grpc, hasBody: hasBody, close: close)
             releaseExchange()
             // Otherwise the exchange finishes when the request's end arrives.
+            if let next { finish(next) }
+        }
+    }
+
+    /// Answers the current request with a route's redirect: no body, no upstream.
+    private func answerRedirect(_ status: HTTPResponseStatus, location: String) {
+        letUpstreamGo()
+        // (The state machine's answer depends on the exchange's state, not on the error.)
+        switch machine.answer(.noRoute) {
+        case .nothing:
+            return
+        case .abort(_, let close):
+            releaseExchange()
+            if close { downstream?.close() }
+        case .respond(_, _, let close, let next):
+            var headers = HTTPHeaders()
+            headers.reserveCapacity(3)
+            headers.add(name: "location", value: location)
+            headers.add(name: "content-length", value: "0")
+            if close { headers.add(name: "connection", value: "close") }
+            responseStatus = status
+            send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
+            let nanos = elapsed()
+            settings.metrics.countRequest(status: status, nanoseconds: nanos, loop: loop.index)
+            let promise: EventLoopPromise<Void>? = close ? loop.loop.makePromise() : nil
+            send(.end(nil), promise: promise)
+            downstream?.flush()
+            if let promise {
+                promise.futureResult.assumeIsolated().whenComplete { _ in self.downstream?.close() }
+            }
+            record(status: status, nanoseconds: nanos)
+            releaseExchange()
             if let next { finish(next) }
         }
     }

@@ -277,7 +277,7 @@ extension HTTPRoute {
             }
             return node
         }
-        if type == "RequestRedirect" || type == "RequestMirror" {
+        if type == "RequestMirror" {
             // Refused rather than accepted and ignored: no route is ever applied in part.
             reader.fail(f.path("type"), "\(type) is not supported by this version's sidecars yet")
         }
@@ -318,7 +318,16 @@ extension HTTPRoute {
                     reader.fail(r.path("scheme"), "must be http or https, found \"\(scheme)\"")
                 }
             }
-            redirect.hostname = r.string("hostname")
+            if let hostname = r.string("hostname") {
+                if isAuthority(hostname), !hostname.contains(":") || hostname.hasPrefix("[") {
+                    redirect.hostname = hostname
+                } else {
+                    reader.fail(
+                        r.path("hostname"),
+                        "expected a host name (the port is its own field), found \"\(hostname)\""
+                    )
+                }
+            }
             redirect.port = r.int("port", range: 1...65535)
             redirect.path = readPathRewrite(r.node("path"), r.path("path"), reader)
             if let code = r.int("statusCode", range: 300...399) {

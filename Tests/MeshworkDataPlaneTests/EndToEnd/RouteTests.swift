@@ -38,6 +38,11 @@ struct RouteTests {
             matches: [{headers: [{name: x-slow, value: "1"}]}]
             filters: [{type: Fault, fault: {delay: {fixedDelay: 400ms, percent: 100}}}]
             timeouts: {request: 5s}
+          - name: moved
+            matches: [{path: {type: PathPrefix, value: /old}}]
+            filters:
+              - type: RequestRedirect
+                requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
           - name: faulty
             matches: [{path: {type: PathPrefix, value: /faulty}}]
             filters: [{type: Fault, fault: {abort: {httpStatus: 418, percent: 10}}}]
@@ -121,6 +126,14 @@ struct RouteTests {
             let told = slow.text.split(separator: "\n").first { $0.hasPrefix("x-meshwork-timeout: ") }
                 .flatMap { Int($0.dropFirst("x-meshwork-timeout: ".count)) }
             #expect(told.map { (4000...4600).contains($0) } == true, "\(slow.text)")
+
+            // A redirect, answered by the caller's sidecar: the prefix replaced, the query kept.
+            before = (v1.requestCount, v2.requestCount)
+            let moved = try await Curl.run([url + "/old/x?q=1"])
+            #expect(moved.status == 301, "\(moved.statusLines)")
+            #expect(moved.header("location") == "\(url)/new/x?q=1", "\(moved.headers)")
+            #expect(moved.body.isEmpty && moved.header("x-meshwork-error") == nil)
+            #expect(v1.requestCount == before.0 && v2.requestCount == before.1, "a redirect reached an app")
 
             // A 10% abort: 1 in 10 answered by the caller's sidecar, labelled as the fault.
             let faults = try await calls(url + "/faulty/x", 1000)
