@@ -50,6 +50,8 @@ final class LoopRule {
     let fault: RouteFilter.Fault?
     let requestTimeout: TimeAmount?
     let backoff: TimeAmount?
+    /// The rule's retry statuses, built once (not per request).
+    private let retryCodes: Set<Int>
 
     init(_ compiled: RouteTable.Rule, clusters: [String: LoopCluster]) {
         label = compiled.label
@@ -81,6 +83,7 @@ final class LoopRule {
         self.fault = fault
         requestTimeout = rule.requestTimeout.map(Self.amount)
         backoff = rule.retry?.backoff.map(Self.amount)
+        retryCodes = Set(rule.retry?.codes ?? [])
     }
 
     static func amount(_ duration: Duration) -> TimeAmount {
@@ -96,7 +99,7 @@ final class LoopRule {
         var policy = policy
         if let retry = rule.retry {
             policy.attempts = retry.attempts
-            if !retry.codes.isEmpty { policy.statusCodes = Set(retry.codes) }
+            if !retryCodes.isEmpty { policy.statusCodes = retryCodes }
         }
         if let perTry = rule.backendRequestTimeout { policy.perTryTimeout = perTry }
         return policy

@@ -252,7 +252,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var rule: LoopRule?
         var faultDelay: TimeAmount?
         responseEdits = nil
-        if !settings.restoresProtocol, let routes = loop.routes[cluster.name],
+        if !settings.restoresProtocol, !loop.routes.isEmpty, let routes = loop.routes[cluster.name],
             let (selected, selection) = routes.select(head)
         {
             rule = selected

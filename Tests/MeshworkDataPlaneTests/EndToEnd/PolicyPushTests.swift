@@ -9,15 +9,6 @@ import Testing
 /// defaults it was created with, and its pools the timeouts.
 @Suite("Pushed policy end to end", .serialized)
 struct PolicyPushTests {
-    /// Bounded (10 s): until `condition` holds, polling every 100 ms.
-    private func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-        for _ in 0..<100 {
-            if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return try await condition()
-    }
-
     private func metric(_ sidecar: SidecarProcess, _ series: String) async throws -> Double {
         let text = try await Curl.get("http://127.0.0.1:\(sidecar.port("admin") ?? 0)/metrics").text
         for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {

@@ -7,15 +7,6 @@ import Testing
 /// fault aborts, and removal; every change within one push, no restart.
 @Suite("Routes end to end", .serialized)
 struct RouteTests {
-    /// Bounded (10 s): until `condition` holds, polling every 100 ms.
-    private func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-        for _ in 0..<100 {
-            if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return try await condition()
-    }
-
     /// `count` sequential GETs over one keep-alive connection; the answers' bodies and
     /// status lines.
     private func calls(_ url: String, _ count: Int, headers: [String] = []) async throws -> CurlResult {
