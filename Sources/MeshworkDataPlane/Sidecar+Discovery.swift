@@ -22,7 +22,7 @@ extension Sidecar {
         if let instanceID, !peers.contains(instanceID) { peers.append(instanceID) }
         peers.sort()
         let rank = instanceID.flatMap { peers.firstIndex(of: $0) }
-        let (newClusters, unwatched) = addRouteBackends(state)
+        let (backendsChanged, unwatched, unused) = addRouteBackends(state)
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
             let subset = subsetBackends[name]
@@ -78,7 +78,8 @@ extension Sidecar {
                 )
             }
         }
-        applyRoutes(state, rebuild: newClusters, &updates)
+        applyRoutes(state, rebuild: backendsChanged, &updates)
+        removeSubsetClusters(unused)
         if !unwatched.isEmpty, let watchMore {
             // Not awaited: watching more replaces the watch this state came from, and must
             // not cancel the application of it (address resolution would fail cancelled).
@@ -97,13 +98,17 @@ extension Sidecar {
     /// subset (`orders~version=v2`) is filled from its service's instances; another service
     /// is to be watched from now on. Returns whether any cluster was added, and the
     /// services to watch.
-    private func addRouteBackends(_ state: DiscoveryState) -> (added: Bool, unwatched: [String]) {
+    private func addRouteBackends(
+        _ state: DiscoveryState
+    ) -> (changed: Bool, unwatched: [String], unused: [String]) {
         let parents = Set(discovered.filter { !$0.contains("~") })
         var added: [String] = []
         var services: [String] = []
+        var used: Set<String> = []
         for route in state.routes.values.sorted(by: { $0.name < $1.name })
         where !parents.isDisjoint(with: route.parents) {
             for rule in route.rules {
+                for backend in rule.backends where backend.isSubset { used.insert(backend.clusterName) }
                 for backend in rule.backends
                 where !discovered.contains(backend.clusterName) && !added.contains(backend.clusterName) {
                     if backend.isSubset {
@@ -118,9 +123,33 @@ extension Sidecar {
                 }
             }
         }
-        guard !added.isEmpty else { return (false, []) }
-        addDiscoveredClusters(added)
-        return (true, services.filter { !parents.contains($0) })
+        // Subsets no route names any more: their clusters go (a map bounded by the routes).
+        let unused = subsetBackends.keys.filter { !used.contains($0) }.sorted()
+        guard !added.isEmpty || !unused.isEmpty else { return (false, [], []) }
+        if !added.isEmpty { addDiscoveredClusters(added) }
+        return (true, services.filter { !parents.contains($0) }, unused)
+    }
+
+    /// Drops the clusters of subsets no route uses: after the routes that used them were
+    /// rebuilt on each loop (the same loop's queue, so in that order); exchanges still on
+    /// one keep it until they end, its idle connections close.
+    private func removeSubsetClusters(_ names: [String]) {
+        guard !names.isEmpty else { return }
+        for name in names {
+            subsetBackends[name] = nil
+            appliedClusters[name] = nil
+            discovered.removeAll { $0 == name }
+        }
+        logger.info("route backends removed", metadata: ["clusters": "\(names)"])
+        let contexts = self.contexts
+        for context in contexts.all {
+            context.loop.execute {
+                for name in names {
+                    context.clusters[name]?.retireConnections()
+                    context.clusters[name] = nil
+                }
+            }
+        }
     }
 
     /// Each called service's routes, compiled on every loop against that loop's clusters.

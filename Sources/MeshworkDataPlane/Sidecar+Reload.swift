@@ -64,7 +64,10 @@ extension Sidecar {
         for name in names where !discovered.contains(name) {
             discovered.append(name)
             let cluster = ClusterConfig.discovered(name)
-            let metrics = ClusterMetrics(name: name, endpoints: [], registry: registry, histograms: histograms)
+            // (A route's subset may come back after it went: its series are the same ones.)
+            let metrics =
+                clusterMetricsByName[name]
+                ?? ClusterMetrics(name: name, endpoints: [], registry: registry, histograms: histograms)
             clusterMetricsByName[name] = metrics
             let tls = meshTLS
             let zone = config.zone

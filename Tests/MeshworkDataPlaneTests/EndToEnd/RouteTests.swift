@@ -158,6 +158,10 @@ struct RouteTests {
             // Deleted: every request goes to the service again, no fault, no header.
             let deleted = try await controller.call("DELETE", "/v1/routes/orders-split")
             #expect(deleted.status == 200, "\(deleted.text)")
+            // Its subsets' clusters go with it (the caller keeps no cluster no route names).
+            #expect(try await web.waitForLog("route backends removed"), "\(web.log)")
+            let removal = web.log.split(separator: "\n").first { $0.contains("route backends removed") } ?? ""
+            #expect(removal.contains("orders~version=v1") && removal.contains("orders~version=v2"), "\(removal)")
             #expect(
                 try await eventually {
                     let answer = try await Curl.run(["-H", "x-canary: 1", url + "/headers"])
