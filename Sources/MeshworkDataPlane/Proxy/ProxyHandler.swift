@@ -622,18 +622,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             headers.reserveCapacity(3)
             headers.add(name: "location", value: location)
             headers.add(name: "content-length", value: "0")
-            if close { headers.add(name: "connection", value: "close") }
-            responseStatus = status
-            send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
-            let nanos = elapsed()
-            settings.metrics.countRequest(status: status, nanoseconds: nanos, loop: loop.index)
-            let promise: EventLoopPromise<Void>? = close ? loop.loop.makePromise() : nil
-            send(.end(nil), promise: promise)
-            downstream?.flush()
-            if let promise {
-                promise.futureResult.assumeIsolated().whenComplete { _ in self.downstream?.close() }
-            }
-            record(status: status, nanoseconds: nanos)
+            sendLocalAnswer(
+                HTTPResponseHead(version: .http1_1, status: status, headers: headers),
+                body: nil,
+                countedAs: status,
+                close: close,
+                error: nil
+            )
             releaseExchange()
             if let next { finish(next) }
         }
@@ -658,23 +653,41 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             headers.add(name: "content-type", value: "text/plain")
             headers.add(name: "content-length", value: String(body.utf8.count))
         }
-        if close { headers.add(name: "connection", value: "close") }
-        // The mesh error's status, also for a gRPC answer's HTTP 200: what the inbound
-        // limiter learns from.
-        responseStatus = error.status
-        send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
-        if hasBody { send(.body(.byteBuffer(ByteBuffer(string: body)))) }
-        // Counted as the mesh error it is (a gRPC answer's HTTP 200 included), before the
-        // answer leaves.
+        // Counted as the mesh error's status, also for a gRPC answer's HTTP 200: what the
+        // inbound limiter learns from.
+        sendLocalAnswer(
+            HTTPResponseHead(version: .http1_1, status: status, headers: headers),
+            body: hasBody ? body : nil,
+            countedAs: error.status,
+            close: close,
+            error: error
+        )
+    }
+
+    /// Writes an answer the sidecar makes itself (a mesh error, a route's redirect): its
+    /// head, body and end, counted and recorded as `countedAs` before it leaves, the
+    /// connection closed after it when `close`.
+    private func sendLocalAnswer(
+        _ head: HTTPResponseHead,
+        body: String?,
+        countedAs status: HTTPResponseStatus,
+        close: Bool,
+        error: MeshError?
+    ) {
+        var head = head
+        if close { head.headers.add(name: "connection", value: "close") }
+        responseStatus = status
+        send(.head(head))
+        if let body { send(.body(.byteBuffer(ByteBuffer(string: body)))) }
         let nanos = elapsed()
-        settings.metrics.countRequest(status: error.status, nanoseconds: nanos, loop: loop.index)
+        settings.metrics.countRequest(status: status, nanoseconds: nanos, loop: loop.index)
         let promise: EventLoopPromise<Void>? = close ? loop.loop.makePromise() : nil
         send(.end(nil), promise: promise)
         downstream?.flush()
         if let promise {
             promise.futureResult.assumeIsolated().whenComplete { _ in self.downstream?.close() }
         }
-        record(status: error.status, nanoseconds: nanos, error: error)
+        record(status: status, nanoseconds: nanos, error: error)
     }
 
     /// A refusal of a caller that presented no workload identity (UNAUTHENTICATED for gRPC).
