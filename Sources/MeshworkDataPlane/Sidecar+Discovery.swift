@@ -96,8 +96,8 @@ extension Sidecar {
 
     /// Clusters for the backends of the routes of the services this sidecar calls: a
     /// subset (`orders~version=v2`) is filled from its service's instances; another service
-    /// is to be watched from now on. Returns whether any cluster was added, and the
-    /// services to watch.
+    /// is to be watched from now on. Returns whether the route backends changed (a cluster
+    /// to add or drop), the services to watch, and the subset clusters no route names now.
     private func addRouteBackends(
         _ state: DiscoveryState
     ) -> (changed: Bool, unwatched: [String], unused: [String]) {
