@@ -93,11 +93,27 @@ actor Controller {
 
     var mesh: MeshSettings { registry.mesh }
 
-    func routes() -> [HTTPRoute] {
-        registry.routes.values.sorted { $0.name < $1.name }
+    /// Every route with its conditions (`RouteStatus.swift`), computed from the registry now.
+    func routes() -> [RouteWithStatus] {
+        let routes = registry.routes.values.sorted { $0.name < $1.name }
+        return routes.map { withStatus($0, among: routes) }
     }
 
-    func route(_ name: String) -> HTTPRoute? { registry.routes[name] }
+    func route(_ name: String) -> RouteWithStatus? {
+        registry.routes[name].map { withStatus($0, among: Array(registry.routes.values)) }
+    }
+
+    private func withStatus(_ route: HTTPRoute, among routes: [HTTPRoute]) -> RouteWithStatus {
+        let registry = self.registry
+        let conditions = route.conditions(
+            among: routes,
+            serviceExists: { name in
+                registry.services[name] != nil || registry.instances.values.contains { $0.service == name }
+            },
+            instances: { backend in registry.instances.values.count(where: backend.selects) }
+        )
+        return RouteWithStatus(route: route, conditions: conditions)
+    }
 
     // MARK: mutations
 

@@ -57,12 +57,13 @@ enum OpenAPIDocument {
                 "created": {"type": "integer", "description": "the revision it was created at (its age: the precedence tie-break); set by the controller"},
                 "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "description": "a mesh service"}, "kind": {"enum": ["Service"]}}}},
                 "rules": {"type": "array", "maxItems": 64, "items": {"type": "object", "properties": {
-                  "name": {"type": "string"},
+                  "name": {"type": "string", "description": "1 to 63 lower-case letters, digits or '-', unique in the route"},
                   "matches": {"type": "array", "maxItems": 16, "items": {"type": "object", "description": "path {type: Exact|PathPrefix|RegularExpression, value}, headers [{type: Exact|RegularExpression|Present|Absent, name, value}], queryParams [{type: Exact|RegularExpression, name, value}], method; GRPCRoute: method {service, method}, headers"}},
-                  "filters": {"type": "array", "items": {"type": "object", "description": "type: RequestHeaderModifier | ResponseHeaderModifier | URLRewrite | Fault, with its field of the same name (lower camel case)"}},
+                  "filters": {"type": "array", "items": {"type": "object", "description": "type: RequestHeaderModifier | ResponseHeaderModifier | URLRewrite | RequestRedirect | RequestMirror | Fault, with its field of the same name (lower camel case)"}},
                   "backendRefs": {"type": "array", "maxItems": 16, "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}}, "weight": {"type": "integer", "minimum": 0, "default": 1}}}},
                   "timeouts": {"type": "object", "properties": {"request": {"type": "string"}, "backendRequest": {"type": "string"}}},
-                  "retry": {"type": "object", "properties": {"attempts": {"type": "integer", "minimum": 0, "maximum": 10}, "codes": {"type": "array", "items": {"type": "integer", "minimum": 500, "maximum": 599}}, "backoff": {"type": "string"}}}}}}}},
+                  "retry": {"type": "object", "properties": {"attempts": {"type": "integer", "minimum": 0, "maximum": 10}, "codes": {"type": "array", "items": {"type": "integer", "minimum": 500, "maximum": 599}}, "backoff": {"type": "string"}}}}}},
+                "status": {"type": "object", "readOnly": true, "description": "answered, computed from the registry at the read; ignored by PUT", "properties": {"conditions": {"type": "array", "items": {"type": "object", "properties": {"type": {"enum": ["Accepted", "ResolvedRefs", "Conflicted"]}, "status": {"enum": ["True", "False"]}, "reason": {"type": "string"}, "message": {"type": "string"}}}}}}}},
               "AuthorizationPolicy": {"type": "object", "required": ["name", "target"], "description": "a matching deny refuses; else, when the target has allow policies, one must match; else the mesh default decides", "properties": {
                 "name": {"type": "string"},
                 "target": {"type": "string", "description": "the service whose sidecars enforce it"},

@@ -159,11 +159,14 @@ struct RouteTableTests {
                   - type: RequestHeaderModifier
                     requestHeaderModifier: {set: [{name: x-meshwork-error, value: x}]}
                   - type: RequestMirror
-                    requestMirror: {backendRef: {name: orders}}
+                    requestMirror: {backendRef: {name: orders}, fraction: {numerator: 3, denominator: 2}}
                 backendRefs: [{name: orders, weight: 0}]
                 timeouts: {request: 1s, backendRequest: 2s}
                 retry: {codes: [404]}
               - matches: [{headers: [{type: RegularExpression, name: x, value: "("}]}]
+                name: Canary
+              - name: twice
+              - name: twice
             """
         #expect {
             try HTTPRoute.parse(text)
@@ -171,7 +174,8 @@ struct RouteTableTests {
             let paths = (error as? ConfigErrors)?.errors.map(\.path) ?? []
             return Set(paths).isSuperset(of: [
                 "parentRefs[0].name", "rules[0].matches[0].path.value", "rules[0].matches[0].method",
-                "rules[0].filters[0].requestHeaderModifier.set[0].name", "rules[0].filters[1].type",
+                "rules[0].filters[0].requestHeaderModifier.set[0].name",
+                "rules[0].filters[1].requestMirror.fraction.numerator", "rules[1].name", "rules[3].name",
                 "rules[0].backendRefs", "rules[0].timeouts.backendRequest", "rules[0].retry.codes[0]",
                 "rules[1].matches[0].headers[0].value",
             ])
@@ -254,6 +258,8 @@ struct RouteTableTests {
                     fault: {delay: {fixedDelay: 50ms, percent: 10}, abort: {httpStatus: 503, percent: 5}}
                   - type: URLRewrite
                     urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+                  - type: RequestMirror
+                    requestMirror: {backendRef: {name: audit, version: v3}, fraction: {numerator: 1, denominator: 8}}
                 backendRefs: [{name: orders, weight: 90}, {name: orders, version: v2, labels: {track: canary}, weight: 10}]
                 timeouts: {request: 5s, backendRequest: 1500ms}
                 retry: {attempts: 3, codes: [502, 503], backoff: 25ms}
@@ -275,6 +281,73 @@ struct RouteTableTests {
         let again = try String(decoding: JSONEncoderForTests.encode(redirect), as: UTF8.self)
         #expect(try HTTPRoute.parse(again) == redirect)
         #expect(original.rules[0].backends[1].clusterName == "orders~version=v2,track=canary")
+        // The mirror's backend is one the caller must know; a fraction reads as its percent.
+        #expect(
+            original.rules[0].targets.map(\.clusterName) == [
+                "orders", "orders~version=v2,track=canary", "audit~version=v3",
+            ]
+        )
+        #expect(original.services == ["orders", "audit"])
+        if case .mirror(let mirror) = original.rules[0].filters[3] {
+            #expect(mirror.percent == 12.5)
+        } else {
+            Issue.record("no mirror")
+        }
+    }
+
+    /// Conditions: a match an older route (or an earlier rule) already takes is Conflicted,
+    /// header order does not hide it; a backend without instances is unresolved; a route
+    /// whose parents are all unknown is not accepted.
+    @Test func conflictsAndMissingBackendsAreConditions() throws {
+        var old = try route(
+            """
+            name: old
+            parentRefs: [{name: orders}]
+            rules:
+              - matches: [{headers: [{name: a, value: "1"}, {name: b, value: "2"}]}]
+                backendRefs: [{name: orders, version: v2}]
+            """
+        )
+        old.created = 5
+        var new = try route(
+            """
+            name: new
+            parentRefs: [{name: orders}]
+            rules:
+              - matches: [{headers: [{name: b, value: "2"}, {name: a, value: "1"}]}]
+              - name: all
+              - name: again
+                filters: [{type: RequestMirror, requestMirror: {backendRef: {name: audit}}}]
+            """
+        )
+        new.created = 9
+        var elsewhere = try route("name: elsewhere\nparentRefs: [{name: billing}]\nrules: [{}]")
+        elsewhere.created = 1
+        let routes = [old, new, elsewhere]
+        func conditions(_ route: HTTPRoute) -> [String: RouteCondition] {
+            let list = route.conditions(
+                among: routes,
+                serviceExists: { $0 == "orders" || $0 == "audit" },
+                instances: { $0.service == "orders" && $0.version == nil ? 2 : 0 }
+            )
+            return Dictionary(uniqueKeysWithValues: list.map { ($0.type, $0) })
+        }
+        let oldStatus = conditions(old)
+        #expect(oldStatus["Accepted"]?.isTrue == true && oldStatus["Conflicted"]?.isTrue == false)
+        #expect(oldStatus["ResolvedRefs"]?.reason == "BackendNotFound")
+        #expect(oldStatus["ResolvedRefs"]?.message.contains("orders~version=v2") == true)
+        let newStatus = conditions(new)
+        #expect(newStatus["Conflicted"]?.isTrue == true, "\(newStatus)")
+        let message = newStatus["Conflicted"]?.message ?? ""
+        #expect(message.contains("rules[0].matches[0]") && message.contains("old's rules[0]"), "\(message)")
+        #expect(message.contains("rules[2].matches[0] is the same match as rules[1]'s"), "\(message)")
+        #expect(
+            newStatus["ResolvedRefs"]?.message.contains("rules[2].filters[0].requestMirror: no instance of audit")
+                == true
+        )
+        // Another parent: no conflict with orders' routes, and billing is unknown.
+        let other = conditions(elsewhere)
+        #expect(other["Accepted"]?.reason == "NoMatchingParent" && other["Conflicted"]?.isTrue == false)
     }
 }
 

@@ -13,7 +13,8 @@ extension HTTPRoute {
     }
 
     static func read(_ node: Node, _ reader: ConfigReader, name: String?) -> HTTPRoute? {
-        let known: Set = ["kind", "name", "parentRefs", "hostnames", "rules", "created"]
+        // (`status` is what the API answers with, computed: read back and ignored.)
+        let known: Set = ["kind", "name", "parentRefs", "hostnames", "rules", "created", "status"]
         guard let f = reader.mapping(node, "", known: known) else { return nil }
         let bodyName = f.string("name")
         guard let routeName = name ?? f.required("name", bodyName) else { return nil }
@@ -44,18 +45,39 @@ extension HTTPRoute {
         }
         let rules = reader.sequence(f.node("rules"), f.path("rules"))
         if rules.count > maxRules { reader.fail(f.path("rules"), "at most \(maxRules) rules") }
+        var ruleNames: Set<String> = []
         for (path, item) in rules.prefix(maxRules) {
-            if let rule = readRule(item, path, reader, kind: route.kind) { route.rules.append(rule) }
+            guard let rule = readRule(item, path, reader, kind: route.kind) else { continue }
+            if let name = rule.name, !ruleNames.insert(name).inserted {
+                reader.fail(reader.join(path, "name"), "another rule of the route is named \"\(name)\"")
+            }
+            route.rules.append(rule)
         }
         if reader.errors.isEmpty { checkStrings(route.tree, "", reader) }
         return route
+    }
+
+    private static func isLowerAlnum(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
     }
 
     private static func readRule(_ node: Node, _ path: String, _ reader: ConfigReader, kind: Kind) -> RouteRule? {
         let known: Set = ["name", "matches", "filters", "backendRefs", "timeouts", "retry"]
         guard let f = reader.mapping(node, path, known: known) else { return nil }
         var rule = RouteRule()
-        rule.name = f.string("name")
+        if let name = f.string("name") {
+            // Gateway API's SectionName: it names the rule in metric labels and logs.
+            if name.utf8.count <= 63, name.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || isLowerAlnum($0) }),
+                let first = name.utf8.first, let last = name.utf8.last, isLowerAlnum(first), isLowerAlnum(last)
+            {
+                rule.name = name
+            } else {
+                reader.fail(
+                    f.path("name"),
+                    "1 to 63 lower-case letters, digits or '-', starting and ending with a letter or digit"
+                )
+            }
+        }
         let matches = reader.sequence(f.node("matches"), f.path("matches"))
         if matches.count > maxMatches { reader.fail(f.path("matches"), "at most \(maxMatches) matches") }
         for (path, item) in matches.prefix(maxMatches) {
@@ -277,10 +299,6 @@ extension HTTPRoute {
             }
             return node
         }
-        if type == "RequestMirror" {
-            // Refused rather than accepted and ignored: no route is ever applied in part.
-            reader.fail(f.path("type"), "\(type) is not supported by this version's sidecars yet")
-        }
         switch type {
         case "RequestHeaderModifier":
             return body("requestHeaderModifier").flatMap { readEdits($0, f.path("requestHeaderModifier"), reader) }
@@ -347,6 +365,25 @@ extension HTTPRoute {
             else { return nil }
             var mirror = RouteFilter.Mirror(backend: backend)
             if let percent = m.double("percent", range: 0...100) { mirror.percent = percent }
+            // Gateway API's other spelling: `fraction: {numerator, denominator (100)}`.
+            if let fraction = reader.mapping(
+                m.node("fraction"),
+                m.path("fraction"),
+                known: ["numerator", "denominator"]
+            ) {
+                if m.node("percent") != nil { reader.fail(m.path("fraction"), "give percent or fraction, not both") }
+                let denominator = fraction.int("denominator", range: 1...1_000_000) ?? 100
+                if let numerator = fraction.required("numerator", fraction.int("numerator", range: 0...1_000_000)) {
+                    if numerator > denominator {
+                        reader.fail(
+                            fraction.path("numerator"),
+                            "must not be larger than the denominator (\(denominator))"
+                        )
+                    } else {
+                        mirror.percent = Double(numerator) * 100 / Double(denominator)
+                    }
+                }
+            }
             return .mirror(mirror)
         case "Fault":
             guard let node = body("fault"), let r = reader.mapping(node, f.path("fault"), known: ["delay", "abort"])

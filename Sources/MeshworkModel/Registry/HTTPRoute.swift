@@ -35,8 +35,7 @@ public struct HTTPRoute: Sendable, Hashable {
     public var services: Set<String> {
         var names = Set(parents)
         for rule in rules {
-            for backend in rule.backends { names.insert(backend.service) }
-            for filter in rule.filters { if case .mirror(let mirror) = filter { names.insert(mirror.backend.service) } }
+            for backend in rule.targets { names.insert(backend.service) }
         }
         return names
     }
@@ -62,6 +61,13 @@ public struct RouteRule: Sendable, Hashable {
     public var retry: RouteRetry?
 
     public init() {}
+
+    /// Every backend the rule may send to: its backends, then its mirror's.
+    public var targets: [RouteBackend] {
+        var targets = backends
+        for filter in filters { if case .mirror(let mirror) = filter { targets.append(mirror.backend) } }
+        return targets
+    }
 }
 
 public struct RouteMatch: Sendable, Hashable {
@@ -209,6 +215,8 @@ public enum RouteFilter: Sendable, Hashable {
         public init() {}
     }
 
+    /// A copy of `percent` of the rule's requests to `backend`, fire and forget: the caller
+    /// never waits for it or sees its answer.
     public struct Mirror: Sendable, Hashable {
         public var backend: RouteBackend
         /// 0-100.
@@ -216,6 +224,10 @@ public enum RouteFilter: Sendable, Hashable {
         public init(backend: RouteBackend) {
             self.backend = backend
         }
+
+        /// A request whose body is larger is not mirrored (counted as `body_too_large`): the
+        /// copy is held until the request ends, and a mirror never slows its caller.
+        public static let maxBodyBytes = 64 * 1024
     }
 
     /// Istio's fault injection, in the caller's sidecar before the request leaves.

@@ -219,9 +219,17 @@ struct CtlRoutes: AsyncParsableCommand {
     func run() async throws {
         let data = try await options.call(.GET, "/v1/routes")
         try options.print(data) { object in
-            [["NAME", "KIND", "PARENTS", "RULE", "BACKENDS"]]
+            [["NAME", "KIND", "PARENTS", "STATUS", "RULE", "BACKENDS"]]
                 + (object as? [[String: Any]] ?? []).flatMap { route -> [[String]] in
                     let parents = (route["parentRefs"] as? [[String: Any]] ?? []).map { Table.string($0["name"]) }
+                    // What is wrong, by its reason (`ctl describe route` has the messages).
+                    let conditions = (route["status"] as? [String: Any])?["conditions"] as? [[String: Any]] ?? []
+                    let problems = conditions.compactMap { condition -> String? in
+                        let holds = condition["status"] as? String == "True"
+                        let bad = condition["type"] as? String == "Conflicted" ? holds : !holds
+                        return bad ? condition["reason"] as? String : nil
+                    }
+                    let status = problems.isEmpty ? "Accepted" : problems.joined(separator: ",")
                     let rules = route["rules"] as? [[String: Any]] ?? []
                     return rules.enumerated().map { index, rule in
                         let backends = (rule["backendRefs"] as? [[String: Any]] ?? []).map { backend in
@@ -232,6 +240,7 @@ struct CtlRoutes: AsyncParsableCommand {
                             index == 0 ? Table.string(route["name"]) : "",
                             index == 0 ? Table.string(route["kind"]) : "",
                             index == 0 ? parents.joined(separator: ",") : "",
+                            index == 0 ? status : "",
                             (rule["name"] as? String) ?? String(index),
                             backends.isEmpty ? "(parent)" : backends.joined(separator: ","),
                         ]
