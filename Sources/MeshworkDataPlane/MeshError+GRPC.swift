@@ -12,7 +12,7 @@ extension MeshError {
     public var grpcStatus: Int {
         if isFault { return faultGRPCStatus }
         switch self {
-        case .upstreamTimeout: return GRPCStatus.deadlineExceeded
+        case .upstreamTimeout, .faultDelayTimeout: return GRPCStatus.deadlineExceeded
         case .noRoute: return GRPCStatus.unimplemented
         case .unauthorized, .mtlsRequired: return GRPCStatus.permissionDenied
         case .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited,

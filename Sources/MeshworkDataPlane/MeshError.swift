@@ -31,6 +31,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case keepAliveTimeout = "keepalive_timeout"
         case mtlsRequired = "mtls_required"
         case faultAbort = "fault_abort"
+        case faultDelayTimeout = "fault_delay_timeout"
     }
 
     private let code: Code
@@ -51,6 +52,10 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         let http = httpStatus ?? 503
         return MeshError(.faultAbort, http: http, grpc: grpcStatus ?? GRPCStatus.fromHTTP(http))
     }
+
+    /// The request's deadline passed while a route's `Fault` filter delayed it, before it
+    /// left: a timeout the route made, not the service (504, gRPC DEADLINE_EXCEEDED).
+    public static let faultDelayTimeout = MeshError(.faultDelayTimeout)
 
     var isFault: Bool { code == .faultAbort }
     var faultGRPCStatus: Int { Int(faultGRPC) }
@@ -123,7 +128,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         .badRequest, .badPath, .headerTooLarge, .headerTimeout, .protocolError, .upgradeUnsupported,
         .overflowConnections, .overflowPending, .overflowRequests, .throttled, .rateLimited, .concurrencyLimited,
         .unauthorized, .notReady, .tlsHandshakeFailed, .peerIdentityMismatch, .connectionLimit,
-        .keepAliveTimeout, .mtlsRequired, .faultAbort(httpStatus: nil, grpcStatus: nil),
+        .keepAliveTimeout, .mtlsRequired, .faultAbort(httpStatus: nil, grpcStatus: nil), .faultDelayTimeout,
     ]
 
     /// The value of `x-meshwork-error` and the `reason` metric label.
@@ -140,7 +145,7 @@ public struct MeshError: Error, Hashable, Sendable, CustomStringConvertible {
         case .connectFailed, .upstreamReset, .protocolError, .upgradeUnsupported, .tlsHandshakeFailed,
             .peerIdentityMismatch:
             return .badGateway
-        case .connectTimeout, .upstreamTimeout: return .gatewayTimeout
+        case .connectTimeout, .upstreamTimeout, .faultDelayTimeout: return .gatewayTimeout
         case .badRequest, .badPath: return .badRequest
         case .headerTooLarge: return .requestHeaderFieldsTooLarge
         case .headerTimeout: return .requestTimeout

@@ -108,8 +108,9 @@ extension Sidecar {
         for route in state.routes.values.sorted(by: { $0.name < $1.name })
         where !parents.isDisjoint(with: route.parents) {
             for rule in route.rules {
-                for backend in rule.backends where backend.isSubset { used.insert(backend.clusterName) }
-                for backend in rule.backends
+                let targets = rule.targets
+                for backend in targets where backend.isSubset { used.insert(backend.clusterName) }
+                for backend in targets
                 where !discovered.contains(backend.clusterName) && !added.contains(backend.clusterName) {
                     if backend.isSubset {
                         subsetBackends[backend.clusterName] = backend

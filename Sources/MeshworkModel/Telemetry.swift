@@ -23,6 +23,8 @@ public struct EdgeReport: Sendable, Hashable, Codable {
     public var classes: [UInt64]
     /// Latency histogram: `[highest equivalent value in µs, count]` per non-empty bucket.
     public var latency: [[UInt64]]
+    /// The route rule that decided an outbound edge's exchanges (`route/rule`).
+    public var route: String?
 
     public init(direction: String, peer: String, classes: [UInt64], latency: [[UInt64]]) {
         self.direction = direction

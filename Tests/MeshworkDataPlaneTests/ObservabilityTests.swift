@@ -91,6 +91,28 @@ import W3CTraceContext
         #expect(collector.take().spans.isEmpty)
     }
 
+    /// A client span a route rule decided names the rule (`meshwork.route`); others do not.
+    @Test func aRoutedClientSpanNamesItsRule() {
+        var span = SpanRecord(
+            traceID: .random(),
+            spanID: .random(),
+            parentSpanID: nil,
+            kind: .client,
+            method: "GET",
+            path: "/",
+            peer: "orders",
+            status: 200,
+            meshError: nil,
+            startUnixNanos: 1,
+            endUnixNanos: 2
+        )
+        let plain = String(decoding: OTLPTraceEncoder.encode([span], service: "web", instance: nil), as: UTF8.self)
+        span.route = "orders-split/canary"
+        let routed = String(decoding: OTLPTraceEncoder.encode([span], service: "web", instance: nil), as: UTF8.self)
+        #expect(!plain.contains("meshwork.route"))
+        #expect(routed.contains("meshwork.route") && routed.contains("orders-split/canary"))
+    }
+
     @Test func timestampsAndEscapingFollowRFC3339AndJSON() {
         var out: [UInt8] = []
         AccessLogWriter.appendTimestamp(0, to: &out)

@@ -38,4 +38,13 @@ struct ProxyRouteTests {
     func originForm(uri: String, expected: String) {
         #expect(ProxyRoute.originForm(uri) == expected)
     }
+
+    /// A mirrored copy's host says it is one (Envoy's convention), its port kept.
+    @Test(arguments: [
+        ("orders", "orders-shadow"), ("orders:8080", "orders-shadow:8080"), ("[::1]", "[::1]-shadow"),
+        ("[::1]:80", "[::1]-shadow:80"),
+    ])
+    func mirroredHost(host: String, expected: String) {
+        #expect(MirrorExchange.shadow(host) == expected)
+    }
 }

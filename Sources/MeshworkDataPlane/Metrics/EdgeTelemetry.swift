@@ -2,15 +2,21 @@ import Histogram
 import MeshworkModel
 import NIOConcurrencyHelpers
 
-/// One edge: a direction and the service on the other end.
+/// One edge: a direction and the service on the other end, and on the caller's side the
+/// route rule that decided its exchanges (`route/rule`; nil: no route did).
 public struct EdgeKey: Sendable, Hashable {
     public var direction: EdgeDirection
     public var peer: String
+    public var route: String?
 
-    public init(direction: EdgeDirection, peer: String) {
+    public init(direction: EdgeDirection, peer: String, route: String? = nil) {
         self.direction = direction
         self.peer = peer
+        self.route = route
     }
+
+    /// The order edges are listed and reported in.
+    var order: (String, String, String) { (direction.rawValue, peer, route ?? "") }
 }
 
 /// What one edge carried: responses by status class and a latency histogram (HdrHistogram,
@@ -75,7 +81,8 @@ public final class EdgeTelemetry: Sendable {
         func record(_ key: EdgeKey, _ exchange: EdgeExchange) {
             edges.withLockedValue { edges in
                 if edges[key] == nil, edges.count >= EdgeTelemetry.maxPeers * 2 {
-                    edges[EdgeKey(direction: key.direction, peer: "other"), default: EdgeData()].record(exchange)
+                    edges[EdgeKey(direction: key.direction, peer: "other", route: nil), default: EdgeData()]
+                        .record(exchange)
                 } else {
                     edges[key, default: EdgeData()].record(exchange)
                 }
@@ -114,6 +121,7 @@ public final class EdgeTelemetry: Sendable {
         var key = key
         if edges[key] == nil, edges.filter({ $0.key.direction == key.direction }).count >= maxPeers {
             key.peer = "other"
+            key.route = nil
         }
         edges[key, default: EdgeData()].add(data)
     }
@@ -136,9 +144,7 @@ public final class EdgeTelemetry: Sendable {
     /// The edges in the Prometheus text format: `meshwork_edge_requests_total` by
     /// direction, peer and status class, and `meshwork_edge_request_duration_seconds`.
     func prometheusText() -> [UInt8] {
-        let edges = cumulative().sorted {
-            ($0.key.direction.rawValue, $0.key.peer) < ($1.key.direction.rawValue, $1.key.peer)
-        }
+        let edges = cumulative().sorted { $0.key.order < $1.key.order }
         var text = """
             # HELP meshwork_edge_requests_total Responses per edge: inbound by calling service, outbound by called service, by status class.
             # TYPE meshwork_edge_requests_total counter
@@ -199,8 +205,10 @@ public final class EdgeTelemetry: Sendable {
         return Array(text.utf8)
     }
 
+    /// (Peers are service names, routes `route/rule` names: neither needs escaping.)
     private static func labels(_ key: EdgeKey) -> String {
-        "direction=\"\(key.direction.rawValue)\",peer=\"\(key.peer)\""
+        let edge = "direction=\"\(key.direction.rawValue)\",peer=\"\(key.peer)\""
+        return key.route.map { edge + ",route=\"\($0)\"" } ?? edge
     }
 
     private static func seconds(_ micros: UInt64) -> String {
@@ -213,14 +221,16 @@ extension EdgeTelemetry {
     /// What happened since the last report, as the controller takes it.
     public func takeTelemetryReport(service: String, seconds: Double) -> TelemetryReport {
         let edges = takeReport()
-            .sorted { ($0.key.direction.rawValue, $0.key.peer) < ($1.key.direction.rawValue, $1.key.peer) }
+            .sorted { $0.key.order < $1.key.order }
             .map { key, data in
-                EdgeReport(
+                var edge = EdgeReport(
                     direction: key.direction.rawValue,
                     peer: key.peer,
                     classes: data.classes,
                     latency: data.latency.recordedValues().map { [$0.value, UInt64($0.count)] }
                 )
+                edge.route = key.route
+                return edge
             }
         return TelemetryReport(service: service, seconds: seconds, edges: edges)
     }

@@ -104,6 +104,26 @@ final class ListenerMetrics: Sendable {
     }
 }
 
+/// What became of a mirrored copy of a request: the label of
+/// `meshwork_cluster_mirror_requests_total`.
+enum MirrorResult: String, CaseIterable, Sendable {
+    /// Answered below 500.
+    case answered
+    /// Answered 500 or above (or a gRPC UNAVAILABLE).
+    case errorStatus = "error_status"
+    /// No answer: the connection failed or was reset, or no endpoint was there.
+    case failed
+    case timeout
+    /// Not sent: the cluster's breaker or throttle refused it.
+    case refused
+    /// Not sent: the body passed `RouteFilter.Mirror.maxBodyBytes`.
+    case bodyTooLarge = "body_too_large"
+    /// Not sent: the caller went away before its request ended.
+    case abandoned
+
+    var index: Int { Self.allCases.firstIndex(of: self) ?? 0 }
+}
+
 /// The metrics of one cluster and its endpoints, created once per cluster.
 final class ClusterMetrics: Sendable {
     let name: String
@@ -120,6 +140,8 @@ final class ClusterMetrics: Sendable {
     let ejectedEndpoints: Gauge
     let retries: Counter
     let retryBudgetExhausted: Counter
+    /// Mirrored copies sent to the cluster (a route's RequestMirror), by what became of them.
+    private let mirrors: [Counter]
 
     init(
         name: String,
@@ -190,6 +212,20 @@ final class ClusterMetrics: Sendable {
             ),
             labels: labels
         )
+        mirrors = MirrorResult.allCases.map {
+            registry.makeCounter(
+                descriptor: descriptor(
+                    "cluster_mirror_requests",
+                    "total",
+                    "Mirrored copies of requests for the cluster, by what became of them (their answers are discarded)."
+                ),
+                labels: labels + [("result", $0.rawValue)]
+            )
+        }
+    }
+
+    func countMirror(_ result: MirrorResult) {
+        mirrors[result.index].increment()
     }
 
     func countRequest(status: HTTPResponseStatus, nanoseconds: Int64, loop: Int) {

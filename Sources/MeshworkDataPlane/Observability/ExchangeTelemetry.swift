@@ -53,7 +53,7 @@ struct ExchangeTelemetry {
         let path = sampled || loop.taps != nil || loop.accessLog != nil ? Self.path(of: uri) : ""
         if let shard = loop.edges {
             shard.record(
-                EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName),
+                EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName, route: route),
                 EdgeExchange(
                     status: Int(status.code),
                     micros: UInt64(max(0, nanoseconds / 1000)),
@@ -75,6 +75,7 @@ struct ExchangeTelemetry {
                     peer: peerName,
                     status: Int(status.code),
                     meshError: error?.reason,
+                    route: route,
                     startUnixNanos: trace.startUnixNanos,
                     endUnixNanos: trace.startUnixNanos + UInt64(max(0, nanoseconds))
                 )

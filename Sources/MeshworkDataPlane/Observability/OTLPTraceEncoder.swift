@@ -38,6 +38,7 @@ public enum OTLPTraceEncoder {
         out.attribute(9, "http.response.status_code", Int64(span.status))
         out.attribute(9, span.kind == .server ? "meshwork.source" : "meshwork.target", span.peer)
         if let reason = span.meshError { out.attribute(9, "meshwork.error", reason) }
+        if let route = span.route { out.attribute(9, "meshwork.route", route) }
         // OpenTelemetry HTTP conventions: 5xx is an error on both sides, 4xx only for clients.
         let failed = span.status >= 500 || (span.kind == .client && span.status >= 400) || span.meshError != nil
         if failed {

@@ -21,6 +21,8 @@ public struct SpanRecord: Sendable {
     public var status: Int
     /// The mesh's own error reason when the mesh answered (`x-meshwork-error`).
     public var meshError: String?
+    /// The route rule that decided a client span (`route/rule`).
+    public var route: String? = nil
     public var startUnixNanos: UInt64
     public var endUnixNanos: UInt64
 }

@@ -48,6 +48,9 @@ final class LoopRule {
     let rewrite: RouteFilter.URLRewrite?
     let redirect: RouteFilter.Redirect?
     let fault: RouteFilter.Fault?
+    let mirror: RouteFilter.Mirror?
+    /// This loop's cluster for the mirror's backend (nil: none, or not known yet).
+    let mirrorCluster: LoopCluster?
     let requestTimeout: TimeAmount?
     let backoff: TimeAmount?
     /// The rule's retry statuses, built once (not per request).
@@ -65,6 +68,7 @@ final class LoopRule {
         var rewrite: RouteFilter.URLRewrite?
         var redirect: RouteFilter.Redirect?
         var fault: RouteFilter.Fault?
+        var mirror: RouteFilter.Mirror?
         for filter in rule.filters {
             switch filter {
             case .requestHeaders(let edits): requestEdits = edits
@@ -72,8 +76,7 @@ final class LoopRule {
             case .rewrite(let value): rewrite = value
             case .fault(let value): fault = value
             case .redirect(let value): redirect = value
-            // Refused by the parser until the data plane carries it (docs/routes.md).
-            case .mirror: break
+            case .mirror(let value): mirror = value
             }
         }
         self.requestEdits = requestEdits
@@ -81,6 +84,8 @@ final class LoopRule {
         self.rewrite = rewrite
         self.redirect = redirect
         self.fault = fault
+        self.mirror = mirror
+        mirrorCluster = mirror.flatMap { clusters[$0.backend.clusterName] }
         requestTimeout = rule.requestTimeout.map(Self.amount)
         backoff = rule.retry?.backoff.map(Self.amount)
         retryCodes = Set(rule.retry?.codes ?? [])
@@ -124,9 +129,11 @@ final class LoopRule {
     /// 10% abort fails 1 request in 10 and a test of it is not a matter of luck.
     func takesAbort(_ percent: Double) -> Bool { Self.spread(percent, &abortCredit) }
     func takesDelay(_ percent: Double) -> Bool { Self.spread(percent, &delayCredit) }
+    func takesMirror(_ percent: Double) -> Bool { Self.spread(percent, &mirrorCredit) }
 
     private var abortCredit = 0.0
     private var delayCredit = 0.0
+    private var mirrorCredit = 0.0
 
     private static func spread(_ percent: Double, _ credit: inout Double) -> Bool {
         credit += min(100, max(0, percent))

@@ -80,6 +80,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The selected route rule's response header changes and retry backoff, if any.
     private var responseEdits: RouteFilter.HeaderEdits?
     private var routeBackoff: TimeAmount?
+    /// Whether the request is waiting out a route's fault delay (it has not left yet).
+    private var inFaultDelay = false
+    /// The mirrored copy of the current request, while the request's body streams past.
+    private var mirror: MirrorExchange?
     private var tryTimer: Scheduled<Void>?
     private var started = false
 
@@ -147,6 +151,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timerTask = nil
         timerDeadline = .distantFuture
         machine.downstreamClosed()
+        if let mirror {
+            self.mirror = nil
+            mirror.abandon()
+        }
         // Whatever the machine's state: an HTTP/2 stream closes as its response's end is
         // written, when the machine has already finished the exchange but the upstream is
         // still held (`finish` lets it go next).
@@ -171,8 +179,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             receivedHead(head)
         case .body(let body):
             telemetry.requestBytes &+= body.readableBytes
+            if let mirror, !mirror.append(body) { self.mirror = nil }
             forward(.body(.byteBuffer(body)))
         case .end(let trailers):
+            if let mirror {
+                self.mirror = nil
+                mirror.send(trailers: trailers)
+            }
             forward(.end(trailers))
         }
     }
@@ -348,13 +361,21 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let left = max(.zero, timeout - (faultDelay ?? .zero))
             Deadlines.propagate(perTry.map { min(left, $0) } ?? left, in: &upstreamHead.headers)
         }
+        if let rule, let mirrorCluster = rule.mirrorCluster, !machine.request.isUpgrade,
+            rule.takesMirror(rule.mirror?.percent ?? 0)
+        {
+            // (Its deadline is replaced with its own cluster's as it leaves.)
+            mirror = MirrorExchange(upstreamHead, cluster: mirrorCluster, loop: loop)
+        }
         let id = machine.start(upstreamHead, plan: plan)
         armTimer(timeout, headerRead: false)
         if let faultDelay {
             // A fault's delay: the request waits here, within its deadline, before it leaves.
+            inFaultDelay = true
             backoffTask = loop.loop.assumeIsolated().scheduleTask(in: faultDelay) { [weak self] in
                 guard let self else { return }
                 self.backoffTask = nil
+                self.inFaultDelay = false
                 guard self.machine.currentTry == id, let cluster = self.cluster else { return }
                 self.startTry(id, cluster, avoiding: nil)
             }
@@ -472,6 +493,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func releaseExchange() {
         backoffTask?.cancel()
         backoffTask = nil
+        inFaultDelay = false
         tryTimer?.cancel()
         tryTimer = nil
         if admitted, let cluster {
@@ -563,7 +585,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let context { sendRawAndClose(.headerTimeout, context: context) } else { downstream.close() }
         case .close:
             downstream.close()
-        case .timeout(let error, let releasesUpstream):
+        case .timeout(let timeout, let releasesUpstream):
+            // Still in a fault's delay: the route's own timeout, never the service's.
+            let error = inFaultDelay ? MeshError.faultDelayTimeout : timeout
             cluster?.metrics.countError(error)
             if releasesUpstream, let upstream, let cluster, let index = upstream.endpointIndex {
                 cluster.record(index, .gatewayFailure)

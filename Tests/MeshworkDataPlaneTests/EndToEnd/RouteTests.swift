@@ -9,9 +9,14 @@ import Testing
 struct RouteTests {
     /// `count` sequential GETs over one keep-alive connection; the answers' bodies and
     /// status lines.
-    private func calls(_ url: String, _ count: Int, headers: [String] = []) async throws -> CurlResult {
+    private func calls(
+        _ url: String,
+        _ count: Int,
+        headers: [String] = [],
+        timeout: Int = 60
+    ) async throws -> CurlResult {
         let args = headers.flatMap { ["-H", $0] } + ["\(url)?n=[1-\(count)]"]
-        return try await Curl.run(args, timeout: 60)
+        return try await Curl.run(args, timeout: timeout)
     }
 
     private static let route = """
@@ -29,6 +34,10 @@ struct RouteTests {
             matches: [{headers: [{name: x-slow, value: "1"}]}]
             filters: [{type: Fault, fault: {delay: {fixedDelay: 400ms, percent: 100}}}]
             timeouts: {request: 5s}
+          - name: too-slow
+            matches: [{headers: [{name: x-slow, value: "2"}]}]
+            filters: [{type: Fault, fault: {delay: {fixedDelay: 3s, percent: 100}}}]
+            timeouts: {request: 300ms}
           - name: moved
             matches: [{path: {type: PathPrefix, value: /old}}]
             filters:
@@ -94,14 +103,20 @@ struct RouteTests {
             #expect(canaries.statusLines.filter { $0.contains(" 200") }.count == 20)
             #expect(v1.requestCount == before.0 && v2.requestCount == before.1 + 20)
 
-            // The split: 90/10 over the versions, exact over 1,000 requests (one event loop).
+            // The split: 90/10 over the versions, within a point over 10,000 requests (exact on
+            // one event loop), and counted on the caller's edge under the rule's name.
+            let edge =
+                #"meshwork_edge_requests_total{direction="outbound",peer="orders",route="orders-split/split",class="2xx"}"#
+            let edgeBefore = try await web.metric(edge)
             before = (v1.requestCount, v2.requestCount)
-            let split = try await calls(url + "/", 1000)
+            let split = try await calls(url + "/", 10000, timeout: 120)
             let toV1 = v1.requestCount - before.0
             let toV2 = v2.requestCount - before.1
-            #expect(split.statusLines.filter { $0.contains(" 200") }.count == 1000)
-            #expect(toV1 + toV2 == 1000)
-            #expect((90...110).contains(toV2), "v2 got \(toV2) of 1000")
+            #expect(split.statusLines.filter { $0.contains(" 200") }.count == 10000)
+            #expect(toV1 + toV2 == 10000)
+            #expect((900...1100).contains(toV2), "v2 got \(toV2) of 10,000")
+            let counted = try await web.metric(edge) - edgeBefore
+            #expect(counted == 10000, "\(counted) counted under the rule")
 
             // The request as the rule changes it.
             let head = try await Curl.run(["-H", "x-secret: s", url + "/headers"])
@@ -117,6 +132,16 @@ struct RouteTests {
             let told = slow.text.split(separator: "\n").first { $0.hasPrefix("x-meshwork-timeout: ") }
                 .flatMap { Int($0.dropFirst("x-meshwork-timeout: ".count)) }
             #expect(told.map { (4000...4600).contains($0) } == true, "\(slow.text)")
+
+            // A delay past the request's deadline: the route's timeout, labelled as the fault's,
+            // and the request never left.
+            before = (v1.requestCount, v2.requestCount)
+            let tooSlow = try await Curl.run(["-H", "x-slow: 2", url + "/"])
+            #expect(
+                tooSlow.status == 504 && tooSlow.header("x-meshwork-error") == "fault_delay_timeout",
+                "\(tooSlow.headers)"
+            )
+            #expect(v1.requestCount == before.0 && v2.requestCount == before.1, "a delayed request left")
 
             // A redirect, answered by the caller's sidecar: the prefix replaced, the query kept.
             before = (v1.requestCount, v2.requestCount)
@@ -146,6 +171,30 @@ struct RouteTests {
                     }
             }
             #expect(logged, "\(lines.suffix(600))")
+            // A newer route with the same match as orders-split's canary rule, to a version no
+            // instance has: it is stored, marked conflicted and unresolved, and takes nothing.
+            let updates = web.logCount("routes updated")
+            let shadow = try await controller.apply(
+                """
+                kind: HTTPRoute
+                name: orders-shadowed
+                parentRefs: [{name: orders}]
+                rules:
+                  - matches: [{headers: [{name: x-canary, value: "1"}]}]
+                    backendRefs: [{name: orders, version: v9}]
+                """
+            )
+            #expect(shadow.exitCode == 0, "\(shadow.output)")
+            #expect(try await web.waitForLog("routes updated", beyond: updates), "\(web.log)")
+            let status = try await controller.call("GET", "/v1/routes/orders-shadowed")
+            let conditions =
+                ((try? JSONSerialization.jsonObject(with: Data(status.text.utf8)) as? [String: Any])?["status"]
+                as? [String: Any])?["conditions"] as? [[String: Any]] ?? []
+            let byType = Dictionary(uniqueKeysWithValues: conditions.map { ($0["type"] as? String ?? "", $0) })
+            #expect(byType["Accepted"]?["status"] as? String == "True", "\(status.text)")
+            #expect(byType["ResolvedRefs"]?["reason"] as? String == "BackendNotFound", "\(status.text)")
+            #expect(byType["Conflicted"]?["status"] as? String == "True", "\(status.text)")
+            #expect((byType["Conflicted"]?["message"] as? String ?? "").contains("orders-split"), "\(status.text)")
             let listed = try await Command.run([
                 CLITests.binary, "ctl", "routes", "--controller", controller.url, "--token-file",
                 controller.dataDirectory + "/token",
@@ -154,13 +203,30 @@ struct RouteTests {
                 listed.output.contains("orders-split") && listed.output.contains("orders@v2:10"),
                 "\(listed.output)"
             )
+            let rows = listed.output.split(separator: "\n")
+            #expect(rows.contains { $0.hasPrefix("orders-shadowed") && $0.contains("BackendNotFound,ShadowedMatch") })
+            #expect(rows.contains { $0.hasPrefix("orders-split") && $0.contains("Accepted") }, "\(listed.output)")
+            // Precedence still sends the canary header to v2 (the older route).
+            before = (v1.requestCount, v2.requestCount)
+            _ = try await calls(url + "/", 10, headers: ["x-canary: 1"])
+            #expect(v2.requestCount - before.1 == 10 && v1.requestCount == before.0)
+            #expect(try await controller.call("DELETE", "/v1/routes/orders-shadowed").status == 200)
+            #expect(
+                try await eventually {
+                    web.log.split(separator: "\n").contains {
+                        $0.contains("route backends removed") && $0.contains("orders~version=v9")
+                    }
+                },
+                "\(web.log)"
+            )
+            let removals = web.logCount("route backends removed")
 
             // Deleted: every request goes to the service again, no fault, no header.
             let deleted = try await controller.call("DELETE", "/v1/routes/orders-split")
             #expect(deleted.status == 200, "\(deleted.text)")
             // Its subsets' clusters go with it (the caller keeps no cluster no route names).
-            #expect(try await web.waitForLog("route backends removed"), "\(web.log)")
-            let removal = web.log.split(separator: "\n").first { $0.contains("route backends removed") } ?? ""
+            #expect(try await web.waitForLog("route backends removed", beyond: removals), "\(web.log)")
+            let removal = web.log.split(separator: "\n").last { $0.contains("route backends removed") } ?? ""
             #expect(removal.contains("orders~version=v1") && removal.contains("orders~version=v2"), "\(removal)")
             #expect(
                 try await eventually {
@@ -176,6 +242,215 @@ struct RouteTests {
             _ = try await calls(url + "/", 100, headers: ["x-canary: 1"])
             #expect(v1.requestCount > before.0, "v1 got none of 100 after the route went")
             #expect(v1.requestCount - before.0 + v2.requestCount - before.1 == 100)
+        } catch {
+            Issue.record("\(error)")
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await v1.stop()
+        await v2.stop()
+        await controller.stop()
+    }
+
+    private static let mirrorRoute = """
+        kind: HTTPRoute
+        name: orders-mirror
+        parentRefs: [{name: orders}]
+        rules:
+          - filters:
+              - type: RequestMirror
+                requestMirror: {backendRef: {name: audit}, percent: 50}
+        """
+
+    private static func mirrorSeries(_ result: String) -> String {
+        #"meshwork_cluster_mirror_requests_total{cluster="audit",result="\#(result)"}"#
+    }
+
+    @Test func aMirrorGetsItsShareOfCopiesWhileTheCallerNeitherWaitsForItNorSeesItsFailures() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let orders = try await TestMesh.startApp("orders-1")
+        let audit = try await TestMesh.startApp("audit-1")
+        var sidecars: [SidecarProcess] = []
+        defer { controller.remove() }
+        do {
+            sidecars.append(try await startServer("orders", app: orders, controller: controller))
+            sidecars.append(try await startServer("audit", app: audit, controller: controller))
+            let web = try await startClient("web", calling: "orders", controller: controller)
+            sidecars.append(web)
+            #expect(try await web.waitUntilServing("orders"), "\(web.log)")
+            let url = web.upstreamURL("orders")
+            let applied = try await controller.apply(Self.mirrorRoute)
+            #expect(applied.exitCode == 0, "\(applied.output)")
+            // Within one push the caller watches the mirror's service and sends it copies.
+            #expect(
+                try await eventually {
+                    let before = audit.requestCount
+                    _ = try await calls(url + "/", 2)
+                    return try await eventually(seconds: 2) { audit.requestCount > before }
+                },
+                "\(web.log)"
+            )
+
+            // A mirror that takes 5 s to answer: ten calls finish long before one copy's answer
+            // could have been waited for, and exactly half of them were copied (one loop).
+            audit.setSlow(.seconds(5))
+            var before = (orders.requestCount, audit.requestCount)
+            let started = ContinuousClock.now
+            let quick = try await calls(url + "/", 10)
+            let took = ContinuousClock.now - started
+            #expect(quick.statusLines.filter { $0.contains(" 200") }.count == 10, "\(quick.statusLines)")
+            #expect(took < .seconds(5), "the caller waited for the mirror: \(took)")
+            #expect(orders.requestCount - before.0 == 10)
+            #expect(try await eventually { audit.requestCount - before.1 == 5 }, "\(audit.requestCount - before.1)")
+
+            // A failing mirror: the caller still gets the service's answers; the copies'
+            // failures are counted on the caller's sidecar, not returned.
+            audit.setSlow(.zero)
+            audit.setFailing(500)
+            let failedBefore = try await web.metric(Self.mirrorSeries("error_status"))
+            before = (orders.requestCount, audit.requestCount)
+            let unharmed = try await calls(url + "/", 20)
+            #expect(unharmed.statusLines.filter { $0.contains(" 200") }.count == 20, "\(unharmed.statusLines)")
+            var failed = 0.0
+            #expect(
+                try await eventually {
+                    failed = try await web.metric(Self.mirrorSeries("error_status")) - failedBefore
+                    return failed == 10
+                },
+                "\(failed) copies counted as failed"
+            )
+            audit.setFailing(nil)
+
+            // Bodies are copied up to 64 KiB: a small one is mirrored, a larger one is not
+            // (counted), and both callers get their whole echo.
+            let small = FileManager.default.temporaryDirectory.appendingPathComponent("mw-mirror-\(UUID().uuidString)")
+            let large = small.appendingPathExtension("large")
+            defer {
+                try? FileManager.default.removeItem(at: small)
+                try? FileManager.default.removeItem(at: large)
+            }
+            try Data(repeating: 0x61, count: 1000).write(to: small)
+            try Data(repeating: 0x62, count: 100 * 1024).write(to: large)
+            let tooLargeBefore = try await web.metric(Self.mirrorSeries("body_too_large"))
+            for file in [large, large] {
+                let echoed = try await Curl.run(["--data-binary", "@\(file.path)", url + "/echo"])
+                #expect(echoed.status == 200 && echoed.body.count == 100 * 1024, "\(echoed.statusLines)")
+            }
+            #expect(try await web.metric(Self.mirrorSeries("body_too_large")) - tooLargeBefore == 1)
+            let answeredBefore = try await web.metric(Self.mirrorSeries("answered"))
+            for file in [small, small] {
+                let echoed = try await Curl.run(["--data-binary", "@\(file.path)", url + "/echo"])
+                #expect(echoed.status == 200 && echoed.body.count == 1000, "\(echoed.statusLines)")
+            }
+            var answered = 0.0
+            #expect(
+                try await eventually {
+                    answered = try await web.metric(Self.mirrorSeries("answered")) - answeredBefore
+                    return answered == 1
+                },
+                "\(answered) copies answered"
+            )
+        } catch {
+            Issue.record("\(error)")
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await orders.stop()
+        await audit.stop()
+        await controller.stop()
+    }
+
+    private static let grpcRoute = """
+        kind: GRPCRoute
+        name: orders-grpc
+        parentRefs: [{name: orders}]
+        rules:
+          - name: canary
+            matches: [{method: {service: meshwork.test.Probe, method: Who}, headers: [{name: x-track, value: canary}]}]
+            backendRefs: [{name: orders, version: v2}]
+          - name: probe
+            matches: [{method: {service: meshwork.test.Probe}}]
+            backendRefs: [{name: orders, version: v1}]
+          - name: flaky
+            matches: [{method: {service: grpc.testing.TestService, method: EmptyCall}}]
+            filters: [{type: Fault, fault: {abort: {grpcStatus: 8, percent: 10}}}]
+        """
+
+    /// `grpc_interop.py who`: how many of `count` Probe/Who calls each server (or error code)
+    /// answered.
+    private func who(_ port: Int, _ count: Int, metadata: [String] = []) async throws -> [String: Int] {
+        let result = try await Command.run(
+            ["timeout", "120", "python3", "\(TestMesh.clients)/grpc_interop.py", "who", String(port), String(count)]
+                + metadata
+        )
+        let line = result.output.split(separator: "\n").last.map(String.init) ?? ""
+        return (try? JSONDecoder().decode([String: Int].self, from: Data(line.utf8))) ?? ["output": -1]
+    }
+
+    /// A GRPCRoute with grpcio on both ends: the call's method (and a header) picks the
+    /// version, a method's fault aborts exactly its share with the gRPC status asked for.
+    @Test func aGRPCRouteMatchesMethodsAndHeadersAndAbortsWithAGRPCStatus() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let v1 = try await FixtureServer.start("grpc_interop.py", ["server", "v1"])
+        let v2 = try await FixtureServer.start("grpc_interop.py", ["server", "v2"])
+        var sidecars: [SidecarProcess] = []
+        defer { controller.remove() }
+        do {
+            for (version, server) in [("v1", v1), ("v2", v2)] {
+                let sidecar = try await SidecarProcess.start(
+                    [
+                        "--service", "orders", "--app-port", String(server.port("grpc")), "--app-protocol", "h2c",
+                        "--version", version, "--controller", controller.url, "--join-token-file",
+                        try await controller.joinTokenFile("orders"), "--ttl", "3s",
+                    ],
+                    waitFor: ["inbound", "admin"]
+                )
+                sidecars.append(sidecar)
+                #expect(try await sidecar.waitForLog("registered"), "\(sidecar.log)")
+            }
+            let web = try await startClient("web", calling: "orders", controller: controller)
+            sidecars.append(web)
+            let port = web.port("upstream:orders") ?? 0
+            // Both versions registered, the caller reaches the service.
+            #expect(
+                try await eventually {
+                    let answers = try await who(port, 5)
+                    return answers.values.reduce(0, +) == 5 && Set(answers.keys).isSubset(of: ["v1", "v2"])
+                },
+                "\(web.log)"
+            )
+
+            let applied = try await controller.apply(Self.grpcRoute)
+            #expect(applied.exitCode == 0, "\(applied.output)")
+            #expect(try await eventually { try await who(port, 20) == ["v1": 20] }, "\(web.log)")
+            #expect(try await who(port, 50, metadata: ["x-track=canary"]) == ["v2": 50])
+            #expect(try await who(port, 50, metadata: ["x-track=stable"]) == ["v1": 50])
+
+            // The fault: exactly 1 in 10 EmptyCalls answered RESOURCE_EXHAUSTED by the caller's
+            // sidecar (one loop), the others by a server.
+            let empty = try await Command.run([
+                "timeout", "120", "python3", "-c",
+                """
+                import grpc, json, sys
+                channel = grpc.insecure_channel("127.0.0.1:\(port)", options=[("grpc.enable_retries", 0)])
+                call = channel.unary_unary("/grpc.testing.TestService/EmptyCall")
+                codes = {}
+                for _ in range(1000):
+                    try:
+                        call(b"", timeout=5)
+                        code = "OK"
+                    except grpc.RpcError as error:
+                        code = error.code().name
+                        if code == "RESOURCE_EXHAUSTED" and dict(error.trailing_metadata()).get("x-meshwork-error") != "fault_abort":
+                            code = "unlabelled"
+                    codes[code] = codes.get(code, 0) + 1
+                print(json.dumps(codes))
+                """,
+            ])
+            let line = empty.output.split(separator: "\n").last.map(String.init) ?? ""
+            let codes = (try? JSONDecoder().decode([String: Int].self, from: Data(line.utf8))) ?? [:]
+            #expect(codes["OK", default: 0] + codes["RESOURCE_EXHAUSTED", default: 0] == 1000, "\(empty.output)")
+            #expect((85...115).contains(codes["RESOURCE_EXHAUSTED", default: 0]), "\(codes)")
         } catch {
             Issue.record("\(error)")
         }

@@ -119,6 +119,15 @@ extension SidecarProcess {
         "http://127.0.0.1:\(port("upstream:\(upstream)") ?? 0)"
     }
 
+    /// One sample of the admin `/metrics` (`name{labels}` exactly as exposed); 0 when absent.
+    func metric(_ series: String) async throws -> Double {
+        let text = try await Curl.get("http://127.0.0.1:\(port("admin") ?? 0)/metrics").text
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.split(separator: " ").last ?? "") ?? 0
+        }
+        return 0
+    }
+
     /// Bounded (10 s): until discovery and certificates let a GET through to `upstream`.
     func waitUntilServing(_ upstream: String) async throws -> Bool {
         for _ in 0..<100 {

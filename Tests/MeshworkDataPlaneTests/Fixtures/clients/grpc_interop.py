@@ -6,11 +6,15 @@ given. The messages are the interop protos' fields, encoded here by hand (a few 
 byte strings), so that no generated code is needed.
 
 usage:
-  grpc_interop.py server            prints {"grpc": PORT}; serves until stdin closes
+  grpc_interop.py server [NAME]     prints {"grpc": PORT}; serves until stdin closes
+                                    (Probe/Who answers NAME)
   grpc_interop.py client PORT       runs every case; prints {"case": "ok" | "why it failed", ...}
   grpc_interop.py call PORT METHOD TIMEOUT_S [SLEEP_MS]
                                     one unary call (Probe/Sleep, or any METHOD path); prints
                                     {"code", "details", "trailing", "seconds"}
+  grpc_interop.py who PORT COUNT [KEY=VALUE ...]
+                                    COUNT Probe/Who calls with that metadata; prints how
+                                    many each server (or error code) answered
 """
 import json, queue, sys, threading, time
 from concurrent import futures
@@ -95,7 +99,8 @@ def streaming_request(sizes, request_size=0, status=None):
 # MARK: server
 
 class Server:
-    def __init__(self):
+    def __init__(self, name=""):
+        self.name = name.encode()
         self.cancelled = 0
         self.lock = threading.Lock()
 
@@ -175,9 +180,12 @@ class Server:
         with self.lock:
             return str(self.cancelled).encode()
 
+    def probe_who(self, request, context):
+        return self.name
 
-def serve():
-    app = Server()
+
+def serve(name=""):
+    app = Server(name)
     identity = {"request_deserializer": None, "response_serializer": None}
     test_service = grpc.method_handlers_generic_handler("grpc.testing.TestService", {
         "EmptyCall": grpc.unary_unary_rpc_method_handler(app.empty_call, **identity),
@@ -190,6 +198,7 @@ def serve():
         "Status": grpc.unary_stream_rpc_method_handler(app.probe_status, **identity),
         "Sleep": grpc.unary_unary_rpc_method_handler(app.probe_sleep, **identity),
         "Cancellations": grpc.unary_unary_rpc_method_handler(app.probe_cancellations, **identity),
+        "Who": grpc.unary_unary_rpc_method_handler(app.probe_who, **identity),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=OPTIONS)
     server.add_generic_rpc_handlers((test_service, probe))
@@ -499,10 +508,26 @@ def calls(port, count):
     print(json.dumps(codes), flush=True)
 
 
+def who(port, count, *metadata):
+    """`count` Probe/Who calls on one channel: how many each server name (or error code) answered."""
+    client = Client(int(port))
+    pairs = [tuple(item.split("=", 1)) for item in metadata]
+    answers = {}
+    for _ in range(int(count)):
+        try:
+            answer = client.unary("/meshwork.test.Probe/Who")(b"", timeout=5, metadata=pairs).decode()
+        except grpc.RpcError as error:
+            answer = error.code().name
+        answers[answer] = answers.get(answer, 0) + 1
+    print(json.dumps(answers), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
-        serve()
+        serve(*sys.argv[2:3])
+    elif mode == "who":
+        who(*sys.argv[2:])
     elif mode == "client":
         run_client(sys.argv[2])
     elif mode == "calls":
