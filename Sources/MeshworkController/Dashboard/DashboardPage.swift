@@ -2,7 +2,8 @@
 /// compiled into the binary) that reads the same API as `ctl` every two seconds: services,
 /// instances, golden metrics, edges, per-service series and certificate expiries. It draws
 /// the topology as a layered graph whose edges carry RPS and success rate, each service's
-/// golden metrics with their last ten minutes, and its instances.
+/// golden metrics with their last ten minutes, its routes (each rule's matches, backends
+/// with their weights and the route's conditions) and its instances.
 ///
 /// A token, when reads are protected, comes from the page's fragment: `/ui#token=...`
 /// (a fragment never reaches a server log).
@@ -60,6 +61,9 @@ enum DashboardPage {
           </section>
           <section><h2>Edges</h2>
             <table id="edges"><thead><tr><th>Source</th><th>Target</th><th>RPS</th><th>Success</th><th>p50</th><th>p99</th><th>mTLS</th></tr></thead><tbody></tbody></table>
+          </section>
+          <section><h2>Routes</h2>
+            <table id="routes"><thead><tr><th>Service</th><th>Route</th><th>Rule</th><th>Matches</th><th>Backends</th><th>Filters</th><th>Status</th></tr></thead><tbody></tbody></table>
           </section>
           <section><h2>Instances</h2>
             <table id="instances" class="instances"><thead><tr><th>Instance</th><th>Address</th><th>Health</th><th>Zone</th><th>Weight</th><th>Version</th><th>Certificate expires</th><th>RPS</th><th>Success</th><th>p99</th></tr></thead><tbody></tbody></table>
@@ -182,8 +186,50 @@ enum DashboardPage {
           return row;
         }
 
+        /// A rule's matches in a few words: `PathPrefix /api · x-canary=1 · GET`.
+        function describeMatch(m) {
+          const parts = [];
+          if (m.path && !(m.path.type === "PathPrefix" && m.path.value === "/")) parts.push(m.path.type + " " + m.path.value);
+          if (m.method && typeof m.method === "object") parts.push((m.method.service || "*") + "/" + (m.method.method || "*"));
+          else if (m.method) parts.push(m.method);
+          for (const h of m.headers || []) parts.push(h.name + (h.type === "Present" ? " present" : h.type === "Absent" ? " absent" : (h.type === "RegularExpression" ? " ~ " : "=") + h.value));
+          for (const q of m.queryParams || []) parts.push("?" + q.name + (q.type === "RegularExpression" ? " ~ " : "=") + q.value);
+          return parts.length ? parts.join(" · ") : "every request";
+        }
+
+        /// The route's problems by reason (conditions in Gateway API's shape), or Accepted.
+        function routeStatus(route) {
+          const problems = (route.status?.conditions || []).filter(c => c.type === "Conflicted" ? c.status === "True" : c.status !== "True");
+          return problems.length
+            ? el("td", { class: "warn", title: problems.map(c => c.message).join("\n") }, problems.map(c => c.reason).join(", "))
+            : el("td", { class: "ok" }, "Accepted");
+        }
+
+        function renderRoutes(names, routes) {
+          const rows = [];
+          const parents = [...new Set([...names, ...routes.flatMap(r => (r.parentRefs || []).map(p => p.name))])];
+          for (const service of parents) {
+            for (const route of routes.filter(r => (r.parentRefs || []).some(p => p.name === service))) {
+              (route.rules || []).forEach((rule, index) => {
+                const backends = (rule.backendRefs || []).map(b => b.name + (b.version ? "@" + b.version : "") + " " + (b.weight ?? 1));
+                rows.push(cells(el("tr", { "data-route": route.name, "data-service": service }), [
+                  index === 0 ? el("td", {}, el("strong", {}, service)) : "",
+                  index === 0 ? route.name + (route.kind === "GRPCRoute" ? " (gRPC)" : "") : "",
+                  rule.name || String(index),
+                  (rule.matches || []).length ? rule.matches.map(describeMatch).join(" | ") : "every request",
+                  backends.length ? backends.join(", ") : service,
+                  (rule.filters || []).map(f => f.type).join(", ") || "–",
+                  index === 0 ? routeStatus(route) : "",
+                ]));
+              });
+            }
+          }
+          if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "dim" }, "no routes: every request goes to its service")));
+          document.querySelector("#routes tbody").replaceChildren(...rows);
+        }
+
         function render(data) {
-          const { services, instances, stats, edges, series, certificates } = data;
+          const { services, instances, stats, edges, series, certificates, routes } = data;
           const statsByService = new Map(stats.services.map(s => [s.service, s]));
           const seriesByService = new Map(series.services.map(s => [s.service, s.points]));
           const expiry = new Map(certificates.certificates.map(c => [c.instance, c.notAfter]));
@@ -230,6 +276,7 @@ enum DashboardPage {
             }
           }
           document.querySelector("#instances tbody").replaceChildren(...rows);
+          renderRoutes(names, routes);
           const total = stats.services.reduce((sum, s) => sum + s.metrics.rps, 0);
           document.getElementById("summary").textContent =
             names.length + " services · " + instances.length + " instances · " + rps(total) + " rps";
@@ -239,11 +286,11 @@ enum DashboardPage {
         async function refresh() {
           const window_ = document.getElementById("window").value;
           try {
-            const [services, instances, stats, edges, series, certificates] = await Promise.all([
+            const [services, instances, stats, edges, series, certificates, routes] = await Promise.all([
               get("/v1/services"), get("/v1/instances"), get("/v1/stats?window=" + window_), get("/v1/edges?window=" + window_),
-              get("/v1/stats/series?window=10m"), get("/v1/certificates"),
+              get("/v1/stats/series?window=10m"), get("/v1/certificates"), get("/v1/routes"),
             ]);
-            render({ services, instances, stats, edges, series, certificates });
+            render({ services, instances, stats, edges, series, certificates, routes });
             document.getElementById("banner").style.display = "none";
             document.body.dataset.ready = "1";
           } catch (error) {

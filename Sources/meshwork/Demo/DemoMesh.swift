@@ -34,6 +34,20 @@ actor DemoMesh {
         ("inventory", 2, nil), ("orders", 3, "inventory"), ("web", 2, "orders"),
     ]
 
+    /// The instance that runs the next version of its service (the others run v1).
+    static let canary = "web-2"
+    static let canaryHeader = "x-demo-canary"
+
+    /// The demo's route (docs/routes.md), applied through the controller's API like any:
+    /// the gateway's calls to web with the canary header go to web's v2 instance, the rest to
+    /// v1. One load request in ten carries the header.
+    static let route = """
+        {"kind": "HTTPRoute", "parentRefs": [{"name": "web"}], "rules": [
+          {"name": "canary", "matches": [{"headers": [{"name": "\(canaryHeader)", "value": "1"}]}],
+           "backendRefs": [{"name": "web", "version": "v2"}]},
+          {"name": "stable", "backendRefs": [{"name": "web", "version": "v1"}]}]}
+        """
+
     let directory: String
     let gatewayPort: Int
     let rate: Int
@@ -72,6 +86,10 @@ actor DemoMesh {
 
     func start() async throws {
         try await startController()
+        guard let api, let (status, body) = try? await api.call(.PUT, "/v1/routes/web-canary", body: Self.route),
+            status == .ok
+        else { throw CommandFailure("the controller did not take the demo's route") }
+        logger.debug("route applied", metadata: ["route": "\(String(buffer: body).prefix(200))"])
         for service in Self.services {
             for index in 1...service.count {
                 try await startInstance(service.name, index: index, calls: service.calls)
@@ -191,6 +209,7 @@ actor DemoMesh {
         )
         config.instance.id = name
         config.instance.zone = zone
+        config.instance.version = name == Self.canary ? "v2" : "v1"
         config.instance.ttl = .seconds(5)
         config.healthCheck.kind = .http
         config.healthCheck.path = "/health"
@@ -278,6 +297,9 @@ actor DemoMesh {
         }
         if let port = gatewayAddress?.port {
             lines.append("gateway         http://127.0.0.1:\(port)/   (curl it: web -> orders -> inventory)")
+            lines.append(
+                "route           web-canary: \(Self.canaryHeader): 1 -> web v2 (\(Self.canary)), the rest -> v1   (curl -H '\(Self.canaryHeader): 1' http://127.0.0.1:\(port)/)"
+            )
         }
         for instance in instances {
             let inbound = instance.inbound?.port.map { "127.0.0.1:\($0)" } ?? "?"
@@ -302,13 +324,14 @@ actor DemoMesh {
                     // Spread the workers over one interval.
                     try? await Task.sleep(for: interval * (Double(worker) / Double(workers)))
                     var next = ContinuousClock.now
+                    var sent = worker
                     while !Task.isCancelled {
                         let start = ContinuousClock.now
                         var ok = false
-                        if let response = try? await self.http.execute(
-                            HTTPClientRequest(url: url),
-                            timeout: .seconds(5)
-                        ) {
+                        var request = HTTPClientRequest(url: url)
+                        sent += 1
+                        if sent % 10 == 0 { request.headers.add(name: Self.canaryHeader, value: "1") }
+                        if let response = try? await self.http.execute(request, timeout: .seconds(5)) {
                             _ = try? await response.body.collect(upTo: 1 << 20)
                             ok = response.status == .ok
                         }

@@ -40,6 +40,20 @@ struct DashboardTests {
                 try await Task.sleep(for: .milliseconds(100))
             }
 
+            // A route of orders, for the page's routes table.
+            let applied = try await controller.apply(
+                """
+                kind: HTTPRoute
+                name: orders-beta
+                parentRefs: [{name: orders}]
+                rules:
+                  - name: beta
+                    matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-beta, value: "1"}]}]
+                    filters: [{type: Fault, fault: {delay: {fixedDelay: 1ms, percent: 1}}}]
+                """
+            )
+            #expect(applied.exitCode == 0, "\(applied.output)")
+
             // The page itself: served from the binary, no external asset.
             let page = try await Curl.get(controller.url + "/ui")
             #expect(page.status == 200 && page.text.contains("<svg id=\"topology\""))
@@ -89,6 +103,10 @@ struct DashboardTests {
             #expect(dom.contains("data-instance=\"orders-127-0-0-1-"))
             #expect(dom.contains("badge ok\">healthy"))
             #expect(dom.contains(#"<td class="expiry">in "#), "certificate expiry: \(dom.suffix(2000))")
+            // Routes per service: the rule, its matches and filters, and the route's status.
+            #expect(dom.contains(#"<tr data-route="orders-beta" data-service="orders">"#), "\(dom.suffix(3000))")
+            #expect(dom.contains("PathPrefix /api · x-beta=1") && dom.contains("<td>Fault</td>"), "\(dom.suffix(3000))")
+            #expect(dom.contains(#"<td class="ok">Accepted</td>"#), "\(dom.suffix(3000))")
         } catch {
             Issue.record("\(error)")
         }

@@ -44,6 +44,14 @@ import Testing
             call.text.hasPrefix("web-") && call.text.contains("-> orders-")
                 && call.text.contains("-> hello from inventory-")
         )
+        // The demo's route: the canary header reaches web's v2 instance, nothing else does.
+        let canary = try await Curl.get(gatewayURL + "/", ["-H", "x-demo-canary: 1"])
+        #expect(canary.status == 200 && canary.text.hasPrefix("web-2 ->"), "\(canary.text)")
+        for _ in 0..<5 {
+            let stable = try await Curl.get(gatewayURL + "/")
+            #expect(stable.status == 200 && stable.text.hasPrefix("web-1 ->"), "\(stable.text)")
+        }
+        #expect(output.contains("route           web-canary"), "\(output)")
         let dns = Self.match(#"DNS             127\.0\.0\.1:(\d+)"#, in: output)
         let srv = try await Command.run([
             "dig", "@127.0.0.1", "-p", dns ?? "0", "+short", "_http._tcp.orders.service.mesh", "SRV",
