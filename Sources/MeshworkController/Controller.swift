@@ -218,7 +218,7 @@ actor Controller {
                 .filter { services?.contains($0.target) ?? true }
                 .sorted { $0.name < $1.name }
             let snapshotRoutes = registry.routes.values
-                .filter { route in services.map { watched in route.parents.contains { watched.contains($0) } } ?? true }
+                .filter { route in services.map(route.concerns) ?? true }
                 .sorted { $0.name < $1.name }
             continuation.yield(
                 .snapshot(

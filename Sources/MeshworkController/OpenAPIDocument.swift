@@ -51,11 +51,12 @@ enum OpenAPIDocument {
                 "notAfter": {"type": "string", "format": "date-time"},
                 "issuedAt": {"type": "string", "format": "date-time"},
                 "credential": {"type": "string", "description": "bearer credential for the workload's own instance"}}},
-              "HTTPRoute": {"type": "object", "required": ["name", "parentRefs"], "description": "Gateway API HTTPRoute/GRPCRoute shape, applied by the callers of each parent service: see docs/routes.md", "properties": {
+              "HTTPRoute": {"type": "object", "required": ["name", "parentRefs"], "description": "Gateway API HTTPRoute/GRPCRoute shape, applied by the callers of each parent service and by each parent gateway: see docs/routes.md", "properties": {
                 "kind": {"enum": ["HTTPRoute", "GRPCRoute"], "default": "HTTPRoute"},
                 "name": {"type": "string"},
                 "created": {"type": "integer", "description": "the revision it was created at (its age: the precedence tie-break); set by the controller"},
-                "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "description": "a mesh service"}, "kind": {"enum": ["Service"]}}}},
+                "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "description": "a mesh service, or a gateway's service name"}, "kind": {"enum": ["Service", "Gateway"], "default": "Service"}, "sectionName": {"type": "string", "description": "Gateway: one listener (none: every HTTP and HTTPS listener)"}, "port": {"type": "integer", "description": "Service only"}}}},
+                "hostnames": {"type": "array", "maxItems": 16, "items": {"type": "string"}, "description": "at a gateway: the request's host is one of these (exact, or *.suffix for names below it); ignored by mesh callers"},
                 "rules": {"type": "array", "maxItems": 64, "items": {"type": "object", "properties": {
                   "name": {"type": "string", "description": "1 to 63 lower-case letters, digits or '-', unique in the route"},
                   "matches": {"type": "array", "maxItems": 16, "items": {"type": "object", "description": "path {type: Exact|PathPrefix|RegularExpression, value}, headers [{type: Exact|RegularExpression|Present|Absent, name, value}], queryParams [{type: Exact|RegularExpression, name, value}], method; GRPCRoute: method {service, method}, headers"}},

@@ -31,6 +31,9 @@ final class LoopContext {
     var service = "app"
     /// Each gateway listener's routes, by listener name (replaced on reload).
     var gatewayRoutes: [String: [GatewayRoute]] = [:]
+    /// Each gateway listener's pushed routes (`kind: Gateway` parents), by listener name;
+    /// asked before the listener's configured `gatewayRoutes`.
+    var gatewayHTTPRoutes: [String: LoopGatewayRoutes] = [:]
     /// The routes of each called service that has some, by service name.
     var routes: [String: LoopRoutes] = [:]
 

@@ -105,8 +105,11 @@ extension Sidecar {
         var added: [String] = []
         var services: [String] = []
         var used: Set<String> = []
+        let gateway = config.listeners.isEmpty ? nil : config.service
         for route in state.routes.values.sorted(by: { $0.name < $1.name })
-        where !parents.isDisjoint(with: route.parents) {
+        where !parents.isDisjoint(with: route.parents)
+            || gateway.map { name in route.gateways.contains { $0.name == name } } ?? false
+        {
             for rule in route.rules {
                 let targets = rule.targets
                 for backend in targets where backend.isSubset { used.insert(backend.clusterName) }
@@ -170,6 +173,37 @@ extension Sidecar {
                     }
                 )
             }
+        }
+        applyGatewayRoutes(state, rebuild: rebuild, &updates)
+    }
+
+    /// A gateway's pushed routes (`kind: Gateway` parents naming its service), compiled
+    /// per HTTP and HTTPS listener on every loop.
+    private func applyGatewayRoutes(_ state: DiscoveryState, rebuild: Bool, _ updates: inout [EventLoopFuture<Void>]) {
+        let gateway = config.service
+        let listeners = config.listeners.filter { $0.protocol != .tcp }.map(\.name)
+        guard !listeners.isEmpty else { return }
+        let routes = state.routes.values.filter { route in route.gateways.contains { $0.name == gateway } }
+            .sorted { $0.name < $1.name }
+        let key = HTTPRoute.gatewayWatchKey(gateway)
+        if !rebuild, appliedRoutes[key] ?? [] == routes { return }
+        appliedRoutes[key] = routes
+        logger.info("gateway routes updated", metadata: ["gateway": "\(gateway)", "routes": "\(routes.count)"])
+        let contexts = self.contexts
+        for (index, context) in contexts.all.enumerated() {
+            updates.append(
+                context.loop.submit {
+                    let loop = contexts.all[index]
+                    for listener in listeners {
+                        loop.gatewayHTTPRoutes[listener] = LoopGatewayRoutes(
+                            gateway: gateway,
+                            listener: listener,
+                            routes: routes,
+                            clusters: loop.clusters
+                        )
+                    }
+                }
+            )
         }
     }
 

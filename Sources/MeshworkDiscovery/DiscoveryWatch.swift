@@ -62,6 +62,8 @@ actor DiscoveryWatch: Service {
     var watchedServices: [String] {
         var services = config.discover + addedServices.filter { !config.discover.contains($0) }
         if config.inbound != nil, !services.contains(config.service) { services.append(config.service) }
+        // A gateway: the routes that name it as their parent.
+        if !config.listeners.isEmpty { services.append(HTTPRoute.gatewayWatchKey(config.service)) }
         return services
     }
 

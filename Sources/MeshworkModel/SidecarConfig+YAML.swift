@@ -267,7 +267,15 @@ extension SidecarConfig {
             if let n = f.int("maxConnections", range: 1...1_000_000) { limits.maxConnections = n }
         }
         for (path, node) in reader.sequence(fields.node("listeners"), "listeners") {
-            if let listener = Self.readGatewayListener(node, path, reader) { listeners.append(listener) }
+            guard let listener = Self.readGatewayListener(node, path, reader) else { continue }
+            // With a controller, the HTTPRoutes naming the gateway may be all its routes.
+            if listener.protocol != .tcp, listener.routes.isEmpty, controller == nil {
+                reader.fail(
+                    reader.join(path, "routes"),
+                    "an \(listener.protocol.rawValue) listener needs routes (or a controller, whose HTTPRoutes name the gateway)"
+                )
+            }
+            listeners.append(listener)
         }
         // Services the public listeners route to are discovered like any upstream.
         if controller != nil {
@@ -347,9 +355,6 @@ extension SidecarConfig {
             if value.service == nil { reader.fail(f.path("service"), "a tcp listener needs the service it sends to") }
             if !value.routes.isEmpty { reader.fail(f.path("routes"), "a tcp listener has no routes (use service)") }
         case .http, .https:
-            if value.routes.isEmpty {
-                reader.fail(f.path("routes"), "an \(value.protocol.rawValue) listener needs routes")
-            }
             if value.service != nil {
                 reader.fail(f.path("service"), "only tcp listeners name one service; use routes")
             }

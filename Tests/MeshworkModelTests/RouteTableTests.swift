@@ -295,6 +295,54 @@ struct RouteTableTests {
         }
     }
 
+    /// A gateway parent (with or without its listener) and hostnames read back as written;
+    /// they attach only where they name, and a gateway's watch key receives them.
+    @Test func gatewayParentsAndHostnamesReadBackAndAttachWhereTheyName() throws {
+        let shop = try route(
+            """
+            name: shop
+            parentRefs: [{name: orders}, {kind: Gateway, name: edge, sectionName: public}, {kind: Gateway, name: inner}]
+            hostnames: [Shop.Example.com, "*.example.com"]
+            rules:
+              - backendRefs: [{name: orders}]
+            """
+        )
+        #expect(shop.parents == ["orders"])
+        #expect(shop.gateways == [GatewayParent(name: "edge", listener: "public"), GatewayParent(name: "inner")])
+        #expect(shop.hostnames == ["shop.example.com", "*.example.com"])
+        let encoded = try String(decoding: JSONEncoderForTests.encode(shop), as: UTF8.self)
+        #expect(try HTTPRoute.parse(encoded) == shop)
+        #expect(shop.attaches(gateway: "edge", listener: "public"))
+        #expect(!shop.attaches(gateway: "edge", listener: "admin"))
+        #expect(shop.attaches(gateway: "inner", listener: "anything"))
+        #expect(!shop.attaches(gateway: "orders", listener: "public"))
+        #expect(shop.concerns([HTTPRoute.gatewayWatchKey("inner")]))
+        #expect(shop.concerns(["orders"]))
+        #expect(!shop.concerns(["edge", "web"]))
+    }
+
+    @Test func aGatewayRouteNeedsBackendsAndRealHostnames() throws {
+        let text = """
+            name: bad
+            parentRefs: [{kind: Gateway, name: edge, port: 80}, {kind: Mesh, name: m}, {name: orders, sectionName: x}]
+            hostnames: [10.0.0.1, "*", "a..b", "-a.example", "x.*.example", "ok.example"]
+            rules:
+              - matches: [{path: {type: PathPrefix, value: /a}}]
+              - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /b}}}]
+            """
+        #expect {
+            try HTTPRoute.parse(text)
+        } throws: { error in
+            let paths = Set((error as? ConfigErrors)?.errors.map(\.path) ?? [])
+            let expected: Set = [
+                "parentRefs[0].port", "parentRefs[1].kind", "parentRefs[2].sectionName", "hostnames[0]",
+                "hostnames[1]", "hostnames[2]", "hostnames[3]", "hostnames[4]", "rules[0].backendRefs",
+            ]
+            // The redirect rule needs no backend, and a real hostname is no error.
+            return paths == expected
+        }
+    }
+
     /// Conditions: a match an older route (or an earlier rule) already takes is Conflicted,
     /// header order does not hide it; a backend without instances is unresolved; a route
     /// whose parents are all unknown is not accepted.

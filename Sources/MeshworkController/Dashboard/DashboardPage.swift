@@ -205,16 +205,21 @@ enum DashboardPage {
             : el("td", { class: "ok" }, "Accepted");
         }
 
+        /// A parent as the table names it: the service, or `gateway edge:public` (its listener).
+        function parentName(parent) {
+          return parent.kind === "Gateway" ? "gateway " + parent.name + (parent.sectionName ? ":" + parent.sectionName : "") : parent.name;
+        }
+
         function renderRoutes(names, routes) {
           const rows = [];
-          const parents = [...new Set([...names, ...routes.flatMap(r => (r.parentRefs || []).map(p => p.name))])];
+          const parents = [...new Set([...names, ...routes.flatMap(r => (r.parentRefs || []).map(parentName))])];
           for (const service of parents) {
-            for (const route of routes.filter(r => (r.parentRefs || []).some(p => p.name === service))) {
+            for (const route of routes.filter(r => (r.parentRefs || []).some(p => parentName(p) === service))) {
               (route.rules || []).forEach((rule, index) => {
                 const backends = (rule.backendRefs || []).map(b => b.name + (b.version ? "@" + b.version : "") + " " + (b.weight ?? 1));
                 rows.push(cells(el("tr", { "data-route": route.name, "data-service": service }), [
                   index === 0 ? el("td", {}, el("strong", {}, service)) : "",
-                  index === 0 ? route.name + (route.kind === "GRPCRoute" ? " (gRPC)" : "") : "",
+                  index === 0 ? route.name + (route.kind === "GRPCRoute" ? " (gRPC)" : "") + ((route.hostnames || []).length && service.startsWith("gateway ") ? " · " + route.hostnames.join(", ") : "") : "",
                   rule.name || String(index),
                   (rule.matches || []).length ? rule.matches.map(describeMatch).join(" | ") : "every request",
                   backends.length ? backends.join(", ") : service,

@@ -200,3 +200,56 @@ final class LoopRule {
         for (name, value) in edits.add { headers.add(name: name, value: value) }
     }
 }
+
+/// A gateway listener's pushed routes on one event loop, tiered by hostname as Gateway
+/// API orders them: the routes naming the request's exact host, then those whose wildcard
+/// (`*.example.com`) covers it, the longest suffix first, then those with no hostnames.
+/// A tier decides when one of its rules matches; otherwise the next is asked. Each tier is
+/// a `LoopRoutes` (its own compiled table), so matching stays a few hash lookups.
+final class LoopGatewayRoutes {
+    private let exact: [String: LoopRoutes]
+    /// (`.example.com`, its routes), longest suffix first.
+    private let wildcards: [(suffix: String, routes: LoopRoutes)]
+    private let any: LoopRoutes?
+
+    /// nil when no route applies to the listener.
+    init?(gateway: String, listener: String, routes: [HTTPRoute], clusters: [String: LoopCluster]) {
+        let attached = routes.filter { $0.attaches(gateway: gateway, listener: listener) }
+        guard !attached.isEmpty else { return nil }
+        var byHost: [String: [HTTPRoute]] = [:]
+        var anyHost: [HTTPRoute] = []
+        for route in attached {
+            if route.hostnames.isEmpty { anyHost.append(route) }
+            for hostname in route.hostnames { byHost[hostname, default: []].append(route) }
+        }
+        func compile(_ routes: [HTTPRoute]) -> LoopRoutes? {
+            let table = RouteTable(routes: routes)
+            return table.isEmpty ? nil : LoopRoutes(table: table, clusters: clusters)
+        }
+        var exact: [String: LoopRoutes] = [:]
+        var wildcards: [(suffix: String, routes: LoopRoutes)] = []
+        for (hostname, routes) in byHost {
+            guard let compiled = compile(routes) else { continue }
+            if hostname.hasPrefix("*.") {
+                wildcards.append((String(hostname.dropFirst()), compiled))
+            } else {
+                exact[hostname] = compiled
+            }
+        }
+        self.exact = exact
+        self.wildcards = wildcards.sorted { ($0.suffix.utf8.count, $0.suffix) > ($1.suffix.utf8.count, $1.suffix) }
+        any = compile(anyHost)
+    }
+
+    /// The rule `head` selects at this listener (`host`: the request's, lower case, no
+    /// port), or nil: the listener's own configured routes decide.
+    func select(_ head: HTTPRequestHead, host: String?) -> (LoopRule, RouteTable.Selection)? {
+        if let host {
+            if let routes = exact[host], let selected = routes.select(head) { return selected }
+            for (suffix, routes) in wildcards where host.hasSuffix(suffix) && host.utf8.count > suffix.utf8.count {
+                if let selected = routes.select(head) { return selected }
+            }
+        }
+        return any?.select(head)
+    }
+}

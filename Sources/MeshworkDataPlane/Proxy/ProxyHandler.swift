@@ -244,32 +244,55 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answer(.badPath)
             return
         }
-        let route: Result<LoopCluster, MeshError>
-        if let fixedCluster {
-            route = .success(fixedCluster)
-        } else {
-            route = settings.route.resolve(head, in: loop)
-            if settings.route.isFixed, case .success(let cluster) = route { fixedCluster = cluster }
-        }
-        var cluster: LoopCluster
-        switch route {
-        case .failure(let error):
-            answer(error)
-            return
-        case .success(let routed):
-            cluster = routed
-        }
-        telemetry.calledService = cluster.name
-        // The caller side of a service with routes (docs/routes.md): the rule the request
-        // selects may abort or delay it, change it, and send it to one of its backends.
+        // A gateway listener's pushed routes decide first (their rules name the backends);
+        // else the listener's configured routes, or the port's fixed route, name a cluster,
+        // and a called service's own routes may then decide.
         var rule: LoopRule?
+        var selection: RouteTable.Selection?
+        if case .gateway(let listener) = settings.route, !loop.gatewayHTTPRoutes.isEmpty,
+            let routes = loop.gatewayHTTPRoutes[listener],
+            let selected = routes.select(
+                head,
+                host: head.headers.first(name: "host").map { GatewayRoute.hostName(Substring($0)) }
+            )
+        {
+            (rule, selection) = selected
+        }
+        var cluster: LoopCluster?
+        if rule == nil {
+            let route: Result<LoopCluster, MeshError>
+            if let fixedCluster {
+                route = .success(fixedCluster)
+            } else {
+                route = settings.route.resolve(head, in: loop)
+                if settings.route.isFixed, case .success(let cluster) = route { fixedCluster = cluster }
+            }
+            let routed: LoopCluster
+            switch route {
+            case .failure(let error):
+                answer(error)
+                return
+            case .success(let resolved):
+                routed = resolved
+            }
+            cluster = routed
+            telemetry.calledService = routed.name
+            // The caller side of a service with routes (docs/routes.md): the rule the request
+            // selects may abort or delay it, change it, and send it to one of its backends.
+            if !settings.restoresProtocol, !loop.routes.isEmpty, let routes = loop.routes[routed.name],
+                let selected = routes.select(head)
+            {
+                (rule, selection) = selected
+            }
+        }
         var faultDelay: TimeAmount?
         responseEdits = nil
-        if !settings.restoresProtocol, !loop.routes.isEmpty, let routes = loop.routes[cluster.name],
-            let (selected, selection) = routes.select(head)
-        {
-            rule = selected
+        if let selected = rule, let selection {
             telemetry.route = selected.label
+            // A gateway's rule picks its backend first (there is no parent service): its
+            // aborts are then counted against the service the request was for.
+            let early = cluster == nil ? selected.pickBackend() : nil
+            if let early { telemetry.calledService = selected.rule.backends[early].service }
             if let fault = selected.fault {
                 if fault.abortStatus != nil || fault.abortGRPCStatus != nil, selected.takesAbort(fault.abortPercent) {
                     self.cluster = cluster
@@ -288,7 +311,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             selected.rewrite(&head, matchedPrefix: selection.matchedPrefix)
-            if let index = selected.pickBackend() {
+            if let index = early ?? selected.pickBackend() {
                 guard let backend = selected.backends[index] else {
                     self.cluster = cluster
                     answer(.noHealthyEndpoint)
@@ -297,6 +320,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 cluster = backend
             }
             responseEdits = selected.responseEdits
+        }
+        guard let cluster else {
+            answer(.noRoute)
+            return
         }
         self.cluster = cluster
         if settings.restoresProtocol {

@@ -10,7 +10,20 @@ extension HTTPRoute: Encodable {
             ("kind", .string(kind.rawValue)),
             ("name", .string(name)),
             ("created", .int(Int(created))),
-            ("parentRefs", .array(parents.map { .object([("name", .string($0))]) })),
+            (
+                "parentRefs",
+                .array(
+                    parents.map { .object([("name", .string($0))]) }
+                        + gateways.map { gateway in
+                            var pairs: [(String, Tree)] = [
+                                ("kind", .string("Gateway")), ("name", .string(gateway.name)),
+                            ]
+                            if let listener = gateway.listener { pairs.append(("sectionName", .string(listener))) }
+                            return .object(pairs)
+                        }
+                )
+            ),
+            ("hostnames", .array(hostnames.map { .string($0) })),
             ("rules", .array(rules.map { $0.tree(kind: kind) })),
         ])
     }

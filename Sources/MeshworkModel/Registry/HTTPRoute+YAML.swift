@@ -26,22 +26,54 @@ extension HTTPRoute {
         if let kind = f.choice("kind", as: Kind.self) { route.kind = kind }
         if let created = f.int("created", range: 0...Int.max) { route.created = Int64(created) }
         for (path, item) in reader.sequence(f.node("parentRefs"), f.path("parentRefs")) {
-            guard let parent = reader.mapping(item, path, known: ["name", "kind", "port"]) else { continue }
-            if let kind = parent.string("kind"), kind != "Service" {
-                reader.fail(parent.path("kind"), "a mesh route's parent is a Service, found \"\(kind)\"")
+            let known: Set = ["name", "kind", "group", "port", "sectionName", "namespace"]
+            guard let parent = reader.mapping(item, path, known: known) else { continue }
+            _ = parent.string("group")
+            _ = parent.string("namespace")
+            let kind = parent.string("kind") ?? "Service"
+            guard let name = parent.required("name", parent.string("name")) else { continue }
+            switch kind {
+            case "Service":
+                if let reason = Names.invalidServiceName(name) { reader.fail(parent.path("name"), reason) }
+                if parent.node("sectionName") != nil {
+                    reader.fail(parent.path("sectionName"), "a Service parent has no sections (use port)")
+                }
+                _ = parent.int("port", range: 1...65535)
+                if !route.parents.contains(name) { route.parents.append(name) }
+            case "Gateway":
+                // The gateway's service name: its identity in the mesh.
+                if let reason = Names.invalidServiceName(name) { reader.fail(parent.path("name"), reason) }
+                if parent.node("port") != nil {
+                    reader.fail(parent.path("port"), "a Gateway parent names its listener with sectionName")
+                }
+                let listener = parent.string("sectionName")
+                if let listener, Names.invalidID(listener) != nil {
+                    reader.fail(parent.path("sectionName"), "not a listener name: \"\(listener)\"")
+                }
+                let gateway = GatewayParent(name: name, listener: listener)
+                if !route.gateways.contains(gateway) { route.gateways.append(gateway) }
+            default:
+                reader.fail(parent.path("kind"), "a route's parent is a Service or a Gateway, found \"\(kind)\"")
             }
-            guard let service = parent.required("name", parent.string("name")) else { continue }
-            if let reason = Names.invalidServiceName(service) { reader.fail(parent.path("name"), reason) }
-            _ = parent.int("port", range: 1...65535)
-            route.parents.append(service)
         }
-        if route.parents.isEmpty, f.node("parentRefs") == nil {
-            reader.fail(f.path("parentRefs"), "required field is missing (the services whose callers it applies to)")
-        } else if route.parents.isEmpty {
-            reader.fail(f.path("parentRefs"), "needs at least one parent service")
+        if route.parents.isEmpty, route.gateways.isEmpty, f.node("parentRefs") == nil {
+            reader.fail(
+                f.path("parentRefs"),
+                "required field is missing (the services whose callers it applies to, or gateways)"
+            )
+        } else if route.parents.isEmpty, route.gateways.isEmpty {
+            reader.fail(f.path("parentRefs"), "needs at least one parent service or gateway")
         }
-        for (path, item) in reader.sequence(f.node("hostnames"), f.path("hostnames")) {
-            _ = reader.string(item, path)
+        let hostnames = reader.sequence(f.node("hostnames"), f.path("hostnames"))
+        if hostnames.count > maxHostnames { reader.fail(f.path("hostnames"), "at most \(maxHostnames) hostnames") }
+        for (path, item) in hostnames.prefix(maxHostnames) {
+            guard let hostname = reader.string(item, path) else { continue }
+            let lower = hostname.lowercased()
+            if let reason = invalidHostname(lower) {
+                reader.fail(path, reason)
+            } else if !route.hostnames.contains(lower) {
+                route.hostnames.append(lower)
+            }
         }
         let rules = reader.sequence(f.node("rules"), f.path("rules"))
         if rules.count > maxRules { reader.fail(f.path("rules"), "at most \(maxRules) rules") }
@@ -53,8 +85,40 @@ extension HTTPRoute {
             }
             route.rules.append(rule)
         }
+        if !route.gateways.isEmpty {
+            // A gateway has no parent service to send a rule without backends to.
+            for (index, rule) in route.rules.enumerated() where rule.backends.isEmpty {
+                let redirects = rule.filters.contains { if case .redirect = $0 { true } else { false } }
+                if !redirects {
+                    reader.fail(
+                        "rules[\(index)].backendRefs",
+                        "a route with a Gateway parent sends each rule to its backendRefs (or redirects)"
+                    )
+                }
+            }
+        }
         if reader.errors.isEmpty { checkStrings(route.tree, "", reader) }
         return route
+    }
+
+    /// Gateway API's Hostname: a DNS name (RFC 1123 labels, at most 253 characters), or
+    /// `*.` and one, never an IP address.
+    static func invalidHostname(_ host: String) -> String? {
+        let name = host.hasPrefix("*.") ? host.dropFirst(2) : host[...]
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        let valid =
+            !name.isEmpty && host.utf8.count <= 253
+            && labels.allSatisfy { label in
+                let bytes = label.utf8
+                guard let first = bytes.first, let last = bytes.last, bytes.count <= 63 else { return false }
+                return isLowerAlnum(first) && isLowerAlnum(last)
+                    && bytes.allSatisfy { $0 == UInt8(ascii: "-") || isLowerAlnum($0) }
+            }
+        guard valid else { return "not a host name (or *. and one): \"\(host)\"" }
+        if labels.allSatisfy({ $0.utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) } }) {
+            return "an IP address is not a hostname: \"\(host)\""
+        }
+        return nil
     }
 
     private static func isLowerAlnum(_ byte: UInt8) -> Bool {

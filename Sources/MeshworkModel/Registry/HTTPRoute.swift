@@ -7,7 +7,8 @@ import Yams
 /// timeouts and retries. Applied by every sidecar that calls a parent service.
 ///
 /// Meshwork's departures from Gateway API, all additive: a parent is a mesh service by
-/// name (`parentRefs: [{name: orders}]`, GAMMA's `kind: Service` being the default); a
+/// name (`parentRefs: [{name: orders}]`, GAMMA's `kind: Service` being the default), or a
+/// gateway by its service name (`{kind: Gateway, name: gateway, sectionName: public}`); a
 /// backend may select instances by `version` or `labels` (a subset) instead of naming
 /// another Service; a `Fault` filter (Istio's fault injection); header matches `Present`
 /// and `Absent`.
@@ -21,6 +22,12 @@ public struct HTTPRoute: Sendable, Hashable {
     public var kind: Kind = .http
     /// The services whose callers the route applies to.
     public var parents: [String] = []
+    /// The gateways (and their listeners) whose public requests the route applies to.
+    public var gateways: [GatewayParent] = []
+    /// At a gateway: the request's host must be one of these (exact, or `*.example.com`
+    /// for any name below it), lower case; none: any host. Mesh callers ignore them
+    /// (GAMMA: the parent service is the host).
+    public var hostnames: [String] = []
     /// The registry revision at which the route was created: its age, the tie-break of
     /// equally specific matches (older wins, then the name). Kept across updates.
     public var created: Int64 = 0
@@ -40,11 +47,39 @@ public struct HTTPRoute: Sendable, Hashable {
         return names
     }
 
+    /// What a watch names to receive the routes of gateway `name` (service names have no ':').
+    public static func gatewayWatchKey(_ name: String) -> String { "gateway:" + name }
+
+    /// Whether a watcher of `watched` (services, and gateway keys) needs this route.
+    public func concerns(_ watched: Set<String>) -> Bool {
+        parents.contains { watched.contains($0) }
+            || gateways.contains { watched.contains(Self.gatewayWatchKey($0.name)) }
+    }
+
+    /// Whether the route applies to listener `listener` of gateway `gateway`.
+    public func attaches(gateway: String, listener: String) -> Bool {
+        gateways.contains { $0.name == gateway && ($0.listener == nil || $0.listener == listener) }
+    }
+
     /// Bounds: a route is pushed to every caller and compiled on every event loop.
     public static let maxRules = 64
     public static let maxMatches = 16
     public static let maxBackends = 16
     public static let maxRegexLength = 256
+    public static let maxHostnames = 16
+}
+
+/// A gateway parent: the gateway by its service name (its identity, `meshwork gateway`'s
+/// `service`, `gateway` by default) and optionally one of its listeners (`sectionName`).
+public struct GatewayParent: Sendable, Hashable {
+    public var name: String
+    /// nil: every HTTP and HTTPS listener of the gateway.
+    public var listener: String?
+
+    public init(name: String, listener: String? = nil) {
+        self.name = name
+        self.listener = listener
+    }
 }
 
 public struct RouteRule: Sendable, Hashable {

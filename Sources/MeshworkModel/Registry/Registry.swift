@@ -50,7 +50,7 @@ public struct RegistryEvent: Sendable, Hashable, Encodable {
     /// watches one of the route's parents (the callers of a service apply its routes).
     public func concerns(_ services: Set<String>?) -> Bool {
         guard let services else { return true }
-        if let route { return route.parents.contains { services.contains($0) } }
+        if let route { return route.concerns(services) }
         let name = serviceName
         return name.isEmpty || services.contains(name)
     }
@@ -219,10 +219,13 @@ public struct Registry: Sendable {
         route.created = routes[route.name]?.created ?? revision + 1
         guard routes[route.name] != route else { return [] }
         var events: [RegistryEvent] = []
-        if let old = routes[route.name], !Set(old.parents).isSubset(of: route.parents) {
-            // A parent dropped: its callers see the route go.
+        if let old = routes[route.name],
+            !Set(old.parents).isSubset(of: route.parents) || !Set(old.gateways).isSubset(of: route.gateways)
+        {
+            // A parent dropped: its callers (or gateway) see the route go.
             var gone = old
             gone.parents = old.parents.filter { !route.parents.contains($0) }
+            gone.gateways = old.gateways.filter { !route.gateways.contains($0) }
             events.append(record(.routeDeleted, route: gone))
         }
         routes[route.name] = route

@@ -55,6 +55,17 @@ extension HTTPRoute {
         (created, name) < (other.created, other.name)
     }
 
+    /// Whether both routes apply at one gateway listener to the same hosts (a route with
+    /// more specific hostnames wins whatever its age, so only equal sets can shadow).
+    func sharesAGateway(with other: HTTPRoute) -> Bool {
+        let listeners = gateways.contains { mine in
+            other.gateways.contains {
+                $0.name == mine.name && ($0.listener == nil || mine.listener == nil || $0.listener == mine.listener)
+            }
+        }
+        return listeners && Set(hostnames) == Set(other.hostnames)
+    }
+
     /// The route's conditions among `routes` (every stored route, itself included).
     /// `serviceExists`: the registry knows the service; `instances`: how many of a
     /// backend's instances are registered (its subset's, for a subset).
@@ -65,7 +76,12 @@ extension HTTPRoute {
     ) -> [RouteCondition] {
         var conditions: [RouteCondition] = []
         let known = parents.filter(serviceExists)
-        if known.isEmpty {
+        // A gateway is not in the registry (it registers no instance): it is taken at its
+        // word, and applies the route once it watches.
+        let appliers =
+            (known.isEmpty ? [] : ["the callers of " + known.joined(separator: ", ")])
+            + gateways.map { "gateway \($0.name)" + ($0.listener.map { " (listener \($0))" } ?? "") }
+        if appliers.isEmpty {
             conditions.append(
                 RouteCondition(
                     type: "Accepted",
@@ -80,7 +96,7 @@ extension HTTPRoute {
                     type: "Accepted",
                     status: true,
                     reason: "Accepted",
-                    message: "applied by the callers of \(known.joined(separator: ", "))"
+                    message: "applied by " + appliers.joined(separator: " and ")
                 )
             )
         }
@@ -120,7 +136,8 @@ extension HTTPRoute {
 
         var shadowed: [String] = []
         let rivals = routes.filter {
-            $0.name != name && !Set($0.parents).isDisjoint(with: parents) && $0.precedes(self)
+            $0.name != name && $0.precedes(self)
+                && (!Set($0.parents).isDisjoint(with: parents) || sharesAGateway(with: $0))
         }
         for (r, rule) in rules.enumerated() {
             for (m, match) in rule.effectiveMatches.enumerated() {

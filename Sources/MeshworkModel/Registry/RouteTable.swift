@@ -74,7 +74,12 @@ public struct RouteTable: Sendable {
 
     /// The table of `parent`: the rules of every route that names it.
     public init(parent: String, routes: some Sequence<HTTPRoute>) {
-        let ordered = routes.filter { $0.parents.contains(parent) }.sorted {
+        self.init(routes: routes.filter { $0.parents.contains(parent) })
+    }
+
+    /// The rules of `routes` (a gateway listener's, for one hostname).
+    public init(routes: some Sequence<HTTPRoute>) {
+        let ordered = routes.sorted {
             ($0.created, $0.name) < ($1.created, $1.name)
         }
         var candidates: [(Candidate, kind: Int)] = []

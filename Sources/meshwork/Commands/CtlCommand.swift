@@ -221,7 +221,12 @@ struct CtlRoutes: AsyncParsableCommand {
         try options.print(data) { object in
             [["NAME", "KIND", "PARENTS", "STATUS", "RULE", "BACKENDS"]]
                 + (object as? [[String: Any]] ?? []).flatMap { route -> [[String]] in
-                    let parents = (route["parentRefs"] as? [[String: Any]] ?? []).map { Table.string($0["name"]) }
+                    let parents = (route["parentRefs"] as? [[String: Any]] ?? []).map { parent in
+                        // A gateway parent: `gateway/edge` or `gateway/edge:public` (its listener).
+                        guard parent["kind"] as? String == "Gateway" else { return Table.string(parent["name"]) }
+                        let listener = (parent["sectionName"] as? String).map { ":" + $0 } ?? ""
+                        return "gateway/\(Table.string(parent["name"]))\(listener)"
+                    }
                     // What is wrong, by its reason (`ctl describe route` has the messages).
                     let conditions = (route["status"] as? [String: Any])?["conditions"] as? [[String: Any]] ?? []
                     let problems = conditions.compactMap { condition -> String? in

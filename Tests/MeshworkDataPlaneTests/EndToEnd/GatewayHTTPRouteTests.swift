@@ -1,0 +1,158 @@
+import Foundation
+import MeshworkDemo
+import Testing
+
+/// HTTPRoutes whose parent is a gateway listener (`kind: Gateway`), applied through the
+/// controller to a running `meshwork gateway`: hostnames (exact before wildcard before
+/// none), matches to version subsets, the listener's own configured routes as the
+/// fallback, and removal, each within one push. Real processes, real curl, 127.0.0.1.
+@Suite("Gateway HTTPRoutes end to end", .serialized)
+struct GatewayHTTPRouteTests {
+    private static let shop = """
+        kind: HTTPRoute
+        name: shop
+        parentRefs: [{kind: Gateway, name: edge, sectionName: public}]
+        hostnames: [shop.example.test, "*.shop.example.test"]
+        rules:
+          - name: beta
+            matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-beta, value: "1"}]}]
+            backendRefs: [{name: orders, version: v2}]
+          - name: api
+            matches: [{path: {type: PathPrefix, value: /api}}]
+            backendRefs: [{name: orders, version: v1}]
+            filters:
+              - type: ResponseHeaderModifier
+                responseHeaderModifier: {set: [{name: x-route, value: shop}]}
+        """
+
+    /// Every listener of the gateway (no sectionName), one exact host.
+    private static let eu = """
+        kind: HTTPRoute
+        name: shop-eu
+        parentRefs: [{kind: Gateway, name: edge}]
+        hostnames: [eu.shop.example.test]
+        rules:
+          - backendRefs: [{name: orders, version: v2}]
+        """
+
+    private func get(_ port: Int, host: String, _ path: String, _ headers: [String] = []) async throws -> CurlResult {
+        try await Curl.run(
+            ["-H", "Host: \(host)"] + headers.flatMap { ["-H", $0] } + ["http://127.0.0.1:\(port)\(path)"]
+        )
+    }
+
+    @Test func aGatewayListenersRoutesMatchHostnamesBeforeItsOwnRoutesAndFollowTheController() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let v1 = try await TestMesh.startApp("orders-1")
+        let v2 = try await TestMesh.startApp("orders-2")
+        let web = try await TestMesh.startApp("web-1")
+        var processes: [SidecarProcess] = []
+        let configFile = controller.dataDirectory + "-gateway.yaml"
+        defer {
+            try? FileManager.default.removeItem(atPath: configFile)
+            controller.remove()
+        }
+        do {
+            processes.append(
+                try await startServer("orders", app: v1, controller: controller, extra: ["--version", "v1"])
+            )
+            processes.append(
+                try await startServer("orders", app: v2, controller: controller, extra: ["--version", "v2"])
+            )
+            processes.append(try await startServer("web", app: web, controller: controller))
+
+            // Refused, with the field: a gateway rule that names no backend, an IP hostname.
+            let bad = try await controller.call(
+                "PUT",
+                "/v1/routes/bad",
+                body:
+                    #"{"parentRefs": [{"kind": "Gateway", "name": "edge"}], "hostnames": ["10.0.0.1"], "rules": [{}]}"#
+            )
+            #expect(bad.status == 400, "\(bad.text)")
+            #expect(bad.text.contains("rules[0].backendRefs") && bad.text.contains("hostnames[0]"), "\(bad.text)")
+
+            // `public` has its own configured route (everything to web); `bare` has none.
+            try """
+            service: edge
+            admin: 127.0.0.1:0
+            controller:
+              url: \(controller.url)
+              joinTokenFile: \(try await controller.joinTokenFile("edge"))
+            listeners:
+              - name: public
+                listen: 127.0.0.1:0
+                routes:
+                  - service: web
+              - name: bare
+                listen: 127.0.0.1:0
+            """.write(toFile: configFile, atomically: true, encoding: .utf8)
+            let gateway = try await SidecarProcess.start(
+                ["--config", configFile],
+                waitFor: ["gateway:public", "gateway:bare", "admin"],
+                command: "gateway"
+            )
+            processes.append(gateway)
+            let public_ = gateway.port("gateway:public") ?? 0
+            let bare = gateway.port("gateway:bare") ?? 0
+            #expect(
+                try await eventually {
+                    try await get(public_, host: "shop.example.test", "/api/x").text == "hello from web-1\n"
+                },
+                "\(gateway.log)"
+            )
+
+            #expect(try await controller.apply(Self.shop + "\n---\n" + Self.eu).exitCode == 0)
+            #expect(
+                try await eventually {
+                    let answer = try await get(public_, host: "shop.example.test", "/api/items")
+                    return answer.text == "hello from orders-1\n" && answer.header("x-route") == "shop"
+                },
+                "\(gateway.log)"
+            )
+            let beta = try await get(public_, host: "shop.example.test", "/api/items", ["x-beta: 1"])
+            #expect(beta.text == "hello from orders-2\n", "\(beta.text)")
+            // A wildcard covers names below it (any depth), with the port and case ignored.
+            let wildcard = try await get(public_, host: "A.b.Shop.example.test:8080", "/api")
+            #expect(wildcard.text == "hello from orders-1\n", "\(wildcard.text)")
+            // The exact hostname's route decides before the wildcard's, whose /api rule also matches.
+            #expect(
+                try await eventually {
+                    try await get(public_, host: "eu.shop.example.test", "/api").text == "hello from orders-2\n"
+                }
+            )
+            // No rule of the host's routes matches, or another host: the listener's own route.
+            let other = try await get(public_, host: "shop.example.test", "/cart")
+            #expect(other.text == "hello from web-1\n", "\(other.text)")
+            let apex = try await get(public_, host: "example.test", "/api")
+            #expect(apex.text == "hello from web-1\n", "\(apex.text)")
+            // `shop` names the public listener only; `shop-eu` every listener.
+            let unattached = try await get(bare, host: "shop.example.test", "/api")
+            #expect(unattached.status == 404 && unattached.header("x-meshwork-error") == "no_route")
+            let everywhere = try await get(bare, host: "eu.shop.example.test", "/")
+            #expect(everywhere.text == "hello from orders-2\n", "\(everywhere.text)")
+
+            // The route's status names the gateway that applies it.
+            let status = try await controller.call("GET", "/v1/routes/shop")
+            #expect(status.text.contains("applied by gateway edge (listener public)"), "\(status.text)")
+
+            // Removed: the listener's own route again, within one push.
+            #expect(try await controller.call("DELETE", "/v1/routes/shop").status == 200)
+            #expect(
+                try await eventually {
+                    try await get(public_, host: "shop.example.test", "/api").text == "hello from web-1\n"
+                },
+                "\(gateway.log)"
+            )
+            let kept = try await get(public_, host: "eu.shop.example.test", "/api")
+            #expect(kept.text == "hello from orders-2\n", "\(kept.text)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        for process in processes { await process.stop() }
+        await v1.stop()
+        await v2.stop()
+        await web.stop()
+        await controller.stop()
+    }
+}
