@@ -149,6 +149,39 @@ struct RouteTableTests {
         #expect(select(table, "/q") == nil)
     }
 
+    /// Expressions are filed by the whole first segment their literal start holds; the
+    /// index never changes which rule wins, only how many expressions a request runs.
+    @Test func regexesFiledByTheirLiteralStartKeepTheirPrecedence() throws {
+        #expect(RouteTable.literalStart("/orders/[0-9]+") == "/orders/")
+        #expect(RouteTable.literalStart("/orders/?") == "/orders")
+        #expect(RouteTable.literalStart("/ab*c") == "/a")
+        #expect(RouteTable.literalStart("/a/x|/b/y") == "")
+        #expect(RouteTable.literalStart("(?i)/a/b") == "")
+        #expect(RouteTable.literalStart("/a\\.b/c") == "/a")
+        #expect(RouteTable.literalStart("/plain/path") == "/plain/path")
+        // The older route (r0, unfiled: no whole first segment) precedes the filed r1; r2's
+        // alternation can start anywhere; r3 is filed under /shop.
+        let routes = try [
+            "name: r0\nparentRefs: [{name: o}]\nrules: [{matches: [{path: {type: RegularExpression, value: \"/sh.*/[0-9]+\"}}]}]",
+            "name: r1\nparentRefs: [{name: o}]\nrules: [{matches: [{path: {type: RegularExpression, value: \"/shop/[0-9]+\"}}]}]",
+            "name: r2\nparentRefs: [{name: o}]\nrules: [{matches: [{path: {type: RegularExpression, value: \"/x/y|/shop/[a-z]+\"}}]}]",
+            "name: r3\nparentRefs: [{name: o}]\nrules: [{matches: [{path: {type: RegularExpression, value: \"/shop/[a-z]+\"}}]}]",
+        ].enumerated().map { index, text in
+            var r = try route(text)
+            r.created = Int64(index + 1)
+            return r
+        }
+        let table = RouteTable(parent: "o", routes: routes)
+        #expect(select(table, "/shop/12") == "r0/0")
+        #expect(select(table, "/shop/abc") == "r2/0")
+        #expect(select(table, "/x/y") == "r2/0")
+        let later = RouteTable(parent: "o", routes: [routes[1], routes[3]])
+        #expect(select(later, "/shop/12") == "r1/0")
+        #expect(select(later, "/shop/abc") == "r3/0")
+        #expect(select(later, "/shop") == nil)
+        #expect(select(later, "/shopping/1") == nil)
+    }
+
     @Test func whatIsWrongIsRefusedWithEveryPathAndReason() throws {
         let text = """
             name: bad

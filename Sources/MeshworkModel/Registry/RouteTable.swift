@@ -68,7 +68,18 @@ public struct RouteTable: Sendable {
     public private(set) var rules: [Rule] = []
     private var exact: [UInt64: [Candidate]] = [:]
     private var prefixes: [UInt64: [Candidate]] = [:]
-    private var regexes: [Candidate] = []
+    /// Regular-expression paths whose literal start holds a whole first segment
+    /// (`/orders/[0-9]+` starts `/orders/`), by that segment's hash; the others in
+    /// `regexes`. Each entry is (its precedence position, its literal start, the candidate).
+    private var regexesBySegment: [UInt64: [RegexEntry]] = [:]
+    private var regexes: [RegexEntry] = []
+    private var hasRegexes = false
+
+    struct RegexEntry: Sendable {
+        let order: Int
+        let literal: String
+        let candidate: Candidate
+    }
 
     public var isEmpty: Bool { rules.isEmpty }
 
@@ -143,10 +154,18 @@ public struct RouteTable: Sendable {
             let ky = (y.method == nil ? 1 : 0, -y.headers.count, -y.query.count, b.offset)
             return kx < ky
         }
-        for (_, (candidate, kind)) in sorted {
+        for (order, (_, (candidate, kind))) in sorted.enumerated() {
             switch kind {
             case 0: exact[Self.hash(candidate.path.utf8), default: []].append(candidate)
-            case 1: regexes.append(candidate)
+            case 1:
+                hasRegexes = true
+                let literal = Self.literalStart(candidate.path)
+                let entry = RegexEntry(order: order, literal: literal, candidate: candidate)
+                if let segment = Self.wholeFirstSegment(of: literal) {
+                    regexesBySegment[Self.hash(segment.utf8), default: []].append(entry)
+                } else {
+                    regexes.append(entry)
+                }
             default: prefixes[Self.hash(candidate.path.utf8), default: []].append(candidate)
             }
         }
@@ -171,11 +190,26 @@ public struct RouteTable: Sendable {
                 }
             }
         }
-        if !regexes.isEmpty, bytes.count <= Self.maxRegexInput {
-            for candidate in regexes where candidate.regex?.matches(path) == true {
-                if accepts(candidate, method, query, header) {
-                    return Selection(rule: candidate.rule, matchedPrefix: 0)
+        if hasRegexes, bytes.count <= Self.maxRegexInput {
+            // Only the expressions that could match: those filed under the request's first
+            // segment and those with no whole first segment, merged in precedence order, each
+            // run only when the path starts with its literal start.
+            let filed = Self.wholeFirstSegment(of: bytes).flatMap { regexesBySegment[Self.hash($0)] } ?? []
+            var a = 0
+            var b = 0
+            while a < filed.count || b < regexes.count {
+                let entry: RegexEntry
+                if b == regexes.count || (a < filed.count && filed[a].order < regexes[b].order) {
+                    entry = filed[a]
+                    a += 1
+                } else {
+                    entry = regexes[b]
+                    b += 1
                 }
+                guard bytes.starts(with: entry.literal.utf8), entry.candidate.regex?.matches(path) == true,
+                    accepts(entry.candidate, method, query, header)
+                else { continue }
+                return Selection(rule: entry.candidate.rule, matchedPrefix: 0)
             }
         }
         // The path itself, then each prefix ending before a '/', longest first; "/" last.
@@ -196,6 +230,42 @@ public struct RouteTable: Sendable {
             end = next == bytes.startIndex ? bytes.index(after: next) : next
         }
         return nil
+    }
+
+    /// The literal characters an expression's every match starts with: up to its first
+    /// metacharacter (one a quantifier follows is optional, so it is left out); nothing when
+    /// an alternation anywhere could start a match otherwise. Conservative: a shorter
+    /// start only means the expression is tried more often, never less.
+    static func literalStart(_ expression: String) -> String {
+        let bytes = Array(expression.utf8)
+        if bytes.contains(UInt8(ascii: "|")) { return "" }
+        let meta = Set("\\.^$|?*+()[]{}".utf8)
+        var literal: [UInt8] = []
+        for byte in bytes {
+            if meta.contains(byte) {
+                // A quantifier makes the character before it optional.
+                if "?*+{".utf8.contains(byte), !literal.isEmpty { literal.removeLast() }
+                break
+            }
+            literal.append(byte)
+        }
+        return String(decoding: literal, as: UTF8.self)
+    }
+
+    /// `/orders` of `/orders/...` (a '/' follows it); nil when the text ends within its
+    /// first segment. For a request path: the path itself when it has one segment.
+    static func wholeFirstSegment(of literal: String) -> Substring? {
+        let bytes = literal.utf8
+        guard bytes.first == UInt8(ascii: "/"), let end = bytes.dropFirst().firstIndex(of: UInt8(ascii: "/")) else {
+            return nil
+        }
+        return Substring(bytes[..<end])
+    }
+
+    static func wholeFirstSegment(of path: Substring.UTF8View) -> Substring.UTF8View.SubSequence? {
+        guard path.first == UInt8(ascii: "/") else { return nil }
+        let end = path.dropFirst().firstIndex(of: UInt8(ascii: "/")) ?? path.endIndex
+        return path[..<end]
     }
 
     /// Longer paths and values are not tried against regular expressions (a backtracking
