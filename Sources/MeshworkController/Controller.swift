@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Logging
 import MeshworkModel
 import NIOCore
@@ -145,8 +146,18 @@ actor Controller {
         try commit(registry.deletePolicy(name))
     }
 
+    /// Routes the registry holds at most: each is pushed to every caller of its parents and
+    /// compiled on each of their event loops.
+    static let maxRoutes = 10_000
+
     /// Stores a route; returns it as stored (with its age) and the revision.
     func putRoute(_ route: HTTPRoute) throws -> (HTTPRoute, Int64) {
+        guard registry.routes[route.name] != nil || registry.routes.count < Self.maxRoutes else {
+            throw APIError(
+                status: .conflict,
+                message: "the registry holds its limit of \(Self.maxRoutes) routes: delete one first"
+            )
+        }
         let revision = try commit(registry.putRoute(route))
         return (registry.routes[route.name] ?? route, revision)
     }

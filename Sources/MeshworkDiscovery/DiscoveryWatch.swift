@@ -33,6 +33,8 @@ actor DiscoveryWatch: Service {
     /// Services added while running (a gateway reload routing to a new service).
     private var addedServices: [String] = []
     private var needsSnapshot = false
+    private var applying = false
+    private var applyPending = false
     private var currentWatch: Task<Void, any Error>?
 
     init(
@@ -154,10 +156,29 @@ actor DiscoveryWatch: Service {
             throw MTLSRequired()
         }
         hasState = true
-        await sidecar.apply(state)
-        sidecar.discoveryConfirmed()
-        cacheDirty = true
-        writeCacheIfDue()
+        scheduleApply()
+    }
+
+    /// Applies the latest state, coalescing: lines that arrive while an application runs
+    /// (a burst of 1,000 route events from one `ctl apply`) are applied together after
+    /// it, instead of rebuilding every route table once per event.
+    private func scheduleApply() {
+        applyPending = true
+        guard !applying else { return }
+        applying = true
+        Task { await self.applyLatest() }
+    }
+
+    private func applyLatest() async {
+        while applyPending {
+            applyPending = false
+            // (While this waits, the actor reads more lines into `state`.)
+            await sidecar.apply(state)
+            sidecar.discoveryConfirmed()
+            cacheDirty = true
+            writeCacheIfDue()
+        }
+        applying = false
     }
 
     // MARK: cache
