@@ -127,29 +127,7 @@ extension RouteMatch {
             }
             pairs.append(("path", .object([("type", .string(type)), ("value", .string(value))])))
         }
-        if !headers.isEmpty {
-            pairs.append(
-                (
-                    "headers",
-                    .array(
-                        headers.map { header in
-                            switch header.test {
-                            case .exact(let value):
-                                return .object([("name", .string(header.name)), ("value", .string(value))])
-                            case .regex(let value):
-                                return .object([
-                                    ("type", .string("RegularExpression")), ("name", .string(header.name)),
-                                    ("value", .string(value)),
-                                ])
-                            case .present:
-                                return .object([("type", .string("Present")), ("name", .string(header.name))])
-                            case .absent: return .object([("type", .string("Absent")), ("name", .string(header.name))])
-                            }
-                        }
-                    )
-                )
-            )
-        }
+        if !headers.isEmpty { pairs.append(("headers", .array(headers.map(\.tree)))) }
         if kind == .http, !queryParams.isEmpty {
             pairs.append(
                 (
@@ -167,6 +145,21 @@ extension RouteMatch {
         }
         if kind == .http, let method { pairs.append(("method", .string(method))) }
         return .object(pairs)
+    }
+}
+
+extension HeaderMatch {
+    var tree: HTTPRoute.Tree {
+        switch test {
+        case .exact(let value):
+            return .object([("name", .string(name)), ("value", .string(value))])
+        case .regex(let value):
+            return .object([("type", .string("RegularExpression")), ("name", .string(name)), ("value", .string(value))])
+        case .present:
+            return .object([("type", .string("Present")), ("name", .string(name))])
+        case .absent:
+            return .object([("type", .string("Absent")), ("name", .string(name))])
+        }
     }
 }
 

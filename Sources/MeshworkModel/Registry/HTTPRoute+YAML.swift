@@ -121,7 +121,7 @@ extension HTTPRoute {
         return nil
     }
 
-    private static func isLowerAlnum(_ byte: UInt8) -> Bool {
+    static func isLowerAlnum(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
     }
 
@@ -282,7 +282,7 @@ extension HTTPRoute {
         return match
     }
 
-    private static func readHeaderMatches(_ node: Node?, _ path: String, _ reader: ConfigReader) -> [HeaderMatch] {
+    static func readHeaderMatches(_ node: Node?, _ path: String, _ reader: ConfigReader) -> [HeaderMatch] {
         var matches: [HeaderMatch] = []
         for (path, item) in reader.sequence(node, path) {
             guard let h = reader.mapping(item, path, known: ["type", "name", "value"]),
