@@ -265,6 +265,95 @@ struct RouteTests {
         #"meshwork_cluster_mirror_requests_total{cluster="audit",result="\#(result)"}"#
     }
 
+    private static let matrix = """
+        kind: HTTPRoute
+        name: orders-matrix
+        parentRefs: [{name: orders}]
+        rules:
+          - name: exact
+            matches: [{path: {type: Exact, value: /headers/exact}}]
+            backendRefs: [{name: orders, version: v2}]
+          - name: regex
+            matches: [{path: {type: RegularExpression, value: "/headers/items/[0-9]+"}}]
+            backendRefs: [{name: orders, version: v2}]
+          - name: query
+            matches: [{path: {type: PathPrefix, value: /headers}, queryParams: [{name: track, value: beta}]}]
+            backendRefs: [{name: orders, version: v2}]
+          - name: method
+            matches: [{path: {type: PathPrefix, value: /headers}, method: POST}]
+            backendRefs: [{name: orders, version: v2}]
+          - name: rewrite
+            matches: [{path: {type: PathPrefix, value: /legacy}}]
+            filters:
+              - type: URLRewrite
+                urlRewrite: {hostname: orders.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /headers}}
+            backendRefs: [{name: orders, version: v1}]
+          - name: per-try
+            matches: [{path: {type: PathPrefix, value: /delay}}]
+            timeouts: {request: 5s, backendRequest: 300ms}
+            retry: {attempts: 1, codes: [504], backoff: 10ms}
+            backendRefs: [{name: orders, version: v1}]
+          - name: rest
+            backendRefs: [{name: orders, version: v1}]
+        """
+
+    /// Gateway API's other MESH-HTTP features at a running caller: Exact and
+    /// RegularExpression paths, query and method matches, URLRewrite of the path prefix and
+    /// the host, and a per-try (`backendRequest`) timeout with the rule's retry.
+    @Test func exactRegexQueryAndMethodMatchesRewritesAndPerTryTimeoutsHoldAtARunningCaller() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let v1 = try await TestMesh.startApp("orders-1")
+        let v2 = try await TestMesh.startApp("orders-2")
+        var sidecars: [SidecarProcess] = []
+        defer { controller.remove() }
+        do {
+            sidecars.append(
+                try await startServer("orders", app: v1, controller: controller, extra: ["--version", "v1"])
+            )
+            sidecars.append(
+                try await startServer("orders", app: v2, controller: controller, extra: ["--version", "v2"])
+            )
+            let web = try await startClient("web", calling: "orders", controller: controller)
+            sidecars.append(web)
+            #expect(try await web.waitUntilServing("orders"), "\(web.log)")
+            let url = web.upstreamURL("orders")
+            #expect(try await controller.apply(Self.matrix).exitCode == 0)
+            func servedBy(_ path: String, _ extra: [String] = []) async throws -> String? {
+                try await Curl.run(extra + [url + path]).header("x-served-by")
+            }
+            #expect(try await eventually { try await servedBy("/headers/exact") == "orders-2" }, "\(web.log)")
+            #expect(try await servedBy("/headers/exact/more") == "orders-1", "Exact is not a prefix")
+            #expect(try await servedBy("/headers/items/42") == "orders-2")
+            #expect(try await servedBy("/headers/items/4x") == "orders-1", "the expression matches the whole path")
+            #expect(try await servedBy("/headers/a?track=beta") == "orders-2")
+            #expect(try await servedBy("/headers/a?x=1&track=beta") == "orders-2")
+            #expect(try await servedBy("/headers/a?track=beta2") == "orders-1", "a query value matches exactly")
+            #expect(try await servedBy("/headers/a", ["-X", "POST", "-d", "x"]) == "orders-2")
+            #expect(try await servedBy("/headers/a") == "orders-1")
+
+            // The prefix replaced and the host rewritten, the query kept.
+            let rewritten = try await Curl.run([url + "/legacy/x?q=1"])
+            #expect(rewritten.text.hasPrefix("GET /headers/x?q=1 "), "\(rewritten.text)")
+            #expect(rewritten.text.contains("host: orders.internal"), "\(rewritten.text)")
+
+            // Each try gets 300 ms of the 5 s: two tries of a 1.5 s answer, then a timeout.
+            let before = v1.requestCount
+            let started = ContinuousClock.now
+            let slow = try await Curl.run([url + "/delay/1500"])
+            let took = ContinuousClock.now - started
+            #expect(slow.status == 504, "\(slow.statusLines) \(slow.headers)")
+            #expect(took < .milliseconds(1400), "\(took)")
+            #expect(v1.requestCount - before == 2, "\(v1.requestCount - before) tries")
+        } catch {
+            Issue.record("\(error)")
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        await v1.stop()
+        await v2.stop()
+        await controller.stop()
+    }
+
     @Test func aMirrorGetsItsShareOfCopiesWhileTheCallerNeitherWaitsForItNorSeesItsFailures() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let controller = try await ControllerProcess.start()
