@@ -23,9 +23,11 @@ enum WatchMessage: Sendable {
 /// are applied one at a time, committed to the store, then fanned out to watchers, so a
 /// watcher never sees an event the store has not kept.
 actor Controller {
-    private var registry: Registry
-    private let store: RegistryStore
-    private let logger: Logger
+    var registry: Registry
+    let store: RegistryStore
+    /// Rollouts and where each is (`Controller+Rollouts.swift`).
+    var rollouts: [String: RolloutEntry] = [:]
+    let logger: Logger
     private var watchers: [UUID: Watcher] = [:]
     /// Set by `finishWatchers` (shutdown): a watch that arrives later ends at once.
     private var watchesClosed = false
@@ -59,6 +61,7 @@ actor Controller {
             revision: contents.revision,
             now: 0
         )
+        for entry in try store.loadRollouts() { rollouts[entry.rollout.name] = entry }
     }
 
     private var now: UInt64 {

@@ -142,6 +142,7 @@ struct ControllerAPI {
         }
         addIdentityRoutes(to: v1)
         addPolicyRoutes(to: v1)
+        addRolloutRoutes(to: v1)
         addTelemetryRoutes(to: v1)
         addTapRoutes(to: v1)
         router.get("metrics") { _, _ in

@@ -80,11 +80,12 @@ public final class ControllerServer: Service {
     public func run() async throws {
         let clock = ContinuousClock()
         let started = clock.now
+        let telemetry = TelemetryStore(now: { Int((clock.now - started).components.seconds) })
         var api = ControllerAPI(
             controller: controller,
             identity: identity,
             metrics: metrics,
-            telemetry: TelemetryStore(now: { Int((clock.now - started).components.seconds) }),
+            telemetry: telemetry,
             token: options.token,
             logger: logger
         )
@@ -150,10 +151,12 @@ public final class ControllerServer: Service {
             }
             group.addTask {
                 // Leases are checked every second; an instance is gone at most a second
-                // after its TTL.
+                // after its TTL. Rollouts step on the same beat.
+                await controller.restoreRolloutRoutes()
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
                     try? await Task.sleep(for: .seconds(1))
                     await controller.expireLeases()
+                    await controller.driveRollouts(telemetry: telemetry)
                     if certificate.needsRenewal {
                         try? certificate.reissue(authority: await identity.authority)
                     }

@@ -51,6 +51,18 @@ enum OpenAPIDocument {
                 "notAfter": {"type": "string", "format": "date-time"},
                 "issuedAt": {"type": "string", "format": "date-time"},
                 "credential": {"type": "string", "description": "bearer credential for the workload's own instance"}}},
+              "Rollout": {"type": "object", "required": ["name", "service", "stable", "canary", "steps"], "description": "A progressive rollout: see docs/rollouts.md", "properties": {
+                "kind": {"enum": ["Rollout"]},
+                "name": {"type": "string", "maxLength": 55},
+                "service": {"type": "string"},
+                "stable": {"type": "string", "description": "the instances' version that serves now"},
+                "canary": {"type": "string", "description": "the instances' version rolled out"},
+                "failureLimit": {"type": "integer", "default": 0},
+                "inconclusiveLimit": {"type": "integer", "default": 3},
+                "steps": {"type": "array", "maxItems": 64, "items": {"type": "object", "description": "one of setWeight (0-100), pause {duration?}, analysis {successRate?, p99?, interval, minRequests, count}, setHeaderRoute {match: [header matches]}, setMirrorRoute {percent}"}},
+                "status": {"type": "object", "readOnly": true, "description": "phase (Pending, Progressing, Paused, Promoted, Degraded, Aborted), step, weight, headerStep, mirror, figures {requests, successRate, p99}, message, history"},
+                "route": {"type": "string", "readOnly": true, "description": "the route it writes: rollout-<name>"}
+              }},
               "HTTPRoute": {"type": "object", "required": ["name", "parentRefs"], "description": "Gateway API HTTPRoute/GRPCRoute shape, applied by the callers of each parent service and by each parent gateway: see docs/routes.md", "properties": {
                 "kind": {"enum": ["HTTPRoute", "GRPCRoute"], "default": "HTTPRoute"},
                 "name": {"type": "string"},
@@ -137,6 +149,17 @@ enum OpenAPIDocument {
               "get": {"summary": "One route", "responses": {"200": {"description": "the route"}, "404": {"description": "unknown"}}},
               "put": {"summary": "Create or replace a route", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPRoute"}}}}, "responses": {"200": {"description": "stored (with its age)"}, "400": {"description": "invalid: every field path and reason", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an operator"}}},
               "delete": {"summary": "Delete a route", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
+            },
+            "/v1/rollouts": {"get": {"summary": "List rollouts with their status", "responses": {"200": {"description": "rollouts", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}}}}}}}},
+            "/v1/rollouts/{name}": {
+              "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+              "get": {"summary": "One rollout with its status", "responses": {"200": {"description": "the rollout"}, "404": {"description": "unknown"}}},
+              "put": {"summary": "Create or replace a rollout (a changed spec starts over)", "security": [{"bearer": []}], "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rollout"}}}}, "responses": {"200": {"description": "stored, with its status"}, "400": {"description": "invalid: every field path and reason", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an operator"}, "409": {"description": "another rollout is moving the service"}}},
+              "delete": {"summary": "Delete a rollout and its route", "security": [{"bearer": []}], "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}
+            },
+            "/v1/rollouts/{name}/{command}": {
+              "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "command", "in": "path", "required": true, "schema": {"enum": ["promote", "abort", "retry", "pause", "resume"]}}],
+              "post": {"summary": "Steer a rollout: promote (past the current step), abort (all to stable), retry (after a rollback), pause, resume", "security": [{"bearer": []}], "responses": {"200": {"description": "the rollout after the command"}, "403": {"description": "not an operator"}, "404": {"description": "unknown rollout or command"}}}
             },
             "/v1/mesh": {
               "get": {"summary": "Mesh-wide settings", "responses": {"200": {"description": "settings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Mesh"}}}}}},

@@ -63,6 +63,11 @@ final class RegistryStore: Sendable {
         migrator.registerMigration("v7-route") { db in
             try db.execute(sql: "CREATE TABLE route (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)")
         }
+        migrator.registerMigration("v8-rollout") { db in
+            try db.execute(
+                sql: "CREATE TABLE rollout (name TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL)"
+            )
+        }
         try migrator.migrate(database)
     }
 
@@ -168,5 +173,39 @@ final class RegistryStore: Sendable {
                 arguments: [last.revision]
             )
         }
+    }
+
+    // MARK: rollouts (not registry events: watchers never see them, only their routes)
+
+    func loadRollouts() throws -> [RolloutEntry] {
+        try database.read { db in
+            let decoder = JSONDecoder()
+            return try Row.fetchAll(db, sql: "SELECT body, status FROM rollout ORDER BY name").map { row in
+                let body: String = row["body"]
+                let status: String = row["status"]
+                return RolloutEntry(
+                    rollout: try Rollout.parse(body),
+                    status: try decoder.decode(RolloutStatus.self, from: Data(status.utf8))
+                )
+            }
+        }
+    }
+
+    /// Commits a rollout and where it is, before the API answers or the route is written.
+    func saveRollout(_ entry: RolloutEntry) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let body = String(decoding: try encoder.encode(entry.rollout), as: UTF8.self)
+        let status = String(decoding: try encoder.encode(entry.status), as: UTF8.self)
+        try database.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO rollout (name, body, status) VALUES (?, ?, ?)",
+                arguments: [entry.rollout.name, body, status]
+            )
+        }
+    }
+
+    func deleteRollout(_ name: String) throws {
+        try database.write { db in try db.execute(sql: "DELETE FROM rollout WHERE name = ?", arguments: [name]) }
     }
 }

@@ -165,6 +165,31 @@ final class TelemetryStore: Sendable {
         }
     }
 
+    /// What the given instances of `service` answered over the last `windowSeconds` (the
+    /// slots that overlap it): a rollout's analysis of its canary, from the canary's own
+    /// (server-side) reports. 5xx answers are the failures.
+    func figures(service: String, instances: Set<String>, windowSeconds: Int) -> AnalysisFigures {
+        let oldest = (now() - max(1, windowSeconds)) / Self.slotSeconds
+        var merged = Merged()
+        state.withLockedValue { state in
+            for id in instances {
+                guard let series = state.series[.instance(service: service, id: id)] else { continue }
+                for slot in series.slots where slot.index >= oldest {
+                    for i in merged.classes.indices {
+                        merged.classes[i] = saturating(merged.classes[i], slot.classes[i])
+                    }
+                    for (micros, count) in slot.latency { _ = merged.latency.record(micros, count: count) }
+                }
+            }
+        }
+        let requests = merged.classes.reduce(0, saturating)
+        return AnalysisFigures(
+            requests: Int(min(requests, UInt64(Int.max))),
+            successRate: requests == 0 ? nil : 100 * (1 - Double(merged.classes[4]) / Double(requests)),
+            p99: merged.latency.totalCount == 0 ? nil : Double(merged.latency.valueAtPercentile(99)) / 1000
+        )
+    }
+
     /// Golden metrics per edge over the last `window` seconds.
     func edges(windowSeconds: Int) -> [EdgeStats] {
         merge(windowSeconds: windowSeconds).compactMap { key, value -> EdgeStats? in

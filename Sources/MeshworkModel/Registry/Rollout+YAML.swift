@@ -202,3 +202,32 @@ extension RolloutStep {
         }
     }
 }
+
+/// A rollout as the API answers: its own fields, then `status` (where it is) and `route`
+/// (the route it writes).
+public struct RolloutWithStatus: Sendable, Encodable {
+    public var rollout: Rollout
+    public var status: RolloutStatus
+
+    public init(rollout: Rollout, status: RolloutStatus) {
+        self.rollout = rollout
+        self.status = status
+    }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Key.self)
+        if case .object(let pairs) = rollout.tree {
+            for (key, value) in pairs { try container.encode(value, forKey: Key(key)) }
+        }
+        try container.encode(status, forKey: Key("status"))
+        try container.encode(rollout.routeName, forKey: Key("route"))
+    }
+}

@@ -23,7 +23,7 @@ struct CtlCommand: AsyncParsableCommand {
             CtlServices.self, CtlInstances.self, CtlDescribe.self, CtlApply.self, CtlDelete.self, CtlWatch.self,
             CtlToken.self, CtlCredentials.self, CtlPolicies.self, CtlRoutes.self, CtlCA.self, CtlStat.self,
             CtlEdges.self, CtlTap.self,
-            CtlTop.self,
+            CtlTop.self, CtlRollout.self,
         ]
     )
 }
@@ -355,7 +355,8 @@ struct CtlApply: AsyncParsableCommand {
         discussion: """
             Each document has kind: Service (with name), Instance (with service, address, port), \
             AuthorizationPolicy (with name, target), HTTPRoute or GRPCRoute (with name, parentRefs, \
-            rules; see docs/routes.md) or Mesh (mesh-wide settings).
+            rules; see docs/routes.md), Rollout (with name, service, stable, canary, steps; see \
+            docs/rollouts.md) or Mesh (mesh-wide settings).
             """
     )
     @OptionGroup var options: CtlOptions
@@ -382,7 +383,7 @@ struct CtlApply: AsyncParsableCommand {
             let label = "\(file) document \(index + 1)"
             guard let mapping = document.mapping, let kind = mapping["kind"]?.string?.lowercased() else {
                 failures.append(
-                    "\(label): kind: is required (Service, Instance, AuthorizationPolicy, HTTPRoute, GRPCRoute or Mesh)"
+                    "\(label): kind: is required (Service, Instance, AuthorizationPolicy, HTTPRoute, GRPCRoute, Rollout or Mesh)"
                 )
                 continue
             }
@@ -422,12 +423,19 @@ struct CtlApply: AsyncParsableCommand {
                     }
                     _ = try await options.call(.PUT, "/v1/routes/\(name)", body: body)
                     print("route \(name) applied")
+                case "rollout":
+                    guard let name = mapping["name"]?.string else {
+                        failures.append("\(label): name: required field is missing")
+                        continue
+                    }
+                    _ = try await options.call(.PUT, "/v1/rollouts/\(name)", body: body)
+                    print("rollout \(name) applied")
                 case "mesh":
                     _ = try await options.call(.PUT, "/v1/mesh", body: body)
                     print("mesh settings applied")
                 default:
                     failures.append(
-                        "\(label): kind: must be Service, Instance, AuthorizationPolicy, HTTPRoute, GRPCRoute or Mesh, found \"\(kind)\""
+                        "\(label): kind: must be Service, Instance, AuthorizationPolicy, HTTPRoute, GRPCRoute, Rollout or Mesh, found \"\(kind)\""
                     )
                 }
             } catch let failure as CommandFailure {

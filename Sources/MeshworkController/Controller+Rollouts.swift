@@ -1,0 +1,261 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Logging
+import MeshworkModel
+import NIOCore
+import NIOHTTP1
+
+/// A rollout and where it is.
+struct RolloutEntry: Sendable, Encodable {
+    var rollout: Rollout
+    var status: RolloutStatus
+
+    /// The rollout in its own shape, with `status` (phase, step, weights, figures, history).
+    func encode(to encoder: any Encoder) throws {
+        try RolloutWithStatus(rollout: rollout, status: status).encode(to: encoder)
+    }
+}
+
+/// Rollouts (issue 19): the controller keeps each one's status, steps it every second
+/// with its own telemetry (`driveRollouts`), and writes the route the status implies
+/// (`rollout-<name>`) through the registry, so every caller of the service gets the new
+/// weights in one push. The status is committed before the route is written: a controller
+/// that stops between the two writes the route again when it resumes.
+extension Controller {
+    static func wallClock() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    func rolloutEntries() -> [RolloutEntry] {
+        rollouts.values.sorted { $0.rollout.name < $1.rollout.name }
+    }
+
+    func rolloutEntry(_ name: String) -> RolloutEntry? { rollouts[name] }
+
+    /// Creates a rollout, or replaces one: a changed spec starts over from its first step
+    /// (what moved is recomputed from the new steps); the same spec changes nothing.
+    func putRollout(_ rollout: Rollout, now: Int64 = Controller.wallClock()) throws -> RolloutEntry {
+        var rollout = rollout
+        if let existing = rollouts[rollout.name] {
+            rollout.created = existing.rollout.created
+            if existing.rollout == rollout { return existing }
+        } else {
+            guard rollouts.count < Self.maxRollouts else {
+                throw APIError(
+                    status: .conflict,
+                    message: "the controller holds its limit of \(Self.maxRollouts) rollouts"
+                )
+            }
+            rollout.created = registry.revision
+        }
+        if let other = rollouts.values.first(where: {
+            $0.rollout.name != rollout.name && $0.rollout.service == rollout.service && !$0.status.isTerminal
+        }) {
+            throw APIError(
+                status: .conflict,
+                message:
+                    "rollout \"\(other.rollout.name)\" is moving \(rollout.service) already: finish or abort it first"
+            )
+        }
+        let (status, effects) = RolloutStatus.start(rollout, now: now)
+        var entry = RolloutEntry(rollout: rollout, status: status)
+        try carryOut(effects, &entry, now: now)
+        try settle(entry)
+        logger.info("rollout started", metadata: ["rollout": "\(rollout.name)", "service": "\(rollout.service)"])
+        return entry
+    }
+
+    /// Deletes a rollout and its route: the service's callers go back to its other routes
+    /// and its balancer over every instance.
+    func deleteRollout(_ name: String) throws {
+        guard let entry = rollouts[name] else { throw APIError(status: .notFound, message: "no rollout \"\(name)\"") }
+        try store.deleteRollout(name)
+        rollouts[name] = nil
+        if registry.routes[entry.rollout.routeName] != nil { _ = try deleteRoute(entry.rollout.routeName) }
+    }
+
+    /// An operator's command (promote, abort, retry, pause, resume).
+    func command(_ name: String, _ event: RolloutEvent, now: Int64 = Controller.wallClock()) throws -> RolloutEntry {
+        guard var entry = rollouts[name] else { throw APIError(status: .notFound, message: "no rollout \"\(name)\"") }
+        let effects = entry.status.handle(event, entry.rollout, now: now)
+        try carryOut(effects, &entry, now: now)
+        try settle(entry)
+        return entry
+    }
+
+    /// One step of every rollout that is not finished: the clock, and the measurements it
+    /// asks for, from `telemetry`.
+    func driveRollouts(telemetry: TelemetryStore, now: Int64 = Controller.wallClock()) {
+        for name in rollouts.keys.sorted() {
+            guard var entry = rollouts[name], !entry.status.isTerminal else { continue }
+            let before = entry.status
+            let effects = entry.status.handle(.tick, entry.rollout, now: now)
+            do {
+                try carryOut(effects, &entry, now: now, telemetry: telemetry)
+                // (The route too follows the canary's instances coming and going.)
+                if entry.status != before { try settle(entry) } else { try writeRoute(entry) }
+            } catch {
+                logger.error("rollout step not stored", metadata: ["rollout": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    static let maxRollouts = 1000
+
+    /// Measurements are answered at once, from the canary instances' own reports.
+    private func carryOut(
+        _ effects: [RolloutEffect],
+        _ entry: inout RolloutEntry,
+        now: Int64,
+        telemetry: TelemetryStore? = nil
+    ) throws {
+        var pending = effects
+        while !pending.isEmpty {
+            let effect = pending.removeFirst()
+            switch effect {
+            case .measure(let analysis, let since):
+                guard let telemetry else { continue }
+                let rollout = entry.rollout
+                let canaries = Set(
+                    registry.instances.values.filter { $0.service == rollout.service && $0.version == rollout.canary }
+                        .map(\.id)
+                )
+                let seconds = Int((now - since + 999) / 1000)
+                let figures = telemetry.figures(service: rollout.service, instances: canaries, windowSeconds: seconds)
+                logger.info(
+                    "rollout analysis",
+                    metadata: [
+                        "rollout": "\(rollout.name)", "requests": "\(figures.requests)",
+                        "successRate": "\(figures.successRate.map { String($0) } ?? "-")",
+                        "p99Ms": "\(figures.p99.map { String($0) } ?? "-")", "canaries": "\(canaries.count)",
+                        "wanted": "\(analysis.successRate.map { String($0) } ?? "-")",
+                    ]
+                )
+                pending += entry.status.handle(.measured(figures), rollout, now: now)
+            case .callWebhook(let kind, let url):
+                callWebhook(kind, url: url, entry)
+            }
+        }
+    }
+
+    /// Commits the status, then writes the route it implies when that changed.
+    private func settle(_ entry: RolloutEntry) throws {
+        try store.saveRollout(entry)
+        let previous = rollouts[entry.rollout.name]
+        rollouts[entry.rollout.name] = entry
+        if previous?.status.phase != entry.status.phase || previous?.status.step != entry.status.step {
+            logger.info(
+                "rollout",
+                metadata: [
+                    "rollout": "\(entry.rollout.name)", "phase": "\(entry.status.phase.rawValue)",
+                    "step": "\(entry.status.step)", "weight": "\(entry.status.weight)",
+                    "message": "\(entry.status.message)",
+                ]
+            )
+        }
+        try writeRoute(entry)
+    }
+
+    /// The route the status implies, written when it differs from the stored one. While the
+    /// canary has no serving instance nothing is sent to it (its share, header route and
+    /// mirror stay with stable): a weight must never point callers at nobody.
+    private func writeRoute(_ entry: RolloutEntry) throws {
+        var route = entry.status.route(for: entry.rollout)
+        let rollout = entry.rollout
+        let canaryServes = registry.instances.values.contains {
+            $0.service == rollout.service && $0.version == rollout.canary && $0.isServing
+        }
+        if !canaryServes, entry.status.phase != .promoted {
+            var held = entry.status
+            held.weight = 0
+            held.headerStep = nil
+            held.mirror = 0
+            route = held.route(for: rollout)
+        }
+        if let stored = registry.routes[route.name] {
+            route.created = stored.created
+            if stored == route { return }
+        }
+        _ = try putRoute(route)
+    }
+
+    /// Writes every rollout's route again (at start: one that stopped between committing
+    /// a status and writing its route), and asks again a webhook it was waiting for.
+    func restoreRolloutRoutes() {
+        for entry in rollouts.values {
+            do { try settle(entry) } catch {
+                logger.error("rollout route not restored", metadata: ["rollout": "\(entry.rollout.name)"])
+            }
+            if let kind = entry.status.awaiting {
+                let hooks = entry.rollout.webhooks
+                let url =
+                    kind == .preRollout ? hooks.preRollout : kind == .confirmPromotion ? hooks.confirmPromotion : nil
+                if let url { callWebhook(kind, url: url, entry) }
+            }
+        }
+    }
+
+    /// POSTs the rollout's state to a webhook (its own task: the controller goes on), with
+    /// the rollout's timeout and retries; a 2xx answer accepts. The pre-rollout and
+    /// confirm-promotion answers come back as events; a rollback is told only.
+    private func callWebhook(_ kind: RolloutWebhookKind, url: String, _ entry: RolloutEntry) {
+        let hooks = entry.rollout.webhooks
+        let body: [String: Any] = [
+            "hook": kind.rawValue, "rollout": entry.rollout.name, "service": entry.rollout.service,
+            "stable": entry.rollout.stable, "canary": entry.rollout.canary, "phase": entry.status.phase.rawValue,
+            "step": entry.status.step, "weight": entry.status.weight, "message": entry.status.message,
+        ]
+        let payload = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
+        let name = entry.rollout.name
+        let logger = self.logger
+        Task {
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers.add(name: "content-type", value: "application/json")
+            request.headers.add(name: "user-agent", value: "meshwork-controller")
+            var outcome = (accepted: false, message: "")
+            for attempt in 0...hooks.retries {
+                request.body = .bytes(payload)
+                do {
+                    let response = try await HTTPClient.shared.execute(
+                        request,
+                        timeout: .nanoseconds(
+                            hooks.timeout.components.seconds * 1_000_000_000 + hooks.timeout.components.attoseconds
+                                / 1_000_000_000
+                        )
+                    )
+                    // Read (bounded) and dropped: only the status decides.
+                    _ = try? await response.body.collect(upTo: 64 << 10)
+                    if (200..<300).contains(response.status.code) {
+                        outcome = (true, "answered \(response.status.code)")
+                        break
+                    }
+                    outcome = (false, "answered \(response.status.code)")
+                } catch {
+                    outcome = (false, "\(error)")
+                }
+                if attempt < hooks.retries { try? await Task.sleep(for: .seconds(1)) }
+            }
+            logger.info(
+                "rollout webhook",
+                metadata: [
+                    "rollout": "\(name)", "hook": "\(kind.rawValue)", "accepted": "\(outcome.accepted)",
+                    "answer": "\(outcome.message)",
+                ]
+            )
+            guard kind != .rollback else { return }
+            await self.webhookAnswered(name, kind, accepted: outcome.accepted, message: outcome.message)
+        }
+    }
+
+    private func webhookAnswered(_ name: String, _ kind: RolloutWebhookKind, accepted: Bool, message: String) {
+        guard var entry = rollouts[name] else { return }
+        let now = Self.wallClock()
+        let effects = entry.status.handle(.webhook(kind, accepted: accepted, message: message), entry.rollout, now: now)
+        do {
+            try carryOut(effects, &entry, now: now)
+            try settle(entry)
+        } catch {
+            logger.error("rollout step not stored", metadata: ["rollout": "\(name)", "error": "\(error)"])
+        }
+    }
+}
