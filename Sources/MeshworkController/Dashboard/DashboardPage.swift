@@ -3,7 +3,8 @@
 /// instances, golden metrics, edges, per-service series and certificate expiries. It draws
 /// the topology as a layered graph whose edges carry RPS and success rate, each service's
 /// golden metrics with their last ten minutes, its routes (each rule's matches, backends
-/// with their weights and the route's conditions) and its instances.
+/// with their weights and the route's conditions), the rollouts (phase, step, weights, the
+/// last analysis against its thresholds) and its instances.
 ///
 /// A token, when reads are protected, comes from the page's fragment: `/ui#token=...`
 /// (a fragment never reaches a server log).
@@ -64,6 +65,9 @@ enum DashboardPage {
           </section>
           <section><h2>Routes</h2>
             <table id="routes"><thead><tr><th>Service</th><th>Route</th><th>Rule</th><th>Matches</th><th>Backends</th><th>Filters</th><th>Status</th></tr></thead><tbody></tbody></table>
+          </section>
+          <section><h2>Rollouts</h2>
+            <table id="rollouts"><thead><tr><th>Rollout</th><th>Service</th><th>Phase</th><th>Step</th><th>Weights</th><th>Analysis</th><th>Message</th><th>History</th></tr></thead><tbody></tbody></table>
           </section>
           <section><h2>Instances</h2>
             <table id="instances" class="instances"><thead><tr><th>Instance</th><th>Address</th><th>Health</th><th>Zone</th><th>Weight</th><th>Version</th><th>Certificate expires</th><th>RPS</th><th>Success</th><th>p99</th></tr></thead><tbody></tbody></table>
@@ -233,8 +237,41 @@ enum DashboardPage {
           document.querySelector("#routes tbody").replaceChildren(...rows);
         }
 
+        /// Each rollout: where it is, the weights it sets, the last figures against the current
+        /// analysis step's thresholds, and its last transitions.
+        function renderRollouts(rollouts) {
+          const rows = rollouts.map(r => {
+            const s = r.status || {};
+            const steps = r.steps || [];
+            const step = steps[Math.min(s.step ?? 0, steps.length - 1)] || {};
+            const wanted = step.analysis;
+            const f = s.figures;
+            let analysis = "–";
+            if (f) {
+              const rate = f.successRate == null ? "–" : f.successRate.toFixed(2) + "%";
+              const p99 = f.p99 == null ? "–" : f.p99.toFixed(1) + " ms";
+              analysis = f.requests + " req · success " + rate + (wanted && wanted.successRate != null ? " (≥ " + wanted.successRate + "%)" : "")
+                + " · p99 " + p99 + (wanted && wanted.p99 ? " (≤ " + wanted.p99 + ")" : "");
+            }
+            const good = s.phase === "Promoted" || s.phase === "Progressing";
+            const history = (s.history || []).slice(-3).map(h => new Date(h.at).toLocaleTimeString() + " " + h.message).join("\n");
+            return cells(el("tr", { "data-rollout": r.name, "data-phase": s.phase }), [
+              el("td", {}, el("strong", {}, r.name)),
+              r.service + " " + r.stable + " → " + r.canary,
+              el("td", { class: good ? "ok" : (s.phase === "Paused" || s.phase === "Pending" ? "" : "warn") }, s.phase || "–"),
+              Math.min((s.step ?? 0) + 1, steps.length) + " of " + steps.length,
+              r.stable + " " + (100 - (s.weight ?? 0)) + "% · " + r.canary + " " + (s.weight ?? 0) + "%",
+              analysis,
+              s.message || "",
+              el("td", { class: "dim", title: history }, (s.history || []).length + " transitions"),
+            ]);
+          });
+          if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "dim" }, "no rollouts")));
+          document.querySelector("#rollouts tbody").replaceChildren(...rows);
+        }
+
         function render(data) {
-          const { services, instances, stats, edges, series, certificates, routes } = data;
+          const { services, instances, stats, edges, series, certificates, routes, rollouts } = data;
           const statsByService = new Map(stats.services.map(s => [s.service, s]));
           const seriesByService = new Map(series.services.map(s => [s.service, s.points]));
           const expiry = new Map(certificates.certificates.map(c => [c.instance, c.notAfter]));
@@ -282,6 +319,7 @@ enum DashboardPage {
           }
           document.querySelector("#instances tbody").replaceChildren(...rows);
           renderRoutes(names, routes);
+          renderRollouts(rollouts);
           const total = stats.services.reduce((sum, s) => sum + s.metrics.rps, 0);
           document.getElementById("summary").textContent =
             names.length + " services · " + instances.length + " instances · " + rps(total) + " rps";
@@ -291,11 +329,11 @@ enum DashboardPage {
         async function refresh() {
           const window_ = document.getElementById("window").value;
           try {
-            const [services, instances, stats, edges, series, certificates, routes] = await Promise.all([
+            const [services, instances, stats, edges, series, certificates, routes, rollouts] = await Promise.all([
               get("/v1/services"), get("/v1/instances"), get("/v1/stats?window=" + window_), get("/v1/edges?window=" + window_),
-              get("/v1/stats/series?window=10m"), get("/v1/certificates"), get("/v1/routes"),
+              get("/v1/stats/series?window=10m"), get("/v1/certificates"), get("/v1/routes"), get("/v1/rollouts"),
             ]);
-            render({ services, instances, stats, edges, series, certificates, routes });
+            render({ services, instances, stats, edges, series, certificates, routes, rollouts });
             document.getElementById("banner").style.display = "none";
             document.body.dataset.ready = "1";
           } catch (error) {

@@ -53,6 +53,12 @@ struct DashboardTests {
                 """
             )
             #expect(applied.exitCode == 0, "\(applied.output)")
+            // And a rollout of it, for the rollouts table (after the traffic: it moves orders'
+            // callers to versions this test's instance does not have).
+            let rollout = try await controller.apply(
+                "kind: Rollout\nname: orders-v2\nservice: orders\nstable: v1\ncanary: v2\nsteps: [{setWeight: 10}, {pause: {}}]"
+            )
+            #expect(rollout.exitCode == 0, "\(rollout.output)")
 
             // The page itself: served from the binary, no external asset.
             let page = try await Curl.get(controller.url + "/ui")
@@ -107,6 +113,10 @@ struct DashboardTests {
             #expect(dom.contains(#"<tr data-route="orders-beta" data-service="orders">"#), "\(dom.suffix(3000))")
             #expect(dom.contains("PathPrefix /api · x-beta=1") && dom.contains("<td>Fault</td>"), "\(dom.suffix(3000))")
             #expect(dom.contains(#"<td class="ok">Accepted</td>"#), "\(dom.suffix(3000))")
+            // Rollouts: where each is and the weights it sets.
+            #expect(dom.contains(#"<tr data-rollout="orders-v2" data-phase="Paused">"#), "\(dom.suffix(3000))")
+            #expect(dom.contains("<td>orders v1 → v2</td>") && dom.contains("<td>2 of 2</td>"), "\(dom.suffix(3000))")
+            #expect(dom.contains("<td>v1 90% · v2 10%</td>"), "\(dom.suffix(3000))")
         } catch {
             Issue.record("\(error)")
         }
