@@ -61,6 +61,13 @@ extension Controller {
         try carryOut(effects, &entry, now: now)
         try settle(entry)
         logger.info("rollout started", metadata: ["rollout": "\(rollout.name)", "service": "\(rollout.service)"])
+        // It replaces a finished rollout of the service: that one's route goes once this
+        // one's is written (until then the older route, still in place, decides).
+        for other in rollouts.values
+        where other.rollout.name != rollout.name && other.rollout.service == rollout.service {
+            try deleteRollout(other.rollout.name)
+            logger.info("rollout replaced", metadata: ["rollout": "\(other.rollout.name)", "by": "\(rollout.name)"])
+        }
         return entry
     }
 

@@ -40,6 +40,12 @@ public final class DemoApp: Sendable {
         counter.failureStatus.store(status ?? 0, ordering: .relaxed)
     }
 
+    /// Makes `percent`% of plain requests fail with 500 from now on, spread evenly (exactly
+    /// `percent` of every 100), while `/health` stays healthy: a bad new version. 0 heals it.
+    public func setErrorRate(_ percent: Int) {
+        counter.errorRate.store(min(100, max(0, percent)), ordering: .relaxed)
+    }
+
     /// Makes `/` call the next service through `port` (its sidecar's upstream port) and
     /// answer `<name> -> <what it said>`, with a 502 when that call fails.
     public func setDownstream(port: Int, client: HTTPClient) {
@@ -164,6 +170,10 @@ final class RequestCounter: Sendable {
     let extraDelay = Atomic<Int>(0)
     /// `/delay` calls received and not yet answered.
     let sleeping = Atomic<Int>(0)
+    /// Percent of plain requests (never `/health`) answered 500: a bad version that its
+    /// health check does not catch.
+    let errorRate = Atomic<Int>(0)
+    let errorTick = Atomic<Int>(0)
 }
 
 final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -246,7 +256,12 @@ final class DemoAppHandler: ChannelInboundHandler, RemovableChannelHandler {
         let parts = head.uri.split(separator: "?", maxSplits: 1)[0].split(separator: "/")
         let first = parts.first.map(String.init) ?? ""
         let argument = parts.count > 1 ? Int(parts[1]) : nil
-        let failure = counter.failureStatus.load(ordering: .relaxed)
+        var failure = counter.failureStatus.load(ordering: .relaxed)
+        let rate = counter.errorRate.load(ordering: .relaxed)
+        if failure == 0, rate > 0, first != "health" {
+            let n = counter.errorTick.wrappingAdd(1, ordering: .relaxed).newValue
+            if n * rate / 100 != (n - 1) * rate / 100 { failure = 500 }
+        }
         if failure != 0 {
             let status = HTTPResponseStatus(statusCode: failure)
             send(status: status, body: "\(name) failing with \(failure)\n", head, context)

@@ -9,12 +9,15 @@ struct DemoCommand: AsyncParsableCommand {
         abstract: "The whole mesh on this machine: controller, three services, sidecars, gateway, load.",
         discussion: """
             Starts, in this one process and on 127.0.0.1 only: a controller (registry, CA, DNS), an \
-            application of three services (web -> orders -> inventory; 2, 3 and 2 instances of the \
-            built-in demo server), a sidecar beside each instance (join tokens, mTLS, health checks), \
+            application of three services (web -> orders -> inventory; 2, 5 and 2 instances of the \
+            built-in demo server; orders-4 and orders-5 are its next versions), a sidecar beside each \
+            instance (join tokens, mTLS, health checks), \
             a gateway in front of web, and a steady load through the gateway. Every second it shows \
             each service's request rate, success rate and p50/p99 latency. Partway through, one \
             orders instance turns slow and one inventory instance starts failing: watch the mesh \
-            route around them. Ctrl-C (or --duration) stops everything and removes its files.
+            route around them. Then orders v2 is rolled out and promoted by its own figures, and a \
+            bad v3 is rolled back by its first analysis. Ctrl-C (or --duration) stops everything and \
+            removes its files.
             """
     )
 

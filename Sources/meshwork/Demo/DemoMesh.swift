@@ -48,6 +48,36 @@ actor DemoMesh {
           {"name": "stable", "backendRefs": [{"name": "web", "version": "v1"}]}]}
         """
 
+    /// The demo's rollouts (docs/rollouts.md). orders v2 (orders-4) waits at its first
+    /// step until the demo promotes it; it is then moved to step by step and promoted by
+    /// its analyses. Then v3 (orders-5, which fails half its requests while its health
+    /// check passes) is rolled out over v2 and rolled back by its first analysis.
+    static let goodRollout = """
+        {"kind": "Rollout", "name": "orders-v2", "service": "orders", "stable": "v1", "canary": "v2", "steps": [
+          {"pause": {}}, {"setWeight": 25}, {"analysis": {"successRate": 95, "interval": "2s", "minRequests": 3}},
+          {"setWeight": 60}, {"analysis": {"successRate": 95, "interval": "2s", "minRequests": 3}}]}
+        """
+    static let badRollout = """
+        {"kind": "Rollout", "name": "orders-v3", "service": "orders", "stable": "v2", "canary": "v3", "steps": [
+          {"setWeight": 10}, {"analysis": {"successRate": 95, "interval": "2s", "minRequests": 3}},
+          {"setWeight": 50}, {"analysis": {"successRate": 95, "interval": "2s", "minRequests": 3}}]}
+        """
+    /// The versions' extra instances: (index, version); orders-1...3 run v1.
+    static let nextVersions: [(index: Int, version: String)] = [(4, "v2"), (5, "v3")]
+    static let badInstance = "orders-5"
+
+    /// A rollout as the live view shows it.
+    struct RolloutView: Sendable {
+        var name: String
+        var stable: String
+        var canary: String
+        var phase: String
+        var step: Int
+        var steps: Int
+        var weight: Int
+        var message: String
+    }
+
     let directory: String
     let gatewayPort: Int
     let rate: Int
@@ -90,11 +120,19 @@ actor DemoMesh {
             status == .ok
         else { throw CommandFailure("the controller did not take the demo's route") }
         logger.debug("route applied", metadata: ["route": "\(String(buffer: body).prefix(200))"])
+        // Before orders' next versions start: its route keeps them out until they are rolled out.
+        guard (try? await api.call(.PUT, "/v1/rollouts/orders-v2", body: Self.goodRollout))?.0 == .ok else {
+            throw CommandFailure("the controller did not take the demo's rollout")
+        }
         for service in Self.services {
             for index in 1...service.count {
                 try await startInstance(service.name, index: index, calls: service.calls)
             }
         }
+        for next in Self.nextVersions {
+            try await startInstance("orders", index: next.index, calls: "inventory", version: next.version)
+        }
+        for instance in instances where instance.name == Self.badInstance { instance.app.setErrorRate(50) }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         for instance in instances {
             services.append(.init(service: instance.sidecar))
@@ -192,12 +230,46 @@ actor DemoMesh {
         config.admin = HostPort(host: "127.0.0.1", port: 0)
         var link = ControllerLink(url: apiURL)
         link.joinTokenFile = try await joinTokenFile(service, name: name)
+        // Every second: the rollouts' analyses measure 2-second intervals.
+        link.telemetryInterval = .seconds(1)
         config.controller = link
         config.timeouts.drain = .seconds(2)
         return config
     }
 
-    private func startInstance(_ service: String, index: Int, calls: String?) async throws {
+    // MARK: rollouts
+
+    /// Every rollout, as the live view shows it.
+    func rollouts() async -> [RolloutView] {
+        guard let api, let (status, body) = try? await api.call(.GET, "/v1/rollouts"), status == .ok,
+            let list = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [[String: Any]]
+        else { return [] }
+        return list.map { item in
+            let status = item["status"] as? [String: Any] ?? [:]
+            return RolloutView(
+                name: item["name"] as? String ?? "?",
+                stable: item["stable"] as? String ?? "?",
+                canary: item["canary"] as? String ?? "?",
+                phase: status["phase"] as? String ?? "?",
+                step: status["step"] as? Int ?? 0,
+                steps: (item["steps"] as? [Any])?.count ?? 0,
+                weight: status["weight"] as? Int ?? 0,
+                message: status["message"] as? String ?? ""
+            )
+        }
+    }
+
+    /// Promotes orders v2 past its first step (what an operator does with `ctl rollout promote`).
+    func startGoodRollout() async {
+        _ = try? await api?.call(.POST, "/v1/rollouts/orders-v2/promote")
+    }
+
+    /// Rolls out the bad v3 over v2 (it replaces the finished v2 rollout).
+    func startBadRollout() async {
+        _ = try? await api?.call(.PUT, "/v1/rollouts/orders-v3", body: Self.badRollout)
+    }
+
+    private func startInstance(_ service: String, index: Int, calls: String?, version: String? = nil) async throws {
         let name = "\(service)-\(index)"
         let zone = index % 2 == 1 ? "zone-a" : "zone-b"
         let app = try await DemoApp.start(name: name, group: group)
@@ -209,7 +281,7 @@ actor DemoMesh {
         )
         config.instance.id = name
         config.instance.zone = zone
-        config.instance.version = name == Self.canary ? "v2" : "v1"
+        config.instance.version = version ?? (name == Self.canary ? "v2" : "v1")
         config.instance.ttl = .seconds(5)
         config.healthCheck.kind = .http
         config.healthCheck.path = "/health"
@@ -301,6 +373,9 @@ actor DemoMesh {
                 "route           web-canary: \(Self.canaryHeader): 1 -> web v2 (\(Self.canary)), the rest -> v1   (curl -H '\(Self.canaryHeader): 1' http://127.0.0.1:\(port)/)"
             )
         }
+        lines.append(
+            "rollouts        orders v1 -> v2 (orders-4) \(DemoView.rolloutAfterFaults) s after the faults start, promoted by its analyses; then v3 (\(Self.badInstance), 50% errors) over v2, rolled back"
+        )
         for instance in instances {
             let inbound = instance.inbound?.port.map { "127.0.0.1:\($0)" } ?? "?"
             lines.append(

@@ -16,6 +16,13 @@ actor DemoView {
     private var before: [String: Double] = [:]
     private var after: [String: Double] = [:]
 
+    /// When the rollouts run: orders v2 this long after the faults start.
+    static let rolloutAfterFaults = 4
+    private var rolloutStartedAt: Int?
+    private var badRolloutStarted = false
+    /// Each rollout's outcome, the first time it is seen (for the summary).
+    private var outcomes: [(name: String, at: Int, line: String)] = []
+
     static let slowInstance = "orders-2"
     static let failingInstance = "inventory-1"
     static let slowBy: Duration = .milliseconds(300)
@@ -39,6 +46,10 @@ actor DemoView {
                 for instance in instances where instance.name == Self.slowInstance { instance.app.setSlow(Self.slowBy) }
                 for instance in instances where instance.name == Self.failingInstance { instance.app.setFailing(500) }
                 faultsStartedAt = elapsed
+            }
+            if elapsed == faultsAt + Self.rolloutAfterFaults {
+                await mesh.startGoodRollout()
+                rolloutStartedAt = elapsed
             }
             let frame = await tick(instances)
             say(redraw ? "\u{1B}[H\u{1B}[J" + frame : frame)
@@ -84,13 +95,15 @@ actor DemoView {
                 let delta = sample.delta(from: previous[instance.name])
                 previous[instance.name] = sample
                 total.add(delta)
+                // (The latency-aware share is counted until the rollout moves orders' traffic.)
                 if faultsStartedAt == nil {
                     before[instance.name, default: 0] += delta.requests
-                } else {
+                } else if rolloutStartedAt == nil {
                     after[instance.name, default: 0] += delta.requests
                 }
                 var state = health[instance.name] ?? "gone"
                 if instance.name == Self.slowInstance, faultsStartedAt != nil { state += " (slow)" }
+                if instance.name == DemoMesh.badInstance { state += " (v3, bad)" }
                 if instance.name == Self.failingInstance, faultsStartedAt != nil {
                     state += " (failing)"
                     if ejectedAt == nil, health[instance.name] != "healthy" { ejectedAt = elapsed }
@@ -120,7 +133,28 @@ actor DemoView {
             )
             rows += lines
         }
+        rows += await rolloutRows()
         return rows.joined(separator: "\n") + "\n\n"
+    }
+
+    /// A line per rollout (weights, step, the decision), and the demo's next move.
+    private func rolloutRows() async -> [String] {
+        let rollouts = await mesh.rollouts()
+        var rows: [String] = []
+        for r in rollouts {
+            rows.append(
+                "rollout \(r.name)  \(r.stable) -> \(r.canary)  \(r.phase)  step \(min(r.step + 1, r.steps)) of \(r.steps)"
+                    + "  \(r.stable) \(100 - r.weight)% / \(r.canary) \(r.weight)%  \(r.message)"
+            )
+            if ["Promoted", "Degraded", "Aborted"].contains(r.phase), !outcomes.contains(where: { $0.name == r.name }) {
+                outcomes.append((r.name, elapsed, "\(r.phase): \(r.message)"))
+            }
+        }
+        if !badRolloutStarted, rollouts.contains(where: { $0.name == "orders-v2" && $0.phase == "Promoted" }) {
+            badRolloutStarted = true
+            await mesh.startBadRollout()
+        }
+        return rows
     }
 
     func printSummary() {
@@ -136,6 +170,12 @@ actor DemoView {
                 Self.ms(Self.exact(latencies, 0.99))
             )
         )
+        for outcome in outcomes {
+            sayLine("rollout \(outcome.name): \(outcome.line) (at \(outcome.at) s)")
+        }
+        if let started = rolloutStartedAt, outcomes.isEmpty {
+            sayLine("rollout orders-v2: started at \(started) s, not finished when the demo ended")
+        }
         guard let start = faultsStartedAt else {
             sayLine("faults: not started (run longer than --faults-after)")
             return
@@ -153,7 +193,8 @@ actor DemoView {
         }
         sayLine(
             String(
-                format: "%@: %.0f%% of orders' requests before turning slow, %.0f%% after (latency-aware balancing)",
+                format:
+                    "%@: %.0f%% of orders' requests before turning slow, %.0f%% after, until the rollout (latency-aware balancing)",
                 Self.slowInstance,
                 share(before),
                 share(after)

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// `meshwork demo --duration 20`: the whole mesh in one command. Checked from its output
+/// `meshwork demo --duration 30`: the whole mesh in one command. Checked from its output
 /// and from its controller's API while it runs, and for what it leaves behind.
 @Suite(.serialized) struct DemoTests {
     @Test func demoRunsTheMeshRoutesAroundFaultsAndLeavesNothingBehind() async throws {
@@ -17,7 +17,7 @@ import Testing
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
         process.arguments = [
             // A modest rate: the other suites run beside it on the same cores.
-            "demo", "--duration", "20", "--port", "0", "--plain", "--faults-after", "6", "--rate", "20",
+            "demo", "--duration", "30", "--port", "0", "--plain", "--faults-after", "6", "--rate", "20",
             "--data-dir", directory,
         ]
         process.standardOutput = FileHandle(forWritingAtPath: outputFile)
@@ -56,7 +56,8 @@ import Testing
         let srv = try await Command.run([
             "dig", "@127.0.0.1", "-p", dns ?? "0", "+short", "_http._tcp.orders.service.mesh", "SRV",
         ])
-        #expect(srv.output.split(separator: "\n").count == 3, "\(srv.output)")
+        // orders v1 (3 instances), v2 and v3: every instance is in DNS; routes decide the traffic.
+        #expect(srv.output.split(separator: "\n").count == 5, "\(srv.output)")
 
         // The failing instance leaves the registry's healthy set while the demo runs.
         var ejected = false
@@ -86,9 +87,17 @@ import Testing
         #expect(success >= 95, "\(text)")
         #expect(text.contains("inventory-1: failing since") && text.contains("(ejected"), "\(text)")
         #expect(text.contains("orders-2") && text.contains("faults since"), "\(text)")
-        // The view refreshed every second: about 20 frames.
+        // The view refreshed every second: about 30 frames.
         let frames = text.components(separatedBy: "SERVICE    INSTANCE").count - 1
-        #expect((15...22).contains(frames), "\(frames) frames")
+        #expect((25...32).contains(frames), "\(frames) frames")
+        // The rollouts: v2 promoted by its analyses after the demo promoted its first step,
+        // then v3 (half its answers 500) rolled back by its first analysis.
+        #expect(
+            text.contains("rollout orders-v2: Promoted: promoted: all traffic on the canary"),
+            "\(text.suffix(1500))"
+        )
+        #expect(text.contains("rollout orders-v3: Degraded: analysis failed: success rate"), "\(text.suffix(1500))")
+        #expect(text.contains("v1 75% / v2 25%") && text.contains("v2 90% / v3 10%"), "the weights, live")
         // The last frame shows inventory-1 getting nothing.
         let lastFrame = text.components(separatedBy: "SERVICE    INSTANCE").last ?? ""
         let failingRow = lastFrame.split(separator: "\n").first { $0.contains("inventory-1") } ?? ""
