@@ -137,6 +137,7 @@ extension Controller {
                         "wanted": "\(analysis.successRate.map { String($0) } ?? "-")",
                     ]
                 )
+                metrics?.analysed(AnalysisOutcome(figures, against: analysis))
                 pending += entry.status.handle(.measured(figures), rollout, now: now)
             case .callWebhook(let kind, let url):
                 callWebhook(kind, url: url, entry)
@@ -149,6 +150,7 @@ extension Controller {
         try store.saveRollout(entry)
         let previous = rollouts[entry.rollout.name]
         rollouts[entry.rollout.name] = entry
+        if previous?.status.phase != entry.status.phase { metrics?.rolloutEntered(entry.status.phase) }
         if previous?.status.phase != entry.status.phase || previous?.status.step != entry.status.step {
             logger.info(
                 "rollout",

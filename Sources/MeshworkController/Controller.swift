@@ -27,6 +27,10 @@ actor Controller {
     let store: RegistryStore
     /// Rollouts and where each is (`Controller+Rollouts.swift`).
     var rollouts: [String: RolloutEntry] = [:]
+    /// Counts rollout transitions and analyses (set by the server).
+    var metrics: ControllerMetrics?
+
+    func setMetrics(_ metrics: ControllerMetrics) { self.metrics = metrics }
     let logger: Logger
     private var watchers: [UUID: Watcher] = [:]
     /// Set by `finishWatchers` (shutdown): a watch that arrives later ends at once.

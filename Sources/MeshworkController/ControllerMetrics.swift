@@ -1,3 +1,4 @@
+import MeshworkModel
 import Prometheus
 
 /// The controller's own metrics, served at `/metrics`: what it refused (by reason) and
@@ -9,6 +10,8 @@ final class ControllerMetrics: Sendable {
     private let issuedByRenewal: Counter
     private let heartbeatsRenewed: Counter
     private let heartbeatsUnknown: Counter
+    private let rolloutPhases: [String: Counter]
+    private let analyses: [String: Counter]
 
     static let refusalReasons = [
         "unauthenticated", "forbidden", "join_token_invalid", "join_token_expired", "join_token_used",
@@ -40,6 +43,36 @@ final class ControllerMetrics: Sendable {
             name: "meshwork_controller_heartbeats_total",
             labels: [("result", "unknown_instance")]
         )
+        var phases: [String: Counter] = [:]
+        for phase in RolloutStatus.Phase.allCases {
+            phases[phase.rawValue] = registry.makeCounter(
+                name: "meshwork_controller_rollout_transitions_total",
+                labels: [("phase", phase.rawValue)]
+            )
+        }
+        rolloutPhases = phases
+        var analyses: [String: Counter] = [:]
+        for result in ["successful", "failed", "inconclusive"] {
+            analyses[result] = registry.makeCounter(
+                name: "meshwork_controller_rollout_analyses_total",
+                labels: [("result", result)]
+            )
+        }
+        self.analyses = analyses
+    }
+
+    /// A rollout entered `phase`.
+    func rolloutEntered(_ phase: RolloutStatus.Phase) {
+        rolloutPhases[phase.rawValue]?.increment()
+    }
+
+    /// One analysis measurement and its outcome.
+    func analysed(_ outcome: AnalysisOutcome) {
+        switch outcome {
+        case .successful: analyses["successful"]?.increment()
+        case .failed: analyses["failed"]?.increment()
+        case .inconclusive: analyses["inconclusive"]?.increment()
+        }
     }
 
     /// A heartbeat that renewed a lease, or one for an instance the registry does not hold

@@ -94,6 +94,7 @@ public final class ControllerServer: Service {
         let onListening = self.onListening
         let controller = self.controller
         let identity = self.identity
+        let metrics = self.metrics
         let caFile = (options.dataDirectory as NSString).appendingPathComponent("ca.pem")
         // The controller's own certificate: the API's server certificate (with TLS), and
         // always the client certificate it presents to sidecars' admin listeners (taps).
@@ -152,6 +153,7 @@ public final class ControllerServer: Service {
             group.addTask {
                 // Leases are checked every second; an instance is gone at most a second
                 // after its TTL. Rollouts step on the same beat.
+                await controller.setMetrics(metrics)
                 await controller.restoreRolloutRoutes()
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
                     try? await Task.sleep(for: .seconds(1))

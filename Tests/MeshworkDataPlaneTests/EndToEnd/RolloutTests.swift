@@ -159,6 +159,9 @@ struct RolloutTests {
             let final = try await mesh.rollout("orders-v2")
             #expect(done, "\(final)")
             #expect(try await mesh.weights("orders-v2") == [0, 100])
+            // `status -w` follows it until it ends (here: it has ended, so it prints and exits).
+            let followed = try await mesh.ctl(["rollout", "status", "-w", "orders-v2"])
+            #expect(followed.exitCode == 0 && followed.output.contains("phase    Promoted"), "\(followed.output)")
             let shown = try await mesh.ctl(["rollout", "status", "orders-v2"])
             #expect(shown.output.contains("phase    Promoted") && shown.output.contains("v2 100%"), "\(shown.output)")
             // Every request of the load succeeded (below), and v2 takes them all now.
@@ -198,6 +201,12 @@ struct RolloutTests {
                 """
             )
             #expect(applied.exitCode == 0, "\(applied.output)")
+            // `ctl rollout status -w` follows it live, from Progressing until it ends.
+            let arguments = [
+                CLITests.binary, "ctl", "rollout", "status", "-w", "orders-bad", "--controller", mesh.controller.url,
+                "--token-file", mesh.controller.dataDirectory + "/token",
+            ]
+            let follow = Task { try await Command.run(arguments) }
             let degraded = try await eventually(seconds: 20) {
                 try await mesh.status("orders-bad")["phase"] as? String == "Degraded"
             }
@@ -209,6 +218,14 @@ struct RolloutTests {
             let status = try await mesh.status("orders-bad")
             #expect((status["message"] as? String ?? "").contains("success rate"), "\(status)")
             #expect(try await mesh.weights("orders-bad") == [100, 0])
+            // Counted on the controller's /metrics.
+            let failed = try await mesh.controller.metric(
+                #"meshwork_controller_rollout_analyses_total{result="failed"}"#
+            )
+            let entered = try await mesh.controller.metric(
+                #"meshwork_controller_rollout_transitions_total{phase="Degraded"}"#
+            )
+            #expect(failed == 1 && entered == 1, "failed \(failed), entered Degraded \(entered)")
             // Within one push every request goes to v1 again.
             #expect(
                 try await eventually {
@@ -218,6 +235,13 @@ struct RolloutTests {
                 }
             )
             canaryAnswers = mesh.v2.requestCount - v2Before
+            let followed = try await follow.value
+            #expect(followed.exitCode == 0, "\(followed.output)")
+            #expect(
+                followed.output.contains("phase    Progressing") && followed.output.contains("all traffic on stable")
+                    && followed.output.contains("phase    Degraded"),
+                "\(followed.output)"
+            )
         } catch {
             Issue.record("\(error)")
         }
