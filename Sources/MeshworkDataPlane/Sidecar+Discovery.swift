@@ -22,7 +22,7 @@ extension Sidecar {
         if let instanceID, !peers.contains(instanceID) { peers.append(instanceID) }
         peers.sort()
         let rank = instanceID.flatMap { peers.firstIndex(of: $0) }
-        let (backendsChanged, unwatched, unused) = addRouteBackends(state)
+        let (backendsChanged, unwatched, unused, dropped) = addRouteBackends(state)
         for name in discovered {
             var cluster = ClusterConfig.discovered(name)
             let subset = subsetBackends[name]
@@ -80,6 +80,7 @@ extension Sidecar {
         }
         applyRoutes(state, rebuild: backendsChanged, &updates)
         removeSubsetClusters(unused)
+        removeRouteServices(dropped)
         if !unwatched.isEmpty, let watchMore {
             // Not awaited: watching more replaces the watch this state came from, and must
             // not cancel the application of it (address resolution would fail cancelled).
@@ -97,11 +98,15 @@ extension Sidecar {
     /// Clusters for the backends of the routes of the services this sidecar calls: a
     /// subset (`orders~version=v2`) is filled from its service's instances; another service
     /// is to be watched from now on. Returns whether the route backends changed (a cluster
-    /// to add or drop), the services to watch, and the subset clusters no route names now.
+    /// to add or drop), the services to watch, the subset clusters no route names now, and
+    /// the services watched only for routes that no route names now.
     private func addRouteBackends(
         _ state: DiscoveryState
-    ) -> (changed: Bool, unwatched: [String], unused: [String]) {
+    ) -> (changed: Bool, unwatched: [String], unused: [String], dropped: [String]) {
         let parents = Set(discovered.filter { !$0.contains("~") })
+        // The services the config (or a reload) names; the others are watched for routes.
+        let own = parents.subtracting(routeServices)
+        var needed: Set<String> = []
         var added: [String] = []
         var services: [String] = []
         var used: Set<String> = []
@@ -110,8 +115,12 @@ extension Sidecar {
         where !parents.isDisjoint(with: route.parents)
             || gateway.map { name in route.gateways.contains { $0.name == name } } ?? false
         {
+            let ownRoute =
+                !own.isDisjoint(with: route.parents)
+                || gateway.map { name in route.gateways.contains { $0.name == name } } ?? false
             for rule in route.rules {
                 let targets = rule.targets
+                if ownRoute { for backend in targets { needed.insert(backend.service) } }
                 for backend in targets where backend.isSubset { used.insert(backend.clusterName) }
                 for backend in targets
                 where !discovered.contains(backend.clusterName) && !added.contains(backend.clusterName) {
@@ -129,9 +138,37 @@ extension Sidecar {
         }
         // Subsets no route names any more: their clusters go (a map bounded by the routes).
         let unused = subsetBackends.keys.filter { !used.contains($0) }.sorted()
-        guard !added.isEmpty || !unused.isEmpty else { return (false, [], []) }
+        // Services watched for routes that no route of this sidecar's names now.
+        let dropped = routeServices.subtracting(needed).subtracting(services).sorted()
+        guard !added.isEmpty || !unused.isEmpty || !dropped.isEmpty else { return (false, [], [], []) }
         if !added.isEmpty { addDiscoveredClusters(added) }
-        return (true, services.filter { !parents.contains($0) }, unused)
+        let watch = services.filter { !parents.contains($0) }
+        routeServices.formUnion(watch)
+        return (true, watch, unused, dropped)
+    }
+
+    /// Stops following services only routes needed: their clusters go like unused subsets'
+    /// (after the route tables that named them were rebuilt), and the watch drops them.
+    private func removeRouteServices(_ names: [String]) {
+        guard !names.isEmpty else { return }
+        for name in names {
+            routeServices.remove(name)
+            appliedClusters[name] = nil
+            discovered.removeAll { $0 == name }
+        }
+        logger.info("route services unwatched", metadata: ["services": "\(names)"])
+        let contexts = self.contexts
+        for context in contexts.all {
+            context.loop.execute {
+                for name in names {
+                    context.clusters[name]?.retireConnections()
+                    context.clusters[name] = nil
+                }
+            }
+        }
+        if let watchLess {
+            Task { await watchLess(names) }
+        }
     }
 
     /// Drops the clusters of subsets no route uses: after the routes that used them were

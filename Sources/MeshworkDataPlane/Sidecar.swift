@@ -247,6 +247,15 @@ public actor Sidecar: Service {
         watchMore = body
     }
 
+    /// Services watched only because a route named them (`watchMore`), dropped again when
+    /// no route does (`watchLess`).
+    var routeServices: Set<String> = []
+    public var watchLess: (@Sendable ([String]) async -> Void)?
+
+    public func setWatchLess(_ body: @escaping @Sendable ([String]) async -> Void) {
+        watchLess = body
+    }
+
     /// The local app as a cluster of one: no outlier ejection (there is nowhere else to
     /// go) and retries only when the connection could not be made.
     static func appClusterConfig(_ inbound: InboundConfig) -> ClusterConfig {

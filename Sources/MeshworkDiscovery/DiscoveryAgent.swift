@@ -128,6 +128,11 @@ public struct DiscoveryAgent: Sendable {
         await watcher.watch(additional: services)
     }
 
+    /// Stops watching services added with `watch(additional:)` (a route's that went).
+    public func unwatch(_ services: [String]) async {
+        await watcher.unwatch(services)
+    }
+
     /// This sidecar's registration record; nil without an inbound (a gateway, a client).
     static func makeInstance(config: SidecarConfig, sidecar: Sidecar) async -> InstanceResource? {
         guard let inbound = config.inbound else { return nil }

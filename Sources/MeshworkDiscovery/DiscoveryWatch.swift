@@ -90,6 +90,16 @@ actor DiscoveryWatch: Service {
         currentWatch?.cancel()
     }
 
+    /// Stops watching services added while running; the watch restarts from a snapshot of
+    /// the services left (so their instances leave the state too).
+    func unwatch(_ services: [String]) {
+        let gone = addedServices.filter { services.contains($0) }
+        guard !gone.isEmpty else { return }
+        addedServices.removeAll { gone.contains($0) }
+        needsSnapshot = true
+        currentWatch?.cancel()
+    }
+
     private func watchLoop() async throws {
         var backoff = Duration.milliseconds(200)
         while true {

@@ -374,6 +374,7 @@ struct SidecarRuntime {
                 agent = discovery
                 // A route may send to services the config does not name: watch them too.
                 await sidecar.setWatchMore { names in await discovery.watch(additional: names) }
+                await sidecar.setWatchLess { names in await discovery.unwatch(names) }
                 services += discovery.services.map { .init(service: $0) }
             } catch {
                 throw CommandFailure("\(error)")

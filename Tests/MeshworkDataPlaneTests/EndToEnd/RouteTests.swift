@@ -439,6 +439,37 @@ struct RouteTests {
                 },
                 "\(answered) copies answered"
             )
+
+            // The route goes: the caller stops following audit (watched only for the mirror),
+            // so a change of audit's instance no longer reaches it.
+            #expect(try await controller.call("DELETE", "/v1/routes/orders-mirror").status == 200)
+            #expect(
+                try await eventually {
+                    web.log.split(separator: "\n").contains {
+                        $0.contains("route services unwatched") && $0.contains("audit")
+                    }
+                },
+                "\(web.log)"
+            )
+            let auditUpdates = web.log.split(separator: "\n").filter {
+                $0.contains("cluster updated") && $0.contains("audit")
+            }.count
+            let auditSidecar = sidecars.remove(at: 1)
+            await auditSidecar.stop()
+            // (Its deregistration is a registry change the caller would have applied.)
+            #expect(
+                try await eventually {
+                    try await !controller.call("GET", "/v1/instances?service=audit").text.contains("\"id\"")
+                }
+            )
+            let copies = audit.requestCount
+            let plain = try await calls(url + "/", 10)
+            #expect(plain.statusLines.filter { $0.contains(" 200") }.count == 10)
+            #expect(audit.requestCount == copies, "a copy after the route went")
+            let after = web.log.split(separator: "\n").filter {
+                $0.contains("cluster updated") && $0.contains("audit")
+            }.count
+            #expect(after == auditUpdates, "the caller still follows audit:\n\(web.log.suffix(1500))")
         } catch {
             Issue.record("\(error)")
         }
