@@ -56,6 +56,23 @@ extension Controller {
                     "rollout \"\(other.rollout.name)\" is moving \(rollout.service) already: finish or abort it first"
             )
         }
+        // Its route must be able to take the service's requests: refused before anything
+        // happens when another route already takes every one of them (older wins a tie).
+        for route in registry.routes.values.sorted(by: { $0.name < $1.name })
+        where route.parents.contains(rollout.service) && route.name != rollout.routeName
+            && !route.name.hasPrefix("rollout-")
+        {
+            if let index = route.rules.firstIndex(where: { $0.matches.isEmpty || $0.matches.contains(RouteMatch()) }) {
+                throw APIError(
+                    status: .conflict,
+                    message:
+                        "route \"\(route.name)\" rules[\(index)] takes every request of \(rollout.service) before the rollout's route could: give it matches or delete it"
+                )
+            }
+        }
+        if registry.routes[rollout.routeName] == nil, registry.routes.count >= Self.maxRoutes {
+            throw APIError(status: .conflict, message: "the registry holds its limit of \(Self.maxRoutes) routes")
+        }
         let (status, effects) = RolloutStatus.start(rollout, now: now)
         var entry = RolloutEntry(rollout: rollout, status: status)
         try carryOut(effects, &entry, now: now)
@@ -77,6 +94,7 @@ extension Controller {
         guard let entry = rollouts[name] else { throw APIError(status: .notFound, message: "no rollout \"\(name)\"") }
         try store.deleteRollout(name)
         rollouts[name] = nil
+        webhookCalls[name] = nil
         if registry.routes[entry.rollout.routeName] != nil { _ = try deleteRoute(entry.rollout.routeName) }
     }
 
@@ -93,7 +111,14 @@ extension Controller {
     /// asks for, from `telemetry`.
     func driveRollouts(telemetry: TelemetryStore, now: Int64 = Controller.wallClock()) {
         for name in rollouts.keys.sorted() {
-            guard var entry = rollouts[name], !entry.status.isTerminal else { continue }
+            guard var entry = rollouts[name] else { continue }
+            guard !entry.status.isTerminal else {
+                // (A finished rollout's route still follows its versions' instances.)
+                do { try writeRoute(entry) } catch {
+                    logger.error("rollout route not written", metadata: ["rollout": "\(name)", "error": "\(error)"])
+                }
+                continue
+            }
             let before = entry.status
             let effects = entry.status.handle(.tick, entry.rollout, now: now)
             do {
@@ -164,21 +189,28 @@ extension Controller {
         try writeRoute(entry)
     }
 
-    /// The route the status implies, written when it differs from the stored one. While the
-    /// canary has no serving instance nothing is sent to it (its share, header route and
-    /// mirror stay with stable): a weight must never point callers at nobody.
+    /// The route the status implies, written when it differs from the stored one. It never
+    /// points callers at nobody: while the canary has no serving instance its share, header
+    /// route and mirror stay with stable (in every phase, Promoted too); while stable has
+    /// none, its share goes to the whole service (a misspelt `stable` behaves as no rollout,
+    /// never as an outage or as all traffic on the canary).
     private func writeRoute(_ entry: RolloutEntry) throws {
-        var route = entry.status.route(for: entry.rollout)
         let rollout = entry.rollout
-        let canaryServes = registry.instances.values.contains {
-            $0.service == rollout.service && $0.version == rollout.canary && $0.isServing
+        func serves(_ version: String) -> Bool {
+            registry.instances.values.contains {
+                $0.service == rollout.service && $0.version == version && $0.isServing
+            }
         }
-        if !canaryServes, entry.status.phase != .promoted {
-            var held = entry.status
-            held.weight = 0
-            held.headerStep = nil
-            held.mirror = 0
-            route = held.route(for: rollout)
+        var effective = entry.status
+        if !serves(rollout.canary) {
+            effective.weight = 0
+            effective.headerStep = nil
+            effective.mirror = 0
+        }
+        var route = effective.route(for: rollout)
+        if !serves(rollout.stable), var split = route.rules.last, !split.backends.isEmpty {
+            split.backends[0] = RouteBackend(service: rollout.service, weight: split.backends[0].weight)
+            route.rules[route.rules.count - 1] = split
         }
         if let stored = registry.routes[route.name] {
             route.created = stored.created
@@ -216,6 +248,8 @@ extension Controller {
         let payload = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
         let name = entry.rollout.name
         let logger = self.logger
+        let call = UUID()
+        if kind != .rollback { webhookCalls[name] = call }
         Task {
             var request = HTTPClientRequest(url: url)
             request.method = .POST
@@ -252,12 +286,19 @@ extension Controller {
                 ]
             )
             guard kind != .rollback else { return }
-            await self.webhookAnswered(name, kind, accepted: outcome.accepted, message: outcome.message)
+            await self.webhookAnswered(name, call, kind, accepted: outcome.accepted, message: outcome.message)
         }
     }
 
-    private func webhookAnswered(_ name: String, _ kind: RolloutWebhookKind, accepted: Bool, message: String) {
-        guard var entry = rollouts[name] else { return }
+    private func webhookAnswered(
+        _ name: String,
+        _ call: UUID,
+        _ kind: RolloutWebhookKind,
+        accepted: Bool,
+        message: String
+    ) {
+        guard webhookCalls[name] == call, var entry = rollouts[name] else { return }
+        webhookCalls[name] = nil
         let now = Self.wallClock()
         let effects = entry.status.handle(.webhook(kind, accepted: accepted, message: message), entry.rollout, now: now)
         do {

@@ -29,6 +29,9 @@ actor Controller {
     var rollouts: [String: RolloutEntry] = [:]
     /// Counts rollout transitions and analyses (set by the server).
     var metrics: ControllerMetrics?
+    /// The webhook call each rollout waits for: an answer to an older call (before a retry,
+    /// an abort or a new spec) is dropped.
+    var webhookCalls: [String: UUID] = [:]
 
     func setMetrics(_ metrics: ControllerMetrics) { self.metrics = metrics }
     let logger: Logger
@@ -103,12 +106,20 @@ actor Controller {
 
     /// Every route with its conditions (`RouteStatus.swift`), computed from the registry now.
     func routes() -> [RouteWithStatus] {
+        // Conditions compare every route with the others: computed once per registry
+        // revision (instances count too), not once per read of an open API.
+        if let cached = routeStatusCache, cached.revision == registry.revision { return cached.routes }
         let routes = registry.routes.values.sorted { $0.name < $1.name }
-        return routes.map { withStatus($0, among: routes) }
+        let answer = routes.map { withStatus($0, among: routes) }
+        routeStatusCache = (registry.revision, answer)
+        return answer
     }
 
+    private var routeStatusCache: (revision: Int64, routes: [RouteWithStatus])?
+
     func route(_ name: String) -> RouteWithStatus? {
-        registry.routes[name].map { withStatus($0, among: Array(registry.routes.values)) }
+        guard registry.routes[name] != nil else { return nil }
+        return routes().first { $0.route.name == name }
     }
 
     private func withStatus(_ route: HTTPRoute, among routes: [HTTPRoute]) -> RouteWithStatus {

@@ -96,7 +96,7 @@ final class RegistryStore: Sendable {
                 try decoder.decode(MeshSettings.self, from: Data($0.utf8))
             }
             let routes = try String.fetchAll(db, sql: "SELECT body FROM route ORDER BY name").map {
-                try HTTPRoute.parse($0)
+                try HTTPRoute.parse($0, storedBefore: true)
             }
             let revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
             return Contents(

@@ -104,23 +104,32 @@ extension Sidecar {
         _ state: DiscoveryState
     ) -> (changed: Bool, unwatched: [String], unused: [String], dropped: [String]) {
         let parents = Set(discovered.filter { !$0.contains("~") })
-        // The services the config (or a reload) names; the others are watched for routes.
+        // The services the config (or a reload) names; the others are watched for routes:
+        // those reachable from the config's through routes (a route of a route's backend
+        // applies too), found to a fixed point so that adding and dropping agree.
         let own = parents.subtracting(routeServices)
-        var needed: Set<String> = []
+        let gateway = config.listeners.isEmpty ? nil : config.service
+        let routes = state.routes.values.sorted(by: { $0.name < $1.name })
+        func applies(_ route: HTTPRoute, _ services: Set<String>) -> Bool {
+            !services.isDisjoint(with: route.parents)
+                || gateway.map { name in route.gateways.contains { $0.name == name } } ?? false
+        }
+        var reachable = own
+        var grew = true
+        while grew {
+            grew = false
+            for route in routes where applies(route, reachable) {
+                for rule in route.rules {
+                    for backend in rule.targets where reachable.insert(backend.service).inserted { grew = true }
+                }
+            }
+        }
         var added: [String] = []
         var services: [String] = []
         var used: Set<String> = []
-        let gateway = config.listeners.isEmpty ? nil : config.service
-        for route in state.routes.values.sorted(by: { $0.name < $1.name })
-        where !parents.isDisjoint(with: route.parents)
-            || gateway.map { name in route.gateways.contains { $0.name == name } } ?? false
-        {
-            let ownRoute =
-                !own.isDisjoint(with: route.parents)
-                || gateway.map { name in route.gateways.contains { $0.name == name } } ?? false
+        for route in routes where applies(route, reachable.intersection(parents)) {
             for rule in route.rules {
                 let targets = rule.targets
-                if ownRoute { for backend in targets { needed.insert(backend.service) } }
                 for backend in targets where backend.isSubset { used.insert(backend.clusterName) }
                 for backend in targets
                 where !discovered.contains(backend.clusterName) && !added.contains(backend.clusterName) {
@@ -139,7 +148,7 @@ extension Sidecar {
         // Subsets no route names any more: their clusters go (a map bounded by the routes).
         let unused = subsetBackends.keys.filter { !used.contains($0) }.sorted()
         // Services watched for routes that no route of this sidecar's names now.
-        let dropped = routeServices.subtracting(needed).subtracting(services).sorted()
+        let dropped = routeServices.subtracting(reachable).subtracting(services).sorted()
         guard !added.isEmpty || !unused.isEmpty || !dropped.isEmpty else { return (false, [], [], []) }
         if !added.isEmpty { addDiscoveredClusters(added) }
         let watch = services.filter { !parents.contains($0) }

@@ -41,6 +41,8 @@ extension Sidecar {
                 try gatewayTLS[listener.name]?.reload(certificates: listener.certificates, path: "listeners[\(index)]")
             }
         }
+        // A service a listener names now is the config's, even if a route named it first.
+        routeServices.subtract(listeners.flatMap(\.services))
         let known = Set(config.clusters.map(\.name)).union(discovered)
         let added = Array(Set(listeners.flatMap(\.services)).subtracting(known)).sorted()
         addDiscoveredClusters(added)

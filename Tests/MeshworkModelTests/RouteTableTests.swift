@@ -159,6 +159,8 @@ struct RouteTableTests {
         #expect(RouteTable.literalStart("(?i)/a/b") == "")
         #expect(RouteTable.literalStart("/a\\.b/c") == "/a")
         #expect(RouteTable.literalStart("/plain/path") == "/plain/path")
+        // Never past the ASCII: a quantifier after a two-byte character must not halve it.
+        #expect(RouteTable.literalStart("/café?") == "/caf")
         // The older route (r0, unfiled: no whole first segment) precedes the filed r1; r2's
         // alternation can start anywhere; r3 is filed under /shop.
         let routes = try [
@@ -180,6 +182,15 @@ struct RouteTableTests {
         #expect(select(later, "/shop/abc") == "r3/0")
         #expect(select(later, "/shop") == nil)
         #expect(select(later, "/shopping/1") == nil)
+    }
+
+    /// A route stored by a version that took any rule name still loads (the names dropped),
+    /// while the API refuses the same text.
+    @Test func aStoredRouteWithOldRuleNamesStillLoads() throws {
+        let text = "name: old\nparentRefs: [{name: orders}]\nrules: [{name: Canary_1}, {name: twice}, {name: twice}]"
+        #expect(throws: ConfigErrors.self) { try HTTPRoute.parse(text) }
+        let stored = try HTTPRoute.parse(text, storedBefore: true)
+        #expect(stored.rules.map(\.name) == [nil, "twice", nil])
     }
 
     @Test func whatIsWrongIsRefusedWithEveryPathAndReason() throws {

@@ -82,8 +82,10 @@ final class MirrorExchange: UpstreamDelegate {
         timer = loop.loop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
             self?.end(.timeout)
         }
-        cluster.acquire { [weak self] result, _ in
-            self?.acquired(result)
+        // Held until the pool answers (not weakly): a connection made after the timeout
+        // must still be given back, or its pool slot and in-flight count would leak.
+        cluster.acquire { result, _ in
+            self.acquired(result)
         }
     }
 

@@ -4,15 +4,22 @@ import Yams
 // every problem reported with its field path.
 extension HTTPRoute {
     /// Parses a route; `name` (from the URL) wins over the body's.
-    public static func parse(_ text: String, name: String? = nil) throws(ConfigErrors) -> HTTPRoute {
+    /// `storedBefore`: a route the store kept from a version that took any rule name; an
+    /// invalid or repeated rule name is dropped (the rule keeps its index as its label)
+    /// instead of refusing the whole route, so the controller still starts.
+    public static func parse(
+        _ text: String,
+        name: String? = nil,
+        storedBefore: Bool = false
+    ) throws(ConfigErrors) -> HTTPRoute {
         let reader = ConfigReader()
         var result: HTTPRoute?
-        if let root = reader.parse(text) { result = read(root, reader, name: name) }
+        if let root = reader.parse(text) { result = read(root, reader, name: name, storedBefore: storedBefore) }
         guard reader.errors.isEmpty, let result else { throw ConfigErrors(reader.errors) }
         return result
     }
 
-    static func read(_ node: Node, _ reader: ConfigReader, name: String?) -> HTTPRoute? {
+    static func read(_ node: Node, _ reader: ConfigReader, name: String?, storedBefore: Bool = false) -> HTTPRoute? {
         // (`status` is what the API answers with, computed: read back and ignored.)
         let known: Set = ["kind", "name", "parentRefs", "hostnames", "rules", "created", "status"]
         guard let f = reader.mapping(node, "", known: known) else { return nil }
@@ -79,9 +86,15 @@ extension HTTPRoute {
         if rules.count > maxRules { reader.fail(f.path("rules"), "at most \(maxRules) rules") }
         var ruleNames: Set<String> = []
         for (path, item) in rules.prefix(maxRules) {
-            guard let rule = readRule(item, path, reader, kind: route.kind) else { continue }
+            guard var rule = readRule(item, path, reader, kind: route.kind, storedBefore: storedBefore) else {
+                continue
+            }
             if let name = rule.name, !ruleNames.insert(name).inserted {
-                reader.fail(reader.join(path, "name"), "another rule of the route is named \"\(name)\"")
+                if storedBefore {
+                    rule.name = nil
+                } else {
+                    reader.fail(reader.join(path, "name"), "another rule of the route is named \"\(name)\"")
+                }
             }
             route.rules.append(rule)
         }
@@ -125,7 +138,13 @@ extension HTTPRoute {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
     }
 
-    private static func readRule(_ node: Node, _ path: String, _ reader: ConfigReader, kind: Kind) -> RouteRule? {
+    private static func readRule(
+        _ node: Node,
+        _ path: String,
+        _ reader: ConfigReader,
+        kind: Kind,
+        storedBefore: Bool
+    ) -> RouteRule? {
         let known: Set = ["name", "matches", "filters", "backendRefs", "timeouts", "retry"]
         guard let f = reader.mapping(node, path, known: known) else { return nil }
         var rule = RouteRule()
@@ -135,7 +154,7 @@ extension HTTPRoute {
                 let first = name.utf8.first, let last = name.utf8.last, isLowerAlnum(first), isLowerAlnum(last)
             {
                 rule.name = name
-            } else {
+            } else if !storedBefore {
                 reader.fail(
                     f.path("name"),
                     "1 to 63 lower-case letters, digits or '-', starting and ending with a letter or digit"

@@ -233,7 +233,7 @@ public struct RouteTable: Sendable {
     }
 
     /// The literal characters an expression's every match starts with: up to its first
-    /// metacharacter (one a quantifier follows is optional, so it is left out); nothing when
+    /// metacharacter or non-ASCII byte (one a quantifier follows is optional, so it is left out); nothing when
     /// an alternation anywhere could start a match otherwise. Conservative: a shorter
     /// start only means the expression is tried more often, never less.
     static func literalStart(_ expression: String) -> String {
@@ -242,6 +242,9 @@ public struct RouteTable: Sendable {
         let meta = Set("\\.^$|?*+()[]{}".utf8)
         var literal: [UInt8] = []
         for byte in bytes {
+            // Not past the ASCII: a quantifier after a multi-byte character would leave half
+            // of it, and the path is compared by bytes.
+            if byte >= 0x80 { break }
             if meta.contains(byte) {
                 // A quantifier makes the character before it optional.
                 if "?*+{".utf8.contains(byte), !literal.isEmpty { literal.removeLast() }

@@ -380,7 +380,6 @@ struct RolloutTests {
                 body: "service: orders\nstable: v1\ncanary: v3\nsteps: [{setWeight: 10}]"
             )
             #expect(second.status == 409, "\(second.text)")
-
             let aborted = try await mesh.ctl(["rollout", "abort", "orders-idle"])
             #expect(aborted.exitCode == 0 && aborted.output.contains("phase    Aborted"), "\(aborted.output)")
             #expect(try await mesh.weights("orders-idle") == [100, 0])
@@ -392,6 +391,20 @@ struct RolloutTests {
                         && answer.statusLines.filter { $0.contains(" 200") }.count == 20
                 }
             )
+
+            // Refused: a rollout whose route another route would shadow (it takes every request).
+            #expect(
+                try await mesh.controller.apply(
+                    "kind: HTTPRoute\nname: orders-all\nparentRefs: [{name: orders}]\nrules: [{timeouts: {request: 5s}}]"
+                ).exitCode == 0
+            )
+            let shadowed = try await mesh.controller.call(
+                "PUT",
+                "/v1/rollouts/shadowed",
+                body: "service: orders\nstable: v1\ncanary: v2\nsteps: [{setWeight: 10}]"
+            )
+            #expect(shadowed.status == 409 && shadowed.text.contains("orders-all"), "\(shadowed.text)")
+            #expect(try await mesh.controller.call("DELETE", "/v1/routes/orders-all").status == 200)
 
             // A canary with no instance gets no share while it has none, whatever the step
             // says: its weight stays with stable, and nothing fails.
