@@ -160,21 +160,9 @@ extension Sidecar {
     /// (after the route tables that named them were rebuilt), and the watch drops them.
     private func removeRouteServices(_ names: [String]) {
         guard !names.isEmpty else { return }
-        for name in names {
-            routeServices.remove(name)
-            appliedClusters[name] = nil
-            discovered.removeAll { $0 == name }
-        }
+        for name in names { routeServices.remove(name) }
         logger.info("route services unwatched", metadata: ["services": "\(names)"])
-        let contexts = self.contexts
-        for context in contexts.all {
-            context.loop.execute {
-                for name in names {
-                    context.clusters[name]?.retireConnections()
-                    context.clusters[name] = nil
-                }
-            }
-        }
+        dropClusters(names)
         if let watchLess {
             Task { await watchLess(names) }
         }
@@ -185,12 +173,18 @@ extension Sidecar {
     /// one keep it until they end, its idle connections close.
     private func removeSubsetClusters(_ names: [String]) {
         guard !names.isEmpty else { return }
+        for name in names { subsetBackends[name] = nil }
+        logger.info("route backends removed", metadata: ["clusters": "\(names)"])
+        dropClusters(names)
+    }
+
+    /// Forgets the clusters and drops them from every loop (after what was queued there
+    /// before: the rebuilt route tables); exchanges on one keep it until they end.
+    private func dropClusters(_ names: [String]) {
         for name in names {
-            subsetBackends[name] = nil
             appliedClusters[name] = nil
             discovered.removeAll { $0 == name }
         }
-        logger.info("route backends removed", metadata: ["clusters": "\(names)"])
         let contexts = self.contexts
         for context in contexts.all {
             context.loop.execute {
