@@ -145,7 +145,11 @@ extension Controller {
             let effect = pending.removeFirst()
             switch effect {
             case .measure(let analysis, let since):
-                guard let telemetry else { continue }
+                guard let telemetry else {
+                    // (Only the clock's beat measures: the next tick asks again.)
+                    entry.status.measuring = false
+                    continue
+                }
                 let rollout = entry.rollout
                 let canaries = Set(
                     registry.instances.values.filter { $0.service == rollout.service && $0.version == rollout.canary }

@@ -15,7 +15,8 @@ struct GatewayCommand: AsyncParsableCommand {
         discussion: """
             The config is a sidecar config (docs/configuration.md) whose `listeners` are the public \
             ports: HTTP and HTTPS (the operator's certificates, chosen by SNI) routed by host, path \
-            prefix and headers, or TCP to one service. With a controller section the gateway joins the \
+            prefix and headers, or TCP to one service; with a controller, HTTPRoutes whose parent is the \
+            gateway (kind: Gateway, docs/routes.md) are matched first. With a controller section the gateway joins the \
             mesh (joinTokenFile: its own identity, mTLS to every instance) and discovers the services \
             its routes name. SIGHUP reloads routes and certificates without dropping a connection. \
             SIGTERM or SIGINT drains gracefully.
