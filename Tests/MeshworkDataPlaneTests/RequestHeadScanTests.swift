@@ -96,6 +96,23 @@ struct RequestHeadScanTests {
         #expect(upgraded.headers.first(name: "upgrade") == "websocket")
     }
 
+    /// `Connection` may name any field, but not away the message's length or target.
+    @Test func connectionCannotNameAwayTheLengthOrTheHost() {
+        let head = Self.head([
+            ("Host", "orders"), ("Connection", "Content-Length, HOST, x-secret"), ("Content-Length", "5"),
+            ("x-secret", "1"),
+        ])
+        let scan = RequestHeadScan(head)
+        #expect(scan.connectionTokens == ["x-secret"])
+        let out = ProxyHandler.upstreamHead(head, scan: scan, mesh: false, upgrade: false, restoresProtocol: false)
+        #expect(out.headers.map(\.name) == ["Host", "Content-Length"])
+        var response = HTTPHeaders([
+            ("Connection", "content-length, x-secret"), ("Content-Length", "3"), ("x-secret", "1"),
+        ])
+        ProxyHandler.removeHopByHop(&response)
+        #expect(response.map(\.name) == ["Content-Length"])
+    }
+
     @Test func aResponseWithoutHopByHopFieldsIsLeftAsItIs() {
         var headers = HTTPHeaders([("Content-Type", "text/plain"), ("X-Keep", "yes")])
         ProxyHandler.removeHopByHop(&headers)

@@ -46,17 +46,22 @@ struct RequestHeadScan {
         }
     }
 
-    /// Adds the fields a `Connection` value names (lowercased; `upgrade`, `close` and
-    /// `keep-alive` left out: not fields, or hop-by-hop anyway) to `tokens`; returns whether
-    /// it names `upgrade`.
+    /// Adds the fields a `Connection` value names (lowercased) to `tokens`; returns whether
+    /// it names `upgrade`. Left out: `close`, and the fields dropped as hop-by-hop anyway.
+    /// Never dropped for being named: `Content-Length` and `Host`. The message's framing
+    /// and its target are end to end; a caller that names `Content-Length` would otherwise
+    /// have its body forwarded without a length after a head that announces none, so the
+    /// upstream would read the body as the next request (smuggling).
     static func connectionTokens(in value: String, into tokens: inout [String]) -> Bool {
         var upgrade = false
         for token in value.split(separator: ",") {
             let token = token.trimmingSpaces().lowercased()
-            if token == "upgrade" {
-                upgrade = true
-            } else if !token.isEmpty, token != "close", token != "keep-alive" {
-                tokens.append(token)
+            switch token {
+            case "upgrade": upgrade = true
+            case "", "close", "keep-alive", "proxy-connection", "transfer-encoding", "te", "connection",
+                "content-length", "host":
+                continue
+            default: tokens.append(token)
             }
         }
         return upgrade

@@ -30,6 +30,41 @@ struct ListenerTests {
         }
     }
 
+    /// A caller that names `Content-Length` in `Connection` (on a GET, which NIO frames
+    /// only by the fields it is given) must not get its body past
+    /// the proxy without a length: the app would read the body as a second request
+    /// (smuggling). The length goes upstream, the body comes back whole from `/echo`, and
+    /// the app sees exactly the two requests the caller sent.
+    @Test func connectionNamingContentLengthCannotSmuggleARequest() async throws {
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let port = sidecar.addresses["upstream:orders"]?.port ?? 0
+            let script = """
+                import http.client, json, sys
+                smuggled = b"GET /status/418 HTTP/1.1\\r\\nHost: orders\\r\\n\\r\\n"
+                conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=5)
+                conn.request("GET", "/echo", body=smuggled,
+                             headers={"Host": "orders", "Connection": "content-length, host",
+                                      "Content-Length": str(len(smuggled))})
+                first = conn.getresponse()
+                echoed = first.read()
+                conn.request("GET", "/status/201", headers={"Host": "orders"})
+                second = conn.getresponse()
+                second.read()
+                print(json.dumps({"first": first.status, "echoed": echoed == smuggled, "second": second.status}))
+                """
+            let result = try await Command.run(["python3", "-c", script, String(port)])
+            #expect(result.exitCode == 0, "\(result.output)")
+            struct Outcome: Decodable, Equatable {
+                let first: Int
+                let echoed: Bool
+                let second: Int
+            }
+            let outcome = try JSONDecoder().decode(Outcome.self, from: Data(result.output.utf8))
+            #expect(outcome == Outcome(first: 200, echoed: true, second: 201), "\(result.output)")
+            #expect(app.requestCount == 2)
+        }
+    }
+
     /// `limits.maxConnections` per listener: past it a connection is closed at accept and
     /// counted as `connection_limit`; the open ones keep working, and a closed one frees
     /// its place.
