@@ -212,6 +212,15 @@ let package = Package(
             dependencies: ["MeshworkTraffic"],
             swiftSettings: swiftSettings
         ),
+        // The controller's store contract, against SQLite and a real etcd cluster.
+        .testTarget(
+            name: "MeshworkControllerTests",
+            dependencies: [
+                "MeshworkController",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "MeshworkDataPlaneTests",
             dependencies: [

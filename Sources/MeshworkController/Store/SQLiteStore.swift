@@ -1,0 +1,315 @@
+import Foundation
+import GRDB
+import Synchronization
+
+/// The embedded store: documents in one SQLite file (GRDB), committed with
+/// `synchronous = FULL` before a commit returns. One process owns the file.
+///
+/// Leases are kept the way etcd keeps them, so the controller above cannot tell the two
+/// apart: their TTLs are stored, their deadlines are in memory, and a reopened store gives
+/// every lease a fresh TTL (as etcd's new leader does), so instances whose sidecars still
+/// heartbeat survive a restart. An expired lease's documents are deleted in one commit of
+/// their own. Leadership is this process's alone: a leader document from an earlier run
+/// is removed at open.
+package final class SQLiteStore: ControllerStore {
+    let database: DatabaseQueue
+    private let state: Mutex<State>
+    private let sweeper: Mutex<Task<Void, Never>?> = Mutex(nil)
+    private let clock = ContinuousClock()
+    /// Commits kept in memory for `changes(after:)` from a revision already passed.
+    static let historyLimit = 4096
+
+    private struct State {
+        var revision: Int64
+        var leases: [Int64: (ttl: Int64, deadline: ContinuousClock.Instant)] = [:]
+        var history: [StoreChanges] = []
+        var subscribers: [UUID: AsyncThrowingStream<StoreChanges, any Error>.Continuation] = [:]
+        var closed = false
+    }
+
+    package init(path: String, sweepInterval: Duration = .milliseconds(250)) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        database = try DatabaseQueue(path: path, configuration: configuration)
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v9-documents") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+                    CREATE TABLE document (collection TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL, revision INTEGER NOT NULL, created INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (collection, name));
+                    CREATE INDEX document_lease ON document (lease) WHERE lease != 0;
+                    CREATE TABLE store_lease (id INTEGER PRIMARY KEY NOT NULL, ttl INTEGER NOT NULL);
+                    """
+            )
+        }
+        try migrator.migrate(database)
+        let now = clock.now
+        var initial = State(revision: 0)
+        try database.write { db in
+            initial.revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
+            for row in try Row.fetchAll(db, sql: "SELECT id, ttl FROM store_lease") {
+                let id: Int64 = row["id"]
+                let ttl: Int64 = row["ttl"]
+                initial.leases[id] = (ttl, now + .seconds(ttl))
+            }
+            if try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM document WHERE collection = 'leader'") ?? 0 > 0 {
+                initial.revision += 1
+                try db.execute(sql: "DELETE FROM document WHERE collection = 'leader'")
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
+                    arguments: [initial.revision]
+                )
+            }
+        }
+        state = Mutex(initial)
+        let interval = sweepInterval
+        sweeper.withLock { task in
+            task = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self else { return }
+                    self.expireLeases()
+                }
+            }
+        }
+    }
+
+    package func load() async throws -> StoreSnapshot {
+        try state.withLock { state in
+            let documents = try database.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM document ORDER BY collection, name").compactMap {
+                    row -> StoreDocument? in
+                    guard let collection = StoreCollection(rawValue: row["collection"]) else { return nil }
+                    let body: Data = row["body"]
+                    return StoreDocument(
+                        key: StoreKey(collection, row["name"]),
+                        body: Array(body),
+                        revision: row["revision"],
+                        created: row["created"],
+                        lease: row["lease"]
+                    )
+                }
+            }
+            return StoreSnapshot(documents: documents, revision: state.revision)
+        }
+    }
+
+    package func commit(_ write: StoreWrite) async throws -> Int64 {
+        try state.withLock { state in
+            guard !state.closed else { throw StoreError(.unavailable, "the store is closed") }
+            for case .put(_, _, let lease) in write.operations where lease != 0 {
+                guard state.leases[lease] != nil else { throw StoreError(.conflict, "lease \(lease) is gone") }
+            }
+            let revision = state.revision + 1
+            var changes: [StoreChange] = []
+            try database.write { db in
+                if let fence = write.fence {
+                    let current = try Int64.fetchOne(
+                        db,
+                        sql: "SELECT revision FROM document WHERE collection = 'leader' AND name = 'leader'"
+                    )
+                    guard current == fence.revision else {
+                        throw StoreError(
+                            .fenced,
+                            "the term of \(fence.candidate) that began at \(fence.revision) no longer leads"
+                        )
+                    }
+                }
+                for condition in write.conditions {
+                    let key: StoreKey
+                    let expected: Int64?
+                    switch condition {
+                    case .absent(let absent):
+                        (key, expected) = (absent, nil)
+                    case .unchanged(let unchanged, let since):
+                        (key, expected) = (unchanged, since == 0 ? nil : since)
+                    }
+                    let current = try Int64.fetchOne(
+                        db,
+                        sql: "SELECT revision FROM document WHERE collection = ? AND name = ?",
+                        arguments: [key.collection.rawValue, key.name]
+                    )
+                    guard current == expected else {
+                        throw StoreError(
+                            .conflict,
+                            "\(key) changed (it is at \(current.map(String.init) ?? "nothing"))"
+                        )
+                    }
+                }
+                for operation in write.operations {
+                    switch operation {
+                    case .put(let key, let body, let lease):
+                        let created =
+                            try Int64.fetchOne(
+                                db,
+                                sql: "SELECT created FROM document WHERE collection = ? AND name = ?",
+                                arguments: [key.collection.rawValue, key.name]
+                            ) ?? revision
+                        try db.execute(
+                            sql:
+                                "INSERT OR REPLACE INTO document (collection, name, body, revision, created, lease) VALUES (?, ?, ?, ?, ?, ?)",
+                            arguments: [key.collection.rawValue, key.name, Data(body), revision, created, lease]
+                        )
+                        changes.append(StoreChange(key: key, body: body, lease: lease, created: created))
+                    case .delete(let key):
+                        try db.execute(
+                            sql: "DELETE FROM document WHERE collection = ? AND name = ?",
+                            arguments: [key.collection.rawValue, key.name]
+                        )
+                        // etcd reports a delete only for a key that was there.
+                        if db.changesCount > 0 { changes.append(StoreChange(key: key, body: nil)) }
+                    }
+                }
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
+                    arguments: [revision]
+                )
+            }
+            state.revision = revision
+            publish(StoreChanges(revision: revision, changes: changes), in: &state)
+            return revision
+        }
+    }
+
+    package func changes(after revision: Int64) -> AsyncThrowingStream<StoreChanges, any Error> {
+        let (stream, continuation) = AsyncThrowingStream<StoreChanges, any Error>.makeStream()
+        let id = UUID()
+        state.withLock { state in
+            guard !state.closed else {
+                continuation.finish(throwing: StoreError(.unavailable, "the store is closed"))
+                return
+            }
+            if revision < state.revision {
+                guard let oldest = state.history.first?.revision, oldest <= revision + 1 else {
+                    continuation.finish(
+                        throwing: StoreError(.compacted, "the store's history no longer reaches back to \(revision)")
+                    )
+                    return
+                }
+                for batch in state.history where batch.revision > revision { continuation.yield(batch) }
+            }
+            state.subscribers[id] = continuation
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    package func grantLease(ttl: Int64) async throws -> Int64 {
+        let ttl = max(1, ttl)
+        return try state.withLock { state in
+            var id = Int64.random(in: 1...Int64.max)
+            while state.leases[id] != nil { id = Int64.random(in: 1...Int64.max) }
+            try database.write { db in
+                try db.execute(sql: "INSERT INTO store_lease (id, ttl) VALUES (?, ?)", arguments: [id, ttl])
+            }
+            state.leases[id] = (ttl, clock.now + .seconds(ttl))
+            return id
+        }
+    }
+
+    package func keepAlive(_ lease: Int64) async throws -> Bool {
+        state.withLock { state in
+            guard let current = state.leases[lease], current.deadline > clock.now else { return false }
+            state.leases[lease]?.deadline = clock.now + .seconds(current.ttl)
+            return true
+        }
+    }
+
+    package func revokeLease(_ lease: Int64) async throws {
+        try state.withLock { state in try end([lease], in: &state) }
+    }
+
+    package func campaign(candidate: String, lease: Int64) async throws -> StoreTerm {
+        let key = StoreKey(.leader, "leader")
+        while true {
+            let revision = state.withLock { $0.revision }
+            let changes = self.changes(after: revision)
+            var write = StoreWrite(conditions: [.absent(key)])
+            write.put(key, Array(candidate.utf8), lease: lease)
+            do {
+                let term = try await commit(write)
+                return StoreTerm(candidate: candidate, revision: term, lease: lease)
+            } catch let error as StoreError where error.code == .conflict {
+                guard try await keepAlive(lease) else { throw StoreError(.fenced, "lease \(lease) is gone") }
+                // Another candidate leads: wait until its document goes.
+                for try await batch in changes where batch.changes.contains(where: { $0.key == key && $0.body == nil })
+                {
+                    break
+                }
+            }
+        }
+    }
+
+    package func leader() async throws -> String? {
+        try await database.read { db in
+            try Data.fetchOne(db, sql: "SELECT body FROM document WHERE collection = 'leader' AND name = 'leader'")
+        }.map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    package func close() async {
+        sweeper.withLock { $0?.cancel() }
+        state.withLock { state in
+            state.closed = true
+            for continuation in state.subscribers.values {
+                continuation.finish(throwing: StoreError(.unavailable, "the store is closed"))
+            }
+            state.subscribers.removeAll()
+        }
+    }
+
+    // MARK: internals
+
+    /// Ends the leases whose deadline passed, deleting their documents.
+    func expireLeases() {
+        let now = clock.now
+        state.withLock { state in
+            let expired = state.leases.filter { $0.value.deadline <= now }.map(\.key)
+            guard !expired.isEmpty, !state.closed else { return }
+            try? end(expired, in: &state)
+        }
+    }
+
+    /// Forgets `leases` and deletes their documents in one commit (none when they held
+    /// nothing).
+    private func end(_ leases: [Int64], in state: inout State) throws {
+        guard !leases.isEmpty else { return }
+        var changes: [StoreChange] = []
+        let revision = state.revision + 1
+        try database.write { db in
+            for lease in leases {
+                for row in try Row.fetchAll(
+                    db,
+                    sql: "SELECT collection, name FROM document WHERE lease = ? ORDER BY collection, name",
+                    arguments: [lease]
+                ) {
+                    guard let collection = StoreCollection(rawValue: row["collection"]) else { continue }
+                    changes.append(StoreChange(key: StoreKey(collection, row["name"]), body: nil))
+                }
+                try db.execute(sql: "DELETE FROM document WHERE lease = ?", arguments: [lease])
+                try db.execute(sql: "DELETE FROM store_lease WHERE id = ?", arguments: [lease])
+            }
+            if !changes.isEmpty {
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
+                    arguments: [revision]
+                )
+            }
+        }
+        for lease in leases { state.leases[lease] = nil }
+        guard !changes.isEmpty else { return }
+        state.revision = revision
+        publish(StoreChanges(revision: revision, changes: changes), in: &state)
+    }
+
+    private func publish(_ batch: StoreChanges, in state: inout State) {
+        state.history.append(batch)
+        if state.history.count > Self.historyLimit * 2 {
+            state.history.removeFirst(state.history.count - Self.historyLimit)
+        }
+        for continuation in state.subscribers.values { continuation.yield(batch) }
+    }
+}
