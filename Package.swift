@@ -217,7 +217,9 @@ let package = Package(
             name: "MeshworkControllerTests",
             dependencies: [
                 "MeshworkController",
+                "MeshworkModel",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
         ),

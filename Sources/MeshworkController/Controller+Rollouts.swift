@@ -7,7 +7,7 @@ import NIOCore
 import NIOHTTP1
 
 /// A rollout and where it is.
-struct RolloutEntry: Sendable, Encodable {
+struct RolloutEntry: Sendable, Hashable, Encodable {
     var rollout: Rollout
     var status: RolloutStatus
 
@@ -33,7 +33,11 @@ extension Controller {
 
     /// Creates a rollout, or replaces one: a changed spec starts over from its first step
     /// (what moved is recomputed from the new steps); the same spec changes nothing.
-    func putRollout(_ rollout: Rollout, now: Int64 = Controller.wallClock()) throws -> RolloutEntry {
+    func putRollout(_ rollout: Rollout, now: Int64 = Controller.wallClock()) async throws -> RolloutEntry {
+        try await exclusively { try await putRolloutNow(rollout, now: now) }
+    }
+
+    private func putRolloutNow(_ rollout: Rollout, now: Int64) async throws -> RolloutEntry {
         var rollout = rollout
         if let existing = rollouts[rollout.name] {
             rollout.created = existing.rollout.created
@@ -76,58 +80,85 @@ extension Controller {
         let (status, effects) = RolloutStatus.start(rollout, now: now)
         var entry = RolloutEntry(rollout: rollout, status: status)
         try carryOut(effects, &entry, now: now)
-        try settle(entry)
+        try await settle(entry)
         logger.info("rollout started", metadata: ["rollout": "\(rollout.name)", "service": "\(rollout.service)"])
         // It replaces a finished rollout of the service: that one's route goes once this
         // one's is written (until then the older route, still in place, decides).
         for other in rollouts.values
         where other.rollout.name != rollout.name && other.rollout.service == rollout.service {
-            try deleteRollout(other.rollout.name)
+            try await deleteRolloutNow(other.rollout.name)
             logger.info("rollout replaced", metadata: ["rollout": "\(other.rollout.name)", "by": "\(rollout.name)"])
         }
-        return entry
+        return rollouts[rollout.name] ?? entry
     }
 
     /// Deletes a rollout and its route: the service's callers go back to its other routes
     /// and its balancer over every instance.
-    func deleteRollout(_ name: String) throws {
+    func deleteRollout(_ name: String) async throws {
+        try await exclusively { try await deleteRolloutNow(name) }
+    }
+
+    private func deleteRolloutNow(_ name: String) async throws {
         guard let entry = rollouts[name] else { throw APIError(status: .notFound, message: "no rollout \"\(name)\"") }
-        try store.deleteRollout(name)
-        rollouts[name] = nil
+        var write = StoreWrite()
+        write.delete(RegistryDocuments.key(rollout: name))
+        if registry.routes[entry.rollout.routeName] != nil {
+            write.delete(RegistryDocuments.key(route: entry.rollout.routeName))
+        }
+        _ = try await commit(write)
         webhookCalls[name] = nil
-        if registry.routes[entry.rollout.routeName] != nil { _ = try deleteRoute(entry.rollout.routeName) }
     }
 
     /// An operator's command (promote, abort, retry, pause, resume).
-    func command(_ name: String, _ event: RolloutEvent, now: Int64 = Controller.wallClock()) throws -> RolloutEntry {
-        guard var entry = rollouts[name] else { throw APIError(status: .notFound, message: "no rollout \"\(name)\"") }
-        let effects = entry.status.handle(event, entry.rollout, now: now)
-        try carryOut(effects, &entry, now: now)
-        try settle(entry)
-        return entry
+    func command(
+        _ name: String,
+        _ event: RolloutEvent,
+        now: Int64 = Controller.wallClock()
+    ) async throws
+        -> RolloutEntry
+    {
+        try await exclusively {
+            guard var entry = rollouts[name] else {
+                throw APIError(status: .notFound, message: "no rollout \"\(name)\"")
+            }
+            let effects = entry.status.handle(event, entry.rollout, now: now)
+            try carryOut(effects, &entry, now: now)
+            try await settle(entry)
+            return rollouts[name] ?? entry
+        }
     }
 
     /// One step of every rollout that is not finished: the clock, and the measurements it
     /// asks for, from `telemetry`.
-    func driveRollouts(telemetry: TelemetryStore, now: Int64 = Controller.wallClock()) {
+    func driveRollouts(telemetry: TelemetryStore, now: Int64 = Controller.wallClock()) async {
+        guard term != nil else { return }
         for name in rollouts.keys.sorted() {
-            guard var entry = rollouts[name] else { continue }
-            guard !entry.status.isTerminal else {
-                // (A finished rollout's route still follows its versions' instances.)
-                do { try writeRoute(entry) } catch {
-                    logger.error("rollout route not written", metadata: ["rollout": "\(name)", "error": "\(error)"])
-                }
-                continue
+            try? await exclusively { await driveRollout(name, telemetry: telemetry, now: now) }
+        }
+    }
+
+    private func driveRollout(_ name: String, telemetry: TelemetryStore, now: Int64) async {
+        // Fenced: a write of a term that no longer leads does not land.
+        guard let fence = term, var entry = rollouts[name] else { return }
+        guard !entry.status.isTerminal else {
+            // (A finished rollout's route still follows its versions' instances.)
+            do { try await writeRoute(entry, fence: fence) } catch {
+                logger.error("rollout route not written", metadata: ["rollout": "\(name)", "error": "\(error)"])
             }
-            let before = entry.status
-            let effects = entry.status.handle(.tick, entry.rollout, now: now)
-            do {
-                try carryOut(effects, &entry, now: now, telemetry: telemetry)
-                // (The route too follows the canary's instances coming and going.)
-                if entry.status != before { try settle(entry) } else { try writeRoute(entry) }
-            } catch {
-                logger.error("rollout step not stored", metadata: ["rollout": "\(name)", "error": "\(error)"])
+            return
+        }
+        let before = entry.status
+        let effects = entry.status.handle(.tick, entry.rollout, now: now)
+        do {
+            try carryOut(effects, &entry, now: now, telemetry: telemetry)
+            // (The route too follows the canary's instances coming and going.)
+            if entry.status != before {
+                try await settle(entry, fence: fence)
+            } else {
+                try await writeRoute(entry, fence: fence)
             }
+        } catch {
+            logger.error("rollout step not stored", metadata: ["rollout": "\(name)", "error": "\(error)"])
         }
     }
 
@@ -174,23 +205,32 @@ extension Controller {
         }
     }
 
-    /// Commits the status, then writes the route it implies when that changed.
-    private func settle(_ entry: RolloutEntry) throws {
-        try store.saveRollout(entry)
-        let previous = rollouts[entry.rollout.name]
-        rollouts[entry.rollout.name] = entry
+    /// Commits the status (conditional on the rollout's document being the one this
+    /// controller read: a write another controller made first wins), then writes the route
+    /// it implies when that changed.
+    private func settle(_ entry: RolloutEntry, fence: StoreTerm? = nil) async throws {
+        let name = entry.rollout.name
+        let previous = rollouts[name]
+        if previous != entry {
+            var write = StoreWrite(
+                conditions: [.unchanged(RegistryDocuments.key(rollout: name), since: rolloutRevisions[name] ?? 0)],
+                fence: fence
+            )
+            write.put(RegistryDocuments.key(rollout: name), try RegistryDocuments.rolloutBody(entry))
+            _ = try await commit(write)
+        }
         if previous?.status.phase != entry.status.phase { metrics?.rolloutEntered(entry.status.phase) }
         if previous?.status.phase != entry.status.phase || previous?.status.step != entry.status.step {
             logger.info(
                 "rollout",
                 metadata: [
-                    "rollout": "\(entry.rollout.name)", "phase": "\(entry.status.phase.rawValue)",
+                    "rollout": "\(name)", "phase": "\(entry.status.phase.rawValue)",
                     "step": "\(entry.status.step)", "weight": "\(entry.status.weight)",
                     "message": "\(entry.status.message)",
                 ]
             )
         }
-        try writeRoute(entry)
+        try await writeRoute(entry, fence: fence)
     }
 
     /// The route the status implies, written when it differs from the stored one. It never
@@ -198,7 +238,7 @@ extension Controller {
     /// route and mirror stay with stable (in every phase, Promoted too); while stable has
     /// none, its share goes to the whole service (a misspelt `stable` behaves as no rollout,
     /// never as an outage or as all traffic on the canary).
-    private func writeRoute(_ entry: RolloutEntry) throws {
+    private func writeRoute(_ entry: RolloutEntry, fence: StoreTerm? = nil) async throws {
         let rollout = entry.rollout
         func serves(_ version: String) -> Bool {
             registry.instances.values.contains {
@@ -220,14 +260,14 @@ extension Controller {
             route.created = stored.created
             if stored == route { return }
         }
-        _ = try putRoute(route)
+        _ = try await putRouteNow(route, fence: fence)
     }
 
     /// Writes every rollout's route again (at start: one that stopped between committing
     /// a status and writing its route), and asks again a webhook it was waiting for.
-    func restoreRolloutRoutes() {
+    func restoreRolloutRoutes() async {
         for entry in rollouts.values {
-            do { try settle(entry) } catch {
+            do { try await exclusively { try await settle(entry, fence: term) } } catch {
                 logger.error("rollout route not restored", metadata: ["rollout": "\(entry.rollout.name)"])
             }
             if let kind = entry.status.awaiting {
@@ -300,14 +340,20 @@ extension Controller {
         _ kind: RolloutWebhookKind,
         accepted: Bool,
         message: String
-    ) {
-        guard webhookCalls[name] == call, var entry = rollouts[name] else { return }
-        webhookCalls[name] = nil
-        let now = Self.wallClock()
-        let effects = entry.status.handle(.webhook(kind, accepted: accepted, message: message), entry.rollout, now: now)
+    ) async {
         do {
-            try carryOut(effects, &entry, now: now)
-            try settle(entry)
+            try await exclusively {
+                guard webhookCalls[name] == call, var entry = rollouts[name] else { return }
+                webhookCalls[name] = nil
+                let now = Self.wallClock()
+                let effects = entry.status.handle(
+                    .webhook(kind, accepted: accepted, message: message),
+                    entry.rollout,
+                    now: now
+                )
+                try carryOut(effects, &entry, now: now)
+                try await settle(entry)
+            }
         } catch {
             logger.error("rollout step not stored", metadata: ["rollout": "\(name)", "error": "\(error)"])
         }

@@ -3,6 +3,7 @@ import HTTPTypes
 import Logging
 import MeshworkModel
 import NIOCore
+import ServiceLifecycle
 
 /// What a watcher receives: first a snapshot (or the events it missed), then events.
 enum WatchMessage: Sendable {
@@ -19,29 +20,49 @@ enum WatchMessage: Sendable {
     case trustBundle(TrustBundle)
 }
 
-/// The controller's state: the registry, its store, and the watchers. An actor: mutations
-/// are applied one at a time, committed to the store, then fanned out to watchers, so a
-/// watcher never sees an event the store has not kept.
+/// The controller's state: the registry as the store holds it, and the watchers.
+///
+/// Every mutation is a store commit; the registry changes only by following the store's
+/// change stream (`follow`), in revision order, whoever committed. So a controller sees
+/// its own writes and other controllers' alike, every event carries the store's revision
+/// (the same on every controller: a watcher resumes on any of them), and a watcher never
+/// sees a change the store has not kept. A mutation answers once its commit is applied
+/// here (read-your-writes). Mutations run one at a time (`exclusively`): each decides
+/// from the state the one before it left.
 actor Controller {
     var registry: Registry
-    let store: RegistryStore
-    /// Rollouts and where each is (`Controller+Rollouts.swift`).
+    let store: any ControllerStore
+    /// Rollouts and where each is (`Controller+Rollouts.swift`), with the revision of each
+    /// one's document (a write is conditional on it: another controller's write wins).
     var rollouts: [String: RolloutEntry] = [:]
+    var rolloutRevisions: [String: Int64] = [:]
     /// Counts rollout transitions and analyses (set by the server).
     var metrics: ControllerMetrics?
     /// The webhook call each rollout waits for: an answer to an older call (before a retry,
     /// an abort or a new spec) is dropped.
     var webhookCalls: [String: UUID] = [:]
+    /// The store lease each instance with a TTL lives under: a heartbeat renews it, and
+    /// the store deletes the instance when it is not renewed in time.
+    private var instanceLeases: [String: Int64] = [:]
+    /// The term this controller leads in (nil: another leads), the fence of the rollout
+    /// steps it writes (`Controller+Leadership.swift`).
+    var term: StoreTerm?
+    /// Instances this controller is deleting (so their leaving is not logged as a lease
+    /// that ran out).
+    private var deleting: Set<String> = []
 
     func setMetrics(_ metrics: ControllerMetrics) { self.metrics = metrics }
     let logger: Logger
     private var watchers: [UUID: Watcher] = [:]
     /// Set by `finishWatchers` (shutdown): a watch that arrives later ends at once.
     private var watchesClosed = false
-    private let clock = ContinuousClock()
-    private let start: ContinuousClock.Instant
     /// Told the services and instances after every change (the DNS server's snapshot).
     private var changeListener: (@Sendable ([ServiceResource], [InstanceResource], Int64) -> Void)?
+    /// The store revision applied here, and who waits for a later one.
+    private(set) var appliedRevision: Int64
+    private var revisionWaiters: [(revision: Int64, continuation: CheckedContinuation<Void, Never>)] = []
+    private var mutating = false
+    private var mutationQueue: [CheckedContinuation<Void, Never>] = []
 
     struct Watcher {
         var services: Set<String>?
@@ -54,27 +75,16 @@ actor Controller {
     /// resumes from its last revision when it reconnects.
     static let watcherBuffer = 4096
 
-    init(store: RegistryStore, logger: Logger) throws {
+    /// The state as `snapshot` has it; `follow()` keeps it current.
+    init(store: any ControllerStore, snapshot: StoreSnapshot, logger: Logger) throws {
         self.store = store
         self.logger = logger
-        self.start = clock.now
-        let contents = try store.load()
-        self.registry = Registry(
-            services: contents.services,
-            instances: contents.instances,
-            policies: contents.policies,
-            mesh: contents.mesh,
-            routes: contents.routes,
-            revision: contents.revision,
-            now: 0
-        )
-        for entry in try store.loadRollouts() { rollouts[entry.rollout.name] = entry }
-    }
-
-    private var now: UInt64 {
-        let elapsed = clock.now - start
-        return UInt64(max(0, elapsed.components.seconds)) * 1_000_000_000
-            + UInt64(max(0, elapsed.components.attoseconds / 1_000_000_000))
+        let state = try ControllerState(snapshot: snapshot)
+        self.appliedRevision = snapshot.revision
+        self.registry = state.registry
+        self.instanceLeases = state.leases
+        self.rollouts = state.rollouts
+        self.rolloutRevisions = state.rolloutRevisions
     }
 
     var revision: Int64 { registry.revision }
@@ -93,8 +103,6 @@ actor Controller {
     }
 
     func instance(_ id: String) -> InstanceResource? { registry.instances[id] }
-
-    func leaseRemaining(_ id: String) -> Duration? { registry.leaseRemaining(id, now: now) }
 
     func policies() -> [AuthorizationPolicy] {
         registry.policies.values.sorted { $0.name < $1.name }
@@ -136,32 +144,117 @@ actor Controller {
 
     // MARK: mutations
 
-    func putService(_ service: ServiceResource) throws -> Int64 {
-        try commit(registry.putService(service))
+    func putService(_ service: ServiceResource) async throws -> Int64 {
+        try await exclusively {
+            guard registry.services[service.name] != service else { return registry.revision }
+            var write = StoreWrite()
+            try write.put(RegistryDocuments.key(service: service.name), json: service)
+            return try await commit(write)
+        }
     }
 
-    func deleteService(_ name: String) throws -> Int64 {
-        try commit(registry.deleteService(name))
+    func deleteService(_ name: String) async throws -> Int64 {
+        try await exclusively {
+            guard registry.services[name] != nil else { throw RegistryError.notFound("service \"\(name)\"") }
+            var write = StoreWrite()
+            for instance in registry.instances(of: name) {
+                write.delete(RegistryDocuments.key(instance: instance.id))
+            }
+            write.delete(RegistryDocuments.key(service: name))
+            let leases = registry.instances(of: name).compactMap { instanceLeases[$0.id] }
+            let ids = registry.instances(of: name).map(\.id)
+            deleting.formUnion(ids)
+            defer { deleting.subtract(ids) }
+            let revision = try await commit(write)
+            for lease in leases { try? await store.revokeLease(lease) }
+            return revision
+        }
     }
 
-    func putInstance(_ instance: InstanceResource) throws -> Int64 {
-        try commit(registry.putInstance(instance, now: now))
+    /// Registers or updates an instance and renews its lease: the lease it has when it
+    /// is still alive and of the same TTL, else a new one (the old one ends).
+    func putInstance(_ instance: InstanceResource) async throws -> Int64 {
+        try await exclusively {
+            let existing = instanceLeases[instance.id]
+            var lease: Int64 = 0
+            var retired: Int64?
+            if instance.ttlSeconds > 0 {
+                if let existing, registry.instances[instance.id]?.ttlSeconds == instance.ttlSeconds,
+                    try await storeCall({ try await store.keepAlive(existing) })
+                {
+                    lease = existing
+                } else {
+                    lease = try await storeCall { try await store.grantLease(ttl: Int64(instance.ttlSeconds)) }
+                    retired = existing
+                }
+            } else {
+                retired = existing
+            }
+            var write = StoreWrite()
+            if registry.services[instance.service] == nil {
+                // A service that does not exist yet is created with the defaults (a sidecar
+                // may register before an operator has described its service).
+                try write.put(
+                    RegistryDocuments.key(service: instance.service),
+                    json: ServiceResource(name: instance.service)
+                )
+            }
+            if registry.instances[instance.id] != instance || existing != lease {
+                try write.put(RegistryDocuments.key(instance: instance.id), json: instance, lease: lease)
+            }
+            let revision = write.operations.isEmpty ? registry.revision : try await commit(write)
+            if let retired, retired != lease { try? await store.revokeLease(retired) }
+            return revision
+        }
     }
 
-    func heartbeat(_ id: String, health: InstanceHealth?) throws -> Int64 {
-        try commit(registry.heartbeat(id, health: health, now: now))
+    /// Renews an instance's lease and, when given, records the health its checks report.
+    /// An instance whose lease ended is gone (its sidecar registers again).
+    func heartbeat(_ id: String, health: InstanceHealth?) async throws -> Int64 {
+        try await exclusively {
+            guard var instance = registry.instances[id] else { throw RegistryError.notFound("instance \"\(id)\"") }
+            let lease = instanceLeases[id] ?? 0
+            if lease != 0, try await !storeCall({ try await store.keepAlive(lease) }) {
+                throw RegistryError.notFound("instance \"\(id)\" (its lease ended)")
+            }
+            guard let health, health != instance.health else { return registry.revision }
+            instance.health = health
+            var write = StoreWrite(conditions: [])
+            try write.put(RegistryDocuments.key(instance: id), json: instance, lease: lease)
+            return try await commit(write)
+        }
     }
 
-    func deleteInstance(_ id: String) throws -> Int64 {
-        try commit(registry.deleteInstance(id))
+    func deleteInstance(_ id: String) async throws -> Int64 {
+        try await exclusively {
+            guard registry.instances[id] != nil else { throw RegistryError.notFound("instance \"\(id)\"") }
+            var write = StoreWrite()
+            write.delete(RegistryDocuments.key(instance: id))
+            let lease = instanceLeases[id]
+            deleting.insert(id)
+            defer { deleting.remove(id) }
+            let revision = try await commit(write)
+            if let lease { try? await store.revokeLease(lease) }
+            return revision
+        }
     }
 
-    func putPolicy(_ policy: AuthorizationPolicy) throws -> Int64 {
-        try commit(registry.putPolicy(policy))
+    func putPolicy(_ policy: AuthorizationPolicy) async throws -> Int64 {
+        try await exclusively {
+            guard registry.policies[policy.name] != policy else { return registry.revision }
+            var write = StoreWrite()
+            try write.put(RegistryDocuments.key(policy: policy.name), json: policy)
+            return try await commit(write)
+        }
     }
 
-    func deletePolicy(_ name: String) throws -> Int64 {
-        try commit(registry.deletePolicy(name))
+    func deletePolicy(_ name: String) async throws -> Int64 {
+        try await exclusively {
+            guard registry.policies[name] != nil else { throw RegistryError.notFound("policy \"\(name)\"") }
+            var write = StoreWrite()
+            write.delete(RegistryDocuments.key(policy: name))
+            return try await commit(write)
+        }
     }
 
     /// Routes the registry holds at most: each is pushed to every caller of its parents and
@@ -169,44 +262,207 @@ actor Controller {
     static let maxRoutes = 10_000
 
     /// Stores a route; returns it as stored (with its age) and the revision.
-    func putRoute(_ route: HTTPRoute) throws -> (HTTPRoute, Int64) {
+    func putRoute(_ route: HTTPRoute) async throws -> (HTTPRoute, Int64) {
+        try await exclusively { try await putRouteNow(route) }
+    }
+
+    /// `putRoute` for a caller that runs exclusively already (a rollout's step).
+    func putRouteNow(_ route: HTTPRoute, fence: StoreTerm? = nil) async throws -> (HTTPRoute, Int64) {
         guard registry.routes[route.name] != nil || registry.routes.count < Self.maxRoutes else {
             throw APIError(
                 status: .conflict,
                 message: "the registry holds its limit of \(Self.maxRoutes) routes: delete one first"
             )
         }
-        let revision = try commit(registry.putRoute(route))
+        var route = route
+        route.created = registry.routes[route.name]?.created ?? 0
+        if let stored = registry.routes[route.name], stored == route { return (stored, registry.revision) }
+        var write = StoreWrite(fence: fence)
+        try write.put(RegistryDocuments.key(route: route.name), json: route)
+        let revision = try await commit(write)
         return (registry.routes[route.name] ?? route, revision)
     }
 
-    func deleteRoute(_ name: String) throws -> Int64 {
-        try commit(registry.deleteRoute(name))
+    func deleteRoute(_ name: String) async throws -> Int64 {
+        try await exclusively { try await deleteRouteNow(name) }
     }
 
-    func putMesh(_ settings: MeshSettings) throws -> Int64 {
-        try commit(registry.putMesh(settings))
+    func deleteRouteNow(_ name: String) async throws -> Int64 {
+        guard registry.routes[name] != nil else { throw RegistryError.notFound("route \"\(name)\"") }
+        var write = StoreWrite()
+        write.delete(RegistryDocuments.key(route: name))
+        return try await commit(write)
     }
 
-    /// Removes instances whose lease ran out; called every second.
-    func expireLeases() {
-        let events = registry.expireLeases(now: now)
-        guard !events.isEmpty else { return }
-        for event in events {
-            logger.info("lease expired", metadata: ["instance": "\(event.instance?.id ?? "")"])
+    func putMesh(_ settings: MeshSettings) async throws -> Int64 {
+        try await exclusively {
+            guard settings != registry.mesh else { return registry.revision }
+            var write = StoreWrite()
+            try write.put(RegistryDocuments.key(setting: "mesh"), json: settings)
+            return try await commit(write)
         }
+    }
+
+    /// Runs `body` after every mutation before it has finished, and before any after it.
+    func exclusively<T>(_ body: () async throws -> T) async throws -> T {
+        if mutating {
+            await withCheckedContinuation { mutationQueue.append($0) }
+        } else {
+            mutating = true
+        }
+        defer {
+            if mutationQueue.isEmpty { mutating = false } else { mutationQueue.removeFirst().resume() }
+        }
+        return try await body()
+    }
+
+    /// Commits `write` and waits until it is applied here; the revision it made.
+    func commit(_ write: StoreWrite) async throws -> Int64 {
+        let revision = try await storeCall { try await store.commit(write) }
+        await applied(revision)
+        return revision
+    }
+
+    /// A store call, its failure said as the API says it: a store that cannot commit is
+    /// a 503 (nothing is known to have landed), a condition that failed a 409.
+    func storeCall<T>(_ body: () async throws -> T) async throws -> T {
         do {
-            _ = try commit(events)
-        } catch {
-            logger.error("could not store expired leases", metadata: ["error": "\(error)"])
+            return try await body()
+        } catch let error as StoreError {
+            switch error.code {
+            case .conflict:
+                throw APIError(status: .conflict, message: "changed concurrently (\(error.message)): try again")
+            case .fenced:
+                throw APIError(
+                    status: .serviceUnavailable,
+                    message: "this controller no longer leads: \(error.message)"
+                )
+            case .unavailable, .compacted:
+                throw APIError(status: .serviceUnavailable, message: "the store cannot commit now: \(error.message)")
+            case .corrupt:
+                throw APIError(status: .internalServerError, message: error.message)
+            }
         }
     }
 
-    private func commit(_ events: [RegistryEvent]) throws -> Int64 {
-        try store.apply(events)
+    /// Returns once the store's revision `revision` is applied here.
+    func applied(_ revision: Int64) async {
+        guard appliedRevision < revision else { return }
+        await withCheckedContinuation { revisionWaiters.append((revision, $0)) }
+    }
+
+    // MARK: following the store
+
+    /// Applies the store's changes as they come, for as long as the controller runs: a
+    /// broken stream is opened again from the last revision applied; a history that no
+    /// longer reaches back that far is read whole again (watchers get a snapshot).
+    func follow() async {
+        while !Task.isCancelled {
+            do {
+                for try await batch in store.changes(after: appliedRevision) { apply(batch) }
+            } catch is CancellationError {
+                return
+            } catch let error as StoreError where error.code == .compacted {
+                logger.warning("the store's history moved past this controller: reading it whole")
+                do {
+                    try await reload(try await store.load())
+                } catch {
+                    logger.error("cannot read the store", metadata: ["error": "\(error)"])
+                }
+            } catch {
+                if Task.isCancelled || watchesClosed || Task.isShuttingDownGracefully { return }
+                logger.warning("the store's change stream broke: following it again", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// One commit, as events at its revision for watchers, the DNS zone and waiters.
+    func apply(_ batch: StoreChanges) {
+        guard batch.revision > appliedRevision else { return }
+        var events: [RegistryEvent] = []
+        events = registry.applying(at: batch.revision) { registry in
+            var events: [RegistryEvent] = []
+            for change in batch.changes {
+                do {
+                    events += try applyChange(change, at: batch.revision, to: &registry)
+                } catch {
+                    logger.error(
+                        "a stored change is not readable",
+                        metadata: ["key": "\(change.key)", "error": "\(error)"]
+                    )
+                }
+            }
+            return events
+        }
+        appliedRevision = batch.revision
         for event in events { broadcast(event) }
         if !events.isEmpty { publishChange() }
-        return registry.revision
+        let ready = revisionWaiters.filter { $0.revision <= batch.revision }
+        revisionWaiters.removeAll { $0.revision <= batch.revision }
+        for waiter in ready { waiter.continuation.resume() }
+    }
+
+    private func applyChange(
+        _ change: StoreChange,
+        at revision: Int64,
+        to registry: inout Registry
+    ) throws -> [RegistryEvent] {
+        let key = change.key
+        switch key.collection {
+        case .service:
+            guard let body = change.body else { return (try? registry.deleteService(key.name)) ?? [] }
+            return registry.putService(try RegistryDocuments.service(body, key: key))
+        case .instance:
+            guard let body = change.body else {
+                let lease = instanceLeases.removeValue(forKey: key.name)
+                guard registry.instances[key.name] != nil else { return [] }
+                // Not deleted here: the store ended its lease (or, with several
+                // controllers, another one deleted it).
+                let expired = lease != nil && !deleting.contains(key.name)
+                logger.info(expired ? "lease expired" : "instance deleted", metadata: ["instance": "\(key.name)"])
+                return (try? registry.deleteInstance(key.name)) ?? []
+            }
+            instanceLeases[key.name] = change.lease == 0 ? nil : change.lease
+            return registry.putInstance(try RegistryDocuments.instance(body, key: key), now: 0)
+        case .policy:
+            guard let body = change.body else { return (try? registry.deletePolicy(key.name)) ?? [] }
+            return registry.putPolicy(try RegistryDocuments.policy(body, key: key))
+        case .route:
+            guard let body = change.body else { return (try? registry.deleteRoute(key.name)) ?? [] }
+            return registry.putRoute(try RegistryDocuments.route(body, key: key, created: change.created))
+        case .setting where key.name == "mesh":
+            return registry.putMesh(try change.body.map { try RegistryDocuments.mesh($0, key: key) } ?? MeshSettings())
+        case .rollout:
+            if let body = change.body {
+                rollouts[key.name] = try RegistryDocuments.rollout(body, key: key)
+                rolloutRevisions[key.name] = revision
+            } else {
+                rollouts[key.name] = nil
+                rolloutRevisions[key.name] = nil
+                webhookCalls[key.name] = nil
+            }
+            return []
+        default:
+            return []
+        }
+    }
+
+    /// Reads the whole store again (after its history moved past this controller): the
+    /// registry starts over from it, and every watcher resumes with a snapshot.
+    private func reload(_ snapshot: StoreSnapshot) async throws {
+        let fresh = try ControllerState(snapshot: snapshot)
+        registry = fresh.registry
+        instanceLeases = fresh.leases
+        rollouts = fresh.rollouts
+        rolloutRevisions = fresh.rolloutRevisions
+        appliedRevision = snapshot.revision
+        for watcher in watchers.values { watcher.continuation.finish() }
+        watchers.removeAll()
+        publishChange()
+        let ready = revisionWaiters.filter { $0.revision <= snapshot.revision }
+        revisionWaiters.removeAll { $0.revision <= snapshot.revision }
+        for waiter in ready { waiter.continuation.resume() }
     }
 
     /// Calls `listener` now and after every change.
@@ -300,5 +556,46 @@ actor Controller {
                 watchers[id] = nil
             }
         }
+    }
+}
+
+/// What the controller holds, read from a store snapshot.
+struct ControllerState {
+    var registry: Registry
+    var leases: [String: Int64] = [:]
+    var rollouts: [String: RolloutEntry] = [:]
+    var rolloutRevisions: [String: Int64] = [:]
+
+    init(snapshot: StoreSnapshot) throws {
+        var services: [ServiceResource] = []
+        var instances: [InstanceResource] = []
+        var policies: [AuthorizationPolicy] = []
+        var routes: [HTTPRoute] = []
+        var mesh = MeshSettings()
+        for document in snapshot.documents {
+            let key = document.key
+            switch key.collection {
+            case .service: services.append(try RegistryDocuments.service(document.body, key: key))
+            case .instance:
+                instances.append(try RegistryDocuments.instance(document.body, key: key))
+                if document.lease != 0 { leases[key.name] = document.lease }
+            case .policy: policies.append(try RegistryDocuments.policy(document.body, key: key))
+            case .route: routes.append(try RegistryDocuments.route(document.body, key: key, created: document.created))
+            case .setting where key.name == "mesh": mesh = try RegistryDocuments.mesh(document.body, key: key)
+            case .rollout:
+                rollouts[key.name] = try RegistryDocuments.rollout(document.body, key: key)
+                rolloutRevisions[key.name] = document.revision
+            default: continue
+            }
+        }
+        registry = Registry(
+            services: services,
+            instances: instances,
+            policies: policies,
+            mesh: mesh,
+            routes: routes,
+            revision: snapshot.revision,
+            now: 0
+        )
     }
 }

@@ -55,6 +55,7 @@ extension ControllerAPI {
             try json(["certificates": await identity.certificateExpiries()])
         }
         v1.get("ca") { _, _ in try await json(identity.status) }
+        v1.get("leader") { _, _ in try await json(controller.leadership()) }
         // CA rotation, one step per call: prepare (a new root joins the trust bundle),
         // activate (it signs; sidecars renew), finish (the old root leaves).
         v1.post("ca/rotate") { request, _ in

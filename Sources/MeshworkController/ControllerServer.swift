@@ -32,6 +32,14 @@ public final class ControllerServer: Service {
         public var dns: HostPort? = HostPort(host: "127.0.0.1", port: 8600)
         /// The DNS domain (`orders.service.<domain>.`) and the TTL of its answers.
         public var dnsZone = DNSZone.Options()
+        /// Where everything is kept: the SQLite file in the data directory (one controller),
+        /// or an etcd cluster that several controllers share.
+        public var store: StoreOption = .sqlite
+        /// This controller's name in the leader election and the logs.
+        public var name = ProcessInfo.processInfo.hostName
+        /// The leader's lease: a leader that stops renewing it is replaced within about
+        /// this long (and within twice it at the latest).
+        public var electionTTL: Duration = .seconds(5)
 
         public init(dataDirectory: String, listen: HostPort, token: String) {
             self.dataDirectory = dataDirectory
@@ -40,15 +48,57 @@ public final class ControllerServer: Service {
         }
     }
 
+    /// Where the controller keeps its state.
+    public enum StoreOption: Sendable, Hashable {
+        case sqlite
+        case etcd(EtcdOptions)
+    }
+
+    /// How to reach etcd: `--store etcd://host:port,host:port` (or `etcds://` for TLS).
+    public struct EtcdOptions: Sendable, Hashable {
+        public var endpoints: [String]
+        /// Every key is under it (several meshes may share one cluster).
+        public var prefix = "/meshwork"
+        public var caFile: String?
+        public var certificateFile: String?
+        public var keyFile: String?
+
+        public init(endpoints: [String]) { self.endpoints = endpoints }
+
+        /// `etcd://a:2379,b:2379` or `etcds://...`; the endpoints as URLs, or why not.
+        public static func parse(_ text: String) -> Result<EtcdOptions, ControllerError> {
+            let scheme: String
+            let rest: Substring
+            if text.hasPrefix("etcd://") {
+                (scheme, rest) = ("http", text.dropFirst("etcd://".count))
+            } else if text.hasPrefix("etcds://") {
+                (scheme, rest) = ("https", text.dropFirst("etcds://".count))
+            } else {
+                return .failure(
+                    ControllerError("expected etcd://host:port[,host:port...] or etcds://..., got \"\(text)\"")
+                )
+            }
+            var endpoints: [String] = []
+            for member in rest.split(separator: ",", omittingEmptySubsequences: false) {
+                guard case .success(let address) = HostPort.parse(String(member)) else {
+                    return .failure(ControllerError("\"\(member)\" is not host:port"))
+                }
+                let host = address.host.contains(":") ? "[\(address.host)]" : address.host
+                endpoints.append("\(scheme)://\(host):\(address.port)")
+            }
+            return .success(EtcdOptions(endpoints: endpoints))
+        }
+    }
+
     private let options: Options
     private let logger: Logger
-    private let controller: Controller
-    private let identity: IdentityService
+    private let store: any ControllerStore
     private let metrics = ControllerMetrics()
     private let onListening: @Sendable (SocketAddress) -> Void
     private let onDNSListening: @Sendable (SocketAddress) -> Void
 
-    /// `onListening` is told the API's address, `onDNSListening` the DNS server's.
+    /// `onListening` is told the API's address, `onDNSListening` the DNS server's. The
+    /// store opens in `run`.
     public init(
         options: Options,
         logger: Logger,
@@ -59,25 +109,48 @@ public final class ControllerServer: Service {
         self.logger = logger
         self.onListening = onListening
         self.onDNSListening = onDNSListening
-        // The registry holds the CA's key and every credential: only its owner may read it
-        // (SQLite gives its journals the database file's mode).
+        // The registry holds the CA's key and every credential: only its owner may read it.
         try SecretFile.createPrivateDirectory(options.dataDirectory)
-        let database = (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
-        try SecretFile.ensurePrivate(database)
-        for journal in ["-wal", "-shm", "-journal"] { try SecretFile.narrowIfPresent(database + journal) }
-        let store = try RegistryStore(path: database)
-        self.controller = try Controller(store: store, logger: logger)
-        self.identity = try IdentityService(
+        self.store = try Self.openStore(options, logger: logger)
+    }
+
+    /// The store the options name: the SQLite file in the data directory (SQLite gives
+    /// its journals the database file's mode), or etcd.
+    private static func openStore(_ options: Options, logger: Logger) throws -> any ControllerStore {
+        switch options.store {
+        case .sqlite:
+            let database = (options.dataDirectory as NSString).appendingPathComponent("registry.sqlite")
+            try SecretFile.ensurePrivate(database)
+            for journal in ["-wal", "-shm", "-journal"] { try SecretFile.narrowIfPresent(database + journal) }
+            return try SQLiteStore(path: database)
+        case .etcd(let etcd):
+            var client = EtcdClient.Options(endpoints: etcd.endpoints)
+            client.caFile = etcd.caFile
+            client.certificateFile = etcd.certificateFile
+            client.keyFile = etcd.keyFile
+            return EtcdStore(client: try EtcdClient(options: client, logger: logger), prefix: etcd.prefix)
+        }
+    }
+
+    public func run() async throws {
+        let store = self.store
+        let snapshot: StoreSnapshot
+        do {
+            snapshot = try await store.load()
+        } catch {
+            await store.close()
+            throw ControllerError("cannot read the store: \(error)")
+        }
+        let controller = try Controller(store: store, snapshot: snapshot, logger: logger)
+        let identity = try await IdentityService.open(
             store: store,
+            snapshot: snapshot,
             trustDomain: options.trustDomain,
             supplied: options.authority,
             maxLifetime: options.certificateLifetime,
             metrics: metrics,
             logger: logger
         )
-    }
-
-    public func run() async throws {
         let clock = ContinuousClock()
         let started = clock.now
         let telemetry = TelemetryStore(now: { Int((clock.now - started).components.seconds) })
@@ -92,9 +165,8 @@ public final class ControllerServer: Service {
         api.protectReads = options.protectReads
         let logger = self.logger
         let onListening = self.onListening
-        let controller = self.controller
-        let identity = self.identity
         let metrics = self.metrics
+        let options = self.options
         let caFile = (options.dataDirectory as NSString).appendingPathComponent("ca.pem")
         // The controller's own certificate: the API's server certificate (with TLS), and
         // always the client certificate it presents to sidecars' admin listeners (taps).
@@ -149,15 +221,30 @@ public final class ControllerServer: Service {
                 try? await gracefulShutdown()
                 await controller.finishWatchers()
                 await dns?.stop()
+                // (Ends the change stream the controller follows.)
+                await store.close()
             }
             group.addTask {
-                // Leases are checked every second; an instance is gone at most a second
-                // after its TTL. Rollouts step on the same beat.
+                await controller.follow()
+            }
+            group.addTask {
+                await identity.follow()
+            }
+            group.addTask {
+                await Self.lead(
+                    store: store,
+                    controller: controller,
+                    name: options.name,
+                    ttl: options.electionTTL,
+                    logger: logger
+                )
+            }
+            group.addTask {
+                // Rollouts step every second, on the leader. (Leases are the store's: it
+                // deletes an instance whose lease ran out, and every controller follows.)
                 await controller.setMetrics(metrics)
-                await controller.restoreRolloutRoutes()
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
                     try? await Task.sleep(for: .seconds(1))
-                    await controller.expireLeases()
                     await controller.driveRollouts(telemetry: telemetry)
                     if certificate.needsRenewal {
                         try? certificate.reissue(authority: await identity.authority)

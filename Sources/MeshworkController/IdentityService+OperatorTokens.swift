@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Logging
 
 /// What an operator token may do: `read` the registry (when reads are protected), or also
@@ -27,7 +26,7 @@ extension IdentityService {
     }
 
     /// A token for people and automation, with a scope and a lifetime; only its SHA-256 is kept.
-    func createOperatorToken(scope: OperatorScope, ttl: Duration) throws -> CreatedOperatorToken {
+    func createOperatorToken(scope: OperatorScope, ttl: Duration) async throws -> CreatedOperatorToken {
         let (id, secret, secretHash) = Self.newTokenSecret()
         let now = Date()
         let token = OperatorToken(
@@ -37,16 +36,17 @@ extension IdentityService {
             expires: now.addingTimeInterval(Double(ttl.components.seconds)),
             created: now
         )
-        try store.database.write { db in
-            try db.execute(
-                sql: "INSERT INTO operator_token (id, secret_hash, scope, expires, created) VALUES (?, ?, ?, ?, ?)",
-                arguments: [
-                    id, token.secretHash, scope.rawValue, token.expires.timeIntervalSince1970,
-                    now.timeIntervalSince1970,
-                ]
+        var write = StoreWrite(conditions: [.absent(StoreKey(.operatorToken, id))])
+        try write.put(
+            StoreKey(.operatorToken, id),
+            json: IdentityDocuments.OperatorToken(
+                secretHash: token.secretHash,
+                scope: scope.rawValue,
+                expires: token.expires,
+                created: token.created
             )
-        }
-        operatorTokens[id] = token
+        )
+        _ = try await commit(write)
         logger.info("operator token created", metadata: ["id": "\(id)", "scope": "\(scope.rawValue)"])
         return CreatedOperatorToken(id: id, token: "\(id).\(secret)", scope: scope.rawValue, expires: token.expires)
     }

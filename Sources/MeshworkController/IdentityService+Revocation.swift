@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Logging
 import MeshworkIdentity
 import MeshworkModel
@@ -20,32 +19,6 @@ extension IdentityService {
         var value: String
     }
 
-    struct IssuedRecord {
-        var serial: String
-        var service: String
-        var instance: String?
-        var token: String?
-        var credential: String
-        var expires: Date
-    }
-
-    func issuedRecord(serial: String) throws -> IssuedRecord? {
-        try store.database.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM issued WHERE serial = ?", arguments: [serial]).map(Self.record)
-        }
-    }
-
-    private static func record(_ row: Row) -> IssuedRecord {
-        IssuedRecord(
-            serial: row["serial"],
-            service: row["service"],
-            instance: row["instance"],
-            token: row["token"],
-            credential: row["credential"],
-            expires: Date(timeIntervalSince1970: row["expires"])
-        )
-    }
-
     /// Revokes what `revocation` names; returns the serials revoked now. The trust bundle
     /// listener pushes the new list.
     func revoke(_ revocation: Revocation, now: Date = Date()) async throws -> [String] {
@@ -54,42 +27,32 @@ extension IdentityService {
         revokingScopes["\(revocation.scope.rawValue):\(revocation.value)"] = now
         let oldest = now.addingTimeInterval(-Double(maxLifetime.components.seconds))
         revokingScopes = revokingScopes.filter { $0.value > oldest }
-        if revocation.scope == .token { _ = try deleteToken(revocation.value) }
-        let column: String
-        switch revocation.scope {
-        case .instance: column = "instance"
-        case .service: column = "service"
-        case .token: column = "token"
-        }
-        let records = try await store.database.read { db in
-            try Row.fetchAll(
-                db,
-                sql: "SELECT * FROM issued WHERE \(column) = ? AND expires > ?",
-                arguments: [revocation.value, now.timeIntervalSince1970]
-            ).map(Self.record)
-        }
-        try await store.database.write { db in
-            for record in records {
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO revoked (serial, expires) VALUES (?, ?)",
-                    arguments: [record.serial, record.expires.timeIntervalSince1970]
-                )
-                try db.execute(sql: "DELETE FROM credential WHERE hash = ?", arguments: [record.credential])
+        if revocation.scope == .token { _ = try await deleteToken(revocation.value) }
+        let records = issued.filter { serial, record in
+            guard record.expires > now else { return false }
+            switch revocation.scope {
+            case .instance: return record.instance == revocation.value
+            case .service: return record.service == revocation.value
+            case .token: return record.token == revocation.value
             }
-            try db.execute(sql: "DELETE FROM revoked WHERE expires < ?", arguments: [now.timeIntervalSince1970])
+        }.sorted { $0.key < $1.key }
+        var write = StoreWrite()
+        for (serial, record) in records {
+            try write.put(StoreKey(.revoked, serial), json: IdentityDocuments.Revoked(expires: record.expires))
+            write.delete(StoreKey(.credential, record.credential))
         }
-        for record in records {
-            revoked[record.serial] = record.expires
-            credentials[record.credential] = nil
+        // Credentials of the scope issued before certificates were recorded (or whose
+        // record is gone) are dropped too.
+        for (hash, credential) in credentials.sorted(by: { $0.key < $1.key }) {
+            switch revocation.scope {
+            case .instance where credential.instance == revocation.value,
+                .service where credential.service == revocation.value:
+                write.delete(StoreKey(.credential, hash))
+            default: continue
+            }
         }
-        // Credentials of the scope issued before this table existed (or whose record is
-        // gone) are dropped too.
-        switch revocation.scope {
-        case .instance: credentials = credentials.filter { $0.value.instance != revocation.value }
-        case .service: credentials = credentials.filter { $0.value.service != revocation.value }
-        case .token: break
-        }
-        revoked = revoked.filter { $0.value > now }
+        for (serial, expires) in revoked where expires <= now { write.delete(StoreKey(.revoked, serial)) }
+        _ = try await commit(write)
         logger.notice(
             "credentials revoked",
             metadata: [
@@ -97,8 +60,7 @@ extension IdentityService {
                 "certificates": "\(records.count)",
             ]
         )
-        await notifyTrustBundleChange()
-        return records.map(\.serial).sorted()
+        return records.map(\.key)
     }
 
     /// The serial (hex) of the first certificate in a PEM chain.

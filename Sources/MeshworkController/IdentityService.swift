@@ -5,6 +5,7 @@ import HTTPTypes
 import Logging
 import MeshworkIdentity
 import MeshworkModel
+import ServiceLifecycle
 import SwiftASN1
 import X509
 
@@ -31,8 +32,19 @@ actor IdentityService {
     /// Told of every trust bundle change, to push it down the watch streams.
     private var onTrustBundleChange: (@Sendable (TrustBundle) async -> Void)?
     let maxLifetime: Duration
-    let store: RegistryStore
+    let store: any ControllerStore
     let logger: Logger
+    /// The store revision applied here, and who waits for a later one (as `Controller`:
+    /// every change, this controller's own too, comes through `follow`).
+    private(set) var appliedRevision: Int64
+    private var revisionWaiters: [(revision: Int64, continuation: CheckedContinuation<Void, Never>)] = []
+    /// The authority documents (`active`, `next`, `retiring-…`), as stored.
+    private var authorityDocuments: [String: IdentityDocuments.Authority] = [:]
+    /// Each join token's document revision: a redemption is conditional on it, so two
+    /// controllers cannot both spend a token's last use.
+    private var tokenRevisions: [String: Int64] = [:]
+    /// Workload certificates issued and not expired, by serial (what a revocation finds).
+    var issued: [String: IdentityDocuments.Issued] = [:]
     private let metrics: ControllerMetrics
     private var tokens: [String: JoinToken] = [:]
     var credentials: [String: Credential] = [:]
@@ -60,12 +72,91 @@ actor IdentityService {
         var expires: Date
     }
 
+    static func document(_ token: JoinToken) -> IdentityDocuments.JoinToken {
+        IdentityDocuments.JoinToken(
+            secretHash: token.secretHash,
+            service: token.service,
+            expires: token.expires,
+            usesLeft: token.usesLeft,
+            created: token.created
+        )
+    }
+
     /// Opens the CA: the operator's (`supplied`, PEM texts) when given, else the one in the
-    /// store, else a new root created and stored now.
-    init(
-        store: RegistryStore,
+    /// store, else a new root created and stored now (by one controller only: the others
+    /// find it there).
+    static func open(
+        store: any ControllerStore,
+        snapshot: StoreSnapshot,
         trustDomain: String,
         supplied: (certificates: String, key: String)?,
+        maxLifetime: Duration,
+        metrics: ControllerMetrics,
+        logger: Logger
+    ) async throws -> IdentityService {
+        var snapshot = snapshot
+        let stored = try snapshot.documents.first { $0.key == IdentityDocuments.active }.map {
+            try StoreCoding.decode(IdentityDocuments.Authority.self, $0.body, key: $0.key)
+        }
+        if let stored, let supplied {
+            let given = try CertificateAuthority(
+                certificatePEM: supplied.certificates,
+                keyPEM: supplied.key,
+                trustDomain: trustDomain
+            )
+            let current = try CertificateAuthority(
+                certificatePEM: stored.certificates,
+                keyPEM: stored.key,
+                trustDomain: trustDomain
+            )
+            if current.certificate != given.certificate {
+                throw ControllerError(
+                    "--ca-cert is not the CA in the store (it was rotated?): start with the stored CA's files, or without --ca-cert/--ca-key"
+                )
+            }
+        }
+        if stored == nil {
+            let created: CertificateAuthority
+            if let supplied {
+                created = try CertificateAuthority(
+                    certificatePEM: supplied.certificates,
+                    keyPEM: supplied.key,
+                    trustDomain: trustDomain
+                )
+            } else {
+                created = try CertificateAuthority.generateRoot(trustDomain: trustDomain)
+            }
+            let pem = try created.pem()
+            var write = StoreWrite(conditions: [.absent(IdentityDocuments.active)])
+            try write.put(
+                IdentityDocuments.active,
+                json: IdentityDocuments.Authority(certificates: pem.certificates, key: pem.key)
+            )
+            do {
+                _ = try await store.commit(write)
+                logger.info(
+                    supplied == nil ? "created the mesh CA" : "stored the operator's CA",
+                    metadata: ["trust-domain": "\(trustDomain)"]
+                )
+            } catch let error as StoreError where error.code == .conflict {
+                // Another controller stored one first: that is the mesh's CA.
+            }
+            snapshot = try await store.load()
+        }
+        return try IdentityService(
+            store: store,
+            snapshot: snapshot,
+            trustDomain: trustDomain,
+            maxLifetime: maxLifetime,
+            metrics: metrics,
+            logger: logger
+        )
+    }
+
+    private init(
+        store: any ControllerStore,
+        snapshot: StoreSnapshot,
+        trustDomain: String,
         maxLifetime: Duration,
         metrics: ControllerMetrics,
         logger: Logger
@@ -75,101 +166,199 @@ actor IdentityService {
         self.maxLifetime = maxLifetime
         self.metrics = metrics
         self.logger = logger
-        let stored = try store.database.read { db in
-            try Row.fetchAll(db, sql: "SELECT certificates, key, state, retire_after FROM authority ORDER BY id")
+        self.appliedRevision = snapshot.revision
+        let now = Date()
+        for document in snapshot.documents {
+            let key = document.key
+            switch key.collection {
+            case .authority:
+                authorityDocuments[key.name] = try StoreCoding.decode(
+                    IdentityDocuments.Authority.self,
+                    document.body,
+                    key: key
+                )
+            case .joinToken:
+                let token = try StoreCoding.decode(IdentityDocuments.JoinToken.self, document.body, key: key)
+                tokens[key.name] = JoinToken(stored: token, id: key.name)
+                tokenRevisions[key.name] = document.revision
+            case .credential:
+                let credential = try StoreCoding.decode(IdentityDocuments.Credential.self, document.body, key: key)
+                guard credential.expires > now else { continue }
+                credentials[key.name] = Credential(
+                    service: credential.service,
+                    instance: credential.instance,
+                    expires: credential.expires
+                )
+            case .issued:
+                issued[key.name] = try StoreCoding.decode(IdentityDocuments.Issued.self, document.body, key: key)
+            case .revoked:
+                let record = try StoreCoding.decode(IdentityDocuments.Revoked.self, document.body, key: key)
+                if record.expires > now { revoked[key.name] = record.expires }
+            case .operatorToken:
+                let token = try StoreCoding.decode(IdentityDocuments.OperatorToken.self, document.body, key: key)
+                operatorTokens[key.name] = OperatorToken(stored: token, id: key.name)
+            default: continue
+            }
         }
-        func load(_ row: Row) throws -> CertificateAuthority {
-            try CertificateAuthority(certificatePEM: row["certificates"], keyPEM: row["key"], trustDomain: trustDomain)
+        guard let active = authorityDocuments["active"] else {
+            throw ControllerError("the store holds no CA (authority/active)")
         }
-        var authority = try stored.last(where: { $0["state"] == "active" }).map(load)
-        if let supplied {
-            let given = try CertificateAuthority(
-                certificatePEM: supplied.certificates,
-                keyPEM: supplied.key,
+        self.authority = try CertificateAuthority(
+            certificatePEM: active.certificates,
+            keyPEM: active.key,
+            trustDomain: trustDomain
+        )
+        (self.next, self.retiring) = try Self.rotation(authorityDocuments, trustDomain: trustDomain)
+    }
+
+    /// `authority`, `next` and `retiring` from the authority documents.
+    private func loadAuthorities() throws {
+        if let active = authorityDocuments["active"] {
+            authority = try CertificateAuthority(
+                certificatePEM: active.certificates,
+                keyPEM: active.key,
                 trustDomain: trustDomain
             )
-            if let authority, authority.certificate != given.certificate {
-                throw ControllerError(
-                    "--ca-cert is not the CA in the store (it was rotated?): start with the stored CA's files, or without --ca-cert/--ca-key"
-                )
+        }
+        (next, retiring) = try Self.rotation(authorityDocuments, trustDomain: trustDomain)
+    }
+
+    /// A rotation's next CA and the retiring roots, from the authority documents.
+    private static func rotation(
+        _ documents: [String: IdentityDocuments.Authority],
+        trustDomain: String
+    ) throws -> (CertificateAuthority?, [(root: Certificate, after: Date)]) {
+        let next = try documents["next"].map {
+            try CertificateAuthority(certificatePEM: $0.certificates, keyPEM: $0.key, trustDomain: trustDomain)
+        }
+        let retiring = documents.filter { $0.key.hasPrefix("retiring-") }.sorted { $0.key < $1.key }.compactMap {
+            entry -> (root: Certificate, after: Date)? in
+            guard let root = try? CertificateAuthority.certificates(fromPEM: entry.value.certificates, field: "ca").last
+            else { return nil }
+            return (root, entry.value.retireAfter ?? Date(timeIntervalSince1970: 0))
+        }
+        return (next, retiring)
+    }
+
+    // MARK: following the store
+
+    /// Applies the store's identity changes as they come (see `Controller.follow`); a
+    /// change of the roots or of the revoked serials goes to the trust bundle listener.
+    func follow() async {
+        while !Task.isCancelled {
+            do {
+                for try await batch in store.changes(after: appliedRevision) {
+                    if apply(batch) { await onTrustBundleChange?(trustBundle) }
+                }
+            } catch is CancellationError {
+                return
+            } catch let error as StoreError where error.code == .compacted {
+                do {
+                    let snapshot = try await store.load()
+                    logger.warning("the store's history moved past this controller: identity read again")
+                    try reload(snapshot)
+                    await onTrustBundleChange?(trustBundle)
+                } catch {
+                    logger.error("cannot read the store", metadata: ["error": "\(error)"])
+                }
+            } catch {
+                // (Shutting down: the store closed under the stream.)
+                if Task.isCancelled || Task.isShuttingDownGracefully { return }
+                logger.warning("the store's change stream broke: following it again", metadata: ["error": "\(error)"])
             }
-            if authority == nil {
-                try Self.insert(given, state: "active", into: store)
-                authority = given
-                logger.info("stored the operator's CA", metadata: ["trust-domain": "\(trustDomain)"])
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    private func reload(_ snapshot: StoreSnapshot) throws {
+        tokens.removeAll()
+        tokenRevisions.removeAll()
+        credentials.removeAll()
+        issued.removeAll()
+        revoked.removeAll()
+        operatorTokens.removeAll()
+        authorityDocuments.removeAll()
+        let changes = snapshot.documents.map { StoreChange(key: $0.key, body: $0.body) }
+        appliedRevision = snapshot.revision - 1
+        _ = apply(StoreChanges(revision: snapshot.revision, changes: changes))
+    }
+
+    /// Applies one commit; whether the trust bundle changed.
+    @discardableResult
+    func apply(_ batch: StoreChanges) -> Bool {
+        guard batch.revision > appliedRevision else { return false }
+        var bundleChanged = false
+        for change in batch.changes {
+            let key = change.key
+            do {
+                switch key.collection {
+                case .authority:
+                    authorityDocuments[key.name] = try change.body.map {
+                        try StoreCoding.decode(IdentityDocuments.Authority.self, $0, key: key)
+                    }
+                    try loadAuthorities()
+                    bundleChanged = true
+                case .joinToken:
+                    tokens[key.name] = try change.body.map {
+                        JoinToken(
+                            stored: try StoreCoding.decode(IdentityDocuments.JoinToken.self, $0, key: key),
+                            id: key.name
+                        )
+                    }
+                    tokenRevisions[key.name] = change.body == nil ? nil : batch.revision
+                case .credential:
+                    credentials[key.name] = try change.body.map {
+                        let stored = try StoreCoding.decode(IdentityDocuments.Credential.self, $0, key: key)
+                        return Credential(service: stored.service, instance: stored.instance, expires: stored.expires)
+                    }
+                case .issued:
+                    issued[key.name] = try change.body.map {
+                        try StoreCoding.decode(IdentityDocuments.Issued.self, $0, key: key)
+                    }
+                case .revoked:
+                    revoked[key.name] = try change.body.map {
+                        try StoreCoding.decode(IdentityDocuments.Revoked.self, $0, key: key).expires
+                    }
+                    bundleChanged = true
+                case .operatorToken:
+                    operatorTokens[key.name] = try change.body.map {
+                        OperatorToken(
+                            stored: try StoreCoding.decode(IdentityDocuments.OperatorToken.self, $0, key: key),
+                            id: key.name
+                        )
+                    }
+                default: continue
+                }
+            } catch {
+                logger.error("a stored change is not readable", metadata: ["key": "\(key)", "error": "\(error)"])
             }
         }
-        if authority == nil {
-            let created = try CertificateAuthority.generateRoot(trustDomain: trustDomain)
-            try Self.insert(created, state: "active", into: store)
-            authority = created
-            logger.info("created the mesh CA", metadata: ["trust-domain": "\(trustDomain)"])
-        }
-        self.authority = authority!
-        self.next = try stored.last(where: { $0["state"] == "next" }).map(load)
-        for row in stored where row["state"] == "retiring" {
-            let text: String = row["certificates"]
-            if let root = try? CertificateAuthority.certificates(fromPEM: text, field: "ca").last {
-                let after: Double = row["retire_after"] ?? 0
-                retiring.append((root, Date(timeIntervalSince1970: after)))
+        appliedRevision = batch.revision
+        let ready = revisionWaiters.filter { $0.revision <= batch.revision }
+        revisionWaiters.removeAll { $0.revision <= batch.revision }
+        for waiter in ready { waiter.continuation.resume() }
+        return bundleChanged
+    }
+
+    /// Commits `write` and waits until it is applied here; its failure said as the API
+    /// says it (as `Controller.storeCall`).
+    func commit(_ write: StoreWrite) async throws -> Int64 {
+        let revision: Int64
+        do {
+            revision = try await store.commit(write)
+        } catch let error as StoreError {
+            switch error.code {
+            case .conflict:
+                throw APIError(status: .conflict, message: "changed concurrently (\(error.message)): try again")
+            case .corrupt: throw APIError(status: .internalServerError, message: error.message)
+            default:
+                throw APIError(status: .serviceUnavailable, message: "the store cannot commit now: \(error.message)")
             }
         }
-        let now = Date()
-        let (tokens, credentials) = try store.database.read { db in
-            var tokens: [String: JoinToken] = [:]
-            var credentials: [String: Credential] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM join_token") {
-                let token = JoinToken(
-                    id: row["id"],
-                    secretHash: row["secret_hash"],
-                    service: row["service"],
-                    expires: Date(timeIntervalSince1970: row["expires"]),
-                    usesLeft: row["uses_left"],
-                    created: Date(timeIntervalSince1970: row["created"])
-                )
-                tokens[token.id] = token
-            }
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM credential") {
-                let expires = Date(timeIntervalSince1970: row["expires"])
-                guard expires > now else { continue }
-                credentials[row["hash"]] = Credential(
-                    service: row["service"],
-                    instance: row["instance"],
-                    expires: expires
-                )
-            }
-            return (tokens, credentials)
+        if appliedRevision < revision {
+            await withCheckedContinuation { revisionWaiters.append((revision, $0)) }
         }
-        self.tokens = tokens
-        self.credentials = credentials
-        self.revoked = try store.database.read { db in
-            var revoked: [String: Date] = [:]
-            /// When each scope (`instance:ID`, `service:NAME`, `token:ID`) was last revoked, so an
-            /// issue that raced a revocation is caught (kept for the longest lifetime).
-            var revokingScopes: [String: Date] = [:]
-            for row in try Row.fetchAll(
-                db,
-                sql: "SELECT * FROM revoked WHERE expires > ?",
-                arguments: [now.timeIntervalSince1970]
-            ) {
-                revoked[row["serial"]] = Date(timeIntervalSince1970: row["expires"])
-            }
-            return revoked
-        }
-        self.operatorTokens = try store.database.read { db in
-            var result: [String: OperatorToken] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM operator_token") {
-                let token = OperatorToken(
-                    id: row["id"],
-                    secretHash: row["secret_hash"],
-                    scope: OperatorScope(rawValue: row["scope"]) ?? .read,
-                    expires: Date(timeIntervalSince1970: row["expires"]),
-                    created: Date(timeIntervalSince1970: row["created"])
-                )
-                result[token.id] = token
-            }
-            return result
-        }
+        return revision
     }
 
     /// The roots sidecars trust, active first: during a rotation, the next or the retiring
@@ -200,16 +389,6 @@ actor IdentityService {
 
     func setTrustBundleListener(_ listener: @escaping @Sendable (TrustBundle) async -> Void) {
         onTrustBundleChange = listener
-    }
-
-    private static func insert(_ authority: CertificateAuthority, state: String, into store: RegistryStore) throws {
-        let pem = try authority.pem()
-        try store.database.write { db in
-            try db.execute(
-                sql: "INSERT INTO authority (certificates, key, state) VALUES (?, ?, ?)",
-                arguments: [pem.certificates, pem.key, state]
-            )
-        }
     }
 
     // MARK: rotation
@@ -271,10 +450,14 @@ actor IdentityService {
         } else {
             created = try CertificateAuthority.generateRoot(trustDomain: trustDomain)
         }
-        try Self.insert(created, state: "next", into: store)
-        next = created
+        let pem = try created.pem()
+        var write = StoreWrite(conditions: [.absent(IdentityDocuments.next)])
+        try write.put(
+            IdentityDocuments.next,
+            json: IdentityDocuments.Authority(certificates: pem.certificates, key: pem.key)
+        )
+        _ = try await commit(write)
         logger.notice("CA rotation prepared: the new root is trusted, the old one still signs")
-        await onTrustBundleChange?(trustBundle)
     }
 
     /// Step 2: the new CA signs; the old root stays trusted until every certificate it
@@ -285,18 +468,18 @@ actor IdentityService {
         }
         let after = Date().addingTimeInterval(Double(maxLifetime.components.seconds))
         let old = CertificateAuthority.fingerprint(authority.root)
-        try await store.database.write { db in
-            try db.execute(
-                sql: "UPDATE authority SET state = 'retiring', retire_after = ? WHERE state = 'active'",
-                arguments: [after.timeIntervalSince1970]
-            )
-            try db.execute(sql: "UPDATE authority SET state = 'active' WHERE state = 'next'")
+        guard var retiringDocument = authorityDocuments["active"], let nextDocument = authorityDocuments["next"] else {
+            throw APIError(status: .conflict, message: "no rotation prepared (ctl ca rotate)")
         }
-        retiring.append((authority.root, after))
-        authority = next
-        self.next = nil
+        _ = next
+        retiringDocument.retireAfter = after
+        // One commit: the old root retires, the prepared one signs.
+        var write = StoreWrite(conditions: [.absent(IdentityDocuments.retiring(old))])
+        try write.put(IdentityDocuments.retiring(old), json: retiringDocument)
+        try write.put(IdentityDocuments.active, json: nextDocument)
+        write.delete(IdentityDocuments.next)
+        _ = try await commit(write)
         logger.notice("CA rotation activated: the new root signs", metadata: ["retiring": "\(old)"])
-        await onTrustBundleChange?(trustBundle)
     }
 
     /// Step 3: the old root leaves the trust bundle; refused while certificates it signed
@@ -313,12 +496,12 @@ actor IdentityService {
                     "certificates from the old root may be valid until \(ISO8601DateFormatter().string(from: latest)); finish then, or force"
             )
         }
-        try await store.database.write { db in
-            try db.execute(sql: "DELETE FROM authority WHERE state = 'retiring'")
+        var write = StoreWrite()
+        for name in authorityDocuments.keys.sorted() where name.hasPrefix("retiring-") {
+            write.delete(StoreKey(.authority, name))
         }
-        retiring.removeAll()
+        _ = try await commit(write)
         logger.notice("CA rotation finished: only the new root is trusted")
-        await onTrustBundleChange?(trustBundle)
     }
 
     // MARK: join tokens
@@ -342,7 +525,7 @@ actor IdentityService {
         let created: Date
     }
 
-    func createJoinToken(service: String, ttl: Duration, uses: Int) throws -> CreatedToken {
+    func createJoinToken(service: String, ttl: Duration, uses: Int) async throws -> CreatedToken {
         let (id, secret, secretHash) = Self.newTokenSecret()
         let now = Date()
         let token = JoinToken(
@@ -353,17 +536,9 @@ actor IdentityService {
             usesLeft: uses,
             created: now
         )
-        try store.database.write { db in
-            try db.execute(
-                sql:
-                    "INSERT INTO join_token (id, secret_hash, service, expires, uses_left, created) VALUES (?, ?, ?, ?, ?, ?)",
-                arguments: [
-                    id, token.secretHash, service, token.expires.timeIntervalSince1970, uses,
-                    now.timeIntervalSince1970,
-                ]
-            )
-        }
-        tokens[id] = token
+        var write = StoreWrite(conditions: [.absent(StoreKey(.joinToken, id))])
+        try write.put(StoreKey(.joinToken, id), json: Self.document(token))
+        _ = try await commit(write)
         logger.info("join token created", metadata: ["id": "\(id)", "service": "\(service)", "uses": "\(uses)"])
         // The active root's SHA-256 rides along: a sidecar verifies an https:// controller
         // with it before trusting anything the controller says (no CA file to hand out).
@@ -387,22 +562,36 @@ actor IdentityService {
         return (join + operators).sorted { $0.created < $1.created }
     }
 
-    func deleteToken(_ id: String) throws -> Bool {
-        if operatorTokens.removeValue(forKey: id) != nil {
-            try store.database.write { db in
-                try db.execute(sql: "DELETE FROM operator_token WHERE id = ?", arguments: [id])
-            }
-            return true
+    func deleteToken(_ id: String) async throws -> Bool {
+        let key: StoreKey
+        if operatorTokens[id] != nil {
+            key = StoreKey(.operatorToken, id)
+        } else if tokens[id] != nil {
+            key = StoreKey(.joinToken, id)
+        } else {
+            return false
         }
-        guard tokens.removeValue(forKey: id) != nil else { return false }
-        try store.database.write { db in
-            try db.execute(sql: "DELETE FROM join_token WHERE id = ?", arguments: [id])
-        }
+        var write = StoreWrite()
+        write.delete(key)
+        _ = try await commit(write)
         return true
     }
 
     /// Spends one use of a join token; the service it is for, or why it is refused.
-    private func redeem(_ text: String, now: Date) throws -> (service: String, token: String) {
+    private func redeem(_ text: String, now: Date) async throws -> (service: String, token: String) {
+        // Conditional on the token's document: a use spent meanwhile (here or on another
+        // controller) is seen, and the redemption decides again from it.
+        for attempt in 1...3 {
+            do {
+                return try await redeemOnce(text, now: now)
+            } catch let error as APIError where error.status == .conflict && attempt < 3 {
+                continue
+            }
+        }
+        throw APIError(status: .conflict, message: "the join token is being redeemed concurrently: try again")
+    }
+
+    private func redeemOnce(_ text: String, now: Date) async throws -> (service: String, token: String) {
         guard let parts = Self.splitToken(text), var token = tokens[parts.id],
             ControllerAPI.constantTimeEqual(Self.hash(parts.secret), token.secretHash)
         else {
@@ -421,13 +610,10 @@ actor IdentityService {
             throw APIError(status: .unauthorized, message: "join token \(token.id) has no uses left")
         }
         token.usesLeft -= 1
-        tokens[token.id] = token
-        try store.database.write { db in
-            try db.execute(
-                sql: "UPDATE join_token SET uses_left = ? WHERE id = ?",
-                arguments: [token.usesLeft, token.id]
-            )
-        }
+        let key = StoreKey(.joinToken, token.id)
+        var write = StoreWrite(conditions: [.unchanged(key, since: tokenRevisions[token.id] ?? 0)])
+        try write.put(key, json: Self.document(token))
+        _ = try await commit(write)
         return (token.service, token.id)
     }
 
@@ -452,7 +638,7 @@ actor IdentityService {
         // the instance, carried over renewals, so a revocation finds every certificate.
         var lineage: (token: String?, instance: String?) = (nil, request.instance)
         if let token = request.token {
-            let redeemed = try redeem(token, now: now)
+            let redeemed = try await redeem(token, now: now)
             id = .service(redeemed.service, trustDomain: trustDomain)
             lineage.token = redeemed.token
             via = "join_token"
@@ -464,7 +650,7 @@ actor IdentityService {
                     message: "certificate \(serial) is revoked: join again with a new token"
                 )
             }
-            if let serial = Self.leafSerial(certificate), let parent = try issuedRecord(serial: serial) {
+            if let serial = Self.leafSerial(certificate), let parent = issued[serial] {
                 // The parent's instance, whatever the request says: a renewal cannot move its
                 // certificate out of an instance's revocation.
                 lineage = (parent.token, parent.instance ?? request.instance)
@@ -518,43 +704,44 @@ actor IdentityService {
             instance: lineage.instance,
             expires: chain[0].notValidAfter
         )
-        credentials[Self.hash(credential)] = record
         let serial = Self.hex(chain[0].serialNumber.bytes)
-        let issuedUnder = lineage
-        try await store.database.write { db in
-            try db.execute(sql: "DELETE FROM credential WHERE expires < ?", arguments: [now.timeIntervalSince1970])
-            try db.execute(
-                sql: "INSERT INTO credential (hash, service, instance, expires) VALUES (?, ?, ?, ?)",
-                arguments: [
-                    Self.hash(credential), record.service, record.instance, record.expires.timeIntervalSince1970,
-                ]
+        var write = StoreWrite()
+        try write.put(
+            StoreKey(.credential, Self.hash(credential)),
+            json: IdentityDocuments.Credential(
+                service: record.service,
+                instance: record.instance,
+                expires: record.expires
             )
-            try db.execute(sql: "DELETE FROM issued WHERE expires < ?", arguments: [now.timeIntervalSince1970])
-            try db.execute(
-                sql:
-                    "INSERT OR REPLACE INTO issued (serial, service, instance, token, credential, expires) VALUES (?, ?, ?, ?, ?, ?)",
-                arguments: [
-                    serial, record.service, issuedUnder.instance, issuedUnder.token, Self.hash(credential),
-                    record.expires.timeIntervalSince1970,
-                ]
+        )
+        try write.put(
+            StoreKey(.issued, serial),
+            json: IdentityDocuments.Issued(
+                service: record.service,
+                instance: lineage.instance,
+                token: lineage.token,
+                credential: Self.hash(credential),
+                expires: record.expires
             )
+        )
+        // What expired goes with it, a bounded number at a time.
+        for hash in credentials.filter({ $0.value.expires <= now }).keys.sorted().prefix(64) {
+            write.delete(StoreKey(.credential, hash))
         }
-        credentials = credentials.filter { $0.value.expires > now }
+        for serial in issued.filter({ $0.value.expires <= now }).keys.sorted().prefix(64) {
+            write.delete(StoreKey(.issued, serial))
+        }
+        _ = try await commit(write)
         // A revocation of this lineage that began while this request was suspended did not
         // see the certificate: refuse it now rather than hand out a revoked identity.
         let scopes = [
             "service:\(record.service)", lineage.instance.map { "instance:\($0)" }, lineage.token.map { "token:\($0)" },
         ].compactMap { $0 }
         if scopes.contains(where: { revokingScopes[$0].map { $0 >= now } ?? false }) {
-            revoked[serial] = record.expires
-            credentials[Self.hash(credential)] = nil
-            try await store.database.write { db in
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO revoked (serial, expires) VALUES (?, ?)",
-                    arguments: [serial, record.expires.timeIntervalSince1970]
-                )
-                try db.execute(sql: "DELETE FROM credential WHERE hash = ?", arguments: [Self.hash(credential)])
-            }
+            var revocation = StoreWrite()
+            try revocation.put(StoreKey(.revoked, serial), json: IdentityDocuments.Revoked(expires: record.expires))
+            revocation.delete(StoreKey(.credential, Self.hash(credential)))
+            _ = try await commit(revocation)
             metrics.refused("forbidden")
             throw APIError(status: .forbidden, message: "revoked while being issued: join again with a new token")
         }
@@ -638,4 +825,29 @@ struct TrustBundle: Sendable, Hashable {
 
 extension IdentityError {
     var configError: ConfigError { ConfigError(path: field, reason: reason) }
+}
+
+extension IdentityService.JoinToken {
+    init(stored: IdentityDocuments.JoinToken, id: String) {
+        self.init(
+            id: id,
+            secretHash: stored.secretHash,
+            service: stored.service,
+            expires: stored.expires,
+            usesLeft: stored.usesLeft,
+            created: stored.created
+        )
+    }
+}
+
+extension OperatorToken {
+    init(stored: IdentityDocuments.OperatorToken, id: String) {
+        self.init(
+            id: id,
+            secretHash: stored.secretHash,
+            scope: OperatorScope(rawValue: stored.scope) ?? .read,
+            expires: stored.expires,
+            created: stored.created
+        )
+    }
 }

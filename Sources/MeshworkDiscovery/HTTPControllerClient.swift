@@ -15,15 +15,33 @@ import Synchronization
 /// workload certificate (it follows CA rotations), and the controller may issue a
 /// credential with a certificate. Each change applies to the next call; a watch streaming
 /// over the old connection ends (its client is shut down) and resumes on the new one.
+///
+/// Several controllers (`https://a:7070,https://b:7070`, controllers sharing one etcd) are
+/// tried in order from the one that answered last: a call that cannot reach one goes to
+/// the next, and a watch that ends resumes, by its revision (the same on every controller
+/// of one store), on whichever answers.
 public final class HTTPControllerClient: ControllerClient {
-    public let baseURL: String
+    /// Every controller's base URL, in the order given.
+    public let baseURLs: [String]
     private let group: any EventLoopGroup
     private let timeouts: HTTPClient.Configuration.Timeout
     private struct Current {
         var http: HTTPClient
         var token: String?
+        /// The controller that answered last: tried first.
+        var preferred = 0
+        /// Controllers that could not be reached (or whose stream broke) lately, until
+        /// when: tried after the others. (A dead host costs a connect timeout per try:
+        /// paid once, not by every heartbeat.)
+        var down: [Int: ContinuousClock.Instant] = [:]
     }
+
+    /// How long a controller that failed is tried last.
+    static let downFor: Duration = .seconds(10)
     private let current: Mutex<Current>
+
+    /// The controller tried first now.
+    public var baseURL: String { baseURLs[current.withLock { $0.preferred }] }
 
     /// `roots` verify an https:// controller (nil: the system's). The read timeout ends a
     /// watch stream that went silent (a controller host gone without closing its
@@ -35,14 +53,15 @@ public final class HTTPControllerClient: ControllerClient {
         group: any EventLoopGroup,
         timeouts: HTTPClient.Configuration.Timeout = .init(connect: .seconds(3), read: .seconds(25))
     ) {
-        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        let urls = (try? ControllerLink.urls(baseURL).get()) ?? [baseURL]
+        self.baseURLs = urls
         self.group = group
         self.timeouts = timeouts
-        let http = Self.makeHTTP(https: baseURL.hasPrefix("https://"), roots: roots, group: group, timeouts: timeouts)
+        let http = Self.makeHTTP(https: urls[0].hasPrefix("https://"), roots: roots, group: group, timeouts: timeouts)
         self.current = Mutex(Current(http: http, token: token))
     }
 
-    public var isHTTPS: Bool { baseURL.hasPrefix("https://") }
+    public var isHTTPS: Bool { baseURLs[0].hasPrefix("https://") }
 
     private static func makeHTTP(
         https: Bool,
@@ -97,19 +116,60 @@ public final class HTTPControllerClient: ControllerClient {
         timeout: TimeAmount = .seconds(10),
         limit: Int = 1 << 20
     ) async throws -> (status: HTTPResponseStatus, body: ByteBuffer) {
-        let (http, request) = self.request(method, path, body: body, contentType: contentType)
-        let response = try await http.execute(request, timeout: timeout)
-        return (response.status, try await response.body.collect(upTo: limit))
+        try await failingOver { base in
+            let (http, request) = self.request(method, base + path, body: body, contentType: contentType)
+            let response = try await http.execute(request, timeout: timeout)
+            return (response.status, try await response.body.collect(upTo: limit))
+        }
+    }
+
+    /// `body` against the preferred controller, then each other one while they cannot
+    /// be reached (an answer, any status, ends it: the controllers share one store, so
+    /// another would say the same).
+    private func failingOver<T>(_ body: (String) async throws -> T) async throws -> T {
+        try await failingOverIndexed { base, _ in try await body(base) }
+    }
+
+    private func failingOverIndexed<T>(_ body: (String, Int) async throws -> T) async throws -> T {
+        let order = current.withLock { current in
+            let now = ContinuousClock.now
+            current.down = current.down.filter { $0.value > now }
+            let all = (0..<baseURLs.count).map { (current.preferred + $0) % baseURLs.count }
+            return all.filter { current.down[$0] == nil } + all.filter { current.down[$0] != nil }
+        }
+        var lastError: (any Error)?
+        for index in order {
+            do {
+                let answer = try await body(baseURLs[index], index)
+                current.withLock { current in
+                    current.preferred = index
+                    current.down[index] = nil
+                }
+                return answer
+            } catch let error as ControllerClientError where error.refused {
+                throw error
+            } catch {
+                if Task.isCancelled { throw error }
+                markDown(index)
+                lastError = error
+            }
+        }
+        throw lastError ?? ControllerClientError("no controller URL")
+    }
+
+    private func markDown(_ index: Int) {
+        guard baseURLs.count > 1 else { return }
+        current.withLock { $0.down[index] = .now + Self.downFor }
     }
 
     private func request(
         _ method: HTTPMethod,
-        _ path: String,
+        _ url: String,
         body: String? = nil,
         contentType: String = "application/json"
     ) -> (HTTPClient, HTTPClientRequest) {
         let (http, token) = current.withLock { ($0.http, $0.token) }
-        var request = HTTPClientRequest(url: baseURL + path)
+        var request = HTTPClientRequest(url: url)
         request.method = method
         if let token { request.headers.add(name: "authorization", value: "Bearer \(token)") }
         if let body {
@@ -203,8 +263,10 @@ public final class HTTPControllerClient: ControllerClient {
     /// newline. No overall deadline: the stream lives as long as the connection, and the
     /// client's read timeout ends a silent one. A refusal throws with its status and body.
     public func streamLines(_ path: String, onLine: (String) async throws -> Void) async throws {
-        let (http, request) = self.request(.GET, path)
-        let response = try await http.execute(request, deadline: .distantFuture)
+        let (response, served) = try await failingOverIndexed { base, index in
+            let (http, request) = self.request(.GET, base + path)
+            return (try await http.execute(request, deadline: .distantFuture), index)
+        }
         guard response.status == .ok else {
             let body = (try? await response.body.collect(upTo: 1 << 20)).map { Array($0.readableBytesView) } ?? []
             throw ControllerClientError(
@@ -215,6 +277,22 @@ public final class HTTPControllerClient: ControllerClient {
             )
         }
         var pending = ByteBuffer()
+        do {
+            try await read(response, into: &pending, path, onLine)
+        } catch {
+            // A stream that broke: that controller is tried last for a while (when the
+            // stream is watched again, it resumes on another).
+            if !Task.isCancelled, !(error is CancellationError) { markDown(served) }
+            throw error
+        }
+    }
+
+    private func read(
+        _ response: HTTPClientResponse,
+        into pending: inout ByteBuffer,
+        _ path: String,
+        _ onLine: (String) async throws -> Void
+    ) async throws {
         for try await chunk in response.body {
             var chunk = chunk
             pending.writeBuffer(&chunk)
@@ -241,10 +319,9 @@ public final class HTTPControllerClient: ControllerClient {
         configuration.tlsConfiguration = tls
         let unverified = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
         defer { Task { try? await unverified.shutdown() } }
-        let response = try await unverified.execute(
-            HTTPClientRequest(url: baseURL + "/v1/trust-bundle"),
-            timeout: .seconds(10)
-        )
+        let response = try await failingOver { base in
+            try await unverified.execute(HTTPClientRequest(url: base + "/v1/trust-bundle"), timeout: .seconds(10))
+        }
         let body = try await response.body.collect(upTo: 1 << 20)
         guard response.status == .ok else {
             throw ControllerClientError("trust bundle: \(response.status.code)")

@@ -165,10 +165,12 @@ extension SidecarConfig {
             ]
         ) {
             if let url = f.required("url", f.string("url")) {
-                if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
-                    reader.fail(f.path("url"), "expected an http:// or https:// URL, found \"\(url)\"")
+                var urls = [url]
+                switch ControllerLink.urls(url) {
+                case .success(let split): urls = split
+                case .failure(let error): reader.fail(f.path("url"), error.reason)
                 }
-                var link = ControllerLink(url: url.hasSuffix("/") ? String(url.dropLast()) : url)
+                var link = ControllerLink(url: urls.joined(separator: ","))
                 link.tokenFile = f.string("tokenFile")
                 link.cacheFile = f.string("cacheFile")
                 link.joinTokenFile = f.string("joinTokenFile")

@@ -370,8 +370,27 @@ extension ClusterConfig {
 
 /// Where the controller is and how to talk to it.
 public struct ControllerLink: Sendable, Hashable, Encodable {
-    /// Base URL of the controller's API, e.g. `http://127.0.0.1:7070`.
+    /// Base URL of the controller's API, e.g. `http://127.0.0.1:7070`; or several,
+    /// comma-separated (controllers sharing one etcd store), tried in turn.
     public var url: String
+
+    /// `url[,url...]` split: each http:// or https://, all of one scheme, without a
+    /// trailing slash; or why not.
+    public static func urls(_ text: String) -> Result<[String], ControllerURLError> {
+        let urls = text.split(separator: ",", omittingEmptySubsequences: false).map { part in
+            var url = part
+            while url.first == " " { url.removeFirst() }
+            while url.last == " " { url.removeLast() }
+            return String(url.hasSuffix("/") ? url.dropLast() : url)
+        }
+        for url in urls where !(url.hasPrefix("http://") || url.hasPrefix("https://")) || url.count < 9 {
+            return .failure(ControllerURLError(reason: "expected an http:// or https:// URL, found \"\(url)\""))
+        }
+        guard Set(urls.map { $0.hasPrefix("https://") }).count == 1 else {
+            return .failure(ControllerURLError(reason: "the controller URLs mix http:// and https://"))
+        }
+        return .success(urls)
+    }
     /// File with the API token (for registration and heartbeats).
     public var tokenFile: String?
     /// The last snapshot is kept here, so the sidecar starts and serves while the controller
@@ -439,4 +458,10 @@ public struct HealthCheckConfig: Sendable, Hashable, Encodable {
     public var unhealthyThreshold: Int = 2
 
     public init() {}
+}
+
+/// Why a controller URL list is refused.
+public struct ControllerURLError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var reason: String
+    public var description: String { reason }
 }

@@ -84,6 +84,44 @@ struct RegistryTests {
         #expect(registry.events(after: registry.revision - 5)?.count == 5)
     }
 
+    /// A store commit's events all carry its revision; revisions may skip (commits of
+    /// documents watchers never see); a watcher resumes after any revision it was told.
+    @Test func storeCommitsShareARevisionAndResumeAcrossGaps() throws {
+        var registry = Registry(revision: 100, now: 0)
+        let first = registry.applying(at: 104) { registry in
+            registry.putInstance(instance("orders-1"), now: 0)
+        }
+        #expect(first.map(\.kind) == [.servicePut, .instancePut])
+        #expect(first.map(\.revision) == [104, 104])
+        // A commit that changed nothing here still moves the registry to its revision.
+        #expect(registry.applying(at: 109) { _ in [RegistryEvent]() }.isEmpty)
+        #expect(registry.revision == 109)
+        let third = try registry.applying(at: 112) { registry in try registry.deleteInstance("orders-1") }
+        #expect(third.map(\.revision) == [112])
+        #expect(registry.events(after: 100)?.map(\.revision) == [104, 104, 112])
+        #expect(registry.events(after: 104)?.map(\.revision) == [112])
+        #expect(registry.events(after: 109)?.map(\.revision) == [112])
+        #expect(registry.events(after: 112) == [])
+        // Before the revision it was restored at: a snapshot.
+        #expect(registry.events(after: 99) == nil)
+        // A route applied from the store keeps the age its document gives it.
+        var route = HTTPRoute(name: "r")
+        route.parents = ["orders"]
+        route.created = 42
+        _ = registry.applying(at: 113) { registry in registry.putRoute(route) }
+        #expect(registry.routes["r"]?.created == 42)
+    }
+
+    @Test func aDroppedCommitTakesAllItsEventsOutOfTheHistory() {
+        var registry = Registry(now: 0, historyLimit: 2)
+        _ = registry.applying(at: 1) { registry in registry.putInstance(instance("orders-1"), now: 0) }
+        _ = registry.applying(at: 2) { registry in registry.putInstance(instance("orders-2"), now: 0) }
+        _ = registry.applying(at: 3) { registry in registry.putInstance(instance("orders-3"), now: 0) }
+        // Four events (two at revision 1) reached twice the limit: revision 1 went whole.
+        #expect(registry.events(after: 0) == nil)
+        #expect(registry.events(after: 1)?.map(\.revision) == [2, 3])
+    }
+
     @Test func restoredInstancesGetAFreshLease() {
         var registry = Registry(instances: [instance("orders-1", ttl: 10)], revision: 7, now: 100 * second)
         #expect(registry.revision == 7)

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import MeshworkModel
 import Synchronization
 
 /// The embedded store: documents in one SQLite file (GRDB), committed with
@@ -9,8 +10,8 @@ import Synchronization
 /// apart: their TTLs are stored, their deadlines are in memory, and a reopened store gives
 /// every lease a fresh TTL (as etcd's new leader does), so instances whose sidecars still
 /// heartbeat survive a restart. An expired lease's documents are deleted in one commit of
-/// their own. Leadership is this process's alone: a leader document from an earlier run
-/// is removed at open.
+/// their own. Leadership is this process's alone and kept in memory: a term ends with its
+/// lease, and a fenced write checks it under the same lock as the commit.
 package final class SQLiteStore: ControllerStore {
     let database: DatabaseQueue
     private let state: Mutex<State>
@@ -25,6 +26,10 @@ package final class SQLiteStore: ControllerStore {
         var history: [StoreChanges] = []
         var subscribers: [UUID: AsyncThrowingStream<StoreChanges, any Error>.Continuation] = [:]
         var closed = false
+        /// Who leads, in memory: one process owns the file, so a restarted one leads anew
+        /// and leadership costs no commit (no revision).
+        var leader: StoreTerm?
+        var lastTerm: Int64 = 0
     }
 
     package init(path: String, sweepInterval: Duration = .milliseconds(250)) throws {
@@ -34,16 +39,7 @@ package final class SQLiteStore: ControllerStore {
         }
         database = try DatabaseQueue(path: path, configuration: configuration)
         var migrator = DatabaseMigrator()
-        migrator.registerMigration("v9-documents") { db in
-            try db.execute(
-                sql: """
-                    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
-                    CREATE TABLE document (collection TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL, revision INTEGER NOT NULL, created INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (collection, name));
-                    CREATE INDEX document_lease ON document (lease) WHERE lease != 0;
-                    CREATE TABLE store_lease (id INTEGER PRIMARY KEY NOT NULL, ttl INTEGER NOT NULL);
-                    """
-            )
-        }
+        Self.registerMigrations(&migrator)
         try migrator.migrate(database)
         let now = clock.now
         var initial = State(revision: 0)
@@ -53,14 +49,6 @@ package final class SQLiteStore: ControllerStore {
                 let id: Int64 = row["id"]
                 let ttl: Int64 = row["ttl"]
                 initial.leases[id] = (ttl, now + .seconds(ttl))
-            }
-            if try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM document WHERE collection = 'leader'") ?? 0 > 0 {
-                initial.revision += 1
-                try db.execute(sql: "DELETE FROM document WHERE collection = 'leader'")
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
-                    arguments: [initial.revision]
-                )
             }
         }
         state = Mutex(initial)
@@ -76,7 +64,10 @@ package final class SQLiteStore: ControllerStore {
         }
     }
 
-    package func load() async throws -> StoreSnapshot {
+    package func load() async throws -> StoreSnapshot { try snapshot() }
+
+    /// `load`, without waiting (the file is local).
+    package func snapshot() throws -> StoreSnapshot {
         try state.withLock { state in
             let documents = try database.read { db in
                 try Row.fetchAll(db, sql: "SELECT * FROM document ORDER BY collection, name").compactMap {
@@ -102,21 +93,17 @@ package final class SQLiteStore: ControllerStore {
             for case .put(_, _, let lease) in write.operations where lease != 0 {
                 guard state.leases[lease] != nil else { throw StoreError(.conflict, "lease \(lease) is gone") }
             }
+            if let fence = write.fence {
+                guard let leader = state.leader, leader == fence, state.leases[leader.lease] != nil else {
+                    throw StoreError(
+                        .fenced,
+                        "the term of \(fence.candidate) that began at \(fence.revision) no longer leads"
+                    )
+                }
+            }
             let revision = state.revision + 1
             var changes: [StoreChange] = []
             try database.write { db in
-                if let fence = write.fence {
-                    let current = try Int64.fetchOne(
-                        db,
-                        sql: "SELECT revision FROM document WHERE collection = 'leader' AND name = 'leader'"
-                    )
-                    guard current == fence.revision else {
-                        throw StoreError(
-                            .fenced,
-                            "the term of \(fence.candidate) that began at \(fence.revision) no longer leads"
-                        )
-                    }
-                }
                 for condition in write.conditions {
                     let key: StoreKey
                     let expected: Int64?
@@ -224,40 +211,41 @@ package final class SQLiteStore: ControllerStore {
     }
 
     package func campaign(candidate: String, lease: Int64) async throws -> StoreTerm {
-        let key = StoreKey(.leader, "leader")
         while true {
-            let revision = state.withLock { $0.revision }
-            let changes = self.changes(after: revision)
-            var write = StoreWrite(conditions: [.absent(key)])
-            write.put(key, Array(candidate.utf8), lease: lease)
-            do {
-                let term = try await commit(write)
-                return StoreTerm(candidate: candidate, revision: term, lease: lease)
-            } catch let error as StoreError where error.code == .conflict {
-                guard try await keepAlive(lease) else { throw StoreError(.fenced, "lease \(lease) is gone") }
-                // Another candidate leads: wait until its document goes.
-                for try await batch in changes where batch.changes.contains(where: { $0.key == key && $0.body == nil })
-                {
-                    break
+            let outcome: StoreTerm? = try state.withLock { state in
+                guard state.leases[lease] != nil else { throw StoreError(.fenced, "lease \(lease) is gone") }
+                if let leader = state.leader, state.leases[leader.lease] != nil {
+                    return leader.lease == lease ? leader : nil
                 }
+                state.lastTerm = max(state.lastTerm, state.revision) + 1
+                let term = StoreTerm(candidate: candidate, revision: state.lastTerm, lease: lease)
+                state.leader = term
+                return term
             }
+            if let outcome { return outcome }
+            // Another candidate of this process leads: look again soon (its lease ends
+            // within its TTL).
+            try await Task.sleep(for: .milliseconds(100))
         }
     }
 
     package func leader() async throws -> String? {
-        try await database.read { db in
-            try Data.fetchOne(db, sql: "SELECT body FROM document WHERE collection = 'leader' AND name = 'leader'")
-        }.map { String(decoding: $0, as: UTF8.self) }
+        state.withLock { state in
+            guard let leader = state.leader, state.leases[leader.lease] != nil else { return nil }
+            return leader.candidate
+        }
     }
 
     package func close() async {
         sweeper.withLock { $0?.cancel() }
-        state.withLock { state in
+        // Finished outside the lock: a stream's termination handler takes it.
+        let subscribers = state.withLock { state in
             state.closed = true
-            for continuation in state.subscribers.values {
-                continuation.finish(throwing: StoreError(.unavailable, "the store is closed"))
-            }
-            state.subscribers.removeAll()
+            defer { state.subscribers.removeAll() }
+            return Array(state.subscribers.values)
+        }
+        for continuation in subscribers {
+            continuation.finish(throwing: StoreError(.unavailable, "the store is closed"))
         }
     }
 
@@ -300,6 +288,7 @@ package final class SQLiteStore: ControllerStore {
             }
         }
         for lease in leases { state.leases[lease] = nil }
+        if let leader = state.leader, leases.contains(leader.lease) { state.leader = nil }
         guard !changes.isEmpty else { return }
         state.revision = revision
         publish(StoreChanges(revision: revision, changes: changes), in: &state)

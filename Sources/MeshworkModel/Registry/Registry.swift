@@ -75,6 +75,12 @@ public struct Registry: Sendable {
     /// Lease deadlines (nanoseconds) of instances that have a TTL.
     private var leases: [String: UInt64] = [:]
     private var history: [RegistryEvent] = []
+    /// The history holds every event after this revision (the revision the registry was
+    /// restored at, or the last one dropped from the history).
+    private var historyFloor: Int64
+    /// Set while a store commit is applied (`applying(at:)`): every event it causes carries
+    /// the commit's revision, not one of its own.
+    private var commitRevision: Int64?
     public let historyLimit: Int
 
     /// - Parameters:
@@ -91,6 +97,7 @@ public struct Registry: Sendable {
         historyLimit: Int = 10_000
     ) {
         self.revision = revision
+        self.historyFloor = revision
         self.mesh = mesh
         for route in routes { self.routes[route.name] = route }
         for policy in policies { self.policies[policy.name] = policy }
@@ -216,7 +223,9 @@ public struct Registry: Sendable {
     /// at, kept across updates. No event when nothing changed.
     public mutating func putRoute(_ route: HTTPRoute) -> [RegistryEvent] {
         var route = route
-        route.created = routes[route.name]?.created ?? revision + 1
+        // Applying a store commit, the age is the route document's own (the store's
+        // creation revision, the same for every controller).
+        if commitRevision == nil { route.created = routes[route.name]?.created ?? revision + 1 }
         guard routes[route.name] != route else { return [] }
         var events: [RegistryEvent] = []
         if let old = routes[route.name],
@@ -250,10 +259,29 @@ public struct Registry: Sendable {
     /// that far (or the revision is from the future): the watcher needs a fresh snapshot.
     public func events(after revision: Int64) -> [RegistryEvent]? {
         if revision == self.revision { return [] }
-        guard revision < self.revision, let oldest = history.first?.revision, revision + 1 >= oldest else {
-            return nil
+        guard revision < self.revision, revision >= historyFloor else { return nil }
+        // Revisions only grow along the history, but neither one per event (a commit's
+        // events share its revision) nor without gaps (store commits that changed nothing
+        // watchers see): the first event after `revision`, by bisection.
+        var low = 0
+        var high = history.count
+        while low < high {
+            let middle = (low + high) / 2
+            if history[middle].revision <= revision { low = middle + 1 } else { high = middle }
         }
-        return Array(history[Int(revision + 1 - oldest)...])
+        return Array(history[low...])
+    }
+
+    /// Applies one store commit: the mutations `body` makes cause events at `revision`
+    /// (all of them at that one), and the registry is at `revision` afterwards even when
+    /// nothing changed that watchers see.
+    public mutating func applying<T>(at revision: Int64, _ body: (inout Registry) throws -> T) rethrows -> T {
+        commitRevision = revision
+        defer {
+            commitRevision = nil
+            self.revision = max(self.revision, revision)
+        }
+        return try body(&self)
     }
 
     public func instances(of service: String) -> [InstanceResource] {
@@ -270,7 +298,7 @@ public struct Registry: Sendable {
         mesh: MeshSettings? = nil,
         route: HTTPRoute? = nil
     ) -> RegistryEvent {
-        revision += 1
+        if let commitRevision { revision = commitRevision } else { revision += 1 }
         let event = RegistryEvent(
             revision: revision,
             kind: kind,
@@ -281,7 +309,14 @@ public struct Registry: Sendable {
             route: route
         )
         history.append(event)
-        if history.count >= historyLimit * 2 { history.removeFirst(history.count - historyLimit) }
+        if history.count >= historyLimit * 2 {
+            let dropped = history.count - historyLimit
+            // (A commit's events are dropped together: the floor is a whole revision.)
+            var cut = dropped
+            while cut < history.count, history[cut].revision == history[dropped - 1].revision { cut += 1 }
+            historyFloor = history[cut - 1].revision
+            history.removeFirst(cut)
+        }
         return event
     }
 

@@ -83,6 +83,31 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "TTL of DNS answers (and of negative answers), e.g. 5s.")
     var dnsTTL: String = "5s"
 
+    @Option(
+        name: .long,
+        help:
+            "Where everything is kept: sqlite (a file in --data-dir, one controller) or etcd://host:port[,host:port...] (etcds:// for TLS), shared by several controllers."
+    )
+    var store = "sqlite"
+
+    @Option(name: .long, help: "With --store etcd: the key prefix of this mesh.")
+    var etcdPrefix = "/meshwork"
+
+    @Option(name: .long, help: "With --store etcds://: the CA file that verifies etcd.")
+    var etcdCa: String?
+
+    @Option(name: .long, help: "With --store etcds://: this controller's client certificate for etcd.")
+    var etcdCert: String?
+
+    @Option(name: .long, help: "With --store etcds://: the key of --etcd-cert.")
+    var etcdKey: String?
+
+    @Option(name: .long, help: "This controller's name in the leader election (default: host name and API port).")
+    var name: String?
+
+    @Option(name: .long, help: "The leader's lease, e.g. 5s: a leader that stops is replaced within about this long.")
+    var electionTtl = "5s"
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -169,6 +194,33 @@ struct ControllerCommand: AsyncParsableCommand {
             )
         }
         options.tls = tls
+        if store != "sqlite" {
+            switch ControllerServer.EtcdOptions.parse(store) {
+            case .success(var etcd):
+                etcd.prefix = etcdPrefix
+                etcd.caFile = etcdCa
+                etcd.certificateFile = etcdCert
+                etcd.keyFile = etcdKey
+                guard (etcdCert == nil) == (etcdKey == nil) else {
+                    throw CommandFailure("--etcd-cert and --etcd-key go together")
+                }
+                guard etcdPrefix.hasPrefix("/"), !etcdPrefix.hasSuffix("/") || etcdPrefix == "/" else {
+                    throw CommandFailure("--etcd-prefix: expected a path like /meshwork, got \"\(etcdPrefix)\"")
+                }
+                options.store = .etcd(etcd)
+            case .failure(let error):
+                throw CommandFailure("--store: \(error)")
+            }
+        }
+        guard let electionTTL = DurationText.parse(electionTtl), electionTTL >= .seconds(1),
+            electionTTL <= .seconds(60)
+        else {
+            throw CommandFailure(
+                "--election-ttl: expected a duration between 1s and 60s like 5s, got \"\(electionTtl)\""
+            )
+        }
+        options.electionTTL = electionTTL
+        options.name = name ?? "\(ProcessInfo.processInfo.hostName):\(address.port)"
         options.dns = dnsAddress
         options.dnsZone = DNSZone.Options(
             domain: domainLabels.joined(separator: "."),
@@ -177,7 +229,7 @@ struct ControllerCommand: AsyncParsableCommand {
         do {
             server = try ControllerServer(options: options, logger: logger)
         } catch {
-            throw CommandFailure("cannot open the registry in \(dataDirectory): \(error)")
+            throw CommandFailure("cannot open the store (\(store == "sqlite" ? dataDirectory : store)): \(error)")
         }
         let serviceGroup = ServiceGroup(
             configuration: .init(

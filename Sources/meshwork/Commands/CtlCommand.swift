@@ -29,7 +29,7 @@ struct CtlCommand: AsyncParsableCommand {
 }
 
 struct CtlOptions: ParsableArguments {
-    @Option(name: .long, help: "The controller's API URL.")
+    @Option(name: .long, help: "The controller's API URL; several, comma-separated, are tried in turn.")
     var controller: String?
 
     @Option(name: .long, help: "File holding the API token.")

@@ -68,7 +68,10 @@ struct SidecarFlags: ParsableArguments {
     @Option(name: .long, help: "Inbound listener (peer sidecars connect here; port 0 picks one).")
     var inbound: String?
 
-    @Option(name: .long, help: "The controller's API URL.")
+    @Option(
+        name: .long,
+        help: "The controller's API URL; several, comma-separated (controllers on one etcd), fail over in turn."
+    )
     var controller: String?
 
     @Option(name: .long, help: "File holding the controller API token.")
@@ -200,8 +203,13 @@ struct SidecarFlags: ParsableArguments {
             throw CommandFailure("--inbound needs --app-port")
         }
         if let controller {
+            let urls: [String]
+            switch ControllerLink.urls(controller) {
+            case .success(let split): urls = split
+            case .failure(let error): throw CommandFailure("--controller: \(error.reason)")
+            }
             var link = sidecarConfig.controller ?? ControllerLink(url: controller)
-            link.url = controller.hasSuffix("/") ? String(controller.dropLast()) : controller
+            link.url = urls.joined(separator: ",")
             sidecarConfig.controller = link
         }
         if let tokenFile { sidecarConfig.controller?.tokenFile = tokenFile }

@@ -56,6 +56,8 @@ struct ControllerTests {
                 body: #"{"service": "orders", "address": "127.0.0.1", "port": 8080, "zone": "eu-1a"}"#
             )
             #expect(good.status == 200)
+            // One commit creates the service and registers the instance: one revision (the
+            // first stored the CA the controller created when it first started).
             #expect(good.header("x-meshwork-revision") == "2")
             let listed = try await controller.call("GET", "/v1/instances?service=orders")
             let instances = try #require(try JSONSerialization.jsonObject(with: listed.body) as? [[String: Any]])

@@ -1,0 +1,223 @@
+import Foundation
+import MeshworkDemo
+import Testing
+
+/// Several controllers on one real etcd cluster (issue 20): they serve one registry, one
+/// leads, and a leader that is killed is replaced.
+@Suite("Controllers on etcd end to end", .serialized)
+struct EtcdControllersTests {
+    /// Two controllers, a 3-member etcd: what one is told the other serves; an instance
+    /// whose heartbeats (through the other) go on stays while one whose heartbeats
+    /// stopped expires, once, for both; the leader SIGKILLed is replaced within twice the
+    /// election lease, and the survivor keeps everything acknowledged before.
+    @Test func twoControllersShareTheRegistryAndAKilledLeaderIsReplaced() async throws {
+        let etcd = try await EtcdCluster.start()
+        let prefix = "/test-\(UUID().uuidString)"
+        func controller(_ name: String) async throws -> ControllerProcess {
+            try await ControllerProcess.start([
+                "--store", etcd.store, "--etcd-prefix", prefix, "--name", name, "--election-ttl", "2s",
+            ])
+        }
+        var controllers: [ControllerProcess] = []
+        do {
+            controllers.append(try await controller("a"))
+            controllers.append(try await controller("b"))
+            let (a, b) = (controllers[0], controllers[1])
+            func leadership(_ controller: ControllerProcess) async throws -> [String: Any] {
+                let answer = try await controller.call("GET", "/v1/leader")
+                return (try? JSONSerialization.jsonObject(with: answer.body) as? [String: Any]) ?? [:]
+            }
+            // One leads, and both say which.
+            let settled = try await eventually(seconds: 10) {
+                let (first, second) = (try await leadership(a), try await leadership(b))
+                let leading = [first["leading"] as? Bool, second["leading"] as? Bool]
+                return leading.filter { $0 == true }.count == 1 && first["leader"] as? String != nil
+                    && first["leader"] as? String == second["leader"] as? String
+            }
+            #expect(settled)
+            #expect(try await leadership(a)["store"] as? String == "etcd")
+
+            // Registered through a: served by b, at the same revision.
+            let registered = try await a.call(
+                "PUT",
+                "/v1/instances/orders-1",
+                body: #"{"service": "orders", "address": "127.0.0.1", "port": 8001, "ttlSeconds": 2}"#
+            )
+            #expect(registered.status == 200)
+            let staying = try await b.call(
+                "PUT",
+                "/v1/instances/orders-2",
+                body: #"{"service": "orders", "address": "127.0.0.1", "port": 8002, "ttlSeconds": 3}"#
+            )
+            #expect(staying.status == 200)
+            let revision = Int(staying.header("x-meshwork-revision") ?? "") ?? 0
+            #expect(revision > Int(registered.header("x-meshwork-revision") ?? "") ?? Int.max)
+            #expect(try await b.call("GET", "/v1/instances/orders-1").status == 200)
+            let watched = try await Curl.run([
+                "-N", "--max-time", "2", "-H", "Authorization: Bearer \(b.token)",
+                b.url + "/v1/watch?services=orders&revision=\(revision - 1)",
+            ])
+            #expect(watched.text.contains("orders-2"), "\(watched.text)")
+
+            // orders-2 heartbeats through b; orders-1 stops: it leaves, on both.
+            let (heartbeatURL, token) = (b.url + "/v1/instances/orders-2/heartbeat", b.token)
+            let heartbeats = Task {
+                while !Task.isCancelled {
+                    _ = try? await Curl.run(["-X", "POST", "-H", "Authorization: Bearer \(token)", heartbeatURL])
+                    try? await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            let expired = try await eventually(seconds: 10) {
+                let onA = try await a.call("GET", "/v1/instances/orders-1").status
+                let onB = try await b.call("GET", "/v1/instances/orders-1").status
+                return onA == 404 && onB == 404
+            }
+            #expect(expired)
+            let expiries = controllers.map { $0.log.components(separatedBy: "lease expired").count - 1 }
+            #expect(expiries == [1, 1], "each controller saw orders-1 expire once: \(expiries)")
+
+            // The leader is SIGKILLed: the other leads within twice the 2 s lease.
+            let leaderName = try await leadership(a)["leader"] as? String
+            let leader = leaderName == "a" ? a : b
+            let survivor = leaderName == "a" ? b : a
+            let killed = ContinuousClock.now
+            await leader.stop(kill: true)
+            let tookOver = try await eventually(seconds: 8) {
+                try await leadership(survivor)["leading"] as? Bool == true
+            }
+            let elapsed = ContinuousClock.now - killed
+            #expect(tookOver && elapsed < .seconds(4), "took over after \(elapsed)")
+            heartbeats.cancel()
+            // Everything acknowledged is there, and the survivor takes changes.
+            let still = try await survivor.call("GET", "/v1/instances/orders-2")
+            #expect(still.status == 200)
+            #expect(try await survivor.call("PUT", "/v1/services/payments", body: "{}").status == 200)
+        } catch {
+            Issue.record("\(error)")
+        }
+        for controller in controllers {
+            await controller.stop()
+            controller.remove()
+        }
+        await etcd.stop()
+    }
+
+    /// Sidecars and `ctl` given both controllers: when the one they use is SIGKILLed they
+    /// go on through the other, the caller's watch resumes there by its revision, and a
+    /// new instance registered through the survivor (the old one deregistered through it)
+    /// takes the traffic.
+    @Test func sidecarsAndCtlFailOverToAnotherControllerAndFollowChanges() async throws {
+        let etcd = try await EtcdCluster.start()
+        let prefix = "/test-\(UUID().uuidString)"
+        var controllers: [ControllerProcess] = []
+        var sidecars: [SidecarProcess] = []
+        var apps: [DemoApp] = []
+        do {
+            for name in ["a", "b"] {
+                controllers.append(
+                    try await ControllerProcess.start([
+                        "--store", etcd.store, "--etcd-prefix", prefix, "--name", name, "--election-ttl", "2s",
+                    ])
+                )
+            }
+            let (a, b) = (controllers[0], controllers[1])
+            let both = "\(a.url),\(b.url)"
+            let first = try await TestMesh.startApp("orders-1")
+            apps.append(first)
+            let second = try await TestMesh.startApp("orders-2")
+            apps.append(second)
+            let server = try await SidecarProcess.start(
+                [
+                    "--service", "orders", "--app-port", String(first.port), "--controller", both,
+                    "--join-token-file", try await a.joinTokenFile("orders"), "--ttl", "3s",
+                ],
+                waitFor: ["inbound", "admin"]
+            )
+            sidecars.append(server)
+            #expect(try await server.waitForLog("registered"), "\(server.log)")
+            let client = try await SidecarProcess.start(
+                [
+                    "--service", "web", "--controller", both, "--upstream", "orders=127.0.0.1:0",
+                    "--join-token-file", try await a.joinTokenFile("web"),
+                ],
+                waitFor: ["upstream:orders"]
+            )
+            sidecars.append(client)
+            #expect(try await client.waitUntilServing("orders"))
+
+            await a.stop(kill: true)
+            // ctl with the dead controller first still answers, through the other.
+            let listed = try await Command.run([
+                CLITests.binary, "ctl", "instances", "--controller", both, "--token-file", b.dataDirectory + "/token",
+            ])
+            #expect(
+                listed.exitCode == 0 && listed.output.contains("orders"),
+                "\(listed.output)\n\(b.log.suffix(2000))\n\(server.log.suffix(2000))"
+            )
+
+            // orders-2 joins through b; orders-1's sidecar leaves (deregistering through b).
+            let replacement = try await SidecarProcess.start(
+                [
+                    "--service", "orders", "--app-port", String(second.port), "--controller", b.url,
+                    "--join-token-file", try await b.joinTokenFile("orders"), "--ttl", "3s",
+                ],
+                waitFor: ["inbound", "admin"]
+            )
+            sidecars.append(replacement)
+            #expect(try await replacement.waitForLog("registered"), "\(replacement.log)")
+            await server.stop()
+            let followed = try await eventually(seconds: 15) {
+                let answers = try await Curl.run([client.upstreamURL("orders") + "/?n=[1-5]"])
+                return answers.exitCode == 0 && second.requestCount >= 5 && answers.text.contains("orders-2")
+                    && !answers.text.contains("orders-1")
+            }
+            #expect(followed, "\(client.log.suffix(2000))")
+        } catch {
+            Issue.record("\(error)")
+        }
+        for sidecar in sidecars { await sidecar.stop() }
+        for app in apps { await app.stop() }
+        for controller in controllers {
+            await controller.stop()
+            controller.remove()
+        }
+        await etcd.stop()
+    }
+
+    /// One etcd member of three down: writes go on. Two down (no quorum): a write is
+    /// refused with a 503 that says the store cannot commit, not a hang; reads go on from
+    /// the controller's last state.
+    @Test func oneEtcdMemberDownIsNothingAndTwoRefuseWritesClearly() async throws {
+        let etcd = try await EtcdCluster.start()
+        var controller: ControllerProcess?
+        do {
+            let started = try await ControllerProcess.start([
+                "--store", etcd.store, "--etcd-prefix", "/test-\(UUID().uuidString)", "--name", "a",
+            ])
+            controller = started
+            #expect(try await started.call("PUT", "/v1/services/orders", body: "{}").status == 200)
+            try await etcd.kill(1)
+            let written = try await eventually(seconds: 15) {
+                try await started.call("PUT", "/v1/services/payments", body: "{}").status == 200
+            }
+            #expect(written, "a write with one member of three down")
+            try await etcd.kill(2)
+            let begun = ContinuousClock.now
+            let refused = try await started.call("PUT", "/v1/services/billing", body: "{}")
+            let took = ContinuousClock.now - begun
+            #expect(refused.status == 503, "\(refused.status) \(refused.text)")
+            #expect(refused.text.contains("the store cannot commit"), "\(refused.text)")
+            #expect(took < .seconds(20), "refused after \(took)")
+            let read = try await started.call("GET", "/v1/services")
+            #expect(read.status == 200 && read.text.contains("orders") && read.text.contains("payments"))
+            #expect(!read.text.contains("billing"))
+        } catch {
+            Issue.record("\(error)")
+        }
+        if let controller {
+            await controller.stop()
+            controller.remove()
+        }
+        await etcd.stop()
+    }
+}
