@@ -220,4 +220,75 @@ struct EtcdControllersTests {
         }
         await etcd.stop()
     }
+
+    /// The leader stepping a rollout is SIGSTOPped past its lease; another leads and goes
+    /// on; SIGCONT: none of the old leader's writes lands, it stops leading, and the
+    /// rollout goes on from the new leader's steps only. (Which comes first when it wakes,
+    /// its next step, refused by the fence, or its renewal, finding the lease gone, is the
+    /// scheduler's choice; the fence itself is tested for both stores in
+    /// `ControllerStoreTests.aFencedWriteLandsOnlyWhileItsTermLeads`.)
+    @Test func aLeaderPausedPastItsLeaseCannotWriteWhenItWakes() async throws {
+        let etcd = try await EtcdCluster.start()
+        let prefix = "/test-\(UUID().uuidString)"
+        var controllers: [ControllerProcess] = []
+        do {
+            for name in ["a", "b"] {
+                controllers.append(
+                    try await ControllerProcess.start([
+                        "--store", etcd.store, "--etcd-prefix", prefix, "--name", name, "--election-ttl", "2s",
+                    ])
+                )
+            }
+            func leads(_ controller: ControllerProcess) async throws -> Bool {
+                let answer = try await controller.call("GET", "/v1/leader")
+                let object = try? JSONSerialization.jsonObject(with: answer.body) as? [String: Any]
+                return object?["leading"] as? Bool == true
+            }
+            func step(_ controller: ControllerProcess) async throws -> Int {
+                let answer = try await controller.call("GET", "/v1/rollouts/orders-v2")
+                let object = try? JSONSerialization.jsonObject(with: answer.body) as? [String: Any]
+                return (object?["status"] as? [String: Any])?["step"] as? Int ?? -1
+            }
+            let someoneLeads = try await eventually(seconds: 10) {
+                let first = try await leads(controllers[0])
+                let second = try await leads(controllers[1])
+                return first || second
+            }
+            #expect(someoneLeads)
+            let leader = try await leads(controllers[0]) ? controllers[0] : controllers[1]
+            let other = leader === controllers[0] ? controllers[1] : controllers[0]
+            let steps = (1...9).map { "  - setWeight: \($0 * 10)\n  - pause: {duration: 1s}" }.joined(separator: "\n")
+            let applied = try await leader.apply(
+                "kind: Rollout\nname: orders-v2\nservice: orders\nstable: v1\ncanary: v2\nsteps:\n\(steps)\n"
+            )
+            #expect(applied.exitCode == 0, "\(applied.output)")
+            #expect(try await eventually(seconds: 10) { try await step(other) >= 2 })
+
+            kill(leader.process.processIdentifier, SIGSTOP)
+            let replaced = try await eventually(seconds: 8) { try await leads(other) }
+            #expect(replaced, "\(other.log.suffix(1500))")
+            // The new leader steps the rollout on.
+            let before = try await step(other)
+            #expect(try await eventually(seconds: 10) { try await step(other) >= before + 2 })
+            let mark = leader.log.count
+            kill(leader.process.processIdentifier, SIGCONT)
+            let stepped = try await eventually(seconds: 8) { try await !leads(leader) }
+            #expect(stepped, "\(leader.log.suffix(1500))")
+            // A step that landed is logged by the controller that wrote it: none by the
+            // old leader after it woke.
+            let woke = String(leader.log.dropFirst(mark))
+            let landed = woke.split(separator: "\n").filter { $0.hasSuffix("] rollout") }
+            #expect(landed.isEmpty, "the woken leader wrote: \(landed)")
+            #expect(woke.contains("no longer leading"), "\(woke.suffix(1500))")
+            #expect(try await leads(other))
+        } catch {
+            Issue.record("\(error)")
+        }
+        for controller in controllers {
+            kill(controller.process.processIdentifier, SIGCONT)
+            await controller.stop()
+            controller.remove()
+        }
+        await etcd.stop()
+    }
 }
