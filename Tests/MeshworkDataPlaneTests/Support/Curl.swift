@@ -33,11 +33,14 @@ enum Curl {
 
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments =
-            ["curl", "-sS", "--max-time", String(timeout), "-D", headerFile, "-o", bodyFile] + arguments
+        // Bodies go to stdout, not `-o`: with a URL glob (`?n=[1-20]`) `-o` takes only the
+        // first answer's body, and a check of `text` would see one answer of twenty.
+        process.arguments = ["curl", "-sS", "--max-time", String(timeout), "-D", headerFile] + arguments
         process.standardError = FileHandle(forWritingAtPath: stderrFile)
-        process.standardOutput = FileHandle.nullDevice
+        let bodyHandle = FileHandle(forWritingAtPath: bodyFile)
+        process.standardOutput = bodyHandle
         let exitCode = try await Command.wait(for: process)
+        try? bodyHandle?.close()
         let headerText = (try? String(contentsOfFile: headerFile, encoding: .utf8)) ?? ""
         var statusLines: [String] = []
         var headers: [(String, String)] = []
