@@ -31,6 +31,25 @@ final class EtcdCluster {
     /// SIGKILLs member `n` (1-based).
     func kill(_ n: Int) async throws { _ = try await Self.run(["kill", directory, String(n)]) }
 
+    /// The names of the keys under `prefix` (what follows it), read from etcd itself
+    /// through its v3 JSON gateway: what the store holds, not what a controller serves.
+    func names(_ prefix: String) async throws -> [String] {
+        var end = Array(prefix.utf8)
+        end[end.count - 1] += 1
+        let request =
+            [
+                "key": Data(prefix.utf8).base64EncodedString(), "range_end": Data(end).base64EncodedString(),
+                "keys_only": true,
+            ] as [String: Any]
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)
+        let answer = try await Curl.run(["--data-binary", body, endpoints[endpoints.count - 1] + "/v3/kv/range"])
+        guard answer.status == 200, let object = try JSONSerialization.jsonObject(with: answer.body) as? [String: Any]
+        else { throw EtcdClusterFailure(output: "range \(prefix): \(answer.status) \(answer.text)") }
+        let keys = (object["kvs"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
+        return keys.compactMap { Data(base64Encoded: $0).map { String(decoding: $0, as: UTF8.self) } }
+            .map { String($0.dropFirst(prefix.count)) }
+    }
+
     func stop() async {
         _ = try? await Self.run(["stop", directory])
         try? FileManager.default.removeItem(atPath: directory)
