@@ -349,12 +349,14 @@ struct ControllerAPI {
     }
 
     /// A workload may write only its own instance: of its own service, and the instance id
-    /// its certificate request named (when it named one).
+    /// its certificate request named (when it named one). The service is the one the body
+    /// names and the one the instance already has: a credential of one service cannot take
+    /// over (or then delete) another's instance by naming its own in the body.
     private func authorize(_ caller: Caller, instance id: String, service: String?) async throws {
         guard case .workload(let credential) = caller else { return try refuseReadOnly(caller) }
-        var target = service
-        if target == nil { target = await controller.instance(id)?.service }
-        var allowed = target == nil || target == credential.service
+        let existing = await controller.instance(id)?.service
+        let target = existing.flatMap { $0 != credential.service ? $0 : nil } ?? service ?? existing
+        var allowed = [service, existing].allSatisfy { $0 == nil || $0 == credential.service }
         if let own = credential.instance, own != id { allowed = false }
         guard allowed else {
             metrics.refused("forbidden")

@@ -198,6 +198,45 @@ struct ZeroTrustTests {
         return false
     }
 
+    /// A credential of one service (not bound to an instance) cannot take over another
+    /// service's instance by naming its own service in the body, nor delete it.
+    @Test func aServiceCredentialCannotTakeOverAnotherServicesInstance() async throws {
+        let controller = try await ControllerProcess.start()
+        let directory = controller.dataDirectory + "-work"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            controller.remove()
+        }
+        do {
+            let payments = #"{"service": "payments", "address": "127.0.0.1", "port": 7001}"#
+            #expect(try await controller.call("PUT", "/v1/instances/payments-1", body: payments).status == 200)
+            let web = try await controller.issueWorkload("web", in: directory)
+            let takeover = try await controller.call(
+                "PUT",
+                "/v1/instances/payments-1",
+                body: #"{"service": "web", "address": "127.0.0.1", "port": 6666}"#,
+                bearer: web.credential
+            )
+            #expect(takeover.status == 403, "\(takeover.text)")
+            let deleted = try await controller.call("DELETE", "/v1/instances/payments-1", bearer: web.credential)
+            #expect(deleted.status == 403, "\(deleted.text)")
+            let kept = try await controller.call("GET", "/v1/instances/payments-1")
+            #expect(kept.status == 200 && kept.text.contains("7001") && kept.text.contains("payments"), "\(kept.text)")
+            // Its own service's instances it may register.
+            let own = try await controller.call(
+                "PUT",
+                "/v1/instances/web-1",
+                body: #"{"service": "web", "address": "127.0.0.1", "port": 6001}"#,
+                bearer: web.credential
+            )
+            #expect(own.status == 200, "\(own.text)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        await controller.stop()
+    }
+
     @Test func sidecarsOnJoinTokensTalkOverMTLSAndRefuseEveryOtherPeer() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let controller = try await startController()
