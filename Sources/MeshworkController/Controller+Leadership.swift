@@ -72,8 +72,11 @@ extension ControllerServer {
                 let term = try await cancelWhenGracefulShutdown {
                     try await store.campaign(candidate: name, lease: candidacy)
                 }
-                renewal.cancel()
+                // The candidacy renewals go on while the new leader restores what it
+                // leads (a commit per rollout), which may take longer than a third of
+                // the lease.
                 await controller.lead(term)
+                renewal.cancel()
                 var renewed = clock.now
                 // Renewed three times a lease; leading ends before the lease could have
                 // run out (two thirds of it without a renewal), not after.

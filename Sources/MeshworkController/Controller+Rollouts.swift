@@ -265,11 +265,23 @@ extension Controller {
 
     /// Writes every rollout's route again (at start: one that stopped between committing
     /// a status and writing its route), and asks again a webhook it was waiting for.
+    /// Each rollout is read inside its own turn, as it is then: one changed by an operator
+    /// (or by the previous leader's last step) while an earlier one was restored is not
+    /// written back as it was.
     func restoreRolloutRoutes() async {
-        for entry in rollouts.values {
-            do { try await exclusively { try await settle(entry, fence: term) } } catch {
-                logger.error("rollout route not restored", metadata: ["rollout": "\(entry.rollout.name)"])
+        for name in rollouts.keys.sorted() {
+            let current: RolloutEntry?
+            do {
+                current = try await exclusively { () async throws -> RolloutEntry? in
+                    guard let entry = rollouts[name] else { return nil }
+                    try await settle(entry, fence: term)
+                    return rollouts[name]
+                }
+            } catch {
+                logger.error("rollout route not restored", metadata: ["rollout": "\(name)"])
+                continue
             }
+            guard let entry = current else { continue }
             if let kind = entry.status.awaiting {
                 let hooks = entry.rollout.webhooks
                 let url =
@@ -352,7 +364,9 @@ extension Controller {
                     now: now
                 )
                 try carryOut(effects, &entry, now: now)
-                try await settle(entry)
+                // Fenced while this controller leads: a leader paused past its lease that
+                // wakes to a webhook's answer cannot act on it.
+                try await settle(entry, fence: term)
             }
         } catch {
             logger.error("rollout step not stored", metadata: ["rollout": "\(name)", "error": "\(error)"])

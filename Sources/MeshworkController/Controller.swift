@@ -60,7 +60,9 @@ actor Controller {
     private var changeListener: (@Sendable ([ServiceResource], [InstanceResource], Int64) -> Void)?
     /// The store revision applied here, and who waits for a later one.
     private(set) var appliedRevision: Int64
-    private var revisionWaiters: [(revision: Int64, continuation: CheckedContinuation<Void, Never>)] = []
+    private var revisionWaiters = RevisionWaiters()
+    /// The task reading the store's change stream now (cancelled to open it again).
+    private var following: Task<Void, any Error>?
     private var mutating = false
     private var mutationQueue: [CheckedContinuation<Void, Never>] = []
 
@@ -156,16 +158,19 @@ actor Controller {
     func deleteService(_ name: String) async throws -> Int64 {
         try await exclusively {
             guard registry.services[name] != nil else { throw RegistryError.notFound("service \"\(name)\"") }
-            var write = StoreWrite()
-            for instance in registry.instances(of: name) {
-                write.delete(RegistryDocuments.key(instance: instance.id))
-            }
-            write.delete(RegistryDocuments.key(service: name))
+            // The instances first, then the service (a store commits at most
+            // `StoreWrite.maxOperations` at once: a large service takes several commits).
+            let groups =
+                registry.instances(of: name).map {
+                    [StoreWrite.Operation.delete(RegistryDocuments.key(instance: $0.id))]
+                }
+                + [[.delete(RegistryDocuments.key(service: name))]]
             let leases = registry.instances(of: name).compactMap { instanceLeases[$0.id] }
             let ids = registry.instances(of: name).map(\.id)
             deleting.formUnion(ids)
             defer { deleting.subtract(ids) }
-            let revision = try await commit(write)
+            var revision = registry.revision
+            for write in StoreWrite.split(groups) { revision = try await commit(write) }
             for lease in leases { try? await store.revokeLease(lease) }
             return revision
         }
@@ -190,19 +195,31 @@ actor Controller {
             } else {
                 retired = existing
             }
-            var write = StoreWrite()
-            if registry.services[instance.service] == nil {
-                // A service that does not exist yet is created with the defaults (a sidecar
-                // may register before an operator has described its service).
-                try write.put(
-                    RegistryDocuments.key(service: instance.service),
-                    json: ServiceResource(name: instance.service)
-                )
+            var revision = registry.revision
+            for attempt in 1...3 {
+                var write = StoreWrite()
+                if registry.services[instance.service] == nil {
+                    // A service that does not exist yet is created with the defaults (a
+                    // sidecar may register before an operator has described its service),
+                    // only if it still does not: one an operator just described through
+                    // another controller is not overwritten with the defaults.
+                    let key = RegistryDocuments.key(service: instance.service)
+                    write.conditions.append(.absent(key))
+                    try write.put(key, json: ServiceResource(name: instance.service))
+                }
+                if registry.instances[instance.id] != instance || existing != lease {
+                    try write.put(RegistryDocuments.key(instance: instance.id), json: instance, lease: lease)
+                }
+                guard !write.operations.isEmpty else { break }
+                do {
+                    revision = try await commit(write)
+                    break
+                } catch let error as APIError where error.status == .conflict && attempt < 3 {
+                    // The service was created meanwhile: once it is applied here, the
+                    // instance goes alone.
+                    try await Task.sleep(for: .milliseconds(50 * attempt))
+                }
             }
-            if registry.instances[instance.id] != instance || existing != lease {
-                try write.put(RegistryDocuments.key(instance: instance.id), json: instance, lease: lease)
-            }
-            let revision = write.operations.isEmpty ? registry.revision : try await commit(write)
             if let retired, retired != lease { try? await store.revokeLease(retired) }
             return revision
         }
@@ -217,6 +234,10 @@ actor Controller {
             if lease != 0, try await !storeCall({ try await store.keepAlive(lease) }) {
                 throw RegistryError.notFound("instance \"\(id)\" (its lease ended)")
             }
+            // Read again after the renewal: a registration applied meanwhile (through
+            // another controller) is not written back as it was.
+            guard let current = registry.instances[id] else { throw RegistryError.notFound("instance \"\(id)\"") }
+            instance = current
             guard let health, health != instance.health else { return registry.revision }
             instance.health = health
             var write = StoreWrite(conditions: [])
@@ -316,10 +337,12 @@ actor Controller {
         return try await body()
     }
 
-    /// Commits `write` and waits until it is applied here; the revision it made.
+    /// Commits `write` and waits until it is applied here; the revision it made (the one
+    /// applied here when the write changed nothing).
     func commit(_ write: StoreWrite) async throws -> Int64 {
         let revision = try await storeCall { try await store.commit(write) }
-        await applied(revision)
+        guard revision != 0 else { return appliedRevision }
+        try await applied(revision)
         return revision
     }
 
@@ -339,16 +362,35 @@ actor Controller {
                 )
             case .unavailable, .compacted:
                 throw APIError(status: .serviceUnavailable, message: "the store cannot commit now: \(error.message)")
-            case .corrupt:
+            case .corrupt, .tooLarge:
                 throw APIError(status: .internalServerError, message: error.message)
             }
         }
     }
 
-    /// Returns once the store's revision `revision` is applied here.
-    func applied(_ revision: Int64) async {
+    /// Returns once the store's revision `revision` is applied here; a 503 when it was
+    /// not within `RevisionWaiters.timeout` (the change stream is opened again).
+    func applied(_ revision: Int64) async throws {
         guard appliedRevision < revision else { return }
-        await withCheckedContinuation { revisionWaiters.append((revision, $0)) }
+        let id = revisionWaiters.reserve()
+        let timer = Task { [weak self] in
+            try await Task.sleep(for: RevisionWaiters.timeout)
+            await self?.appliedTimedOut(id)
+        }
+        let seen = await withCheckedContinuation { revisionWaiters.add(id, revision, $0) }
+        timer.cancel()
+        guard seen else {
+            throw APIError(
+                status: .serviceUnavailable,
+                message: "the write landed at revision \(revision), but this controller has not seen it yet"
+            )
+        }
+    }
+
+    private func appliedTimedOut(_ id: Int) {
+        guard revisionWaiters.expire(id) else { return }
+        logger.warning("a commit did not come back through the store's change stream: opening it again")
+        following?.cancel()
     }
 
     // MARK: following the store
@@ -357,11 +399,22 @@ actor Controller {
     /// broken stream is opened again from the last revision applied; a history that no
     /// longer reaches back that far is read whole again (watchers get a snapshot).
     func follow() async {
+        defer { revisionWaiters.releaseAll() }
         while !Task.isCancelled {
             do {
-                for try await batch in store.changes(after: appliedRevision) { apply(batch) }
+                let stream = store.changes(after: appliedRevision)
+                let current = Task {
+                    for try await batch in stream { await self.apply(batch) }
+                }
+                following = current
+                try await withTaskCancellationHandler {
+                    try await current.value
+                } onCancel: {
+                    current.cancel()
+                }
             } catch is CancellationError {
-                return
+                // This task's own cancellation, or `appliedTimedOut` restarting the stream.
+                if Task.isCancelled { return }
             } catch let error as StoreError where error.code == .compacted {
                 logger.warning("the store's history moved past this controller: reading it whole")
                 do {
@@ -398,9 +451,7 @@ actor Controller {
         appliedRevision = batch.revision
         for event in events { broadcast(event) }
         if !events.isEmpty { publishChange() }
-        let ready = revisionWaiters.filter { $0.revision <= batch.revision }
-        revisionWaiters.removeAll { $0.revision <= batch.revision }
-        for waiter in ready { waiter.continuation.resume() }
+        revisionWaiters.release(through: batch.revision)
     }
 
     private func applyChange(
@@ -460,9 +511,7 @@ actor Controller {
         for watcher in watchers.values { watcher.continuation.finish() }
         watchers.removeAll()
         publishChange()
-        let ready = revisionWaiters.filter { $0.revision <= snapshot.revision }
-        revisionWaiters.removeAll { $0.revision <= snapshot.revision }
-        for waiter in ready { waiter.continuation.resume() }
+        revisionWaiters.release(through: snapshot.revision)
     }
 
     /// Calls `listener` now and after every change.

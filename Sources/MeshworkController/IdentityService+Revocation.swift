@@ -36,10 +36,17 @@ extension IdentityService {
             case .token: return record.token == revocation.value
             }
         }.sorted { $0.key < $1.key }
-        var write = StoreWrite()
+        // A certificate's revocation and its credential's deletion land together; a large
+        // scope takes several commits (a store commits at most `StoreWrite.maxOperations`).
+        var groups: [[StoreWrite.Operation]] = []
         for (serial, record) in records {
-            try write.put(StoreKey(.revoked, serial), json: IdentityDocuments.Revoked(expires: record.expires))
-            write.delete(StoreKey(.credential, record.credential))
+            groups.append([
+                .put(
+                    StoreKey(.revoked, serial),
+                    try StoreCoding.encode(IdentityDocuments.Revoked(expires: record.expires))
+                ),
+                .delete(StoreKey(.credential, record.credential)),
+            ])
         }
         // Credentials of the scope issued before certificates were recorded (or whose
         // record is gone) are dropped too.
@@ -47,12 +54,14 @@ extension IdentityService {
             switch revocation.scope {
             case .instance where credential.instance == revocation.value,
                 .service where credential.service == revocation.value:
-                write.delete(StoreKey(.credential, hash))
+                groups.append([.delete(StoreKey(.credential, hash))])
             default: continue
             }
         }
-        for (serial, expires) in revoked where expires <= now { write.delete(StoreKey(.revoked, serial)) }
-        _ = try await commit(write)
+        for (serial, expires) in revoked.sorted(by: { $0.key < $1.key }) where expires <= now {
+            groups.append([.delete(StoreKey(.revoked, serial))])
+        }
+        for write in StoreWrite.split(groups) { _ = try await commit(write) }
         logger.notice(
             "credentials revoked",
             metadata: [

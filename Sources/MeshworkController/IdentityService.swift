@@ -37,7 +37,9 @@ actor IdentityService {
     /// The store revision applied here, and who waits for a later one (as `Controller`:
     /// every change, this controller's own too, comes through `follow`).
     private(set) var appliedRevision: Int64
-    private var revisionWaiters: [(revision: Int64, continuation: CheckedContinuation<Void, Never>)] = []
+    private var revisionWaiters = RevisionWaiters()
+    /// The task reading the store's change stream now (cancelled to open it again).
+    private var following: Task<Void, any Error>?
     /// The authority documents (`active`, `next`, `retiring-…`), as stored.
     private var authorityDocuments: [String: IdentityDocuments.Authority] = [:]
     /// Each join token's document revision: a redemption is conditional on it, so two
@@ -245,13 +247,24 @@ actor IdentityService {
     /// Applies the store's identity changes as they come (see `Controller.follow`); a
     /// change of the roots or of the revoked serials goes to the trust bundle listener.
     func follow() async {
+        defer { revisionWaiters.releaseAll() }
         while !Task.isCancelled {
             do {
-                for try await batch in store.changes(after: appliedRevision) {
-                    if apply(batch) { await onTrustBundleChange?(trustBundle) }
+                let stream = store.changes(after: appliedRevision)
+                let current = Task {
+                    for try await batch in stream {
+                        if await self.apply(batch) { await self.trustBundleChanged() }
+                    }
+                }
+                following = current
+                try await withTaskCancellationHandler {
+                    try await current.value
+                } onCancel: {
+                    current.cancel()
                 }
             } catch is CancellationError {
-                return
+                // This task's own cancellation, or `appliedTimedOut` restarting the stream.
+                if Task.isCancelled { return }
             } catch let error as StoreError where error.code == .compacted {
                 do {
                     let snapshot = try await store.load()
@@ -281,6 +294,15 @@ actor IdentityService {
         let changes = snapshot.documents.map { StoreChange(key: $0.key, body: $0.body) }
         appliedRevision = snapshot.revision - 1
         _ = apply(StoreChanges(revision: snapshot.revision, changes: changes))
+        // A redemption is conditional on the token document's own revision, not the
+        // snapshot's (which would refuse every redemption as a conflict).
+        for document in snapshot.documents where document.key.collection == .joinToken {
+            tokenRevisions[document.key.name] = document.revision
+        }
+    }
+
+    private func trustBundleChanged() async {
+        await onTrustBundleChange?(trustBundle)
     }
 
     /// Applies one commit; whether the trust bundle changed.
@@ -334,9 +356,7 @@ actor IdentityService {
             }
         }
         appliedRevision = batch.revision
-        let ready = revisionWaiters.filter { $0.revision <= batch.revision }
-        revisionWaiters.removeAll { $0.revision <= batch.revision }
-        for waiter in ready { waiter.continuation.resume() }
+        revisionWaiters.release(through: batch.revision)
         return bundleChanged
     }
 
@@ -350,15 +370,33 @@ actor IdentityService {
             switch error.code {
             case .conflict:
                 throw APIError(status: .conflict, message: "changed concurrently (\(error.message)): try again")
-            case .corrupt: throw APIError(status: .internalServerError, message: error.message)
+            case .corrupt, .tooLarge: throw APIError(status: .internalServerError, message: error.message)
             default:
                 throw APIError(status: .serviceUnavailable, message: "the store cannot commit now: \(error.message)")
             }
         }
-        if appliedRevision < revision {
-            await withCheckedContinuation { revisionWaiters.append((revision, $0)) }
+        guard revision != 0 else { return appliedRevision }
+        guard appliedRevision < revision else { return revision }
+        let id = revisionWaiters.reserve()
+        let timer = Task { [weak self] in
+            try await Task.sleep(for: RevisionWaiters.timeout)
+            await self?.appliedTimedOut(id)
+        }
+        let seen = await withCheckedContinuation { revisionWaiters.add(id, revision, $0) }
+        timer.cancel()
+        guard seen else {
+            throw APIError(
+                status: .serviceUnavailable,
+                message: "the write landed at revision \(revision), but this controller has not seen it yet"
+            )
         }
         return revision
+    }
+
+    private func appliedTimedOut(_ id: Int) {
+        guard revisionWaiters.expire(id) else { return }
+        logger.warning("a commit did not come back through the store's change stream: opening it again")
+        following?.cancel()
     }
 
     /// The roots sidecars trust, active first: during a rotation, the next or the retiring
@@ -724,11 +762,12 @@ actor IdentityService {
                 expires: record.expires
             )
         )
-        // What expired goes with it, a bounded number at a time.
-        for hash in credentials.filter({ $0.value.expires <= now }).keys.sorted().prefix(64) {
+        // What expired goes with it, a bounded number at a time (the write stays within
+        // `StoreWrite.maxOperations`).
+        for hash in credentials.filter({ $0.value.expires <= now }).keys.sorted().prefix(32) {
             write.delete(StoreKey(.credential, hash))
         }
-        for serial in issued.filter({ $0.value.expires <= now }).keys.sorted().prefix(64) {
+        for serial in issued.filter({ $0.value.expires <= now }).keys.sorted().prefix(32) {
             write.delete(StoreKey(.issued, serial))
         }
         _ = try await commit(write)

@@ -206,6 +206,88 @@ struct ControllerStoreTests {
         }
     }
 
+    /// A write whose deletes find nothing makes no revision and says so (0): on etcd the
+    /// revision it would otherwise answer is the cluster's, here one made under another
+    /// prefix that no watch of this store shows, and a controller waiting for it to come
+    /// back would wait forever. A write of `maxOperations` lands; one more is refused
+    /// whole, before anything is sent.
+    @Test(arguments: Backend.allCases)
+    func aWriteThatChangesNothingMakesNoRevisionAndAnOversizedOneIsRefused(_ backend: Backend) async throws {
+        try await StoreHarness.with(backend) { store, endpoints in
+            var write = StoreWrite()
+            write.put(Self.service, [1])
+            let revision = try await store.commit(write)
+            if let etcd = store as? EtcdStore {
+                // Another mesh on the same cluster moves the cluster's revision on.
+                let neighbour = EtcdStore(
+                    client: try EtcdClient(
+                        options: .init(endpoints: [String(endpoints.split(separator: ",")[0])]),
+                        logger: Logger(label: "test")
+                    ),
+                    prefix: etcd.prefix + "-neighbour"
+                )
+                var elsewhere = StoreWrite()
+                elsewhere.put(Self.service, [9])
+                #expect(try await neighbour.commit(elsewhere) > revision)
+                await neighbour.close()
+            }
+            var nothing = StoreWrite()
+            nothing.delete(Self.instance)
+            #expect(try await store.commit(nothing) == 0)
+            #expect(try await store.load().documents.map(\.key) == [Self.service])
+
+            var largest = StoreWrite()
+            for n in 0..<StoreWrite.maxOperations { largest.put(StoreKey(.instance, "i-\(n)"), [1]) }
+            #expect(try await store.commit(largest) > revision)
+            var oversized = StoreWrite()
+            for n in 0...StoreWrite.maxOperations { oversized.put(StoreKey(.policy, "p-\(n)"), [1]) }
+            await expectStoreError(.tooLarge) { try await store.commit(oversized) }
+            #expect(try await store.load().documents(in: .policy).isEmpty)
+        }
+    }
+
+    @Test func splitKeepsEachGroupWholeAndEveryWriteWithinTheLimit() {
+        let groups: [[StoreWrite.Operation]] = (0..<100).map { n in
+            [.put(StoreKey(.revoked, "s-\(n)"), [1]), .delete(StoreKey(.credential, "c-\(n)"))]
+        }
+        let writes = StoreWrite.split(groups)
+        #expect(writes.count == 2)
+        #expect(writes.allSatisfy { $0.operations.count <= StoreWrite.maxOperations })
+        #expect(writes.flatMap(\.operations) == groups.flatMap { $0 })
+        #expect(writes[0].operations.count % 2 == 0, "a pair is never split across writes")
+    }
+
+    /// etcd only: a write sent to a member that takes the connection and never answers is
+    /// not sent again to the next member (it may have been committed: sent twice it would
+    /// land twice, or fail its own condition). It fails as "may have landed", and the next
+    /// call starts at the next member and lands.
+    @Test func aWriteToAMemberThatDoesNotAnswerIsNotSentAgainElsewhere() async throws {
+        let silent = try SilentListener()
+        defer { silent.close() }
+        try await StoreHarness.with(.etcd) { store, endpoints in
+            let prefix = (store as? EtcdStore)?.prefix ?? ""
+            var options = EtcdClient.Options(
+                endpoints: ["http://127.0.0.1:\(silent.port)"] + endpoints.split(separator: ",").map(String.init)
+            )
+            options.requestTimeout = .seconds(1)
+            let other = EtcdStore(
+                client: try EtcdClient(options: options, logger: Logger(label: "test")),
+                prefix: prefix
+            )
+            var write = StoreWrite(conditions: [.absent(Self.service)])
+            write.put(Self.service, [1])
+            do {
+                let revision = try await other.commit(write)
+                Issue.record("landed at \(revision) through a member that never answers")
+            } catch let error as StoreError {
+                #expect(error.code == .unavailable && error.message.contains("may have landed"), "\(error)")
+            }
+            #expect(try await store.load().documents.isEmpty, "the write was not sent to another member")
+            #expect(try await other.commit(write) > 0, "the next call goes to the next member")
+            await other.close()
+        }
+    }
+
     @Test func anUnreachableEtcdIsUnavailableNotAHang() async throws {
         var options = EtcdClient.Options(endpoints: ["http://127.0.0.1:9"])
         options.requestTimeout = .seconds(1)
@@ -235,4 +317,36 @@ func expectStoreError(
 
 extension StoreChange {
     var summary: String { body.map { "\(key)=\($0)" } ?? "\(key) deleted" }
+}
+
+/// A TCP port that takes connections (the kernel completes them into its backlog) and
+/// never reads or answers: a member that hangs.
+final class SilentListener {
+    let port: Int
+    private let socket: Int32
+
+    init() throws {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0, listen(fd, 16) == 0 else {
+            _ = Glibc.close(fd)
+            throw HarnessError("cannot listen: \(errno)")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        socket = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() { _ = Glibc.close(socket) }
 }

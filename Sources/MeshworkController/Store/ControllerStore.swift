@@ -14,7 +14,12 @@ import Foundation
 ///   only if every condition holds (`StoreError.conflict` otherwise), and only while the
 ///   term it is fenced by still leads (`StoreError.fenced`).
 /// - Revisions only grow, across processes too: the revision a commit returns is greater
-///   than any revision a `load` or `changes` stream has shown before it.
+///   than any revision a `load` or `changes` stream has shown before it. A commit that
+///   changes nothing (its deletes find nothing) makes no revision and returns 0: there is
+///   nothing to wait for.
+/// - A write holds at most `StoreWrite.maxOperations` operations and as many conditions
+///   (etcd's `--max-txn-ops` default); a larger one is refused (`StoreError.tooLarge`)
+///   before anything is sent, so a caller splits it.
 /// - `changes(after:)` delivers every commit after a revision in order, whoever made it,
 ///   lease expiries included, each exactly once.
 /// - A document put under a lease is deleted (once, as a change of its own) when the lease
@@ -127,8 +132,24 @@ package struct StoreWrite: Sendable {
         }
     }
 
+    /// etcd refuses a transaction with more than 128 compares or operations on a side
+    /// (`--max-txn-ops`, default 128); both stores keep to it, so a write that would only
+    /// fail on etcd fails in every test.
+    package static let maxOperations = 128
+
     package var conditions: [Condition] = []
     package var operations: [Operation] = []
+
+    /// Refuses a write etcd would (`maxOperations`); the fence is one compare more.
+    package func checkSize() throws {
+        let compares = conditions.count + (fence == nil ? 0 : 1)
+        guard operations.count <= Self.maxOperations, compares <= Self.maxOperations else {
+            throw StoreError(
+                .tooLarge,
+                "a write of \(operations.count) operations and \(compares) conditions (at most \(Self.maxOperations) each)"
+            )
+        }
+    }
     /// The leader term the write belongs to: refused when that term no longer leads.
     package var fence: StoreTerm?
 
@@ -147,6 +168,22 @@ package struct StoreWrite: Sendable {
     }
 
     package mutating func delete(_ key: StoreKey) { operations.append(.delete(key)) }
+
+    /// `groups` of operations as writes of at most `maxOperations` each, in order; the
+    /// operations of one group always land together (a group is at most `maxOperations`).
+    package static func split(_ groups: [[Operation]]) -> [StoreWrite] {
+        var writes: [StoreWrite] = []
+        var current = StoreWrite()
+        for group in groups where !group.isEmpty {
+            if current.operations.count + group.count > maxOperations {
+                writes.append(current)
+                current = StoreWrite()
+            }
+            current.operations += group
+        }
+        if !current.operations.isEmpty { writes.append(current) }
+        return writes
+    }
 }
 
 /// One change of a commit, as `changes` delivers it.
@@ -187,12 +224,15 @@ package struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         /// The term the write was fenced by no longer leads.
         case fenced
         /// The store cannot be reached, or cannot commit (no quorum): the write may or may
-        /// not have landed.
+        /// not have landed (the message says which is known).
         case unavailable
         /// The history after the revision asked for is gone.
         case compacted
         /// The stored data is not what this version reads.
         case corrupt
+        /// The write has more operations than a store commits at once (a caller's bug:
+        /// it splits the write).
+        case tooLarge
     }
 
     package var code: Code

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 import Synchronization
 
@@ -16,7 +17,11 @@ import Synchronization
 /// control-plane writes, never on a request's path.
 ///
 /// Endpoints are tried in order from the last one that answered: a member that refuses the
-/// connection or does not answer within `requestTimeout` is passed over for the next.
+/// connection, or says it has no leader, is passed over for the next. A read also moves on
+/// when a member does not answer within `requestTimeout`; a write does not: it may have
+/// been committed (etcd's own "request timed out" may still commit), and sent again to
+/// another member it would land twice or report a conflict with itself, so it fails with
+/// `EtcdError.Code.indeterminate` and the next call starts at the next member.
 /// Keys are UTF-8 strings; values are bytes.
 package final class EtcdClient: Sendable {
     package struct Options: Sendable {
@@ -81,6 +86,10 @@ package final class EtcdClient: Sendable {
         package var revision: Int64
         /// The keys each `range` operation of the branch that ran read, in order.
         package var ranges: [[KeyValue]]
+        /// Whether the branch that ran changed anything (a put, or a delete that found a
+        /// key): a transaction that did not makes no revision of its own, and `revision`
+        /// is then the cluster's, perhaps of a key no watch of ours will ever show.
+        package var changed: Bool
     }
 
     package struct WatchEvent: Sendable, Hashable {
@@ -153,28 +162,39 @@ package final class EtcdClient: Sendable {
     package func rangePrefix(_ prefix: String) async throws -> (keyValues: [KeyValue], revision: Int64) {
         let end = Self.prefixEnd(prefix)
         var all: [KeyValue] = []
-        var (page, revision, more) = try await range(prefix, end: end, limit: 1000)
-        all += page
-        while more, let last = page.last {
+        // A page is at most 64 MiB (`call`): one too large for that is read again in
+        // halves (documents are bounded by etcd's request size, 1.5 MiB by default).
+        var limit = 500
+        var start = prefix
+        var revision: Int64?
+        while true {
+            let page: (keyValues: [KeyValue], revision: Int64, more: Bool)
+            do {
+                page = try await range(start, end: end, revision: revision, limit: limit)
+            } catch is NIOTooManyBytesError where limit > 1 {
+                limit /= 2
+                continue
+            }
+            revision = revision ?? page.revision
+            all += page.keyValues
             // The next page starts right after the last key read (the key with a NUL appended).
-            (page, _, more) = try await range(last.key + "\u{0}", end: end, revision: revision, limit: 1000)
-            all += page
+            guard page.more, let last = page.keyValues.last else { return (all, revision ?? page.revision) }
+            start = last.key + "\u{0}"
         }
-        return (all, revision)
     }
 
     @discardableResult
     package func put(_ key: String, _ value: [UInt8], lease: Int64 = 0) async throws -> Int64 {
         var body: [String: Any] = ["key": Self.base64(key), "value": Data(value).base64EncodedString()]
         if lease != 0 { body["lease"] = String(lease) }
-        return try Self.revision(try await call("/v3/kv/put", body))
+        return try Self.revision(try await call("/v3/kv/put", body, write: true))
     }
 
     @discardableResult
     package func delete(_ key: String, end: String? = nil) async throws -> Int64 {
         var body: [String: Any] = ["key": Self.base64(key)]
         if let end { body["range_end"] = Self.base64(end) }
-        return try Self.revision(try await call("/v3/kv/deleterange", body))
+        return try Self.revision(try await call("/v3/kv/deleterange", body, write: true))
     }
 
     /// Runs `success` if every comparison holds, else `failure`, atomically.
@@ -188,15 +208,26 @@ package final class EtcdClient: Sendable {
             "success": success.map(Self.json),
             "failure": failure.map(Self.json),
         ]
-        let answer = try await call("/v3/kv/txn", body)
+        let answer = try await call("/v3/kv/txn", body, write: true)
         let succeeded = answer["succeeded"] as? Bool ?? false
         var ranges: [[KeyValue]] = []
+        var changed = false
         for response in answer["responses"] as? [[String: Any]] ?? [] {
             if let range = response["response_range"] as? [String: Any] {
                 ranges.append(try Self.keyValues(range["kvs"]))
             }
+            if response["response_put"] != nil { changed = true }
+            if let delete = response["response_delete_range"] as? [String: Any], Self.int64(delete["deleted"]) ?? 0 > 0
+            {
+                changed = true
+            }
         }
-        return TransactionResult(succeeded: succeeded, revision: try Self.revision(answer), ranges: ranges)
+        return TransactionResult(
+            succeeded: succeeded,
+            revision: try Self.revision(answer),
+            ranges: ranges,
+            changed: changed
+        )
     }
 
     // MARK: leases
@@ -246,12 +277,17 @@ package final class EtcdClient: Sendable {
         }
         let task = Task {
             do {
-                let response = try await self.open("/v3/watch", data)
+                let response = try await self.open("/v3/watch", data, write: false, watch: true)
                 var pending = ByteBuffer()
+                // Where the search for the next newline goes on (a large message arrives in
+                // many chunks: each is scanned once).
+                var scanned = 0
                 for try await chunk in response.body {
                     pending.writeImmutableBuffer(chunk)
                     // The gateway writes one JSON object per message, each ending in a newline.
-                    while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                    while let newline = pending.readableBytesView.dropFirst(scanned).firstIndex(of: UInt8(ascii: "\n"))
+                    {
+                        scanned = 0
                         let length = newline - pending.readerIndex
                         let line = pending.readBytes(length: length + 1) ?? []
                         guard let message = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
@@ -276,6 +312,8 @@ package final class EtcdClient: Sendable {
                         let header = result["header"] as? [String: Any] ?? [:]
                         continuation.yield(WatchResponse(revision: Self.int64(header["revision"]) ?? 0, events: events))
                     }
+                    scanned = pending.readableBytes
+                    pending.discardReadBytes()
                     // A message is a few kilobytes; one this large is not etcd's.
                     if pending.readableBytes > 64 << 20 { throw EtcdError.malformed("a watch message over 64 MiB") }
                 }
@@ -290,8 +328,8 @@ package final class EtcdClient: Sendable {
 
     // MARK: transport
 
-    private func call(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
-        let response = try await open(path, try JSONSerialization.data(withJSONObject: body))
+    private func call(_ path: String, _ body: [String: Any], write: Bool = false) async throws -> [String: Any] {
+        let response = try await open(path, try JSONSerialization.data(withJSONObject: body), write: write)
         let bytes = try await response.body.collect(upTo: 64 << 20)
         guard let answer = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any]
         else {
@@ -306,8 +344,19 @@ package final class EtcdClient: Sendable {
 
     /// Sends the request to the preferred member, then to each other one, and returns the
     /// first answer's head: a member that cannot be reached or that says it has no leader
-    /// (it is cut off from the quorum) is passed over.
-    private func open(_ path: String, _ data: Data) async throws -> HTTPClientResponse {
+    /// (it is cut off from the quorum) is passed over. A `write` that reached a member and
+    /// got no answer, or a failure other than "no leader", is not sent again (see the
+    /// type's comment): it fails as indeterminate, and the next call starts at the next
+    /// member. A `watch` asks to be ended when its member loses the leader (etcd's
+    /// `hasleader` metadata), so that it is opened again on one that has it.
+    private func open(
+        _ path: String,
+        _ data: Data,
+        write: Bool,
+        watch: Bool = false
+    ) async throws
+        -> HTTPClientResponse
+    {
         let count = options.endpoints.count
         let first = preferred.withLock { $0 }
         var lastError: (any Error)?
@@ -316,7 +365,17 @@ package final class EtcdClient: Sendable {
             var request = HTTPClientRequest(url: options.endpoints[index] + path)
             request.method = .POST
             request.headers.add(name: "content-type", value: "application/json")
+            if watch { request.headers.add(name: "grpc-metadata-hasleader", value: "true") }
             request.body = .bytes(ByteBuffer(bytes: data))
+            /// The next call starts at the next member: this one took a write it did not
+            /// answer, and may be the one cut off.
+            func indeterminate(_ reason: String) -> EtcdError {
+                preferred.withLock { $0 = (index + 1) % count }
+                return EtcdError(
+                    code: .indeterminate,
+                    message: "\(options.endpoints[index]) did not answer \(path) (\(reason)): the write may have landed"
+                )
+            }
             do {
                 let response = try await http.execute(request, timeout: .init(options.requestTimeout))
                 if [.serviceUnavailable, .gatewayTimeout, .internalServerError].contains(response.status) {
@@ -325,6 +384,7 @@ package final class EtcdClient: Sendable {
                     let answer =
                         (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any]
                     let message = answer?["message"] as? String ?? "\(response.status.code)"
+                    if write && !message.contains("no leader") { throw indeterminate(message) }
                     lastError = EtcdError.unavailable(message)
                     continue
                 }
@@ -332,6 +392,10 @@ package final class EtcdClient: Sendable {
                 return response
             } catch let error as HTTPClientError where error == .cancelled && Task.isCancelled {
                 throw CancellationError()
+            } catch let error as EtcdError {
+                throw error
+            } catch  where write && !Self.notConnected(error) {
+                throw indeterminate("\(error)")
             } catch {
                 logger.debug(
                     "etcd member did not answer",
@@ -341,6 +405,15 @@ package final class EtcdClient: Sendable {
             }
         }
         throw EtcdError.unavailable("no etcd member answered \(path): \(lastError.map { "\($0)" } ?? "")")
+    }
+
+    /// Whether `error` says the connection was never made (so nothing was sent).
+    private static func notConnected(_ error: any Error) -> Bool {
+        if error is NIOConnectionError { return true }
+        if let error = error as? IOError { return [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH].contains(error.errnoCode) }
+        if let error = error as? HTTPClientError { return error == .connectTimeout }
+        if case .connectTimeout = error as? ChannelError { return true }
+        return false
     }
 
     // MARK: JSON
@@ -383,7 +456,15 @@ package final class EtcdClient: Sendable {
         guard let key = (object["key"] as? String).flatMap({ Data(base64Encoded: $0) }) else {
             throw EtcdError.malformed("a key-value without a key")
         }
-        let value = (object["value"] as? String).flatMap { Data(base64Encoded: $0) } ?? Data()
+        let value: Data
+        if let text = object["value"] as? String {
+            guard let decoded = Data(base64Encoded: text) else {
+                throw EtcdError.malformed("a value that is not base64")
+            }
+            value = decoded
+        } else {
+            value = Data()
+        }
         return KeyValue(
             key: String(decoding: key, as: UTF8.self),
             value: Array(value),
@@ -434,8 +515,10 @@ package final class EtcdClient: Sendable {
 /// Why an etcd call failed.
 package struct EtcdError: Error, CustomStringConvertible, Sendable {
     package enum Code: Sendable, Equatable {
-        /// No member answered, or none that is part of a quorum: a write may not have landed.
+        /// No member answered, or none that is part of a quorum: nothing was written.
         case unavailable
+        /// A write reached a member that did not answer it: it may have landed or not.
+        case indeterminate
         /// etcd refused the request (its message says why).
         case server
         /// The watch's start revision was compacted away.

@@ -47,6 +47,7 @@ package final class EtcdStore: ControllerStore {
     }
 
     package func commit(_ write: StoreWrite) async throws -> Int64 {
+        try write.checkSize()
         var compares: [EtcdClient.Compare] = []
         if let fence = write.fence {
             compares.append(EtcdClient.Compare(leaderPath, .equal, .createRevision(fence.revision)))
@@ -80,7 +81,9 @@ package final class EtcdStore: ControllerStore {
             }
             throw StoreError(.conflict, "a document the write depends on changed")
         }
-        return result.revision
+        // Nothing changed, so no revision was made: the one etcd answers is the cluster's,
+        // perhaps of a key outside the prefix that no watch of ours will show.
+        return result.changed ? result.revision : 0
     }
 
     package func changes(after revision: Int64) -> AsyncThrowingStream<StoreChanges, any Error> {
@@ -186,6 +189,7 @@ package final class EtcdStore: ControllerStore {
         case .compacted: return StoreError(.compacted, etcd.description)
         case .server where etcd.message.contains("lease not found"): return StoreError(.conflict, etcd.description)
         case .malformed: return StoreError(.corrupt, etcd.description)
+        case .server where etcd.message.contains("too many operations"): return StoreError(.tooLarge, etcd.description)
         default: return StoreError(.unavailable, etcd.description)
         }
     }

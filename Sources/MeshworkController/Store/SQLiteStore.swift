@@ -88,7 +88,8 @@ package final class SQLiteStore: ControllerStore {
     }
 
     package func commit(_ write: StoreWrite) async throws -> Int64 {
-        try state.withLock { state in
+        try write.checkSize()
+        return try state.withLock { state in
             guard !state.closed else { throw StoreError(.unavailable, "the store is closed") }
             for case .put(_, _, let lease) in write.operations where lease != 0 {
                 guard state.leases[lease] != nil else { throw StoreError(.conflict, "lease \(lease) is gone") }
@@ -149,11 +150,14 @@ package final class SQLiteStore: ControllerStore {
                         if db.changesCount > 0 { changes.append(StoreChange(key: key, body: nil)) }
                     }
                 }
+                // A write that changed nothing makes no revision (as on etcd).
+                guard !changes.isEmpty else { return }
                 try db.execute(
                     sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
                     arguments: [revision]
                 )
             }
+            guard !changes.isEmpty else { return 0 }
             state.revision = revision
             publish(StoreChanges(revision: revision, changes: changes), in: &state)
             return revision

@@ -159,6 +159,40 @@ struct ControllerTests {
         }
     }
 
+    /// A service with more instances than one store commit holds (etcd's 128 operations,
+    /// which the embedded store keeps to as well) is deleted whole: instances first, then
+    /// the service.
+    @Test func aServiceWithMoreInstancesThanOneCommitHoldsIsDeletedWhole() async throws {
+        try await withController { controller in
+            let count = 140
+            let url = controller.url + "/v1/instances/orders-"
+            let registered = try await Command.run(
+                ["curl", "-s", "--cacert", controller.caFile, "-H", "Authorization: Bearer \(controller.token)"]
+                    + (1...count).flatMap { n in
+                        [
+                            "-X", "PUT", "-H", "content-type: application/json", "-o", "/dev/null", "-w",
+                            "%{http_code}\n",
+                            "--data-binary", #"{"service": "orders", "address": "127.0.0.1", "port": \#(8000 + n)}"#,
+                            url + String(n), "--next", "--cacert", controller.caFile,
+                            "-H", "Authorization: Bearer \(controller.token)",
+                        ]
+                    }.dropLast(5)
+            )
+            #expect(
+                registered.output.split(separator: "\n") == Array(repeating: "200", count: count),
+                "\(registered.output.suffix(500))"
+            )
+            let deleted = try await controller.call("DELETE", "/v1/services/orders")
+            #expect(deleted.status == 200, "\(deleted.text)")
+            let listed = try await controller.call("GET", "/v1/instances?service=orders")
+            #expect(
+                (try JSONSerialization.jsonObject(with: listed.body) as? [Any])?.isEmpty == true,
+                "\(listed.text.prefix(300))"
+            )
+            #expect(try await controller.call("GET", "/v1/services/orders").status == 404)
+        }
+    }
+
     @Test func anInstanceWithoutHeartbeatsLeavesAfterItsTTL() async throws {
         try await withController { controller in
             _ = try await controller.call(
