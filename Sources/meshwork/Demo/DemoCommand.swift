@@ -39,6 +39,15 @@ struct DemoCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print each view below the last instead of redrawing the screen.")
     var plain = false
 
+    @Flag(
+        name: .long,
+        help: """
+            Run the control plane as three controllers on a 3-member etcd (etcd on PATH: Debian's \
+            etcd-server), and SIGKILL the leader partway: another leads, and no request fails.
+            """
+    )
+    var ha = false
+
     func validate() throws {
         guard duration >= 0 else { throw ValidationError("--duration must be 0 or more") }
         guard (1...5000).contains(rate) else { throw ValidationError("--rate must be between 1 and 5000") }
@@ -55,7 +64,7 @@ struct DemoCommand: AsyncParsableCommand {
         else { throw CommandFailure("cannot write \(logFile)") }
         LoggingSystem.bootstrap { label in FileLogHandler(handle: logHandle, label: label) }
         let faultsAt = faultsAfter ?? (duration > 0 ? max(3, duration / 3) : 15)
-        let mesh = DemoMesh(directory: directory, gatewayPort: port, rate: rate)
+        let mesh = DemoMesh(directory: directory, gatewayPort: port, rate: rate, ha: ha)
         sayLine("meshwork demo: starting (log: \(logFile))")
         do {
             try await mesh.start()

@@ -81,6 +81,9 @@ actor DemoMesh {
     let directory: String
     let gatewayPort: Int
     let rate: Int
+    /// Three controllers on etcd (`--ha`) instead of one in this process.
+    let ha: Bool
+    private var controlPlane: DemoControlPlane?
     nonisolated let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
     nonisolated let http: HTTPClient
     nonisolated let load = LoadStats()
@@ -101,10 +104,11 @@ actor DemoMesh {
     private(set) var gatewayAdmin: SocketAddress?
     private(set) var instances: [Instance] = []
 
-    init(directory: String, gatewayPort: Int, rate: Int) {
+    init(directory: String, gatewayPort: Int, rate: Int, ha: Bool = false) {
         self.directory = directory
         self.gatewayPort = gatewayPort
         self.rate = rate
+        self.ha = ha
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(2), read: .seconds(5))
         self.http = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
@@ -151,6 +155,7 @@ actor DemoMesh {
     }
 
     private func startController() async throws {
+        if ha { return try await startControlPlane() }
         var options = ControllerServer.Options(
             dataDirectory: (directory as NSString).appendingPathComponent("controller"),
             listen: HostPort(host: "127.0.0.1", port: 0),
@@ -187,6 +192,83 @@ actor DemoMesh {
             group: group,
             timeouts: .init(connect: .seconds(2), read: .seconds(5))
         )
+    }
+
+    /// `--ha`: three controller processes on a 3-member etcd; sidecars, the gateway and the
+    /// demo's own calls are given all three and fail over.
+    private func startControlPlane() async throws {
+        let plane = DemoControlPlane(directory: directory, token: token)
+        controlPlane = plane
+        let (group, token) = (group, token)
+        let caFile = await plane.caFile
+        try await plane.start { url in
+            guard let roots = try? NIOSSLCertificate.fromPEMFile(caFile), !roots.isEmpty else { return false }
+            let probe = HTTPControllerClient(
+                baseURL: url,
+                token: token,
+                roots: roots,
+                group: group,
+                timeouts: .init(connect: .seconds(1), read: .seconds(2))
+            )
+            let answered = (try? await probe.call(.GET, "/v1/leader"))?.0 == .ok
+            await probe.shutdown()
+            return answered
+        }
+        let urls = await plane.urls
+        apiURL = urls.joined(separator: ",")
+        self.caFile = caFile
+        if let port = await plane.dnsPorts.first { dnsAddress = try? SocketAddress(ipAddress: "127.0.0.1", port: port) }
+        guard let roots = try? NIOSSLCertificate.fromPEMFile(caFile), !roots.isEmpty else {
+            throw CommandFailure("the controllers wrote no CA file at \(caFile)")
+        }
+        api = HTTPControllerClient(
+            baseURL: apiURL,
+            token: token,
+            roots: roots,
+            group: group,
+            timeouts: .init(connect: .seconds(2), read: .seconds(5))
+        )
+    }
+
+    /// Who leads the controllers now (nil: nobody, or a single controller).
+    func leader() async -> String? {
+        guard let api, let (status, body) = try? await api.call(.GET, "/v1/leader", timeout: .seconds(2)),
+            status == .ok,
+            let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
+        else { return nil }
+        return object["leader"] as? String
+    }
+
+    /// The controllers and whether each runs (`--ha`).
+    func controllerStates() async -> [(name: String, running: Bool)] {
+        guard let controlPlane else { return [] }
+        var states: [(String, Bool)] = []
+        for member in await controlPlane.controllers {
+            states.append((member.name, await controlPlane.isRunning(member.name)))
+        }
+        return states
+    }
+
+    /// SIGKILLs the leading controller; who leads next and how long that took (bounded:
+    /// 15 s).
+    func killLeader() async -> (killed: String, next: String?, after: Duration)? {
+        guard let controlPlane, let leader = await leader() else { return nil }
+        let start = ContinuousClock.now
+        await controlPlane.kill(leader)
+        logger.notice("controller SIGKILLed", metadata: ["controller": "\(leader)"])
+        while ContinuousClock.now - start < .seconds(15) {
+            if let next = await self.leader(), next != leader { return (leader, next, ContinuousClock.now - start) }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return (leader, nil, ContinuousClock.now - start)
+    }
+
+    func restartController(_ name: String) async {
+        do {
+            try await controlPlane?.restart(name)
+        } catch {
+            logger.error("controller not restarted", metadata: ["controller": "\(name)", "error": "\(error)"])
+        }
     }
 
     /// The first element of `stream`, or nil after 10 s.
@@ -363,7 +445,13 @@ actor DemoMesh {
         var lines = [
             "controller API  \(apiURL)   (meshwork ctl --controller \(apiURL) --ca-file \(caFile) services)"
         ]
-        lines.append("dashboard       \(apiURL)/ui")
+        if ha {
+            lines.append(
+                "controllers     controller-1..3 on a 3-member etcd (prefix \(DemoControlPlane.prefix)), one leads; the leader is SIGKILLed partway and started again"
+            )
+        }
+        let first = apiURL.split(separator: ",").first.map(String.init) ?? apiURL
+        lines.append("dashboard       \(first)/ui" + (ha ? "   (any controller's: each serves the same mesh)" : ""))
         if let port = dnsAddress?.port {
             lines.append("DNS             127.0.0.1:\(port)   (dig @127.0.0.1 -p \(port) orders.service.mesh SRV)")
         }
@@ -452,6 +540,7 @@ actor DemoMesh {
             await controllerGroup.triggerGracefulShutdown()
             _ = await controllerTask?.result
         }
+        await controlPlane?.stop()
         try? await http.shutdown()
         await api?.shutdown()
         try? await group.shutdownGracefully()

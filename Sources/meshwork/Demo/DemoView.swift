@@ -23,6 +23,14 @@ actor DemoView {
     /// Each rollout's outcome, the first time it is seen (for the summary).
     private var outcomes: [(name: String, at: Int, line: String)] = []
 
+    /// `--ha`: when the leader was SIGKILLed, who led next and how soon, what the load saw
+    /// in the 10 s after, and when the killed controller was started again.
+    private var killedAt: Int?
+    private var failover: (killed: String, next: String?, after: Duration)?
+    private var afterKill = (requests: 0, failed: 0)
+    private var restartedAt: Int?
+    static let restartAfterKill = 8
+
     static let slowInstance = "orders-2"
     static let failingInstance = "inventory-1"
     static let slowBy: Duration = .milliseconds(300)
@@ -51,14 +59,61 @@ actor DemoView {
                 await mesh.startGoodRollout()
                 rolloutStartedAt = elapsed
             }
+            await stepControlPlane(duration: duration)
             let frame = await tick(instances)
             say(redraw ? "\u{1B}[H\u{1B}[J" + frame : frame)
         }
     }
 
+    /// `--ha`: once both rollouts are decided (the leader drives them; or, in a bounded
+    /// demo, 14 s before its end), SIGKILL the leading controller; start it again
+    /// `restartAfterKill` s later.
+    private func stepControlPlane(duration: Int) async {
+        guard mesh.ha else { return }
+        if killedAt == nil, outcomes.count >= 2 || (duration > 0 && elapsed >= duration - 14) {
+            killedAt = elapsed
+            Task {
+                let result = await mesh.killLeader()
+                await self.failedOver(result)
+            }
+        }
+        if let killedAt, restartedAt == nil, elapsed >= killedAt + Self.restartAfterKill, let failover {
+            await mesh.restartController(failover.killed)
+            restartedAt = elapsed
+        }
+    }
+
+    private func failedOver(_ result: (killed: String, next: String?, after: Duration)?) {
+        failover = result
+    }
+
+    private func controlPlaneRow() async -> String? {
+        guard mesh.ha else { return nil }
+        let leader = await mesh.leader()
+        let states = await mesh.controllerStates().map { state in
+            state.name + (state.running ? (state.name == leader ? " (leader)" : "") : " (killed)")
+        }
+        var row = "controllers on etcd: " + states.joined(separator: ", ")
+        if let failover, let killedAt {
+            row += String(
+                format: "   %@ SIGKILLed at %02d:%02d; %@ led %.1f s later",
+                failover.killed,
+                killedAt / 60,
+                killedAt % 60,
+                failover.next ?? "nobody",
+                Double(failover.after.components.attoseconds) / 1e18 + Double(failover.after.components.seconds)
+            )
+        }
+        return row
+    }
+
     private func tick(_ instances: [DemoMesh.Instance]) async -> String {
         let health = await mesh.registryHealth()
         let edge = mesh.load.takeSecond()
+        if let killedAt, elapsed > killedAt, elapsed <= killedAt + 10 {
+            afterKill.requests += edge.requests
+            afterKill.failed += edge.requests - edge.succeeded
+        }
         var rows: [String] = []
         let clock = String(format: "%02d:%02d", elapsed / 60, elapsed % 60)
         var header = "meshwork demo  \(clock)  offered \(await mesh.rate) req/s through the gateway"
@@ -134,6 +189,7 @@ actor DemoView {
             rows += lines
         }
         rows += await rolloutRows()
+        if let row = await controlPlaneRow() { rows.append(row) }
         return rows.joined(separator: "\n") + "\n\n"
     }
 
@@ -175,6 +231,27 @@ actor DemoView {
         }
         if let started = rolloutStartedAt, outcomes.isEmpty {
             sayLine("rollout orders-v2: started at \(started) s, not finished when the demo ended")
+        }
+        if mesh.ha {
+            if let killedAt, let failover {
+                let seconds =
+                    Double(failover.after.components.seconds) + Double(failover.after.components.attoseconds) / 1e18
+                sayLine(
+                    String(
+                        format:
+                            "control plane: %@ (the leader) SIGKILLed at %d s; %@ led %.1f s later; in the 10 s after, %d requests through the gateway, %d failed%@",
+                        failover.killed,
+                        killedAt,
+                        failover.next ?? "no controller",
+                        seconds,
+                        afterKill.requests,
+                        afterKill.failed,
+                        restartedAt.map { "; \(failover.killed) started again at \($0) s" } ?? ""
+                    )
+                )
+            } else {
+                sayLine("control plane: the leader was not killed (run longer)")
+            }
         }
         guard let start = faultsStartedAt else {
             sayLine("faults: not started (run longer than --faults-after)")

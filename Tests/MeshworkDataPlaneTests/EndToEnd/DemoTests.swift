@@ -111,6 +111,65 @@ import Testing
         #expect(text.contains("meshwork demo: stopped; nothing left running"))
     }
 
+    /// `meshwork demo --ha`: the control plane is three controller processes on a 3-member
+    /// etcd; the rollouts are driven by the leader as in the single-controller demo; the
+    /// leader is SIGKILLed partway, another leads within twice the 2 s election lease, not
+    /// one request through the gateway fails in the 10 s after, the killed controller is
+    /// started again, and nothing (no controller, no etcd member) is left running.
+    @Test func demoHAKillsTheLeaderAndNoRequestFails() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let directory = NSTemporaryDirectory() + "mw-demo-ha-\(UUID().uuidString)"
+        let outputFile = directory + ".out"
+        _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            try? FileManager.default.removeItem(atPath: outputFile)
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.arguments = [
+            "demo", "--ha", "--duration", "45", "--port", "0", "--plain", "--faults-after", "6", "--rate", "20",
+            "--data-dir", directory,
+        ]
+        process.standardOutput = FileHandle(forWritingAtPath: outputFile)
+        process.standardError = FileHandle(forWritingAtPath: outputFile)
+        try process.run()
+        var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }
+        // Bounded: its 45 s, a minute to start on a loaded machine, and the stop.
+        let deadline = ContinuousClock.now + .seconds(150)
+        while process.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        let text = output
+        #expect(process.terminationStatus == 0, "\(text.suffix(3000))")
+        #expect(text.contains("controllers     controller-1..3 on a 3-member etcd"), "\(text.prefix(2000))")
+        #expect(text.contains("controllers on etcd: controller-1 (leader), controller-2, controller-3"))
+
+        // The leader drove both rollouts, as one controller does.
+        #expect(text.contains("rollout orders-v2: Promoted"), "\(text.suffix(1500))")
+        #expect(text.contains("rollout orders-v3: Degraded: analysis failed"), "\(text.suffix(1500))")
+
+        let summary = try #require(
+            Self.match(#"(control plane: controller-\d \(the leader\) SIGKILLed at .*)"#, in: text),
+            "\(text.suffix(2000))"
+        )
+        let took = Double(Self.match(#"led ([\d.]+) s later"#, in: summary) ?? "") ?? .infinity
+        #expect(took < 4, "another controller led \(took) s after the kill: \(summary)")
+        let requests = Int(Self.match(#"the 10 s after, (\d+) requests"#, in: summary) ?? "") ?? 0
+        let failed = Int(Self.match(#"requests through the gateway, (\d+) failed"#, in: summary) ?? "") ?? -1
+        #expect(requests > 50 && failed == 0, "\(summary)")
+        #expect(summary.contains("started again at"), "\(summary)")
+
+        // Nothing left: no child (controllers, etcd members) of the demo, no etcd of its own.
+        let children = try await Command.run(["pgrep", "-P", String(process.processIdentifier)])
+        #expect(children.output.isEmpty)
+        let members = try await Command.run(["pgrep", "-f", directory])
+        #expect(members.output.isEmpty, "left running: \(members.output)")
+        #expect(text.contains("meshwork demo: stopped; nothing left running"))
+    }
+
     static func match(_ pattern: String, in text: String) -> String? {
         guard let regex = try? NSRegularExpression(pattern: pattern),
             let found = regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
