@@ -51,6 +51,7 @@ extension ControllerServer {
         controller: Controller,
         name: String,
         ttl: Duration,
+        advertise: @Sendable () async -> String? = { nil },
         logger: Logger
     ) async {
         let seconds = max(1, ttl.components.seconds)
@@ -60,6 +61,17 @@ extension ControllerServer {
             do {
                 lease = try await store.grantLease(ttl: seconds)
                 let candidacy = lease
+                // Where this controller listens, for as long as it takes part: a follower
+                // relays telemetry to the leader's URL.
+                if let url = await advertise() {
+                    var write = StoreWrite()
+                    try write.put(StoreKey(.member, name), json: MemberDocument(url: url), lease: candidacy)
+                    do {
+                        _ = try await store.commit(write)
+                    } catch {
+                        logger.warning("cannot publish this controller's URL", metadata: ["error": "\(error)"])
+                    }
+                }
                 // A candidate keeps its lease alive while it waits, so it can lead the
                 // moment the leader's key goes.
                 let renewal = Task {

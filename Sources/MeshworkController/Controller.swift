@@ -47,6 +47,11 @@ actor Controller {
     /// The term this controller leads in (nil: another leads), the fence of the rollout
     /// steps it writes (`Controller+Leadership.swift`).
     var term: StoreTerm?
+    /// This controller's name in the election; who leads, as the store's change stream
+    /// says; each controller's API URL (`member` documents): where telemetry goes.
+    var name = ""
+    private(set) var leaderName: String?
+    private(set) var members: [String: String] = [:]
     /// Instances this controller is deleting (so their leaving is not logged as a lease
     /// that ran out).
     private var deleting: Set<String> = []
@@ -87,9 +92,20 @@ actor Controller {
         self.instanceLeases = state.leases
         self.rollouts = state.rollouts
         self.rolloutRevisions = state.rolloutRevisions
+        self.leaderName = state.leaderName
+        self.members = state.members
     }
 
     var revision: Int64 { registry.revision }
+
+    func setName(_ name: String) { self.name = name }
+
+    /// The leader's API URL when another controller leads and said where it listens: the
+    /// home of telemetry (`TelemetryRelay`); nil when this one leads (or nobody does).
+    func telemetryHome() -> String? {
+        guard term == nil, let leaderName, leaderName != name else { return nil }
+        return members[leaderName]
+    }
 
     // MARK: reads
 
@@ -484,6 +500,12 @@ actor Controller {
             return registry.putRoute(try RegistryDocuments.route(body, key: key, created: change.created))
         case .setting where key.name == "mesh":
             return registry.putMesh(try change.body.map { try RegistryDocuments.mesh($0, key: key) } ?? MeshSettings())
+        case .leader:
+            leaderName = change.body.map { String(decoding: $0, as: UTF8.self) }
+            return []
+        case .member:
+            members[key.name] = try change.body.map { try StoreCoding.decode(MemberDocument.self, $0, key: key).url }
+            return []
         case .rollout:
             if let body = change.body {
                 rollouts[key.name] = try RegistryDocuments.rollout(body, key: key)
@@ -507,6 +529,8 @@ actor Controller {
         instanceLeases = fresh.leases
         rollouts = fresh.rollouts
         rolloutRevisions = fresh.rolloutRevisions
+        leaderName = fresh.leaderName
+        members = fresh.members
         appliedRevision = snapshot.revision
         for watcher in watchers.values { watcher.continuation.finish() }
         watchers.removeAll()
@@ -614,6 +638,8 @@ struct ControllerState {
     var leases: [String: Int64] = [:]
     var rollouts: [String: RolloutEntry] = [:]
     var rolloutRevisions: [String: Int64] = [:]
+    var leaderName: String?
+    var members: [String: String] = [:]
 
     init(snapshot: StoreSnapshot) throws {
         var services: [ServiceResource] = []
@@ -634,6 +660,8 @@ struct ControllerState {
             case .rollout:
                 rollouts[key.name] = try RegistryDocuments.rollout(document.body, key: key)
                 rolloutRevisions[key.name] = document.revision
+            case .leader: leaderName = String(decoding: document.body, as: UTF8.self)
+            case .member: members[key.name] = try StoreCoding.decode(MemberDocument.self, document.body, key: key).url
             default: continue
             }
         }
@@ -647,4 +675,9 @@ struct ControllerState {
             now: 0
         )
     }
+}
+
+/// A controller's `member` document: where its API listens.
+struct MemberDocument: Codable, Sendable {
+    var url: String
 }

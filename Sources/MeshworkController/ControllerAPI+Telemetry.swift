@@ -1,5 +1,7 @@
+import HTTPTypes
 import Hummingbird
 import MeshworkModel
+import NIOHTTP1
 
 extension ControllerAPI {
     /// Golden metrics from the sidecars' reports: per service and instance (`/v1/stats`),
@@ -7,6 +9,7 @@ extension ControllerAPI {
     func addTelemetryRoutes(to v1: RouterGroup<BasicRequestContext>) {
         v1.get("stats") { request, _ in
             let window = try Self.window(request)
+            if let answer = await fromTelemetryHome(request) { return answer }
             let service = request.uri.queryParameters["service"].map(String.init)
             return try json(
                 StatsResponse(windowSeconds: window, services: telemetry.stats(windowSeconds: window, service: service))
@@ -14,6 +17,7 @@ extension ControllerAPI {
         }
         v1.get("stats/series") { request, _ in
             let window = try Self.window(request, default: 600)
+            if let answer = await fromTelemetryHome(request) { return answer }
             return try json(
                 SeriesResponse(
                     windowSeconds: window,
@@ -24,8 +28,27 @@ extension ControllerAPI {
         }
         v1.get("edges") { request, _ in
             let window = try Self.window(request)
+            if let answer = await fromTelemetryHome(request) { return answer }
             return try json(EdgesResponse(windowSeconds: window, edges: telemetry.edges(windowSeconds: window)))
         }
+    }
+
+    /// A follower answers telemetry reads with the leader's (which has every report);
+    /// nil when this controller is the home, or the leader does not answer.
+    private func fromTelemetryHome(_ request: Request) async -> Response? {
+        guard let relay, !TelemetryRelay.relayed(request), let home = await controller.telemetryHome(),
+            let body = await relay.relay(
+                .GET,
+                to: home,
+                path: request.uri.description,
+                authorization: request.headers[.authorization],
+                body: nil,
+                expected: .ok
+            )
+        else { return nil }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: body))
     }
 
     static func window(_ request: Request, default seconds: Int = 60) throws -> Int {

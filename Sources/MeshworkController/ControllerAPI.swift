@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import MeshworkModel
 import NIOCore
+import NIOHTTP1
 
 /// The controller's HTTP/JSON API under `/v1`. Reads are open (the API listens on loopback
 /// by default); mutations need `Authorization: Bearer <token>`: the operator token for
@@ -20,6 +21,8 @@ struct ControllerAPI {
     var protectReads = false
     /// The certificate the controller presents to sidecars' admin listeners (taps).
     var tapIdentity: ControllerTLS?
+    /// With several controllers: telemetry goes to the leader (`TelemetryRelay`).
+    var relay: TelemetryRelay?
     let logger: Logger
 
     static let maxBody = 1 << 20
@@ -98,6 +101,20 @@ struct ControllerAPI {
             // The quota belongs to who reports: an instance-bound credential, or a
             // service-wide one (which may write any instance of its service) as a whole, so
             // inventing instance ids buys no more quota.
+            // A follower hands the report to the leader, where rollouts are analysed (and
+            // keeps it when the leader does not take it).
+            if let relay, !TelemetryRelay.relayed(request), let home = await controller.telemetryHome(),
+                await relay.relay(
+                    .POST,
+                    to: home,
+                    path: "/v1/instances/\(id)/telemetry",
+                    authorization: request.headers[.authorization],
+                    body: ByteBuffer(string: text),
+                    expected: .noContent
+                ) != nil
+            {
+                return Response(status: .noContent)
+            }
             let reporter: String
             switch caller {
             case .workload(let credential):

@@ -8,6 +8,7 @@ import MeshworkModel
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// `meshwork controller`: the registry with its store, leases and watch streams, served
 /// over HTTP. A ServiceLifecycle service: on SIGTERM it stops accepting and ends watches.
@@ -40,6 +41,10 @@ public final class ControllerServer: Service {
         /// The leader's lease: a leader that stops renewing it is replaced within about
         /// this long (and within twice it at the latest).
         public var electionTTL: Duration = .seconds(5)
+        /// The API URL other controllers reach this one at (telemetry is relayed to the
+        /// leader's); default: the listen address with the port it got, unless that is a
+        /// wildcard (then followers keep the reports they receive).
+        public var advertiseURL: String?
 
         public init(dataDirectory: String, listen: HostPort, token: String) {
             self.dataDirectory = dataDirectory
@@ -105,10 +110,24 @@ public final class ControllerServer: Service {
         onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in },
         onDNSListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
     ) throws {
+        var options = options
+        if let url = options.advertiseURL, url.hasSuffix("/") { options.advertiseURL = String(url.dropLast()) }
         self.options = options
         self.logger = logger
         self.onListening = onListening
         self.onDNSListening = onDNSListening
+        // The name is a store key (`member/<name>`) and a log field.
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:")
+        guard (1...253).contains(options.name.count), options.name.allSatisfy(allowed.contains) else {
+            throw ControllerError(
+                "--name: 1 to 253 letters, digits, '.', '-', '_' or ':', got \(options.name.debugDescription)"
+            )
+        }
+        if let url = options.advertiseURL {
+            guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil,
+                parsed.path.isEmpty || parsed.path == "/"
+            else { throw ControllerError("--advertise-url: expected https://host:port, got \(url.debugDescription)") }
+        }
         // The registry holds the CA's key and every credential: only its owner may read it.
         try SecretFile.createPrivateDirectory(options.dataDirectory)
         self.store = try Self.openStore(options, logger: logger)
@@ -163,6 +182,11 @@ public final class ControllerServer: Service {
             logger: logger
         )
         api.protectReads = options.protectReads
+        await controller.setName(options.name)
+        let several = store is EtcdStore
+        let relay = several ? try TelemetryRelay(roots: await identity.roots, name: options.name, logger: logger) : nil
+        api.relay = relay
+        let advertised = Advertised(options.advertiseURL)
         let logger = self.logger
         let onListening = self.onListening
         let metrics = self.metrics
@@ -182,6 +206,7 @@ public final class ControllerServer: Service {
             do {
                 if serveTLS { try Self.write(bundle.pem, to: caFile) }
                 try certificate.reissue(authority: await identity.authority)
+                relay?.trust(await identity.roots)
             } catch {
                 logger.error("cannot renew the controller's certificate", metadata: ["error": "\(error)"])
             }
@@ -208,6 +233,11 @@ public final class ControllerServer: Service {
                 if let address = channel.localAddress {
                     logger.info("listening", metadata: ["listener": "api", "address": "\(address)"])
                     onListening(address)
+                    if let port = address.port {
+                        advertised.url.withLock { url in
+                            if url == nil { url = Self.advertisable(options.listen.host, port: port, tls: serveTLS) }
+                        }
+                    }
                 }
             },
             logger: logger
@@ -223,6 +253,7 @@ public final class ControllerServer: Service {
                 await dns?.stop()
                 // (Ends the change stream the controller follows.)
                 await store.close()
+                await relay?.shutdown()
             }
             group.addTask {
                 await controller.follow()
@@ -236,6 +267,18 @@ public final class ControllerServer: Service {
                     controller: controller,
                     name: options.name,
                     ttl: options.electionTTL,
+                    advertise: {
+                        guard several else { return nil }
+                        // The API's port is known once it listens (bounded: 10 s).
+                        for _ in 0..<100 {
+                            if let url = advertised.url.withLock({ $0 }) { return url }
+                            try? await Task.sleep(for: .milliseconds(100))
+                        }
+                        logger.warning(
+                            "no URL to advertise (a wildcard --listen): telemetry sent here stays here; give --advertise-url"
+                        )
+                        return nil
+                    },
                     logger: logger
                 )
             }
@@ -252,6 +295,14 @@ public final class ControllerServer: Service {
                 }
             }
         }
+    }
+
+    /// The URL of an API listening on `host`: nil for a wildcard (which address would
+    /// others use?).
+    static func advertisable(_ host: String, port: Int, tls: Bool) -> String? {
+        guard !["0.0.0.0", "::", "[::]", ""].contains(host) else { return nil }
+        let shown = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
+        return "\(tls ? "https" : "http")://\(shown):\(port)"
     }
 
     /// Writes a public file (the CA bundle) aside and renames it over `path`: readers never
@@ -291,4 +342,10 @@ public final class ControllerServer: Service {
 public struct ControllerError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// The URL this controller advertises, known once its API listens.
+private final class Advertised: Sendable {
+    let url: Mutex<String?>
+    init(_ url: String?) { self.url = Mutex(url) }
 }

@@ -66,6 +66,9 @@ package enum StoreCollection: String, Sendable, CaseIterable, Codable {
     case operatorToken = "operator-token"
     /// The elected leader's document (under its lease).
     case leader
+    /// Each controller's API URL (`member/<name>`, under its election lease): where a
+    /// follower relays telemetry to the leader.
+    case member
 }
 
 package struct StoreKey: Hashable, Sendable, Comparable, CustomStringConvertible {

@@ -108,6 +108,15 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The leader's lease, e.g. 5s: a leader that stops is replaced within about this long.")
     var electionTtl = "5s"
 
+    @Option(
+        name: .long,
+        help: """
+            The API URL other controllers reach this one at (followers relay telemetry to the \
+            leader's; default: the --listen address, unless it is a wildcard).
+            """
+    )
+    var advertiseUrl: String?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -220,6 +229,7 @@ struct ControllerCommand: AsyncParsableCommand {
             )
         }
         options.electionTTL = electionTTL
+        options.advertiseURL = advertiseUrl
         options.name = name ?? "\(ProcessInfo.processInfo.hostName):\(address.port)"
         options.dns = dnsAddress
         options.dnsZone = DNSZone.Options(

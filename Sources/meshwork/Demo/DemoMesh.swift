@@ -94,6 +94,10 @@ actor DemoMesh {
     private var meshGroup: ServiceGroup?
     private var meshTask: Task<Void, any Error>?
     private(set) var apiURL = ""
+    /// `--ha`: what sidecars are given: the controllers from the second on, so their
+    /// telemetry reaches the leader (the first, at the start) only through a follower's
+    /// relay, as it would in any mesh.
+    private var sidecarControllers: String?
     /// The controller's trust bundle, which verifies its API (HTTPS, like any controller's).
     private(set) var caFile = ""
     /// For the API: verifies it with `caFile`.
@@ -216,6 +220,7 @@ actor DemoMesh {
         }
         let urls = await plane.urls
         apiURL = urls.joined(separator: ",")
+        sidecarControllers = (urls.dropFirst() + urls.prefix(1)).joined(separator: ",")
         self.caFile = caFile
         if let port = await plane.dnsPorts.first { dnsAddress = try? SocketAddress(ipAddress: "127.0.0.1", port: port) }
         guard let roots = try? NIOSSLCertificate.fromPEMFile(caFile), !roots.isEmpty else {
@@ -310,7 +315,7 @@ actor DemoMesh {
         var config = SidecarConfig()
         config.service = service
         config.admin = HostPort(host: "127.0.0.1", port: 0)
-        var link = ControllerLink(url: apiURL)
+        var link = ControllerLink(url: sidecarControllers ?? apiURL)
         link.joinTokenFile = try await joinTokenFile(service, name: name)
         // Every second: the rollouts' analyses measure 2-second intervals.
         link.telemetryInterval = .seconds(1)

@@ -112,7 +112,8 @@ import Testing
     }
 
     /// `meshwork demo --ha`: the control plane is three controller processes on a 3-member
-    /// etcd; the rollouts are driven by the leader as in the single-controller demo; the
+    /// etcd; the rollouts are driven by the leader as in the single-controller demo, from
+    /// telemetry the sidecars send to a follower (which relays it to the leader); the
     /// leader is SIGKILLed partway, another leads within twice the 2 s election lease, not
     /// one request through the gateway fails in the 10 s after, the killed controller is
     /// started again, and nothing (no controller, no etcd member) is left running.

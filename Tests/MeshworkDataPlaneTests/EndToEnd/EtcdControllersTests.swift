@@ -184,6 +184,84 @@ struct EtcdControllersTests {
         await etcd.stop()
     }
 
+    /// Telemetry has one home, the leader (which analyses rollouts from it): a report sent
+    /// to a follower is relayed there, and a follower answers telemetry reads with the
+    /// leader's, so both show every report.
+    @Test func telemetrySentToAFollowerReachesTheLeader() async throws {
+        let etcd = try await EtcdCluster.start()
+        let prefix = "/test-\(UUID().uuidString)"
+        var controllers: [ControllerProcess] = []
+        do {
+            for name in ["a", "b"] {
+                controllers.append(
+                    try await ControllerProcess.start([
+                        "--store", etcd.store, "--etcd-prefix", prefix, "--name", name, "--election-ttl", "2s",
+                    ])
+                )
+            }
+            func leads(_ controller: ControllerProcess) async throws -> Bool {
+                let answer = try await controller.call("GET", "/v1/leader")
+                let object = try? JSONSerialization.jsonObject(with: answer.body) as? [String: Any]
+                return object?["leading"] as? Bool == true
+            }
+            let someoneLeads = try await eventually(seconds: 10) {
+                let first = try await leads(controllers[0])
+                let second = try await leads(controllers[1])
+                return first || second
+            }
+            #expect(someoneLeads)
+            let leader = try await leads(controllers[0]) ? controllers[0] : controllers[1]
+            let follower = leader === controllers[0] ? controllers[1] : controllers[0]
+            let instance = #"{"service": "orders", "address": "127.0.0.1", "port": 8001}"#
+            #expect(try await follower.call("PUT", "/v1/instances/orders-1", body: instance).status == 200)
+            // A sidecar's credential (the store shares it: the leader checks it again).
+            let directory = follower.dataDirectory + "-work"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let credential = try await follower.issueWorkload("orders", in: directory, instance: "orders-1").credential
+            let report =
+                #"{"service": "orders", "seconds": 1, "edges": [{"direction": "inbound", "peer": "web", "classes": [0, 7, 0, 0, 1], "latency": [[1000, 8]]}]}"#
+            func requests(_ controller: ControllerProcess) async throws -> Int? {
+                let answer = try await controller.call("GET", "/v1/stats?service=orders")
+                let object = try? JSONSerialization.jsonObject(with: answer.body) as? [String: Any]
+                let services = object?["services"] as? [[String: Any]]
+                return (services?.first?["metrics"] as? [String: Any])?["requests"] as? Int
+            }
+            // The follower learns where the leader listens from the store: until then it
+            // keeps reports itself, so the first one is sent once that is known.
+            let relayed = try await eventually(seconds: 10) {
+                let sent = try await follower.call(
+                    "POST",
+                    "/v1/instances/orders-1/telemetry",
+                    body: report,
+                    bearer: credential
+                )
+                let count = try await requests(leader) ?? 0
+                return sent.status == 204 && count > 0
+            }
+            #expect(relayed, "\(follower.log.suffix(1500))")
+            let onLeader = try await requests(leader) ?? 0
+            #expect(onLeader % 8 == 0 && onLeader > 0, "the leader has every report sent to the follower")
+            #expect(try await requests(follower) == onLeader, "the follower answers with the leader's figures")
+            let direct = try await leader.call(
+                "POST",
+                "/v1/instances/orders-1/telemetry",
+                body: report,
+                bearer: credential
+            )
+            #expect(direct.status == 204)
+            #expect(try await requests(leader) == onLeader + 8)
+            #expect(try await requests(follower) == onLeader + 8)
+        } catch {
+            Issue.record("\(error)")
+        }
+        for controller in controllers {
+            await controller.stop()
+            controller.remove()
+        }
+        await etcd.stop()
+    }
+
     /// One etcd member of three down: writes go on. Two down (no quorum): a write is
     /// refused with a 503 that says the store cannot commit, not a hang; reads go on from
     /// the controller's last state.
