@@ -220,6 +220,10 @@ let package = Package(
                 "MeshworkModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                "MeshworkIdentity",
             ],
             swiftSettings: swiftSettings
         ),

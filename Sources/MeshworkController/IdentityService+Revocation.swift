@@ -24,9 +24,23 @@ extension IdentityService {
     func revoke(_ revocation: Revocation, now: Date = Date()) async throws -> [String] {
         // Marked before the first suspension: an issue of this scope that is in flight
         // sees it when it resumes (IdentityService.issue) and is refused.
-        revokingScopes["\(revocation.scope.rawValue):\(revocation.value)"] = now
+        let scope = "\(revocation.scope.rawValue):\(revocation.value)"
+        revokingScopes[scope] = now
         let oldest = now.addingTimeInterval(-Double(maxLifetime.components.seconds))
+        let stale = revokingScopes.filter { $0.value <= oldest }.keys.sorted().prefix(32)
         revokingScopes = revokingScopes.filter { $0.value > oldest }
+        // Stored first, for every controller: an issue of this scope on another one that
+        // commits after this sees it when its own commit is applied (and revokes what it
+        // issued); one that committed before is in `issued` here once this commit is.
+        var marked = StoreWrite()
+        try marked.put(
+            StoreKey(.revokedScope, scope),
+            json: IdentityDocuments.RevokedScope(
+                at: now,
+                expires: now.addingTimeInterval(Double(maxLifetime.components.seconds))
+            )
+        )
+        _ = try await commit(marked)
         if revocation.scope == .token { _ = try await deleteToken(revocation.value) }
         let records = issued.filter { serial, record in
             guard record.expires > now else { return false }
@@ -61,6 +75,7 @@ extension IdentityService {
         for (serial, expires) in revoked.sorted(by: { $0.key < $1.key }) where expires <= now {
             groups.append([.delete(StoreKey(.revoked, serial))])
         }
+        for name in stale { groups.append([.delete(StoreKey(.revokedScope, name))]) }
         for write in StoreWrite.split(groups) { _ = try await commit(write) }
         logger.notice(
             "credentials revoked",

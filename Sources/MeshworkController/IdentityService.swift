@@ -196,6 +196,9 @@ actor IdentityService {
             case .revoked:
                 let record = try StoreCoding.decode(IdentityDocuments.Revoked.self, document.body, key: key)
                 if record.expires > now { revoked[key.name] = record.expires }
+            case .revokedScope:
+                let record = try StoreCoding.decode(IdentityDocuments.RevokedScope.self, document.body, key: key)
+                if record.expires > now { revokingScopes[key.name] = record.at }
             case .operatorToken:
                 let token = try StoreCoding.decode(IdentityDocuments.OperatorToken.self, document.body, key: key)
                 operatorTokens[key.name] = OperatorToken(stored: token, id: key.name)
@@ -342,6 +345,13 @@ actor IdentityService {
                         try StoreCoding.decode(IdentityDocuments.Revoked.self, $0, key: key).expires
                     }
                     bundleChanged = true
+                case .revokedScope:
+                    // Another controller's revocation too: an issue here that raced it
+                    // sees it once its own commit is applied (which comes after it).
+                    let at = try change.body.map {
+                        try StoreCoding.decode(IdentityDocuments.RevokedScope.self, $0, key: key).at
+                    }
+                    if let at { revokingScopes[key.name] = max(at, revokingScopes[key.name] ?? at) }
                 case .operatorToken:
                     operatorTokens[key.name] = try change.body.map {
                         OperatorToken(
@@ -668,8 +678,7 @@ actor IdentityService {
 
     /// Signs a workload certificate. A join token names the service; a renewal proves the
     /// current certificate's identity. Either way a new sidecar credential comes with it.
-    func issue(_ request: CertificateRequest) async throws -> IssuedCertificate {
-        let now = Date()
+    func issue(_ request: CertificateRequest, now: Date = Date()) async throws -> IssuedCertificate {
         let id: SPIFFEID
         let via: String
         // What the new certificate is issued under: the join token it descends from and

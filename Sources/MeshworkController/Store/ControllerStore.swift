@@ -63,6 +63,7 @@ package enum StoreCollection: String, Sendable, CaseIterable, Codable {
     case authority
     case joinToken = "join-token"
     case credential, issued, revoked
+    case revokedScope = "revoked-scope"
     case operatorToken = "operator-token"
     /// The elected leader's document (under its lease).
     case leader

@@ -41,6 +41,14 @@ enum IdentityDocuments {
         var expires: Date
     }
 
+    /// A revocation of a whole scope (`revoked-scope/<scope>:<value>`): when it happened,
+    /// kept as long as a certificate issued before it could live, so an issue that raced
+    /// it on any controller is caught.
+    struct RevokedScope: Codable, Hashable {
+        var at: Date
+        var expires: Date
+    }
+
     struct Revoked: Codable, Hashable {
         var expires: Date
     }
