@@ -155,6 +155,14 @@ struct RegistryTests {
                 == [#"id: "a" does not match the instance in the URL, "b""#]
         )
         #expect(errors(#"{"service": "orders", "address": "x", "port": 1, "health": "meh"}"#).count == 1)
+        // Metadata is bounded (an instance is one store document every watcher gets).
+        let long = String(repeating: "v", count: 1025)
+        #expect(
+            errors(#"{"service": "orders", "address": "x", "port": 1, "metadata": {"k": "\#(long)"}}"#)
+                == ["metadata: keys of at most 128 bytes and values of at most 1024"]
+        )
+        let fits = String(repeating: "v", count: 1024)
+        #expect(errors(#"{"service": "orders", "address": "x", "port": 1, "metadata": {"k": "\#(fits)"}}"#).isEmpty)
         let service = try ServiceResource.parse(
             #"{"policy": {"balancer": "maglev", "hashOn": "header:x-user", "outlierDetection": "off"}}"#,
             name: "orders"

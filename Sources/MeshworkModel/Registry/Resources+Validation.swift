@@ -94,6 +94,12 @@ extension InstanceResource {
                     reader.fail(f.path("metadata"), "keys and values must be strings")
                     continue
                 }
+                // Bounded: an instance is one store document, read by every controller
+                // and pushed to every watcher of its service.
+                guard k.utf8.count <= 128, v.utf8.count <= 1024 else {
+                    reader.fail(f.path("metadata"), "keys of at most 128 bytes and values of at most 1024")
+                    continue
+                }
                 instance.metadata[k] = v
             }
             if instance.metadata.count > 64 { reader.fail(f.path("metadata"), "at most 64 entries") }
