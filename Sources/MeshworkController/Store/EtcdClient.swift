@@ -118,6 +118,13 @@ package final class EtcdClient: Sendable {
                 throw EtcdError.invalid("\(endpoint.debugDescription) is not an http:// or https:// etcd endpoint")
             }
         }
+        let schemes = Set(options.endpoints.compactMap { URL(string: $0)?.scheme })
+        guard schemes.count == 1 else {
+            throw EtcdError.invalid("the etcd endpoints mix http:// and https://: give one scheme")
+        }
+        guard (options.certificateFile == nil) == (options.keyFile == nil) else {
+            throw EtcdError.invalid("an etcd client certificate needs its key, and a key its certificate")
+        }
         self.options = options
         self.logger = logger
         var configuration = HTTPClient.Configuration()
@@ -330,7 +337,24 @@ package final class EtcdClient: Sendable {
 
     private func call(_ path: String, _ body: [String: Any], write: Bool = false) async throws -> [String: Any] {
         let response = try await open(path, try JSONSerialization.data(withJSONObject: body), write: write)
-        let bytes = try await response.body.collect(upTo: 64 << 20)
+        // The head came within the request timeout; the body must too (a member that
+        // stalls mid-answer would otherwise hold the call, a keep-alive or a commit, for
+        // ever: reads of a connection have no timeout, for the watches).
+        let timeout = options.requestTimeout
+        let bytes = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+            group.addTask { try await response.body.collect(upTo: 64 << 20) }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let bytes = first else {
+                throw write
+                    ? EtcdError(code: .indeterminate, message: "\(path): the answer stalled: the write may have landed")
+                    : EtcdError.unavailable("\(path): the answer stalled")
+            }
+            return bytes
+        }
         guard let answer = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any]
         else {
             throw EtcdError.malformed("\(path) answered \(response.status.code) without JSON")
