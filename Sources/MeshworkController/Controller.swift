@@ -62,7 +62,10 @@ actor Controller {
     /// Set by `finishWatchers` (shutdown): a watch that arrives later ends at once.
     private var watchesClosed = false
     /// Told the services and instances after every change (the DNS server's snapshot).
-    private var changeListener: (@Sendable ([ServiceResource], [InstanceResource], Int64) -> Void)?
+    /// Told, after each change, the services it touched (nil: everything) and their
+    /// services and instances as they are now.
+    typealias ChangeListener = @Sendable (Set<String>?, [ServiceResource], [InstanceResource], Int64) -> Void
+    private var changeListener: ChangeListener?
     /// The store revision applied here, and who waits for a later one.
     private(set) var appliedRevision: Int64
     private var revisionWaiters = RevisionWaiters()
@@ -450,11 +453,22 @@ actor Controller {
     func apply(_ batch: StoreChanges) {
         guard batch.revision > appliedRevision else { return }
         var events: [RegistryEvent] = []
+        // The services the batch touched (an instance moved between two touches both).
+        var touched = Set<String>()
         events = registry.applying(at: batch.revision) { registry in
             var events: [RegistryEvent] = []
             for change in batch.changes {
+                switch change.key.collection {
+                case .service: touched.insert(change.key.name)
+                case .instance:
+                    if let old = registry.instances[change.key.name]?.service { touched.insert(old) }
+                default: break
+                }
                 do {
                     events += try applyChange(change, at: batch.revision, to: &registry)
+                    if change.key.collection == .instance, let now = registry.instances[change.key.name]?.service {
+                        touched.insert(now)
+                    }
                 } catch {
                     logger.error(
                         "a stored change is not readable",
@@ -466,7 +480,7 @@ actor Controller {
         }
         appliedRevision = batch.revision
         for event in events { broadcast(event) }
-        if !events.isEmpty { publishChange() }
+        if !events.isEmpty { publishChange(touched) }
         revisionWaiters.release(through: batch.revision)
     }
 
@@ -539,13 +553,24 @@ actor Controller {
     }
 
     /// Calls `listener` now and after every change.
-    func setChangeListener(_ listener: @escaping @Sendable ([ServiceResource], [InstanceResource], Int64) -> Void) {
+    func setChangeListener(_ listener: @escaping ChangeListener) {
         changeListener = listener
         publishChange()
     }
 
-    private func publishChange() {
-        changeListener?(Array(registry.services.values), Array(registry.instances.values), registry.revision)
+    private func publishChange(_ touched: Set<String>? = nil) {
+        guard let changeListener else { return }
+        guard let touched else {
+            return changeListener(
+                nil,
+                Array(registry.services.values),
+                Array(registry.instances.values),
+                registry.revision
+            )
+        }
+        let services = touched.compactMap { registry.services[$0] }
+        let instances = touched.flatMap { registry.instances(of: $0) }
+        changeListener(touched, services, instances, registry.revision)
     }
 
     // MARK: watches

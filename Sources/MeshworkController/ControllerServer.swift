@@ -216,8 +216,8 @@ public final class ControllerServer: Service {
         }
         if let dns {
             onDNSListening(try await dns.start(group: MultiThreadedEventLoopGroup.singleton))
-            await controller.setChangeListener { services, instances, revision in
-                dns.update(services: services, instances: instances, revision: revision)
+            await controller.setChangeListener { changed, services, instances, revision in
+                dns.update(changed: changed, services: services, instances: instances, revision: revision)
             }
         }
         let server: HTTPServerBuilder =

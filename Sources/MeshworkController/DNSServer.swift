@@ -40,10 +40,17 @@ final class DNSServer: Sendable {
         self.logger = logger
     }
 
-    /// Replaces the snapshot the server answers from.
-    func update(services: [ServiceResource], instances: [InstanceResource], revision: Int64) {
-        let zone = DNSZone(services: services, instances: instances, revision: revision, options: options.zone)
-        snapshot.withLockedValue { $0 = zone }
+    /// Replaces the snapshot the server answers from: the services named in `changed`
+    /// rebuilt from `services` and `instances` (theirs), or, with `changed` nil, all of it.
+    /// (Called by one controller, one change after another.)
+    func update(changed: Set<String>?, services: [ServiceResource], instances: [InstanceResource], revision: Int64) {
+        guard let changed else {
+            let zone = DNSZone(services: services, instances: instances, revision: revision, options: options.zone)
+            return snapshot.withLockedValue { $0 = zone }
+        }
+        // In place, under the lock (a change's services only: microseconds): a copy is
+        // made only while a query holds the previous zone.
+        snapshot.withLockedValue { $0.update(changed, services: services, instances: instances, revision: revision) }
     }
 
     var zone: DNSZone { snapshot.withLockedValue { $0 } }

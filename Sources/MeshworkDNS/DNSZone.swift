@@ -6,8 +6,8 @@ import Glibc
 import Darwin
 #endif
 
-/// The mesh's DNS names, answered from one snapshot of the registry (rebuilt on every
-/// change, read lock-free by value):
+/// The mesh's DNS names, answered from one snapshot of the registry (read lock-free by
+/// value; a change rebuilds only the services it touched, `updating`):
 ///
 /// - `orders.service.mesh.` A/AAAA: the serving instances' addresses;
 /// - `_http._tcp.orders.service.mesh.` SRV (a named port of the service), and SRV on
@@ -56,9 +56,11 @@ public struct DNSZone: Sendable {
 
     public let options: Options
     let domainLabels: [String]
-    let serial: UInt32
+    var serial: UInt32
     var services: [String: Service] = [:]
     var instances: [String: Instance] = [:]
+    /// Each service's instance labels (what `updating` removes before rebuilding it).
+    var labels: [String: [String]] = [:]
 
     public init(
         services: [ServiceResource],
@@ -69,6 +71,47 @@ public struct DNSZone: Sendable {
         self.options = options
         self.domainLabels = options.domain.lowercased().split(separator: ".").map(String.init)
         self.serial = UInt32(truncatingIfNeeded: revision)
+        insert(services: services, instances: instances)
+    }
+
+    /// This zone with the services named in `changed` rebuilt from `services` and
+    /// `instances` (those of the changed services: the registry's now; a service absent
+    /// from both is gone), every other service as it was: a registration costs in
+    /// proportion to its service, not to the registry.
+    public func updating(
+        _ changed: Set<String>,
+        services: [ServiceResource],
+        instances: [InstanceResource],
+        revision: Int64
+    ) -> DNSZone {
+        var zone = self
+        zone.update(changed, services: services, instances: instances, revision: revision)
+        return zone
+    }
+
+    /// `updating` in place: with the zone's storage not shared (no reader holds a copy),
+    /// nothing else of it is copied.
+    public mutating func update(
+        _ changed: Set<String>,
+        services: [ServiceResource],
+        instances: [InstanceResource],
+        revision: Int64
+    ) {
+        serial = UInt32(truncatingIfNeeded: revision)
+        let names = Set(changed.map { $0.lowercased() })
+        for name in names {
+            for label in labels.removeValue(forKey: name) ?? [] where self.instances[label]?.service == name {
+                self.instances[label] = nil
+            }
+            self.services[name] = nil
+        }
+        insert(
+            services: services.filter { names.contains($0.name.lowercased()) },
+            instances: instances.filter { names.contains($0.service.lowercased()) }
+        )
+    }
+
+    private mutating func insert(services: [ServiceResource], instances: [InstanceResource]) {
         for service in services {
             self.services[service.name.lowercased()] = Service(ports: service.ports, serving: [])
         }
@@ -84,11 +127,15 @@ public struct DNSZone: Sendable {
                 zone: resource.zone,
                 serving: resource.isServing
             )
-            if self.instances[label] == nil { self.instances[label] = instance }
-            var service =
-                self.services[instance.service] ?? Service(ports: ServiceResource(name: "").ports, serving: [])
-            if instance.serving { service.serving.append(instance) }
-            self.services[instance.service] = service
+            if self.instances[label] == nil {
+                self.instances[label] = instance
+                labels[instance.service, default: []].append(label)
+            }
+            // In place (a copy per instance made a service's rebuild quadratic).
+            if self.services[instance.service] == nil {
+                self.services[instance.service] = Service(ports: ServiceResource(name: "").ports, serving: [])
+            }
+            if instance.serving { self.services[instance.service]?.serving.append(instance) }
         }
     }
 

@@ -353,3 +353,46 @@ func ask(
         #expect(answered > 1000)
     }
 }
+
+/// A change rebuilds only the services it touched: the result is the zone a full rebuild
+/// from the registry makes (instances added, made unhealthy, moved to another service, a
+/// service deleted with its instances).
+@Test func updatingTheTouchedServicesGivesTheZoneAFullRebuildGives() {
+    func instance(_ id: String, _ service: String, _ port: Int, healthy: Bool = true) -> InstanceResource {
+        var resource = InstanceResource(id: id, service: service, address: "10.0.0.\(port % 250)", port: port)
+        if !healthy { resource.health = .unhealthy }
+        return resource
+    }
+    func shape(_ zone: DNSZone) -> [String] {
+        let instances = zone.instances.map { "\($0.key) \($0.value.service) \($0.value.port) \($0.value.serving)" }
+        let services = zone.services.map { "\($0.key): " + $0.value.serving.map(\.label).joined(separator: ",") }
+        return (instances + services).sorted() + ["serial \(zone.serial)"]
+    }
+    let services = [ServiceResource(name: "orders"), ServiceResource(name: "billing"), ServiceResource(name: "web")]
+    var instances =
+        (1...20).map { instance("orders-\($0)", "orders", 8000 + $0) }
+        + (1...5).map { instance("billing-\($0)", "billing", 9000 + $0) } + [instance("web-1", "web", 7001)]
+    let before = DNSZone(services: services, instances: instances, revision: 1)
+
+    // orders-3 unhealthy, orders-21 new, billing-2 moves to web, billing deleted later.
+    instances[2].health = .unhealthy
+    instances.append(instance("orders-21", "orders", 8021))
+    instances[instances.firstIndex { $0.id == "billing-2" }!].service = "web"
+    let touched: Set<String> = ["orders", "billing", "web"]
+    let updated = before.updating(
+        touched,
+        services: services.filter { touched.contains($0.name) },
+        instances: instances.filter { touched.contains($0.service) },
+        revision: 2
+    )
+    #expect(shape(updated) == shape(DNSZone(services: services, instances: instances, revision: 2)))
+
+    let remaining = services.filter { $0.name != "billing" }
+    let withoutBilling = instances.filter { $0.service != "billing" }
+    let deleted = updated.updating(["billing"], services: [], instances: [], revision: 3)
+    #expect(shape(deleted) == shape(DNSZone(services: remaining, instances: withoutBilling, revision: 3)))
+    // Untouched services are not rebuilt: an update naming none changes only the serial.
+    #expect(
+        shape(deleted.updating([], services: [], instances: [], revision: 4)).dropLast() == shape(deleted).dropLast()
+    )
+}

@@ -68,6 +68,10 @@ public enum RegistryError: Error, Hashable, Sendable {
 public struct Registry: Sendable {
     public private(set) var services: [String: ServiceResource] = [:]
     public private(set) var instances: [String: InstanceResource] = [:]
+    /// Each service's instance ids: `instances(of:)` is a lookup, not a scan of the
+    /// registry (a change costs in proportion to its service). Kept by `setInstance` and
+    /// `removeInstance`, the only writers of `instances`.
+    private var idsByService: [String: Set<String>] = [:]
     public private(set) var policies: [String: AuthorizationPolicy] = [:]
     public private(set) var mesh = MeshSettings()
     public private(set) var routes: [String: HTTPRoute] = [:]
@@ -104,7 +108,7 @@ public struct Registry: Sendable {
         self.historyLimit = max(1, historyLimit)
         for service in services { self.services[service.name] = service }
         for instance in instances {
-            self.instances[instance.id] = instance
+            setInstance(instance)
             if instance.ttlSeconds > 0 { leases[instance.id] = now &+ Self.nanos(instance.ttlSeconds) }
         }
     }
@@ -122,8 +126,8 @@ public struct Registry: Sendable {
     public mutating func deleteService(_ name: String) throws(RegistryError) -> [RegistryEvent] {
         guard let service = services.removeValue(forKey: name) else { throw .notFound("service \"\(name)\"") }
         var events: [RegistryEvent] = []
-        for instance in instances.values.filter({ $0.service == name }).sorted(by: { $0.id < $1.id }) {
-            instances[instance.id] = nil
+        for instance in self.instances(of: name) {
+            removeInstance(instance.id)
             leases[instance.id] = nil
             events.append(record(.instanceDeleted, instance: instance))
         }
@@ -143,7 +147,7 @@ public struct Registry: Sendable {
         }
         if let old = instances[instance.id], old.service != instance.service {
             // Moving an id to another service: watchers of the old one see it leave.
-            instances[instance.id] = nil
+            removeInstance(instance.id)
             events.append(record(.instanceDeleted, instance: old))
         }
         if instance.ttlSeconds > 0 {
@@ -152,7 +156,7 @@ public struct Registry: Sendable {
             leases[instance.id] = nil
         }
         if instances[instance.id] != instance {
-            instances[instance.id] = instance
+            setInstance(instance)
             events.append(record(.instancePut, instance: instance))
         }
         return events
@@ -168,12 +172,12 @@ public struct Registry: Sendable {
         if instance.ttlSeconds > 0 { leases[id] = now &+ Self.nanos(instance.ttlSeconds) }
         guard let health, health != instance.health else { return [] }
         instance.health = health
-        instances[id] = instance
+        setInstance(instance)
         return [record(.instancePut, instance: instance)]
     }
 
     public mutating func deleteInstance(_ id: String) throws(RegistryError) -> [RegistryEvent] {
-        guard let instance = instances.removeValue(forKey: id) else { throw .notFound("instance \"\(id)\"") }
+        guard let instance = removeInstance(id) else { throw .notFound("instance \"\(id)\"") }
         leases[id] = nil
         return [record(.instanceDeleted, instance: instance)]
     }
@@ -184,7 +188,7 @@ public struct Registry: Sendable {
         var events: [RegistryEvent] = []
         for id in expired {
             leases[id] = nil
-            if let instance = instances.removeValue(forKey: id) {
+            if let instance = removeInstance(id) {
                 events.append(record(.instanceDeleted, instance: instance))
             }
         }
@@ -285,7 +289,21 @@ public struct Registry: Sendable {
     }
 
     public func instances(of service: String) -> [InstanceResource] {
-        instances.values.filter { $0.service == service }.sorted { $0.id < $1.id }
+        (idsByService[service] ?? []).compactMap { instances[$0] }.sorted { $0.id < $1.id }
+    }
+
+    private mutating func setInstance(_ instance: InstanceResource) {
+        if let old = instances[instance.id], old.service != instance.service { removeInstance(old.id) }
+        instances[instance.id] = instance
+        idsByService[instance.service, default: []].insert(instance.id)
+    }
+
+    @discardableResult
+    private mutating func removeInstance(_ id: String) -> InstanceResource? {
+        guard let old = instances.removeValue(forKey: id) else { return nil }
+        idsByService[old.service]?.remove(id)
+        if idsByService[old.service]?.isEmpty == true { idsByService[old.service] = nil }
+        return old
     }
 
     // MARK: internals
