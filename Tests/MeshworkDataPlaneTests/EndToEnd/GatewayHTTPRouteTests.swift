@@ -23,6 +23,13 @@ struct GatewayHTTPRouteTests {
             filters:
               - type: ResponseHeaderModifier
                 responseHeaderModifier: {set: [{name: x-route, value: shop}]}
+          - name: split
+            matches: [{path: {type: PathPrefix, value: /split}}]
+            backendRefs: [{name: orders, version: v1, weight: 80}, {name: orders, version: v2, weight: 20}]
+          - name: broken
+            matches: [{path: {type: PathPrefix, value: /broken}}]
+            backendRefs: [{name: orders, version: v1}]
+            filters: [{type: Fault, fault: {abort: {httpStatus: 503, percent: 25}}}]
         """
 
     /// Every listener of the gateway (no sectionName), one exact host.
@@ -112,6 +119,32 @@ struct GatewayHTTPRouteTests {
             )
             let beta = try await get(public_, host: "shop.example.test", "/api/items", ["x-beta: 1"])
             #expect(beta.text == "hello from orders-2\n", "\(beta.text)")
+            // The same route engine as a caller's sidecar: an exact 80/20 split over one
+            // connection, and a 25% abort answered by the gateway, labelled as the fault.
+            var before = (v1.requestCount, v2.requestCount)
+            let split = try await Curl.run(
+                ["-H", "Host: shop.example.test", "http://127.0.0.1:\(public_)/split?n=[1-200]"],
+                timeout: 60
+            )
+            #expect(split.statusLines.filter { $0.contains(" 200") }.count == 200, "\(split.statusLines)")
+            #expect(
+                v1.requestCount - before.0 == 160 && v2.requestCount - before.1 == 40,
+                "\(v2.requestCount - before.1) to v2"
+            )
+            before = (v1.requestCount, v2.requestCount)
+            let broken = try await Curl.run(
+                ["-H", "Host: shop.example.test", "http://127.0.0.1:\(public_)/broken?n=[1-200]"],
+                timeout: 60
+            )
+            #expect(broken.statusLines.filter { $0.contains(" 503") }.count == 50, "\(broken.statusLines)")
+            #expect(v1.requestCount - before.0 == 150 && v2.requestCount == before.1)
+            var last: [(String, String)] = []
+            let labelled = try await eventually {
+                let answer = try await get(public_, host: "shop.example.test", "/broken/y")
+                last = answer.headers
+                return answer.status == 503 && answer.header("x-meshwork-error") == "fault_abort"
+            }
+            #expect(labelled, "\(last)")
             // A wildcard covers names below it (any depth), with the port and case ignored.
             let wildcard = try await get(public_, host: "A.b.Shop.example.test:8080", "/api")
             #expect(wildcard.text == "hello from orders-1\n", "\(wildcard.text)")

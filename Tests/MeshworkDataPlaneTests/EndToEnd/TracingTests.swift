@@ -204,6 +204,39 @@ struct TracingTests {
             #expect(entries.contains { $0["status"] as? Int == 500 && $0["path"] as? String == "/status/500" })
             let metrics = try await Curl.get("http://127.0.0.1:\(ordersSidecar.port("admin") ?? 0)/metrics").text
             #expect(metrics.contains("meshwork_access_log_dropped_bytes_total 0"), "\(metrics)")
+
+            // A route on inventory, pushed to orders' sidecar: its client span names the rule
+            // that decided the call (`meshwork.route`); the server spans do not.
+            let updates = ordersSidecar.logCount("routes updated")
+            let applied = try await controller.apply(
+                """
+                kind: HTTPRoute
+                name: inventory-traced
+                parentRefs: [{name: inventory}]
+                rules:
+                  - name: everything
+                """
+            )
+            #expect(applied.exitCode == 0, "\(applied.output)")
+            #expect(try await ordersSidecar.waitForLog("routes updated", beyond: updates), "\(ordersSidecar.log)")
+            let routedTrace = trace.replacingOccurrences(of: "4bf", with: "6bf")
+            let routed = try await Curl.run(["-H", "traceparent: 00-\(routedTrace)-\(callerSpan)-01", base + "/"])
+            #expect(routed.status == 200 && routed.text.contains("inventory-1"), "\(routed.text)")
+            var routedSpans: [[String: Any]] = []
+            for _ in 0..<100 {  // exports every 2 s: bounded wait for all four
+                routedSpans = receiver.spans(trace: routedTrace)
+                if routedSpans.count >= 4 { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            try #require(routedSpans.count == 4, "\(routedSpans)")
+            let named = routedSpans.filter { ($0["attributes"] as? [String: Any])?["meshwork.route"] != nil }
+            #expect(named.count == 1, "\(routedSpans)")
+            #expect(named.first?["service"] as? String == "orders" && named.first?["kind"] as? Int == 3, "\(named)")
+            #expect(
+                (named.first?["attributes"] as? [String: Any])?["meshwork.route"] as? String
+                    == "inventory-traced/everything",
+                "\(named)"
+            )
         } catch {
             Issue.record("\(error)")
         }
