@@ -132,6 +132,8 @@ extension Controller {
     /// asks for, from `telemetry`.
     func driveRollouts(telemetry: TelemetryStore, now: Int64 = Controller.wallClock()) async {
         guard term != nil else { return }
+        // (Their instances' reports are kept by the second while rollouts analyse them.)
+        telemetry.analyse(services: Set(rollouts.values.filter { !$0.status.isTerminal }.map(\.rollout.service)))
         for name in rollouts.keys.sorted() {
             try? await exclusively { await driveRollout(name, telemetry: telemetry, now: now) }
         }
@@ -273,7 +275,11 @@ extension Controller {
             let current: RolloutEntry?
             do {
                 current = try await exclusively { () async throws -> RolloutEntry? in
-                    guard let entry = rollouts[name] else { return nil }
+                    guard var entry = rollouts[name] else { return nil }
+                    // This controller's telemetry starts now: an analysis under way
+                    // measures a new window (the last one's reports went to another
+                    // process, or to this one before it restarted).
+                    _ = entry.status.handle(.restored, entry.rollout, now: Controller.wallClock())
                     try await settle(entry, fence: term)
                     return rollouts[name]
                 }

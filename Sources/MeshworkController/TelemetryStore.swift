@@ -40,6 +40,11 @@ final class TelemetryStore: Sendable {
 
     private struct Series {
         var slots: [Slot] = []
+        /// One-second slots (index: the second a report arrived) of the last
+        /// `slots * slotSeconds` seconds, kept only for the instances of services a rollout
+        /// analyses: a window then counts what arrived in it, not the 10 s slot around its
+        /// start.
+        var fine: [Slot] = []
         /// When the first report began (seconds), for the rate of a young series.
         var firstSecond: Int
 
@@ -48,6 +53,13 @@ final class TelemetryStore: Sendable {
             slots[slots.count - 1].add(edge)
             let oldest = slot - TelemetryStore.slots + 1
             if let first = slots.first, first.index < oldest { slots.removeAll { $0.index < oldest } }
+        }
+
+        mutating func addFine(_ edge: EdgeReport, at second: Int) {
+            if fine.last?.index != second { fine.append(Slot(index: second)) }
+            fine[fine.count - 1].add(edge)
+            let oldest = second - TelemetryStore.slots * TelemetryStore.slotSeconds + 1
+            if let first = fine.first, first.index < oldest { fine.removeAll { $0.index < oldest } }
         }
     }
 
@@ -65,6 +77,8 @@ final class TelemetryStore: Sendable {
     private struct State {
         var series: [Key: Series] = [:]
         var reporters: [String: Reporter] = [:]
+        /// The services whose instances keep one-second slots (`analyse(services:)`).
+        var analysed: Set<String> = []
     }
 
     /// Why a report was not (wholly) taken.
@@ -132,6 +146,9 @@ final class TelemetryStore: Sendable {
                     if state.series[key] == nil, state.series.count >= Self.maxSeries { continue }
                     state.series[key, default: Series(firstSecond: began)].add(edge, at: slot)
                 }
+                if state.analysed.contains(report.service) {
+                    state.series[keys[0]]?.addFine(edge, at: now)
+                }
             }
             state.reporters[reporter] = quota
             // Forget what has nothing left in the window, and reporters gone as long.
@@ -165,16 +182,36 @@ final class TelemetryStore: Sendable {
         }
     }
 
-    /// What the given instances of `service` answered over the last `windowSeconds` (the
-    /// slots that overlap it): a rollout's analysis of its canary, from the canary's own
-    /// (server-side) reports. 5xx answers are the failures.
+    /// Keeps one-second slots for the instances of `services` (those a rollout analyses)
+    /// from now on, and drops them for the others.
+    func analyse(services: Set<String>) {
+        state.withLockedValue { state in
+            guard state.analysed != services else { return }
+            for key in state.series.keys {
+                guard case .instance(let service, _) = key, state.analysed.contains(service),
+                    !services.contains(service)
+                else { continue }
+                state.series[key]?.fine = []
+            }
+            state.analysed = services
+        }
+    }
+
+    /// What the given instances of `service` answered over the last `windowSeconds`: a
+    /// rollout's analysis of its canary, from the canary's own (server-side) reports. For a
+    /// service being analysed (`analyse(services:)`), the reports that arrived in the
+    /// window, by the second; else the 10-second slots that overlap it. 5xx answers are the
+    /// failures.
     func figures(service: String, instances: Set<String>, windowSeconds: Int) -> AnalysisFigures {
-        let oldest = (now() - max(1, windowSeconds)) / Self.slotSeconds
+        let now = self.now()
+        let start = now - max(1, windowSeconds)
         var merged = Merged()
         state.withLockedValue { state in
+            let fine = state.analysed.contains(service)
+            let oldest = fine ? start : start / Self.slotSeconds
             for id in instances {
                 guard let series = state.series[.instance(service: service, id: id)] else { continue }
-                for slot in series.slots where slot.index >= oldest {
+                for slot in fine ? series.fine : series.slots where slot.index >= oldest {
                     for i in merged.classes.indices {
                         merged.classes[i] = saturating(merged.classes[i], slot.classes[i])
                     }

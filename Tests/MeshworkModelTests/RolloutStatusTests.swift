@@ -77,6 +77,26 @@ struct RolloutStatusTests {
         #expect(status.handle(.tick, r, now: 26_500) == [.measure(a, since: 16_500)])
     }
 
+    /// A controller that takes the lead (restarted, or another one) has none of the last
+    /// window's reports: the analysis measures a new window from then, even one that was
+    /// being measured; any other step is left as it was.
+    @Test func aRestoredAnalysisMeasuresANewWindowFromTheRestore() {
+        let a = analysis()
+        let r = rollout([.setWeight(10), .analysis(a), .pause(nil)])
+        var (status, _) = RolloutStatus.start(r, now: 5000)
+        #expect(status.handle(.tick, r, now: 15_000) == [.measure(a, since: 5000)])
+        #expect(status.handle(.restored, r, now: 15_500).isEmpty)
+        #expect(status.windowStart == 15_500 && !status.measuring)
+        #expect(status.history.last?.message.contains("analysis window begun again") == true)
+        #expect(status.handle(.tick, r, now: 25_499).isEmpty, "the old window is not measured")
+        #expect(status.handle(.tick, r, now: 25_500) == [.measure(a, since: 15_500)])
+        _ = status.handle(.measured(good), r, now: 25_600)
+        #expect(status.step == 2 && status.phase == .paused)
+        let before = status
+        #expect(status.handle(.restored, r, now: 30_000).isEmpty)
+        #expect(status == before, "a pause is not an analysis: nothing changes")
+    }
+
     @Test func successfulMeasurementsPassTheStepOnceThereAreEnough() {
         let r = rollout([.setWeight(10), .analysis(analysis(count: 2)), .setWeight(50), .pause(nil)])
         var (status, _) = RolloutStatus.start(r, now: 0)
@@ -270,6 +290,7 @@ struct RolloutParseTests {
             steps:
               - setHeaderRoute: {match: [{name: X-Beta, value: "1"}]}
               - setMirrorRoute: {percent: 12.5}
+              - mirror: {percent: 5}
               - setWeight: 10
               - pause: {duration: 30s}
               - analysis: {successRate: 99.5, p99: 250ms, interval: 20s, minRequests: 40, count: 2, route: canary}
@@ -282,9 +303,10 @@ struct RolloutParseTests {
               retries: 1
             """
         )
-        #expect(original.steps.count == 7 && original.failureLimit == 1 && original.inconclusiveLimit == 4)
+        #expect(original.steps.count == 8 && original.failureLimit == 1 && original.inconclusiveLimit == 4)
         #expect(original.steps[0] == .setHeaderRoute([HeaderMatch(name: "x-beta", test: .exact("1"))]))
-        #expect(original.steps[6] == .pause(nil))
+        #expect(original.steps[2] == .mirror(5), "mirror is setMirrorRoute's other name")
+        #expect(original.steps[7] == .pause(nil))
         let encoded = try String(decoding: JSONEncoderForTests.encode(original), as: UTF8.self)
         #expect(try Rollout.parse(encoded) == original)
     }

@@ -79,6 +79,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var backoffTask: Scheduled<Void>?
     /// The selected route rule's response header changes and retry backoff, if any.
     private var responseEdits: RouteFilter.HeaderEdits?
+    /// A gateway rule's response edits, when a service's own rule decided after it.
+    private var outerResponseEdits: RouteFilter.HeaderEdits?
     private var routeBackoff: TimeAmount?
     /// Whether the request is waiting out a route's fault delay (it has not left yet).
     private var inFaultDelay = false
@@ -287,39 +289,29 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         var faultDelay: TimeAmount?
         responseEdits = nil
+        outerResponseEdits = nil
+        var outer: LoopRule?
         if let selected = rule, let selection {
-            telemetry.route = selected.label
             // A gateway's rule picks its backend first (there is no parent service): its
             // aborts are then counted against the service the request was for.
             let early = cluster == nil ? selected.pickBackend() : nil
             if let early { telemetry.calledService = selected.rule.backends[early].service }
-            if let fault = selected.fault {
-                if fault.abortStatus != nil || fault.abortGRPCStatus != nil, selected.takesAbort(fault.abortPercent) {
-                    self.cluster = cluster
-                    answer(.faultAbort(httpStatus: fault.abortStatus, grpcStatus: fault.abortGRPCStatus))
-                    return
-                }
-                if let delay = fault.delay, selected.takesDelay(fault.delayPercent) {
-                    faultDelay = LoopRule.amount(delay)
-                }
-            }
-            if let location = selected.location(head, matchedPrefix: selection.matchedPrefix),
-                let status = selected.redirect?.statusCode
-            {
-                self.cluster = cluster
-                answerRedirect(HTTPResponseStatus(statusCode: status), location: location)
+            guard apply(selected, selection, early: early, &head, cluster: &cluster, faultDelay: &faultDelay) else {
                 return
             }
-            selected.rewrite(&head, matchedPrefix: selection.matchedPrefix)
-            if let index = early ?? selected.pickBackend() {
-                guard let backend = selected.backends[index] else {
-                    self.cluster = cluster
-                    answer(.noHealthyEndpoint)
-                    return
-                }
-                cluster = backend
+            // A gateway rule that sent the request to a whole mesh service hands it to that
+            // service's own routes, as a caller's sidecar would: a rollout's split, header
+            // route and mirror hold at the edge too. Both rules' header edits apply; the
+            // gateway rule's timeouts and retries, when it has them, stay.
+            if let early, !selected.rule.backends[early].isSubset, let service = cluster, !loop.routes.isEmpty,
+                let routes = loop.routes[service.name], let (inner, innerSelection) = routes.select(head)
+            {
+                outer = selected
+                outerResponseEdits = responseEdits
+                rule = inner
+                guard apply(inner, innerSelection, early: nil, &head, cluster: &cluster, faultDelay: &faultDelay)
+                else { return }
             }
-            responseEdits = selected.responseEdits
         }
         guard let cluster else {
             answer(.noRoute)
@@ -356,11 +348,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let timeout = Deadlines.timeout(
             meshwork: scan.meshworkTimeout,
             grpc: scan.grpcTimeout,
-            routeTimeout: rule?.requestTimeout ?? cluster.requestTimeout
+            routeTimeout: outer?.requestTimeout ?? rule?.requestTimeout ?? cluster.requestTimeout
         )
-        routeBackoff = rule?.backoff
+        routeBackoff = outer?.backoff ?? rule?.backoff
+        let retrying = outer.map { $0.rule.retry != nil || $0.rule.backendRequestTimeout != nil } == true ? outer : rule
         let plan = ExchangeStateMachine.Plan(
-            retries: rule?.retries(over: cluster.retryPolicy) ?? cluster.retryPolicy,
+            retries: retrying?.retries(over: cluster.retryPolicy) ?? cluster.retryPolicy,
             idempotent: Self.idempotentMethods.contains(head.method),
             deadline: requestStart + timeout,
             propagatesDeadline: cluster.isMesh
@@ -372,6 +365,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upgrade: machine.request.isUpgrade,
             restoresProtocol: settings.restoresProtocol
         )
+        outer?.editRequest(&upstreamHead.headers)
         rule?.editRequest(&upstreamHead.headers)
         if let trace = telemetry.trace, let header = trace.header {
             if trace.replaces {
@@ -388,8 +382,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let left = max(.zero, timeout - (faultDelay ?? .zero))
             Deadlines.propagate(perTry.map { min(left, $0) } ?? left, in: &upstreamHead.headers)
         }
-        if let rule, let mirrorCluster = rule.mirrorCluster, !machine.request.isUpgrade,
-            rule.takesMirror(rule.mirror?.percent ?? 0)
+        if let mirroring = rule?.mirrorCluster != nil ? rule : outer, let mirrorCluster = mirroring.mirrorCluster,
+            !machine.request.isUpgrade, mirroring.takesMirror(mirroring.mirror?.percent ?? 0)
         {
             // (Its deadline is replaced with its own cluster's as it leaves.)
             mirror = MirrorExchange(upstreamHead, cluster: mirrorCluster, loop: loop)
@@ -534,6 +528,48 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let learnt = machine.responseEnded && responseStatus.code < 500
             loop.inbound.release(rtt: learnt ? .nanoseconds(elapsed()) : nil, now: loop.loop.now.uptimeNanoseconds)
         }
+    }
+
+    /// Applies one route rule to the request: its fault (an abort is answered here, a delay
+    /// added to `faultDelay`), its redirect (answered here), its rewrite, its backend (into
+    /// `cluster`) and its response edits. False when the request was answered.
+    private func apply(
+        _ selected: LoopRule,
+        _ selection: RouteTable.Selection,
+        early: Int?,
+        _ head: inout HTTPRequestHead,
+        cluster: inout LoopCluster?,
+        faultDelay: inout TimeAmount?
+    ) -> Bool {
+        telemetry.route = selected.label
+        if let fault = selected.fault {
+            if fault.abortStatus != nil || fault.abortGRPCStatus != nil, selected.takesAbort(fault.abortPercent) {
+                self.cluster = cluster
+                answer(.faultAbort(httpStatus: fault.abortStatus, grpcStatus: fault.abortGRPCStatus))
+                return false
+            }
+            if let delay = fault.delay, selected.takesDelay(fault.delayPercent) {
+                faultDelay = (faultDelay ?? .zero) + LoopRule.amount(delay)
+            }
+        }
+        if let location = selected.location(head, matchedPrefix: selection.matchedPrefix),
+            let status = selected.redirect?.statusCode
+        {
+            self.cluster = cluster
+            answerRedirect(HTTPResponseStatus(statusCode: status), location: location)
+            return false
+        }
+        selected.rewrite(&head, matchedPrefix: selection.matchedPrefix)
+        if let index = early ?? selected.pickBackend() {
+            guard let backend = selected.backends[index] else {
+                self.cluster = cluster
+                answer(.noHealthyEndpoint)
+                return false
+            }
+            cluster = backend
+        }
+        responseEdits = selected.responseEdits
+        return true
     }
 
     static let idempotentMethods: [HTTPMethod] = [.GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE]
@@ -848,6 +884,7 @@ extension ProxyHandler: UpstreamDelegate {
                 responseStatus = head.status
                 Self.removeHopByHop(&head.headers)
                 if let responseEdits { LoopRule.apply(responseEdits, to: &head.headers) }
+                if let outerResponseEdits { LoopRule.apply(outerResponseEdits, to: &head.headers) }
                 head.version = .http1_1
                 if close { head.headers.add(name: "connection", value: "close") }
                 send(.head(head))

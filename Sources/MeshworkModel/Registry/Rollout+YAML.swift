@@ -87,11 +87,12 @@ extension Rollout {
     }
 
     private static func readStep(_ node: Node, _ path: String, _ reader: ConfigReader) -> RolloutStep? {
-        let kinds: Set = ["setWeight", "pause", "analysis", "setHeaderRoute", "setMirrorRoute"]
+        // (`mirror` is the and Flagger's name for Argo's `setMirrorRoute`: both read.)
+        let kinds: Set = ["setWeight", "pause", "analysis", "setHeaderRoute", "setMirrorRoute", "mirror"]
         guard let f = reader.mapping(node, path, known: kinds) else { return nil }
         let present = kinds.filter { f.node($0) != nil }
         guard present.count == 1, let kind = present.first else {
-            reader.fail(path, "one of setWeight, pause, analysis, setHeaderRoute or setMirrorRoute")
+            reader.fail(path, "one of setWeight, pause, analysis, setHeaderRoute or setMirrorRoute (mirror)")
             return nil
         }
         switch kind {
@@ -140,7 +141,7 @@ extension Rollout {
             }
             return .setHeaderRoute(headers)
         default:
-            guard let m = reader.mapping(f.node("setMirrorRoute"), f.path("setMirrorRoute"), known: ["percent"]),
+            guard let m = reader.mapping(f.node(kind), f.path(kind), known: ["percent"]),
                 let percent = m.required("percent", m.double("percent", range: 0...100))
             else { return nil }
             return .mirror(percent)

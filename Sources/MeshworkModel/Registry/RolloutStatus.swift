@@ -89,6 +89,9 @@ public enum RolloutEvent: Sendable, Hashable {
     case retry
     case pause
     case resume
+    /// A controller began to lead (a restart, or another took over): an analysis under
+    /// way measures a new window from now, since the reports of the last one are not here.
+    case restored
 }
 
 public enum RolloutEffect: Sendable, Hashable {
@@ -214,6 +217,14 @@ extension RolloutStatus {
             measuring = false
             record(now, "resumed by an operator")
             return tick(rollout, now: now)
+        case .restored:
+            guard phase == .progressing, awaiting == nil, step < rollout.steps.count,
+                case .analysis = rollout.steps[step]
+            else { return [] }
+            windowStart = now
+            measuring = false
+            record(now, "analysis window begun again: this controller's telemetry starts now")
+            return []
         }
     }
 

@@ -169,6 +169,69 @@ struct GatewayHTTPRouteTests {
             let status = try await controller.call("GET", "/v1/routes/shop")
             #expect(status.text.contains("applied by gateway edge (listener public)"), "\(status.text)")
 
+            // A gateway rule to the whole service hands the request to orders' own routes: a
+            // rollout's split holds at the edge (exact over one connection), and its abort
+            // sends everything back to stable there, within one push.
+            #expect(
+                try await controller.apply(
+                    """
+                    kind: HTTPRoute
+                    name: shop-all
+                    parentRefs: [{kind: Gateway, name: edge, sectionName: public}]
+                    hostnames: [all.shop.example.test]
+                    rules:
+                      - backendRefs: [{name: orders}]
+                        filters:
+                          - type: ResponseHeaderModifier
+                            responseHeaderModifier: {set: [{name: x-edge, value: "1"}]}
+                    ---
+                    kind: Rollout
+                    name: orders-edge
+                    service: orders
+                    stable: v1
+                    canary: v2
+                    steps: [{setWeight: 25}, {pause: {}}]
+                    """
+                ).exitCode == 0
+            )
+            #expect(
+                try await eventually {
+                    try await get(public_, host: "all.shop.example.test", "/").header("x-edge") == "1"
+                },
+                "\(gateway.log)"
+            )
+            var counted = (0, 0)
+            #expect(
+                try await eventually {
+                    let before = (v1.requestCount, v2.requestCount)
+                    let answers = try await Curl.run(
+                        ["-H", "Host: all.shop.example.test", "http://127.0.0.1:\(public_)/?n=[1-200]"],
+                        timeout: 60
+                    )
+                    counted = (v1.requestCount - before.0, v2.requestCount - before.1)
+                    return answers.statusLines.filter { $0.contains(" 200") }.count == 200 && counted == (150, 50)
+                },
+                "v1, v2: \(counted)\n\(gateway.log)"
+            )
+            #expect(
+                try await Command.run([
+                    CLITests.binary, "ctl", "rollout", "abort", "orders-edge", "--controller", controller.url,
+                    "--token-file", controller.dataDirectory + "/token",
+                ]).exitCode == 0
+            )
+            #expect(
+                try await eventually {
+                    let before = v2.requestCount
+                    let answers = try await Curl.run(
+                        ["-H", "Host: all.shop.example.test", "http://127.0.0.1:\(public_)/?n=[1-40]"]
+                    )
+                    return answers.statusLines.filter { $0.contains(" 200") }.count == 40 && v2.requestCount == before
+                },
+                "\(gateway.log)"
+            )
+            #expect(try await controller.call("DELETE", "/v1/rollouts/orders-edge").status == 200)
+            #expect(try await controller.call("DELETE", "/v1/routes/shop-all").status == 200)
+
             // Removed: the listener's own route again, within one push.
             #expect(try await controller.call("DELETE", "/v1/routes/shop").status == 200)
             #expect(

@@ -344,6 +344,89 @@ struct RolloutTests {
         await mesh.stop()
     }
 
+    /// A/B and shadow steps at a running caller: the header route sends matching requests to
+    /// the canary, the mirror copies half of the others to it (answered by stable); an
+    /// operator's pause holds an analysis and resume measures from then; a controller
+    /// restarted mid-analysis measures a new window of its own before it promotes.
+    @Test func headerRouteAndMirrorStepsPauseResumeAndARestartMidAnalysisAtARunningCaller() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let mesh = try await Mesh.start()
+        do {
+            let applied = try await mesh.controller.apply(
+                """
+                kind: Rollout
+                name: orders-ab
+                service: orders
+                stable: v1
+                canary: v2
+                steps:
+                  - setHeaderRoute: {match: [{name: x-beta, value: "1"}]}
+                  - mirror: {percent: 50}
+                  - pause: {}
+                  - analysis: {successRate: 95, interval: 4s, minRequests: 5}
+                """
+            )
+            #expect(applied.exitCode == 0, "\(applied.output)")
+            #expect(try await mesh.status("orders-ab")["phase"] as? String == "Paused")
+            // The header route: every x-beta request to v2, none to v1.
+            #expect(
+                try await eventually {
+                    try await Curl.run(["-H", "x-beta: 1", mesh.url + "/"]).text == "hello from orders-2\n"
+                }
+            )
+            var before = (mesh.v1.requestCount, mesh.v2.requestCount)
+            let beta = try await Curl.run(["-H", "x-beta: 1", mesh.url + "/?n=[1-10]"])
+            #expect(beta.statusLines.filter { $0.contains(" 200") }.count == 10)
+            #expect(mesh.v2.requestCount - before.1 == 10 && mesh.v1.requestCount == before.0)
+            // The mirror: the others answered by v1, half of them copied to v2.
+            #expect(
+                try await eventually {
+                    let copies = mesh.v2.requestCount
+                    _ = try await Curl.run([mesh.url + "/?n=[1-2]"])
+                    return try await eventually(seconds: 2) { mesh.v2.requestCount > copies }
+                }
+            )
+            before = (mesh.v1.requestCount, mesh.v2.requestCount)
+            let plain = try await Curl.run([mesh.url + "/?n=[1-20]"])
+            #expect(plain.text == String(repeating: "hello from orders-1\n", count: 20), "\(plain.text)")
+            #expect(mesh.v1.requestCount - before.0 == 20)
+            #expect(
+                try await eventually { mesh.v2.requestCount - before.1 == 10 },
+                "\(mesh.v2.requestCount - before.1)"
+            )
+
+            // Past the pause, into the analysis; an operator pauses it and nothing is decided
+            // while paused (mirrored load goes on), then resumes it.
+            let load = Load(mesh.url)
+            #expect(try await mesh.ctl(["rollout", "promote", "orders-ab"]).exitCode == 0)
+            let paused = try await mesh.ctl(["rollout", "pause", "orders-ab"])
+            #expect(paused.exitCode == 0 && paused.output.contains("phase    Paused"), "\(paused.output)")
+            try await Task.sleep(for: .seconds(5))  // (longer than the interval: nothing may happen)
+            let held = try await mesh.status("orders-ab")
+            #expect(held["phase"] as? String == "Paused" && held["step"] as? Int == 3, "\(held)")
+            let resumed = try await mesh.ctl(["rollout", "resume", "orders-ab"])
+            #expect(resumed.exitCode == 0 && resumed.output.contains("phase    Progressing"), "\(resumed.output)")
+            // Restarted within the window: the new controller measures a window of its own.
+            await mesh.controller.stop()
+            try await mesh.controller.restart(samePort: true)
+            let promoted = try await eventually(seconds: 30) {
+                try await mesh.status("orders-ab")["phase"] as? String == "Promoted"
+            }
+            await load.stop()
+            let final = try await mesh.status("orders-ab")
+            #expect(promoted, "\(final)")
+            let messages = (final["history"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
+            #expect(messages.contains { $0.contains("paused by an operator") }, "\(messages)")
+            #expect(messages.contains { $0.contains("resumed by an operator") }, "\(messages)")
+            #expect(messages.contains { $0.contains("analysis window begun again") }, "\(messages)")
+            let counts = load.counts
+            #expect(counts.sent > 0 && counts.failures == 0, "\(counts)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        await mesh.stop()
+    }
+
     @Test func noTrafficIsInconclusiveNeverAVerdictAndAbortReturnsAllToStableInOnePush() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let mesh = try await Mesh.start()
@@ -382,6 +465,12 @@ struct RolloutTests {
             #expect(second.status == 409, "\(second.text)")
             let aborted = try await mesh.ctl(["rollout", "abort", "orders-idle"])
             #expect(aborted.exitCode == 0 && aborted.output.contains("phase    Aborted"), "\(aborted.output)")
+            #expect(try await mesh.weights("orders-idle") == [100, 0])
+            // `retry` starts an aborted rollout over (its weight again), `abort` ends it again.
+            let retried = try await mesh.ctl(["rollout", "retry", "orders-idle"])
+            #expect(retried.exitCode == 0 && retried.output.contains("v2 30%"), "\(retried.output)")
+            #expect(try await mesh.weights("orders-idle") == [70, 30])
+            #expect(try await mesh.ctl(["rollout", "abort", "orders-idle"]).exitCode == 0)
             #expect(try await mesh.weights("orders-idle") == [100, 0])
             #expect(
                 try await eventually {
