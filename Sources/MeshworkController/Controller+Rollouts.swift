@@ -189,7 +189,16 @@ extension Controller {
                         .map(\.id)
                 )
                 let seconds = Int((now - since + 999) / 1000)
-                let figures = telemetry.figures(service: rollout.service, instances: canaries, windowSeconds: seconds)
+                // (Per route: the callers' view of that rule's share to the canary.)
+                let figures = telemetry.figures(
+                    service: rollout.service,
+                    instances: canaries,
+                    windowSeconds: seconds,
+                    rule: analysis.route.map { "\(rollout.routeName)/\($0)" },
+                    backend: analysis.route.map { _ in
+                        RouteBackend(service: rollout.service, version: rollout.canary).clusterName
+                    }
+                )
                 logger.info(
                     "rollout analysis",
                     metadata: [

@@ -19,21 +19,6 @@ extension ControllerAPI {
             var request = request
             let text = try await body(&request)
             let rollout = try validated { () throws(ConfigErrors) in try Rollout.parse(text, name: name) }
-            // Parsed, and refused rather than accepted and ignored (docs/rollouts.md).
-            var notCarried: [ConfigError] = []
-            for (index, step) in rollout.steps.enumerated() {
-                if case .analysis(let analysis) = step, analysis.route != nil {
-                    notCarried.append(
-                        ConfigError(
-                            path: "steps[\(index)].analysis.route",
-                            reason: "per-route analysis is not carried yet: the canary's requests are analysed together"
-                        )
-                    )
-                }
-            }
-            guard notCarried.isEmpty else {
-                throw APIError(status: .badRequest, message: "invalid resource", errors: notCarried)
-            }
             return try json(try await controller.putRollout(rollout))
         }
         v1.delete("rollouts/:name") { request, context in

@@ -459,6 +459,11 @@ struct ControllerAPI {
             if edge.peer.isEmpty || edge.peer.utf8.count > 253 {
                 errors.append(ConfigError(path: "edges[\(index)].peer", reason: "must be 1 to 253 bytes"))
             }
+            for (field, value) in [("route", edge.route), ("backend", edge.backend)] {
+                if let value, value.isEmpty || value.utf8.count > 320 {
+                    errors.append(ConfigError(path: "edges[\(index)].\(field)", reason: "must be 1 to 320 bytes"))
+                }
+            }
             // More than 2^40 responses in one report (an hour at most) is no sidecar's.
             if edge.classes.contains(where: { $0 > Self.maxReportedCount }) {
                 errors.append(

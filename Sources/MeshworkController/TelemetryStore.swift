@@ -66,6 +66,9 @@ final class TelemetryStore: Sendable {
     private enum Key: Hashable {
         case instance(service: String, id: String)
         case edge(source: String, target: String)
+        /// The callers' view of one route rule's share to one version subset of a service
+        /// being analysed (their outbound edges): what `analysis.route` measures.
+        case route(service: String, rule: String, backend: String)
     }
 
     private struct Reporter {
@@ -150,6 +153,23 @@ final class TelemetryStore: Sendable {
                     state.series[keys[0]]?.addFine(edge, at: now)
                 }
             }
+            // Callers' edges to a subset by a route rule, for the services a rollout analyses
+            // (one peer of the reporter's quota each).
+            for edge in report.edges where edge.direction == "outbound" && state.analysed.contains(edge.peer) {
+                guard let rule = edge.route, let backend = edge.backend else { continue }
+                let peer = "route \(edge.peer) \(rule) \(backend)"
+                if !quota.peers.contains(peer) {
+                    guard quota.peers.count < Self.maxPeersPerInstance else {
+                        dropped += 1
+                        continue
+                    }
+                    quota.peers.insert(peer)
+                }
+                let key = Key.route(service: edge.peer, rule: rule, backend: backend)
+                if state.series[key] == nil, state.series.count >= Self.maxSeries { continue }
+                state.series[key, default: Series(firstSecond: began)].add(edge, at: slot)
+                state.series[key]?.addFine(edge, at: now)
+            }
             state.reporters[reporter] = quota
             // Forget what has nothing left in the window, and reporters gone as long.
             if state.series.count > 64, slot % 6 == 0 {
@@ -188,10 +208,14 @@ final class TelemetryStore: Sendable {
         state.withLockedValue { state in
             guard state.analysed != services else { return }
             for key in state.series.keys {
-                guard case .instance(let service, _) = key, state.analysed.contains(service),
-                    !services.contains(service)
-                else { continue }
-                state.series[key]?.fine = []
+                switch key {
+                case .instance(let service, _) where state.analysed.contains(service) && !services.contains(service):
+                    state.series[key]?.fine = []
+                case .route(let service, _, _) where !services.contains(service):
+                    state.series[key] = nil
+                default:
+                    continue
+                }
             }
             state.analysed = services
         }
@@ -202,15 +226,31 @@ final class TelemetryStore: Sendable {
     /// service being analysed (`analyse(services:)`), the reports that arrived in the
     /// window, by the second; else the 10-second slots that overlap it. 5xx answers are the
     /// failures.
-    func figures(service: String, instances: Set<String>, windowSeconds: Int) -> AnalysisFigures {
+    ///
+    /// With `rule` (`route/rule`) and `backend` (a subset cluster), the callers' outbound
+    /// edges of that rule to that subset instead: one rule's canary share, as its callers
+    /// saw it (`analysis.route`); kept for analysed services only.
+    func figures(
+        service: String,
+        instances: Set<String>,
+        windowSeconds: Int,
+        rule: String? = nil,
+        backend: String? = nil
+    ) -> AnalysisFigures {
         let now = self.now()
         let start = now - max(1, windowSeconds)
         var merged = Merged()
         state.withLockedValue { state in
             let fine = state.analysed.contains(service)
             let oldest = fine ? start : start / Self.slotSeconds
-            for id in instances {
-                guard let series = state.series[.instance(service: service, id: id)] else { continue }
+            let keys: [Key] =
+                if let rule, let backend {
+                    [.route(service: service, rule: rule, backend: backend)]
+                } else {
+                    instances.map { .instance(service: service, id: $0) }
+                }
+            for key in keys {
+                guard let series = state.series[key] else { continue }
                 for slot in fine ? series.fine : series.slots where slot.index >= oldest {
                     for i in merged.classes.indices {
                         merged.classes[i] = saturating(merged.classes[i], slot.classes[i])

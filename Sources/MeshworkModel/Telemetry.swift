@@ -25,6 +25,9 @@ public struct EdgeReport: Sendable, Hashable, Codable {
     public var latency: [[UInt64]]
     /// The route rule that decided an outbound edge's exchanges (`route/rule`).
     public var route: String?
+    /// The version subset the rule sent them to (`orders~version=v2`), when it was one: a
+    /// rollout's analysis of one rule's canary share reads it (`analysis.route`).
+    public var backend: String?
 
     public init(direction: String, peer: String, classes: [UInt64], latency: [[UInt64]]) {
         self.direction = direction

@@ -8,15 +8,18 @@ public struct EdgeKey: Sendable, Hashable {
     public var direction: EdgeDirection
     public var peer: String
     public var route: String?
+    /// The version subset (cluster) the route sent them to, when it was one.
+    public var backend: String?
 
-    public init(direction: EdgeDirection, peer: String, route: String? = nil) {
+    public init(direction: EdgeDirection, peer: String, route: String? = nil, backend: String? = nil) {
         self.direction = direction
         self.peer = peer
         self.route = route
+        self.backend = backend
     }
 
     /// The order edges are listed and reported in.
-    var order: (String, String, String) { (direction.rawValue, peer, route ?? "") }
+    var order: (String, String, String, String) { (direction.rawValue, peer, route ?? "", backend ?? "") }
 }
 
 /// What one edge carried: responses by status class and a latency histogram (HdrHistogram,
@@ -122,6 +125,7 @@ public final class EdgeTelemetry: Sendable {
         if edges[key] == nil, edges.filter({ $0.key.direction == key.direction }).count >= maxPeers {
             key.peer = "other"
             key.route = nil
+            key.backend = nil
         }
         edges[key, default: EdgeData()].add(data)
     }
@@ -205,10 +209,13 @@ public final class EdgeTelemetry: Sendable {
         return Array(text.utf8)
     }
 
-    /// (Peers are service names, routes `route/rule` names: neither needs escaping.)
+    /// (Peers are service names, routes `route/rule` names, backends subset cluster names
+    /// (`orders~version=v2`, label syntax): none needs escaping.)
     private static func labels(_ key: EdgeKey) -> String {
-        let edge = "direction=\"\(key.direction.rawValue)\",peer=\"\(key.peer)\""
-        return key.route.map { edge + ",route=\"\($0)\"" } ?? edge
+        var edge = "direction=\"\(key.direction.rawValue)\",peer=\"\(key.peer)\""
+        if let route = key.route { edge += ",route=\"\(route)\"" }
+        if let backend = key.backend { edge += ",backend=\"\(backend)\"" }
+        return edge
     }
 
     private static func seconds(_ micros: UInt64) -> String {
@@ -230,6 +237,7 @@ extension EdgeTelemetry {
                     latency: data.latency.recordedValues().map { [$0.value, UInt64($0.count)] }
                 )
                 edge.route = key.route
+                edge.backend = key.backend
                 return edge
             }
         return TelemetryReport(service: service, seconds: seconds, edges: edges)

@@ -21,6 +21,8 @@ struct ExchangeTelemetry {
     var calledService: String?
     /// The route rule that decided it (`route/rule`), when a route did.
     var route: String?
+    /// The version subset (cluster name) the rule sent it to, when it was one.
+    var backend: String?
 
     /// A request head arrived: a new exchange to record, and its trace begun.
     mutating func begin(_ head: HTTPRequestHead, loop: LoopContext) {
@@ -28,6 +30,7 @@ struct ExchangeTelemetry {
         responseBytes = 0
         calledService = nil
         route = nil
+        backend = nil
         trace = nil
         guard loop.tracer != nil || loop.accessLog != nil || loop.taps != nil else { return }
         method = head.method
@@ -53,7 +56,7 @@ struct ExchangeTelemetry {
         let path = sampled || loop.taps != nil || loop.accessLog != nil ? Self.path(of: uri) : ""
         if let shard = loop.edges {
             shard.record(
-                EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName, route: route),
+                EdgeKey(direction: inbound ? .inbound : .outbound, peer: peerName, route: route, backend: backend),
                 EdgeExchange(
                     status: Int(status.code),
                     micros: UInt64(max(0, nanoseconds / 1000)),

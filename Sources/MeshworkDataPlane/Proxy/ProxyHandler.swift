@@ -567,6 +567,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return false
             }
             cluster = backend
+            // (A version subset's share is an edge of its own: a rollout analyses one rule's.)
+            telemetry.backend = selected.rule.backends[index].isSubset ? backend.name : nil
         }
         responseEdits = selected.responseEdits
         return true

@@ -427,6 +427,108 @@ struct RolloutTests {
         await mesh.stop()
     }
 
+    /// `analysis.route` judges one rule of the rollout's route by its callers' view of that
+    /// rule's share to the canary: with the header route's calls all answered and the
+    /// split's canary share all failing (the canary as a whole at about 67%), a header
+    /// analysis promotes and a canary-rule analysis rolls back.
+    @Test func aPerRouteAnalysisJudgesOnlyItsRulesShareOfTheCanary() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
+        let controller = try await ControllerProcess.start()
+        let v1 = try await TestMesh.startApp("orders-1")
+        let v2 = try await TestMesh.startApp("orders-2")
+        let webApp = try await TestMesh.startApp("web-1")
+        var sidecars: [SidecarProcess] = []
+        var load: Task<Void, Never>?
+        defer { controller.remove() }
+        do {
+            let telemetry = ["--telemetry-interval", "200ms"]
+            for (app, version) in [(v1, "v1"), (v2, "v2")] {
+                sidecars.append(
+                    try await startServer(
+                        "orders",
+                        app: app,
+                        controller: controller,
+                        extra: ["--version", version] + telemetry
+                    )
+                )
+            }
+            // The caller is an instance of its own, so its outbound edges are reported.
+            let web = try await startServer(
+                "web",
+                app: webApp,
+                controller: controller,
+                extra: ["--upstream", "orders=127.0.0.1:0"] + telemetry
+            )
+            sidecars.append(web)
+            #expect(try await web.waitUntilServing("orders"), "\(web.log)")
+            let url = web.upstreamURL("orders")
+            func status(_ name: String) async throws -> [String: Any] {
+                let answer = try await controller.call("GET", "/v1/rollouts/\(name)")
+                return
+                    ((try? JSONSerialization.jsonObject(with: answer.body) as? [String: Any])?["status"]
+                    as? [String: Any]) ?? [:]
+            }
+            // Header calls answered 200, the others 500 (bounded: 2 minutes at most).
+            load = Task {
+                let deadline = ContinuousClock.now + .seconds(120)
+                while !Task.isCancelled, ContinuousClock.now < deadline {
+                    _ = try? await Curl.run(["-H", "x-beta: 1", url + "/?n=[1-10]"])
+                    _ = try? await Curl.run([url + "/status/500?n=[1-10]"])
+                }
+            }
+            func rollout(_ name: String, route: String) -> String {
+                """
+                kind: Rollout
+                name: \(name)
+                service: orders
+                stable: v1
+                canary: v2
+                steps:
+                  - setHeaderRoute: {match: [{name: x-beta, value: "1"}]}
+                  - setWeight: 50
+                  - analysis: {route: \(route), successRate: 95, interval: 2s, minRequests: 5}
+                """
+            }
+            #expect(try await controller.apply(rollout("orders-hdr", route: "header")).exitCode == 0)
+            let promoted = try await eventually(seconds: 30) {
+                try await status("orders-hdr")["phase"] as? String == "Promoted"
+            }
+            let header = try await status("orders-hdr")
+            #expect(promoted, "\(header)")
+            let figures = header["figures"] as? [String: Any] ?? [:]
+            #expect(figures["successRate"] as? Double == 100 && (figures["requests"] as? Int ?? 0) >= 5, "\(figures)")
+            // (The canary did answer the split's calls, with 500s.)
+            let v2Failures = try await Self.sum(sidecars[1], #"direction="inbound""#, class: "5xx")
+            #expect(v2Failures > 0, "the canary answered none of the split's calls")
+
+            #expect(try await controller.apply(rollout("orders-cnr", route: "canary")).exitCode == 0)
+            let degraded = try await eventually(seconds: 30) {
+                try await status("orders-cnr")["phase"] as? String == "Degraded"
+            }
+            let canary = try await status("orders-cnr")
+            #expect(degraded, "\(canary)")
+            #expect((canary["message"] as? String ?? "").contains("success rate 0%"), "\(canary)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        load?.cancel()
+        await load?.value
+        for sidecar in sidecars { await sidecar.stop() }
+        await v1.stop()
+        await v2.stop()
+        await webApp.stop()
+        await controller.stop()
+    }
+
+    /// A sidecar's `meshwork_edge_requests_total` samples naming `selector` and `class`.
+    private static func sum(_ sidecar: SidecarProcess, _ selector: String, class: String) async throws -> Double {
+        let text = try await Curl.get("http://127.0.0.1:\(sidecar.port("admin") ?? 0)/metrics").text
+        return text.split(separator: "\n").filter {
+            $0.hasPrefix("meshwork_edge_requests_total{") && $0.contains(selector)
+                && $0.contains("class=\"\(`class`)\"")
+        }.compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+    }
+
     @Test func noTrafficIsInconclusiveNeverAVerdictAndAbortReturnsAllToStableInOnePush() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let mesh = try await Mesh.start()
