@@ -2,13 +2,14 @@
 """Registration cost as the registry fills: is it flat in the registry's size?
 
 Starts a release `meshwork controller` (SQLite store, DNS on, as by default) on
-127.0.0.1, registers INSTANCES instances over SERVICES services, sequentially on one
-keep-alive HTTPS connection (each registration committed before the answer), and prints
-the rate of every STEP registrations. Issue 21's target: flat, >= 1,000/s at 10,000.
+127.0.0.1, registers INSTANCES instances over SERVICES services from CONNECTIONS
+keep-alive HTTPS connections at once (each registration committed before its answer;
+`--connections 1`: one after another), and prints the rate of every STEP registrations.
+Issue 21's target: flat, >= 1,000/s at 10,000.
 
     swift build -c release --product meshwork && python3 bench/registration.py
 """
-import argparse, http.client, json, os, shutil, socket, ssl, subprocess, sys, tempfile, time
+import argparse, concurrent.futures, http.client, json, os, shutil, socket, ssl, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +27,8 @@ def main():
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--step", type=int, default=1_000)
     parser.add_argument("--dns", default="on", choices=["on", "off"])
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--ttl", type=int, default=0, help="instance TTL in seconds (0: none; no heartbeats are sent)")
     args = parser.parse_args()
 
     directory = tempfile.mkdtemp(prefix="mw-reg-bench-")
@@ -57,23 +60,31 @@ def main():
                 if time.monotonic() > deadline:
                     sys.exit("the controller did not answer: " + open(os.path.join(directory, "log")).read())
                 time.sleep(0.05)
-        rates = []
-        mark = time.monotonic()
-        for i in range(args.instances):
+        connection.close()
+        local = threading.local()
+
+        def register(i):
+            if not hasattr(local, "connection"):
+                local.connection = http.client.HTTPSConnection(
+                    "127.0.0.1", api, timeout=30, context=ssl.create_default_context(cafile=ca))
             body = json.dumps({"service": f"svc-{i % args.services}",
                                "address": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
-                               "port": 8080, "ttlSeconds": 0})
-            connection.request("PUT", f"/v1/instances/i-{i}", body, headers)
-            answer = connection.getresponse()
+                               "port": 8080, "ttlSeconds": args.ttl})
+            local.connection.request("PUT", f"/v1/instances/i-{i}", body, headers)
+            answer = local.connection.getresponse()
             answer.read()
             if answer.status != 200:
-                sys.exit(f"registration {i}: {answer.status}")
-            if (i + 1) % args.step == 0:
-                now = time.monotonic()
-                rates.append(args.step / (now - mark))
-                print(f"{i + 1:>7} instances: the last {args.step} at {rates[-1]:.0f}/s", flush=True)
-                mark = now
-        print(f"first step {rates[0]:.0f}/s, last {rates[-1]:.0f}/s (x{rates[-1] / rates[0]:.2f}), DNS {args.dns}")
+                raise RuntimeError(f"registration {i}: {answer.status}")
+
+        rates = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.connections) as pool:
+            for start in range(0, args.instances, args.step):
+                mark = time.monotonic()
+                list(pool.map(register, range(start, min(args.instances, start + args.step))))
+                rates.append(args.step / (time.monotonic() - mark))
+                print(f"{start + args.step:>7} instances: the last {args.step} at {rates[-1]:.0f}/s", flush=True)
+        print(f"first step {rates[0]:.0f}/s, last {rates[-1]:.0f}/s (x{rates[-1] / rates[0]:.2f}), "
+              f"DNS {args.dns}, {args.connections} connection(s), ttl {args.ttl}")
     finally:
         controller.terminate()
         try:

@@ -4,6 +4,7 @@ import Logging
 import MeshworkModel
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 /// What a watcher receives: first a snapshot (or the events it missed), then events.
 enum WatchMessage: Sendable {
@@ -15,7 +16,7 @@ enum WatchMessage: Sendable {
         mesh: MeshSettings,
         routes: [HTTPRoute]
     )
-    case event(RegistryEvent)
+    case event(SharedEvent)
     /// The roots changed (a CA rotation step): every watcher gets them.
     case trustBundle(TrustBundle)
 }
@@ -28,7 +29,9 @@ enum WatchMessage: Sendable {
 /// (the same on every controller: a watcher resumes on any of them), and a watcher never
 /// sees a change the store has not kept. A mutation answers once its commit is applied
 /// here (read-your-writes). Mutations run one at a time (`exclusively`): each decides
-/// from the state the one before it left.
+/// from the state the one before it left; except that those of different instances
+/// (registrations, heartbeats, deregistrations: `exclusively(instance:)`) run side by side,
+/// so their commits share the store's fsyncs.
 actor Controller {
     var registry: Registry
     let store: any ControllerStore
@@ -71,8 +74,12 @@ actor Controller {
     private var revisionWaiters = RevisionWaiters()
     /// The task reading the store's change stream now (cancelled to open it again).
     private var following: Task<Void, any Error>?
-    private var mutating = false
-    private var mutationQueue: [CheckedContinuation<Void, Never>] = []
+    /// A mutation of everything runs (`exclusively`).
+    private var mutatingAll = false
+    /// The instances being mutated now (`exclusively(instance:)`).
+    private var mutatingInstances: Set<String> = []
+    /// Mutations waiting, in arrival order.
+    private var mutationQueue: [(instance: String?, resume: CheckedContinuation<Void, Never>)] = []
 
     struct Watcher {
         var services: Set<String>?
@@ -198,7 +205,7 @@ actor Controller {
     /// Registers or updates an instance and renews its lease: the lease it has when it
     /// is still alive and of the same TTL, else a new one (the old one ends).
     func putInstance(_ instance: InstanceResource) async throws -> Int64 {
-        try await exclusively {
+        try await exclusively(instance: instance.id) {
             let existing = instanceLeases[instance.id]
             var lease: Int64 = 0
             var retired: Int64?
@@ -247,7 +254,7 @@ actor Controller {
     /// Renews an instance's lease and, when given, records the health its checks report.
     /// An instance whose lease ended is gone (its sidecar registers again).
     func heartbeat(_ id: String, health: InstanceHealth?) async throws -> Int64 {
-        try await exclusively {
+        try await exclusively(instance: id) {
             guard var instance = registry.instances[id] else { throw RegistryError.notFound("instance \"\(id)\"") }
             let lease = instanceLeases[id] ?? 0
             if lease != 0, try await !storeCall({ try await store.keepAlive(lease) }) {
@@ -266,7 +273,7 @@ actor Controller {
     }
 
     func deleteInstance(_ id: String) async throws -> Int64 {
-        try await exclusively {
+        try await exclusively(instance: id) {
             guard registry.instances[id] != nil else { throw RegistryError.notFound("instance \"\(id)\"") }
             var write = StoreWrite()
             write.delete(RegistryDocuments.key(instance: id))
@@ -345,15 +352,61 @@ actor Controller {
 
     /// Runs `body` after every mutation before it has finished, and before any after it.
     func exclusively<T>(_ body: () async throws -> T) async throws -> T {
-        if mutating {
-            await withCheckedContinuation { mutationQueue.append($0) }
+        if mutatingAll || !mutatingInstances.isEmpty || !mutationQueue.isEmpty {
+            await withCheckedContinuation { mutationQueue.append((nil, $0)) }
         } else {
-            mutating = true
+            mutatingAll = true
         }
         defer {
-            if mutationQueue.isEmpty { mutating = false } else { mutationQueue.removeFirst().resume() }
+            mutatingAll = false
+            admitMutations()
         }
         return try await body()
+    }
+
+    /// Runs `body`, a mutation of instance `id` alone, after every mutation before it of
+    /// everything or of `id`, and before any after it of those; beside mutations of other
+    /// instances.
+    func exclusively<T>(instance id: String, _ body: () async throws -> T) async throws -> T {
+        if mutatingAll || mutatingInstances.contains(id)
+            || mutationQueue.contains(where: { $0.instance == nil || $0.instance == id })
+        {
+            await withCheckedContinuation { mutationQueue.append((id, $0)) }
+        } else {
+            mutatingInstances.insert(id)
+        }
+        defer {
+            mutatingInstances.remove(id)
+            admitMutations()
+        }
+        return try await body()
+    }
+
+    /// Lets waiting mutations run, in arrival order: an instance's while nothing of
+    /// everything is ahead of it and its instance is free; one of everything once nothing
+    /// else runs (and nothing behind it passes it).
+    private func admitMutations() {
+        guard !mutatingAll else { return }
+        var index = 0
+        var blocked: Set<String> = []
+        while index < mutationQueue.count {
+            let waiting = mutationQueue[index]
+            guard let id = waiting.instance else {
+                guard mutatingInstances.isEmpty, index == 0 else { return }
+                mutationQueue.removeFirst()
+                mutatingAll = true
+                waiting.resume.resume()
+                return
+            }
+            if mutatingInstances.contains(id) || blocked.contains(id) {
+                blocked.insert(id)
+                index += 1
+                continue
+            }
+            mutationQueue.remove(at: index)
+            mutatingInstances.insert(id)
+            waiting.resume.resume()
+        }
     }
 
     /// Commits `write` and waits until it is applied here; the revision it made (the one
@@ -590,7 +643,7 @@ actor Controller {
         }
         if let revision, let missed = registry.events(after: revision) {
             for event in missed where event.concerns(services) && (routes || event.route == nil) {
-                continuation.yield(.event(event))
+                continuation.yield(.event(SharedEvent(event)))
             }
         } else {
             let snapshotServices = self.services().filter { services?.contains($0.name) ?? true }
@@ -647,12 +700,39 @@ actor Controller {
     }
 
     private func broadcast(_ event: RegistryEvent) {
+        // (One event, encoded once for every watcher it goes to.)
+        let shared = SharedEvent(event)
         for (id, watcher) in watchers where event.concerns(watcher.services) && (watcher.routes || event.route == nil) {
-            if case .dropped = watcher.continuation.yield(.event(event)) {
+            if case .dropped = watcher.continuation.yield(.event(shared)) {
                 logger.warning("watcher fell behind; closing it so it resumes from its revision")
                 watcher.continuation.finish()
                 watchers[id] = nil
             }
+        }
+    }
+}
+
+/// A registry event on its way to watchers: its watch line (NDJSON, sorted keys) is
+/// encoded by the first watcher that writes it and shared by the others (a change seen by
+/// 1,000 watchers is encoded once, not 1,000 times).
+final class SharedEvent: Sendable {
+    let event: RegistryEvent
+    private let encoded = Mutex<ByteBuffer?>(nil)
+
+    init(_ event: RegistryEvent) {
+        self.event = event
+    }
+
+    func line() throws -> ByteBuffer {
+        try encoded.withLock { encoded in
+            if let encoded { return encoded }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            var data = try encoder.encode(ControllerAPI.WatchEventLine(event: event))
+            data.append(0x0A)
+            let buffer = ByteBuffer(bytes: data)
+            encoded = buffer
+            return buffer
         }
     }
 }

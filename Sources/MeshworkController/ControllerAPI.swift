@@ -225,6 +225,10 @@ struct ControllerAPI {
                     }
                 }
                 for await line in merged {
+                    if case .message(.event(let shared)) = line {
+                        try await writer.write(try shared.line())
+                        continue
+                    }
                     var data: Data
                     switch line {
                     case .message(
@@ -240,8 +244,8 @@ struct ControllerAPI {
                                 routes: routes
                             )
                         )
-                    case .message(.event(let event)):
-                        data = try encoder.encode(WatchEventLine(event: event))
+                    case .message(.event(let shared)):
+                        data = try encoder.encode(WatchEventLine(event: shared.event))
                     case .message(.trustBundle(let bundle)):
                         data = try encoder.encode(
                             WatchTrustBundle(

@@ -23,9 +23,34 @@ package final class SQLiteStore: ControllerStore {
     static let historyLimit = 4096
     static let historyBytes = 64 << 20
 
+    /// Commits waiting for the writer, and whether it is draining them.
+    private struct CommitQueue {
+        var commits: [QueuedCommit] = []
+        var draining = false
+    }
+
+    private struct QueuedCommit {
+        let write: StoreWrite
+        let done: CheckedContinuation<Int64, any Error>
+    }
+
+    /// The one thread that writes the file (group commit: the commits that queue while
+    /// one transaction is being made durable go in the next one, so concurrent writers
+    /// share an fsync; and no fsync blocks a task of the cooperative pool).
+    private let writer = DispatchQueue(label: "meshwork.sqlite-store.writer")
+    private let queue = Mutex(CommitQueue())
+    /// Commits in one transaction at most.
+    static let maxBatch = 256
+    /// Transactions the writer made for commits (each one fsync): fewer than the commits
+    /// when they came together.
+    package let commitTransactions = Atomic<Int>(0)
+
     private struct State {
         var revision: Int64
         var leases: [Int64: (ttl: Int64, deadline: ContinuousClock.Instant)] = [:]
+        /// Leases granted and not yet stored: the next commit stores them (a lease that
+        /// ends before holds no document, and needs no row).
+        var unsavedLeases: [Int64: Int64] = [:]
         var history: [StoreChanges] = []
         var historySize = 0
         var subscribers: [UUID: AsyncThrowingStream<StoreChanges, any Error>.Continuation] = [:]
@@ -97,82 +122,179 @@ package final class SQLiteStore: ControllerStore {
 
     package func commit(_ write: StoreWrite) async throws -> Int64 {
         try write.checkSize()
-        return try state.withLock { state in
-            guard !state.closed else { throw StoreError(.unavailable, "the store is closed") }
-            for case .put(_, _, let lease) in write.operations where lease != 0 {
-                // Gone, or past its deadline and not yet swept: either way not alive.
-                guard let current = state.leases[lease], current.deadline > clock.now else {
-                    throw StoreError(.conflict, "lease \(lease) is gone")
-                }
+        return try await withCheckedThrowingContinuation { done in
+            let start = queue.withLock { queue -> Bool in
+                queue.commits.append(QueuedCommit(write: write, done: done))
+                guard !queue.draining else { return false }
+                queue.draining = true
+                return true
             }
-            if let fence = write.fence {
-                guard let leader = state.leader, leader == fence, state.leases[leader.lease] != nil else {
-                    throw StoreError(
-                        .fenced,
-                        "the term of \(fence.candidate) that began at \(fence.revision) no longer leads"
-                    )
+            if start { writer.async { [self] in drain() } }
+        }
+    }
+
+    /// The writer's loop: the commits queued meanwhile go in one transaction (one fsync),
+    /// each at its own revision and with its own conditions; then the next ones.
+    private func drain() {
+        while true {
+            let batch = queue.withLock { queue -> [QueuedCommit] in
+                guard !queue.commits.isEmpty else {
+                    queue.draining = false
+                    return []
                 }
+                let count = min(queue.commits.count, Self.maxBatch)
+                defer { queue.commits.removeFirst(count) }
+                return Array(queue.commits.prefix(count))
             }
-            let revision = state.revision + 1
-            var changes: [StoreChange] = []
+            guard !batch.isEmpty else { return }
+            let results = commitBatch(batch.map(\.write))
+            for (commit, result) in zip(batch, results) { commit.done.resume(with: result) }
+        }
+    }
+
+    /// Commits `writes` in order in one transaction, on the writer: a write whose lease,
+    /// fence or condition does not hold fails alone (its savepoint rolled back); a failed
+    /// transaction fails them all. Returns each write's revision (0: it changed nothing).
+    private func commitBatch(_ writes: [StoreWrite]) -> [Result<Int64, any Error>] {
+        var results: [Result<Int64, any Error>?] = Array(repeating: nil, count: writes.count)
+        // In memory first, under the lock: only the writer changes the revision or ends a
+        // lease, so what is checked here still holds at the commit.
+        let checked = state.withLock { state -> (revision: Int64, unsaved: [Int64: Int64])? in
+            guard !state.closed else { return nil }
+            for (index, write) in writes.enumerated() {
+                if let refusal = Self.refusal(write, state, now: clock.now) { results[index] = .failure(refusal) }
+            }
+            return (state.revision, state.unsavedLeases)
+        }
+        guard let checked else { return writes.map { _ in .failure(StoreError(.unavailable, "the store is closed")) } }
+        var revision = checked.revision
+        var published: [StoreChanges] = []
+        commitTransactions.add(1, ordering: .relaxed)
+        do {
             try database.write { db in
-                for condition in write.conditions {
-                    let key: StoreKey
-                    let expected: Int64?
-                    switch condition {
-                    case .absent(let absent):
-                        (key, expected) = (absent, nil)
-                    case .unchanged(let unchanged, let since):
-                        (key, expected) = (unchanged, since == 0 ? nil : since)
-                    }
-                    let current = try Int64.fetchOne(
-                        db,
-                        sql: "SELECT revision FROM document WHERE collection = ? AND name = ?",
-                        arguments: [key.collection.rawValue, key.name]
+                // Leases granted since the last commit are stored with the first one after
+                // them (a document under a lease never lands without its lease's row).
+                for (id, ttl) in checked.unsaved {
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO store_lease (id, ttl) VALUES (?, ?)",
+                        arguments: [id, ttl]
                     )
-                    guard current == expected else {
-                        throw StoreError(
-                            .conflict,
-                            "\(key) changed (it is at \(current.map(String.init) ?? "nothing"))"
-                        )
-                    }
                 }
-                for operation in write.operations {
-                    switch operation {
-                    case .put(let key, let body, let lease):
-                        let created =
-                            try Int64.fetchOne(
-                                db,
-                                sql: "SELECT created FROM document WHERE collection = ? AND name = ?",
-                                arguments: [key.collection.rawValue, key.name]
-                            ) ?? revision
-                        try db.execute(
-                            sql:
-                                "INSERT OR REPLACE INTO document (collection, name, body, revision, created, lease) VALUES (?, ?, ?, ?, ?, ?)",
-                            arguments: [key.collection.rawValue, key.name, Data(body), revision, created, lease]
-                        )
-                        changes.append(StoreChange(key: key, body: body, lease: lease, created: created))
-                    case .delete(let key):
-                        try db.execute(
-                            sql: "DELETE FROM document WHERE collection = ? AND name = ?",
-                            arguments: [key.collection.rawValue, key.name]
-                        )
-                        // etcd reports a delete only for a key that was there.
-                        if db.changesCount > 0 { changes.append(StoreChange(key: key, body: nil)) }
+                for (index, write) in writes.enumerated() where results[index] == nil {
+                    var changes: [StoreChange] = []
+                    do {
+                        try db.inSavepoint {
+                            changes = try Self.apply(write, at: revision + 1, db)
+                            return .commit
+                        }
+                    } catch let refusal as StoreError {
+                        results[index] = .failure(refusal)
+                        continue
                     }
+                    // A write that changed nothing makes no revision (as on etcd).
+                    guard !changes.isEmpty else {
+                        results[index] = .success(0)
+                        continue
+                    }
+                    revision += 1
+                    results[index] = .success(revision)
+                    published.append(StoreChanges(revision: revision, changes: changes))
                 }
-                // A write that changed nothing makes no revision (as on etcd).
-                guard !changes.isEmpty else { return }
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
-                    arguments: [revision]
+                if revision != checked.revision {
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)",
+                        arguments: [revision]
+                    )
+                }
+            }
+        } catch {
+            return results.map { result in
+                if let result, case .failure = result { return result }
+                return .failure(error)
+            }
+        }
+        state.withLock { state in
+            for id in checked.unsaved.keys { state.unsavedLeases[id] = nil }
+            state.revision = revision
+            for batch in published { publish(batch, in: &state) }
+        }
+        return results.map { $0 ?? .failure(StoreError(.unavailable, "not committed")) }
+    }
+
+    /// Why `write` cannot commit, from memory: a lease of it gone, or its fence's term no
+    /// longer leading.
+    private static func refusal(
+        _ write: StoreWrite,
+        _ state: State,
+        now: ContinuousClock.Instant
+    ) -> StoreError? {
+        for case .put(_, _, let lease) in write.operations where lease != 0 {
+            // Gone, or past its deadline and not yet swept: either way not alive.
+            guard let current = state.leases[lease], current.deadline > now else {
+                return StoreError(.conflict, "lease \(lease) is gone")
+            }
+        }
+        if let fence = write.fence {
+            guard let leader = state.leader, leader == fence, state.leases[leader.lease] != nil else {
+                return StoreError(
+                    .fenced,
+                    "the term of \(fence.candidate) that began at \(fence.revision) no longer leads"
                 )
             }
-            guard !changes.isEmpty else { return 0 }
-            state.revision = revision
-            publish(StoreChanges(revision: revision, changes: changes), in: &state)
-            return revision
         }
+        return nil
+    }
+
+    /// Checks `write`'s conditions and applies its operations at `revision`; the changes it
+    /// made (none: it changed nothing).
+    private static func apply(_ write: StoreWrite, at revision: Int64, _ db: Database) throws -> [StoreChange] {
+        var changes: [StoreChange] = []
+        for condition in write.conditions {
+            let key: StoreKey
+            let expected: Int64?
+            switch condition {
+            case .absent(let absent):
+                (key, expected) = (absent, nil)
+            case .unchanged(let unchanged, let since):
+                (key, expected) = (unchanged, since == 0 ? nil : since)
+            }
+            let current = try Int64.fetchOne(
+                db,
+                sql: "SELECT revision FROM document WHERE collection = ? AND name = ?",
+                arguments: [key.collection.rawValue, key.name]
+            )
+            guard current == expected else {
+                throw StoreError(
+                    .conflict,
+                    "\(key) changed (it is at \(current.map(String.init) ?? "nothing"))"
+                )
+            }
+        }
+        for operation in write.operations {
+            switch operation {
+            case .put(let key, let body, let lease):
+                let created =
+                    try Int64.fetchOne(
+                        db,
+                        sql: "SELECT created FROM document WHERE collection = ? AND name = ?",
+                        arguments: [key.collection.rawValue, key.name]
+                    ) ?? revision
+                try db.execute(
+                    sql:
+                        "INSERT OR REPLACE INTO document (collection, name, body, revision, created, lease) VALUES (?, ?, ?, ?, ?, ?)",
+                    arguments: [key.collection.rawValue, key.name, Data(body), revision, created, lease]
+                )
+                changes.append(StoreChange(key: key, body: body, lease: lease, created: created))
+            case .delete(let key):
+                try db.execute(
+                    sql: "DELETE FROM document WHERE collection = ? AND name = ?",
+                    arguments: [key.collection.rawValue, key.name]
+                )
+                // etcd reports a delete only for a key that was there.
+                if db.changesCount > 0 { changes.append(StoreChange(key: key, body: nil)) }
+            }
+        }
+        return changes
     }
 
     package func changes(after revision: Int64) -> AsyncThrowingStream<StoreChanges, any Error> {
@@ -204,11 +326,12 @@ package final class SQLiteStore: ControllerStore {
     package func grantLease(ttl: Int64) async throws -> Int64 {
         let ttl = max(1, ttl)
         return try state.withLock { state in
+            guard !state.closed else { throw StoreError(.unavailable, "the store is closed") }
             var id = Int64.random(in: 1...Int64.max)
             while state.leases[id] != nil { id = Int64.random(in: 1...Int64.max) }
-            try database.write { db in
-                try db.execute(sql: "INSERT INTO store_lease (id, ttl) VALUES (?, ?)", arguments: [id, ttl])
-            }
+            // Stored by the next commit (with the documents put under it), not here: a
+            // registration is one fsync, not two.
+            state.unsavedLeases[id] = ttl
             state.leases[id] = (ttl, clock.now + .seconds(ttl))
             return id
         }
@@ -223,7 +346,9 @@ package final class SQLiteStore: ControllerStore {
     }
 
     package func revokeLease(_ lease: Int64) async throws {
-        try state.withLock { state in try end([lease], in: &state) }
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            writer.async { [self] in done.resume(with: Result { try end([lease]) }) }
+        }
     }
 
     package func campaign(candidate: String, lease: Int64) async throws -> StoreTerm {
@@ -270,21 +395,33 @@ package final class SQLiteStore: ControllerStore {
     /// Ends the leases whose deadline passed, deleting their documents.
     func expireLeases() {
         let now = clock.now
-        state.withLock { state in
-            let expired = state.leases.filter { $0.value.deadline <= now }.map(\.key)
-            guard !expired.isEmpty, !state.closed else { return }
-            try? end(expired, in: &state)
+        let expired = state.withLock { state -> [Int64] in
+            guard !state.closed else { return [] }
+            return state.leases.filter { $0.value.deadline <= now }.map(\.key)
         }
+        guard !expired.isEmpty else { return }
+        writer.async { [self] in _ = try? end(expired) }
     }
 
     /// Forgets `leases` and deletes their documents in one commit (none when they held
-    /// nothing).
-    private func end(_ leases: [Int64], in state: inout State) throws {
-        guard !leases.isEmpty else { return }
+    /// nothing), on the writer. A lease never stored holds no document: it is only
+    /// forgotten.
+    private func end(_ leases: [Int64]) throws {
+        let (base, stored) = state.withLock { state -> (Int64, [Int64]) in
+            var stored: [Int64] = []
+            for lease in leases where state.leases[lease] != nil {
+                if state.unsavedLeases.removeValue(forKey: lease) == nil { stored.append(lease) }
+            }
+            // (Gone from memory at once: no commit may use them from now.)
+            for lease in leases { state.leases[lease] = nil }
+            if let leader = state.leader, leases.contains(leader.lease) { state.leader = nil }
+            return (state.revision, stored)
+        }
+        guard !stored.isEmpty else { return }
         var changes: [StoreChange] = []
-        let revision = state.revision + 1
+        let revision = base + 1
         try database.write { db in
-            for lease in leases {
+            for lease in stored {
                 for row in try Row.fetchAll(
                     db,
                     sql: "SELECT collection, name FROM document WHERE lease = ? ORDER BY collection, name",
@@ -303,11 +440,11 @@ package final class SQLiteStore: ControllerStore {
                 )
             }
         }
-        for lease in leases { state.leases[lease] = nil }
-        if let leader = state.leader, leases.contains(leader.lease) { state.leader = nil }
         guard !changes.isEmpty else { return }
-        state.revision = revision
-        publish(StoreChanges(revision: revision, changes: changes), in: &state)
+        state.withLock { state in
+            state.revision = revision
+            publish(StoreChanges(revision: revision, changes: changes), in: &state)
+        }
     }
 
     private func publish(_ batch: StoreChanges, in state: inout State) {
