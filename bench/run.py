@@ -203,7 +203,23 @@ def measure(name, factory, args, out):
                        capture_output=True, check=True)
         cpu_before = cpu_seconds(pids) if pids else 0
         each_before = [cpu_seconds([pid]) for pid in pids]
+        # --profile: a cpu-clock profile of Meshwork's processes during the throughput run
+        # (perf's own cost lands on core 0's side only through the sampling interrupts).
+        profiler = None
+        if args.profile and name.startswith("meshwork") and pids:
+            os.makedirs(args.profile, exist_ok=True)
+            data = os.path.join(args.profile, re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".data")
+            profiler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", data,
+                                         "-p", ",".join(str(p) for p in group_members(set(pids)))],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         requests, non2xx, socket_errors = run_wrk(port, args)
+        if profiler:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait()
+            report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--percent-limit", "0.7",
+                                     "--sort", "symbol", "-g", "none"], capture_output=True, text=True).stdout
+            with open(data.replace(".data", ".txt"), "w") as f:
+                f.write(report)
         cpu_after = cpu_seconds(pids) if pids else 0
         each_after = [cpu_seconds([pid]) for pid in pids]
         latency = run_latency(port, args, out)
@@ -264,6 +280,9 @@ def main():
     parser.add_argument("--handshakes", action="store_true",
                         help="also measure mTLS handshakes per second on the server side of each mTLS pair")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "results.json"))
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record a perf (cpu-clock) profile of each Meshwork scenario's throughput run into DIR "
+                             "(DIR/<scenario>.data, and a flat report DIR/<scenario>.txt; the last round's)")
     args = parser.parse_args()
 
     out = tempfile.mkdtemp(prefix="meshwork-bench-")

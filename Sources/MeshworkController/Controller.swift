@@ -80,6 +80,8 @@ actor Controller {
     private var mutatingInstances: Set<String> = []
     /// Mutations waiting, in arrival order.
     private var mutationQueue: [(instance: String?, resume: CheckedContinuation<Void, Never>)] = []
+    /// Services being created by a registration, with the registrations waiting for it.
+    private var serviceCreations: [String: [CheckedContinuation<Void, Never>]] = [:]
 
     struct Watcher {
         var services: Set<String>?
@@ -220,6 +222,18 @@ actor Controller {
                 }
             } else {
                 retired = existing
+            }
+            // Registrations of a service that does not exist yet wait for the one creating
+            // it (instead of all conflicting on it), then go alone.
+            while registry.services[instance.service] == nil, serviceCreations[instance.service] != nil {
+                await withCheckedContinuation { serviceCreations[instance.service, default: []].append($0) }
+            }
+            let creating = registry.services[instance.service] == nil
+            if creating { serviceCreations[instance.service] = [] }
+            defer {
+                if creating {
+                    for waiting in serviceCreations.removeValue(forKey: instance.service) ?? [] { waiting.resume() }
+                }
             }
             var revision = registry.revision
             for attempt in 1...3 {

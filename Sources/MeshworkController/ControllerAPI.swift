@@ -225,10 +225,6 @@ struct ControllerAPI {
                     }
                 }
                 for await line in merged {
-                    if case .message(.event(let shared)) = line {
-                        try await writer.write(try shared.line())
-                        continue
-                    }
                     var data: Data
                     switch line {
                     case .message(
@@ -245,7 +241,9 @@ struct ControllerAPI {
                             )
                         )
                     case .message(.event(let shared)):
-                        data = try encoder.encode(WatchEventLine(event: shared.event))
+                        // (Encoded once, by the first watcher it reaches.)
+                        try await writer.write(try shared.line())
+                        continue
                     case .message(.trustBundle(let bundle)):
                         data = try encoder.encode(
                             WatchTrustBundle(

@@ -73,6 +73,45 @@ struct SQLiteGroupCommitTests {
         }
     }
 
+    /// A snapshot taken while batches commit is at the revision of its documents, and a
+    /// change stream opened from it gets each later batch once, in order (what a controller
+    /// does when it reads the store whole again).
+    @Test func aSnapshotDuringCommitsIsAtItsDocumentsRevisionAndItsStreamRepeatsNothing() async throws {
+        try await withStore { store, _ in
+            let writers = Task {
+                // 20 writers of 50 commits each: about 50 transactions of about 20.
+                await withTaskGroup(of: Void.self) { group in
+                    for writer in 0..<20 {
+                        group.addTask {
+                            for index in 0..<50 {
+                                var write = StoreWrite()
+                                write.put(StoreKey(.instance, "i-\(writer)-\(index)"), Array("{}".utf8))
+                                _ = try? await store.commit(write)
+                            }
+                        }
+                    }
+                }
+            }
+            var checked = 0
+            while checked < 20 {
+                let snapshot = try await store.load()
+                let newest = snapshot.documents.map(\.revision).max() ?? 0
+                #expect(newest == snapshot.revision, "documents up to \(newest) at revision \(snapshot.revision)")
+                #expect(snapshot.documents.count == Int(snapshot.revision), "one document per revision here")
+                if snapshot.revision >= 1000 { break }
+                // The stream from the snapshot: the next batches, each once.
+                var next = snapshot.revision
+                for try await batch in store.changes(after: snapshot.revision) {
+                    #expect(batch.revision == next + 1, "after \(next) came \(batch.revision)")
+                    next = batch.revision
+                    if next >= min(1000, snapshot.revision + 5) { break }
+                }
+                checked += 1
+            }
+            await writers.value
+        }
+    }
+
     @Test func aLeaseIsStoredWithTheFirstCommitUnderItAndOutlivesARestart() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meshwork-gc-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -53,7 +53,10 @@ package final class SQLiteStore: ControllerStore {
         var unsavedLeases: [Int64: Int64] = [:]
         var history: [StoreChanges] = []
         var historySize = 0
-        var subscribers: [UUID: AsyncThrowingStream<StoreChanges, any Error>.Continuation] = [:]
+        /// Change streams, each with the revision it began after: a stream opened from a
+        /// snapshot the file had before memory caught up gets no batch twice.
+        var subscribers: [UUID: (after: Int64, continuation: AsyncThrowingStream<StoreChanges, any Error>.Continuation)] =
+            [:]
         var closed = false
         /// Who leads, in memory: one process owns the file, so a restarted one leads anew
         /// and leadership costs no commit (no revision).
@@ -100,10 +103,12 @@ package final class SQLiteStore: ControllerStore {
     package func load() async throws -> StoreSnapshot { try snapshot() }
 
     /// `load`, without waiting (the file is local).
+    /// The documents and the revision they are at, read in one read transaction (not
+    /// under the lock: a batch being made durable would hold every lease renewal behind it).
     package func snapshot() throws -> StoreSnapshot {
-        try state.withLock { state in
-            let documents = try database.read { db in
-                try Row.fetchAll(db, sql: "SELECT * FROM document ORDER BY collection, name").compactMap {
+        try database.read { db in
+            let revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
+            let documents = try Row.fetchAll(db, sql: "SELECT * FROM document ORDER BY collection, name").compactMap {
                     row -> StoreDocument? in
                     guard let collection = StoreCollection(rawValue: row["collection"]) else { return nil }
                     let body: Data = row["body"]
@@ -115,8 +120,7 @@ package final class SQLiteStore: ControllerStore {
                         lease: row["lease"]
                     )
                 }
-            }
-            return StoreSnapshot(documents: documents, revision: state.revision)
+            return StoreSnapshot(documents: documents, revision: revision)
         }
     }
 
@@ -135,21 +139,21 @@ package final class SQLiteStore: ControllerStore {
 
     /// The writer's loop: the commits queued meanwhile go in one transaction (one fsync),
     /// each at its own revision and with its own conditions; then the next ones.
+    /// One batch per turn of the writer, so lease ends queued meanwhile are not held
+    /// behind a steady stream of commits.
     private func drain() {
-        while true {
-            let batch = queue.withLock { queue -> [QueuedCommit] in
-                guard !queue.commits.isEmpty else {
-                    queue.draining = false
-                    return []
-                }
-                let count = min(queue.commits.count, Self.maxBatch)
-                defer { queue.commits.removeFirst(count) }
-                return Array(queue.commits.prefix(count))
-            }
-            guard !batch.isEmpty else { return }
-            let results = commitBatch(batch.map(\.write))
-            for (commit, result) in zip(batch, results) { commit.done.resume(with: result) }
+        let batch = queue.withLock { queue -> [QueuedCommit] in
+            let count = min(queue.commits.count, Self.maxBatch)
+            defer { queue.commits.removeFirst(count) }
+            return Array(queue.commits.prefix(count))
         }
+        let results = batch.isEmpty ? [] : commitBatch(batch.map(\.write))
+        for (commit, result) in zip(batch, results) { commit.done.resume(with: result) }
+        let more = queue.withLock { queue -> Bool in
+            if queue.commits.isEmpty { queue.draining = false }
+            return queue.draining
+        }
+        if more { writer.async { [self] in drain() } }
     }
 
     /// Commits `writes` in order in one transaction, on the writer: a write whose lease,
@@ -235,7 +239,8 @@ package final class SQLiteStore: ControllerStore {
             }
         }
         if let fence = write.fence {
-            guard let leader = state.leader, leader == fence, state.leases[leader.lease] != nil else {
+            guard let leader = state.leader, leader == fence, let term = state.leases[leader.lease], term.deadline > now
+            else {
                 return StoreError(
                     .fenced,
                     "the term of \(fence.candidate) that began at \(fence.revision) no longer leads"
@@ -318,7 +323,7 @@ package final class SQLiteStore: ControllerStore {
                 }
                 for batch in state.history where batch.revision > revision { continuation.yield(batch) }
             }
-            state.subscribers[id] = continuation
+            state.subscribers[id] = (max(revision, state.revision), continuation)
         }
         return stream
     }
@@ -383,7 +388,7 @@ package final class SQLiteStore: ControllerStore {
         let subscribers = state.withLock { state in
             state.closed = true
             defer { state.subscribers.removeAll() }
-            return Array(state.subscribers.values)
+            return state.subscribers.values.map(\.continuation)
         }
         for continuation in subscribers {
             continuation.finish(throwing: StoreError(.unavailable, "the store is closed"))
@@ -407,13 +412,20 @@ package final class SQLiteStore: ControllerStore {
     /// nothing), on the writer. A lease never stored holds no document: it is only
     /// forgotten.
     private func end(_ leases: [Int64]) throws {
+        let now = clock.now
         let (base, stored) = state.withLock { state -> (Int64, [Int64]) in
+            guard !state.closed else { return (state.revision, []) }
             var stored: [Int64] = []
             for lease in leases where state.leases[lease] != nil {
-                if state.unsavedLeases.removeValue(forKey: lease) == nil { stored.append(lease) }
+                if state.unsavedLeases.removeValue(forKey: lease) == nil {
+                    // Kept until its documents are deleted (a failed delete is tried again
+                    // by the next sweep), but past its deadline: no commit or renewal takes it.
+                    stored.append(lease)
+                    state.leases[lease]?.deadline = now
+                } else {
+                    state.leases[lease] = nil
+                }
             }
-            // (Gone from memory at once: no commit may use them from now.)
-            for lease in leases { state.leases[lease] = nil }
             if let leader = state.leader, leases.contains(leader.lease) { state.leader = nil }
             return (state.revision, stored)
         }
@@ -440,8 +452,9 @@ package final class SQLiteStore: ControllerStore {
                 )
             }
         }
-        guard !changes.isEmpty else { return }
         state.withLock { state in
+            for lease in stored { state.leases[lease] = nil }
+            guard !changes.isEmpty else { return }
             state.revision = revision
             publish(StoreChanges(revision: revision, changes: changes), in: &state)
         }
@@ -460,7 +473,9 @@ package final class SQLiteStore: ControllerStore {
             state.history.removeFirst(drop)
             state.historySize = size
         }
-        for continuation in state.subscribers.values { continuation.yield(batch) }
+        for subscriber in state.subscribers.values where batch.revision > subscriber.after {
+            subscriber.continuation.yield(batch)
+        }
     }
 
     private static func size(_ batch: StoreChanges) -> Int {
