@@ -45,6 +45,10 @@ package final class SQLiteStore: ControllerStore {
     /// when they came together.
     package let commitTransactions = Atomic<Int>(0)
 
+    private typealias Subscriber = (
+        after: Int64, continuation: AsyncThrowingStream<StoreChanges, any Error>.Continuation
+    )
+
     private struct State {
         var revision: Int64
         var leases: [Int64: (ttl: Int64, deadline: ContinuousClock.Instant)] = [:]
@@ -55,8 +59,7 @@ package final class SQLiteStore: ControllerStore {
         var historySize = 0
         /// Change streams, each with the revision it began after: a stream opened from a
         /// snapshot the file had before memory caught up gets no batch twice.
-        var subscribers: [UUID: (after: Int64, continuation: AsyncThrowingStream<StoreChanges, any Error>.Continuation)] =
-            [:]
+        var subscribers: [UUID: Subscriber] = [:]
         var closed = false
         /// Who leads, in memory: one process owns the file, so a restarted one leads anew
         /// and leadership costs no commit (no revision).
@@ -109,17 +112,17 @@ package final class SQLiteStore: ControllerStore {
         try database.read { db in
             let revision = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'revision'") ?? 0
             let documents = try Row.fetchAll(db, sql: "SELECT * FROM document ORDER BY collection, name").compactMap {
-                    row -> StoreDocument? in
-                    guard let collection = StoreCollection(rawValue: row["collection"]) else { return nil }
-                    let body: Data = row["body"]
-                    return StoreDocument(
-                        key: StoreKey(collection, row["name"]),
-                        body: Array(body),
-                        revision: row["revision"],
-                        created: row["created"],
-                        lease: row["lease"]
-                    )
-                }
+                row -> StoreDocument? in
+                guard let collection = StoreCollection(rawValue: row["collection"]) else { return nil }
+                let body: Data = row["body"]
+                return StoreDocument(
+                    key: StoreKey(collection, row["name"]),
+                    body: Array(body),
+                    revision: row["revision"],
+                    created: row["created"],
+                    lease: row["lease"]
+                )
+            }
             return StoreSnapshot(documents: documents, revision: revision)
         }
     }
