@@ -270,6 +270,7 @@ async def scenario(store, args, ports, token, rss_pids):
                                    "missing": missing, "unexpected_revisions": unexpected,
                                    "each": summary(each), "every": summary(every)}
     result["peak_rss_mib"] = [peak_rss_mib(pid) for pid in rss_pids]
+    result["rss_mib"] = [peak_rss_mib(pid, "VmRSS") for pid in rss_pids]
 
     print(f"changes: {len(sent)} at {args.rate:.0f}/s" + (" on controller 0" if n > 1 else ""))
     width = max([len("watchers on")] + [len(g) for g in groups])
@@ -279,7 +280,9 @@ async def scenario(store, args, ports, token, rss_pids):
         print(f"  {group:<{width}}  {g['deliveries']:>10} {g['missing']:>7} {g['unexpected_revisions']:>10}  "
               f"{g['each']['p50_ms']:>13.2f} / {g['each']['p99_ms']:<12.2f}  "
               f"{g['every']['p50_ms']:>10.2f} / {g['every']['p99_ms']:<12.2f}")
-    print("controller peak RSS: " + ", ".join(f"{r:.1f}" for r in result["peak_rss_mib"]) + " MiB")
+    print("controller peak RSS: " + ", ".join(f"{r:.1f}" for r in result["peak_rss_mib"]) + " MiB"
+          + "; RSS with every watcher connected, after the changes: "
+          + ", ".join(f"{r:.1f}" for r in result["rss_mib"]) + " MiB")
     return result
 
 
@@ -403,10 +406,10 @@ def listening_port(pid):
     return None
 
 
-def peak_rss_mib(pid):
+def peak_rss_mib(pid, field="VmHWM"):
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

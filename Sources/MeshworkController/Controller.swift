@@ -17,6 +17,9 @@ enum WatchMessage: Sendable {
         routes: [HTTPRoute]
     )
     case event(SharedEvent)
+    /// Every 10 s (`pingWatchers`): keeps idle connections (and proxies) alive and tells
+    /// the client the revision.
+    case ping(revision: Int64)
     /// The roots changed (a CA rotation step): every watcher gets them.
     case trustBundle(TrustBundle)
 }
@@ -701,6 +704,16 @@ actor Controller {
         watchesClosed = true
         for watcher in watchers.values { watcher.continuation.finish() }
         watchers.removeAll()
+    }
+
+    /// A ping to every watcher (one ticker for all of them, not a timer task each).
+    func pingWatchers() {
+        for (id, watcher) in watchers {
+            if case .dropped = watcher.continuation.yield(.ping(revision: registry.revision)) {
+                watcher.continuation.finish()
+                watchers[id] = nil
+            }
+        }
     }
 
     /// Sends a new trust bundle to every watcher.

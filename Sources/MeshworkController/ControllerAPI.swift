@@ -187,91 +187,62 @@ struct ControllerAPI {
     /// keeps idle connections (and proxies) alive and tells the client the revision.
     private func watch(services: Set<String>?, after revision: Int64?, routes: Bool) async -> Response {
         let stream = await controller.watch(services: services, after: revision, routes: routes)
-        let controller = self.controller
         let trustBundle = await identity.trustBundle
         let body = ResponseBody { writer in
+            // One stream per watcher, read here: its events, the controller's pings and
+            // trust bundles (no timer or relay task of its own: a watcher is a connection
+            // and this loop, which matters at 10,000 of them).
             let encoder = JSONEncoder()
             encoder.outputFormatting = .sortedKeys
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                let (pings, pingContinuation) = AsyncStream<Void>.makeStream()
-                group.addTask {
-                    while !Task.isCancelled {
-                        try await Task.sleep(for: .seconds(10))
-                        pingContinuation.yield()
-                    }
-                }
-                // The roots to verify peers with come first on every connection.
-                var bundle = try encoder.encode(
-                    WatchTrustBundle(
-                        trustBundle: trustBundle.pem,
-                        activeRoot: trustBundle.activeRoot,
-                        revoked: trustBundle.revoked
-                    )
+            // The roots to verify peers with come first on every connection.
+            var bundle = try encoder.encode(
+                WatchTrustBundle(
+                    trustBundle: trustBundle.pem,
+                    activeRoot: trustBundle.activeRoot,
+                    revoked: trustBundle.revoked
                 )
-                bundle.append(0x0A)
-                try await writer.write(ByteBuffer(bytes: bundle))
-                // One writer: messages and pings merged through a single loop.
-                let merged = AsyncStream<WatchLine> { continuation in
-                    let forward = Task {
-                        for await message in stream { continuation.yield(.message(message)) }
-                        continuation.finish()
-                    }
-                    let ping = Task {
-                        for await _ in pings { continuation.yield(.ping) }
-                    }
-                    continuation.onTermination = { _ in
-                        forward.cancel()
-                        ping.cancel()
-                    }
-                }
-                for await line in merged {
-                    var data: Data
-                    switch line {
-                    case .message(
-                        .snapshot(let revision, let services, let instances, let policies, let mesh, let routes)
-                    ):
-                        data = try encoder.encode(
-                            WatchSnapshot(
-                                revision: revision,
-                                services: services,
-                                instances: instances,
-                                policies: policies,
-                                mesh: mesh,
-                                routes: routes
-                            )
+            )
+            bundle.append(0x0A)
+            try await writer.write(ByteBuffer(bytes: bundle))
+            for await message in stream {
+                var data: Data
+                switch message {
+                case .snapshot(let revision, let services, let instances, let policies, let mesh, let routes):
+                    data = try encoder.encode(
+                        WatchSnapshot(
+                            revision: revision,
+                            services: services,
+                            instances: instances,
+                            policies: policies,
+                            mesh: mesh,
+                            routes: routes
                         )
-                    case .message(.event(let shared)):
-                        // (Encoded once, by the first watcher it reaches.)
-                        try await writer.write(try shared.line())
-                        continue
-                    case .message(.trustBundle(let bundle)):
-                        data = try encoder.encode(
-                            WatchTrustBundle(
-                                trustBundle: bundle.pem,
-                                activeRoot: bundle.activeRoot,
-                                revoked: bundle.revoked
-                            )
+                    )
+                case .event(let shared):
+                    // (Encoded once, by the first watcher it reaches.)
+                    try await writer.write(try shared.line())
+                    continue
+                case .trustBundle(let bundle):
+                    data = try encoder.encode(
+                        WatchTrustBundle(
+                            trustBundle: bundle.pem,
+                            activeRoot: bundle.activeRoot,
+                            revoked: bundle.revoked
                         )
-                    case .ping:
-                        data = try encoder.encode(WatchPing(revision: await controller.revision))
-                    }
-                    data.append(0x0A)
-                    try await writer.write(ByteBuffer(bytes: data))
+                    )
+                case .ping(let revision):
+                    data = try encoder.encode(WatchPing(revision: revision))
                 }
-                group.cancelAll()
-                try await writer.finish(nil)
+                data.append(0x0A)
+                try await writer.write(ByteBuffer(bytes: data))
             }
+            try await writer.finish(nil)
         }
         return Response(
             status: .ok,
             headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"],
             body: body
         )
-    }
-
-    enum WatchLine: Sendable {
-        case message(WatchMessage)
-        case ping
     }
 
     struct WatchSnapshot: Encodable {

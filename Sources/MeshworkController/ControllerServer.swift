@@ -283,6 +283,12 @@ public final class ControllerServer: Service {
                 )
             }
             group.addTask {
+                while !Task.isCancelled, !Task.isShuttingDownGracefully {
+                    try? await Task.sleep(for: .seconds(10))
+                    await controller.pingWatchers()
+                }
+            }
+            group.addTask {
                 // Rollouts step every second, on the leader. (Leases are the store's: it
                 // deletes an instance whose lease ran out, and every controller follows.)
                 await controller.setMetrics(metrics)

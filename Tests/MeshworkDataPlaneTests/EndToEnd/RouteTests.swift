@@ -109,9 +109,15 @@ struct RouteTests {
 
             // The split: 90/10 over the versions, within a point over 10,000 requests (exact on
             // one event loop), and counted on the caller's edge under the rule's name.
-            let edge =
-                #"meshwork_edge_requests_total{direction="outbound",peer="orders",route="orders-split/split",class="2xx"}"#
-            let edgeBefore = try await web.metric(edge)
+            // (One series per version subset the rule sent to: `backend` label.)
+            let split2xx = { () async throws -> (v1: Double, v2: Double) in
+                let prefix = #"meshwork_edge_requests_total{direction="outbound",peer="orders",route="orders-split/split""#
+                return (
+                    try await Self.sum(web, prefix + #",backend="orders~version=v1""#, #"class="2xx""#),
+                    try await Self.sum(web, prefix + #",backend="orders~version=v2""#, #"class="2xx""#)
+                )
+            }
+            let edgeBefore = try await split2xx()
             before = (v1.requestCount, v2.requestCount)
             let split = try await calls(url + "/", 10000, timeout: 120)
             let toV1 = v1.requestCount - before.0
@@ -119,8 +125,12 @@ struct RouteTests {
             #expect(split.statusLines.filter { $0.contains(" 200") }.count == 10000)
             #expect(toV1 + toV2 == 10000)
             #expect((900...1100).contains(toV2), "v2 got \(toV2) of 10,000")
-            let counted = try await web.metric(edge) - edgeBefore
-            #expect(counted == 10000, "\(counted) counted under the rule")
+            let edgeAfter = try await split2xx()
+            let counted = (edgeAfter.v1 - edgeBefore.v1, edgeAfter.v2 - edgeBefore.v2)
+            #expect(
+                counted == (Double(toV1), Double(toV2)),
+                "\(counted) counted under the rule, by backend; the apps saw \(toV1), \(toV2)"
+            )
 
             // The request as the rule changes it.
             let head = try await Curl.run(["-H", "x-secret: s", url + "/headers"])
