@@ -111,7 +111,8 @@ struct RouteTests {
             // one event loop), and counted on the caller's edge under the rule's name.
             // (One series per version subset the rule sent to: `backend` label.)
             let split2xx = { () async throws -> (v1: Double, v2: Double) in
-                let prefix = #"meshwork_edge_requests_total{direction="outbound",peer="orders",route="orders-split/split""#
+                let prefix =
+                    #"meshwork_edge_requests_total{direction="outbound",peer="orders",route="orders-split/split""#
                 return (
                     try await Self.sum(web, prefix + #",backend="orders~version=v1""#, #"class="2xx""#),
                     try await Self.sum(web, prefix + #",backend="orders~version=v2""#, #"class="2xx""#)
