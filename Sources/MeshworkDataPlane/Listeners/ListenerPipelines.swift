@@ -19,7 +19,8 @@ enum ListenerPipelines {
         limits.maxHeaderFieldSize = settings.maxHeaderBytes
         let sync = channel.pipeline.syncOperations
         try sync.configureHTTPServerPipeline(
-            withPipeliningAssistance: true,
+            // (ProxyHandler takes pipelined requests in order itself: see its `pipelined`.)
+            withPipeliningAssistance: false,
             // No upgrader: this only makes the request decoder keep the bytes that follow
             // an Upgrade request, so a WebSocket tunnel loses none (see ProxyHandler).
             withServerUpgrade: (upgraders: [], completionHandler: { _ in }),

@@ -65,6 +65,76 @@ struct ListenerTests {
         }
     }
 
+    /// HTTP/1.1 pipelining (the sidecar takes pipelined requests itself, NIO's pipeline
+    /// handler is gone): 50 requests in one write, a POST with a body among them, and each
+    /// answered in order, whole, on the one connection; then the connection still serves.
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let port = sidecar.addresses["upstream:orders"]?.port ?? 0
+            let script = """
+                import http.client, json, socket, sys
+                port = int(sys.argv[1])
+                requests = b""
+                for i in range(50):
+                    if i == 25:
+                        body = b"x" * 3000
+                        requests += (b"POST /echo HTTP/1.1\\r\\nHost: orders\\r\\nContent-Length: "
+                                     + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
+                    else:
+                        requests += b"GET /headers?i=%d HTTP/1.1\\r\\nHost: orders\\r\\n\\r\\n" % i
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(requests)
+                reader = s.makefile("rb")
+                def answer():
+                    status = int(reader.readline().split()[1])
+                    length, chunked = None, False
+                    while True:
+                        line = reader.readline().strip()
+                        if not line:
+                            break
+                        name, _, value = line.partition(b":")
+                        if name.lower() == b"content-length":
+                            length = int(value)
+                        if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                            chunked = True
+                    if chunked:
+                        body = b""
+                        while True:
+                            size = int(reader.readline().strip().split(b";")[0], 16)
+                            chunk = reader.read(size + 2)[:size]
+                            if size == 0:
+                                while reader.readline().strip():
+                                    pass
+                                break
+                            body += chunk
+                    else:
+                        body = reader.read(length or 0)
+                    return status, body
+                order = []
+                for i in range(50):
+                    status, body = answer()
+                    if i == 25:
+                        order.append("echo:%d" % len(body))
+                    else:
+                        order.append(body.split(b"\\n")[0].decode().split(" ")[1])
+                s.sendall(b"GET /status/201 HTTP/1.1\\r\\nHost: orders\\r\\n\\r\\n")
+                last, _ = answer()
+                print(json.dumps({"order": order, "last": last}))
+                """
+            let result = try await Command.run(["timeout", "30", "python3", "-c", script, String(port)])
+            #expect(result.exitCode == 0, "\(result.output)")
+            struct Outcome: Decodable {
+                let order: [String]
+                let last: Int
+            }
+            let outcome = try JSONDecoder().decode(Outcome.self, from: Data(result.output.utf8))
+            let expected = (0..<50).map { $0 == 25 ? "echo:3000" : "/headers?i=\($0)" }
+            #expect(outcome.order == expected, "\(outcome.order)")
+            #expect(outcome.last == 201)
+            #expect(app.requestCount == 51)
+        }
+    }
+
     /// `limits.maxConnections` per listener: past it a connection is closed at accept and
     /// counted as `connection_limit`; the open ones keep working, and a closed one frees
     /// its place.
