@@ -283,8 +283,11 @@ public final class ControllerServer: Service {
                 )
             }
             group.addTask {
+                // (The sleep ends with a graceful shutdown: a stopping controller does not
+                // wait out the 10 s.)
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
-                    try? await Task.sleep(for: .seconds(10))
+                    try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(10)) }
+                    guard !Task.isCancelled, !Task.isShuttingDownGracefully else { break }
                     await controller.pingWatchers()
                 }
             }
