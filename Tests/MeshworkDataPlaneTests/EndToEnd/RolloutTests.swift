@@ -255,12 +255,34 @@ struct RolloutTests {
     /// The hooks a scheduler or CI takes part through: a refused pre-rollout hook holds the
     /// rollout before anything moves; accepted pre-rollout and confirm-promotion hooks let it
     /// start and finish; an abort tells the rollback hook.
-    @Test func webhooksHoldTheStartAndThePromotionAndHearOfARollback() async throws {
+    @Test func webhooksHoldTheStartAndThePromotionAreCutAtTheirTimeoutAndHearOfARollback() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: CLITests.binary))
         let mesh = try await Mesh.start()
         let receiver = try await FixtureServer.start("webhook_receiver.py")
         let hooks = "http://127.0.0.1:\(receiver.port("http"))"
         do {
+            // A hook slower than its timeout: each try is cut at 300 ms (the answer, a 200,
+            // would come after 2 s and accept), tried twice, and the rollout does not start.
+            let slow = try await mesh.controller.apply(
+                """
+                kind: Rollout
+                name: orders-slow
+                service: orders
+                stable: v1
+                canary: v2
+                steps: [{setWeight: 50}]
+                webhooks: {preRollout: \(hooks)/slow, retries: 1, timeout: 300ms}
+                """
+            )
+            #expect(slow.exitCode == 0, "\(slow.output)")
+            let timedOut = try await eventually {
+                try await mesh.status("orders-slow")["phase"] as? String == "Aborted"
+            }
+            let slowStatus = try await mesh.status("orders-slow")
+            #expect(timedOut, "\(slowStatus)")
+            #expect(try await mesh.weights("orders-slow") == [100, 0])
+            #expect(try await mesh.controller.call("DELETE", "/v1/rollouts/orders-slow").status == 200)
+
             let refused = try await mesh.controller.apply(
                 """
                 kind: Rollout
@@ -327,15 +349,20 @@ struct RolloutTests {
                         entry["path"] as? String ?? "", body["hook"] as? String ?? "", body["rollout"] as? String ?? ""
                     )
                 }
-                return calls.count >= 5
+                return calls.count >= 7
             }
             #expect(told, "\(calls)")
             #expect(
-                calls.map(\.1) == ["preRollout", "preRollout", "preRollout", "confirmPromotion", "rollback"],
+                calls.map(\.1) == [
+                    "preRollout", "preRollout", "preRollout", "preRollout", "preRollout", "confirmPromotion", "rollback",
+                ],
                 "\(calls)"
             )
             #expect(
-                calls.map(\.2) == ["orders-held", "orders-held", "orders-hooked", "orders-hooked", "orders-dropped"]
+                calls.map(\.2) == [
+                    "orders-slow", "orders-slow", "orders-held", "orders-held", "orders-hooked", "orders-hooked",
+                    "orders-dropped",
+                ]
             )
         } catch {
             Issue.record("\(error)")

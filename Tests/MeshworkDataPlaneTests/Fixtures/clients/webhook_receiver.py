@@ -1,7 +1,8 @@
-"""A rollout webhook receiver for the tests: POST /accept answers 200, POST /refuse 503;
+"""A rollout webhook receiver for the tests: POST /accept answers 200, POST /refuse 503,
+POST /slow 200 after 2 s (longer than the hook's timeout in the tests);
 every POST is kept, and GET /log answers them as JSON. Prints {"http": PORT} and serves
 until its stdin closes."""
-import json, sys, threading
+import json, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 received = []
@@ -15,7 +16,9 @@ class Handler(BaseHTTPRequestHandler):
             received.append({"path": self.path, "body": json.loads(body or b"{}")})
         except ValueError:
             received.append({"path": self.path, "body": None})
-        self.send_response(200 if self.path == "/accept" else 503)
+        if self.path == "/slow":
+            time.sleep(2)
+        self.send_response(200 if self.path in ("/accept", "/slow") else 503)
         self.send_header("content-length", "0")
         self.end_headers()
 
