@@ -354,7 +354,8 @@ struct RolloutTests {
             #expect(told, "\(calls)")
             #expect(
                 calls.map(\.1) == [
-                    "preRollout", "preRollout", "preRollout", "preRollout", "preRollout", "confirmPromotion", "rollback",
+                    "preRollout", "preRollout", "preRollout", "preRollout", "preRollout", "confirmPromotion",
+                    "rollback",
                 ],
                 "\(calls)"
             )
