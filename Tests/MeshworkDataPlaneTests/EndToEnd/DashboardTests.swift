@@ -59,6 +59,18 @@ struct DashboardTests {
                 "kind: Rollout\nname: orders-v2\nservice: orders\nstable: v1\ncanary: v2\nsteps: [{setWeight: 10}, {pause: {}}]"
             )
             #expect(rollout.exitCode == 0, "\(rollout.output)")
+            // One in an analysis, for its figures against the step's thresholds (no v2 of web
+            // serves: no requests, inconclusive, held).
+            let analysed = try await controller.apply(
+                "kind: Rollout\nname: web-v2\nservice: web\nstable: v1\ncanary: v2\ninconclusiveLimit: 100\n"
+                    + "steps: [{setWeight: 0}, {analysis: {successRate: 99, interval: 1s, minRequests: 5}}]"
+            )
+            #expect(analysed.exitCode == 0, "\(analysed.output)")
+            #expect(
+                try await eventually {
+                    try await controller.call("GET", "/v1/rollouts/web-v2").text.contains("\"figures\"")
+                }
+            )
 
             // The page itself: served from the binary, no external asset.
             let page = try await Curl.get(controller.url + "/ui")
@@ -117,6 +129,9 @@ struct DashboardTests {
             #expect(dom.contains(#"<tr data-rollout="orders-v2" data-phase="Paused">"#), "\(dom.suffix(3000))")
             #expect(dom.contains("<td>orders v1 → v2</td>") && dom.contains("<td>2 of 2</td>"), "\(dom.suffix(3000))")
             #expect(dom.contains("<td>v1 90% · v2 10%</td>"), "\(dom.suffix(3000))")
+            #expect(dom.contains(#"<tr data-rollout="web-v2" data-phase="Progressing">"#), "\(dom.suffix(3000))")
+            #expect(dom.contains("<td>0 req · success – (≥ 99%) · p99 –</td>"), "\(dom.suffix(3000))")
+            #expect(dom.contains("inconclusive"), "the analysis says why it holds: \(dom.suffix(3000))")
         } catch {
             Issue.record("\(error)")
         }
