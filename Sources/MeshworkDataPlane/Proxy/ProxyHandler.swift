@@ -163,6 +163,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func downstreamInactive() {
+        // Requests pipelined behind the exchange of a caller that went away are not taken.
+        pipelined.removeAll()
+        heldRead = false
         timerTask?.cancel()
         timerTask = nil
         timerDeadline = .distantFuture
@@ -212,6 +215,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The parts that waited for the exchange that just ended, up to the end of the next
     /// request; then reads go on when none is left.
     private func takePipelined() {
+        guard downstream != nil, context?.channel.isActive == true else {
+            pipelined.removeAll()
+            return
+        }
         var took = false
         while !(exchangeOpen && exchangeRequestEnded), let part = pipelined.popFirst() {
             take(part)
