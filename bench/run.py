@@ -154,6 +154,13 @@ def scenarios(args, out):
             start([mw, "sidecar", "--log-level", "error",
                    "--config", render("meshwork-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "mw-client"),
         ], PORT),
+        # HTTP/2 from the caller (what every gRPC client sends): h2c with prior knowledge,
+        # the same proxies (Envoy's codec_type AUTO and Meshwork's sniffer take it); load
+        # from h2load -c16 -m10 instead of wrk.
+        "envoy (h2 in)": lambda: scenarios(args, out)["envoy"](),
+        "meshwork (h2 in)": lambda: scenarios(args, out)["meshwork"](),
+        "envoy pair (mTLS+h2; h2 in)": lambda: scenarios(args, out)["envoy pair (mTLS+h2)"](),
+        "meshwork pair (mTLS+h2; h2 in)": lambda: scenarios(args, out)["meshwork pair (mTLS+h2)"](),
         # The same single proxy and pair from another build (--baseline BIN), to compare a
         # change against what it replaces in the same run.
         "meshwork (baseline)": lambda: ([start([base, "sidecar", "--log-level", "error",
@@ -176,12 +183,22 @@ def run_wrk(port, args):
     return requests, (int(errors.group(1)) if errors else 0), (socket_errors.group(1) if socket_errors else "")
 
 
-def run_latency(port, args, out):
+def run_h2load(port, args):
+    """Throughput with HTTP/2 in: h2load, 16 connections, 10 streams each."""
+    text = subprocess.run(["taskset", "-c", "0", "h2load", "-c16", "-m10", "-D", str(args.duration),
+                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", text)
+    status = re.search(r"status codes: (\d+) 2xx", text)
+    succeeded = int(done.group(4)) if done else 0
+    return succeeded, (succeeded - int(status.group(1))) if status else 0, (done.group(5) + " failed") if done else text[-200:]
+
+
+def run_latency(port, args, out, h2=False):
     log = os.path.join(out, "h2load.log")
     if os.path.exists(log):
         os.remove(log)
     clients = 8
-    subprocess.run(["taskset", "-c", "0", "h2load", "--h1", "-c", str(clients), "--rps", str(max(1, args.rate // clients)),
+    subprocess.run(["taskset", "-c", "0", "h2load"] + ([] if h2 else ["--h1"]) + ["-c", str(clients), "--rps", str(max(1, args.rate // clients)),
                     "-D", str(args.duration), "--log-file", log, f"http://127.0.0.1:{port}/"],
                    capture_output=True, text=True, check=True)
     latencies = sorted(int(line.split("\t")[2]) for line in open(log) if line.strip())
@@ -212,7 +229,8 @@ def measure(name, factory, args, out):
             profiler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", data,
                                          "-p", ",".join(str(p) for p in group_members(set(pids)))],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        requests, non2xx, socket_errors = run_wrk(port, args)
+        h2 = name.endswith("h2 in)")
+        requests, non2xx, socket_errors = run_h2load(port, args) if h2 else run_wrk(port, args)
         if profiler:
             profiler.send_signal(signal.SIGINT)
             profiler.wait()
@@ -222,7 +240,7 @@ def measure(name, factory, args, out):
                 f.write(report)
         cpu_after = cpu_seconds(pids) if pids else 0
         each_after = [cpu_seconds([pid]) for pid in pids]
-        latency = run_latency(port, args, out)
+        latency = run_latency(port, args, out, h2=h2)
         result = {
             "rps": requests / args.duration,
             "cpu_us_per_req": ((cpu_after - cpu_before) / requests * 1e6) if pids and requests else None,
@@ -352,6 +370,7 @@ def main():
                   f"p99 x{summary[variant]['p99_ms'] / base['p99_ms']:.2f}, "
                   f"throughput x{summary[variant]['rps'] / base['rps']:.3f}")
     for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)"),
+                 ("meshwork (h2 in)", "envoy (h2 in)"), ("meshwork pair (mTLS+h2; h2 in)", "envoy pair (mTLS+h2; h2 in)"),
                  ("meshwork", "meshwork (baseline)"), ("meshwork pair (mTLS+h2)", "meshwork pair (mTLS+h2; baseline)")):
         if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
             sa, sb = summary[a], summary[b]
