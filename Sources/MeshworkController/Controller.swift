@@ -727,6 +727,7 @@ actor Controller {
     }
 
     private func broadcast(_ event: RegistryEvent) {
+        guard !watchers.isEmpty else { return }
         // (One event, encoded once for every watcher it goes to.)
         let shared = SharedEvent(event)
         for (id, watcher) in watchers where event.concerns(watcher.services) && (watcher.routes || event.route == nil) {

@@ -194,16 +194,15 @@ struct ControllerAPI {
             // and this loop, which matters at 10,000 of them).
             let encoder = JSONEncoder()
             encoder.outputFormatting = .sortedKeys
-            // The roots to verify peers with come first on every connection.
-            var bundle = try encoder.encode(
-                WatchTrustBundle(
-                    trustBundle: trustBundle.pem,
-                    activeRoot: trustBundle.activeRoot,
-                    revoked: trustBundle.revoked
+            func bundleLine(_ bundle: TrustBundle) throws -> Data {
+                try encoder.encode(
+                    WatchTrustBundle(trustBundle: bundle.pem, activeRoot: bundle.activeRoot, revoked: bundle.revoked)
                 )
-            )
-            bundle.append(0x0A)
-            try await writer.write(ByteBuffer(bytes: bundle))
+            }
+            // The roots to verify peers with come first on every connection.
+            var first = try bundleLine(trustBundle)
+            first.append(0x0A)
+            try await writer.write(ByteBuffer(bytes: first))
             for await message in stream {
                 var data: Data
                 switch message {
@@ -223,13 +222,7 @@ struct ControllerAPI {
                     try await writer.write(try shared.line())
                     continue
                 case .trustBundle(let bundle):
-                    data = try encoder.encode(
-                        WatchTrustBundle(
-                            trustBundle: bundle.pem,
-                            activeRoot: bundle.activeRoot,
-                            revoked: bundle.revoked
-                        )
-                    )
+                    data = try bundleLine(bundle)
                 case .ping(let revision):
                     data = try encoder.encode(WatchPing(revision: revision))
                 }

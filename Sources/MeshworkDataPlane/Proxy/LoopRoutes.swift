@@ -100,6 +100,9 @@ final class LoopRule {
     /// The backend's retry policy with the rule's changes: its attempts and statuses, and
     /// its per-try (`backendRequest`) timeout. Budget, idempotency rules and the other
     /// conditions stay the service's.
+    /// Whether the rule says anything about retries (attempts, codes or a per-try timeout).
+    var setsRetries: Bool { rule.retry != nil || rule.backendRequestTimeout != nil }
+
     func retries(over policy: RetryPolicy) -> RetryPolicy {
         var policy = policy
         if let retry = rule.retry {

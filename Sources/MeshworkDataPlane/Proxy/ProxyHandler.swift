@@ -427,7 +427,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             routeTimeout: outer?.requestTimeout ?? rule?.requestTimeout ?? cluster.requestTimeout
         )
         routeBackoff = outer?.backoff ?? rule?.backoff
-        let retrying = outer.map { $0.rule.retry != nil || $0.rule.backendRequestTimeout != nil } == true ? outer : rule
+        let retrying = outer?.setsRetries == true ? outer : rule
         let plan = ExchangeStateMachine.Plan(
             retries: retrying?.retries(over: cluster.retryPolicy) ?? cluster.retryPolicy,
             idempotent: Self.idempotentMethods.contains(head.method),
