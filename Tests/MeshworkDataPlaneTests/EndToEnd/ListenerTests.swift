@@ -242,6 +242,26 @@ struct ListenerTests {
         }
     }
 
+    /// 100 calls in flight at once (one HTTP/2 connection, 100 streams, each held 300 ms by
+    /// the app) need 100 connections to the HTTP/1.1 app; the next 100 on the same
+    /// connection (so the same event loop and pool) find all of them idle in the pool. A cap
+    /// below the concurrency seen (it was 64) closed the surplus and opened it again for the
+    /// next burst: one connect and close per request at that load.
+    @Test func appConnectionsStayPooledAtAConcurrencyOf100() async throws {
+        try await TestMesh.withAppBehindSidecar { app, sidecar in
+            let (exitCode, output) = try await Command.run([
+                "timeout", "30", "python3", "\(TestMesh.clients)/h2_bursts.py",
+                String(sidecar.port("upstream:orders")), "/delay/300", "3", "100",
+            ])
+            #expect(exitCode == 0, "\(output)")
+            #expect(output.contains(#"{"statuses": {"200": 300}}"#), "\(output)")
+            #expect(app.requestCount == 300)
+            // Every call of a burst was in flight with the others: 100 connections, then
+            // the same 100 for the two bursts that followed.
+            #expect(sidecar.metric(#"meshwork_cluster_connections_total{cluster="orders"}"#) == 100)
+        }
+    }
+
     @Test func httpProxyRoutesByHost() async throws {
         let orders = try await TestMesh.startApp("orders-1")
         let inventory = try await TestMesh.startApp("inventory-1")
