@@ -281,6 +281,44 @@ struct ExchangeStateMachineTests {
         #expect(failure == .answer(.upstreamReset))
     }
 
+    /// Small body parts cut from one large read buffer are kept as one compact copy, so
+    /// the replay does not pin the buffers they came from; replayed, the bytes are the same.
+    @Test func keptBodyPartsAreCopiedIntoOneBufferThatPinsNoReadBuffer() {
+        var (machine, id) = Self.started(plan: Self.plan(nonIdempotent: true, idempotent: false))
+        _ = machine.upstreamAcquired(id)
+        let read = ByteBuffer(repeating: 0x61, count: 16 * 1024)
+        for index in 0..<3 {
+            _ = machine.requestPart(.body(.byteBuffer(read.getSlice(at: index * 10, length: 10)!)))
+        }
+        _ = machine.requestPart(.end(nil))
+        guard let replay = machine.replay, replay.count == 3, case .body(.byteBuffer(let body)) = replay[1] else {
+            Issue.record("expected head, one body and end: \(String(describing: machine.replay))")
+            return
+        }
+        #expect(body.readableBytes == 30)
+        // A copy of its own, not a view into the 16 KiB read buffer.
+        let readRange = read.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress!)..<UInt(bitPattern: $0.baseAddress! + $0.count) }
+        let kept = body.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress!) }
+        #expect(!readRange.contains(kept))
+        #expect(
+            machine.upstreamFailed(.upstreamReset, endpoint: 1, now: Self.start, budget: { true })
+                == .retry(attempt: 0, avoiding: 1)
+        )
+    }
+
+    /// Once the answer has begun nothing is tried again, so nothing of the request is kept:
+    /// a bidirectional stream's messages are not held for its whole life.
+    @Test func nothingIsKeptForReplayOnceTheAnswerHasBegun() {
+        var (machine, id) = Self.started()
+        _ = machine.upstreamAcquired(id)
+        _ = machine.requestPart(Self.body)
+        #expect(machine.replay != nil)
+        #expect(machine.responseHead(.ok, endpoint: 1, now: Self.start, budget: { true }) == .forward(close: false))
+        #expect(machine.replay == nil)
+        _ = machine.requestPart(Self.body)
+        #expect(machine.replay == nil)
+    }
+
     @Test func aRefusalForAnyOtherReasonNeverSpendsABudgetToken() {
         var asked = 0
         var (machine, id) = Self.started(plan: Self.plan(attempts: 0))
