@@ -297,7 +297,9 @@ struct ExchangeStateMachineTests {
         }
         #expect(body.readableBytes == 30)
         // A copy of its own, not a view into the 16 KiB read buffer.
-        let readRange = read.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress!)..<UInt(bitPattern: $0.baseAddress! + $0.count) }
+        let readRange = read.withUnsafeReadableBytes {
+            UInt(bitPattern: $0.baseAddress!)..<UInt(bitPattern: $0.baseAddress! + $0.count)
+        }
         let kept = body.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress!) }
         #expect(!readRange.contains(kept))
         #expect(
