@@ -9,6 +9,9 @@ returning a fixed 200) share core 0. For each scenario and each round it measure
 - latency at a fixed moderate rate: h2load --h1 with --rps, per-request log -> p50/p99/p99.9;
 - peak RSS: VmHWM of the proxy processes (summed for pairs) at the end of the scenario.
 
+The gRPC scenarios use bench/grpc_load.py (grpcio) for load and upstream instead: calls (or
+stream messages) answered per second, and the latency of those calls (closed loop).
+
 Scenarios run round-robin (all scenarios in round 1, then round 2, ...) so slow drifts of a
 shared machine hit every scenario alike; the table reports medians over rounds.
 """
@@ -19,7 +22,10 @@ CONFIG = os.path.join(ROOT, "bench", "config")
 CERTS = os.path.join(ROOT, "Tests", "MeshworkDataPlaneTests", "Fixtures", "certs")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-UPSTREAM, PORT, PEER, ADMIN, ADMIN2 = 18800, 18801, 18802, 18803, 18804
+UPSTREAM, PORT, PEER, ADMIN, ADMIN2, GRPC = 18800, 18801, 18802, 18803, 18804, 18805
+GRPC_LOAD = os.path.join(ROOT, "bench", "grpc_load.py")
+# Calls (unary) or streams in flight at once, and the message size, of the gRPC scenarios.
+GRPC_CONCURRENCY, GRPC_MESSAGE = 32, 64
 
 
 def render(template, out, **values):
@@ -161,6 +167,25 @@ def scenarios(args, out):
         "meshwork (h2 in)": lambda: scenarios(args, out)["meshwork"](),
         "envoy pair (mTLS+h2; h2 in)": lambda: scenarios(args, out)["envoy pair (mTLS+h2)"](),
         "meshwork pair (mTLS+h2; h2 in)": lambda: scenarios(args, out)["meshwork pair (mTLS+h2)"](),
+        # gRPC through the pair (grpcio's asyncio client and server, bench/grpc_load.py, both
+        # on core 0): unary calls, and messages on long-lived bidirectional streams. The
+        # server sides speak h2c to the app, a gRPC server; the client sides are unchanged.
+        "direct (gRPC unary)": lambda: ([], GRPC),
+        "envoy pair (gRPC unary)": lambda: ([
+            start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "2",
+                   "-c", render("envoy-pair-server-grpc.yaml", out, PORT=PEER, UPSTREAM=GRPC, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "envoy-server"),
+            start([envoy, "--concurrency", "1", "--log-level", "error", "--disable-hot-restart", "--base-id", "3",
+                   "-c", render("envoy-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "envoy-client"),
+        ], PORT),
+        "meshwork pair (gRPC unary)": lambda: ([
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-server-grpc.yaml", out, PORT=PEER, UPSTREAM=GRPC, ADMIN=ADMIN2, CERTS=CERTS)], 1, out, "mw-server"),
+            start([mw, "sidecar", "--log-level", "error",
+                   "--config", render("meshwork-pair-client.yaml", out, PORT=PORT, PEER=PEER, ADMIN=ADMIN, CERTS=CERTS)], 1, out, "mw-client"),
+        ], PORT),
+        "direct (gRPC streaming)": lambda: ([], GRPC),
+        "envoy pair (gRPC streaming)": lambda: scenarios(args, out)["envoy pair (gRPC unary)"](),
+        "meshwork pair (gRPC streaming)": lambda: scenarios(args, out)["meshwork pair (gRPC unary)"](),
         # The same single proxy and pair from another build (--baseline BIN), to compare a
         # change against what it replaces in the same run.
         "meshwork (baseline)": lambda: ([start([base, "sidecar", "--log-level", "error",
@@ -193,6 +218,14 @@ def run_h2load(port, args):
     return succeeded, (succeeded - int(status.group(1))) if status else 0, (done.group(5) + " failed") if done else text[-200:]
 
 
+def run_grpc(port, args, mode, seconds=None):
+    """gRPC load (bench/grpc_load.py) from core 0: calls or stream messages answered, errors,
+    and their latency percentiles (closed loop: GRPC_CONCURRENCY in flight)."""
+    text = subprocess.run(["taskset", "-c", "0", sys.executable, GRPC_LOAD, mode, str(port), str(seconds or args.duration),
+                           str(GRPC_CONCURRENCY), str(GRPC_MESSAGE)], capture_output=True, text=True, check=True).stdout
+    return json.loads(text)
+
+
 def run_latency(port, args, out, h2=False):
     log = os.path.join(out, "h2load.log")
     if os.path.exists(log):
@@ -215,9 +248,13 @@ def measure(name, factory, args, out):
             wait_port(PEER)
         time.sleep(0.3)
         pids = [p.pid for p in procs]
+        grpc_mode = "unary" if "(gRPC unary)" in name else "stream" if "(gRPC streaming)" in name else None
         # Warm-up: connections, pools, JIT-free but caches and allocators settle.
-        subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"],
-                       capture_output=True, check=True)
+        if grpc_mode:
+            run_grpc(port, args, grpc_mode, seconds=1)
+        else:
+            subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"],
+                           capture_output=True, check=True)
         cpu_before = cpu_seconds(pids) if pids else 0
         each_before = [cpu_seconds([pid]) for pid in pids]
         # --profile: a cpu-clock profile of Meshwork's processes during the throughput run
@@ -230,7 +267,11 @@ def measure(name, factory, args, out):
                                          "-p", ",".join(str(p) for p in group_members(set(pids)))],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         h2 = name.endswith("h2 in)")
-        requests, non2xx, socket_errors = run_h2load(port, args) if h2 else run_wrk(port, args)
+        grpc_result = run_grpc(port, args, grpc_mode) if grpc_mode else None
+        if grpc_result:
+            requests, non2xx, socket_errors = grpc_result["ok"], sum(grpc_result["errors"].values()), ""
+        else:
+            requests, non2xx, socket_errors = run_h2load(port, args) if h2 else run_wrk(port, args)
         if profiler:
             profiler.send_signal(signal.SIGINT)
             profiler.wait()
@@ -240,7 +281,9 @@ def measure(name, factory, args, out):
                 f.write(report)
         cpu_after = cpu_seconds(pids) if pids else 0
         each_after = [cpu_seconds([pid]) for pid in pids]
-        latency = run_latency(port, args, out, h2=h2)
+        # (gRPC: the latency of the throughput run's calls or messages, closed loop.)
+        latency = ({key: grpc_result[key] for key in ("p50_ms", "p99_ms", "p999_ms")} if grpc_result
+                   else run_latency(port, args, out, h2=h2))
         result = {
             "rps": requests / args.duration,
             "cpu_us_per_req": ((cpu_after - cpu_before) / requests * 1e6) if pids and requests else None,
@@ -310,9 +353,14 @@ def main():
     if any("baseline" in n for n in names) and not args.baseline:
         parser.error("the (baseline) scenarios need --baseline BIN")
     upstream = start(["nginx", "-c", render("nginx-upstream.conf", out, OUT=out, UPSTREAM=UPSTREAM)], 0, out, "nginx-upstream")
+    upstreams = [upstream]
+    if any("gRPC" in n for n in names):
+        upstreams.append(start([sys.executable, GRPC_LOAD, "server", str(GRPC)], 0, out, "grpc-upstream"))
     rounds = {name: [] for name in names}
     try:
         wait_port(UPSTREAM)
+        if len(upstreams) > 1:
+            wait_port(GRPC)
         for r in range(args.rounds):
             for name in names:
                 result = measure(name, all_scenarios[name], args, out)
@@ -325,7 +373,7 @@ def main():
                 handshakes[name] = {"per_s": median([r[0] for r in runs]), "proxy_cpu_us": median([r[1] for r in runs])}
                 print(f"{name}: {handshakes[name]}", file=sys.stderr, flush=True)
     finally:
-        stop([upstream])
+        stop(upstreams)
 
     summary = {}
     for name in names:
@@ -371,6 +419,8 @@ def main():
                   f"throughput x{summary[variant]['rps'] / base['rps']:.3f}")
     for a, b in (("meshwork", "envoy"), ("meshwork pair (mTLS+h2)", "envoy pair (mTLS+h2)"),
                  ("meshwork (h2 in)", "envoy (h2 in)"), ("meshwork pair (mTLS+h2; h2 in)", "envoy pair (mTLS+h2; h2 in)"),
+                 ("meshwork pair (gRPC unary)", "envoy pair (gRPC unary)"),
+                 ("meshwork pair (gRPC streaming)", "envoy pair (gRPC streaming)"),
                  ("meshwork", "meshwork (baseline)"), ("meshwork pair (mTLS+h2)", "meshwork pair (mTLS+h2; baseline)")):
         if a in summary and b in summary and summary[b]["cpu_us_per_req"]:
             sa, sb = summary[a], summary[b]
