@@ -75,6 +75,20 @@ func fuzzDNS(_ bytes: [UInt8]) {
             check(outcome.bytes.count >= 12, "an answer shorter than a header")
             if transport == .udp, bytes.count <= 512 { check(outcome.bytes.count <= 4096, "a UDP answer over 4096") }
         }
+        // The answer cache says what the full path says: asked twice (the second from the
+        // cache when the answer was kept), the same code, ID and size bounds.
+        var cache = DNSAnswerCache()
+        var full = MeshworkTraffic.SplitMix64(seed: 2)
+        let expected = DNSResponder.respond(to: bytes, transport: transport, zone: zone, random: &full)
+        for _ in 0..<2 {
+            let got = cache.respond(to: bytes, transport: transport, generation: 1, zone: { zone }, random: &random)
+            check((got == nil) == (expected == nil), "the cache answers where the full path does not, or not")
+            guard let got, let expected else { continue }
+            check(got.code == expected.code, "cached code \(got.code) against \(expected.code)")
+            check(got.bytes.prefix(2) == expected.bytes.prefix(2), "a cached answer with another ID")
+            check(got.bytes.count >= 12, "a cached answer shorter than a header")
+            if transport == .udp, bytes.count <= 512 { check(got.bytes.count <= 4096, "a cached UDP answer over 4096") }
+        }
     }
 }
 

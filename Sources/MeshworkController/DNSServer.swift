@@ -7,6 +7,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import Prometheus
+import Synchronization
 
 /// The controller's DNS server: UDP and TCP on one port, answering from a snapshot of the
 /// registry that the controller replaces on every change. A query is answered on the
@@ -26,7 +27,13 @@ final class DNSServer: Sendable {
     }
 
     private let options: Options
-    private let snapshot: NIOLockedValueBox<DNSZone>
+    /// The zone and its generation (one more on every change), read together.
+    private let snapshot: NIOLockedValueBox<(zone: DNSZone, generation: UInt64)>
+    /// The generation, readable without the lock: a query answered from a handler's
+    /// `DNSAnswerCache` needs only this. It is stored after the zone, so a miss under
+    /// generation n reads zone n or a newer one (whose entries go at the first query that
+    /// sees its generation), never an older one.
+    private let generation = Atomic<UInt64>(0)
     private let metrics: DNSMetrics
     private let logger: Logger
     private let channels = NIOLockedValueBox<[any Channel]>([])
@@ -35,7 +42,7 @@ final class DNSServer: Sendable {
 
     init(options: Options, registry: ControllerMetrics, logger: Logger) {
         self.options = options
-        self.snapshot = NIOLockedValueBox(DNSZone(options: options.zone))
+        self.snapshot = NIOLockedValueBox((DNSZone(options: options.zone), 0))
         self.metrics = DNSMetrics(registry: registry)
         self.logger = logger
     }
@@ -44,16 +51,27 @@ final class DNSServer: Sendable {
     /// rebuilt from `services` and `instances` (theirs), or, with `changed` nil, all of it.
     /// (Called by one controller, one change after another.)
     func update(changed: Set<String>?, services: [ServiceResource], instances: [InstanceResource], revision: Int64) {
-        guard let changed else {
+        let next: UInt64
+        if let changed {
+            // In place, under the lock (a change's services only: microseconds): a copy is
+            // made only while a query holds the previous zone.
+            next = snapshot.withLockedValue {
+                $0.zone.update(changed, services: services, instances: instances, revision: revision)
+                $0.generation += 1
+                return $0.generation
+            }
+        } else {
             let zone = DNSZone(services: services, instances: instances, revision: revision, options: options.zone)
-            return snapshot.withLockedValue { $0 = zone }
+            next = snapshot.withLockedValue {
+                $0.zone = zone
+                $0.generation += 1
+                return $0.generation
+            }
         }
-        // In place, under the lock (a change's services only: microseconds): a copy is
-        // made only while a query holds the previous zone.
-        snapshot.withLockedValue { $0.update(changed, services: services, instances: instances, revision: revision) }
+        generation.store(next, ordering: .releasing)
     }
 
-    var zone: DNSZone { snapshot.withLockedValue { $0 } }
+    var zone: DNSZone { snapshot.withLockedValue { $0.zone } }
 
     /// Binds UDP, then TCP on the same port (with port 0, UDP picks it, and another free
     /// port is tried when that one is taken for TCP); returns the address.
@@ -141,14 +159,16 @@ final class DNSServer: Sendable {
     func respond(
         to message: ByteBuffer,
         transport: DNSResponder.Transport,
+        cache: inout DNSAnswerCache,
         random: inout SplitMix64
     ) -> ByteBuffer? {
-        let zone = self.zone
+        let current = generation.load(ordering: .acquiring)
         guard
-            let outcome = DNSResponder.respond(
+            let outcome = cache.respond(
                 to: message.readableBytesView,
                 transport: transport,
-                zone: zone,
+                generation: current,
+                zone: { self.zone },
                 random: &random
             )
         else {
@@ -167,6 +187,7 @@ final class DNSDatagramHandler: ChannelInboundHandler {
 
     private let server: DNSServer
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+    private var cache = DNSAnswerCache()
 
     init(server: DNSServer) {
         self.server = server
@@ -174,7 +195,7 @@ final class DNSDatagramHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        guard let answer = server.respond(to: envelope.data, transport: .udp, random: &random) else { return }
+        guard let answer = server.respond(to: envelope.data, transport: .udp, cache: &cache, random: &random) else { return }
         context.write(
             wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: answer)),
             promise: nil
@@ -267,6 +288,7 @@ final class DNSStreamHandler: ChannelInboundHandler {
     private let server: DNSServer
     private let connection: DNSConnectionGuard
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+    private var cache = DNSAnswerCache(capacity: 64)
 
     init(server: DNSServer, connection: DNSConnectionGuard) {
         self.server = server
@@ -274,7 +296,7 @@ final class DNSStreamHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let answer = server.respond(to: unwrapInboundIn(data), transport: .tcp, random: &random) else {
+        guard let answer = server.respond(to: unwrapInboundIn(data), transport: .tcp, cache: &cache, random: &random) else {
             // Not a query (a response, or no header): nothing sensible to say.
             context.close(promise: nil)
             return

@@ -75,12 +75,19 @@ public struct EDNS: Sendable, Hashable {
 /// A question as read off the wire: the name both as the exact bytes the client sent
 /// (echoed back, case preserved) and as lowercased labels for lookups.
 public struct DNSQuestion: Sendable, Hashable {
-    /// Lowercased labels, without the root: `["orders", "service", "mesh"]`.
-    public var labels: [String]
     public var type: DNSType
     public var `class`: UInt16
     /// The question section exactly as received (name, type, class).
     public var wire: [UInt8]
+
+    /// Lowercased labels, without the root: `["orders", "service", "mesh"]`. Decoded from
+    /// `wire` when asked (an answer from `DNSAnswerCache` never needs them).
+    public var labels: [String] {
+        // The name's compression pointers count from the message's start (12 bytes
+        // before the question), and only point backwards into the question itself.
+        var cursor = DNSReader.Cursor(message: Array(repeating: 0, count: DNSReader.headerSize) + wire, offset: 12)
+        return ((try? cursor.readName()) ?? []).map(DNSReader.lowercased)
+    }
 }
 
 /// A query the server will answer.
@@ -124,11 +131,10 @@ public enum DNSReader {
         var cursor = Cursor(message: message, offset: headerSize)
         do {
             let questionStart = cursor.offset
-            let labels = try cursor.readName()
+            try cursor.skipName()
             let type = DNSType(rawValue: try cursor.readUInt16())
             let qclass = try cursor.readUInt16()
             let question = DNSQuestion(
-                labels: labels.map(Self.lowercased),
                 type: type,
                 class: qclass,
                 wire: Array(message[questionStart..<cursor.offset])
@@ -137,7 +143,7 @@ public enum DNSReader {
             for _ in 0..<(Int(counts[1]) + Int(counts[2])) { try cursor.skipRecord() }
             var edns: EDNS?
             for _ in 0..<Int(counts[3]) {
-                let name = try cursor.readName()
+                let nameLabels = try cursor.skipName()
                 let recordType = DNSType(rawValue: try cursor.readUInt16())
                 let recordClass = try cursor.readUInt16()
                 let ttl = try cursor.readUInt32()
@@ -145,7 +151,7 @@ public enum DNSReader {
                 try cursor.skip(length)
                 guard recordType == .opt else { continue }
                 guard edns == nil else { throw DNSWireError("more than one OPT record") }
-                guard name.isEmpty else { throw DNSWireError("OPT record with a name other than the root") }
+                guard nameLabels == 0 else { throw DNSWireError("OPT record with a name other than the root") }
                 edns = EDNS(
                     udpPayloadSize: Int(recordClass),
                     version: UInt8((ttl >> 16) & 0xFF),
@@ -196,7 +202,7 @@ public enum DNSReader {
         }
 
         mutating func skipRecord() throws {
-            _ = try readName()
+            try skipName()
             try skip(8)
             try skip(Int(try readUInt16()))
         }
@@ -205,6 +211,21 @@ public enum DNSReader {
         /// a loop is impossible); at most 255 bytes in all (RFC 1035 2.3.4).
         mutating func readName() throws -> [[UInt8]] {
             var labels: [[UInt8]] = []
+            let message = self.message
+            try walkName { labels.append(Array(message[$0])) }
+            return labels
+        }
+
+        /// Checks a name as `readName` does and moves past it, keeping nothing; returns
+        /// its number of labels.
+        @discardableResult
+        mutating func skipName() throws -> Int {
+            var count = 0
+            try walkName { _ in count += 1 }
+            return count
+        }
+
+        private mutating func walkName(_ label: (Range<Int>) -> Void) throws {
             var position = offset
             var end: Int?
             var length = 1
@@ -216,14 +237,14 @@ public enum DNSReader {
                     let count = Int(byte)
                     if count == 0 {
                         offset = end ?? position + 1
-                        return labels
+                        return
                     }
                     guard position + 1 + count <= message.count else {
                         throw DNSWireError("message ends inside a label")
                     }
                     length += count + 1
                     guard length <= 255 else { throw DNSWireError("name longer than 255 bytes") }
-                    labels.append(Array(message[(position + 1)...(position + count)]))
+                    label((position + 1)..<(position + 1 + count))
                     position += 1 + count
                 case 0xC0:
                     guard position + 1 < message.count else { throw DNSWireError("message ends inside a pointer") }
@@ -380,9 +401,10 @@ public struct DNSWriter {
         // The question's name sits at offset 12: every suffix of it can be pointed at.
         if question.wire.count <= 255 {
             var offset = DNSReader.headerSize
-            for index in question.labels.indices {
-                names.append((question.labels[index...], offset))
-                offset += 1 + question.labels[index].utf8.count
+            let labels = question.labels
+            for index in labels.indices {
+                names.append((labels[index...], offset))
+                offset += 1 + labels[index].utf8.count
             }
         }
         let budget = max(DNSReader.headerSize, limit - (edns == nil ? 0 : Self.optSize))

@@ -176,15 +176,14 @@ public struct DNSZone: Sendable {
         guard question.class == DNSClass.internet || question.class == DNSClass.any else {
             return DNSResponse(code: .refused, authoritative: false)
         }
-        guard question.labels.count >= domainLabels.count,
-            Array(question.labels.suffix(domainLabels.count)) == domainLabels
-        else {
+        let labels = question.labels
+        guard labels.count >= domainLabels.count, Array(labels.suffix(domainLabels.count)) == domainLabels else {
             return DNSResponse(code: .refused, authoritative: false)
         }
         if question.type == .axfr || question.type == .ixfr {
             return DNSResponse(code: .refused, authoritative: false)
         }
-        let name = Array(question.labels.dropLast(domainLabels.count))
+        let name = Array(labels.dropLast(domainLabels.count))
         var response: DNSResponse
         switch name.count {
         case 0:
@@ -334,6 +333,17 @@ public enum DNSResponder {
     /// The classic UDP limit when the client sent no EDNS0.
     public static let classicUDPSize = 512
 
+    /// The largest answer `query` may get over `transport`.
+    static func limit(for query: DNSQuery, transport: Transport) -> Int {
+        switch transport {
+        case .tcp:
+            return Int(UInt16.max)
+        case .udp:
+            let requested = query.edns.map { max(classicUDPSize, $0.udpPayloadSize) } ?? classicUDPSize
+            return min(requested, Int(DNSWriter.advertisedPayloadSize))
+        }
+    }
+
     public static func respond(
         to message: some Collection<UInt8>,
         transport: Transport,
@@ -356,15 +366,7 @@ public enum DNSResponder {
             } else {
                 response = zone.answer(query, random: &random)
             }
-            let limit: Int
-            switch transport {
-            case .tcp:
-                limit = Int(UInt16.max)
-            case .udp:
-                let requested = query.edns.map { max(classicUDPSize, $0.udpPayloadSize) } ?? classicUDPSize
-                limit = min(requested, Int(DNSWriter.advertisedPayloadSize))
-            }
-            let written = DNSWriter.write(response, to: query, limit: limit)
+            let written = DNSWriter.write(response, to: query, limit: limit(for: query, transport: transport))
             return Outcome(bytes: written.bytes, code: response.code, truncated: written.truncated)
         }
     }
