@@ -195,7 +195,9 @@ final class DNSDatagramHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        guard let answer = server.respond(to: envelope.data, transport: .udp, cache: &cache, random: &random) else { return }
+        guard let answer = server.respond(to: envelope.data, transport: .udp, cache: &cache, random: &random) else {
+            return
+        }
         context.write(
             wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: answer)),
             promise: nil
@@ -296,7 +298,8 @@ final class DNSStreamHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let answer = server.respond(to: unwrapInboundIn(data), transport: .tcp, cache: &cache, random: &random) else {
+        guard let answer = server.respond(to: unwrapInboundIn(data), transport: .tcp, cache: &cache, random: &random)
+        else {
             // Not a query (a response, or no header): nothing sensible to say.
             context.close(promise: nil)
             return
