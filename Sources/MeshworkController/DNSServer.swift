@@ -155,23 +155,34 @@ final class DNSServer: Sendable {
     var maxTCPConnectionsPerSource: Int { options.maxTCPConnectionsPerSource }
     func refusedConnection() { metrics.refusedConnections.increment() }
 
-    /// The answer to one message, counted.
+    /// The answer to one message, counted; from `cache` when given (UDP: one per socket
+    /// handler), from the zone otherwise (TCP: a cache per connection would let clients
+    /// hold memory by opening connections).
     func respond(
         to message: ByteBuffer,
         transport: DNSResponder.Transport,
-        cache: inout DNSAnswerCache,
+        cache: inout DNSAnswerCache?,
         random: inout SplitMix64
     ) -> ByteBuffer? {
-        let current = generation.load(ordering: .acquiring)
-        guard
-            let outcome = cache.respond(
+        let outcome: DNSResponder.Outcome?
+        if cache != nil {
+            let current = generation.load(ordering: .acquiring)
+            outcome = cache!.respond(
                 to: message.readableBytesView,
                 transport: transport,
                 generation: current,
                 zone: { self.zone },
                 random: &random
             )
-        else {
+        } else {
+            outcome = DNSResponder.respond(
+                to: message.readableBytesView,
+                transport: transport,
+                zone: zone,
+                random: &random
+            )
+        }
+        guard let outcome else {
             metrics.ignored.increment()
             return nil
         }
@@ -187,7 +198,7 @@ final class DNSDatagramHandler: ChannelInboundHandler {
 
     private let server: DNSServer
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
-    private var cache = DNSAnswerCache()
+    private var cache: DNSAnswerCache? = DNSAnswerCache()
 
     init(server: DNSServer) {
         self.server = server
@@ -290,7 +301,7 @@ final class DNSStreamHandler: ChannelInboundHandler {
     private let server: DNSServer
     private let connection: DNSConnectionGuard
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
-    private var cache = DNSAnswerCache(capacity: 64)
+    private var cache: DNSAnswerCache?
 
     init(server: DNSServer, connection: DNSConnectionGuard) {
         self.server = server

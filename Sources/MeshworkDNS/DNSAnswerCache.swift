@@ -5,9 +5,12 @@
 /// the query's ID, flags and question case written over it.
 ///
 /// What is cached: whole NOERROR answers only (NXDOMAIN, REFUSED, errors and truncated
-/// answers take the full path, so names that do not exist cannot fill it), keyed by the lowercased question, whether
-/// the query had EDNS, and the size limit (which decides truncation). At most `capacity`
-/// entries: a full cache is emptied and fills again. Answers keep their per-query order:
+/// answers take the full path), keyed by the lowercased question, whether the query had
+/// EDNS, and the size limit (which decides truncation). At most `capacity` entries and
+/// `maxBytes` of answers: a full cache is emptied and fills again, so a client asking for
+/// ever new names (a zone label is any label) costs a miss each, never memory. A miss
+/// costs one encoding, as on the full path; an entry's rotations are built when it is
+/// first reused. TCP connections use none (each would be a cache of its own). Answers keep their per-query order:
 /// A and AAAA records (each a fixed-size block pointing at the question's name) are
 /// shuffled per query like the full path does; other answers with several records (SRV,
 /// whose targets compress against each other) are kept in up to `variants` rotations of a
@@ -24,22 +27,28 @@ public struct DNSAnswerCache {
     struct Entry {
         /// Whole answers with ID 0 and RD/CD clear (several rotations, or one).
         var variants: [[UInt8]]
+        /// The records, kept until the entry is first reused: its rotations are built then
+        /// (an answer asked for once costs one encoding, as on the full path).
+        var pending: DNSResponse?
         /// Fixed-size answer records to shuffle per query: where they start, their size
         /// and how many (a count below 2: nothing to shuffle).
         var blockStart: Int
         var blockSize: Int
         var blockCount: Int
         var code: DNSResponseCode
-        var truncated: Bool
     }
 
     public let capacity: Int
+    /// Bytes of answers kept at most (beyond, the cache is emptied and fills again).
+    public let maxBytes: Int
     public static let variants = 8
     private var generation: UInt64?
     private var entries: [Key: Entry] = [:]
+    private var bytes = 0
 
-    public init(capacity: Int = 4096) {
+    public init(capacity: Int = 4096, maxBytes: Int = 4 << 20) {
         self.capacity = capacity
+        self.maxBytes = maxBytes
     }
 
     public var count: Int { entries.count }
@@ -54,38 +63,45 @@ public struct DNSAnswerCache {
         random: inout some RandomNumberGenerator
     ) -> DNSResponder.Outcome? {
         if self.generation != generation {
-            entries.removeAll(keepingCapacity: true)
+            empty()
             self.generation = generation
         }
-        guard case .query(let query) = DNSReader.parse(message), query.edns.map({ $0.version == 0 }) ?? true else {
+        guard case .query(let query) = DNSReader.parse(message), query.edns.map({ $0.version == 0 }) ?? true,
+            let folded = Self.caseFolded(query.question.wire)
+        else {
             return DNSResponder.respond(to: message, transport: transport, zone: zone(), random: &random)
         }
         let limit = DNSResponder.limit(for: query, transport: transport)
-        let key = Key(question: Self.lowercased(query.question.wire), edns: query.edns != nil, limit: limit)
-        if let entry = entries[key] {
+        let key = Key(question: folded, edns: query.edns != nil, limit: limit)
+        if var entry = entries[key] {
+            if let response = entry.pending {
+                // Reused: now it is worth its rotations.
+                entries[key] = nil
+                entry.pending = nil
+                entry.variants += Self.rotations(of: response, query: query, limit: limit)
+                bytes += entry.variants.dropFirst().reduce(0) { $0 + $1.count }
+                entries[key] = entry
+            }
             return Self.answer(entry, to: query, random: &random)
         }
-        let zone = zone()
-        let response = zone.answer(query, random: &random)
+        let response = zone().answer(query, random: &random)
         let written = DNSWriter.write(response, to: query, limit: limit)
         // (A truncated answer is not kept: the full path picks a new subset each time.)
         if response.code == .noError, !written.truncated {
-            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[key] = Self.entry(response, written: written, query: query, limit: limit)
+            if entries.count >= capacity || bytes + written.bytes.count > maxBytes { empty() }
+            let entry = Self.entry(response, written: written.bytes, query: query)
+            bytes += written.bytes.count
+            entries[key] = entry
         }
         return DNSResponder.Outcome(bytes: written.bytes, code: response.code, truncated: written.truncated)
     }
 
-    private static func entry(
-        _ response: DNSResponse,
-        written: (bytes: [UInt8], truncated: Bool),
-        query: DNSQuery,
-        limit: Int
-    ) -> Entry {
-        var template = query
-        template.id = 0
-        template.recursionDesired = false
-        template.checkingDisabled = false
+    private mutating func empty() {
+        entries.removeAll(keepingCapacity: true)
+        bytes = 0
+    }
+
+    private static func entry(_ response: DNSResponse, written: [UInt8], query: DNSQuery) -> Entry {
         let blockSize: Int
         if !response.answers.isEmpty, response.answers.allSatisfy({ $0.name == nil && $0.data.isA }) {
             blockSize = 2 + 10 + 4
@@ -94,27 +110,40 @@ public struct DNSAnswerCache {
         } else {
             blockSize = 0
         }
-        let written = DNSWriter.write(response, to: template, limit: limit)
-        let answered = Int(written.bytes[6]) << 8 | Int(written.bytes[7])
-        var variants = [written.bytes]
-        if blockSize == 0, response.answers.count > 1 {
-            // Rotations of the shuffled order: each record first in one of them.
-            let count = min(response.answers.count, Self.variants)
-            for index in 1..<count {
-                var rotated = response
-                let shift = index * response.answers.count / count
-                rotated.answers = Array(response.answers[shift...] + response.answers[..<shift])
-                variants.append(DNSWriter.write(rotated, to: template, limit: limit).bytes)
-            }
-        }
         return Entry(
-            variants: variants,
+            variants: [template(written)],
+            pending: blockSize == 0 && response.answers.count > 1 ? response : nil,
             blockStart: DNSReader.headerSize + query.question.wire.count,
             blockSize: blockSize,
-            blockCount: blockSize == 0 ? 0 : answered,
-            code: response.code,
-            truncated: written.truncated
+            blockCount: blockSize == 0 ? 0 : Int(written[6]) << 8 | Int(written[7]),
+            code: response.code
         )
+    }
+
+    /// An answer as kept: ID 0, RD and CD clear (each query's are written over it).
+    private static func template(_ written: [UInt8]) -> [UInt8] {
+        var bytes = written
+        bytes[0] = 0
+        bytes[1] = 0
+        bytes[2] &= ~0x01
+        bytes[3] &= ~0x10
+        return bytes
+    }
+
+    /// Rotations of the (shuffled) order of a multi-record answer: each record first in
+    /// one of them. One that would come out truncated (a name past the compression
+    /// window makes sizes depend on the order) is left out.
+    private static func rotations(of response: DNSResponse, query: DNSQuery, limit: Int) -> [[UInt8]] {
+        let count = min(response.answers.count, Self.variants)
+        var variants: [[UInt8]] = []
+        for index in 1..<count {
+            var rotated = response
+            let shift = index * response.answers.count / count
+            rotated.answers = Array(response.answers[shift...] + response.answers[..<shift])
+            let written = DNSWriter.write(rotated, to: query, limit: limit)
+            if !written.truncated { variants.append(template(written.bytes)) }
+        }
+        return variants
     }
 
     private static func answer(
@@ -153,17 +182,26 @@ public struct DNSAnswerCache {
                 }
             }
         }
-        return DNSResponder.Outcome(bytes: bytes, code: entry.code, truncated: entry.truncated)
+        return DNSResponder.Outcome(bytes: bytes, code: entry.code, truncated: false)
     }
 
-    /// The question section with its name's ASCII letters lowercased (not the type and
-    /// class after it, whose bytes may fall in that range).
-    static func lowercased(_ wire: [UInt8]) -> [UInt8] {
+    /// The question section with the ASCII letters of its name's labels lowercased (not
+    /// the length bytes, nor the type and class after the name); nil when the name holds
+    /// a compression pointer (legal but never sent by resolvers: two questions whose
+    /// pointers differ only in a byte that folds would share an entry), so it is not kept.
+    static func caseFolded(_ wire: [UInt8]) -> [UInt8]? {
         var out = wire
-        for index in 0..<max(0, wire.count - 4) where out[index] >= 0x41 && out[index] <= 0x5A {
-            out[index] |= 0x20
+        var index = 0
+        while index < out.count {
+            let length = Int(out[index])
+            if length == 0 { return out }
+            guard length & 0xC0 == 0, index + 1 + length <= out.count else { return nil }
+            for position in (index + 1)...(index + length) where out[position] >= 0x41 && out[position] <= 0x5A {
+                out[position] |= 0x20
+            }
+            index += 1 + length
         }
-        return out
+        return nil
     }
 }
 

@@ -168,6 +168,29 @@ import Testing
         #expect(cache.count > 0)
     }
 
+    /// ... and at most `maxBytes` of answers.
+    @Test func theCacheIsBoundedInBytes() throws {
+        let many = (1...50).map { instance("s\($0)", "10.3.0.\($0)", 9000 + $0) }
+        let zone = DNSZone(services: [], instances: many, revision: 1)
+        var cache = DNSAnswerCache(capacity: 4096, maxBytes: 300)
+        var random = SplitMix64(seed: 6)
+        for index in 1...50 {
+            let outcome = try cached(&cache, makeQuery("s\(index).service.mesh", type: .a), zone: zone, random: &random)
+            #expect(outcome.bytes.count > 40)
+            #expect(cache.count <= 300 / 40)
+        }
+    }
+
+    /// Only the letters of the name's labels are folded: not its length bytes, not the
+    /// type and class (type 65 is 'A'); a name with a compression pointer is not kept.
+    @Test func theKeyFoldsTheLettersOfLabelsOnly() {
+        let wire: [UInt8] = [6] + Array("ORDERS".utf8) + [4] + Array("Mesh".utf8) + [0, 0, 0x41, 0, 1]
+        let folded: [UInt8] = [6] + Array("orders".utf8) + [4] + Array("mesh".utf8) + [0, 0, 0x41, 0, 1]
+        #expect(DNSAnswerCache.caseFolded(wire) == folded)
+        let pointer: [UInt8] = [6] + Array("orders".utf8) + [0xC0, 0x0C, 0, 1, 0, 1]
+        #expect(DNSAnswerCache.caseFolded(pointer) == nil)
+    }
+
     /// A truncated answer goes the full path every time (it is not kept).
     @Test func truncatedAnswersAreNotKept() throws {
         let many = (1...120).map { instance("big", "10.4.\($0 / 250).\($0 % 250 + 1)", 9000 + $0) }
