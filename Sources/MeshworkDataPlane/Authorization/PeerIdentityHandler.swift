@@ -66,15 +66,14 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
             handshakeDone = true
             let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
                 .peerCertificate
-            if !revoked.isEmpty, let certificate, let serial = WorkloadLeaf.serial(certificate),
-                revoked.contains(serial)
-            {
+            let facts = certificate.map(WorkloadLeaf.facts)
+            if !revoked.isEmpty, let serial = facts?.serial, revoked.contains(serial) {
                 metrics.countError(.tlsHandshakeFailed)
                 refused = true
                 context.close(promise: nil)
                 return
             }
-            let ids = certificate.map(MeshTLSSource.spiffeIDs(of:)) ?? []
+            let ids = facts?.identities ?? []
             peer.identity = ids.count == 1 ? ids[0] : nil
             if let admit, !admit(peer.identity, context) {
                 refused = true

@@ -99,7 +99,7 @@ public final class MeshTLSSource: Sendable {
                 if let refusal = WorkloadLeaf.refusal(certificate, revoked: revoked) {
                     return Self.refuseLeaf(refusal, channel: channel, logger: logger)
                 }
-                let presented = Self.spiffeIDs(of: certificate)
+                let presented = WorkloadLeaf.facts(certificate).identities
                 guard presented == [expected] else {
                     metrics?.countError(.peerIdentityMismatch)
                     logger.warning(
