@@ -300,17 +300,21 @@ def measure(name, factory, args, out):
         stop(procs)
 
 
-def handshake_rate(name, factory, args, out):
+def handshake_rate(name, factory, args, out, resumed=False):
     """Full mutual-TLS handshakes per second against the server-side proxy of a pair: openssl
     s_time (on core 0) opens a new connection per handshake, presenting the client
-    certificate; the proxy (core 1) verifies it against the mesh CA."""
+    certificate; the proxy (core 1) verifies it against the mesh CA. `resumed`: every
+    connection after the first resumes the first one's TLS 1.2 session (s_time -reuse; its
+    TLS 1.3 client closes before a session ticket arrives), what the server side costs when
+    the client offers a session."""
     procs, _ = factory()
     try:
         wait_port(PEER)
         time.sleep(0.3)
         pids = [p.pid for p in procs]
         cpu_before = cpu_seconds(pids)
-        text = subprocess.run(["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{PEER}", "-new",
+        mode = ["-tls1_2", "-reuse"] if resumed else ["-new"]
+        text = subprocess.run(["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{PEER}"] + mode + [
                                "-cert", f"{CERTS}/web.pem", "-key", f"{CERTS}/web.key", "-CAfile", f"{CERTS}/mesh-ca.pem",
                                "-time", str(args.duration)], capture_output=True, text=True).stdout
         cpu = cpu_seconds(pids) - cpu_before
@@ -370,7 +374,10 @@ def main():
         if args.handshakes:
             for name in [n for n in names if n.endswith("(mTLS+h2)")]:
                 runs = [handshake_rate(name, all_scenarios[name], args, out) for _ in range(args.rounds)]
-                handshakes[name] = {"per_s": median([r[0] for r in runs]), "proxy_cpu_us": median([r[1] for r in runs])}
+                resumed = [handshake_rate(name, all_scenarios[name], args, out, resumed=True) for _ in range(args.rounds)]
+                handshakes[name] = {"per_s": median([r[0] for r in runs]), "proxy_cpu_us": median([r[1] for r in runs]),
+                                    "resumed_per_s": median([r[0] for r in resumed]),
+                                    "resumed_proxy_cpu_us": median([r[1] for r in resumed])}
                 print(f"{name}: {handshakes[name]}", file=sys.stderr, flush=True)
     finally:
         stop(upstreams)
@@ -395,10 +402,13 @@ def main():
         print(f"| {name} | {fmt(s['rps'], 0)} | {fmt(s['cpu_us_per_req'])} | {fmt(s['p50_ms'], 3)} | {fmt(s['p99_ms'], 3)} "
               f"| {fmt(s['p999_ms'], 3)} | {fmt(s['peak_rss_mib'])} | {fmt(s['anon_rss_mib'])} | {fmt(s['non_2xx'], 0)} |")
     if handshakes:
-        print("\n| server side of | full mTLS handshakes/s (openssl s_time -new) | proxy CPU µs/handshake |")
-        print("|---|---:|---:|")
+        print("\n| server side of | full mTLS handshakes/s (openssl s_time -new) | proxy CPU µs/handshake "
+              "| resumed (TLS 1.2, -reuse)/s | proxy CPU µs/resumption | resumed / full CPU |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name, h in handshakes.items():
-            print(f"| {name} | {fmt(h['per_s'], 0)} | {fmt(h['proxy_cpu_us'])} |")
+            ratio = (h["resumed_proxy_cpu_us"] / h["proxy_cpu_us"]) if h["proxy_cpu_us"] and h["resumed_proxy_cpu_us"] else None
+            print(f"| {name} | {fmt(h['per_s'], 0)} | {fmt(h['proxy_cpu_us'])} | {fmt(h['resumed_per_s'], 0)} "
+                  f"| {fmt(h['resumed_proxy_cpu_us'])} | x{fmt(ratio, 2)} |")
     mtls, plain = summary.get("meshwork pair (mTLS+h2)"), summary.get("meshwork pair (h2c)")
     if mtls and plain and plain["cpu_us_per_req"]:
         print(f"\nmeshwork pair, mTLS / h2c: CPU per request x{mtls['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f}, "
