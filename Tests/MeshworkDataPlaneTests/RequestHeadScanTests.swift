@@ -96,6 +96,20 @@ struct RequestHeadScanTests {
         #expect(upgraded.headers.first(name: "upgrade") == "websocket")
     }
 
+    /// A `Connection` value is read token by token: empty tokens, spaces and tabs around
+    /// them, and a leading or trailing comma change nothing; `upgrade` is found in any case.
+    @Test func connectionTokensAreReadWhateverTheCommasAndSpaces() {
+        for (value, tokens, upgrade) in [
+            ("a,b", ["a", "b"], false), (" A ,\tb\t", ["a", "b"], false), (",a,,b,", ["a", "b"], false),
+            ("", [], false), (",", [], false), ("keep-alive", [], false), ("Upgrade, X-Y", ["x-y"], true),
+            ("close,UPGRADE", [], true),
+        ] {
+            var found: [String] = []
+            #expect(RequestHeadScan.connectionTokens(in: value, into: &found) == upgrade, "\(value)")
+            #expect(found == tokens, "\(value)")
+        }
+    }
+
     /// `Connection` may name any field, but not away the message's length or target.
     @Test func connectionCannotNameAwayTheLengthOrTheHost() {
         let head = Self.head([

@@ -956,7 +956,8 @@ extension ProxyHandler: UpstreamDelegate {
                 // 100 Continue, 103 Early Hints and other interim answers pass through, in
                 // the caller's HTTP version.
                 Self.removeHopByHop(&head.headers)
-                head.version = .http1_1
+                // (Set only when it differs: the setter copies the head's storage.)
+                if head.version != .http1_1 { head.version = .http1_1 }
                 send(.head(head))
             case .retry(let attempt, let avoiding):
                 // Not a byte of this answer has reached the client: try elsewhere.
@@ -975,7 +976,7 @@ extension ProxyHandler: UpstreamDelegate {
                 Self.removeHopByHop(&head.headers)
                 if let responseEdits { LoopRule.apply(responseEdits, to: &head.headers) }
                 if let outerResponseEdits { LoopRule.apply(outerResponseEdits, to: &head.headers) }
-                head.version = .http1_1
+                if head.version != .http1_1 { head.version = .http1_1 }
                 if close || quiescing { head.headers.add(name: "connection", value: "close") }
                 send(.head(head))
             }

@@ -54,8 +54,13 @@ struct RequestHeadScan {
     /// upstream would read the body as the next request (smuggling).
     static func connectionTokens(in value: String, into tokens: inout [String]) -> Bool {
         var upgrade = false
-        for token in value.split(separator: ",") {
-            let token = token.trimmingSpaces().lowercased()
+        // Token by token without `split` (an array per call: one allocation per response,
+        // whose `Connection: keep-alive` comes here).
+        var rest = value[...]
+        while !rest.isEmpty {
+            let comma = rest.firstIndex(of: ",") ?? rest.endIndex
+            let token = rest[..<comma].trimmingSpaces().lowercased()
+            rest = comma == rest.endIndex ? rest[comma...] : rest[rest.index(after: comma)...]
             switch token {
             case "upgrade": upgrade = true
             case "", "close", "keep-alive", "proxy-connection", "transfer-encoding", "te", "connection",
