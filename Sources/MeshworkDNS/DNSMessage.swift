@@ -398,13 +398,17 @@ public struct DNSWriter {
             counts: (1, 0, 0, 0)
         )
         bytes += question.wire
-        // The question's name sits at offset 12: every suffix of it can be pointed at.
+        // The question's name sits at offset 12: every suffix of it can be pointed at, at
+        // the offset its labels have on the wire (a label that is not UTF-8 is longer as a
+        // String; from a compression pointer on, the suffixes are elsewhere: none is kept).
         if question.wire.count <= 255 {
-            var offset = DNSReader.headerSize
+            let wire = question.wire
+            var position = 0
             let labels = question.labels
             for index in labels.indices {
-                names.append((labels[index...], offset))
-                offset += 1 + labels[index].utf8.count
+                guard position < wire.count, wire[position] & 0xC0 == 0, wire[position] > 0 else { break }
+                names.append((labels[index...], DNSReader.headerSize + position))
+                position += 1 + Int(wire[position])
             }
         }
         let budget = max(DNSReader.headerSize, limit - (edns == nil ? 0 : Self.optSize))

@@ -191,6 +191,24 @@ import Testing
         #expect(DNSAnswerCache.caseFolded(pointer) == nil)
     }
 
+    /// Names in an answer compress against the question as it is on the wire: a label
+    /// that is not UTF-8 (one byte there, three as a replacement character) used to shift
+    /// every pointer after it, so the SRV targets read back wrong.
+    @Test func compressionPointsAtTheQuestionAsSentWhateverItsBytes() throws {
+        var query: [UInt8] = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]
+        for label: [UInt8] in [Array("orders".utf8), Array("service".utf8), [0xFF], Array("mesh".utf8)] {
+            query += [UInt8(label.count)] + label
+        }
+        query += [0, 0, 33, 0, 1]
+        var random = SplitMix64(seed: 1)
+        let outcome = try #require(DNSResponder.respond(to: query, transport: .udp, zone: zone, random: &random))
+        let decoded = try DecodedResponse(outcome.bytes)
+        #expect(decoded.answers.count == 5)
+        for answer in decoded.answers {
+            #expect(answer.srv?.target.hasSuffix(".instance.mesh") == true, "\(String(describing: answer.srv))")
+        }
+    }
+
     /// A truncated answer goes the full path every time (it is not kept).
     @Test func truncatedAnswersAreNotKept() throws {
         let many = (1...120).map { instance("big", "10.4.\($0 / 250).\($0 % 250 + 1)", 9000 + $0) }
