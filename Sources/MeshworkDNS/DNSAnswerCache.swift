@@ -66,34 +66,37 @@ public struct DNSAnswerCache {
             empty()
             self.generation = generation
         }
-        guard case .query(let query) = DNSReader.parse(message), query.edns.map({ $0.version == 0 }) ?? true,
-            let folded = Self.caseFolded(query.question.wire)
-        else {
+        guard case .query(let query) = DNSReader.parse(message) else {
             return DNSResponder.respond(to: message, transport: transport, zone: zone(), random: &random)
+        }
+        guard query.edns.map({ $0.version == 0 }) ?? true, let folded = Self.caseFolded(query.question.wire) else {
+            return DNSResponder.answer(query, transport: transport, zone: zone(), random: &random).1
         }
         let limit = DNSResponder.limit(for: query, transport: transport)
         let key = Key(question: folded, edns: query.edns != nil, limit: limit)
         if var entry = entries[key] {
             if let response = entry.pending {
-                // Reused: now it is worth its rotations.
+                // Reused: now it is worth its rotations (within the byte bound).
                 entries[key] = nil
                 entry.pending = nil
-                entry.variants += Self.rotations(of: response, query: query, limit: limit)
-                bytes += entry.variants.dropFirst().reduce(0) { $0 + $1.count }
+                let rotations = Self.rotations(of: response, query: query, limit: limit)
+                let size = rotations.reduce(0) { $0 + $1.count }
+                if bytes + size <= maxBytes {
+                    entry.variants += rotations
+                    bytes += size
+                }
                 entries[key] = entry
             }
             return Self.answer(entry, to: query, random: &random)
         }
-        let response = zone().answer(query, random: &random)
-        let written = DNSWriter.write(response, to: query, limit: limit)
+        let (response, outcome) = DNSResponder.answer(query, transport: transport, zone: zone(), random: &random)
         // (A truncated answer is not kept: the full path picks a new subset each time.)
-        if response.code == .noError, !written.truncated {
-            if entries.count >= capacity || bytes + written.bytes.count > maxBytes { empty() }
-            let entry = Self.entry(response, written: written.bytes, query: query)
-            bytes += written.bytes.count
-            entries[key] = entry
+        if response.code == .noError, !outcome.truncated {
+            if entries.count >= capacity || bytes + outcome.bytes.count > maxBytes { empty() }
+            entries[key] = Self.entry(response, written: outcome.bytes, query: query)
+            bytes += outcome.bytes.count
         }
-        return DNSResponder.Outcome(bytes: written.bytes, code: response.code, truncated: written.truncated)
+        return outcome
     }
 
     private mutating func empty() {

@@ -360,14 +360,25 @@ public enum DNSResponder {
                 truncated: false
             )
         case .query(let query):
-            let response: DNSResponse
-            if let edns = query.edns, edns.version > 0 {
-                response = DNSResponse(code: .badVersion, authoritative: false)
-            } else {
-                response = zone.answer(query, random: &random)
-            }
-            let written = DNSWriter.write(response, to: query, limit: limit(for: query, transport: transport))
-            return Outcome(bytes: written.bytes, code: response.code, truncated: written.truncated)
+            let (_, outcome) = answer(query, transport: transport, zone: zone, random: &random)
+            return outcome
         }
+    }
+
+    /// A parsed query's answer, as records and as written (what `DNSAnswerCache` keeps).
+    static func answer(
+        _ query: DNSQuery,
+        transport: Transport,
+        zone: DNSZone,
+        random: inout some RandomNumberGenerator
+    ) -> (DNSResponse, Outcome) {
+        let response: DNSResponse
+        if let edns = query.edns, edns.version > 0 {
+            response = DNSResponse(code: .badVersion, authoritative: false)
+        } else {
+            response = zone.answer(query, random: &random)
+        }
+        let written = DNSWriter.write(response, to: query, limit: limit(for: query, transport: transport))
+        return (response, Outcome(bytes: written.bytes, code: response.code, truncated: written.truncated))
     }
 }
