@@ -33,9 +33,10 @@ enum WorkloadLeaf {
             return Facts(refusal: "the certificate does not parse", serial: nil, identities: [])
         }
         if let known = cache.withLockedValue({ $0[der] }) { return known }
+        let parsed = try? Certificate(derEncoded: der)
         let facts = Facts(
-            refusal: staticRefusal(der),
-            serial: (try? Certificate(derEncoded: der)).map { hex($0.serialNumber.bytes) },
+            refusal: parsed.map(staticRefusal) ?? "the certificate does not parse",
+            serial: parsed.map { hex($0.serialNumber.bytes) },
             identities: MeshTLSSource.spiffeIDs(of: certificate)
         )
         cache.withLockedValue { cache in
@@ -43,11 +44,6 @@ enum WorkloadLeaf {
             cache[der] = facts
         }
         return facts
-    }
-
-    /// The serial number, lowercase hex, as the controller's revocation list names it.
-    static func serial(_ certificate: NIOSSLCertificate) -> String? {
-        facts(certificate).serial
     }
 
     static func hex(_ bytes: some Collection<UInt8>) -> String { Hex.lowercase(bytes) }
@@ -63,10 +59,7 @@ enum WorkloadLeaf {
         return facts.refusal
     }
 
-    private static func staticRefusal(_ der: [UInt8]) -> String? {
-        guard let parsed = try? Certificate(derEncoded: der) else {
-            return "the certificate does not parse"
-        }
+    private static func staticRefusal(_ parsed: Certificate) -> String? {
         switch Result(catching: { try parsed.extensions.basicConstraints }) {
         case .success(.isCertificateAuthority?): return "a CA certificate (basicConstraints CA:TRUE)"
         case .failure: return "unreadable basicConstraints"
