@@ -155,33 +155,27 @@ final class DNSServer: Sendable {
     var maxTCPConnectionsPerSource: Int { options.maxTCPConnectionsPerSource }
     func refusedConnection() { metrics.refusedConnections.increment() }
 
-    /// The answer to one message, counted; from `cache` when given (UDP: one per socket
-    /// handler), from the zone otherwise (TCP: a cache per connection would let clients
-    /// hold memory by opening connections).
-    func respond(
-        to message: ByteBuffer,
-        transport: DNSResponder.Transport,
-        cache: inout DNSAnswerCache?,
-        random: inout SplitMix64
-    ) -> ByteBuffer? {
-        let outcome: DNSResponder.Outcome?
-        if cache != nil {
-            let current = generation.load(ordering: .acquiring)
-            outcome = cache!.respond(
-                to: message.readableBytesView,
-                transport: transport,
-                generation: current,
-                zone: { self.zone },
-                random: &random
-            )
-        } else {
-            outcome = DNSResponder.respond(
-                to: message.readableBytesView,
-                transport: transport,
-                zone: zone,
-                random: &random
-            )
-        }
+    /// The answer to one UDP message, counted, from the socket handler's `cache`.
+    func respond(to message: ByteBuffer, cache: inout DNSAnswerCache, random: inout SplitMix64) -> ByteBuffer? {
+        let current = generation.load(ordering: .acquiring)
+        let outcome = cache.respond(
+            to: message.readableBytesView,
+            transport: .udp,
+            generation: current,
+            zone: { self.zone },
+            random: &random
+        )
+        return counted(outcome, transport: .udp)
+    }
+
+    /// The answer to one TCP message, counted, from the zone (a cache per connection
+    /// would let clients hold memory by opening connections).
+    func respond(to message: ByteBuffer, random: inout SplitMix64) -> ByteBuffer? {
+        let outcome = DNSResponder.respond(to: message.readableBytesView, transport: .tcp, zone: zone, random: &random)
+        return counted(outcome, transport: .tcp)
+    }
+
+    private func counted(_ outcome: DNSResponder.Outcome?, transport: DNSResponder.Transport) -> ByteBuffer? {
         guard let outcome else {
             metrics.ignored.increment()
             return nil
@@ -198,7 +192,7 @@ final class DNSDatagramHandler: ChannelInboundHandler {
 
     private let server: DNSServer
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
-    private var cache: DNSAnswerCache? = DNSAnswerCache()
+    private var cache = DNSAnswerCache()
 
     init(server: DNSServer) {
         self.server = server
@@ -206,7 +200,7 @@ final class DNSDatagramHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        guard let answer = server.respond(to: envelope.data, transport: .udp, cache: &cache, random: &random) else {
+        guard let answer = server.respond(to: envelope.data, cache: &cache, random: &random) else {
             return
         }
         context.write(
@@ -301,7 +295,6 @@ final class DNSStreamHandler: ChannelInboundHandler {
     private let server: DNSServer
     private let connection: DNSConnectionGuard
     private var random = SplitMix64(seed: UInt64.random(in: .min ... .max))
-    private var cache: DNSAnswerCache?
 
     init(server: DNSServer, connection: DNSConnectionGuard) {
         self.server = server
@@ -309,7 +302,7 @@ final class DNSStreamHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let answer = server.respond(to: unwrapInboundIn(data), transport: .tcp, cache: &cache, random: &random)
+        guard let answer = server.respond(to: unwrapInboundIn(data), random: &random)
         else {
             // Not a query (a response, or no header): nothing sensible to say.
             context.close(promise: nil)
